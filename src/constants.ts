@@ -1,0 +1,53 @@
+// Every limit and default of the node, as named constants with the unit last; relations asserted at load.
+import assert from 'node:assert/strict';
+
+export const kibBytes = 1024;
+export const mibBytes = 1024 * 1024;
+export const gibBytes = 1024 * 1024 * 1024;
+
+// Block devices.
+export const blockSizesAllowed: readonly number[] = [512, 4096];
+export const blockSizeBytesDefault = 512;
+export const diskSizeBytesDefault = gibBytes;
+export const deviceBytesMax = 16 * 1024 * gibBytes;
+
+// Lvstores (SPEC §2): cluster size is a power of two from 64 KiB to 1 GiB.
+export const clusterSizeBytesDefault = 4 * mibBytes;
+export const clusterSizeBytesMin = 64 * kibBytes;
+export const clusterSizeBytesMax = gibBytes;
+// The metadata area at the front of an lvstore's bdev: 1/64 of the device, at least 1 MiB,
+// at most 256 MiB, rounded up to whole clusters. Data clusters follow it.
+export const metadataAreaBytesMin = mibBytes;
+export const metadataAreaBytesMax = 256 * mibBytes;
+export const metadataAreaDeviceFraction = 64;
+
+// Names (the Longhorn fork raised SPDK's limit to 255 characters).
+export const nameLengthMax = 255;
+export const xattrNameLengthMax = 255;
+export const xattrValueLengthMax = 64 * kibBytes;
+export const xattrCountMax = 256;
+export const lvolCountMax = 65_536;
+export const bdevCountMax = 4096;
+
+// Internal read/write API: the largest single request.
+export const ioBytesMax = 64 * mibBytes;
+
+// JSON-RPC over WebSocket (SPEC §3.1).
+export const listenDefault = '127.0.0.1:5260';
+export const rpcFrameBytesMax = mibBytes;
+export const rpcConnectionsMax = 1024;
+export const rpcInFlightPerConnectionMax = 256;
+export const rpcBatchLengthMax = 256;
+export const heartbeatIntervalMs = 30_000;
+// A client whose send buffer grows past this is treated as falling behind.
+export const clientBufferedBytesMax = 4 * mibBytes;
+
+// Inspection stream (SPEC §8): events queued per subscriber before dropping.
+export const inspectQueueLengthMax = 1024;
+// Checksum progress notifications are throttled to at most one per this interval per lvol.
+export const progressNotifyIntervalMs = 250;
+
+assert.ok(clusterSizeBytesMin >= Math.max(...blockSizesAllowed), 'a cluster holds whole blocks');
+assert.ok(metadataAreaBytesMin <= metadataAreaBytesMax);
+assert.ok(rpcInFlightPerConnectionMax >= rpcBatchLengthMax, 'a full batch fits in the in-flight limit');
+assert.ok(ioBytesMax <= rpcFrameBytesMax * 64);

@@ -1,0 +1,36 @@
+// The block-device interface every bdev implements: byte-addressed, block-aligned I/O on real storage.
+import assert from 'node:assert/strict';
+
+export interface BlockDevice {
+  readonly kind: 'memory' | 'file' | 'simulated';
+  readonly sizeBytes: number;
+  readonly blockSizeBytes: number;
+  /** Fills `target` with the bytes at `offsetBytes`. Resolves after real I/O (a macrotask). */
+  readInto(target: Buffer, offsetBytes: number): Promise<void>;
+  write(offsetBytes: number, data: Uint8Array): Promise<void>;
+  /** Afterwards the range reads as zeros (SPDK's unmap / write_zeroes). */
+  discard(offsetBytes: number, lengthBytes: number): Promise<void>;
+  /** Makes every completed write durable. */
+  flush(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** Reads into a fresh buffer; callers that read often should reuse a buffer with `readInto`. */
+export async function readBytes(device: BlockDevice, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+  const target = Buffer.allocUnsafe(lengthBytes);
+  await device.readInto(target, offsetBytes);
+  return target;
+}
+
+/** Asserts a request lies inside the device and on block boundaries: callers validate first. */
+export function assertAlignedRange(device: BlockDevice, offsetBytes: number, lengthBytes: number): void {
+  assert.ok(Number.isSafeInteger(offsetBytes) && offsetBytes >= 0, `bad offset ${offsetBytes}`);
+  assert.ok(Number.isSafeInteger(lengthBytes) && lengthBytes >= 0, `bad length ${lengthBytes}`);
+  assert.ok(offsetBytes + lengthBytes <= device.sizeBytes, `I/O past the end: ${offsetBytes}+${lengthBytes}`);
+  assert.equal(offsetBytes % device.blockSizeBytes, 0, 'offset is not block aligned');
+  assert.equal(lengthBytes % device.blockSizeBytes, 0, 'length is not block aligned');
+}
+
+// A shared buffer of zeros for writing zeros in chunks without allocating each time.
+export const zeroChunkBytes = 1024 * 1024;
+export const zeroChunk: Buffer = Buffer.alloc(zeroChunkBytes);

@@ -1,0 +1,85 @@
+// A device on a regular file through Node's file I/O (SPDK's aio bdev; the implementation is fs.promises).
+import { constants as fsConstants } from 'node:fs';
+import { type FileHandle, open, stat } from 'node:fs/promises';
+import { type BlockDevice, assertAlignedRange, zeroChunk, zeroChunkBytes } from './blockDevice.ts';
+
+export class FileDevice implements BlockDevice {
+  readonly kind: BlockDevice['kind'] = 'file';
+
+  private constructor(
+    readonly path: string,
+    private readonly handle: FileHandle,
+    readonly sizeBytes: number,
+    readonly blockSizeBytes: number,
+    readonly readOnly: boolean,
+  ) {}
+
+  /**
+   * Opens an existing regular file. Its size is rounded down to whole blocks; a missing file or a
+   * directory is refused with a Node error the caller turns into a clear message.
+   */
+  static async open(path: string, blockSizeBytes: number, options: { readOnly?: boolean } = {}): Promise<FileDevice> {
+    const info = await stat(path);
+    if (!info.isFile() && !info.isBlockDevice()) throw new Error(`${path} is not a regular file or block device`);
+    const flags = options.readOnly ? fsConstants.O_RDONLY : fsConstants.O_RDWR;
+    const handle = await open(path, flags);
+    const sizeBytes = Math.floor(info.size / blockSizeBytes) * blockSizeBytes;
+    return new FileDevice(path, handle, sizeBytes, blockSizeBytes, options.readOnly ?? false);
+  }
+
+  /** Creates (or extends) a sparse file of `sizeBytes`: it takes no disk space until written. */
+  static async createSparse(path: string, sizeBytes: number): Promise<void> {
+    const handle = await open(path, 'a');
+    try {
+      const info = await handle.stat();
+      if (info.size < sizeBytes) await handle.truncate(sizeBytes);
+    } finally {
+      await handle.close();
+    }
+  }
+
+  async readInto(target: Buffer, offsetBytes: number): Promise<void> {
+    assertAlignedRange(this, offsetBytes, target.length);
+    let done = 0;
+    while (done < target.length) {
+      const { bytesRead } = await this.handle.read(target, done, target.length - done, offsetBytes + done);
+      if (bytesRead === 0) {
+        // The file shrank under us: what is past its end reads as zeros rather than garbage.
+        target.fill(0, done);
+        return;
+      }
+      done += bytesRead;
+    }
+  }
+
+  async write(offsetBytes: number, data: Uint8Array): Promise<void> {
+    assertAlignedRange(this, offsetBytes, data.length);
+    let done = 0;
+    while (done < data.length) {
+      const { bytesWritten } = await this.handle.write(data, done, data.length - done, offsetBytes + done);
+      done += bytesWritten;
+    }
+  }
+
+  async discard(offsetBytes: number, lengthBytes: number): Promise<void> {
+    assertAlignedRange(this, offsetBytes, lengthBytes);
+    if (offsetBytes === 0 && lengthBytes === this.sizeBytes) {
+      // Node has no hole punching; for the whole file, truncating to zero and back frees every block.
+      await this.handle.truncate(0);
+      await this.handle.truncate(this.sizeBytes);
+      return;
+    }
+    for (let offset = offsetBytes; offset < offsetBytes + lengthBytes; offset += zeroChunkBytes) {
+      const length = Math.min(zeroChunkBytes, offsetBytes + lengthBytes - offset);
+      await this.write(offset, zeroChunk.subarray(0, length));
+    }
+  }
+
+  async flush(): Promise<void> {
+    await this.handle.datasync();
+  }
+
+  async close(): Promise<void> {
+    await this.handle.close();
+  }
+}

@@ -1,0 +1,79 @@
+// A memory device for tests that can delay I/O, hold it at a gate, and fail the Nth read or write.
+import { MemoryDevice } from './memoryDevice.ts';
+import type { BlockDevice } from './blockDevice.ts';
+
+export type IoKind = 'read' | 'write';
+
+export interface SimulatedFaults {
+  /** Delay every I/O by this many milliseconds (a real timer: a macrotask). */
+  delayMs?: number;
+  /** Fail the Nth read (1-based, counted from when the fault was set) with EIO. */
+  failReadAt?: number;
+  /** Fail the Nth write (1-based) with EIO. */
+  failWriteAt?: number;
+}
+
+export class SimulatedIoError extends Error {
+  readonly code = 'EIO';
+}
+
+export class SimulatedDevice extends MemoryDevice {
+  override readonly kind: BlockDevice['kind'] = 'simulated';
+  private faults: SimulatedFaults = {};
+  private readsSinceFault = 0;
+  private writesSinceFault = 0;
+  private gate: Promise<void> | undefined;
+  private openGate: (() => void) | undefined;
+  /** Counts every I/O, for tests that assert what was (not) read. */
+  readonly counts = { reads: 0, writes: 0, readBytes: 0, writtenBytes: 0 };
+  /** Called as each I/O starts, before any delay or gate. */
+  onIoStart: ((kind: IoKind, offsetBytes: number, lengthBytes: number) => void) | undefined;
+
+  setFaults(faults: SimulatedFaults): void {
+    this.faults = faults;
+    this.readsSinceFault = 0;
+    this.writesSinceFault = 0;
+  }
+
+  /** Holds every following I/O until `release()` is called. */
+  hold(): void {
+    if (this.gate) return;
+    this.gate = new Promise((resolve) => {
+      this.openGate = resolve;
+    });
+  }
+
+  release(): void {
+    this.openGate?.();
+    this.gate = undefined;
+    this.openGate = undefined;
+  }
+
+  override async readInto(target: Buffer, offsetBytes: number): Promise<void> {
+    await this.beforeIo('read', offsetBytes, target.length);
+    await super.readInto(target, offsetBytes);
+  }
+
+  override async write(offsetBytes: number, data: Uint8Array): Promise<void> {
+    await this.beforeIo('write', offsetBytes, data.length);
+    await super.write(offsetBytes, data);
+  }
+
+  private async beforeIo(kind: IoKind, offsetBytes: number, lengthBytes: number): Promise<void> {
+    this.onIoStart?.(kind, offsetBytes, lengthBytes);
+    if (kind === 'read') {
+      this.counts.reads++;
+      this.counts.readBytes += lengthBytes;
+    } else {
+      this.counts.writes++;
+      this.counts.writtenBytes += lengthBytes;
+    }
+    if (this.faults.delayMs) await new Promise((resolve) => setTimeout(resolve, this.faults.delayMs));
+    while (this.gate) await this.gate;
+    const count = kind === 'read' ? ++this.readsSinceFault : ++this.writesSinceFault;
+    const failAt = kind === 'read' ? this.faults.failReadAt : this.faults.failWriteAt;
+    if (failAt !== undefined && count === failAt) {
+      throw new SimulatedIoError(`simulated ${kind} failure at ${kind} #${count} (offset ${offsetBytes})`);
+    }
+  }
+}

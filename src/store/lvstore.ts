@@ -1,0 +1,607 @@
+// An lvstore on one block device: lvol metadata operations (SPEC §2) and the lvol data path.
+//
+// Every metadata change goes through `commit`, which applies it to the records and hands it to
+// the MetadataLog; the durability issue replaces the log, not this file. Data lives on the device.
+import assert from 'node:assert/strict';
+import {
+  clusterSizeBytesMax,
+  clusterSizeBytesMin,
+  metadataAreaBytesMax,
+  metadataAreaBytesMin,
+  metadataAreaDeviceFraction,
+  mibBytes,
+  nameLengthMax,
+  xattrCountMax,
+  xattrNameLengthMax,
+  xattrValueLengthMax,
+} from '../constants.ts';
+import type { BlockDevice } from '../device/blockDevice.ts';
+import { StorageError, fail } from '../errors.ts';
+import type { Runtime } from '../runtime.ts';
+import { ClusterAllocator } from './clusterAllocator.ts';
+import { IoGate } from './ioGate.ts';
+import {
+  type ClearMethod,
+  type LvolRecord,
+  type LvstoreRecord,
+  type MetadataChange,
+  type MetadataLog,
+  applyChange,
+} from './metadata.ts';
+
+export interface LvstoreOptions {
+  name: string;
+  clusterBytes: number;
+  clearMethod: ClearMethod;
+}
+
+export interface LvstoreInfo {
+  id: string;
+  name: string;
+  clusterBytes: number;
+  blockBytes: number;
+  totalDataClusters: number;
+  freeClusters: number;
+}
+
+export function clusterIndexToOffsetBytes(clusterIndex: number, clusterBytes: number): number {
+  return clusterIndex * clusterBytes;
+}
+
+export function sizeMibToClusterCount(sizeMib: number, clusterBytes: number): number {
+  return Math.ceil((sizeMib * mibBytes) / clusterBytes);
+}
+
+/** The metadata area at the front of the device, in whole clusters (see constants.ts). */
+export function metadataClusterCount(deviceBytes: number, clusterBytes: number): number {
+  const areaBytes = Math.min(
+    metadataAreaBytesMax,
+    Math.max(metadataAreaBytesMin, Math.ceil(deviceBytes / metadataAreaDeviceFraction)),
+  );
+  return Math.ceil(areaBytes / clusterBytes);
+}
+
+export function validateName(kind: string, name: string): void {
+  if (name.length === 0 || name.length > nameLengthMax) {
+    fail('EINVAL', `${kind} name must be 1 to ${nameLengthMax} characters`);
+  }
+  if (name.includes('/')) fail('EINVAL', `${kind} name must not contain '/'`);
+}
+
+export class Lvstore {
+  readonly allocator: ClusterAllocator;
+  private readonly gates = new Map<string, IoGate>();
+  // Allocation of one logical cluster of one lvol runs alone: concurrent first writes must not
+  // both allocate it.
+  private readonly allocating = new Map<string, Promise<void>>();
+
+  private constructor(
+    readonly device: BlockDevice,
+    readonly record: LvstoreRecord,
+    private readonly log: MetadataLog,
+    private readonly runtime: Runtime,
+  ) {
+    this.allocator = new ClusterAllocator(record.firstDataCluster, record.clusterTotal);
+    for (const lvol of record.lvols.values()) {
+      for (const physicalCluster of lvol.clusterMap) if (physicalCluster !== 0) this.allocator.markUsed(physicalCluster);
+    }
+  }
+
+  /** Creates a new lvstore on `device`, clearing it first unless the clear method is `none`. */
+  static async create(device: BlockDevice, options: LvstoreOptions, log: MetadataLog, runtime: Runtime): Promise<Lvstore> {
+    validateName('lvstore', options.name);
+    const { clusterBytes } = options;
+    if (
+      clusterBytes < clusterSizeBytesMin ||
+      clusterBytes > clusterSizeBytesMax ||
+      (clusterBytes & (clusterBytes - 1)) !== 0 ||
+      clusterBytes % device.blockSizeBytes !== 0
+    ) {
+      fail('EINVAL', `cluster_sz must be a power of two from ${clusterSizeBytesMin} to ${clusterSizeBytesMax} bytes`);
+    }
+    const clusterTotal = Math.floor(device.sizeBytes / clusterBytes);
+    const firstDataCluster = metadataClusterCount(device.sizeBytes, clusterBytes);
+    if (clusterTotal <= firstDataCluster) {
+      fail('ENOSPC', `device of ${device.sizeBytes} bytes has no room for data clusters of ${clusterBytes} bytes`);
+    }
+    // `none` leaves the device's old bytes in place, as SPDK does; the others make it read zeros.
+    if (options.clearMethod !== 'none') await device.discard(0, device.sizeBytes);
+    const record: LvstoreRecord = {
+      id: runtime.uuid(),
+      name: options.name,
+      clusterBytes,
+      blockBytes: device.blockSizeBytes,
+      firstDataCluster,
+      clusterTotal,
+      clearMethod: options.clearMethod,
+      lvols: new Map(),
+    };
+    return new Lvstore(device, record, log, runtime);
+  }
+
+  /** Wraps records loaded from a durable log (used by the durability layer). */
+  static fromRecord(device: BlockDevice, record: LvstoreRecord, log: MetadataLog, runtime: Runtime): Lvstore {
+    return new Lvstore(device, record, log, runtime);
+  }
+
+  get id(): string {
+    return this.record.id;
+  }
+
+  get name(): string {
+    return this.record.name;
+  }
+
+  get clusterBytes(): number {
+    return this.record.clusterBytes;
+  }
+
+  info(): LvstoreInfo {
+    return {
+      id: this.record.id,
+      name: this.record.name,
+      clusterBytes: this.record.clusterBytes,
+      blockBytes: this.record.blockBytes,
+      totalDataClusters: this.allocator.dataClusterTotal,
+      freeClusters: this.allocator.free,
+    };
+  }
+
+  lvols(): LvolRecord[] {
+    return [...this.record.lvols.values()];
+  }
+
+  lvol(id: string): LvolRecord {
+    return this.record.lvols.get(id) ?? fail('ENODEV', `lvol ${id} is not in lvstore ${this.record.name}`);
+  }
+
+  findLvolByName(name: string): LvolRecord | undefined {
+    for (const lvol of this.record.lvols.values()) if (lvol.name === name) return lvol;
+    return undefined;
+  }
+
+  clonesOf(id: string): LvolRecord[] {
+    return this.lvols().filter((lvol) => lvol.parentId === id);
+  }
+
+  ownedClusterCount(id: string): number {
+    let count = 0;
+    for (const physicalCluster of this.lvol(id).clusterMap) if (physicalCluster !== 0) count++;
+    return count;
+  }
+
+  /** The first cluster index ≥ `fromClusterIndex` that the lvol itself owns, or -1. */
+  nextOwnedCluster(id: string, fromClusterIndex: number): number {
+    const map = this.lvol(id).clusterMap;
+    for (let index = fromClusterIndex; index < map.length; index++) if (map[index] !== 0) return index;
+    return -1;
+  }
+
+  private async commit(changes: MetadataChange[]): Promise<void> {
+    for (const change of changes) applyChange(this.record, change);
+    await this.log.append(changes);
+  }
+
+  private gate(id: string): IoGate {
+    let gate = this.gates.get(id);
+    if (!gate) {
+      gate = new IoGate();
+      this.gates.set(id, gate);
+    }
+    return gate;
+  }
+
+  private assertNameFree(name: string): void {
+    validateName('lvol', name);
+    if (this.findLvolByName(name)) fail('EEXIST', `lvol ${this.record.name}/${name} already exists`);
+  }
+
+  // ---- lvstore ----
+
+  async rename(name: string): Promise<void> {
+    validateName('lvstore', name);
+    await this.commit([{ type: 'lvstore.rename', name }]);
+  }
+
+  async close(): Promise<void> {
+    await this.log.close();
+  }
+
+  // ---- lvol metadata operations ----
+
+  async createLvol(options: { name: string; clusterCount: number; thin: boolean; clearMethod?: ClearMethod }): Promise<LvolRecord> {
+    this.assertNameFree(options.name);
+    if (!Number.isSafeInteger(options.clusterCount) || options.clusterCount < 1) fail('EINVAL', 'size must be at least one cluster');
+    if (options.clusterCount > this.allocator.dataClusterTotal) {
+      fail('ENOSPC', `${options.clusterCount} clusters exceed the lvstore's ${this.allocator.dataClusterTotal}`);
+    }
+    const physical = options.thin ? [] : this.allocator.allocate(options.clusterCount);
+    const id = this.runtime.uuid();
+    await this.commit([
+      {
+        type: 'lvol.create',
+        id,
+        name: options.name,
+        clusterCount: options.clusterCount,
+        thin: options.thin,
+        readOnly: false,
+        snapshot: false,
+        parentId: null,
+        clearMethod: options.clearMethod ?? this.record.clearMethod,
+        xattrs: {},
+        createdAtMs: this.runtime.nowMs(),
+        allocations: physical.map((physicalCluster, clusterIndex) => [clusterIndex, physicalCluster] as const),
+      },
+    ]);
+    return this.lvol(id);
+  }
+
+  /** Snapshot of `id`: the new read-only snapshot takes every cluster; `id` becomes its thin clone. */
+  async snapshot(id: string, snapshotName: string, xattrs: Record<string, string>): Promise<LvolRecord> {
+    const lvol = this.lvol(id);
+    if (lvol.readOnly) fail('EINVAL', `${lvol.name} is read-only: snapshots are taken of writable lvols`);
+    this.assertNameFree(snapshotName);
+    validateXattrs(xattrs);
+    const snapshotId = this.runtime.uuid();
+    await this.gate(id).withExclusive(async () => {
+      this.assertNameFree(snapshotName);
+      await this.commit([
+        {
+          type: 'lvol.create',
+          id: snapshotId,
+          name: snapshotName,
+          clusterCount: lvol.clusterMap.length,
+          thin: lvol.thin,
+          readOnly: true,
+          snapshot: true,
+          parentId: null,
+          clearMethod: lvol.clearMethod,
+          xattrs,
+          createdAtMs: this.runtime.nowMs(),
+          allocations: [],
+        },
+        { type: 'lvol.snapshot', id, snapshotId },
+      ]);
+    });
+    return this.lvol(snapshotId);
+  }
+
+  async clone(snapshotId: string, cloneName: string): Promise<LvolRecord> {
+    const source = this.lvol(snapshotId);
+    if (!source.readOnly) fail('EINVAL', `${source.name} is not read-only: clones are made of snapshots`);
+    this.assertNameFree(cloneName);
+    const id = this.runtime.uuid();
+    await this.commit([
+      {
+        type: 'lvol.create',
+        id,
+        name: cloneName,
+        clusterCount: source.clusterMap.length,
+        thin: true,
+        readOnly: false,
+        snapshot: false,
+        parentId: snapshotId,
+        clearMethod: source.clearMethod,
+        xattrs: {},
+        createdAtMs: this.runtime.nowMs(),
+        allocations: [],
+      },
+    ]);
+    return this.lvol(id);
+  }
+
+  /**
+   * Deletes an lvol. With one clone it merges: the clone adopts the clusters it does not own.
+   * With two or more: "Operation not permitted", as SPDK.
+   */
+  async deleteLvol(id: string): Promise<{ mergedInto: string | null }> {
+    const lvol = this.lvol(id);
+    const clones = this.clonesOf(id);
+    if (clones.length > 1) {
+      fail('EPERM', `${lvol.name} has ${clones.length} clones`, { wire: 'internal' });
+    }
+    const clone = clones[0];
+    return this.gate(id).withExclusive(async () => {
+      const freed: number[] = [];
+      if (clone) {
+        const cloneMap = clone.clusterMap;
+        lvol.clusterMap.forEach((physicalCluster, index) => {
+          if (physicalCluster !== 0 && (index >= cloneMap.length || cloneMap[index] !== 0)) freed.push(physicalCluster);
+        });
+        await this.commit([{ type: 'lvol.merge', id, cloneId: clone.id }]);
+      } else {
+        for (const physicalCluster of lvol.clusterMap) if (physicalCluster !== 0) freed.push(physicalCluster);
+        await this.commit([{ type: 'lvol.delete', id }]);
+      }
+      this.gates.delete(id);
+      // Freed clusters are cleared before anyone else may allocate them.
+      await this.clearClusters(freed, lvol.clearMethod);
+      this.allocator.release(freed);
+      return { mergedInto: clone?.id ?? null };
+    });
+  }
+
+  private async clearClusters(physicalClusters: number[], clearMethod: ClearMethod): Promise<void> {
+    if (clearMethod === 'none') return;
+    for (const physicalCluster of physicalClusters) {
+      await this.device.discard(clusterIndexToOffsetBytes(physicalCluster, this.clusterBytes), this.clusterBytes);
+    }
+  }
+
+  async renameLvol(id: string, name: string): Promise<void> {
+    const lvol = this.lvol(id);
+    if (lvol.name === name) return;
+    this.assertNameFree(name);
+    await this.commit([{ type: 'lvol.rename', id, name }]);
+  }
+
+  async resize(id: string, clusterCount: number): Promise<void> {
+    const lvol = this.lvol(id);
+    if (lvol.readOnly) fail('EPERM', `${lvol.name} is read-only and cannot be resized`);
+    if (!Number.isSafeInteger(clusterCount) || clusterCount < 1) fail('EINVAL', 'size must be at least one cluster');
+    await this.gate(id).withExclusive(async () => {
+      const oldCount = lvol.clusterMap.length;
+      const grown = clusterCount > oldCount && !lvol.thin ? this.allocator.allocate(clusterCount - oldCount) : [];
+      const freed = [...lvol.clusterMap.subarray(Math.min(clusterCount, oldCount))].filter((cluster) => cluster !== 0);
+      await this.commit([
+        {
+          type: 'lvol.resize',
+          id,
+          clusterCount,
+          allocations: grown.map((physicalCluster, offset) => [oldCount + offset, physicalCluster] as const),
+        },
+      ]);
+      await this.clearClusters(freed, lvol.clearMethod);
+      this.allocator.release(freed);
+    });
+  }
+
+  async setReadOnly(id: string): Promise<void> {
+    const lvol = this.lvol(id);
+    if (lvol.readOnly) return;
+    await this.gate(id).withExclusive(() => this.commit([{ type: 'lvol.set_read_only', id }]));
+  }
+
+  async setXattr(id: string, name: string, value: string): Promise<void> {
+    const lvol = this.lvol(id);
+    if (lvol.readOnly) fail('EPERM', `${lvol.name} is read-only`);
+    validateXattrs({ [name]: value });
+    if (!lvol.xattrs.has(name) && lvol.xattrs.size >= xattrCountMax) fail('ENOSPC', `at most ${xattrCountMax} xattrs`);
+    await this.commit([{ type: 'lvol.set_xattr', id, name, value }]);
+  }
+
+  getXattr(id: string, name: string): string {
+    const value = this.lvol(id).xattrs.get(name);
+    if (value === undefined) fail('ENOENT', `xattr ${name} is not set`, { wire: 'internal' });
+    return value;
+  }
+
+  /**
+   * Inflate (every cluster allocated, zeros where nothing below) or decouple (only clusters some
+   * ancestor owns). Both end the dependency on the parent and drop a snapshot's checksums.
+   */
+  async copyUpFromParent(id: string, mode: 'inflate' | 'decouple'): Promise<void> {
+    const lvol = this.lvol(id);
+    if (mode === 'decouple' && lvol.parentId === null) fail('EINVAL', `${lvol.name} has no parent to decouple from`);
+    for (let clusterIndex = 0; clusterIndex < lvol.clusterMap.length; clusterIndex++) {
+      if (lvol.clusterMap[clusterIndex] !== 0) continue;
+      if (mode === 'decouple' && this.ownerBelow(lvol, clusterIndex) === 0) continue;
+      await this.allocateCluster(lvol, clusterIndex, undefined);
+    }
+    const changes: MetadataChange[] = [
+      { type: 'lvol.set_parent', id, parentId: null, ...(mode === 'inflate' ? { thin: false } : {}) },
+    ];
+    if (lvol.snapshot) changes.push({ type: 'checksum.invalidate', id });
+    await this.commit(changes);
+  }
+
+  async detachParent(id: string): Promise<void> {
+    const lvol = this.lvol(id);
+    if (lvol.parentId === null) fail('EINVAL', `${lvol.name} has no parent`);
+    await this.commit([{ type: 'lvol.set_parent', id, parentId: null }]);
+  }
+
+  async setParent(id: string, parentId: string): Promise<void> {
+    const lvol = this.lvol(id);
+    const parent = this.lvol(parentId);
+    if (lvol.parentId === parentId) fail('EEXIST', `${parent.name} is already the parent of ${lvol.name}`);
+    if (!lvol.thin) fail('EINVAL', `${lvol.name} is not thin provisioned`);
+    if (!parent.snapshot) fail('EINVAL', `${parent.name} is not a snapshot`);
+    if (parent.clusterMap.length !== lvol.clusterMap.length) fail('EINVAL', 'parent and lvol differ in size');
+    for (let ancestor: LvolRecord | undefined = parent; ancestor; ) {
+      if (ancestor.id === id) fail('EINVAL', `${parent.name} depends on ${lvol.name}: that would make a cycle`);
+      ancestor = ancestor.parentId ? this.record.lvols.get(ancestor.parentId) : undefined;
+    }
+    await this.commit([{ type: 'lvol.set_parent', id, parentId }]);
+  }
+
+  async storeChecksum(id: string, checksum: bigint, rangeChecksums: BigUint64Array | null): Promise<void> {
+    this.lvol(id);
+    await this.commit([{ type: 'checksum.store', id, checksum, rangeChecksums }]);
+  }
+
+  // ---- data path ----
+
+  /** Physical cluster owning `clusterIndex` below `lvol` in its parent chain, or 0 for zeros. */
+  private ownerBelow(lvol: LvolRecord, clusterIndex: number): number {
+    let ancestor = lvol.parentId ? this.record.lvols.get(lvol.parentId) : undefined;
+    while (ancestor) {
+      if (clusterIndex >= ancestor.clusterMap.length) return 0;
+      const physicalCluster = ancestor.clusterMap[clusterIndex]!;
+      if (physicalCluster !== 0) return physicalCluster;
+      ancestor = ancestor.parentId ? this.record.lvols.get(ancestor.parentId) : undefined;
+    }
+    return 0;
+  }
+
+  private owner(lvol: LvolRecord, clusterIndex: number): number {
+    return lvol.clusterMap[clusterIndex] || this.ownerBelow(lvol, clusterIndex);
+  }
+
+  private assertIoRange(lvol: LvolRecord, offsetBytes: number, lengthBytes: number): void {
+    const sizeBytes = lvol.clusterMap.length * this.clusterBytes;
+    const blockBytes = this.record.blockBytes;
+    if (!Number.isSafeInteger(offsetBytes) || offsetBytes < 0 || !Number.isSafeInteger(lengthBytes) || lengthBytes < 0) {
+      fail('EINVAL', 'offset and length must be non-negative integers');
+    }
+    if (offsetBytes % blockBytes !== 0 || lengthBytes % blockBytes !== 0) {
+      fail('EINVAL', `offset and length must be multiples of the ${blockBytes}-byte block`);
+    }
+    if (offsetBytes + lengthBytes > sizeBytes) fail('EINVAL', `I/O past the end of the ${sizeBytes}-byte lvol`);
+  }
+
+  /** Visits each cluster-sized piece of a byte range: (clusterIndex, offset in cluster, offset in range, length). */
+  private forEachSegment(
+    offsetBytes: number,
+    lengthBytes: number,
+    visit: (clusterIndex: number, innerOffsetBytes: number, rangeOffsetBytes: number, segmentBytes: number) => Promise<void>,
+  ): Promise<void[]> {
+    const work: Promise<void>[] = [];
+    for (let position = 0; position < lengthBytes; ) {
+      const absolute = offsetBytes + position;
+      const clusterIndex = Math.floor(absolute / this.clusterBytes);
+      const inner = absolute - clusterIndex * this.clusterBytes;
+      const segmentBytes = Math.min(this.clusterBytes - inner, lengthBytes - position);
+      work.push(visit(clusterIndex, inner, position, segmentBytes));
+      position += segmentBytes;
+    }
+    return Promise.all(work);
+  }
+
+  /** Reads through the parent chain; clusters nobody owns read as zeros. */
+  async read(id: string, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+    const lvol = this.lvol(id);
+    this.assertIoRange(lvol, offsetBytes, lengthBytes);
+    const target = Buffer.allocUnsafe(lengthBytes);
+    await this.readVisible(lvol, offsetBytes, target);
+    return target;
+  }
+
+  private async readVisible(lvol: LvolRecord, offsetBytes: number, target: Buffer): Promise<void> {
+    await this.forEachSegment(offsetBytes, target.length, async (clusterIndex, inner, rangeOffset, length) => {
+      const slice = target.subarray(rangeOffset, rangeOffset + length);
+      const physicalCluster = this.owner(lvol, clusterIndex);
+      if (physicalCluster === 0) slice.fill(0);
+      else await this.device.readInto(slice, clusterIndexToOffsetBytes(physicalCluster, this.clusterBytes) + inner);
+    });
+  }
+
+  /** Writes to a writable lvol; a cluster it does not own yet is allocated (copy-on-write). */
+  async write(id: string, offsetBytes: number, data: Uint8Array): Promise<void> {
+    const lvol = this.lvol(id);
+    if (lvol.readOnly) fail('EPERM', `${lvol.name} is read-only`);
+    this.assertIoRange(lvol, offsetBytes, data.length);
+    await this.gate(id).withShared(async () => {
+      await this.forEachSegment(offsetBytes, data.length, async (clusterIndex, inner, rangeOffset, length) => {
+        const piece = data.subarray(rangeOffset, rangeOffset + length);
+        const physicalCluster = lvol.clusterMap[clusterIndex]!;
+        if (physicalCluster !== 0) {
+          await this.device.write(clusterIndexToOffsetBytes(physicalCluster, this.clusterBytes) + inner, piece);
+        } else {
+          await this.allocateCluster(lvol, clusterIndex, { innerOffsetBytes: inner, data: piece });
+        }
+      });
+    });
+  }
+
+  /**
+   * Gives `lvol` its own copy of `clusterIndex`: what it sees now (parent chain or zeros) with
+   * `overlay` on top, written to a fresh cluster before the allocation is committed.
+   */
+  private async allocateCluster(
+    lvol: LvolRecord,
+    clusterIndex: number,
+    overlay: { innerOffsetBytes: number; data: Uint8Array } | undefined,
+  ): Promise<void> {
+    const key = `${lvol.id}:${clusterIndex}`;
+    for (let pending = this.allocating.get(key); pending; pending = this.allocating.get(key)) await pending;
+    const existing = lvol.clusterMap[clusterIndex]!;
+    if (existing !== 0) {
+      if (overlay) {
+        const offset = clusterIndexToOffsetBytes(existing, this.clusterBytes) + overlay.innerOffsetBytes;
+        await this.device.write(offset, overlay.data);
+      }
+      return;
+    }
+    const work = this.copyIntoNewCluster(lvol, clusterIndex, overlay);
+    const settled = work.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.allocating.set(key, settled);
+    try {
+      await work;
+    } finally {
+      this.allocating.delete(key);
+    }
+  }
+
+  private async copyIntoNewCluster(
+    lvol: LvolRecord,
+    clusterIndex: number,
+    overlay: { innerOffsetBytes: number; data: Uint8Array } | undefined,
+  ): Promise<void> {
+    const [physicalCluster] = this.allocator.allocate(1);
+    assert.ok(physicalCluster !== undefined);
+    try {
+      let content: Uint8Array;
+      if (overlay && overlay.data.length === this.clusterBytes) {
+        content = overlay.data;
+      } else {
+        const buffer = Buffer.alloc(this.clusterBytes);
+        const below = this.ownerBelow(lvol, clusterIndex);
+        if (below !== 0) await this.device.readInto(buffer, clusterIndexToOffsetBytes(below, this.clusterBytes));
+        if (overlay) buffer.set(overlay.data, overlay.innerOffsetBytes);
+        content = buffer;
+      }
+      // Data first, then the metadata that publishes it: a crash in between leaks nothing visible.
+      await this.device.write(clusterIndexToOffsetBytes(physicalCluster, this.clusterBytes), content);
+    } catch (error) {
+      this.allocator.release([physicalCluster]);
+      throw error;
+    }
+    if (!this.record.lvols.has(lvol.id)) {
+      this.allocator.release([physicalCluster]);
+      fail('ENODEV', `lvol ${lvol.name} was deleted during the write`);
+    }
+    await this.commit([{ type: 'cluster.allocate', id: lvol.id, clusterIndex, physicalCluster }]);
+  }
+
+  /** Reads one cluster the lvol itself owns, whole, into `target` (the checksum walk's step). */
+  async readOwnedCluster(id: string, clusterIndex: number, target: Buffer): Promise<void> {
+    const physicalCluster = this.lvol(id).clusterMap[clusterIndex];
+    if (!physicalCluster) fail('EINVAL', `cluster ${clusterIndex} is not owned by lvol ${id}`);
+    assert.equal(target.length, this.clusterBytes);
+    await this.device.readInto(target, clusterIndexToOffsetBytes(physicalCluster, this.clusterBytes));
+  }
+
+  /** Bitmap of owned clusters in a byte range (bdev_lvol_get_fragmap), bit i = cluster i, LSB first. */
+  fragmap(id: string, offsetBytes: number, sizeBytes: number): { clusterCount: number; allocated: number; bitmap: Buffer } {
+    const lvol = this.lvol(id);
+    const lvolBytes = lvol.clusterMap.length * this.clusterBytes;
+    const length = sizeBytes === 0 ? lvolBytes - offsetBytes : sizeBytes;
+    if (offsetBytes % this.clusterBytes !== 0 || length % this.clusterBytes !== 0 || offsetBytes + length > lvolBytes || length < 0) {
+      fail('EINVAL', 'offset and size must be cluster aligned and inside the lvol');
+    }
+    const first = offsetBytes / this.clusterBytes;
+    const clusterCount = length / this.clusterBytes;
+    const bitmap = Buffer.alloc(Math.ceil(clusterCount / 8));
+    let allocated = 0;
+    for (let bit = 0; bit < clusterCount; bit++) {
+      if (lvol.clusterMap[first + bit] !== 0) {
+        bitmap[bit >> 3]! |= 1 << (bit & 7);
+        allocated++;
+      }
+    }
+    return { clusterCount, allocated, bitmap };
+  }
+}
+
+function validateXattrs(xattrs: Record<string, string>): void {
+  const entries = Object.entries(xattrs);
+  if (entries.length > xattrCountMax) throw new StorageError('EINVAL', { detail: `at most ${xattrCountMax} xattrs` });
+  for (const [name, value] of entries) {
+    if (name.length === 0 || name.length > xattrNameLengthMax) fail('EINVAL', `xattr name must be 1 to ${xattrNameLengthMax} characters`);
+    if (value.length > xattrValueLengthMax) fail('EINVAL', `xattr value longer than ${xattrValueLengthMax} characters`);
+  }
+}

@@ -1,0 +1,194 @@
+// The lvstore's metadata: records, and the changes that are the only way they are ever modified.
+//
+// Every change is a plain record applied by `applyChange`, both live and when a durable log is
+// replayed at load (the durability issue makes `MetadataLog` persistent; nothing else changes).
+
+export type ClearMethod = 'none' | 'unmap' | 'write_zeroes';
+
+export interface LvolRecord {
+  readonly id: string;
+  name: string;
+  /** Physical cluster index per logical cluster; 0 means "not owned" (cluster 0 holds metadata). */
+  clusterMap: Uint32Array;
+  thin: boolean;
+  readOnly: boolean;
+  /** Created by bdev_lvol_snapshot: only snapshots get checksums. */
+  snapshot: boolean;
+  parentId: string | null;
+  clearMethod: ClearMethod;
+  xattrs: Map<string, string>;
+  readonly createdAtMs: number;
+  /** Whole-snapshot CRC-64/GO-ISO, once a registration completed (SPEC §6.1). */
+  checksum: bigint | null;
+  /** Per logical cluster CRC (0 for clusters not owned), once a range registration completed. */
+  rangeChecksums: BigUint64Array | null;
+}
+
+export interface LvstoreRecord {
+  readonly id: string;
+  name: string;
+  readonly clusterBytes: number;
+  readonly blockBytes: number;
+  /** Physical clusters before this one hold the metadata area. */
+  readonly firstDataCluster: number;
+  /** Physical clusters on the device, metadata area included. */
+  readonly clusterTotal: number;
+  readonly clearMethod: ClearMethod;
+  readonly lvols: Map<string, LvolRecord>;
+}
+
+export type MetadataChange =
+  | { type: 'lvstore.rename'; name: string }
+  | {
+      type: 'lvol.create';
+      id: string;
+      name: string;
+      clusterCount: number;
+      thin: boolean;
+      readOnly: boolean;
+      snapshot: boolean;
+      parentId: string | null;
+      clearMethod: ClearMethod;
+      xattrs: Record<string, string>;
+      createdAtMs: number;
+      /** Physical clusters allocated at creation (thick lvols), by logical index. */
+      allocations: ReadonlyArray<readonly [clusterIndex: number, physicalCluster: number]>;
+    }
+  | { type: 'lvol.delete'; id: string }
+  | { type: 'lvol.rename'; id: string; name: string }
+  | { type: 'lvol.resize'; id: string; clusterCount: number; allocations: ReadonlyArray<readonly [number, number]> }
+  | { type: 'lvol.set_read_only'; id: string }
+  | { type: 'lvol.set_xattr'; id: string; name: string; value: string }
+  | { type: 'lvol.set_parent'; id: string; parentId: string | null; thin?: boolean }
+  | { type: 'cluster.allocate'; id: string; clusterIndex: number; physicalCluster: number }
+  /** Snapshot: `snapshotId` takes over every cluster of `id`, which becomes its thin clone. */
+  | { type: 'lvol.snapshot'; id: string; snapshotId: string }
+  /** Delete of `id` merging into its only clone `cloneId`: the clone adopts what it does not own. */
+  | { type: 'lvol.merge'; id: string; cloneId: string }
+  | { type: 'checksum.store'; id: string; checksum: bigint; rangeChecksums: BigUint64Array | null }
+  | { type: 'checksum.invalidate'; id: string };
+
+export function createLvolRecord(change: Extract<MetadataChange, { type: 'lvol.create' }>): LvolRecord {
+  const clusterMap = new Uint32Array(change.clusterCount);
+  for (const [clusterIndex, physicalCluster] of change.allocations) clusterMap[clusterIndex] = physicalCluster;
+  return {
+    id: change.id,
+    name: change.name,
+    clusterMap,
+    thin: change.thin,
+    readOnly: change.readOnly,
+    snapshot: change.snapshot,
+    parentId: change.parentId,
+    clearMethod: change.clearMethod,
+    xattrs: new Map(Object.entries(change.xattrs)),
+    createdAtMs: change.createdAtMs,
+    checksum: null,
+    rangeChecksums: null,
+  };
+}
+
+function lvolOf(store: LvstoreRecord, id: string): LvolRecord {
+  const lvol = store.lvols.get(id);
+  if (!lvol) throw new Error(`metadata change names unknown lvol ${id}`);
+  return lvol;
+}
+
+/**
+ * Applies one change to the records. Callers validate first: a change that does not fit is a
+ * programmer error (or corrupt metadata at replay) and throws a plain Error.
+ */
+export function applyChange(store: LvstoreRecord, change: MetadataChange): void {
+  switch (change.type) {
+    case 'lvstore.rename':
+      store.name = change.name;
+      return;
+    case 'lvol.create':
+      store.lvols.set(change.id, createLvolRecord(change));
+      return;
+    case 'lvol.delete':
+      lvolOf(store, change.id);
+      store.lvols.delete(change.id);
+      return;
+    case 'lvol.rename':
+      lvolOf(store, change.id).name = change.name;
+      return;
+    case 'lvol.resize': {
+      const lvol = lvolOf(store, change.id);
+      const resized = new Uint32Array(change.clusterCount);
+      resized.set(lvol.clusterMap.subarray(0, Math.min(change.clusterCount, lvol.clusterMap.length)));
+      for (const [clusterIndex, physicalCluster] of change.allocations) resized[clusterIndex] = physicalCluster;
+      lvol.clusterMap = resized;
+      return;
+    }
+    case 'lvol.set_read_only':
+      lvolOf(store, change.id).readOnly = true;
+      return;
+    case 'lvol.set_xattr':
+      lvolOf(store, change.id).xattrs.set(change.name, change.value);
+      return;
+    case 'lvol.set_parent': {
+      const lvol = lvolOf(store, change.id);
+      lvol.parentId = change.parentId;
+      if (change.thin !== undefined) lvol.thin = change.thin;
+      return;
+    }
+    case 'cluster.allocate':
+      lvolOf(store, change.id).clusterMap[change.clusterIndex] = change.physicalCluster;
+      return;
+    case 'lvol.snapshot': {
+      const lvol = lvolOf(store, change.id);
+      const snapshot = lvolOf(store, change.snapshotId);
+      snapshot.clusterMap = lvol.clusterMap;
+      snapshot.parentId = lvol.parentId;
+      lvol.clusterMap = new Uint32Array(lvol.clusterMap.length);
+      lvol.parentId = snapshot.id;
+      lvol.thin = true;
+      return;
+    }
+    case 'lvol.merge': {
+      const parent = lvolOf(store, change.id);
+      const clone = lvolOf(store, change.cloneId);
+      const length = Math.min(parent.clusterMap.length, clone.clusterMap.length);
+      for (let index = 0; index < length; index++) {
+        if (clone.clusterMap[index] === 0) clone.clusterMap[index] = parent.clusterMap[index]!;
+      }
+      clone.parentId = parent.parentId;
+      // The clone now owns other clusters: its stored checksums no longer describe it (SPDK drops them).
+      clone.checksum = null;
+      clone.rangeChecksums = null;
+      store.lvols.delete(parent.id);
+      return;
+    }
+    case 'checksum.store': {
+      const lvol = lvolOf(store, change.id);
+      lvol.checksum = change.checksum;
+      lvol.rangeChecksums = change.rangeChecksums ?? lvol.rangeChecksums;
+      return;
+    }
+    case 'checksum.invalidate': {
+      const lvol = lvolOf(store, change.id);
+      lvol.checksum = null;
+      lvol.rangeChecksums = null;
+      return;
+    }
+  }
+}
+
+/**
+ * Where changes go to become durable. `append` takes the changes of one operation, which must
+ * survive a crash together or not at all, and resolves once they would.
+ */
+export interface MetadataLog {
+  append(changes: readonly MetadataChange[]): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** The log of this issue: metadata lives in memory only. */
+export class MemoryMetadataLog implements MetadataLog {
+  /** How many changes were appended; the changes themselves are already in the records. */
+  appendedCount = 0;
+  async append(changes: readonly MetadataChange[]): Promise<void> {
+    this.appendedCount += changes.length;
+  }
+  async close(): Promise<void> {}
+}

@@ -1,0 +1,140 @@
+// Fans XState inspection events of every lvol actor out to subscribers, with a bounded queue each.
+//
+// Every root actor is created with `inspect: hub.observerFor(lvolId)`. Events are turned into
+// plain JSON-able records only when someone subscribes, queued per subscriber up to a limit
+// (beyond it they are dropped and counted, never buffered without bound) and flushed in batches
+// on the next macrotask.
+import type { InspectionEvent } from 'xstate';
+import { inspectQueueLengthMax } from '../constants.ts';
+
+export interface InspectionRecord {
+  /** Monotonic sequence number across the hub: gaps mean drops. */
+  seq: number;
+  type: 'actor' | 'event' | 'snapshot';
+  /** The lvol (root actor) this event belongs to. */
+  actor_id: string;
+  /** The XState actor inside that lvol's system: the root (`lvol`) or an invoked step. */
+  actor: string;
+  session_id: string;
+  event?: unknown;
+  source?: string | undefined;
+  target?: string | undefined;
+  snapshot?: unknown;
+}
+
+/** Delivers one batch; returns false when the receiver is falling behind (the batch was dropped). */
+export type InspectionSink = (batch: { events: InspectionRecord[]; dropped: number }) => boolean;
+
+interface Subscription {
+  readonly actorId: string | undefined;
+  readonly sink: InspectionSink;
+  queue: InspectionRecord[];
+  dropped: number;
+  scheduled: boolean;
+}
+
+export class InspectionHub {
+  private readonly subscriptions = new Set<Subscription>();
+  private seq = 0;
+
+  constructor(private readonly queueLengthMax = inspectQueueLengthMax) {}
+
+  /** The `inspect` option for the root actor of lvol `lvolId`. */
+  observerFor(lvolId: string): (event: InspectionEvent) => void {
+    return (event) => {
+      if (this.subscriptions.size === 0) return;
+      const record = toRecord(++this.seq, lvolId, event);
+      if (!record) return;
+      for (const subscription of this.subscriptions) this.enqueue(subscription, record);
+    };
+  }
+
+  /** Streams events of every actor, or only of lvol `actorId`. Returns the unsubscribe function. */
+  subscribe(actorId: string | undefined, sink: InspectionSink): () => void {
+    const subscription: Subscription = { actorId, sink, queue: [], dropped: 0, scheduled: false };
+    this.subscriptions.add(subscription);
+    return () => {
+      this.subscriptions.delete(subscription);
+    };
+  }
+
+  get subscriberCount(): number {
+    return this.subscriptions.size;
+  }
+
+  private enqueue(subscription: Subscription, record: InspectionRecord): void {
+    if (subscription.actorId !== undefined && subscription.actorId !== record.actor_id) return;
+    if (subscription.queue.length >= this.queueLengthMax) {
+      subscription.dropped++;
+      return;
+    }
+    subscription.queue.push(record);
+    if (!subscription.scheduled) {
+      subscription.scheduled = true;
+      setImmediate(() => this.flush(subscription));
+    }
+  }
+
+  private flush(subscription: Subscription): void {
+    subscription.scheduled = false;
+    if (!this.subscriptions.has(subscription) || subscription.queue.length === 0) return;
+    const events = subscription.queue;
+    subscription.queue = [];
+    if (subscription.sink({ events, dropped: subscription.dropped })) subscription.dropped = 0;
+    else subscription.dropped += events.length;
+  }
+}
+
+function toRecord(seq: number, lvolId: string, event: InspectionEvent): InspectionRecord | undefined {
+  const actorRef = event.actorRef as { id?: string; sessionId: string };
+  const base = { seq, actor_id: lvolId, actor: actorRef.id ?? 'lvol', session_id: actorRef.sessionId };
+  switch (event.type) {
+    case '@xstate.actor':
+      return { ...base, type: 'actor' };
+    case '@xstate.event':
+      return {
+        ...base,
+        type: 'event',
+        event: toJsonSafe(event.event),
+        source: event.sourceRef?.sessionId,
+        target: event.actorRef.sessionId,
+      };
+    case '@xstate.snapshot': {
+      const snapshot = event.snapshot as { value?: unknown; status?: unknown; context?: unknown };
+      return {
+        ...base,
+        type: 'snapshot',
+        event: toJsonSafe(event.event),
+        snapshot: { value: toJsonSafe(snapshot.value), status: snapshot.status, context: toJsonSafe(snapshot.context) },
+      };
+    }
+    default:
+      return undefined;
+  }
+}
+
+const depthMax = 4;
+const entriesMax = 32;
+
+/**
+ * A JSON-able summary: bigints stay bigints (the transport writes them exactly), maps and typed
+ * arrays become their size, long arrays are cut, actor references become their id.
+ */
+export function toJsonSafe(value: unknown, depth = 0): unknown {
+  if (value === null || typeof value !== 'object') {
+    return typeof value === 'function' || typeof value === 'symbol' ? undefined : value;
+  }
+  if (depth >= depthMax) return '…';
+  if (value instanceof Map) return { size: value.size };
+  if (ArrayBuffer.isView(value)) return { length: (value as unknown as { length: number }).length };
+  if (Array.isArray(value)) {
+    const head = value.slice(0, entriesMax).map((item) => toJsonSafe(item, depth + 1));
+    return value.length > entriesMax ? [...head, `… ${value.length - entriesMax} more`] : head;
+  }
+  if ('sessionId' in value && typeof (value as { sessionId: unknown }).sessionId === 'string') {
+    return { actor: (value as { sessionId: string }).sessionId };
+  }
+  const out: Record<string, unknown> = {};
+  for (const [key, item] of Object.entries(value).slice(0, entriesMax)) out[key] = toJsonSafe(item, depth + 1);
+  return out;
+}

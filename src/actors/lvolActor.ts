@@ -1,0 +1,225 @@
+// One lvol's root actor: the lvol machine bound to its lvstore, plus register/stop/preempt as promises.
+import { type Actor, type SnapshotFrom, createActor, fromPromise, waitFor } from 'xstate';
+import { crc64 } from '../checksum/crc64.ts';
+import { StorageError, fail } from '../errors.ts';
+import { log } from '../log.ts';
+import {
+  type ChecksumMode,
+  type ClusterStepInput,
+  type ClusterStepOutput,
+  type StoreChecksumInput,
+  lvolMachine,
+} from '../machines/lvolMachine.ts';
+import type { Runtime } from '../runtime.ts';
+import type { Lvstore } from '../store/lvstore.ts';
+import type { InspectionHub } from './inspector.ts';
+
+export type ChecksumState = 'idle' | 'computing' | 'stopping' | 'storing' | 'aborted' | 'done' | 'failed';
+type LvolSnapshot = SnapshotFrom<typeof lvolMachine>;
+
+export interface ChecksumStatus {
+  state: ChecksumState;
+  mode: ChecksumMode | null;
+  clusters_done: number;
+  clusters_total: number;
+  bytes_done: number;
+  rate_bytes_per_sec: number;
+  started_at: string | null;
+  finished_at: string | null;
+  reason?: string;
+  error?: string;
+  resumable: boolean;
+}
+
+/** Called on every checksum state change of the lvol (for notifications and the dashboard). */
+export type ChecksumListener = (lvolId: string, status: ChecksumStatus, previous: ChecksumState) => void;
+
+const busyStates: ReadonlySet<ChecksumState> = new Set(['computing', 'stopping', 'storing']);
+const walkingStates: ReadonlySet<ChecksumState> = new Set(['computing', 'stopping']);
+
+export function checksumStateOf(snapshot: LvolSnapshot): ChecksumState {
+  return (snapshot.value as { checksum: ChecksumState }).checksum;
+}
+
+export class LvolActor {
+  readonly actor: Actor<typeof lvolMachine>;
+  private runCounter = 0;
+  // The one cluster buffer of a running walk: taken at the first step, released when the walk ends.
+  private buffer: Buffer | undefined;
+  private lastState: ChecksumState;
+
+  constructor(
+    readonly lvolId: string,
+    private readonly store: Lvstore,
+    private readonly runtime: Runtime,
+    inspector: InspectionHub,
+    private readonly onChecksumChange: ChecksumListener,
+  ) {
+    const machine = lvolMachine.provide({
+      actors: {
+        clusterStep: fromPromise<ClusterStepOutput, ClusterStepInput>(({ input }) => this.step(input)),
+        storeChecksum: fromPromise<number, StoreChecksumInput>(({ input }) => this.storeResult(input)),
+      },
+    });
+    this.actor = createActor(machine, {
+      id: lvolId,
+      input: { lvolId, clusterBytes: store.clusterBytes, checksumStored: store.lvol(lvolId).checksum !== null },
+      inspect: inspector.observerFor(lvolId),
+    });
+    this.lastState = 'idle';
+    this.actor.subscribe({
+      next: (snapshot) => this.observe(snapshot),
+      // A root actor's unhandled error would crash Node: log and report it instead.
+      error: (error) => log('error', 'lvol actor failed', { lvol: lvolId, error: String(error) }),
+    });
+    this.actor.start();
+  }
+
+  get checksumState(): ChecksumState {
+    return checksumStateOf(this.actor.getSnapshot());
+  }
+
+  /** True while a walk holds its cluster buffer (SPEC §6.8: none may leak). */
+  get holdsBuffer(): boolean {
+    return this.buffer !== undefined;
+  }
+
+  private observe(snapshot: LvolSnapshot): void {
+    const state = checksumStateOf(snapshot);
+    if (!walkingStates.has(state)) this.buffer = undefined;
+    const previous = this.lastState;
+    this.lastState = state;
+    this.onChecksumChange(this.lvolId, this.status(), previous);
+  }
+
+  private async step(input: ClusterStepInput): Promise<ClusterStepOutput> {
+    const clusterIndex = this.store.nextOwnedCluster(input.lvolId, input.fromClusterIndex);
+    if (clusterIndex < 0) {
+      // Even the last step crosses a macrotask, so a walk never runs synchronously to its end.
+      await this.runtime.yieldMacrotask();
+      return { kind: 'end', atMs: this.runtime.nowMs() };
+    }
+    this.buffer ??= Buffer.allocUnsafe(this.store.clusterBytes);
+    const buffer = this.buffer;
+    try {
+      await this.store.readOwnedCluster(input.lvolId, clusterIndex, buffer);
+    } catch (error) {
+      return { kind: 'error', message: error instanceof Error ? error.message : String(error), atMs: this.runtime.nowMs() };
+    }
+    return { kind: 'cluster', clusterIndex, crc: crc64(buffer), bytes: buffer.length, atMs: this.runtime.nowMs() };
+  }
+
+  private async storeResult(input: StoreChecksumInput): Promise<number> {
+    const lvol = this.store.lvol(input.lvolId);
+    // Plain registration refreshes per-cluster values only where a range set already exists (SPDK).
+    let range: BigUint64Array | null = null;
+    if (input.mode === 'range' || lvol.rangeChecksums !== null) {
+      range = new BigUint64Array(lvol.clusterMap.length);
+      for (const [clusterIndex, crc] of input.rangeCrcs) range[clusterIndex] = crc;
+    }
+    await this.store.storeChecksum(input.lvolId, input.checksum, range);
+    return this.runtime.nowMs();
+  }
+
+  /** Runs a whole registration; resolves true when done (SPEC §6.3), rejects EINTR when stopped or preempted. */
+  async register(mode: ChecksumMode, resume: boolean): Promise<true> {
+    const lvol = this.store.lvol(this.lvolId);
+    if (!lvol.snapshot) fail('EPERM', `${lvol.name} is not a snapshot`, { wire: 'internal' });
+    if (busyStates.has(this.checksumState)) fail('EEXIST', `a checksum of ${lvol.name} is already running`);
+    const runId = ++this.runCounter;
+    this.actor.send({
+      type: 'checksum.start',
+      runId,
+      mode,
+      clustersTotal: this.store.ownedClusterCount(this.lvolId),
+      atMs: this.runtime.nowMs(),
+      resume,
+    });
+    const final = await waitFor(
+      this.actor,
+      (snapshot) => snapshot.context.progress?.runId === runId && !busyStates.has(checksumStateOf(snapshot)),
+      { timeout: Number.POSITIVE_INFINITY },
+    );
+    const state = checksumStateOf(final);
+    const progress = final.context.progress!;
+    if (state === 'done') return true;
+    if (state === 'aborted') {
+      throw new StorageError('EINTR', {
+        wire: 'internal',
+        data: { reason: progress.reason, clusters_done: progress.clustersDone, clusters_total: progress.clustersTotal },
+      });
+    }
+    throw new StorageError('EIO', { wire: 'internal', detail: progress.error ?? 'checksum failed' });
+  }
+
+  /** Stops a running walk and answers only once it has really stopped (SPEC §6.4). */
+  async stop(): Promise<true> {
+    if (!walkingStates.has(this.checksumState)) fail('ESRCH', `no checksum of lvol ${this.lvolId} is running`);
+    this.actor.send({ type: 'checksum.stop', reason: 'stopped', atMs: this.runtime.nowMs() });
+    await this.settled();
+    return true;
+  }
+
+  /**
+   * Makes way for a priority operation: a running walk stops after its in-flight cluster
+   * (SPEC §6.5); a checksum being stored is let finish. Returns at once when nothing runs.
+   */
+  async preempt(operation: string): Promise<void> {
+    if (this.checksumState === 'computing') {
+      this.actor.send({ type: 'lvol.preempt', operation, atMs: this.runtime.nowMs() });
+    }
+    await this.settled();
+  }
+
+  /** Drops partial and stored-state knowledge after an operation changed the clusters this lvol owns. */
+  invalidate(): void {
+    this.actor.send({ type: 'checksum.invalidate' });
+  }
+
+  private async settled(): Promise<void> {
+    if (!busyStates.has(this.checksumState)) return;
+    await waitFor(this.actor, (snapshot) => !busyStates.has(checksumStateOf(snapshot)), {
+      timeout: Number.POSITIVE_INFINITY,
+    });
+  }
+
+  status(): ChecksumStatus {
+    const snapshot = this.actor.getSnapshot();
+    const state = checksumStateOf(snapshot);
+    const progress = snapshot.context.progress;
+    if (!progress) {
+      return {
+        state,
+        mode: null,
+        clusters_done: 0,
+        clusters_total: 0,
+        bytes_done: 0,
+        rate_bytes_per_sec: 0,
+        started_at: null,
+        finished_at: null,
+        resumable: false,
+      };
+    }
+    const runningMs = progress.finishedAtMs === null ? Math.max(0, this.runtime.nowMs() - progress.resumedAtMs) : 0;
+    const activeMs = progress.activeMs + runningMs;
+    return {
+      state,
+      mode: progress.mode,
+      clusters_done: progress.clustersDone,
+      clusters_total: progress.clustersTotal,
+      bytes_done: progress.bytesDone,
+      rate_bytes_per_sec: activeMs > 0 ? Math.round((progress.bytesDone * 1000) / activeMs) : 0,
+      started_at: new Date(progress.startedAtMs).toISOString(),
+      finished_at: progress.finishedAtMs === null ? null : new Date(progress.finishedAtMs).toISOString(),
+      ...(progress.reason ? { reason: progress.reason } : {}),
+      ...(progress.error ? { error: progress.error } : {}),
+      resumable: state === 'aborted',
+    };
+  }
+
+  /** Stops the actor for good (lvol deleted or lvstore unloaded); callers preempt first. */
+  dispose(): void {
+    this.actor.stop();
+    this.buffer = undefined;
+  }
+}

@@ -41,6 +41,11 @@ export const rpcBatchLengthMax = 256;
 export const heartbeatIntervalMs = 30_000;
 // A client whose send buffer grows past this is treated as falling behind.
 export const clientBufferedBytesMax = 4 * mibBytes;
+// On shutdown, connections get this long to finish the close handshake before they are cut.
+export const rpcCloseGraceMs = 1000;
+// Incoming JSON integers longer than this are not made exact (BigInt parsing is superlinear in
+// the digit count, and no parameter needs more than the 20 digits of a u64).
+export const jsonExactIntegerDigitsMax = 64;
 
 // Inspection stream (SPEC §8): events queued per subscriber before dropping.
 export const inspectQueueLengthMax = 1024;

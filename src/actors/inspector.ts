@@ -35,6 +35,7 @@ interface Subscription {
 
 export class InspectionHub {
   private readonly subscriptions = new Set<Subscription>();
+  private readonly observers: Array<(event: InspectionEvent) => void> = [];
   private seq = 0;
 
   constructor(private readonly queueLengthMax = inspectQueueLengthMax) {}
@@ -42,11 +43,17 @@ export class InspectionHub {
   /** The `inspect` option for the root actor of lvol `lvolId`. */
   observerFor(lvolId: string): (event: InspectionEvent) => void {
     return (event) => {
+      for (const observer of this.observers) observer(event);
       if (this.subscriptions.size === 0) return;
       const record = toRecord(++this.seq, lvolId, event);
       if (!record) return;
       for (const subscription of this.subscriptions) this.enqueue(subscription, record);
     };
+  }
+
+  /** Passes every raw inspection event to `observer` too (e.g. @statelyai/inspect). */
+  addObserver(observer: (event: InspectionEvent) => void): void {
+    this.observers.push(observer);
   }
 
   /** Streams events of every actor, or only of lvol `actorId`. Returns the unsubscribe function. */

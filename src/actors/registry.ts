@@ -1,0 +1,86 @@
+// Names to objects: base bdevs by name, lvstores by UUID or name, lvols by UUID or `lvs/lvol` alias.
+import type { BlockDevice } from '../device/blockDevice.ts';
+import { fail } from '../errors.ts';
+import type { Lvstore } from '../store/lvstore.ts';
+import type { LvolRecord } from '../store/metadata.ts';
+import type { LvolActor } from './lvolActor.ts';
+
+export type BaseBdevKind = 'malloc' | 'aio';
+
+export interface BaseBdev {
+  readonly name: string;
+  readonly uuid: string;
+  readonly kind: BaseBdevKind;
+  readonly device: BlockDevice;
+  /** For aio bdevs: the file, as given. */
+  readonly filename?: string;
+  readonly readOnly: boolean;
+  /** The lvstore that claimed this bdev, if any. */
+  claimedBy: string | null;
+}
+
+export interface LvstoreEntry {
+  readonly store: Lvstore;
+  readonly bdevName: string;
+  readonly actors: Map<string, LvolActor>;
+}
+
+export interface ResolvedLvol {
+  readonly entry: LvstoreEntry;
+  readonly lvol: LvolRecord;
+  readonly actor: LvolActor;
+}
+
+export class Registry {
+  readonly bdevs = new Map<string, BaseBdev>();
+  readonly lvstores = new Map<string, LvstoreEntry>();
+
+  bdev(name: string): BaseBdev {
+    return this.bdevs.get(name) ?? fail('ENODEV', `bdev ${name} does not exist`);
+  }
+
+  /** Exactly one of uuid / name selects an lvstore (SPDK: both or neither is EINVAL). */
+  lvstore(selector: { uuid?: string | undefined; lvs_name?: string | undefined }): LvstoreEntry {
+    if ((selector.uuid === undefined) === (selector.lvs_name === undefined)) {
+      fail('EINVAL', 'give exactly one of uuid and lvs_name');
+    }
+    if (selector.uuid !== undefined) {
+      return this.lvstores.get(selector.uuid) ?? fail('ENODEV', `lvstore ${selector.uuid} does not exist`);
+    }
+    return this.lvstoreByName(selector.lvs_name!) ?? fail('ENODEV', `lvstore ${selector.lvs_name} does not exist`);
+  }
+
+  lvstoreByName(name: string): LvstoreEntry | undefined {
+    for (const entry of this.lvstores.values()) if (entry.store.name === name) return entry;
+    return undefined;
+  }
+
+  /** Finds an lvol by UUID (its bdev name) or by its `lvs/lvol` alias. */
+  lvol(name: string): ResolvedLvol {
+    const slash = name.indexOf('/');
+    if (slash >= 0) {
+      const entry = this.lvstoreByName(name.slice(0, slash));
+      const lvol = entry?.store.findLvolByName(name.slice(slash + 1));
+      if (entry && lvol) return { entry, lvol, actor: entry.actors.get(lvol.id)! };
+    } else {
+      for (const entry of this.lvstores.values()) {
+        const actor = entry.actors.get(name);
+        if (actor) return { entry, lvol: entry.store.lvol(name), actor };
+      }
+    }
+    return fail('ENODEV', `lvol ${name} does not exist`);
+  }
+
+  /** True when `name` is taken by any bdev: base bdevs and lvol UUIDs share one namespace. */
+  bdevNameTaken(name: string): boolean {
+    if (this.bdevs.has(name)) return true;
+    for (const entry of this.lvstores.values()) if (entry.actors.has(name)) return true;
+    return false;
+  }
+
+  *allLvols(): Generator<ResolvedLvol> {
+    for (const entry of this.lvstores.values()) {
+      for (const lvol of entry.store.lvols()) yield { entry, lvol, actor: entry.actors.get(lvol.id)! };
+    }
+  }
+}

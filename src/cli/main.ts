@@ -1,0 +1,133 @@
+// The `lvnode` command: serve, rpc, demo.
+import { parseArgs } from 'node:util';
+import { listenDefault } from '../constants.ts';
+import { stringifyJson, parseJson } from '../transport/json64.ts';
+import { runDemo } from './demo.ts';
+import { RpcCallError, RpcClient } from './rpcClient.ts';
+import { serveDefaults, startNode } from './serve.ts';
+
+const usage = `lvnode — a storage node where every logical volume is an XState actor
+
+Usage:
+  lvnode serve [--data-dir DIR] [--listen HOST:PORT] [--token TOKEN] [--default-disk-size SIZE]
+               [--inspect stately[=URL]] [--max-frame-bytes N] [--max-connections N]
+               [--max-in-flight N] [--heartbeat-ms N]
+  lvnode rpc METHOD [JSON-PARAMS] [--url URL] [--token TOKEN]
+  lvnode demo [--url URL] [--token TOKEN] [--size-mib N]
+
+Environment: LVNODE_DATA_DIR, LVNODE_TOKEN, LVNODE_URL, LVNODE_LOG_LEVEL (debug|info|warn|error|silent).`;
+
+/** "1G", "512MiB", "64k" or plain bytes. */
+export function parseSize(text: string): number {
+  const match = /^(\d+)\s*([kmgt]?)(i?b)?$/i.exec(text.trim());
+  if (!match) throw new Error(`not a size: ${text}`);
+  const power = ['', 'k', 'm', 'g', 't'].indexOf(match[2]!.toLowerCase());
+  return Number(match[1]) * 1024 ** power;
+}
+
+function positiveInteger(text: string | undefined, flag: string): number | undefined {
+  if (text === undefined) return undefined;
+  const value = Number(text);
+  if (!Number.isSafeInteger(value) || value < 1) throw new Error(`${flag} wants a positive integer, got ${text}`);
+  return value;
+}
+
+async function serve(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      'data-dir': { type: 'string' },
+      listen: { type: 'string' },
+      token: { type: 'string' },
+      'default-disk-size': { type: 'string' },
+      inspect: { type: 'string' },
+      'max-frame-bytes': { type: 'string' },
+      'max-connections': { type: 'string' },
+      'max-in-flight': { type: 'string' },
+      'heartbeat-ms': { type: 'string' },
+    },
+    strict: true,
+  });
+  const inspect = values.inspect;
+  if (inspect !== undefined && !/^stately(=.+)?$/.test(inspect)) throw new Error('--inspect takes "stately" or "stately=URL"');
+  const limits = Object.fromEntries(
+    Object.entries({
+      frameBytesMax: positiveInteger(values['max-frame-bytes'], '--max-frame-bytes'),
+      connectionsMax: positiveInteger(values['max-connections'], '--max-connections'),
+      inFlightPerConnectionMax: positiveInteger(values['max-in-flight'], '--max-in-flight'),
+      heartbeatIntervalMs: positiveInteger(values['heartbeat-ms'], '--heartbeat-ms'),
+    }).filter(([, value]) => value !== undefined),
+  );
+  const running = await startNode({
+    dataDir: values['data-dir'] ?? process.env.LVNODE_DATA_DIR ?? serveDefaults.dataDir,
+    listen: values.listen ?? serveDefaults.listen,
+    token: values.token ?? process.env.LVNODE_TOKEN,
+    defaultDiskBytes: values['default-disk-size'] ? parseSize(values['default-disk-size']) : serveDefaults.defaultDiskBytes,
+    statelyInspectUrl: inspect === undefined ? undefined : (inspect.split('=')[1] ?? 'ws://localhost:8080'),
+    limits,
+  });
+  process.stdout.write(`lvnode serving JSON-RPC at ${running.url}\n`);
+  await new Promise<void>((resolve) => {
+    const stop = (signal: string) => {
+      process.stdout.write(`\n${signal}: shutting down\n`);
+      resolve();
+    };
+    process.once('SIGINT', () => stop('SIGINT'));
+    process.once('SIGTERM', () => stop('SIGTERM'));
+  });
+  await running.close();
+  return 0;
+}
+
+async function rpc(args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    options: { url: { type: 'string' }, token: { type: 'string' } },
+    allowPositionals: true,
+    strict: true,
+  });
+  const [method, paramsText] = positionals;
+  if (!method) throw new Error('lvnode rpc METHOD [JSON-PARAMS]');
+  const params = paramsText === undefined ? {} : parseJson(paramsText);
+  if (typeof params !== 'object' || params === null || Array.isArray(params)) throw new Error('JSON-PARAMS must be an object');
+  const client = await RpcClient.connect(values.url ?? process.env.LVNODE_URL ?? `ws://${listenDefault}/`, {
+    token: values.token ?? process.env.LVNODE_TOKEN,
+  });
+  try {
+    const result = await client.call(method, params as Record<string, unknown>);
+    process.stdout.write(`${stringifyJson(result)}\n`);
+    return 0;
+  } catch (error) {
+    if (!(error instanceof RpcCallError)) throw error;
+    process.stderr.write(`${stringifyJson({ code: error.code, message: error.message, ...(error.data ? { data: error.data } : {}) })}\n`);
+    return 1;
+  } finally {
+    await client.close();
+  }
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  try {
+    switch (command) {
+      case 'serve':
+        return await serve(rest);
+      case 'rpc':
+        return await rpc(rest);
+      case 'demo':
+        return await runDemo(rest);
+      case undefined:
+      case 'help':
+      case '--help':
+      case '-h':
+        process.stdout.write(`${usage}\n`);
+        return command === undefined ? 1 : 0;
+      default:
+        process.stderr.write(`unknown command ${command}\n\n${usage}\n`);
+        return 1;
+    }
+  } catch (error) {
+    process.stderr.write(`lvnode ${command}: ${error instanceof Error ? error.message : String(error)}\n`);
+    return 1;
+  }
+}

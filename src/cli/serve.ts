@@ -1,0 +1,94 @@
+// `lvnode serve`: composes devices, the node, the method table and the WebSocket server.
+import { mkdir } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { clusterSizeBytesDefault, diskSizeBytesDefault, listenDefault } from '../constants.ts';
+import { FileDevice } from '../device/fileDevice.ts';
+import { StorageNode } from '../actors/node.ts';
+import { log } from '../log.ts';
+import { type Runtime, systemRuntime } from '../runtime.ts';
+import { createDispatcher } from '../transport/jsonRpc.ts';
+import { createMethodTable } from '../transport/methods.ts';
+import { type RpcServer, type RpcServerLimits, startRpcServer } from '../transport/wsServer.ts';
+
+export interface ServeOptions {
+  dataDir: string;
+  listen: string;
+  token?: string | undefined;
+  defaultDiskBytes: number;
+  /** Attach @statelyai/inspect, sending to this relay URL. */
+  statelyInspectUrl?: string | undefined;
+  limits?: Partial<RpcServerLimits>;
+  runtime?: Runtime;
+}
+
+export interface RunningNode {
+  readonly node: StorageNode;
+  readonly server: RpcServer;
+  readonly url: string;
+  close(): Promise<void>;
+}
+
+export function parseListen(listen: string): { host: string; port: number } {
+  const match = /^(\[[^\]]+\]|[^:]+):(\d{1,5})$/.exec(listen);
+  const port = match ? Number(match[2]) : Number.NaN;
+  if (!match || port > 65_535) throw new Error(`--listen wants HOST:PORT, got ${listen}`);
+  return { host: match[1]!.replace(/^\[(.*)\]$/, '$1'), port };
+}
+
+/**
+ * The embedded default (SPEC §1): a sparse `disk0.img` in the data directory attached as file
+ * bdev `disk0`, carrying lvstore `lvs0` with 4 MiB clusters. Metadata is in memory until the
+ * durability issue lands, so each start creates `lvs0` afresh.
+ */
+async function attachDefaultDisk(node: StorageNode, dataDir: string, sizeBytes: number): Promise<void> {
+  await mkdir(dataDir, { recursive: true });
+  const path = join(dataDir, 'disk0.img');
+  await FileDevice.createSparse(path, sizeBytes);
+  await node.createAioBdev({ name: 'disk0', filename: path, blockSize: 512, readOnly: false });
+  await node.createLvstore({ bdevName: 'disk0', lvsName: 'lvs0', clusterBytes: clusterSizeBytesDefault, clearMethod: 'unmap' });
+}
+
+async function attachStatelyInspector(node: StorageNode, url: string): Promise<void> {
+  const { createWebSocketInspector } = await import('@statelyai/inspect');
+  const inspector = createWebSocketInspector({ url });
+  node.inspector.addObserver((event) => inspector.inspect.next?.(event));
+  log('warn', '@statelyai/inspect attached: it costs throughput; use only while debugging', { url });
+}
+
+export async function startNode(options: ServeOptions): Promise<RunningNode> {
+  const { host, port } = parseListen(options.listen);
+  const node = new StorageNode(options.runtime ?? systemRuntime);
+  if (options.statelyInspectUrl) await attachStatelyInspector(node, options.statelyInspectUrl);
+  await attachDefaultDisk(node, resolve(options.dataDir), options.defaultDiskBytes);
+  const dispatcher = createDispatcher(createMethodTable(node), { allowBatch: true });
+  let server: RpcServer;
+  try {
+    server = await startRpcServer({
+      host,
+      port,
+      dispatcher,
+      ...(options.token ? { token: options.token } : {}),
+      ...(options.limits ? { limits: options.limits } : {}),
+    });
+  } catch (error) {
+    await node.shutdown();
+    throw error;
+  }
+  const url = `ws://${host.includes(':') ? `[${host}]` : host}:${server.address.port}/`;
+  log('info', 'lvnode listening', { url, dataDir: resolve(options.dataDir) });
+  return {
+    node,
+    server,
+    url,
+    close: async () => {
+      await server.close();
+      await node.shutdown();
+    },
+  };
+}
+
+export const serveDefaults = {
+  dataDir: 'data',
+  listen: listenDefault,
+  defaultDiskBytes: diskSizeBytesDefault,
+};

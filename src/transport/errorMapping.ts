@@ -1,0 +1,114 @@
+// The one place where errors become JSON-RPC error objects (SPEC §4).
+import type { z } from 'zod';
+import { Errno, isStorageError, strerror } from '../errors.ts';
+import type { StorageError } from '../errors.ts';
+
+export interface RpcErrorObject {
+  code: number;
+  message: string;
+  data?: Record<string, unknown>;
+}
+
+/** JSON-RPC 2.0's reserved codes, plus lvnode's one code in the implementation-defined range. */
+export const rpcErrorCode = {
+  parseError: -32700,
+  invalidRequest: -32600,
+  methodNotFound: -32601,
+  invalidParams: -32602,
+  internal: -32603,
+  // A connection sent more requests than its in-flight limit; it may retry once replies arrive.
+  tooManyRequests: -32000,
+} as const;
+export type RpcErrorCodeName = keyof typeof rpcErrorCode;
+
+const rpcErrorMessage: Record<RpcErrorCodeName, string> = {
+  parseError: 'Parse error',
+  invalidRequest: 'Invalid request',
+  methodNotFound: 'Method not found',
+  invalidParams: 'Invalid params',
+  internal: 'Internal error',
+  tooManyRequests: 'Too many requests in flight',
+};
+
+/** One failing params field: `path` is dotted (`''` for params as a whole). */
+export interface ParamsIssue {
+  path: string;
+  message: string;
+}
+
+/** An error of the JSON-RPC framework itself (as opposed to an operation's StorageError). */
+export class RpcFrameworkError extends Error {
+  readonly code: number;
+  readonly data: Record<string, unknown> | undefined;
+
+  constructor(kind: RpcErrorCodeName, data?: Record<string, unknown>) {
+    super(rpcErrorMessage[kind]);
+    this.name = 'RpcFrameworkError';
+    this.code = rpcErrorCode[kind];
+    this.data = data;
+  }
+
+  /** -32602 from a list of issues; `data.field` names the first failing field. */
+  static invalidParams(issues: readonly ParamsIssue[]): RpcFrameworkError {
+    const field = issues[0]?.path;
+    return new RpcFrameworkError('invalidParams', field ? { issues, field } : { issues });
+  }
+
+  /** -32602 from a failed zod parse of the params. */
+  static fromZodError(error: z.ZodError): RpcFrameworkError {
+    return RpcFrameworkError.invalidParams(error.issues.flatMap(zodIssueToParamsIssues));
+  }
+}
+
+function dottedPath(path: readonly PropertyKey[]): string {
+  return path.map((segment) => String(segment)).join('.');
+}
+
+/** Unknown keys are reported at the key itself, so `field` names the offending parameter. */
+function zodIssueToParamsIssues(issue: z.core.$ZodIssue): ParamsIssue[] {
+  if (issue.code === 'unrecognized_keys') {
+    return issue.keys.map((key) => ({ path: dottedPath([...issue.path, key]), message: 'unknown parameter' }));
+  }
+  return [{ path: dottedPath(issue.path), message: issue.message }];
+}
+
+function storageErrorToRpcError(error: StorageError): RpcErrorObject {
+  const code = error.wire === 'errno' ? -Errno[error.errno] : rpcErrorCode.internal;
+  const data = { ...error.data, ...(error.detail === undefined ? {} : { detail: error.detail }) };
+  const message = strerror[error.errno];
+  return Object.keys(data).length > 0 ? { code, message, data } : { code, message };
+}
+
+/**
+ * Maps anything thrown while handling a request to a JSON-RPC error object. Errors that are
+ * neither a StorageError nor an RpcFrameworkError are bugs: they are logged to stderr with
+ * their stack and answered with a bare -32603, so no internals reach the client.
+ */
+export function toRpcError(error: unknown, method?: string): RpcErrorObject {
+  if (isStorageError(error)) return storageErrorToRpcError(error);
+  if (error instanceof RpcFrameworkError) {
+    const { code, message, data } = error;
+    return data === undefined ? { code, message } : { code, message, data };
+  }
+  logUnhandledError(error, method);
+  return { code: rpcErrorCode.internal, message: rpcErrorMessage.internal };
+}
+
+/** A framework error object without going through an exception. */
+export function rpcError(kind: RpcErrorCodeName, data?: Record<string, unknown>): RpcErrorObject {
+  return toRpcError(new RpcFrameworkError(kind, data));
+}
+
+function logUnhandledError(error: unknown, method: string | undefined): void {
+  const stack = error instanceof Error ? (error.stack ?? String(error)) : safeString(error);
+  const line = { level: 'error', msg: 'unhandled error in handler', method: method ?? null, error: stack };
+  process.stderr.write(`${JSON.stringify(line)}\n`);
+}
+
+function safeString(value: unknown): string {
+  try {
+    return String(value);
+  } catch {
+    return Object.prototype.toString.call(value); // e.g. an object whose toString throws
+  }
+}

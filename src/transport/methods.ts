@@ -1,0 +1,469 @@
+// The one method table: every RPC's SPDK name, strict zod params and result, priority and handler.
+//
+// Handlers only resolve names and call the node (src/actors/node.ts); they never touch devices.
+// The dispatcher, `rpc_get_methods`, `rpc_get_schema`, the CLI client and the README read this table.
+import { z } from 'zod';
+import { blockSizesAllowed, clusterSizeBytesDefault, ioBytesMax, nameLengthMax } from '../constants.ts';
+import type { StorageNode } from '../actors/node.ts';
+import { RpcFrameworkError } from './errorMapping.ts';
+import { u64, u64AsNumber } from './json64.ts';
+import { type Connection, type MethodTable, type RpcMethod, defineMethod } from './methodTable.ts';
+import { bdevInfos, bdevView, lvolInfo, lvolView, lvstoreInfo, lvstoreView } from './views.ts';
+
+const name = z.string().min(1).max(2 * nameLengthMax + 1);
+const byName = z.strictObject({ name });
+const clearMethod = z
+  .string()
+  .transform((value) => value.toLowerCase())
+  .pipe(z.enum(['none', 'unmap', 'write_zeroes']));
+const blockSize = z
+  .number()
+  .int()
+  .refine((value) => blockSizesAllowed.includes(value), `block size must be one of ${blockSizesAllowed.join(', ')}`);
+const lvstoreSelector = { uuid: z.string().optional(), lvs_name: z.string().optional() };
+const ok = z.literal(true);
+const uuidResult = z.string().describe('the new object’s UUID');
+const checksumValue = u64.describe('CRC-64/GO-ISO as an exact unsigned 64-bit JSON integer');
+const checksumStatus = z.object({
+  state: z.enum(['idle', 'computing', 'stopping', 'storing', 'aborted', 'done', 'failed']),
+  mode: z.enum(['whole', 'range']).nullable(),
+  clusters_done: z.number(),
+  clusters_total: z.number(),
+  bytes_done: z.number(),
+  rate_bytes_per_sec: z.number(),
+  started_at: z.string().nullable(),
+  finished_at: z.string().nullable(),
+  reason: z.string().optional(),
+  error: z.string().optional(),
+  resumable: z.boolean(),
+});
+const notificationTypes = [
+  'bdev_created',
+  'bdev_deleted',
+  'lvstore_created',
+  'lvstore_deleted',
+  'lvol_created',
+  'lvol_deleted',
+  'checksum_state',
+  'checksum_progress',
+  'checksum_preempted',
+] as const;
+
+// Per-connection subscriptions, released when the connection closes.
+const inspectSubscriptions = new WeakMap<Connection, () => void>();
+const notifySubscriptions = new WeakMap<Connection, () => void>();
+
+function replaceSubscription(map: WeakMap<Connection, () => void>, connection: Connection, cancel: () => void): void {
+  map.get(connection)?.();
+  map.set(connection, cancel);
+  connection.onClose(() => {
+    if (map.get(connection) === cancel) {
+      cancel();
+      map.delete(connection);
+    }
+  });
+}
+
+function bdevMethods(node: StorageNode): Record<string, RpcMethod> {
+  return {
+    bdev_malloc_create: defineMethod({
+      description: 'Create a RAM bdev (sparse: memory is used only where written).',
+      priority: 'foreground',
+      params: z.strictObject({ num_blocks: u64AsNumber, block_size: blockSize, name: name.optional(), uuid: z.string().optional() }),
+      result: z.string().describe('bdev name'),
+      handler: (p) =>
+        node.createMallocBdev({ numBlocks: p.num_blocks, blockSize: p.block_size, ...(p.name ? { name: p.name } : {}), ...(p.uuid ? { uuid: p.uuid } : {}) }),
+    }),
+    bdev_malloc_delete: defineMethod({
+      description: 'Delete a RAM bdev; refused while an lvstore claims it.',
+      priority: 'foreground',
+      params: byName,
+      result: ok,
+      handler: async (p) => (await node.deleteBaseBdev(p.name, 'malloc'), true as const),
+    }),
+    bdev_aio_create: defineMethod({
+      description: 'Attach a regular file (or block device) as a bdev through Node file I/O.',
+      priority: 'foreground',
+      params: z.strictObject({
+        name,
+        filename: z.string().min(1),
+        block_size: blockSize.optional(),
+        readonly: z.boolean().optional(),
+        fallocate: z.boolean().optional(),
+        uuid: z.string().optional(),
+      }),
+      result: z.string().describe('bdev name'),
+      handler: (p) =>
+        node.createAioBdev({
+          name: p.name,
+          filename: p.filename,
+          blockSize: p.block_size ?? 512,
+          readOnly: p.readonly ?? false,
+          ...(p.uuid ? { uuid: p.uuid } : {}),
+        }),
+    }),
+    bdev_aio_delete: defineMethod({
+      description: 'Detach a file bdev; refused while an lvstore claims it.',
+      priority: 'foreground',
+      params: byName,
+      result: ok,
+      handler: async (p) => (await node.deleteBaseBdev(p.name, 'aio'), true as const),
+    }),
+    bdev_get_bdevs: defineMethod({
+      description: 'List bdevs (base bdevs and lvols) in SPDK’s object shape, or one by name or alias.',
+      priority: 'foreground',
+      params: z.strictObject({ name: name.optional(), timeout: u64AsNumber.optional() }),
+      result: z.array(bdevView),
+      handler: (p) => bdevInfos(node, p.name),
+    }),
+  };
+}
+
+function lvstoreMethods(node: StorageNode): Record<string, RpcMethod> {
+  return {
+    bdev_lvol_create_lvstore: defineMethod({
+      description: 'Create an lvstore on a bdev (claims it). clear_method none leaves old bytes in place.',
+      priority: 'foreground',
+      params: z.strictObject({
+        bdev_name: name,
+        lvs_name: name,
+        cluster_sz: u64AsNumber.optional(),
+        clear_method: clearMethod.optional(),
+        num_md_pages_per_cluster_ratio: u64AsNumber.optional(),
+        md_page_size: u64AsNumber.optional(),
+      }),
+      result: uuidResult,
+      handler: (p) =>
+        node.createLvstore({
+          bdevName: p.bdev_name,
+          lvsName: p.lvs_name,
+          clusterBytes: p.cluster_sz ?? clusterSizeBytesDefault,
+          clearMethod: p.clear_method ?? 'unmap',
+        }),
+    }),
+    bdev_lvol_delete_lvstore: defineMethod({
+      description: 'Delete an lvstore and all its lvols; running checksums are preempted.',
+      priority: 'priority',
+      params: z.strictObject(lvstoreSelector),
+      result: ok,
+      handler: async (p) => (await node.deleteLvstore(p), true as const),
+    }),
+    bdev_lvol_get_lvstores: defineMethod({
+      description: 'List lvstores, or one by uuid or lvs_name.',
+      priority: 'foreground',
+      params: z.strictObject(lvstoreSelector),
+      result: z.array(lvstoreView),
+      handler: (p) => {
+        const entries = p.uuid === undefined && p.lvs_name === undefined ? [...node.registry.lvstores.values()] : [node.registry.lvstore(p)];
+        return entries.map(lvstoreInfo);
+      },
+    }),
+    bdev_lvol_rename_lvstore: defineMethod({
+      description: 'Rename an lvstore; every lvol alias follows.',
+      priority: 'foreground',
+      params: z.strictObject({ old_name: name, new_name: name }),
+      result: ok,
+      handler: async (p) => (await node.renameLvstore(p.old_name, p.new_name), true as const),
+    }),
+  };
+}
+
+function lvolMethods(node: StorageNode): Record<string, RpcMethod> {
+  const simple = (description: string, priority: RpcMethod['priority'], run: (lvolName: string) => Promise<void>) =>
+    defineMethod({ description, priority, params: byName, result: ok, handler: async (p) => (await run(p.name), true as const) });
+  return {
+    bdev_lvol_create: defineMethod({
+      description: 'Create an lvol; size_in_mib is rounded up to whole clusters.',
+      priority: 'foreground',
+      params: z.strictObject({
+        lvol_name: name,
+        size_in_mib: u64AsNumber,
+        ...lvstoreSelector,
+        thin_provision: z.boolean().optional(),
+        clear_method: clearMethod.optional(),
+      }),
+      result: uuidResult,
+      handler: (p) =>
+        node.createLvol({
+          selector: { uuid: p.uuid, lvs_name: p.lvs_name },
+          name: p.lvol_name,
+          sizeMib: p.size_in_mib,
+          thin: p.thin_provision ?? false,
+          ...(p.clear_method ? { clearMethod: p.clear_method } : {}),
+        }),
+    }),
+    bdev_lvol_delete: simple('Delete an lvol; a snapshot with one clone merges into it. Preempts checksums.', 'priority', (n) =>
+      node.deleteLvol(n),
+    ),
+    bdev_lvol_snapshot: defineMethod({
+      description: 'Snapshot an lvol: the snapshot takes its clusters, the lvol becomes its thin clone.',
+      priority: 'foreground',
+      params: z.strictObject({ lvol_name: name, snapshot_name: name, xattrs: z.record(z.string(), z.string()).optional() }),
+      result: uuidResult,
+      handler: (p) => node.snapshot(p.lvol_name, p.snapshot_name, p.xattrs ?? {}),
+    }),
+    bdev_lvol_clone: defineMethod({
+      description: 'Clone a snapshot (thin). Preempts a checksum running on the snapshot.',
+      priority: 'priority',
+      params: z.strictObject({ snapshot_name: name, clone_name: name }),
+      result: uuidResult,
+      handler: (p) => node.clone(p.snapshot_name, p.clone_name),
+    }),
+    bdev_lvol_rename: defineMethod({
+      description: 'Rename an lvol (new_name is the bare lvol name). Never delayed by checksums.',
+      priority: 'foreground',
+      params: z.strictObject({ old_name: name, new_name: name }),
+      result: ok,
+      handler: async (p) => (await node.renameLvol(p.old_name, p.new_name), true as const),
+    }),
+    bdev_lvol_resize: defineMethod({
+      description: 'Resize an lvol; size_in_mib is rounded up to whole clusters.',
+      priority: 'foreground',
+      params: z.strictObject({ name, size_in_mib: u64AsNumber }),
+      result: ok,
+      handler: async (p) => (await node.resizeLvol(p.name, p.size_in_mib), true as const),
+    }),
+    bdev_lvol_set_read_only: simple('Make an lvol read-only (for good).', 'foreground', (n) => node.setReadOnly(n)),
+    bdev_lvol_set_xattr: defineMethod({
+      description: 'Set a string xattr on a writable lvol.',
+      priority: 'foreground',
+      params: z.strictObject({ name, xattr_name: z.string(), xattr_value: z.string() }),
+      result: ok,
+      handler: async (p) => (await node.setXattr(p.name, p.xattr_name, p.xattr_value), true as const),
+    }),
+    bdev_lvol_get_xattr: defineMethod({
+      description: 'Read an xattr; a missing one is -32603 "No such file or directory".',
+      priority: 'foreground',
+      params: z.strictObject({ name, xattr_name: z.string() }),
+      result: z.string(),
+      handler: (p) => node.getXattr(p.name, p.xattr_name),
+    }),
+    bdev_lvol_inflate: simple('Allocate every cluster (copying from the parent chain) and drop the parent.', 'priority', (n) =>
+      node.copyUpFromParent(n, 'inflate'),
+    ),
+    bdev_lvol_decouple_parent: simple('Copy the clusters the parent chain has and drop the parent.', 'priority', (n) =>
+      node.copyUpFromParent(n, 'decouple'),
+    ),
+    bdev_lvol_detach_parent: simple('Cut the link to the parent without copying.', 'foreground', (n) => node.detachParent(n)),
+    bdev_lvol_set_parent: defineMethod({
+      description: 'Make a snapshot the parent of a thin lvol of the same size. Preempts checksums on both.',
+      priority: 'priority',
+      params: z.strictObject({ lvol_name: name, parent_name: name }),
+      result: ok,
+      handler: async (p) => (await node.setParent(p.lvol_name, p.parent_name), true as const),
+    }),
+    bdev_lvol_get_lvols: defineMethod({
+      description: 'List lvols, of every lvstore or of one.',
+      priority: 'foreground',
+      params: z.strictObject({ lvs_uuid: z.string().optional(), lvs_name: z.string().optional() }),
+      result: z.array(lvolView),
+      handler: (p) => {
+        const selected =
+          p.lvs_uuid === undefined && p.lvs_name === undefined
+            ? [...node.registry.lvstores.values()]
+            : [node.registry.lvstore({ uuid: p.lvs_uuid, lvs_name: p.lvs_name })];
+        return selected.flatMap((entry) => entry.store.lvols().map((lvol) => lvolInfo(entry, lvol)));
+      },
+    }),
+    bdev_lvol_get_fragmap: defineMethod({
+      description: 'Bitmap of the clusters an lvol owns (base64, bit i = cluster i, LSB first).',
+      priority: 'foreground',
+      params: z.strictObject({ name, offset: u64AsNumber.optional(), size: u64AsNumber.optional() }),
+      result: z.object({ cluster_size: z.number(), num_clusters: z.number(), num_allocated_clusters: z.number(), fragmap: z.string() }),
+      handler: (p) => {
+        const { entry, lvol } = node.resolveLvol(p.name);
+        const map = entry.store.fragmap(lvol.id, p.offset ?? 0, p.size ?? 0);
+        return {
+          cluster_size: entry.store.clusterBytes,
+          num_clusters: map.clusterCount,
+          num_allocated_clusters: map.allocated,
+          fragmap: map.bitmap.toString('base64'),
+        };
+      },
+    }),
+  };
+}
+
+function checksumMethods(node: StorageNode): Record<string, RpcMethod> {
+  const register = z.strictObject({ name, resume: z.boolean().optional() });
+  return {
+    bdev_lvol_register_snapshot_checksum: defineMethod({
+      description: 'Compute and store a snapshot’s checksum; answers true when done (minutes for large ones).',
+      priority: 'background',
+      params: register,
+      result: ok,
+      handler: (p) => node.registerChecksum(p.name, 'whole', p.resume ?? false),
+    }),
+    bdev_lvol_register_snapshot_range_checksums: defineMethod({
+      description: 'Like register_snapshot_checksum, also storing one CRC per owned cluster.',
+      priority: 'background',
+      params: register,
+      result: ok,
+      handler: (p) => node.registerChecksum(p.name, 'range', p.resume ?? false),
+    }),
+    bdev_lvol_get_snapshot_checksum: defineMethod({
+      description: 'The stored checksum; -125 when the last run was aborted and none exists, else -19.',
+      priority: 'foreground',
+      params: byName,
+      result: z.object({ checksum: checksumValue }),
+      handler: (p) => ({ checksum: node.getChecksum(p.name) }),
+    }),
+    bdev_lvol_get_snapshot_range_checksums: defineMethod({
+      description: 'Stored per-cluster checksums of a window; 0 for clusters the snapshot does not own.',
+      priority: 'foreground',
+      params: z.strictObject({ name, cluster_start_index: u64AsNumber, cluster_count: u64AsNumber }),
+      result: z.array(z.object({ cluster_index: z.number(), checksum: checksumValue })),
+      handler: (p) => node.getRangeChecksums(p.name, p.cluster_start_index, p.cluster_count),
+    }),
+    bdev_lvol_stop_snapshot_checksum: defineMethod({
+      description: 'Stop a running checksum; answers true once it has really stopped. -3 when none runs.',
+      priority: 'foreground',
+      params: byName,
+      result: ok,
+      handler: (p) => node.stopChecksum(p.name),
+    }),
+    bdev_lvol_get_checksum_status: defineMethod({
+      description: 'State and progress of an lvol’s checksum computation (lvnode).',
+      priority: 'foreground',
+      params: byName,
+      result: checksumStatus,
+      handler: (p) => node.checksumStatus(p.name),
+    }),
+  };
+}
+
+function dataMethods(node: StorageNode): Record<string, RpcMethod> {
+  const base64 = z.base64().max(Math.ceil((ioBytesMax * 4) / 3) + 4);
+  return {
+    node_lvol_write: defineMethod({
+      description: 'Write to an lvol (lvnode): base64 `data`, or `fill_byte` repeated `length` bytes. Block aligned.',
+      priority: 'foreground',
+      params: z.strictObject({
+        name,
+        offset: u64AsNumber,
+        data: base64.optional(),
+        fill_byte: z.number().int().min(0).max(255).optional(),
+        length: u64AsNumber.optional(),
+      }),
+      result: ok,
+      handler: async (p) => {
+        const fill = p.fill_byte !== undefined && p.length !== undefined && p.data === undefined;
+        if (!fill && (p.data === undefined || p.fill_byte !== undefined || p.length !== undefined)) {
+          throw RpcFrameworkError.invalidParams([{ path: 'data', message: 'give either data, or fill_byte with length' }]);
+        }
+        const bytes = fill ? Buffer.alloc(Math.min(p.length!, ioBytesMax + 1), p.fill_byte) : Buffer.from(p.data!, 'base64');
+        if (bytes.length > ioBytesMax) {
+          throw RpcFrameworkError.invalidParams([{ path: 'length', message: `at most ${ioBytesMax} bytes per call` }]);
+        }
+        await node.writeLvol(p.name, p.offset, bytes);
+        return true as const;
+      },
+    }),
+    node_lvol_read: defineMethod({
+      description: 'Read from an lvol through its parent chain (lvnode); result is base64. Block aligned.',
+      priority: 'foreground',
+      params: z.strictObject({ name, offset: u64AsNumber, length: z.number().int().min(0).max(512 * 1024) }),
+      result: z.string(),
+      handler: async (p) => (await node.readLvol(p.name, p.offset, p.length)).toString('base64'),
+    }),
+  };
+}
+
+function observabilityMethods(node: StorageNode): Record<string, RpcMethod> {
+  return {
+    inspect_subscribe: defineMethod({
+      description: 'Stream XState inspection events (of every lvol actor, or one) as `inspect_events` notifications.',
+      priority: 'foreground',
+      params: z.strictObject({ actor_id: z.string().optional() }),
+      result: ok,
+      handler: (p, connection) => {
+        const actorId = p.actor_id === undefined ? undefined : node.resolveLvol(p.actor_id).lvol.id;
+        const cancel = node.inspector.subscribe(actorId, (batch) => connection.notify('inspect_events', batch));
+        replaceSubscription(inspectSubscriptions, connection, cancel);
+        return true as const;
+      },
+    }),
+    inspect_unsubscribe: defineMethod({
+      description: 'Stop the inspection stream of this connection.',
+      priority: 'foreground',
+      params: z.strictObject({}),
+      result: ok,
+      handler: (_p, connection) => {
+        inspectSubscriptions.get(connection)?.();
+        inspectSubscriptions.delete(connection);
+        return true as const;
+      },
+    }),
+    notify_subscribe: defineMethod({
+      description: 'Push node events (bdev/lvol lifecycle, checksum state and progress) as `notify` notifications.',
+      priority: 'foreground',
+      params: z.strictObject({ types: z.array(z.enum(notificationTypes)).optional() }),
+      result: ok,
+      handler: (p, connection) => {
+        const wanted = new Set<string>(p.types ?? notificationTypes);
+        const listener = (event: { type: string }) => {
+          if (wanted.has(event.type)) connection.notify('notify', event);
+        };
+        node.events.on('event', listener);
+        replaceSubscription(notifySubscriptions, connection, () => node.events.off('event', listener));
+        return true as const;
+      },
+    }),
+    notify_unsubscribe: defineMethod({
+      description: 'Stop node event notifications on this connection.',
+      priority: 'foreground',
+      params: z.strictObject({}),
+      result: ok,
+      handler: (_p, connection) => {
+        notifySubscriptions.get(connection)?.();
+        notifySubscriptions.delete(connection);
+        return true as const;
+      },
+    }),
+  };
+}
+
+/** Every method of the node; `rpc_get_methods` and `rpc_get_schema` describe the table itself. */
+export function createMethodTable(node: StorageNode): MethodTable {
+  const table: Record<string, RpcMethod> = {
+    ...bdevMethods(node),
+    ...lvstoreMethods(node),
+    ...lvolMethods(node),
+    ...checksumMethods(node),
+    ...dataMethods(node),
+    ...observabilityMethods(node),
+  };
+  table.rpc_get_methods = defineMethod({
+    description: 'Names of every method.',
+    priority: 'foreground',
+    params: z.strictObject({ current: z.boolean().optional(), include_aliases: z.boolean().optional() }),
+    result: z.array(z.string()),
+    handler: () => Object.keys(table).sort(),
+  });
+  table.rpc_get_schema = defineMethod({
+    description: 'JSON Schema of the params and result of every method, or of one.',
+    priority: 'foreground',
+    params: z.strictObject({ method: z.string().optional() }),
+    result: z.record(z.string(), methodDescription),
+    handler: (p) => describeMethods(table, p.method),
+  });
+  return table;
+}
+
+const methodDescription = z.object({ description: z.string(), priority: z.string(), params: z.unknown(), result: z.unknown() });
+
+export function describeMethods(table: MethodTable, only?: string): Record<string, z.output<typeof methodDescription>> {
+  const names = only === undefined ? Object.keys(table).sort() : [only];
+  const out: Record<string, z.output<typeof methodDescription>> = {};
+  for (const methodName of names) {
+    const method = table[methodName];
+    if (!method) throw new RpcFrameworkError('invalidParams', { field: 'method', issues: [{ path: 'method', message: `unknown method ${methodName}` }] });
+    out[methodName] = {
+      description: method.description,
+      priority: method.priority,
+      params: z.toJSONSchema(method.params, { io: 'input', unrepresentable: 'any' }),
+      result: z.toJSONSchema(method.result, { io: 'output', unrepresentable: 'any' }),
+    };
+  }
+  return out;
+}

@@ -1,0 +1,184 @@
+// SPDK's JSON shapes for bdevs, lvstores and lvols (reference §6.3, §6.4), built from node state.
+import { z } from 'zod';
+import type { StorageNode } from '../actors/node.ts';
+import type { BaseBdev, LvstoreEntry } from '../actors/registry.ts';
+import type { LvolRecord } from '../store/metadata.ts';
+
+const ioTypeKeys = [
+  'read',
+  'write',
+  'unmap',
+  'flush',
+  'reset',
+  'nvme_admin',
+  'nvme_io',
+  'nvme_io_md',
+  'write_zeroes',
+  'zcopy',
+  'get_zone_info',
+  'zone_management',
+  'zone_append',
+  'compare',
+  'compare_and_write',
+  'abort',
+  'seek_hole',
+  'seek_data',
+  'copy',
+  'nvme_iov_md',
+] as const;
+
+function supportedIoTypes(supported: readonly string[]): Record<string, boolean> {
+  return Object.fromEntries(ioTypeKeys.map((key) => [key, supported.includes(key)]));
+}
+
+export const bdevView = z.looseObject({
+  name: z.string(),
+  aliases: z.array(z.string()),
+  product_name: z.string(),
+  block_size: z.number(),
+  num_blocks: z.number(),
+  uuid: z.string(),
+  creation_time: z.string().optional(),
+  assigned_rate_limits: z.record(z.string(), z.number()),
+  claimed: z.boolean(),
+  claim_type: z.string().optional(),
+  zoned: z.boolean(),
+  supported_io_types: z.record(z.string(), z.boolean()),
+  driver_specific: z.record(z.string(), z.unknown()),
+});
+export type BdevView = z.output<typeof bdevView>;
+
+export const lvstoreView = z.object({
+  uuid: z.string(),
+  name: z.string(),
+  base_bdev: z.string(),
+  total_data_clusters: z.number(),
+  free_clusters: z.number(),
+  block_size: z.number(),
+  cluster_size: z.number(),
+});
+export type LvstoreView = z.output<typeof lvstoreView>;
+
+export const lvolView = z.object({
+  alias: z.string(),
+  uuid: z.string(),
+  name: z.string(),
+  creation_time: z.string(),
+  is_thin_provisioned: z.boolean(),
+  is_snapshot: z.boolean(),
+  is_clone: z.boolean(),
+  is_esnap_clone: z.boolean(),
+  is_degraded: z.boolean(),
+  num_allocated_clusters: z.number(),
+  num_clusters: z.number(),
+  read_only: z.boolean(),
+  parent: z.string().nullable(),
+  lvs: z.object({ name: z.string(), uuid: z.string() }),
+});
+export type LvolView = z.output<typeof lvolView>;
+
+const noRateLimits = { rw_ios_per_sec: 0, rw_mbytes_per_sec: 0, r_mbytes_per_sec: 0, w_mbytes_per_sec: 0 };
+
+export function baseBdevInfo(bdev: BaseBdev): BdevView {
+  const writable = bdev.readOnly ? [] : ['write', 'unmap', 'write_zeroes'];
+  const info: BdevView = {
+    name: bdev.name,
+    aliases: [],
+    product_name: bdev.kind === 'malloc' ? 'Malloc disk' : 'AIO disk',
+    block_size: bdev.device.blockSizeBytes,
+    num_blocks: bdev.device.sizeBytes / bdev.device.blockSizeBytes,
+    uuid: bdev.uuid,
+    assigned_rate_limits: noRateLimits,
+    claimed: bdev.claimedBy !== null,
+    ...(bdev.claimedBy !== null ? { claim_type: 'exclusive_write' } : {}),
+    zoned: false,
+    supported_io_types: supportedIoTypes(['read', 'flush', 'reset', ...writable]),
+    driver_specific: {},
+  };
+  if (bdev.kind === 'aio') {
+    info.driver_specific = {
+      aio: { filename: bdev.filename, block_size_override: false, readonly: bdev.readOnly, fallocate: false },
+    };
+  }
+  return info;
+}
+
+export function lvolBdevInfo(entry: LvstoreEntry, lvol: LvolRecord): BdevView {
+  const store = entry.store;
+  const clones = store.clonesOf(lvol.id).map((clone) => clone.name);
+  const parent = lvol.parentId ? store.lvol(lvol.parentId) : undefined;
+  const writable = lvol.readOnly ? [] : ['write', 'unmap', 'write_zeroes'];
+  return {
+    name: lvol.id,
+    aliases: [`${store.name}/${lvol.name}`],
+    product_name: 'Logical Volume',
+    block_size: store.record.blockBytes,
+    num_blocks: (lvol.clusterMap.length * store.clusterBytes) / store.record.blockBytes,
+    uuid: lvol.id,
+    creation_time: new Date(lvol.createdAtMs).toISOString(),
+    assigned_rate_limits: noRateLimits,
+    claimed: false,
+    zoned: false,
+    supported_io_types: supportedIoTypes(['read', 'reset', 'flush', 'seek_hole', 'seek_data', ...writable]),
+    driver_specific: {
+      lvol: {
+        lvol_store_uuid: store.id,
+        base_bdev: entry.bdevName,
+        thin_provision: lvol.thin,
+        num_allocated_clusters: store.ownedClusterCount(lvol.id),
+        snapshot: lvol.snapshot,
+        clone: parent !== undefined,
+        ...(parent ? { base_snapshot: parent.name } : {}),
+        ...(lvol.snapshot && clones.length > 0 ? { clones } : {}),
+        esnap_clone: false,
+      },
+    },
+  };
+}
+
+/** bdev_get_bdevs: every bdev, or the one called `name` (a base bdev name, lvol UUID or alias). */
+export function bdevInfos(node: StorageNode, name: string | undefined): BdevView[] {
+  if (name !== undefined) {
+    const base = node.registry.bdevs.get(name);
+    if (base) return [baseBdevInfo(base)];
+    const { entry, lvol } = node.resolveLvol(name);
+    return [lvolBdevInfo(entry, lvol)];
+  }
+  const out = [...node.registry.bdevs.values()].map(baseBdevInfo);
+  for (const { entry, lvol } of node.registry.allLvols()) out.push(lvolBdevInfo(entry, lvol));
+  return out;
+}
+
+export function lvstoreInfo(entry: LvstoreEntry): LvstoreView {
+  const info = entry.store.info();
+  return {
+    uuid: info.id,
+    name: info.name,
+    base_bdev: entry.bdevName,
+    total_data_clusters: info.totalDataClusters,
+    free_clusters: info.freeClusters,
+    block_size: info.blockBytes,
+    cluster_size: info.clusterBytes,
+  };
+}
+
+export function lvolInfo(entry: LvstoreEntry, lvol: LvolRecord): LvolView {
+  const store = entry.store;
+  return {
+    alias: `${store.name}/${lvol.name}`,
+    uuid: lvol.id,
+    name: lvol.name,
+    creation_time: new Date(lvol.createdAtMs).toISOString(),
+    is_thin_provisioned: lvol.thin,
+    is_snapshot: lvol.snapshot,
+    is_clone: lvol.parentId !== null,
+    is_esnap_clone: false,
+    is_degraded: false,
+    num_allocated_clusters: store.ownedClusterCount(lvol.id),
+    num_clusters: lvol.clusterMap.length,
+    read_only: lvol.readOnly,
+    parent: lvol.parentId,
+    lvs: { name: store.name, uuid: store.id },
+  };
+}
+

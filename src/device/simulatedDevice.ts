@@ -24,6 +24,8 @@ export class SimulatedDevice extends MemoryDevice {
   private writesSinceFault = 0;
   private gate: Promise<void> | undefined;
   private openGate: (() => void) | undefined;
+  private oneByOne = false;
+  private readonly heldOneByOne: Array<() => void> = [];
   /** Counts every I/O, for tests that assert what was (not) read. */
   readonly counts = { reads: 0, writes: 0, readBytes: 0, writtenBytes: 0 };
   /** Called as each I/O starts, before any delay or gate. */
@@ -44,9 +46,27 @@ export class SimulatedDevice extends MemoryDevice {
   }
 
   release(): void {
+    this.oneByOne = false;
     this.openGate?.();
     this.gate = undefined;
     this.openGate = undefined;
+    for (const waiter of this.heldOneByOne.splice(0)) waiter();
+  }
+
+  /** Holds every following I/O in a queue; `releaseOne()` lets the oldest one proceed. */
+  holdOneByOne(): void {
+    this.oneByOne = true;
+  }
+
+  /** Lets the oldest held I/O proceed; false when none is waiting. */
+  releaseOne(): boolean {
+    const waiter = this.heldOneByOne.shift();
+    waiter?.();
+    return waiter !== undefined;
+  }
+
+  get heldCount(): number {
+    return this.heldOneByOne.length;
   }
 
   override async readInto(target: Buffer, offsetBytes: number): Promise<void> {
@@ -70,6 +90,7 @@ export class SimulatedDevice extends MemoryDevice {
     }
     if (this.faults.delayMs) await new Promise((resolve) => setTimeout(resolve, this.faults.delayMs));
     while (this.gate) await this.gate;
+    if (this.oneByOne) await new Promise<void>((resolve) => this.heldOneByOne.push(resolve));
     const count = kind === 'read' ? ++this.readsSinceFault : ++this.writesSinceFault;
     const failAt = kind === 'read' ? this.faults.failReadAt : this.faults.failWriteAt;
     if (failAt !== undefined && count === failAt) {

@@ -207,6 +207,7 @@ export const lvolMachine = setup({
         },
         storing: {
           invoke: {
+            id: 'storeChecksum',
             src: 'storeChecksum',
             input: ({ context }) => ({
               lvolId: context.lvolId,
@@ -253,6 +254,7 @@ export const lvolMachine = setup({
         idle: { on: { 'step.request': 'reading' } },
         reading: {
           invoke: {
+            id: 'clusterStep',
             src: 'clusterStep',
             input: ({ context }) => ({ lvolId: context.lvolId, fromClusterIndex: context.progress!.nextClusterIndex }),
             onDone: { target: 'idle', actions: { type: 'raiseClusterDone', params: ({ event }) => event.output } },

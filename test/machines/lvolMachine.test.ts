@@ -1,0 +1,108 @@
+// Goal: the lvol machine's checksum logic, tested purely with initialTransition()/transition():
+// one cluster per event, stop only between clusters, abort/resume/done/failed bookkeeping.
+import { describe, expect, it } from 'vitest';
+import { initialTransition, transition } from 'xstate';
+import { crc64Combine } from '../../src/checksum/crc64.ts';
+import { type ClusterStepOutput, type LvolEvent, lvolMachine } from '../../src/machines/lvolMachine.ts';
+
+type Snapshot = ReturnType<typeof initialTransition<typeof lvolMachine>>[0];
+
+const clusterBytes = 1024;
+const start = (overrides: Partial<Extract<LvolEvent, { type: 'checksum.start' }>> = {}): LvolEvent => ({
+  type: 'checksum.start',
+  runId: 1,
+  mode: 'whole',
+  clustersTotal: 2,
+  atMs: 1000,
+  resume: false,
+  ...overrides,
+});
+const stepDone = (output: ClusterStepOutput) => ({ type: 'xstate.done.actor.clusterStep', output }) as unknown as LvolEvent;
+const cluster = (clusterIndex: number, crc: bigint, atMs = 1100): ClusterStepOutput => ({ kind: 'cluster', clusterIndex, crc, bytes: clusterBytes, atMs });
+
+function initial(checksumStored = false): Snapshot {
+  return initialTransition(lvolMachine, { lvolId: 'lvol-1', clusterBytes, checksumStored })[0];
+}
+
+function run(snapshot: Snapshot, ...events: LvolEvent[]): Snapshot {
+  return events.reduce((current, event) => transition(lvolMachine, current, event)[0], snapshot);
+}
+
+describe('lvolMachine (pure transitions)', () => {
+  it('starts idle with no I/O in flight', () => {
+    expect(initial().value).toEqual({ checksum: 'idle', io: 'idle' });
+  });
+
+  it('starts out done when the lvstore already holds a checksum for it', () => {
+    expect(initial(true).value).toEqual({ checksum: 'done', io: 'idle' });
+  });
+
+  it('enters computing with one cluster step in flight on checksum.start', () => {
+    const [snapshot, actions] = transition(lvolMachine, initial(), start());
+    expect(snapshot.value).toEqual({ checksum: 'computing', io: 'reading' });
+    expect(snapshot.context.progress).toMatchObject({ runId: 1, clustersDone: 0, nextClusterIndex: 0, runningCrc: 0n });
+    // The step is an invoked actor: the pure transition only asks for it to be started.
+    expect(actions.some((action) => action.type === 'xstate.spawnChild')).toBe(true);
+  });
+
+  it('folds each finished cluster into the running CRC and asks for the next one', () => {
+    const snapshot = run(initial(), start(), stepDone(cluster(3, 0xabcn)));
+    expect(snapshot.value).toEqual({ checksum: 'computing', io: 'reading' });
+    expect(snapshot.context.progress).toMatchObject({ clustersDone: 1, nextClusterIndex: 4, bytesDone: clusterBytes });
+    expect(snapshot.context.progress!.runningCrc).toBe(crc64Combine(0n, 0xabcn, clusterBytes));
+    expect(snapshot.context.progress!.rangeCrcs.get(3)).toBe(0xabcn);
+  });
+
+  it('moves to stopping on checksum.stop and to aborted only when the in-flight cluster finished', () => {
+    const stopping = run(initial(), start(), { type: 'checksum.stop', reason: 'stopped', atMs: 1050 });
+    expect(stopping.value).toEqual({ checksum: 'stopping', io: 'reading' });
+    const aborted = run(stopping, stepDone(cluster(0, 7n, 1200)));
+    expect(aborted.value).toEqual({ checksum: 'aborted', io: 'idle' });
+    // The finished cluster is kept, so a resume continues after it.
+    expect(aborted.context.progress).toMatchObject({ clustersDone: 1, nextClusterIndex: 1, reason: 'stopped', finishedAtMs: 1200 });
+  });
+
+  it('names the operation in the reason when preempted', () => {
+    const aborted = run(initial(), start(), { type: 'lvol.preempt', operation: 'bdev_lvol_delete', atMs: 1 }, stepDone(cluster(0, 1n)));
+    expect(aborted.context.progress!.reason).toBe('preempted by bdev_lvol_delete');
+  });
+
+  it('stores the value when the walk ends and is done after the store', () => {
+    const storing = run(initial(), start(), stepDone(cluster(0, 5n)), stepDone({ kind: 'end', atMs: 1300 }));
+    expect(storing.value).toEqual({ checksum: 'storing', io: 'idle' });
+    const done = run(storing, { type: 'xstate.done.actor.storeChecksum', output: 1400 } as unknown as LvolEvent);
+    expect(done.value).toEqual({ checksum: 'done', io: 'idle' });
+    expect(done.context.progress).toMatchObject({ finishedAtMs: 1400, reason: null });
+  });
+
+  it('ignores stop while storing: the registration completes', () => {
+    const storing = run(initial(), start(), stepDone({ kind: 'end', atMs: 1 }));
+    expect(run(storing, { type: 'checksum.stop', reason: 'stopped', atMs: 2 }).value).toEqual({ checksum: 'storing', io: 'idle' });
+  });
+
+  it('fails on a device error reported by the step', () => {
+    const failed = run(initial(), start(), stepDone({ kind: 'error', message: 'EIO', atMs: 5 }));
+    expect(failed.value).toEqual({ checksum: 'failed', io: 'idle' });
+    expect(failed.context.progress).toMatchObject({ error: 'EIO', reason: 'failed' });
+  });
+
+  it('resumes an aborted walk where it stopped, and restarts from zero without resume', () => {
+    const aborted = run(initial(), start(), { type: 'checksum.stop', reason: 'stopped', atMs: 1 }, stepDone(cluster(2, 9n)));
+    const resumed = run(aborted, start({ runId: 2, resume: true }));
+    expect(resumed.context.progress).toMatchObject({ runId: 2, clustersDone: 1, nextClusterIndex: 3, runningCrc: aborted.context.progress!.runningCrc });
+    const restarted = run(aborted, start({ runId: 3, resume: false }));
+    expect(restarted.context.progress).toMatchObject({ runId: 3, clustersDone: 0, nextClusterIndex: 0, runningCrc: 0n });
+  });
+
+  it('ignores a second start while computing', () => {
+    const computing = run(initial(), start());
+    const again = run(computing, start({ runId: 2 }));
+    expect(again.context.progress!.runId).toBe(1);
+  });
+
+  it('forgets progress on checksum.invalidate and starts over from idle', () => {
+    const storing = run(initial(true), { type: 'checksum.invalidate' });
+    expect(storing.value).toEqual({ checksum: 'idle', io: 'idle' });
+    expect(storing.context.restoredChecksum).toBe(false);
+  });
+});

@@ -8,5 +8,7 @@ export default defineConfig({
     hookTimeout: 60_000,
     reporters: ['default', './test/summaryReporter.ts'],
     pool: 'forks',
+    // Structured logs of the nodes under test would drown the report; warnings and errors still show.
+    env: { LVNODE_LOG_LEVEL: process.env.LVNODE_LOG_LEVEL ?? 'warn' },
   },
 });

@@ -67,6 +67,7 @@ export async function startNode(options: ServeOptions): Promise<RunningNode> {
       host,
       port,
       dispatcher,
+      log: ({ level, msg, ...fields }) => log(level, msg, fields),
       ...(options.token ? { token: options.token } : {}),
       ...(options.limits ? { limits: options.limits } : {}),
     });

@@ -1,0 +1,205 @@
+// Goal: the JSON-RPC surface over a real socket: SPDK shapes and error codes for bdevs, lvstores
+// and lvols; malformed input answered clearly while the node and the connection survive;
+// the inspection stream shows an lvol's checksum transitions in order.
+import { spawn } from 'node:child_process';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import WebSocket from 'ws';
+import type { InspectionRecord } from '../../src/actors/inspector.ts';
+import type { RpcClient } from '../../src/cli/rpcClient.ts';
+import { parseJson } from '../../src/transport/json64.ts';
+import { type TestNode, rpcError, startTestNode } from './helpers.ts';
+
+let node: TestNode;
+let client: RpcClient;
+
+beforeAll(async () => {
+  node = await startTestNode({ diskBytes: 256 * 1024 * 1024 });
+  client = await node.connect();
+});
+
+afterAll(async () => {
+  await node.close();
+});
+
+/** Sends raw text on a fresh socket and returns the first reply, parsed exactly. */
+async function rawExchange(text: string): Promise<Record<string, unknown>> {
+  const socket = new WebSocket(node.running.url);
+  await new Promise((resolve) => socket.once('open', resolve));
+  const reply = new Promise<string>((resolve) => socket.once('message', (data) => resolve(data.toString())));
+  socket.send(text);
+  const parsed = parseJson(await reply) as Record<string, unknown>;
+  socket.close();
+  return parsed;
+}
+
+describe('bdevs, lvstores and lvols over RPC', () => {
+  it('serves the embedded default: file bdev disk0 claimed by lvstore lvs0 with 4 MiB clusters', async () => {
+    const [disk] = await client.call<Array<Record<string, unknown>>>('bdev_get_bdevs', { name: 'disk0' });
+    expect(disk).toMatchObject({ name: 'disk0', product_name: 'AIO disk', block_size: 512, claimed: true });
+    const [store] = await client.call<Array<Record<string, unknown>>>('bdev_lvol_get_lvstores', { lvs_name: 'lvs0' });
+    expect(store).toMatchObject({ name: 'lvs0', base_bdev: 'disk0', cluster_size: 4 * 1024 * 1024, block_size: 512 });
+    expect(await rpcError(client.call('bdev_aio_delete', { name: 'disk0' }))).toMatchObject({ code: -16 });
+  });
+
+  it('creates malloc and file bdevs, refuses a missing file, and deletes unclaimed bdevs', async () => {
+    expect(await client.call('bdev_malloc_create', { name: 'm0', num_blocks: 32768, block_size: 512 })).toBe('m0');
+    expect(await rpcError(client.call('bdev_malloc_create', { name: 'm0', num_blocks: 8, block_size: 512 }))).toMatchObject({ code: -17 });
+    const missing = await rpcError(client.call('bdev_aio_create', { name: 'f0', filename: join(node.dataDir, 'absent.img') }));
+    expect(missing.code).toBe(-2);
+    expect(String((missing.data as { detail?: string }).detail)).toContain('absent.img');
+    const path = join(node.dataDir, 'f0.img');
+    await writeFile(path, Buffer.alloc(8 * 1024 * 1024));
+    expect(await client.call('bdev_aio_create', { name: 'f0', filename: path, block_size: 4096 })).toBe('f0');
+    const [file] = await client.call<Array<Record<string, unknown>>>('bdev_get_bdevs', { name: 'f0' });
+    expect(file).toMatchObject({ block_size: 4096, num_blocks: 2048, driver_specific: { aio: { filename: path } } });
+    expect(await client.call('bdev_aio_delete', { name: 'f0' })).toBe(true);
+    expect(await client.call('bdev_malloc_delete', { name: 'm0' })).toBe(true);
+    expect(await rpcError(client.call('bdev_get_bdevs', { name: 'm0' }))).toMatchObject({ code: -19, message: 'No such device' });
+  });
+
+  it('runs an lvstore through create, rename, lvol life cycle and delete with SPDK shapes', async () => {
+    await client.call('bdev_malloc_create', { name: 'm1', num_blocks: 131072, block_size: 512 });
+    const lvsUuid = await client.call<string>('bdev_lvol_create_lvstore', { bdev_name: 'm1', lvs_name: 'pool', cluster_sz: 1048576 });
+    expect(await rpcError(client.call('bdev_lvol_create_lvstore', { bdev_name: 'm1', lvs_name: 'other' }))).toMatchObject({ code: -16 });
+    expect(await client.call('bdev_lvol_rename_lvstore', { old_name: 'pool', new_name: 'pool2' })).toBe(true);
+    const uuid = await client.call<string>('bdev_lvol_create', { uuid: lvsUuid, lvol_name: 'v', size_in_mib: 3, thin_provision: true });
+    expect(await rpcError(client.call('bdev_lvol_create', { lvs_name: 'pool2', lvol_name: 'v', size_in_mib: 1 }))).toMatchObject({
+      code: -17,
+      message: 'File exists',
+    });
+    const [bdev] = await client.call<Array<Record<string, unknown>>>('bdev_get_bdevs', { name: 'pool2/v' });
+    expect(bdev).toMatchObject({
+      name: uuid,
+      aliases: ['pool2/v'],
+      product_name: 'Logical Volume',
+      num_blocks: (3 * 1048576) / 512,
+      driver_specific: { lvol: { lvol_store_uuid: lvsUuid, base_bdev: 'm1', thin_provision: true, num_allocated_clusters: 0, snapshot: false } },
+    });
+    await client.call('node_lvol_write', { name: uuid, offset: 1048576, fill_byte: 0xcc, length: 1048576 });
+    const snapUuid = await client.call<string>('bdev_lvol_snapshot', { lvol_name: 'pool2/v', snapshot_name: 's', xattrs: { user_created: 'true' } });
+    const [snapBdev] = await client.call<Array<{ driver_specific: { lvol: Record<string, unknown> } }>>('bdev_get_bdevs', { name: snapUuid });
+    expect(snapBdev!.driver_specific.lvol).toMatchObject({ snapshot: true, num_allocated_clusters: 1, clones: ['v'] });
+    expect(await client.call('bdev_lvol_get_xattr', { name: 'pool2/s', xattr_name: 'user_created' })).toBe('true');
+    expect(await rpcError(client.call('bdev_lvol_get_xattr', { name: 'pool2/s', xattr_name: 'missing' }))).toMatchObject({
+      code: -32603,
+      message: 'No such file or directory',
+    });
+    expect(await client.call('bdev_lvol_register_snapshot_range_checksums', { name: 'pool2/s' })).toBe(true);
+    const ranges = await client.call<Array<{ cluster_index: number; checksum: bigint | number }>>('bdev_lvol_get_snapshot_range_checksums', {
+      name: 'pool2/s',
+      cluster_start_index: 1,
+      cluster_count: 2,
+    });
+    // 1 MiB of 0xCC is a known answer (SPEC §6.1); cluster 2 is not owned.
+    expect(ranges).toEqual([
+      { cluster_index: 1, checksum: 3922247888305263001n },
+      { cluster_index: 2, checksum: 0 },
+    ]);
+    expect((await client.call<{ checksum: bigint }>('bdev_lvol_get_snapshot_checksum', { name: 'pool2/s' })).checksum).toBe(3922247888305263001n);
+    expect(await rpcError(client.call('bdev_lvol_get_snapshot_range_checksums', { name: 'pool2/s', cluster_start_index: 3, cluster_count: 1 }))).toMatchObject({ code: -22 });
+    const lvols = await client.call<Array<Record<string, unknown>>>('bdev_lvol_get_lvols', { lvs_name: 'pool2' });
+    expect(lvols.map((lvol) => [lvol.name, lvol.is_snapshot, lvol.is_clone])).toEqual([
+      ['v', false, true],
+      ['s', true, false],
+    ]);
+    expect(await client.call('bdev_lvol_delete_lvstore', { lvs_name: 'pool2' })).toBe(true);
+    expect(await client.call('bdev_malloc_delete', { name: 'm1' })).toBe(true);
+  });
+
+  it('streams an lvol actor’s checksum transitions in order through inspect_subscribe', async () => {
+    await client.call('bdev_lvol_create', { lvs_name: 'lvs0', lvol_name: 'watched', size_in_mib: 12, thin_provision: false });
+    const snapshot = await client.call<string>('bdev_lvol_snapshot', { lvol_name: 'lvs0/watched', snapshot_name: 'watched-snap' });
+    const events: InspectionRecord[] = [];
+    client.on('inspect_events', (params) => events.push(...(params as { events: InspectionRecord[] }).events));
+    expect(await client.call('inspect_subscribe', {})).toBe(true);
+    expect(await client.call('bdev_lvol_register_snapshot_checksum', { name: snapshot })).toBe(true);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    await client.call('inspect_unsubscribe', {});
+    const states = events
+      .filter((event) => event.actor_id === snapshot && event.type === 'snapshot' && event.actor === snapshot)
+      .map((event) => (event.snapshot as { value: { checksum: string } }).value.checksum);
+    const transitions = states.filter((state, index) => index === 0 || state !== states[index - 1]);
+    expect(transitions).toEqual(['computing', 'storing', 'done']);
+    // One step per cluster: three clusters, three step completions, plus the end-of-walk step.
+    const steps = events.filter((event) => event.actor_id === snapshot && event.type === 'event' && (event.event as { type: string }).type === 'xstate.done.actor.clusterStep');
+    expect(steps).toHaveLength(4);
+    expect(events.map((event) => event.seq)).toEqual([...events.map((event) => event.seq)].sort((x, y) => x - y));
+  });
+
+  it('publishes every method with its JSON Schema', async () => {
+    const methods = await client.call<string[]>('rpc_get_methods', {});
+    expect(methods).toContain('bdev_lvol_stop_snapshot_checksum');
+    const schema = await client.call<Record<string, { params: { properties: Record<string, unknown>; additionalProperties: boolean } }>>('rpc_get_schema', {});
+    expect(Object.keys(schema).sort()).toEqual([...methods].sort());
+    expect(schema.bdev_lvol_create!.params.properties).toHaveProperty('size_in_mib');
+    expect(schema.bdev_lvol_create!.params.additionalProperties).toBe(false);
+  });
+});
+
+describe('bad input', () => {
+  it('answers malformed JSON with -32700 and keeps the connection working', async () => {
+    expect(await rawExchange('{"jsonrpc":"2.0","id":1,"method":')).toMatchObject({ id: null, error: { code: -32700 } });
+    client.sendRaw('not json at all');
+    expect(await client.call('rpc_get_methods', {})).toContain('bdev_get_bdevs');
+  });
+
+  it('rejects unknown methods, unknown keys and wrong types clearly, changing nothing', async () => {
+    expect(await rpcError(client.call('bdev_does_not_exist', {}))).toMatchObject({ code: -32601 });
+    const unknownKey = await rpcError(client.call('bdev_lvol_create', { lvs_name: 'lvs0', lvol_name: 'x', size_in_mib: 4, colour: 'red' }));
+    expect(unknownKey).toMatchObject({ code: -32602, data: { field: 'colour' } });
+    const wrongType = await rpcError(client.call('bdev_lvol_create', { lvs_name: 'lvs0', lvol_name: 'x', size_in_mib: 'four' }));
+    expect(wrongType).toMatchObject({ code: -32602, data: { field: 'size_in_mib' } });
+    expect(await rpcError(client.call('bdev_get_bdevs', { name: 'lvs0/x' }))).toMatchObject({ code: -19 });
+  });
+
+  it('parses 64-bit parameters exactly and refuses ones beyond 2^53 where a number is needed', async () => {
+    const tooBig = await rpcError(client.call('bdev_lvol_create', { lvs_name: 'lvs0', lvol_name: 'y', size_in_mib: 18446744073709551615n }));
+    expect(tooBig).toMatchObject({ code: -32602, data: { field: 'size_in_mib' } });
+  });
+
+  it('answers batches as arrays, in any order, and ignores notifications', async () => {
+    const reply = await rawExchange(
+      '[{"jsonrpc":"2.0","id":"a","method":"rpc_get_methods"},{"jsonrpc":"2.0","method":"rpc_get_methods"},{"jsonrpc":"2.0","id":"b","method":"nope"}]',
+    );
+    expect(Array.isArray(reply)).toBe(true);
+    const byId = Object.fromEntries((reply as unknown as Array<{ id: string }>).map((item) => [item.id, item]));
+    expect(Object.keys(byId).sort()).toEqual(['a', 'b']);
+    expect(byId.b).toMatchObject({ error: { code: -32601 } });
+  });
+
+  it('closes a connection that sends a frame over the limit and keeps serving the others', async () => {
+    const socket = new WebSocket(node.running.url);
+    await new Promise((resolve) => socket.once('open', resolve));
+    const closed = new Promise<number>((resolve) => socket.once('close', (code) => resolve(code)));
+    socket.send('x'.repeat(2 * 1024 * 1024));
+    expect(await closed).toBe(1009);
+    expect(await client.call('rpc_get_methods', {})).toContain('bdev_get_bdevs');
+  });
+});
+
+describe('lvnode rpc (the CLI client)', () => {
+  function runCli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+    return new Promise((resolve) => {
+      const child = spawn(process.execPath, ['bin/lvnode.mjs', 'rpc', ...args, '--url', node.running.url], { cwd: process.cwd() });
+      let stdout = '';
+      let stderr = '';
+      child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+      child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+      child.on('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
+    });
+  }
+
+  it('prints the result as JSON and exits 0', async () => {
+    const { code, stdout } = await runCli(['bdev_lvol_get_lvstores', '{"lvs_name":"lvs0"}']);
+    expect(code).toBe(0);
+    expect(JSON.parse(stdout)[0].name).toBe('lvs0');
+  });
+
+  it('prints the error and exits 1 on failure', async () => {
+    const { code, stderr } = await runCli(['bdev_lvol_delete', '{"name":"lvs0/none"}']);
+    expect(code).toBe(1);
+    expect(JSON.parse(stderr)).toMatchObject({ code: -19, message: 'No such device' });
+  });
+});

@@ -76,6 +76,10 @@ async function serve(args: string[]): Promise<number> {
     process.once('SIGTERM', () => stop('SIGTERM'));
   });
   await running.close();
+  // Everything is flushed and closed. A library timer may still hold the event loop (the
+  // @statelyai/inspect adapter keeps retrying its relay every 5 s even after stop()), so the
+  // exit is bounded: leave within a second whatever still holds on.
+  setTimeout(() => process.exit(0), 1000).unref();
   return 0;
 }
 

@@ -48,17 +48,20 @@ async function attachDefaultDisk(node: StorageNode, dataDir: string, sizeBytes: 
   await node.createLvstore({ bdevName: 'disk0', lvsName: 'lvs0', clusterBytes: clusterSizeBytesDefault, clearMethod: 'unmap' });
 }
 
-async function attachStatelyInspector(node: StorageNode, url: string): Promise<void> {
+/** Returns the function that detaches it (its socket would otherwise keep the process alive). */
+async function attachStatelyInspector(node: StorageNode, url: string): Promise<() => void> {
   const { createWebSocketInspector } = await import('@statelyai/inspect');
-  const inspector = createWebSocketInspector({ url });
+  // Bounded: events wait for the relay in a queue of at most this many.
+  const inspector = createWebSocketInspector({ url, maxDeferredEvents: 1000 });
   node.inspector.addObserver((event) => inspector.inspect.next?.(event));
   log('warn', '@statelyai/inspect attached: it costs throughput; use only while debugging', { url });
+  return () => inspector.stop();
 }
 
 export async function startNode(options: ServeOptions): Promise<RunningNode> {
   const { host, port } = parseListen(options.listen);
   const node = new StorageNode(options.runtime ?? systemRuntime);
-  if (options.statelyInspectUrl) await attachStatelyInspector(node, options.statelyInspectUrl);
+  const detachStately = options.statelyInspectUrl ? await attachStatelyInspector(node, options.statelyInspectUrl) : () => {};
   await attachDefaultDisk(node, resolve(options.dataDir), options.defaultDiskBytes);
   const dispatcher = createDispatcher(createMethodTable(node), { allowBatch: true });
   let server: RpcServer;
@@ -72,6 +75,7 @@ export async function startNode(options: ServeOptions): Promise<RunningNode> {
       ...(options.limits ? { limits: options.limits } : {}),
     });
   } catch (error) {
+    detachStately();
     await node.shutdown();
     throw error;
   }
@@ -84,6 +88,7 @@ export async function startNode(options: ServeOptions): Promise<RunningNode> {
     close: async () => {
       await server.close();
       await node.shutdown();
+      detachStately();
     },
   };
 }

@@ -13,7 +13,10 @@ import { log } from '../log.ts';
 import type { ChecksumMode } from '../machines/lvolMachine.ts';
 import type { Runtime } from '../runtime.ts';
 import { Lvstore, sizeMibToClusterCount, validateName } from '../store/lvstore.ts';
-import { type ClearMethod, type LvolRecord, MemoryMetadataLog } from '../store/metadata.ts';
+import { metadataLayout } from '../store/format.ts';
+import { JournalMetadataLog } from '../store/journal.ts';
+import { DamagedLvstoreError, openLvstore } from '../store/load.ts';
+import type { ClearMethod, LvolRecord } from '../store/metadata.ts';
 import { InspectionHub } from './inspector.ts';
 import { KeyedMutex } from './keyedMutex.ts';
 import { type ChecksumState, type ChecksumStatus, LvolActor } from './lvolActor.ts';
@@ -36,6 +39,26 @@ export interface NodeEvent {
 
 export type LvstoreSelector = { uuid?: string | undefined; lvs_name?: string | undefined };
 
+/** One base-bdev creation call, in SPDK config form (what save_config lists and --config replays). */
+export interface BdevConfigEntry {
+  method: 'bdev_aio_create' | 'bdev_malloc_create';
+  params: Record<string, unknown>;
+}
+
+/** SPDK's save_config shape, bdev subsystem only. */
+export interface SpdkConfig {
+  subsystems: Array<{ subsystem: 'bdev'; config: BdevConfigEntry[] }>;
+}
+
+export interface StorageNodeOptions {
+  inspector?: InspectionHub;
+  /**
+   * Awaited after every base bdev creation or deletion, before the RPC answers: the place where
+   * the bdev list is made durable (serve.ts writes it to the data directory).
+   */
+  onBaseBdevsChanged?: (config: SpdkConfig) => Promise<void>;
+}
+
 export class StorageNode {
   readonly registry = new Registry();
   readonly inspector: InspectionHub;
@@ -43,12 +66,36 @@ export class StorageNode {
   private readonly locks = new KeyedMutex();
   private readonly lastProgressMs = new Map<string, number>();
 
+  /** Bdevs whose lvstore metadata failed to load: reported, never overwritten silently. */
+  readonly damaged = new Map<string, DamagedLvstoreError>();
+  private readonly onBaseBdevsChanged: (config: SpdkConfig) => Promise<void>;
+
   constructor(
     readonly runtime: Runtime,
-    options: { inspector?: InspectionHub } = {},
+    options: StorageNodeOptions = {},
   ) {
     this.inspector = options.inspector ?? new InspectionHub();
+    this.onBaseBdevsChanged = options.onBaseBdevsChanged ?? (async () => {});
     this.events.setMaxListeners(0);
+  }
+
+  /** The base bdevs as SPDK config calls, in creation order (save_config). */
+  saveConfig(): SpdkConfig {
+    return { subsystems: [{ subsystem: 'bdev', config: this.bdevConfigEntries() }] };
+  }
+
+  private bdevConfigEntries(): BdevConfigEntry[] {
+    return [...this.registry.bdevs.values()].map((bdev): BdevConfigEntry =>
+      bdev.kind === 'aio'
+        ? {
+            method: 'bdev_aio_create',
+            params: { name: bdev.name, filename: bdev.filename, block_size: bdev.device.blockSizeBytes, readonly: bdev.readOnly, uuid: bdev.uuid },
+          }
+        : {
+            method: 'bdev_malloc_create',
+            params: { name: bdev.name, num_blocks: bdev.device.sizeBytes / bdev.device.blockSizeBytes, block_size: bdev.device.blockSizeBytes, uuid: bdev.uuid },
+          },
+    );
   }
 
   private emit(event: NodeEvent): void {
@@ -57,11 +104,39 @@ export class StorageNode {
 
   // ---- base bdevs ----
 
-  private addBaseBdev(bdev: BaseBdev): string {
+  private async addBaseBdev(bdev: BaseBdev): Promise<string> {
     this.registry.bdevs.set(bdev.name, bdev);
     this.emit({ type: 'bdev_created', name: bdev.name, kind: bdev.kind });
     log('info', 'bdev created', { bdev: bdev.name, kind: bdev.kind, sizeBytes: bdev.device.sizeBytes });
+    await this.onBaseBdevsChanged(this.saveConfig());
+    await this.examine(bdev);
     return bdev.name;
+  }
+
+  /** Looks for an lvstore on a newly attached bdev and loads it with every lvol (SPDK's examine). */
+  private async examine(bdev: BaseBdev): Promise<void> {
+    let store: Lvstore | undefined;
+    try {
+      store = await openLvstore(bdev.device, this.runtime);
+    } catch (error) {
+      if (!(error instanceof DamagedLvstoreError)) throw error;
+      this.damaged.set(bdev.name, error);
+      log('error', 'lvstore metadata is damaged; the bdev is left unclaimed and untouched', { bdev: bdev.name, error: error.message });
+      return;
+    }
+    if (!store) return;
+    if (this.registry.lvstoreByName(store.name) || this.registry.lvstores.has(store.id)) {
+      const error = new DamagedLvstoreError(`lvstore ${store.name} (${store.id}) is already loaded from another bdev`);
+      this.damaged.set(bdev.name, error);
+      log('error', 'lvstore not loaded', { bdev: bdev.name, error: error.message });
+      return;
+    }
+    bdev.claimedBy = store.id;
+    const entry: LvstoreEntry = { store, bdevName: bdev.name, actors: new Map() };
+    this.registry.lvstores.set(store.id, entry);
+    for (const lvol of store.lvols()) this.attachActor(entry, lvol);
+    this.emit({ type: 'lvstore_created', uuid: store.id, name: store.name });
+    log('info', 'lvstore loaded', { lvstore: store.name, uuid: store.id, bdev: bdev.name, lvols: store.lvols().length });
   }
 
   private assertBdevNameFree(name: string): void {
@@ -69,7 +144,7 @@ export class StorageNode {
     if (this.registry.bdevNameTaken(name)) fail('EEXIST', `bdev ${name} already exists`);
   }
 
-  createMallocBdev(options: { name?: string; numBlocks: number; blockSize: number; uuid?: string }): string {
+  createMallocBdev(options: { name?: string; numBlocks: number; blockSize: number; uuid?: string }): Promise<string> {
     const name = options.name ?? `Malloc${this.registry.bdevs.size}`;
     this.assertBdevNameFree(name);
     if (options.numBlocks < 1) fail('EINVAL', 'num_blocks must be at least 1');
@@ -117,7 +192,9 @@ export class StorageNode {
     if (bdev.kind !== kind) fail('ENODEV', `bdev ${name} is not a ${kind} bdev`);
     if (bdev.claimedBy) fail('EBUSY', `bdev ${name} is claimed by lvstore ${bdev.claimedBy}`);
     this.registry.bdevs.delete(name);
+    this.damaged.delete(name);
     await bdev.device.close();
+    await this.onBaseBdevsChanged(this.saveConfig());
     this.emit({ type: 'bdev_deleted', name });
     log('info', 'bdev deleted', { bdev: name });
   }
@@ -128,6 +205,8 @@ export class StorageNode {
     const bdev = this.registry.bdev(options.bdevName);
     if (bdev.claimedBy) fail('EBUSY', `bdev ${bdev.name} is already claimed by lvstore ${bdev.claimedBy}`);
     if (bdev.readOnly) fail('EPERM', `bdev ${bdev.name} is read-only`);
+    const damage = this.damaged.get(bdev.name);
+    if (damage) throw new StorageError('EIO', { wire: 'internal', detail: `${damage.detail}; refusing to overwrite it (delete and re-create the bdev to discard it)` });
     validateName('lvstore', options.lvsName);
     if (this.registry.lvstoreByName(options.lvsName)) fail('EEXIST', `lvstore ${options.lvsName} already exists`);
     // Claim before the first await so a concurrent create cannot take the same bdev.
@@ -136,7 +215,7 @@ export class StorageNode {
       const store = await Lvstore.create(
         bdev.device,
         { name: options.lvsName, clusterBytes: options.clusterBytes, clearMethod: options.clearMethod },
-        new MemoryMetadataLog(),
+        (record) => JournalMetadataLog.format(bdev.device, metadataLayout(record.firstDataCluster * record.clusterBytes, record.blockBytes), record),
         this.runtime,
       );
       if (this.registry.lvstoreByName(options.lvsName)) fail('EEXIST', `lvstore ${options.lvsName} already exists`);
@@ -157,7 +236,7 @@ export class StorageNode {
       for (const actor of entry.actors.values()) actor.dispose();
       entry.actors.clear();
       this.registry.lvstores.delete(entry.store.id);
-      await entry.store.close();
+      await entry.store.destroy();
       const bdev = this.registry.bdevs.get(entry.bdevName);
       if (bdev) bdev.claimedBy = null;
     });

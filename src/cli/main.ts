@@ -9,7 +9,7 @@ import { serveDefaults, startNode } from './serve.ts';
 const usage = `lvnode — a storage node where every logical volume is an XState actor
 
 Usage:
-  lvnode serve [--data-dir DIR] [--listen HOST:PORT] [--token TOKEN] [--default-disk-size SIZE]
+  lvnode serve [--data-dir DIR] [--listen HOST:PORT] [--token TOKEN] [--default-disk-size SIZE] [--config FILE]
                [--inspect stately[=URL]] [--max-frame-bytes N] [--max-connections N]
                [--max-in-flight N] [--heartbeat-ms N]
   lvnode rpc METHOD [JSON-PARAMS] [--url URL] [--token TOKEN]
@@ -38,6 +38,7 @@ async function serve(args: string[]): Promise<number> {
     options: {
       'data-dir': { type: 'string' },
       listen: { type: 'string' },
+      config: { type: 'string' },
       token: { type: 'string' },
       'default-disk-size': { type: 'string' },
       inspect: { type: 'string' },
@@ -61,6 +62,7 @@ async function serve(args: string[]): Promise<number> {
   const running = await startNode({
     dataDir: values['data-dir'] ?? process.env.LVNODE_DATA_DIR ?? serveDefaults.dataDir,
     listen: values.listen ?? serveDefaults.listen,
+    configFile: values.config,
     token: values.token ?? process.env.LVNODE_TOKEN,
     defaultDiskBytes: values['default-disk-size'] ? parseSize(values['default-disk-size']) : serveDefaults.defaultDiskBytes,
     statelyInspectUrl: inspect === undefined ? undefined : (inspect.split('=')[1] ?? 'ws://localhost:8080'),

@@ -1,18 +1,21 @@
 // `lvnode serve`: composes devices, the node, the method table and the WebSocket server.
-import { mkdir } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { mkdir, open, readFile, rename } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
 import { clusterSizeBytesDefault, diskSizeBytesDefault, listenDefault } from '../constants.ts';
 import { FileDevice } from '../device/fileDevice.ts';
 import { StorageNode } from '../actors/node.ts';
 import { log } from '../log.ts';
 import { type Runtime, systemRuntime } from '../runtime.ts';
 import { createDispatcher } from '../transport/jsonRpc.ts';
+import type { MethodTable } from '../transport/methodTable.ts';
 import { createMethodTable } from '../transport/methods.ts';
 import { type RpcServer, type RpcServerLimits, startRpcServer } from '../transport/wsServer.ts';
 
 export interface ServeOptions {
   dataDir: string;
   listen: string;
+  /** An SPDK-style JSON config whose bdev calls are replayed at start (after the saved ones). */
+  configFile?: string | undefined;
   token?: string | undefined;
   defaultDiskBytes: number;
   /** Attach @statelyai/inspect, sending to this relay URL. */
@@ -35,17 +38,84 @@ export function parseListen(listen: string): { host: string; port: number } {
   return { host: match[1]!.replace(/^\[(.*)\]$/, '$1'), port };
 }
 
+/** The node's own record of its bdevs, in the data directory, in SPDK's save_config form. */
+export const savedConfigName = 'lvnode-config.json';
+const configMethods: ReadonlySet<string> = new Set(['bdev_aio_create', 'bdev_malloc_create']);
+
+/** Writes the file so that a crash leaves the old or the new version: temp file, fsync, rename, fsync dir. */
+async function writeFileAtomically(path: string, text: string): Promise<void> {
+  const temporary = `${path}.tmp`;
+  const file = await open(temporary, 'w');
+  try {
+    await file.writeFile(text);
+    await file.sync();
+  } finally {
+    await file.close();
+  }
+  await rename(temporary, path);
+  const directory = await open(dirname(path), 'r');
+  try {
+    await directory.sync();
+  } finally {
+    await directory.close();
+  }
+}
+
+async function readConfig(path: string): Promise<Array<{ method: string; params: unknown }> | undefined> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw error;
+  }
+  const parsed = JSON.parse(text) as { subsystems?: Array<{ subsystem?: string; config?: Array<{ method: string; params: unknown }> }> };
+  return (parsed.subsystems ?? []).filter((subsystem) => subsystem.subsystem === 'bdev').flatMap((subsystem) => subsystem.config ?? []);
+}
+
 /**
- * The embedded default (SPEC §1): a sparse `disk0.img` in the data directory attached as file
- * bdev `disk0`, carrying lvstore `lvs0` with 4 MiB clusters. Metadata is in memory until the
- * durability issue lands, so each start creates `lvs0` afresh.
+ * Replays bdev creation calls through the method table (so each is validated like an RPC). A call
+ * that fails is logged and skipped: the node still starts and serves everything else.
  */
-async function attachDefaultDisk(node: StorageNode, dataDir: string, sizeBytes: number): Promise<void> {
-  await mkdir(dataDir, { recursive: true });
+async function replayConfig(table: MethodTable, node: StorageNode, calls: Array<{ method: string; params: unknown }>, source: string): Promise<void> {
+  for (const call of calls) {
+    const name = (call.params as { name?: unknown } | undefined)?.name;
+    if (typeof name === 'string' && node.registry.bdevs.has(name)) continue;
+    try {
+      if (!configMethods.has(call.method)) throw new Error(`method ${call.method} is not allowed in a config`);
+      const method = table[call.method]!;
+      await method.handler(method.params.parse(call.params ?? {}), noConnection);
+    } catch (error) {
+      log('error', 'config call failed; continuing without it', { source, method: call.method, bdev: name, error: String(error) });
+    }
+  }
+}
+
+const noConnection = { id: 0, notify: () => false, onClose: () => {} };
+
+/**
+ * The embedded default (SPEC §1), on first start only: a sparse `disk0.img` in the data directory
+ * attached as file bdev `disk0`, carrying lvstore `lvs0` with 4 MiB clusters.
+ */
+async function createDefaultDisk(node: StorageNode, dataDir: string, sizeBytes: number): Promise<void> {
   const path = join(dataDir, 'disk0.img');
   await FileDevice.createSparse(path, sizeBytes);
   await node.createAioBdev({ name: 'disk0', filename: path, blockSize: 512, readOnly: false });
-  await node.createLvstore({ bdevName: 'disk0', lvsName: 'lvs0', clusterBytes: clusterSizeBytesDefault, clearMethod: 'unmap' });
+  if (!node.registry.bdev('disk0').claimedBy && !node.damaged.has('disk0')) {
+    await node.createLvstore({ bdevName: 'disk0', lvsName: 'lvs0', clusterBytes: clusterSizeBytesDefault, clearMethod: 'unmap' });
+  }
+}
+
+/** Re-attaches the saved bdevs (their lvstores load as they attach), or creates the default. */
+async function attachBdevs(table: MethodTable, node: StorageNode, options: ServeOptions, dataDir: string): Promise<void> {
+  const saved = await readConfig(join(dataDir, savedConfigName));
+  if (saved) await replayConfig(table, node, saved, savedConfigName);
+  else await createDefaultDisk(node, dataDir, options.defaultDiskBytes);
+  if (options.configFile) {
+    const calls = await readConfig(resolve(options.configFile));
+    if (!calls) throw new Error(`--config ${options.configFile}: no such file`);
+    await replayConfig(table, node, calls, options.configFile);
+  }
 }
 
 /** Returns the function that detaches it (its socket would otherwise keep the process alive). */
@@ -60,10 +130,16 @@ async function attachStatelyInspector(node: StorageNode, url: string): Promise<(
 
 export async function startNode(options: ServeOptions): Promise<RunningNode> {
   const { host, port } = parseListen(options.listen);
-  const node = new StorageNode(options.runtime ?? systemRuntime);
+  const dataDir = resolve(options.dataDir);
+  await mkdir(dataDir, { recursive: true });
+  const configPath = join(dataDir, savedConfigName);
+  const node = new StorageNode(options.runtime ?? systemRuntime, {
+    onBaseBdevsChanged: (config) => writeFileAtomically(configPath, `${JSON.stringify(config, null, 2)}\n`),
+  });
   const detachStately = options.statelyInspectUrl ? await attachStatelyInspector(node, options.statelyInspectUrl) : () => {};
-  await attachDefaultDisk(node, resolve(options.dataDir), options.defaultDiskBytes);
-  const dispatcher = createDispatcher(createMethodTable(node), { allowBatch: true });
+  const table = createMethodTable(node);
+  await attachBdevs(table, node, options, dataDir);
+  const dispatcher = createDispatcher(table, { allowBatch: true });
   let server: RpcServer;
   try {
     server = await startRpcServer({
@@ -80,7 +156,7 @@ export async function startNode(options: ServeOptions): Promise<RunningNode> {
     throw error;
   }
   const url = `ws://${host.includes(':') ? `[${host}]` : host}:${server.address.port}/`;
-  log('info', 'lvnode listening', { url, dataDir: resolve(options.dataDir) });
+  log('info', 'lvnode listening', { url, dataDir });
   return {
     node,
     server,

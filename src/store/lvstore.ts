@@ -88,7 +88,16 @@ export class Lvstore {
   }
 
   /** Creates a new lvstore on `device`, clearing it first unless the clear method is `none`. */
-  static async create(device: BlockDevice, options: LvstoreOptions, log: MetadataLog, runtime: Runtime): Promise<Lvstore> {
+  /**
+   * `log` is the MetadataLog to use, or a function that formats the device's metadata area for the
+   * new (empty) lvstore and returns its log.
+   */
+  static async create(
+    device: BlockDevice,
+    options: LvstoreOptions,
+    log: MetadataLog | ((record: LvstoreRecord) => Promise<MetadataLog>),
+    runtime: Runtime,
+  ): Promise<Lvstore> {
     validateName('lvstore', options.name);
     const { clusterBytes } = options;
     if (
@@ -116,7 +125,7 @@ export class Lvstore {
       clearMethod: options.clearMethod,
       lvols: new Map(),
     };
-    return new Lvstore(device, record, log, runtime);
+    return new Lvstore(device, record, typeof log === 'function' ? await log(record) : log, runtime);
   }
 
   /** Wraps records loaded from a durable log (used by the durability layer). */
@@ -191,6 +200,14 @@ export class Lvstore {
     return gate;
   }
 
+  /**
+   * Called once an lvol's gate is held: the checks made before waiting at the gate may be stale,
+   * because a delete queued ahead of this operation may have removed the lvol meanwhile.
+   */
+  private assertStillPresent(lvol: LvolRecord): void {
+    if (this.record.lvols.get(lvol.id) !== lvol) fail('ENODEV', `lvol ${lvol.name} was deleted while this operation waited`);
+  }
+
   private assertNameFree(name: string): void {
     validateName('lvol', name);
     if (this.findLvolByName(name)) fail('EEXIST', `lvol ${this.record.name}/${name} already exists`);
@@ -205,6 +222,12 @@ export class Lvstore {
 
   async close(): Promise<void> {
     await this.log.close();
+  }
+
+  /** Deletes the lvstore: its metadata is erased from the device, so it is not found again. */
+  async destroy(): Promise<void> {
+    if (this.log.erase) await this.log.erase();
+    else await this.log.close();
   }
 
   // ---- lvol metadata operations ----
@@ -244,6 +267,7 @@ export class Lvstore {
     validateXattrs(xattrs);
     const snapshotId = this.runtime.uuid();
     await this.gate(id).withExclusive(async () => {
+      this.assertStillPresent(lvol);
       this.assertNameFree(snapshotName);
       await this.commit([
         {
@@ -302,6 +326,7 @@ export class Lvstore {
     }
     const clone = clones[0];
     return this.gate(id).withExclusive(async () => {
+      this.assertStillPresent(lvol);
       const freed: number[] = [];
       if (clone) {
         const cloneMap = clone.clusterMap;
@@ -340,6 +365,7 @@ export class Lvstore {
     if (lvol.readOnly) fail('EPERM', `${lvol.name} is read-only and cannot be resized`);
     if (!Number.isSafeInteger(clusterCount) || clusterCount < 1) fail('EINVAL', 'size must be at least one cluster');
     await this.gate(id).withExclusive(async () => {
+      this.assertStillPresent(lvol);
       const oldCount = lvol.clusterMap.length;
       const grown = clusterCount > oldCount && !lvol.thin ? this.allocator.allocate(clusterCount - oldCount) : [];
       const freed = [...lvol.clusterMap.subarray(Math.min(clusterCount, oldCount))].filter((cluster) => cluster !== 0);
@@ -359,7 +385,10 @@ export class Lvstore {
   async setReadOnly(id: string): Promise<void> {
     const lvol = this.lvol(id);
     if (lvol.readOnly) return;
-    await this.gate(id).withExclusive(() => this.commit([{ type: 'lvol.set_read_only', id }]));
+    await this.gate(id).withExclusive(() => {
+      this.assertStillPresent(lvol);
+      return this.commit([{ type: 'lvol.set_read_only', id }]);
+    });
   }
 
   async setXattr(id: string, name: string, value: string): Promise<void> {
@@ -383,16 +412,22 @@ export class Lvstore {
   async copyUpFromParent(id: string, mode: 'inflate' | 'decouple'): Promise<void> {
     const lvol = this.lvol(id);
     if (mode === 'decouple' && lvol.parentId === null) fail('EINVAL', `${lvol.name} has no parent to decouple from`);
-    for (let clusterIndex = 0; clusterIndex < lvol.clusterMap.length; clusterIndex++) {
-      if (lvol.clusterMap[clusterIndex] !== 0) continue;
-      if (mode === 'decouple' && this.ownerBelow(lvol, clusterIndex) === 0) continue;
-      await this.allocateCluster(lvol, clusterIndex, undefined);
-    }
-    const changes: MetadataChange[] = [
-      { type: 'lvol.set_parent', id, parentId: null, ...(mode === 'inflate' ? { thin: false } : {}) },
-    ];
-    if (lvol.snapshot) changes.push({ type: 'checksum.invalidate', id });
-    await this.commit(changes);
+    // The copy-up writes into the lvol like data I/O does, so it holds the gate shared: a snapshot,
+    // resize or delete of the lvol waits for it. Without that, a snapshot taken halfway would move
+    // the clusters already copied to the snapshot, and the final "no parent" would hide them.
+    await this.gate(id).withShared(async () => {
+      this.assertStillPresent(lvol);
+      for (let clusterIndex = 0; clusterIndex < lvol.clusterMap.length; clusterIndex++) {
+        if (lvol.clusterMap[clusterIndex] !== 0) continue;
+        if (mode === 'decouple' && this.ownerBelow(lvol, clusterIndex) === 0) continue;
+        await this.allocateCluster(lvol, clusterIndex, undefined);
+      }
+      const changes: MetadataChange[] = [
+        { type: 'lvol.set_parent', id, parentId: null, ...(mode === 'inflate' ? { thin: false } : {}) },
+      ];
+      if (lvol.snapshot) changes.push({ type: 'checksum.invalidate', id });
+      await this.commit(changes);
+    });
   }
 
   async detachParent(id: string): Promise<void> {
@@ -492,6 +527,12 @@ export class Lvstore {
     if (lvol.readOnly) fail('EPERM', `${lvol.name} is read-only`);
     this.assertIoRange(lvol, offsetBytes, data.length);
     await this.gate(id).withShared(async () => {
+      // Checked again now that the gate is held: a delete, resize or set_read_only queued ahead of
+      // this write may have run while it waited, and a write to a deleted lvol would land in
+      // clusters already handed back to the allocator.
+      this.assertStillPresent(lvol);
+      if (lvol.readOnly) fail('EPERM', `${lvol.name} is read-only`);
+      this.assertIoRange(lvol, offsetBytes, data.length);
       await this.forEachSegment(offsetBytes, data.length, async (clusterIndex, inner, rangeOffset, length) => {
         const piece = data.subarray(rangeOffset, rangeOffset + length);
         const physicalCluster = lvol.clusterMap[clusterIndex]!;
@@ -563,6 +604,18 @@ export class Lvstore {
     if (!this.record.lvols.has(lvol.id)) {
       this.allocator.release([physicalCluster]);
       fail('ENODEV', `lvol ${lvol.name} was deleted during the write`);
+    }
+    const adopted = lvol.clusterMap[clusterIndex]!;
+    if (adopted !== 0) {
+      // A merge (delete of the parent snapshot, which does not hold this lvol's gate) gave the lvol
+      // the very cluster we copied from while the copy was in flight. Committing ours would orphan
+      // the adopted one, so keep it, put the overlay into it, and clear and return ours.
+      if (overlay) {
+        await this.device.write(clusterIndexToOffsetBytes(adopted, this.clusterBytes) + overlay.innerOffsetBytes, overlay.data);
+      }
+      await this.clearClusters([physicalCluster], lvol.clearMethod);
+      this.allocator.release([physicalCluster]);
+      return;
     }
     await this.commit([{ type: 'cluster.allocate', id: lvol.id, clusterIndex, physicalCluster }]);
   }

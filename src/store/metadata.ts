@@ -181,6 +181,8 @@ export function applyChange(store: LvstoreRecord, change: MetadataChange): void 
 export interface MetadataLog {
   append(changes: readonly MetadataChange[]): Promise<void>;
   close(): Promise<void>;
+  /** Removes the lvstore's metadata from its device (lvstore delete). */
+  erase?(): Promise<void>;
 }
 
 /** The log of this issue: metadata lives in memory only. */

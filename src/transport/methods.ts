@@ -433,6 +433,13 @@ export function createMethodTable(node: StorageNode): MethodTable {
     ...dataMethods(node),
     ...observabilityMethods(node),
   };
+  table.save_config = defineMethod({
+    description: 'The node’s bdevs as an SPDK-style JSON config (replayable with `lvnode serve --config FILE`).',
+    priority: 'foreground',
+    params: z.strictObject({}),
+    result: z.object({ subsystems: z.array(z.object({ subsystem: z.string(), config: z.array(z.object({ method: z.string(), params: z.record(z.string(), z.unknown()) })) })) }),
+    handler: () => node.saveConfig(),
+  });
   table.rpc_get_methods = defineMethod({
     description: 'Names of every method.',
     priority: 'foreground',

@@ -1,0 +1,230 @@
+// The lvstore's on-device format: layout of the metadata area, super blocks, checkpoints and
+// journal records, each with a magic, a version and a CRC (docs/format.md has the byte tables).
+import { crc64 } from '../checksum/crc64.ts';
+import { type ClearMethod, type LvolRecord, type LvstoreRecord, type MetadataChange } from './metadata.ts';
+
+export const formatVersion = 1;
+export const superMagic = 'LVNODESB';
+export const checkpointMagic = 'LVNODECP';
+export const recordMagic = 0x4c564a52; // "LVJR"
+export const superHeaderBytes = 512;
+export const checkpointHeaderBytes = 64;
+export const recordHeaderBytes = 40;
+
+/** Where everything lives inside the metadata area (the clusters before the first data cluster). */
+export interface MetadataLayout {
+  readonly slotBytes: number;
+  readonly superOffsets: readonly [number, number];
+  readonly checkpointOffsets: readonly [number, number];
+  readonly checkpointBytes: number;
+  readonly journalOffset: number;
+  readonly journalBytes: number;
+}
+
+export function roundUp(value: number, multiple: number): number {
+  return Math.ceil(value / multiple) * multiple;
+}
+
+function roundDown(value: number, multiple: number): number {
+  return Math.floor(value / multiple) * multiple;
+}
+
+/** Two super block slots, two checkpoint slots of a quarter each of the rest, the journal in the remaining half. */
+export function metadataLayout(metadataAreaBytes: number, blockBytes: number): MetadataLayout {
+  const slotBytes = Math.max(4096, blockBytes);
+  const rest = metadataAreaBytes - 2 * slotBytes;
+  const checkpointBytes = roundDown(rest / 4, blockBytes);
+  const journalOffset = 2 * slotBytes + 2 * checkpointBytes;
+  return {
+    slotBytes,
+    superOffsets: [0, slotBytes],
+    checkpointOffsets: [2 * slotBytes, 2 * slotBytes + checkpointBytes],
+    checkpointBytes,
+    journalOffset,
+    journalBytes: roundDown(metadataAreaBytes - journalOffset, blockBytes),
+  };
+}
+
+// ---- super block ----
+
+export interface SuperBlock {
+  generation: bigint;
+  lvstoreId: string;
+  clusterBytes: number;
+  blockBytes: number;
+  firstDataCluster: number;
+  clusterTotal: number;
+  /** Which checkpoint slot holds the state as of `checkpointSeq`. */
+  checkpointSlot: 0 | 1;
+  checkpointLength: number;
+  checkpointCrc: bigint;
+  checkpointSeq: bigint;
+}
+
+export function encodeSuperBlock(superBlock: SuperBlock, slotBytes: number): Buffer {
+  const out = Buffer.alloc(slotBytes);
+  out.write(superMagic, 0, 'ascii');
+  out.writeUInt32LE(formatVersion, 8);
+  out.writeUInt32LE(superHeaderBytes, 12);
+  out.writeBigUInt64LE(superBlock.generation, 16);
+  out.write(superBlock.lvstoreId.padEnd(36, '\0').slice(0, 36), 24, 'ascii');
+  out.writeUInt32LE(superBlock.clusterBytes, 60);
+  out.writeUInt32LE(superBlock.blockBytes, 64);
+  out.writeUInt32LE(superBlock.firstDataCluster, 68);
+  out.writeBigUInt64LE(BigInt(superBlock.clusterTotal), 72);
+  out.writeUInt32LE(superBlock.checkpointSlot, 80);
+  out.writeUInt32LE(superBlock.checkpointLength, 84);
+  out.writeBigUInt64LE(superBlock.checkpointCrc, 88);
+  out.writeBigUInt64LE(superBlock.checkpointSeq, 96);
+  out.writeBigUInt64LE(crc64(out.subarray(0, superHeaderBytes - 8)), superHeaderBytes - 8);
+  return out;
+}
+
+export type Decoded<T> = { kind: 'ok'; value: T } | { kind: 'absent' } | { kind: 'damaged'; reason: string };
+
+export function decodeSuperBlock(bytes: Buffer): Decoded<SuperBlock> {
+  if (bytes.toString('ascii', 0, 8) !== superMagic) return { kind: 'absent' };
+  const version = bytes.readUInt32LE(8);
+  if (version !== formatVersion) return { kind: 'damaged', reason: `super block format version ${version}, expected ${formatVersion}` };
+  if (bytes.readBigUInt64LE(superHeaderBytes - 8) !== crc64(bytes.subarray(0, superHeaderBytes - 8))) {
+    return { kind: 'damaged', reason: 'super block CRC mismatch' };
+  }
+  const slot = bytes.readUInt32LE(80);
+  if (slot !== 0 && slot !== 1) return { kind: 'damaged', reason: `super block names checkpoint slot ${slot}` };
+  return {
+    kind: 'ok',
+    value: {
+      generation: bytes.readBigUInt64LE(16),
+      lvstoreId: bytes.toString('ascii', 24, 60).replace(/\0+$/, ''),
+      clusterBytes: bytes.readUInt32LE(60),
+      blockBytes: bytes.readUInt32LE(64),
+      firstDataCluster: bytes.readUInt32LE(68),
+      clusterTotal: Number(bytes.readBigUInt64LE(72)),
+      checkpointSlot: slot,
+      checkpointLength: bytes.readUInt32LE(84),
+      checkpointCrc: bytes.readBigUInt64LE(88),
+      checkpointSeq: bytes.readBigUInt64LE(96),
+    },
+  };
+}
+
+// ---- JSON payloads with typed arrays and bigints ----
+
+// Typed arrays travel as base64 of their little-endian bytes, bigints as decimal strings, maps
+// as entry lists; each tagged so decoding is exact.
+function toPlain(value: unknown): unknown {
+  if (typeof value === 'bigint') return { $big: value.toString() };
+  if (value instanceof Uint32Array) return { $u32: Buffer.from(value.buffer, value.byteOffset, value.byteLength).toString('base64') };
+  if (value instanceof BigUint64Array) return { $u64: Buffer.from(value.buffer, value.byteOffset, value.byteLength).toString('base64') };
+  if (value instanceof Map) return { $map: [...value.entries()].map(([key, item]) => [toPlain(key), toPlain(item)]) };
+  if (Array.isArray(value)) return value.map(toPlain);
+  if (value !== null && typeof value === 'object') {
+    return Object.fromEntries(Object.entries(value).map(([key, item]) => [key, toPlain(item)]));
+  }
+  return value;
+}
+
+function typedFromBase64<T>(text: string, bytesPerItem: number, make: (buffer: ArrayBuffer, length: number) => T): T {
+  const bytes = Buffer.from(text, 'base64');
+  const copy = new ArrayBuffer(bytes.length);
+  new Uint8Array(copy).set(bytes);
+  return make(copy, bytes.length / bytesPerItem);
+}
+
+function fromPlain(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(fromPlain);
+  if (value === null || typeof value !== 'object') return value;
+  const object = value as Record<string, unknown>;
+  if (typeof object.$big === 'string') return BigInt(object.$big);
+  if (typeof object.$u32 === 'string') return typedFromBase64(object.$u32, 4, (buffer, length) => new Uint32Array(buffer, 0, length));
+  if (typeof object.$u64 === 'string') return typedFromBase64(object.$u64, 8, (buffer, length) => new BigUint64Array(buffer, 0, length));
+  if (Array.isArray(object.$map)) return new Map((object.$map as unknown[][]).map(([key, item]) => [fromPlain(key), fromPlain(item)]));
+  return Object.fromEntries(Object.entries(object).map(([key, item]) => [key, fromPlain(item)]));
+}
+
+export function encodePayload(value: unknown): Buffer {
+  return Buffer.from(JSON.stringify(toPlain(value)), 'utf8');
+}
+
+export function decodePayload(bytes: Buffer): unknown {
+  return fromPlain(JSON.parse(bytes.toString('utf8')));
+}
+
+// ---- checkpoint: the whole lvstore as of one journal sequence number ----
+
+interface CheckpointBody {
+  id: string;
+  name: string;
+  clusterBytes: number;
+  blockBytes: number;
+  firstDataCluster: number;
+  clusterTotal: number;
+  clearMethod: ClearMethod;
+  lvols: LvolRecord[];
+}
+
+export function encodeCheckpoint(record: LvstoreRecord, seq: bigint, blockBytes: number): Buffer {
+  const body: CheckpointBody = { ...record, lvols: [...record.lvols.values()] };
+  const payload = encodePayload(body);
+  const out = Buffer.alloc(roundUp(checkpointHeaderBytes + payload.length, blockBytes));
+  out.write(checkpointMagic, 0, 'ascii');
+  out.writeUInt32LE(formatVersion, 8);
+  out.writeUInt32LE(payload.length, 12);
+  out.writeBigUInt64LE(seq, 16);
+  out.writeBigUInt64LE(crc64(payload), 24);
+  out.writeBigUInt64LE(crc64(out.subarray(0, 32)), 32);
+  payload.copy(out, checkpointHeaderBytes);
+  return out;
+}
+
+export function decodeCheckpoint(bytes: Buffer): Decoded<{ record: LvstoreRecord; seq: bigint }> {
+  if (bytes.toString('ascii', 0, 8) !== checkpointMagic) return { kind: 'damaged', reason: 'checkpoint magic missing' };
+  if (bytes.readUInt32LE(8) !== formatVersion) return { kind: 'damaged', reason: 'checkpoint format version differs' };
+  if (bytes.readBigUInt64LE(32) !== crc64(bytes.subarray(0, 32))) return { kind: 'damaged', reason: 'checkpoint header CRC mismatch' };
+  const length = bytes.readUInt32LE(12);
+  if (checkpointHeaderBytes + length > bytes.length) return { kind: 'damaged', reason: 'checkpoint truncated' };
+  const payload = bytes.subarray(checkpointHeaderBytes, checkpointHeaderBytes + length);
+  if (crc64(payload) !== bytes.readBigUInt64LE(24)) return { kind: 'damaged', reason: 'checkpoint CRC mismatch' };
+  const body = decodePayload(payload) as CheckpointBody;
+  const { lvols, ...rest } = body;
+  return {
+    kind: 'ok',
+    value: { record: { ...rest, lvols: new Map(lvols.map((lvol) => [lvol.id, lvol])) }, seq: bytes.readBigUInt64LE(16) },
+  };
+}
+
+// ---- journal records: the changes of one or more operations, appended and flushed ----
+
+/** Ties journal records to one lvstore, so records left by an earlier lvstore on the device never replay. */
+export function storeTagOf(lvstoreId: string): number {
+  return Number(crc64(Buffer.from(lvstoreId, 'ascii')) & 0xffffffffn);
+}
+
+export function encodeRecord(seq: bigint, storeTag: number, changes: readonly MetadataChange[], blockBytes: number): Buffer {
+  const payload = encodePayload(changes);
+  const out = Buffer.alloc(roundUp(recordHeaderBytes + payload.length, blockBytes));
+  out.writeUInt32LE(recordMagic, 0);
+  out.writeUInt16LE(formatVersion, 4);
+  out.writeBigUInt64LE(seq, 8);
+  out.writeUInt32LE(payload.length, 16);
+  out.writeUInt32LE(storeTag, 20);
+  out.writeBigUInt64LE(crc64(payload), 24);
+  out.writeBigUInt64LE(crc64(out.subarray(0, 32)), 32);
+  payload.copy(out, recordHeaderBytes);
+  return out;
+}
+
+/** Reads a record header; undefined where no valid record starts (the end of the journal). */
+export function decodeRecordHeader(
+  bytes: Buffer,
+): { seq: bigint; storeTag: number; payloadBytes: number; payloadCrc: bigint } | undefined {
+  if (bytes.length < recordHeaderBytes || bytes.readUInt32LE(0) !== recordMagic) return undefined;
+  if (bytes.readUInt16LE(4) !== formatVersion) return undefined;
+  if (bytes.readBigUInt64LE(32) !== crc64(bytes.subarray(0, 32))) return undefined;
+  return {
+    seq: bytes.readBigUInt64LE(8),
+    storeTag: bytes.readUInt32LE(20),
+    payloadBytes: bytes.readUInt32LE(16),
+    payloadCrc: bytes.readBigUInt64LE(24),
+  };
+}

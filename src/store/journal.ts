@@ -1,0 +1,185 @@
+// The durable MetadataLog: changes are appended to an on-device journal and flushed before they
+// are acknowledged; when the journal fills, the whole lvstore is checkpointed and the journal restarts.
+//
+// Ordering is explicit. An append writes one record at the journal's tail, then flushes; only then
+// do its callers resume. A checkpoint writes the state into the slot the current super block does
+// not use, flushes, then writes the other super block slot (generation + 1) and flushes: until that
+// last write lands, the old super block, checkpoint and journal are all intact. Appends that arrive
+// while a write is in flight are grouped into the next record (group commit).
+import assert from 'node:assert/strict';
+import { crc64 } from '../checksum/crc64.ts';
+import type { BlockDevice } from '../device/blockDevice.ts';
+import { StorageError } from '../errors.ts';
+import {
+  type MetadataLayout,
+  type SuperBlock,
+  encodeCheckpoint,
+  encodeRecord,
+  encodeSuperBlock,
+  storeTagOf,
+} from './format.ts';
+import type { LvstoreRecord, MetadataChange, MetadataLog } from './metadata.ts';
+
+interface Waiter {
+  changes: readonly MetadataChange[];
+  resolve: () => void;
+  reject: (error: Error) => void;
+}
+
+export interface JournalPosition {
+  superBlock: SuperBlock;
+  /** Which super block slot holds `superBlock`. */
+  superSlot: 0 | 1;
+  /** Sequence number of the last change on the device (checkpoint or journal). */
+  lastSeq: bigint;
+  /** Bytes of the journal in use. */
+  tailBytes: number;
+}
+
+export class JournalMetadataLog implements MetadataLog {
+  private pending: Waiter[] = [];
+  private writing = false;
+  private failed: Error | undefined;
+  private closed = false;
+  private idle: Promise<void> = Promise.resolve();
+  private markIdle: () => void = () => {};
+  /** Metadata bytes written, for the write-path benchmark. */
+  bytesWritten = 0;
+  checkpointCount = 0;
+
+  constructor(
+    private readonly device: BlockDevice,
+    private readonly layout: MetadataLayout,
+    private readonly record: () => LvstoreRecord,
+    private position: JournalPosition,
+  ) {}
+
+  /**
+   * Formats a new lvstore: the first checkpoint into slot 0, then super block generation 1.
+   * Any journal bytes left from an earlier lvstore are harmless: their sequence numbers do not follow.
+   */
+  static async format(device: BlockDevice, layout: MetadataLayout, record: LvstoreRecord): Promise<JournalMetadataLog> {
+    const log = new JournalMetadataLog(device, layout, () => record, {
+      superBlock: {
+        generation: 0n,
+        lvstoreId: record.id,
+        clusterBytes: record.clusterBytes,
+        blockBytes: record.blockBytes,
+        firstDataCluster: record.firstDataCluster,
+        clusterTotal: record.clusterTotal,
+        checkpointSlot: 1,
+        checkpointLength: 0,
+        checkpointCrc: 0n,
+        checkpointSeq: 0n,
+      },
+      superSlot: 1,
+      lastSeq: 0n,
+      tailBytes: 0,
+    });
+    await log.checkpoint(1n);
+    return log;
+  }
+
+  append(changes: readonly MetadataChange[]): Promise<void> {
+    if (this.failed) return Promise.reject(this.failed);
+    if (this.closed) return Promise.reject(new StorageError('EIO', { wire: 'internal', detail: 'lvstore metadata is closed' }));
+    return new Promise((resolve, reject) => {
+      this.pending.push({ changes, resolve, reject });
+      if (!this.writing) void this.drain();
+    });
+  }
+
+  private async drain(): Promise<void> {
+    this.writing = true;
+    this.idle = new Promise((resolve) => (this.markIdle = resolve));
+    try {
+      while (this.pending.length > 0 && !this.failed) {
+        const batch = this.pending;
+        this.pending = [];
+        try {
+          await this.writeBatch(batch);
+          for (const waiter of batch) waiter.resolve();
+        } catch (error) {
+          // The device failed under the journal: nothing later may be acknowledged either, or the
+          // in-memory state and the device would disagree. The lvstore is read-only from here.
+          this.failed = new StorageError('EIO', {
+            wire: 'internal',
+            detail: `metadata write failed: ${error instanceof Error ? error.message : String(error)}`,
+          });
+          for (const waiter of [...batch, ...this.pending.splice(0)]) waiter.reject(this.failed);
+        }
+      }
+    } finally {
+      this.writing = false;
+      this.markIdle();
+    }
+  }
+
+  private async writeBatch(batch: Waiter[]): Promise<void> {
+    const changes = batch.flatMap((waiter) => waiter.changes);
+    const seq = this.position.lastSeq + 1n;
+    const bytes = encodeRecord(seq, storeTagOf(this.position.superBlock.lvstoreId), changes, this.device.blockSizeBytes);
+    if (this.position.tailBytes + bytes.length > this.layout.journalBytes) {
+      // The journal is full: the checkpoint holds these changes too (they are already applied in memory).
+      await this.checkpoint(seq);
+      return;
+    }
+    await this.device.write(this.layout.journalOffset + this.position.tailBytes, bytes);
+    await this.device.flush();
+    this.bytesWritten += bytes.length;
+    this.position = { ...this.position, lastSeq: seq, tailBytes: this.position.tailBytes + bytes.length };
+  }
+
+  /** Writes the whole state as of `seq` to the unused slot, then switches the super block to it. */
+  private async checkpoint(seq: bigint): Promise<void> {
+    const image = encodeCheckpoint(this.record(), seq, this.device.blockSizeBytes);
+    if (image.length > this.layout.checkpointBytes) {
+      throw new StorageError('ENOSPC', {
+        wire: 'internal',
+        detail: `lvstore metadata (${image.length} bytes) exceeds its ${this.layout.checkpointBytes}-byte checkpoint slot`,
+      });
+    }
+    const slot: 0 | 1 = this.position.superBlock.checkpointSlot === 0 ? 1 : 0;
+    await this.device.write(this.layout.checkpointOffsets[slot], image);
+    await this.device.flush();
+    const superBlock: SuperBlock = {
+      ...this.position.superBlock,
+      generation: this.position.superBlock.generation + 1n,
+      checkpointSlot: slot,
+      checkpointLength: image.length,
+      // The checkpoint's header CRC: it covers the payload's CRC, so a stale image in the slot fails it.
+      checkpointCrc: crc64(image.subarray(0, 32)),
+      checkpointSeq: seq,
+    };
+    const superSlot: 0 | 1 = this.position.superSlot === 0 ? 1 : 0;
+    await this.device.write(this.layout.superOffsets[superSlot], encodeSuperBlock(superBlock, this.layout.slotBytes));
+    await this.device.flush();
+    this.bytesWritten += image.length + this.layout.slotBytes;
+    this.checkpointCount++;
+    this.position = { superBlock, superSlot, lastSeq: seq, tailBytes: 0 };
+  }
+
+  /** Waits for every acknowledged-or-pending append to be on the device. */
+  async settle(): Promise<void> {
+    while (this.writing) await this.idle;
+  }
+
+  async close(): Promise<void> {
+    await this.settle();
+    this.closed = true;
+  }
+
+  /** Erases both super blocks so the device no longer holds an lvstore (bdev_lvol_delete_lvstore). */
+  async erase(): Promise<void> {
+    await this.settle();
+    this.closed = true;
+    const blank = Buffer.alloc(this.layout.slotBytes);
+    for (const offset of this.layout.superOffsets) await this.device.write(offset, blank);
+    await this.device.flush();
+  }
+
+  get lastSeq(): bigint {
+    assert.ok(this.position.lastSeq >= 0n);
+    return this.position.lastSeq;
+  }
+}

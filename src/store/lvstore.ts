@@ -412,19 +412,40 @@ export class Lvstore {
   async copyUpFromParent(id: string, mode: 'inflate' | 'decouple'): Promise<void> {
     const lvol = this.lvol(id);
     if (mode === 'decouple' && lvol.parentId === null) fail('EINVAL', `${lvol.name} has no parent to decouple from`);
-    // The copy-up writes into the lvol like data I/O does, so it holds the gate shared: a snapshot,
-    // resize or delete of the lvol waits for it. Without that, a snapshot taken halfway would move
-    // the clusters already copied to the snapshot, and the final "no parent" would hide them.
-    await this.gate(id).withShared(async () => {
+    // The lvol is held alone: its writes wait, so no cluster it lacks can be allocated meanwhile.
+    // All copies are written first and published in one commit with the parent change, so a crash
+    // leaves the old state or the new one, never a half-inflated lvol.
+    await this.gate(id).withExclusive(async () => {
       this.assertStillPresent(lvol);
+      const targets: number[] = [];
       for (let clusterIndex = 0; clusterIndex < lvol.clusterMap.length; clusterIndex++) {
         if (lvol.clusterMap[clusterIndex] !== 0) continue;
         if (mode === 'decouple' && this.ownerBelow(lvol, clusterIndex) === 0) continue;
-        await this.allocateCluster(lvol, clusterIndex, undefined);
+        targets.push(clusterIndex);
       }
-      const changes: MetadataChange[] = [
-        { type: 'lvol.set_parent', id, parentId: null, ...(mode === 'inflate' ? { thin: false } : {}) },
-      ];
+      const physical = this.allocator.allocate(targets.length);
+      const buffer = Buffer.alloc(this.clusterBytes);
+      try {
+        for (const [position, clusterIndex] of targets.entries()) {
+          const below = this.ownerBelow(lvol, clusterIndex);
+          if (below === 0) buffer.fill(0);
+          else await this.device.readInto(buffer, clusterIndexToOffsetBytes(below, this.clusterBytes));
+          await this.device.write(clusterIndexToOffsetBytes(physical[position]!, this.clusterBytes), buffer);
+        }
+      } catch (error) {
+        this.allocator.release(physical);
+        throw error;
+      }
+      this.assertStillPresent(lvol);
+      const changes: MetadataChange[] = [];
+      const unused: number[] = [];
+      targets.forEach((clusterIndex, position) => {
+        // A merge into this lvol may have given it the cluster meanwhile: keep what it adopted.
+        if (lvol.clusterMap[clusterIndex] !== 0) unused.push(physical[position]!);
+        else changes.push({ type: 'cluster.allocate', id, clusterIndex, physicalCluster: physical[position]! });
+      });
+      this.allocator.release(unused);
+      changes.push({ type: 'lvol.set_parent', id, parentId: null, ...(mode === 'inflate' ? { thin: false } : {}) });
       if (lvol.snapshot) changes.push({ type: 'checksum.invalidate', id });
       await this.commit(changes);
     });

@@ -1,0 +1,183 @@
+// Block devices: FileDevice on a real temporary file, MemoryDevice, and SimulatedDevice's faults.
+import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { mibBytes } from '../../src/constants.ts';
+import { readBytes } from '../../src/device/blockDevice.ts';
+import { FileDevice } from '../../src/device/fileDevice.ts';
+import { MemoryDevice } from '../../src/device/memoryDevice.ts';
+import { SimulatedDevice, SimulatedIoError } from '../../src/device/simulatedDevice.ts';
+
+const blockBytes = 512;
+
+function pattern(lengthBytes: number, seed: number): Buffer {
+  const out = Buffer.alloc(lengthBytes);
+  for (let index = 0; index < lengthBytes; index++) out[index] = (index * 31 + seed * 17 + (index >> 9)) & 0xff;
+  return out;
+}
+
+describe('FileDevice', () => {
+  let directory = '';
+  const opened: FileDevice[] = [];
+
+  beforeEach(async () => {
+    directory = await mkdtemp(join(tmpdir(), 'lvnode-device-'));
+  });
+
+  afterEach(async () => {
+    for (const device of opened.splice(0)) await device.close().catch(() => undefined);
+    await rm(directory, { recursive: true, force: true });
+  });
+
+  async function openDevice(path: string, options: { readOnly?: boolean } = {}): Promise<FileDevice> {
+    const device = await FileDevice.open(path, blockBytes, options);
+    opened.push(device);
+    return device;
+  }
+
+  it('creates a sparse file that takes (almost) no disk space until written', async () => {
+    // Goal: the default 1 GiB disk costs nothing up front (SPEC §1).
+    const path = join(directory, 'disk.img');
+    await FileDevice.createSparse(path, 64 * mibBytes);
+    const info = await stat(path);
+    expect(info.size).toBe(64 * mibBytes);
+    expect(info.blocks * 512).toBeLessThan(mibBytes);
+    // Creating again never shrinks or clears an existing, larger file.
+    await writeFile(path, pattern(blockBytes, 1), { flag: 'r+' });
+    await FileDevice.createSparse(path, 32 * mibBytes);
+    expect((await stat(path)).size).toBe(64 * mibBytes);
+    const device = await openDevice(path);
+    expect((await readBytes(device, 0, blockBytes)).equals(pattern(blockBytes, 1))).toBe(true);
+    // ...but extends a smaller one.
+    await FileDevice.createSparse(path, 80 * mibBytes);
+    expect((await stat(path)).size).toBe(80 * mibBytes);
+  });
+
+  it('reads back what it wrote, at any block-aligned offset, and zeros where nothing was written', async () => {
+    // Goal: positional read/write round-trip on a real file.
+    const path = join(directory, 'disk.img');
+    await FileDevice.createSparse(path, 4 * mibBytes);
+    const device = await openDevice(path);
+    expect(device.kind).toBe('file');
+    expect(device.sizeBytes).toBe(4 * mibBytes);
+    expect(device.blockSizeBytes).toBe(blockBytes);
+    const first = pattern(3 * blockBytes, 2);
+    const second = pattern(mibBytes + blockBytes, 3);
+    await device.write(blockBytes, first);
+    await device.write(2 * mibBytes, second);
+    expect((await readBytes(device, blockBytes, first.length)).equals(first)).toBe(true);
+    expect((await readBytes(device, 2 * mibBytes, second.length)).equals(second)).toBe(true);
+    expect((await readBytes(device, 0, blockBytes)).equals(Buffer.alloc(blockBytes))).toBe(true);
+    const straddling = await readBytes(device, 0, 5 * blockBytes);
+    expect(straddling.subarray(blockBytes, 4 * blockBytes).equals(first)).toBe(true);
+    expect(straddling.subarray(4 * blockBytes).equals(Buffer.alloc(blockBytes))).toBe(true);
+    await device.flush();
+    // Another handle on the same file sees the bytes: they reached the file, not a cache of ours.
+    const again = await openDevice(path, { readOnly: true });
+    expect((await readBytes(again, 2 * mibBytes, second.length)).equals(second)).toBe(true);
+  });
+
+  it('discards a range to zeros, and the whole device at once, keeping its size', async () => {
+    // Goal: unmap/write_zeroes semantics: discarded ranges read zeros, the rest is untouched.
+    const path = join(directory, 'disk.img');
+    await FileDevice.createSparse(path, 4 * mibBytes);
+    const device = await openDevice(path);
+    const data = pattern(3 * mibBytes, 4);
+    await device.write(0, data);
+    await device.discard(blockBytes, mibBytes + 2 * blockBytes); // spans a zero-chunk boundary
+    const after = await readBytes(device, 0, 3 * mibBytes);
+    expect(after.subarray(0, blockBytes).equals(data.subarray(0, blockBytes))).toBe(true);
+    expect(after.subarray(blockBytes, mibBytes + 3 * blockBytes).equals(Buffer.alloc(mibBytes + 2 * blockBytes))).toBe(true);
+    expect(after.subarray(mibBytes + 3 * blockBytes).equals(data.subarray(mibBytes + 3 * blockBytes))).toBe(true);
+
+    await device.discard(0, device.sizeBytes);
+    expect((await stat(path)).size).toBe(4 * mibBytes);
+    expect((await readBytes(device, 0, 3 * mibBytes)).equals(Buffer.alloc(3 * mibBytes))).toBe(true);
+    // Still writable afterwards.
+    await device.write(mibBytes, pattern(blockBytes, 5));
+    expect((await readBytes(device, mibBytes, blockBytes)).equals(pattern(blockBytes, 5))).toBe(true);
+  });
+
+  it('refuses a missing file and a directory', async () => {
+    // Goal: bdev_aio_create on a bad path fails cleanly instead of creating something.
+    const missing = join(directory, 'missing.img');
+    await expect(FileDevice.open(missing, blockBytes)).rejects.toMatchObject({ code: 'ENOENT' });
+    await expect(stat(missing)).rejects.toMatchObject({ code: 'ENOENT' });
+    await expect(FileDevice.open(directory, blockBytes)).rejects.toThrow('not a regular file');
+  });
+
+  it('rounds an odd file size down to whole blocks and refuses I/O outside it', async () => {
+    // Goal: the device never exposes a partial trailing block.
+    const path = join(directory, 'odd.img');
+    await writeFile(path, Buffer.alloc(3 * 4096 + 100));
+    const device = await FileDevice.open(path, 4096);
+    opened.push(device);
+    expect(device.sizeBytes).toBe(3 * 4096);
+    await expect(device.readInto(Buffer.alloc(4096), 3 * 4096)).rejects.toThrow('past the end');
+    await expect(device.write(100, Buffer.alloc(4096))).rejects.toThrow('not block aligned');
+  });
+
+  it('refuses writes through a read-only handle', async () => {
+    // Goal: a read-only aio bdev cannot change its file.
+    const path = join(directory, 'ro.img');
+    await FileDevice.createSparse(path, mibBytes);
+    const device = await openDevice(path, { readOnly: true });
+    await expect(device.write(0, pattern(blockBytes, 6))).rejects.toThrow();
+    expect((await readBytes(device, 0, blockBytes)).equals(Buffer.alloc(blockBytes))).toBe(true);
+  });
+});
+
+describe('MemoryDevice', () => {
+  it('stores writes across its 1 MiB chunks and discards partial and whole chunks to zeros', async () => {
+    // Goal: the sparse chunk map behaves like one flat buffer.
+    const device = new MemoryDevice(4 * mibBytes, blockBytes);
+    const data = pattern(2 * mibBytes, 7);
+    await device.write(mibBytes - blockBytes, data);
+    expect((await readBytes(device, mibBytes - blockBytes, data.length)).equals(data)).toBe(true);
+    expect((await readBytes(device, 0, blockBytes)).equals(Buffer.alloc(blockBytes))).toBe(true);
+    await device.discard(mibBytes, mibBytes); // one whole chunk
+    await device.discard(mibBytes - blockBytes, blockBytes); // part of another
+    const after = await readBytes(device, mibBytes - blockBytes, data.length);
+    expect(after.subarray(0, mibBytes + blockBytes).equals(Buffer.alloc(mibBytes + blockBytes))).toBe(true);
+    expect(after.subarray(mibBytes + blockBytes).equals(data.subarray(mibBytes + blockBytes))).toBe(true);
+  });
+
+  it('refuses misaligned and out-of-range I/O as a programmer error', async () => {
+    // Goal: the device trusts callers to validate, and asserts when they did not.
+    const device = new MemoryDevice(mibBytes, blockBytes);
+    await expect(device.write(1, Buffer.alloc(blockBytes))).rejects.toThrow('not block aligned');
+    await expect(device.readInto(Buffer.alloc(blockBytes), mibBytes)).rejects.toThrow('past the end');
+  });
+});
+
+describe('SimulatedDevice', () => {
+  it('fails exactly the Nth write and the Nth read with EIO', async () => {
+    // Goal: fault injection is precise, so tests can hit one chosen I/O.
+    const device = new SimulatedDevice(mibBytes, blockBytes);
+    device.setFaults({ failWriteAt: 2, failReadAt: 1 });
+    await device.write(0, pattern(blockBytes, 1));
+    await expect(device.write(blockBytes, pattern(blockBytes, 2))).rejects.toBeInstanceOf(SimulatedIoError);
+    await device.write(2 * blockBytes, pattern(blockBytes, 3));
+    await expect(readBytes(device, 0, blockBytes)).rejects.toMatchObject({ code: 'EIO' });
+    expect((await readBytes(device, 0, 3 * blockBytes)).equals(
+      Buffer.concat([pattern(blockBytes, 1), Buffer.alloc(blockBytes), pattern(blockBytes, 3)]),
+    )).toBe(true);
+    expect(device.counts).toMatchObject({ writes: 3, reads: 2 });
+  });
+
+  it('holds I/O until released', async () => {
+    // Goal: tests can keep an I/O in flight for as long as they need.
+    const device = new SimulatedDevice(mibBytes, blockBytes);
+    device.hold();
+    let written = false;
+    const write = device.write(0, pattern(blockBytes, 4)).then(() => {
+      written = true;
+    });
+    await new Promise((resolve) => setTimeout(resolve, 5));
+    expect(written).toBe(false);
+    device.release();
+    await write;
+    expect((await readBytes(device, 0, blockBytes)).equals(pattern(blockBytes, 4))).toBe(true);
+  });
+});

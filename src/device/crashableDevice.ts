@@ -13,6 +13,7 @@ interface PendingWrite {
 }
 
 const copyChunkBytes = 1024 * 1024;
+const zeros = Buffer.alloc(copyChunkBytes);
 
 export class CrashableDevice implements BlockDevice {
   readonly kind: BlockDevice['kind'] = 'simulated';
@@ -95,7 +96,7 @@ export class CrashableDevice implements BlockDevice {
     for (let offset = 0; offset < this.sizeBytes; offset += copyChunkBytes) {
       const chunk = buffer.subarray(0, Math.min(copyChunkBytes, this.sizeBytes - offset));
       await this.durable.readInto(chunk, offset);
-      if (chunk.some((byte) => byte !== 0)) {
+      if (!chunk.equals(zeros.subarray(0, chunk.length))) {
         await next.live.write(offset, chunk);
         await next.durable.write(offset, chunk);
       }

@@ -641,6 +641,15 @@ export class Lvstore {
     await this.commit([{ type: 'cluster.allocate', id: lvol.id, clusterIndex, physicalCluster }]);
   }
 
+  /**
+   * Makes every completed write durable (a client's FLUSH). Writes to clusters an lvol already
+   * owns are acknowledged when the device took them, like a disk with a write cache; metadata
+   * changes (allocations included) are always durable when acknowledged.
+   */
+  async flush(): Promise<void> {
+    await this.device.flush();
+  }
+
   /** Reads one cluster the lvol itself owns, whole, into `target` (the checksum walk's step). */
   async readOwnedCluster(id: string, clusterIndex: number, target: Buffer): Promise<void> {
     const physicalCluster = this.lvol(id).clusterMap[clusterIndex];

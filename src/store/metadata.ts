@@ -103,6 +103,7 @@ export function applyChange(store: LvstoreRecord, change: MetadataChange): void 
       store.name = change.name;
       return;
     case 'lvol.create':
+      if (store.lvols.has(change.id)) throw new Error(`metadata change creates lvol ${change.id}, which exists`);
       store.lvols.set(change.id, createLvolRecord(change));
       return;
     case 'lvol.delete':

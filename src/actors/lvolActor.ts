@@ -37,6 +37,14 @@ export type ChecksumListener = (lvolId: string, status: ChecksumStatus, previous
 const busyStates: ReadonlySet<ChecksumState> = new Set(['computing', 'stopping', 'storing']);
 const walkingStates: ReadonlySet<ChecksumState> = new Set(['computing', 'stopping']);
 
+/**
+ * The machine mutates its per-cluster map in place while it walks; the lvstore's record must not
+ * share it, or a later checkpoint would capture changes no journal record describes.
+ */
+function copyProgress<T extends { rangeCrcs: Map<number, bigint> } | null>(progress: T): T {
+  return progress === null ? progress : { ...progress, rangeCrcs: new Map(progress.rangeCrcs) };
+}
+
 export function checksumStateOf(snapshot: LvolSnapshot): ChecksumState {
   return (snapshot.value as { checksum: ChecksumState }).checksum;
 }
@@ -47,6 +55,8 @@ export class LvolActor {
   // The one cluster buffer of a running walk: taken at the first step, released when the walk ends.
   private buffer: Buffer | undefined;
   private lastState: ChecksumState;
+  // The latest save of a stopped walk's position; stop and preempt answer after it is durable.
+  private progressSaved: Promise<void> = Promise.resolve();
 
   constructor(
     readonly lvolId: string,
@@ -63,10 +73,15 @@ export class LvolActor {
     });
     this.actor = createActor(machine, {
       id: lvolId,
-      input: { lvolId, clusterBytes: store.clusterBytes, checksumStored: store.lvol(lvolId).checksum !== null },
+      input: {
+        lvolId,
+        clusterBytes: store.clusterBytes,
+        checksumStored: store.lvol(lvolId).checksum !== null,
+        savedProgress: copyProgress(store.lvol(lvolId).savedProgress),
+      },
       inspect: inspector.observerFor(lvolId),
     });
-    this.lastState = 'idle';
+    this.lastState = checksumStateOf(this.actor.getSnapshot());
     this.actor.subscribe({
       next: (snapshot) => this.observe(snapshot),
       // A root actor's unhandled error would crash Node: log and report it instead.
@@ -89,6 +104,13 @@ export class LvolActor {
     if (!walkingStates.has(state)) this.buffer = undefined;
     const previous = this.lastState;
     this.lastState = state;
+    // A stopped or preempted walk's position is saved so it can resume, also after a restart.
+    // It is appended before anything the stop made way for (a delete runs after `settled()`).
+    if (state === 'aborted' && previous !== 'aborted' && snapshot.context.progress) {
+      this.progressSaved = this.store
+        .saveChecksumProgress(this.lvolId, copyProgress(snapshot.context.progress))
+        .catch((error: unknown) => log('error', 'saving checksum progress failed', { lvol: this.lvolId, error: String(error) }));
+    }
     this.onChecksumChange(this.lvolId, this.status(), previous);
   }
 
@@ -177,10 +199,12 @@ export class LvolActor {
   }
 
   private async settled(): Promise<void> {
-    if (!busyStates.has(this.checksumState)) return;
-    await waitFor(this.actor, (snapshot) => !busyStates.has(checksumStateOf(snapshot)), {
-      timeout: Number.POSITIVE_INFINITY,
-    });
+    if (busyStates.has(this.checksumState)) {
+      await waitFor(this.actor, (snapshot) => !busyStates.has(checksumStateOf(snapshot)), {
+        timeout: Number.POSITIVE_INFINITY,
+      });
+    }
+    await this.progressSaved;
   }
 
   status(): ChecksumStatus {

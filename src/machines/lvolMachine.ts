@@ -44,6 +44,8 @@ export interface LvolInput {
   clusterBytes: number;
   /** True when the lvstore already holds a completed checksum for this lvol (after a restart). */
   checksumStored: boolean;
+  /** The progress of a walk that was stopped or preempted before a restart: it starts `aborted`. */
+  savedProgress?: ChecksumProgress | null;
 }
 
 export interface ClusterStepInput {
@@ -91,7 +93,8 @@ export const lvolMachine = setup({
     }),
   },
   guards: {
-    checksumStored: ({ context }) => context.restoredChecksum,
+    checksumStored: ({ context }) => context.restoredChecksum && context.progress === null,
+    progressRestored: ({ context }) => context.progress !== null && context.progress.reason !== null,
     canResume: ({ context, event }) => {
       assertEvent(event, 'checksum.start');
       const progress = context.progress;
@@ -173,7 +176,7 @@ export const lvolMachine = setup({
   context: ({ input }) => ({
     lvolId: input.lvolId,
     clusterBytes: input.clusterBytes,
-    progress: null,
+    progress: input.savedProgress ?? null,
     restoredChecksum: input.checksumStored,
   }),
   states: {
@@ -181,7 +184,10 @@ export const lvolMachine = setup({
       initial: 'idle',
       states: {
         idle: {
-          always: { guard: 'checksumStored', target: 'done' },
+          always: [
+            { guard: 'progressRestored', target: 'aborted' },
+            { guard: 'checksumStored', target: 'done' },
+          ],
           on: { 'checksum.start': { target: 'computing', actions: 'startRun' } },
         },
         computing: {

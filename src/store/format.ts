@@ -187,6 +187,8 @@ export function decodeCheckpoint(bytes: Buffer): Decoded<{ record: LvstoreRecord
   if (crc64(payload) !== bytes.readBigUInt64LE(24)) return { kind: 'damaged', reason: 'checkpoint CRC mismatch' };
   const body = decodePayload(payload) as CheckpointBody;
   const { lvols, ...rest } = body;
+  // Fields added within a format version default to "absent".
+  for (const lvol of lvols) lvol.savedProgress ??= null;
   return {
     kind: 'ok',
     value: { record: { ...rest, lvols: new Map(lvols.map((lvol) => [lvol.id, lvol])) }, seq: bytes.readBigUInt64LE(16) },

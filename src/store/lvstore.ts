@@ -26,6 +26,7 @@ import {
   type LvstoreRecord,
   type MetadataChange,
   type MetadataLog,
+  type SavedChecksumProgress,
   applyChange,
 } from './metadata.ts';
 
@@ -469,6 +470,12 @@ export class Lvstore {
       ancestor = ancestor.parentId ? this.record.lvols.get(ancestor.parentId) : undefined;
     }
     await this.commit([{ type: 'lvol.set_parent', id, parentId }]);
+  }
+
+  /** Records (or, with null, forgets) where a stopped walk stood. */
+  async saveChecksumProgress(id: string, progress: SavedChecksumProgress | null): Promise<void> {
+    this.lvol(id);
+    await this.commit([{ type: 'checksum.progress', id, progress }]);
   }
 
   async storeChecksum(id: string, checksum: bigint, rangeChecksums: BigUint64Array | null): Promise<void> {

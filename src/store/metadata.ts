@@ -22,6 +22,26 @@ export interface LvolRecord {
   checksum: bigint | null;
   /** Per logical cluster CRC (0 for clusters not owned), once a range registration completed. */
   rangeChecksums: BigUint64Array | null;
+  /** Where a stopped or preempted checksum walk stood, so it can resume (SPEC §6.6). */
+  savedProgress: SavedChecksumProgress | null;
+}
+
+/** A stopped walk's position: the machine's ChecksumProgress as plain data. */
+export interface SavedChecksumProgress {
+  runId: number;
+  mode: 'whole' | 'range';
+  clustersTotal: number;
+  clustersDone: number;
+  bytesDone: number;
+  nextClusterIndex: number;
+  runningCrc: bigint;
+  rangeCrcs: Map<number, bigint>;
+  startedAtMs: number;
+  activeMs: number;
+  resumedAtMs: number;
+  finishedAtMs: number | null;
+  reason: string | null;
+  error: string | null;
 }
 
 export interface LvstoreRecord {
@@ -66,7 +86,8 @@ export type MetadataChange =
   /** Delete of `id` merging into its only clone `cloneId`: the clone adopts what it does not own. */
   | { type: 'lvol.merge'; id: string; cloneId: string }
   | { type: 'checksum.store'; id: string; checksum: bigint; rangeChecksums: BigUint64Array | null }
-  | { type: 'checksum.invalidate'; id: string };
+  | { type: 'checksum.invalidate'; id: string }
+  | { type: 'checksum.progress'; id: string; progress: SavedChecksumProgress | null };
 
 export function createLvolRecord(change: Extract<MetadataChange, { type: 'lvol.create' }>): LvolRecord {
   const clusterMap = new Uint32Array(change.clusterCount);
@@ -84,6 +105,7 @@ export function createLvolRecord(change: Extract<MetadataChange, { type: 'lvol.c
     createdAtMs: change.createdAtMs,
     checksum: null,
     rangeChecksums: null,
+    savedProgress: null,
   };
 }
 
@@ -157,6 +179,7 @@ export function applyChange(store: LvstoreRecord, change: MetadataChange): void 
       // The clone now owns other clusters: its stored checksums no longer describe it (SPDK drops them).
       clone.checksum = null;
       clone.rangeChecksums = null;
+      clone.savedProgress = null;
       store.lvols.delete(parent.id);
       return;
     }
@@ -164,14 +187,19 @@ export function applyChange(store: LvstoreRecord, change: MetadataChange): void 
       const lvol = lvolOf(store, change.id);
       lvol.checksum = change.checksum;
       lvol.rangeChecksums = change.rangeChecksums ?? lvol.rangeChecksums;
+      lvol.savedProgress = null;
       return;
     }
     case 'checksum.invalidate': {
       const lvol = lvolOf(store, change.id);
       lvol.checksum = null;
       lvol.rangeChecksums = null;
+      lvol.savedProgress = null;
       return;
     }
+    case 'checksum.progress':
+      lvolOf(store, change.id).savedProgress = change.progress;
+      return;
   }
 }
 

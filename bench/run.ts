@@ -1,0 +1,34 @@
+// `npm run bench`: prints the machine, then runs each benchmark in turn. Figures only, never assertions.
+import { cpus } from 'node:os';
+import { performance } from 'node:perf_hooks';
+import { checksumThroughput } from './checksumThroughput.ts';
+import { preemptionLatency } from './preemptionLatency.ts';
+import { benchClusterBytes, fixed } from './support.ts';
+
+// The node logs every bdev and lvstore it creates; the figures are what this run is for.
+process.env.LVNODE_LOG_LEVEL ??= 'warn';
+
+const benchmarks: ReadonlyArray<{ name: string; run: () => Promise<void> }> = [
+  { name: 'checksumThroughput', run: checksumThroughput },
+  { name: 'preemptionLatency', run: preemptionLatency },
+];
+
+async function main(): Promise<void> {
+  const processors = cpus();
+  console.log('lvnode benchmarks');
+  console.log(`  node ${process.version} (${process.platform}/${process.arch})`);
+  console.log(`  cpu ${processors[0]?.model.trim() ?? 'unknown'} × ${processors.length}`);
+  console.log(`  cluster size ${benchClusterBytes / (1024 * 1024)} MiB`);
+  const only = process.argv.slice(2);
+  const startMs = performance.now();
+  for (const benchmark of benchmarks) {
+    if (only.length > 0 && !only.includes(benchmark.name)) continue;
+    await benchmark.run();
+  }
+  console.log(`\ntotal ${fixed((performance.now() - startMs) / 1000, 1)} s`);
+}
+
+main().catch((error: unknown) => {
+  console.error(error);
+  process.exitCode = 1;
+});

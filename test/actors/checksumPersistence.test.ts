@@ -1,0 +1,73 @@
+// Goal: checksum state survives a reload of the lvstore from its device: a completed checksum is
+// `done` with its value, and a stopped walk comes back `aborted` and resumes to the full value.
+import { describe, expect, it } from 'vitest';
+import { InspectionHub } from '../../src/actors/inspector.ts';
+import { LvolActor } from '../../src/actors/lvolActor.ts';
+import { crc64, crc64Combine } from '../../src/checksum/crc64.ts';
+import { CrashableDevice } from '../../src/device/crashableDevice.ts';
+import { seededRuntime } from '../../src/runtime.ts';
+import { metadataLayout } from '../../src/store/format.ts';
+import { JournalMetadataLog } from '../../src/store/journal.ts';
+import { openLvstore } from '../../src/store/load.ts';
+import { Lvstore } from '../../src/store/lvstore.ts';
+
+const clusterBytes = 64 * 1024;
+
+async function setUp() {
+  const device = new CrashableDevice(8 * 1024 * 1024, 512);
+  const store = await Lvstore.create(
+    device,
+    { name: 'lvs', clusterBytes, clearMethod: 'unmap' },
+    (record) => JournalMetadataLog.format(device, metadataLayout(record.firstDataCluster * record.clusterBytes, record.blockBytes), record),
+    seededRuntime(3),
+  );
+  const lvol = await store.createLvol({ name: 'vol', clusterCount: 6, thin: false });
+  let expected = 0n;
+  for (let index = 0; index < 6; index++) {
+    const data = Buffer.alloc(clusterBytes, 0x10 + index);
+    await store.write(lvol.id, index * clusterBytes, data);
+    expected = crc64Combine(expected, crc64(data), clusterBytes);
+  }
+  await store.flush();
+  const snapshot = await store.snapshot(lvol.id, 'snap', {});
+  return { device, store, snapshotId: snapshot.id, expected };
+}
+
+async function reload(device: CrashableDevice, seed: number) {
+  const store = await openLvstore(await device.afterPowerLoss(), seededRuntime(seed));
+  if (!store) throw new Error('lvstore not found after reload');
+  return store;
+}
+
+describe('checksum state across a reload', () => {
+  it('comes back done with the stored value', async () => {
+    const { device, store, snapshotId, expected } = await setUp();
+    const actor = new LvolActor(snapshotId, store, seededRuntime(4), new InspectionHub(), () => {});
+    await actor.register('range', false);
+    actor.dispose();
+    const reloaded = await reload(device, 5);
+    expect(reloaded.lvol(snapshotId).checksum).toBe(expected);
+    expect(reloaded.lvol(snapshotId).rangeChecksums?.[2]).toBe(crc64(Buffer.alloc(clusterBytes, 0x12)));
+    const again = new LvolActor(snapshotId, reloaded, seededRuntime(6), new InspectionHub(), () => {});
+    expect(again.checksumState).toBe('done');
+  });
+
+  it('comes back aborted where a stop left it and resumes to the full value', async () => {
+    const { device, store, snapshotId, expected } = await setUp();
+    const actor = new LvolActor(snapshotId, store, seededRuntime(4), new InspectionHub(), () => {});
+    const outcome = actor.register('whole', false).catch((error: unknown) => error);
+    while (actor.status().clusters_done < 2) await new Promise((resolve) => setImmediate(resolve));
+    await actor.stop();
+    await outcome;
+    const stoppedAt = actor.status();
+    expect(stoppedAt.clusters_done).toBeLessThan(6);
+    // The stop answered after the position was saved: lose power right away.
+    actor.dispose();
+    const reloaded = await reload(device, 7);
+    const restored = new LvolActor(snapshotId, reloaded, seededRuntime(8), new InspectionHub(), () => {});
+    expect(restored.status()).toMatchObject({ state: 'aborted', clusters_done: stoppedAt.clusters_done, resumable: true, reason: 'stopped' });
+    await restored.register('whole', true);
+    expect(restored.status().clusters_done).toBe(6);
+    expect(reloaded.lvol(snapshotId).checksum).toBe(expected);
+  });
+});

@@ -12,6 +12,7 @@ import {
 } from '../machines/lvolMachine.ts';
 import type { Runtime } from '../runtime.ts';
 import type { Lvstore } from '../store/lvstore.ts';
+import { clusterBuffers } from './bufferPool.ts';
 import type { InspectionHub } from './inspector.ts';
 
 export type ChecksumState = 'idle' | 'computing' | 'stopping' | 'storing' | 'aborted' | 'done' | 'failed';
@@ -101,7 +102,7 @@ export class LvolActor {
 
   private observe(snapshot: LvolSnapshot): void {
     const state = checksumStateOf(snapshot);
-    if (!walkingStates.has(state)) this.buffer = undefined;
+    if (!walkingStates.has(state)) this.releaseBuffer();
     const previous = this.lastState;
     this.lastState = state;
     // A stopped or preempted walk's position is saved so it can resume, also after a restart.
@@ -114,14 +115,21 @@ export class LvolActor {
     this.onChecksumChange(this.lvolId, this.status(), previous);
   }
 
+  private releaseBuffer(): void {
+    if (this.buffer) clusterBuffers.release(this.buffer);
+    this.buffer = undefined;
+  }
+
   private async step(input: ClusterStepInput): Promise<ClusterStepOutput> {
+    // Two macrotasks before the read: the event loop polls sockets in between, so a stop or
+    // priority operation that arrived during the previous cluster's CRC is seen before the next
+    // read starts, and the walk ends without reading another cluster.
+    await this.runtime.yieldMacrotask();
+    await this.runtime.yieldMacrotask();
+    if (this.checksumState !== 'computing') return { kind: 'skipped', atMs: this.runtime.nowMs() };
     const clusterIndex = this.store.nextOwnedCluster(input.lvolId, input.fromClusterIndex);
-    if (clusterIndex < 0) {
-      // Even the last step crosses a macrotask, so a walk never runs synchronously to its end.
-      await this.runtime.yieldMacrotask();
-      return { kind: 'end', atMs: this.runtime.nowMs() };
-    }
-    this.buffer ??= Buffer.allocUnsafe(this.store.clusterBytes);
+    if (clusterIndex < 0) return { kind: 'end', atMs: this.runtime.nowMs() };
+    this.buffer ??= clusterBuffers.acquire(this.store.clusterBytes);
     const buffer = this.buffer;
     try {
       await this.store.readOwnedCluster(input.lvolId, clusterIndex, buffer);
@@ -244,6 +252,6 @@ export class LvolActor {
   /** Stops the actor for good (lvol deleted or lvstore unloaded); callers preempt first. */
   dispose(): void {
     this.actor.stop();
-    this.buffer = undefined;
+    this.releaseBuffer();
   }
 }

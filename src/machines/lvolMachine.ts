@@ -54,12 +54,14 @@ export interface ClusterStepInput {
 }
 
 /**
- * What one step found: the next owned cluster read whole with its CRC, the end of the walk, or a
- * device error (reported as a value so the machine records when it happened).
+ * What one step found: the next owned cluster read whole with its CRC, the end of the walk, a
+ * device error (reported as a value so the machine records when it happened), or nothing because
+ * a stop arrived before its read began (`skipped`).
  */
 export type ClusterStepOutput =
   | { kind: 'cluster'; clusterIndex: number; crc: bigint; bytes: number; atMs: number }
   | { kind: 'end'; atMs: number }
+  | { kind: 'skipped'; atMs: number }
   | { kind: 'error'; message: string; atMs: number };
 
 export interface StoreChecksumInput {

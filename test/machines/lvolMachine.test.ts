@@ -62,6 +62,12 @@ describe('lvolMachine (pure transitions)', () => {
     expect(aborted.context.progress).toMatchObject({ clustersDone: 1, nextClusterIndex: 1, reason: 'stopped', finishedAtMs: 1200 });
   });
 
+  it('aborts without recording a cluster when the step was skipped because the stop came first', () => {
+    const aborted = run(initial(), start(), { type: 'checksum.stop', reason: 'stopped', atMs: 1 }, stepDone({ kind: 'skipped', atMs: 2 }));
+    expect(aborted.value).toEqual({ checksum: 'aborted', io: 'idle' });
+    expect(aborted.context.progress).toMatchObject({ clustersDone: 0, nextClusterIndex: 0, finishedAtMs: 2 });
+  });
+
   it('names the operation in the reason when preempted', () => {
     const aborted = run(initial(), start(), { type: 'lvol.preempt', operation: 'bdev_lvol_delete', atMs: 1 }, stepDone(cluster(0, 1n)));
     expect(aborted.context.progress!.reason).toBe('preempted by bdev_lvol_delete');

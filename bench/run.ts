@@ -2,6 +2,7 @@
 import { cpus } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import { checksumThroughput } from './checksumThroughput.ts';
+import { metadataWritePath } from './metadataWritePath.ts';
 import { preemptionLatency } from './preemptionLatency.ts';
 import { benchClusterBytes, fixed } from './support.ts';
 
@@ -11,6 +12,7 @@ process.env.LVNODE_LOG_LEVEL ??= 'warn';
 const benchmarks: ReadonlyArray<{ name: string; run: () => Promise<void> }> = [
   { name: 'checksumThroughput', run: checksumThroughput },
   { name: 'preemptionLatency', run: preemptionLatency },
+  { name: 'metadataWritePath', run: metadataWritePath },
 ];
 
 async function main(): Promise<void> {

@@ -18,7 +18,7 @@ import {
   encodeSuperBlock,
   storeTagOf,
 } from './format.ts';
-import type { LvstoreRecord, MetadataChange, MetadataLog } from './metadata.ts';
+import type { LvstoreRecord, MetadataChange, MetadataLog, MetadataLogStats } from './metadata.ts';
 
 interface Waiter {
   changes: readonly MetadataChange[];
@@ -43,9 +43,7 @@ export class JournalMetadataLog implements MetadataLog {
   private closed = false;
   private idle: Promise<void> = Promise.resolve();
   private markIdle: () => void = () => {};
-  /** Metadata bytes written, for the write-path benchmark. */
-  bytesWritten = 0;
-  checkpointCount = 0;
+  private readonly counters: MetadataLogStats = { bytesWritten: 0, recordsWritten: 0, checkpoints: 0, flushes: 0 };
 
   constructor(
     private readonly device: BlockDevice,
@@ -126,7 +124,9 @@ export class JournalMetadataLog implements MetadataLog {
     }
     await this.device.write(this.layout.journalOffset + this.position.tailBytes, bytes);
     await this.device.flush();
-    this.bytesWritten += bytes.length;
+    this.counters.bytesWritten += bytes.length;
+    this.counters.recordsWritten++;
+    this.counters.flushes++;
     this.position = { ...this.position, lastSeq: seq, tailBytes: this.position.tailBytes + bytes.length };
   }
 
@@ -154,8 +154,9 @@ export class JournalMetadataLog implements MetadataLog {
     const superSlot: 0 | 1 = this.position.superSlot === 0 ? 1 : 0;
     await this.device.write(this.layout.superOffsets[superSlot], encodeSuperBlock(superBlock, this.layout.slotBytes));
     await this.device.flush();
-    this.bytesWritten += image.length + this.layout.slotBytes;
-    this.checkpointCount++;
+    this.counters.bytesWritten += image.length + this.layout.slotBytes;
+    this.counters.checkpoints++;
+    this.counters.flushes += 2;
     this.position = { superBlock, superSlot, lastSeq: seq, tailBytes: 0 };
   }
 
@@ -176,6 +177,10 @@ export class JournalMetadataLog implements MetadataLog {
     const blank = Buffer.alloc(this.layout.slotBytes);
     for (const offset of this.layout.superOffsets) await this.device.write(offset, blank);
     await this.device.flush();
+  }
+
+  stats(): MetadataLogStats {
+    return { ...this.counters };
   }
 
   get lastSeq(): bigint {

@@ -26,6 +26,7 @@ import {
   type LvstoreRecord,
   type MetadataChange,
   type MetadataLog,
+  type MetadataLogStats,
   type SavedChecksumProgress,
   applyChange,
 } from './metadata.ts';
@@ -155,6 +156,11 @@ export class Lvstore {
       totalDataClusters: this.allocator.dataClusterTotal,
       freeClusters: this.allocator.free,
     };
+  }
+
+  /** Metadata I/O of this lvstore so far (undefined for an in-memory log). */
+  metadataStats(): MetadataLogStats | undefined {
+    return this.log.stats?.();
   }
 
   lvols(): LvolRecord[] {

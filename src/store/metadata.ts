@@ -212,6 +212,15 @@ export interface MetadataLog {
   close(): Promise<void>;
   /** Removes the lvstore's metadata from its device (lvstore delete). */
   erase?(): Promise<void>;
+  /** Metadata I/O so far, where the log writes to a device. */
+  stats?(): MetadataLogStats;
+}
+
+export interface MetadataLogStats {
+  bytesWritten: number;
+  recordsWritten: number;
+  checkpoints: number;
+  flushes: number;
 }
 
 /** The log of this issue: metadata lives in memory only. */

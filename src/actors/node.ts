@@ -206,7 +206,7 @@ export class StorageNode {
     if (bdev.claimedBy) fail('EBUSY', `bdev ${bdev.name} is already claimed by lvstore ${bdev.claimedBy}`);
     if (bdev.readOnly) fail('EPERM', `bdev ${bdev.name} is read-only`);
     const damage = this.damaged.get(bdev.name);
-    if (damage) throw new StorageError('EIO', { wire: 'internal', detail: `${damage.detail}; refusing to overwrite it (delete and re-create the bdev to discard it)` });
+    if (damage) throw new StorageError('EIO', { wire: 'internal', detail: `${damage.detail}; refusing to overwrite it (to reuse the device, erase its first blocks outside lvnode)` });
     validateName('lvstore', options.lvsName);
     if (this.registry.lvstoreByName(options.lvsName)) fail('EEXIST', `lvstore ${options.lvsName} already exists`);
     // Claim before the first await so a concurrent create cannot take the same bdev.

@@ -64,6 +64,20 @@ function replaceSubscription(map: WeakMap<Connection, () => void>, connection: C
   });
 }
 
+function unsubscribeMethod(map: WeakMap<Connection, () => void>, description: string): RpcMethod {
+  return defineMethod({
+    description,
+    priority: 'foreground',
+    params: z.strictObject({}),
+    result: ok,
+    handler: (_p, connection) => {
+      map.get(connection)?.();
+      map.delete(connection);
+      return true as const;
+    },
+  });
+}
+
 function bdevMethods(node: StorageNode): Record<string, RpcMethod> {
   return {
     bdev_malloc_create: defineMethod({
@@ -383,17 +397,7 @@ function observabilityMethods(node: StorageNode): Record<string, RpcMethod> {
         return true as const;
       },
     }),
-    inspect_unsubscribe: defineMethod({
-      description: 'Stop the inspection stream of this connection.',
-      priority: 'foreground',
-      params: z.strictObject({}),
-      result: ok,
-      handler: (_p, connection) => {
-        inspectSubscriptions.get(connection)?.();
-        inspectSubscriptions.delete(connection);
-        return true as const;
-      },
-    }),
+    inspect_unsubscribe: unsubscribeMethod(inspectSubscriptions, 'Stop the inspection stream of this connection.'),
     notify_subscribe: defineMethod({
       description: 'Push node events (bdev/lvol lifecycle, checksum state and progress) as `notify` notifications.',
       priority: 'foreground',
@@ -409,17 +413,7 @@ function observabilityMethods(node: StorageNode): Record<string, RpcMethod> {
         return true as const;
       },
     }),
-    notify_unsubscribe: defineMethod({
-      description: 'Stop node event notifications on this connection.',
-      priority: 'foreground',
-      params: z.strictObject({}),
-      result: ok,
-      handler: (_p, connection) => {
-        notifySubscriptions.get(connection)?.();
-        notifySubscriptions.delete(connection);
-        return true as const;
-      },
-    }),
+    notify_unsubscribe: unsubscribeMethod(notifySubscriptions, 'Stop node event notifications on this connection.'),
   };
 }
 

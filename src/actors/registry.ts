@@ -61,7 +61,9 @@ export class Registry {
     if (slash >= 0) {
       const entry = this.lvstoreByName(name.slice(0, slash));
       const lvol = entry?.store.findLvolByName(name.slice(slash + 1));
-      if (entry && lvol) return { entry, lvol, actor: entry.actors.get(lvol.id)! };
+      // An lvol whose creation is not yet durable has no actor yet: it does not exist for callers.
+      const actor = lvol ? entry?.actors.get(lvol.id) : undefined;
+      if (entry && lvol && actor) return { entry, lvol, actor };
     } else {
       for (const entry of this.lvstores.values()) {
         const actor = entry.actors.get(name);
@@ -80,7 +82,10 @@ export class Registry {
 
   *allLvols(): Generator<ResolvedLvol> {
     for (const entry of this.lvstores.values()) {
-      for (const lvol of entry.store.lvols()) yield { entry, lvol, actor: entry.actors.get(lvol.id)! };
+      for (const lvol of entry.store.lvols()) {
+        const actor = entry.actors.get(lvol.id);
+        if (actor) yield { entry, lvol, actor };
+      }
     }
   }
 }

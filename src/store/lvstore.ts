@@ -331,16 +331,22 @@ export class Lvstore {
     if (clones.length > 1) {
       fail('EPERM', `${lvol.name} has ${clones.length} clones`, { wire: 'internal' });
     }
-    const clone = clones[0];
     return this.gate(id).withExclusive(async () => {
       this.assertStillPresent(lvol);
+      const current = this.clonesOf(id);
+      if (current.length > 1) fail('EPERM', `${lvol.name} has ${current.length} clones`, { wire: 'internal' });
+      const clone = current[0];
       const freed: number[] = [];
       if (clone) {
-        const cloneMap = clone.clusterMap;
-        lvol.clusterMap.forEach((physicalCluster, index) => {
-          if (physicalCluster !== 0 && (index >= cloneMap.length || cloneMap[index] !== 0)) freed.push(physicalCluster);
+        // The clone is held too: its writes must not land in clusters it adopts before the merge
+        // is durable (after a crash those clusters would belong to this snapshot again).
+        await this.gate(clone.id).withExclusive(async () => {
+          const cloneMap = clone.clusterMap;
+          lvol.clusterMap.forEach((physicalCluster, index) => {
+            if (physicalCluster !== 0 && (index >= cloneMap.length || cloneMap[index] !== 0)) freed.push(physicalCluster);
+          });
+          await this.commit([{ type: 'lvol.merge', id, cloneId: clone.id }]);
         });
-        await this.commit([{ type: 'lvol.merge', id, cloneId: clone.id }]);
       } else {
         for (const physicalCluster of lvol.clusterMap) if (physicalCluster !== 0) freed.push(physicalCluster);
         await this.commit([{ type: 'lvol.delete', id }]);
@@ -571,7 +577,11 @@ export class Lvstore {
         const piece = data.subarray(rangeOffset, rangeOffset + length);
         const physicalCluster = lvol.clusterMap[clusterIndex]!;
         if (physicalCluster !== 0) {
+          // The mapping may come from an allocation whose journal record is still being flushed:
+          // this write is acknowledged only once that record is durable, or a crash could lose it.
+          const allocation = this.allocating.get(`${lvol.id}:${clusterIndex}`);
           await this.device.write(clusterIndexToOffsetBytes(physicalCluster, this.clusterBytes) + inner, piece);
+          if (allocation) await allocation;
         } else {
           await this.allocateCluster(lvol, clusterIndex, { innerOffsetBytes: inner, data: piece });
         }

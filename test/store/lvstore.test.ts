@@ -871,9 +871,9 @@ describe('concurrency', () => {
     expectClusterAccounting(store);
   });
 
-  it('leaks no cluster when a clone write copies a cluster while its parent snapshot merges into it', async () => {
-    // Goal: the merge gives the clone the snapshot's cluster while the clone's copy-on-write is in
-    // flight; exactly one of the two clusters may survive, and the write must still land.
+  it('makes a merge wait for the clone’s copy-on-write in flight: the write lands, no cluster leaks', async () => {
+    // Goal: a merge must not hand the clone clusters while the clone writes (after a crash before
+    // the merge is durable those clusters would be the snapshot's again): it waits for the write.
     const device = new SimulatedDevice(deviceBytes, blockBytes);
     const { store } = await newStore({ device });
     const lvol = await store.createLvol({ name: 'vol', clusterCount: 2, thin: true });
@@ -885,9 +885,16 @@ describe('concurrency', () => {
     const patch = patternBytes(blockBytes, 2);
     const write = store.write(lvol.id, clusterBytes + 4 * blockBytes, patch);
     await waitFor(() => device.counts.reads === readsBefore + 1, 'the copy-on-write read to reach the device');
-    await expect(store.deleteLvol(snapshot.id)).resolves.toEqual({ mergedInto: lvol.id });
+    let merged = false;
+    const deletion = store.deleteLvol(snapshot.id).then((result) => {
+      merged = true;
+      return result;
+    });
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(merged).toBe(false);
     device.release();
     await write;
+    await expect(deletion).resolves.toEqual({ mergedInto: lvol.id });
     const expected = Buffer.from(old);
     patch.copy(expected, clusterBytes + 4 * blockBytes);
     expect((await readAll(store, lvol.id)).equals(expected)).toBe(true);

@@ -3,7 +3,7 @@ import { mkdir, open, readFile, rename } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { clusterSizeBytesDefault, diskSizeBytesDefault, listenDefault } from '../constants.ts';
 import { FileDevice } from '../device/fileDevice.ts';
-import { StorageNode } from '../actors/node.ts';
+import { type SpdkConfig, StorageNode } from '../actors/node.ts';
 import { log } from '../log.ts';
 import { type Runtime, systemRuntime } from '../runtime.ts';
 import { createDispatcher } from '../transport/jsonRpc.ts';
@@ -73,14 +73,21 @@ async function readConfig(path: string): Promise<Array<{ method: string; params:
   return (parsed.subsystems ?? []).filter((subsystem) => subsystem.subsystem === 'bdev').flatMap((subsystem) => subsystem.config ?? []);
 }
 
+type ConfigCall = { method: string; params: unknown };
+
+function bdevNameOf(call: ConfigCall): string | undefined {
+  const name = (call.params as { name?: unknown } | undefined)?.name;
+  return typeof name === 'string' ? name : undefined;
+}
+
 /**
  * Replays bdev creation calls through the method table (so each is validated like an RPC). A call
  * that fails is logged and skipped: the node still starts and serves everything else.
  */
-async function replayConfig(table: MethodTable, node: StorageNode, calls: Array<{ method: string; params: unknown }>, source: string): Promise<void> {
+async function replayConfig(table: MethodTable, node: StorageNode, calls: ConfigCall[], source: string): Promise<void> {
   for (const call of calls) {
-    const name = (call.params as { name?: unknown } | undefined)?.name;
-    if (typeof name === 'string' && node.registry.bdevs.has(name)) continue;
+    const name = bdevNameOf(call);
+    if (name !== undefined && node.registry.bdevs.has(name)) continue;
     try {
       if (!configMethods.has(call.method)) throw new Error(`method ${call.method} is not allowed in a config`);
       const method = table[call.method]!;
@@ -88,6 +95,55 @@ async function replayConfig(table: MethodTable, node: StorageNode, calls: Array<
     } catch (error) {
       log('error', 'config call failed; continuing without it', { source, method: call.method, bdev: name, error: String(error) });
     }
+  }
+}
+
+/**
+ * Writes the node's bdev list to the data directory, one write at a time (concurrent bdev RPCs
+ * would otherwise share the temporary file and fail each other's rename), in call order, so the
+ * file ends with the newest list.
+ *
+ * The saved bdevs that are not attached (yet, or at all in this run, e.g. a file that is missing
+ * for now) stay in the saved config: a start that cannot attach one must not forget it. An entry
+ * leaves the list once a bdev of that name is attached; from then on the node's own list rules.
+ */
+class SavedConfigWriter {
+  private readonly unattached = new Map<string, ConfigCall>();
+  private queue: Promise<void> = Promise.resolve();
+  private held: { config: SpdkConfig | undefined } | undefined;
+
+  constructor(private readonly path: string) {}
+
+  /** Until `release`, writes only remember the newest list (nothing is saved if release never comes). */
+  hold(): void {
+    this.held = { config: undefined };
+  }
+
+  release(): Promise<void> {
+    const config = this.held?.config;
+    this.held = undefined;
+    return config ? this.write(config) : Promise.resolve();
+  }
+
+  keep(calls: readonly ConfigCall[]): void {
+    for (const call of calls) {
+      const name = bdevNameOf(call);
+      if (name !== undefined && configMethods.has(call.method)) this.unattached.set(name, call);
+    }
+  }
+
+  write(config: SpdkConfig): Promise<void> {
+    if (this.held) {
+      this.held.config = config;
+      return Promise.resolve();
+    }
+    const attached = config.subsystems.flatMap((subsystem) => subsystem.config);
+    for (const call of attached) this.unattached.delete(String(call.params.name));
+    const merged = { subsystems: [{ subsystem: 'bdev', config: [...attached, ...this.unattached.values()] }] };
+    const text = `${JSON.stringify(merged, null, 2)}\n`;
+    const written = this.queue.then(() => writeFileAtomically(this.path, text));
+    this.queue = written.catch(() => undefined);
+    return written;
   }
 }
 
@@ -107,10 +163,18 @@ async function createDefaultDisk(node: StorageNode, dataDir: string, sizeBytes: 
 }
 
 /** Re-attaches the saved bdevs (their lvstores load as they attach), or creates the default. */
-async function attachBdevs(table: MethodTable, node: StorageNode, options: ServeOptions, dataDir: string): Promise<void> {
+async function attachBdevs(table: MethodTable, node: StorageNode, options: ServeOptions, dataDir: string, writer: SavedConfigWriter): Promise<void> {
   const saved = await readConfig(join(dataDir, savedConfigName));
-  if (saved) await replayConfig(table, node, saved, savedConfigName);
-  else await createDefaultDisk(node, dataDir, options.defaultDiskBytes);
+  if (saved) {
+    writer.keep(saved);
+    await replayConfig(table, node, saved, savedConfigName);
+  } else {
+    // The bdev list is saved only once disk0 carries lvs0: a first start that fails or is killed
+    // halfway is simply a first start again next time (it re-uses disk0.img and what is on it).
+    writer.hold();
+    await createDefaultDisk(node, dataDir, options.defaultDiskBytes);
+    await writer.release();
+  }
   if (options.configFile) {
     const calls = await readConfig(resolve(options.configFile));
     if (!calls) throw new Error(`--config ${options.configFile}: no such file`);
@@ -132,13 +196,13 @@ export async function startNode(options: ServeOptions): Promise<RunningNode> {
   const { host, port } = parseListen(options.listen);
   const dataDir = resolve(options.dataDir);
   await mkdir(dataDir, { recursive: true });
-  const configPath = join(dataDir, savedConfigName);
+  const writer = new SavedConfigWriter(join(dataDir, savedConfigName));
   const node = new StorageNode(options.runtime ?? systemRuntime, {
-    onBaseBdevsChanged: (config) => writeFileAtomically(configPath, `${JSON.stringify(config, null, 2)}\n`),
+    onBaseBdevsChanged: (config) => writer.write(config),
   });
   const detachStately = options.statelyInspectUrl ? await attachStatelyInspector(node, options.statelyInspectUrl) : () => {};
   const table = createMethodTable(node);
-  await attachBdevs(table, node, options, dataDir);
+  await attachBdevs(table, node, options, dataDir, writer);
   const dispatcher = createDispatcher(table, { allowBatch: true });
   let server: RpcServer;
   try {

@@ -470,6 +470,15 @@ export class StorageNode {
     return this.registry.lvol(name);
   }
 
+  /**
+   * Stops every running walk at its next cluster boundary (saving its position); the register
+   * callers get EINTR naming `operation`. Used first thing on shutdown, while their connections
+   * are still open to receive that answer.
+   */
+  async preemptAll(operation: string): Promise<void> {
+    await this.priority(operation, () => [...this.registry.allLvols()].map(({ lvol }) => lvol.id), async () => {});
+  }
+
   /** Clean shutdown: stop every walk at its next cluster boundary, then close stores and devices. */
   async shutdown(): Promise<void> {
     const allIds = () => [...this.registry.allLvols()].map(({ lvol }) => lvol.id);

@@ -226,6 +226,9 @@ export async function startNode(options: ServeOptions): Promise<RunningNode> {
     server,
     url,
     close: async () => {
+      // Running registrations are answered "preempted by shutdown" while their connections are
+      // still open; then the server stops, then the node closes its stores and devices.
+      await node.preemptAll('shutdown');
       await server.close();
       await node.shutdown();
       detachStately();

@@ -1,6 +1,7 @@
 // Finds and loads an lvstore from a device: super block, checkpoint, then the journal's tail.
 import type { BlockDevice } from '../device/blockDevice.ts';
 import { StorageError } from '../errors.ts';
+import { log } from '../log.ts';
 import type { Runtime } from '../runtime.ts';
 import { crc64 } from '../checksum/crc64.ts';
 import {
@@ -50,6 +51,8 @@ async function newestSuperBlock(device: BlockDevice): Promise<{ superBlock: Supe
     if (problems.length > 0) throw new DamagedLvstoreError(problems.join('; '));
     return undefined;
   }
+  // One damaged slot is what a crash during a super block write leaves; still worth a line.
+  if (problems.length > 0) log('warn', 'one super block slot is unreadable; using the other', { problems });
   return found.sort((a, b) => (a.superBlock.generation > b.superBlock.generation ? -1 : 1))[0];
 }
 

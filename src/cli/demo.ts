@@ -86,8 +86,14 @@ export async function runDemo(args: string[]): Promise<number> {
 
     say('3. While it runs, client B sends bdev_lvol_stop_snapshot_checksum.');
     const stopStart = performance.now();
-    const stopped = await b.call('bdev_lvol_stop_snapshot_checksum', { name });
-    say(`    stop answered ${JSON.stringify(stopped)} after ${(performance.now() - stopStart).toFixed(1)} ms, once the in-flight cluster finished`);
+    const stopped = await b.call('bdev_lvol_stop_snapshot_checksum', { name }).catch((error: unknown) => error);
+    if (stopped instanceof RpcCallError && stopped.code === -3) {
+      say('    the walk had already finished (stop answered -3 "No such process"); try a larger --size-mib');
+    } else if (stopped instanceof Error) {
+      throw stopped;
+    } else {
+      say(`    stop answered ${JSON.stringify(stopped)} after ${(performance.now() - stopStart).toFixed(1)} ms, once the in-flight cluster finished`);
+    }
     say(`    client A's register: ${describeOutcome(await first)}`);
     const afterStop = await b.call<Status>('bdev_lvol_get_checksum_status', { name });
     say(`    status: ${afterStop.state}, ${afterStop.clusters_done}/${afterStop.clusters_total} clusters, reason ${afterStop.reason}`);

@@ -5,6 +5,7 @@
 // else never waits for a checksum.
 import { EventEmitter } from 'node:events';
 import { access } from 'node:fs/promises';
+import { resolve as resolvePath } from 'node:path';
 import { progressNotifyIntervalMs } from '../constants.ts';
 import { FileDevice } from '../device/fileDevice.ts';
 import { MemoryDevice } from '../device/memoryDevice.ts';
@@ -144,6 +145,13 @@ export class StorageNode {
     if (this.registry.bdevNameTaken(name)) fail('EEXIST', `bdev ${name} already exists`);
   }
 
+  /** One file, one bdev: two handles writing one lvstore would corrupt it. */
+  private assertFileFree(filename: string): void {
+    for (const other of this.registry.bdevs.values()) {
+      if (other.filename === filename) fail('EEXIST', `${filename} is already attached as bdev ${other.name}`);
+    }
+  }
+
   createMallocBdev(options: { name?: string; numBlocks: number; blockSize: number; uuid?: string }): Promise<string> {
     const name = options.name ?? `Malloc${this.registry.bdevs.size}`;
     this.assertBdevNameFree(name);
@@ -153,8 +161,11 @@ export class StorageNode {
     return this.addBaseBdev({ name, uuid, kind: 'malloc', device, readOnly: false, claimedBy: null });
   }
 
-  async createAioBdev(options: { name: string; filename: string; blockSize: number; readOnly: boolean; uuid?: string }): Promise<string> {
-    this.assertBdevNameFree(options.name);
+  async createAioBdev(request: { name: string; filename: string; blockSize: number; readOnly: boolean; uuid?: string }): Promise<string> {
+    this.assertBdevNameFree(request.name);
+    // Kept absolute, so the saved config means the same file whatever directory the node starts in.
+    const options = { ...request, filename: resolvePath(request.filename) };
+    this.assertFileFree(options.filename);
     try {
       await access(options.filename);
     } catch {
@@ -170,10 +181,13 @@ export class StorageNode {
       await device.close();
       fail('EINVAL', `${options.filename} is smaller than one ${options.blockSize}-byte block`);
     }
-    // The name may have been taken while the file was opening.
-    if (this.registry.bdevNameTaken(options.name)) {
+    // The name or the file may have been taken while the file was opening.
+    try {
+      this.assertBdevNameFree(options.name);
+      this.assertFileFree(options.filename);
+    } catch (error) {
       await device.close();
-      fail('EEXIST', `bdev ${options.name} already exists`);
+      throw error;
     }
     const uuid = options.uuid ?? this.runtime.uuid();
     return this.addBaseBdev({

@@ -76,7 +76,6 @@ export class LvolActor {
       id: lvolId,
       input: {
         lvolId,
-        clusterBytes: store.clusterBytes,
         checksumStored: store.lvol(lvolId).checksum !== null,
         savedProgress: copyProgress(store.lvol(lvolId).savedProgress),
       },

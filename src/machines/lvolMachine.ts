@@ -33,7 +33,6 @@ export interface ChecksumProgress {
 
 export interface LvolContext {
   readonly lvolId: string;
-  readonly clusterBytes: number;
   readonly progress: ChecksumProgress | null;
   /** A completed checksum was loaded from the lvstore: the walk starts out `done`. */
   readonly restoredChecksum: boolean;
@@ -41,7 +40,6 @@ export interface LvolContext {
 
 export interface LvolInput {
   lvolId: string;
-  clusterBytes: number;
   /** True when the lvstore already holds a completed checksum for this lvol (after a restart). */
   checksumStored: boolean;
   /** The progress of a walk that was stopped or preempted before a restart: it starts `aborted`. */
@@ -177,7 +175,6 @@ export const lvolMachine = setup({
   type: 'parallel',
   context: ({ input }) => ({
     lvolId: input.lvolId,
-    clusterBytes: input.clusterBytes,
     progress: input.savedProgress ?? null,
     restoredChecksum: input.checksumStored,
   }),

@@ -156,7 +156,7 @@ describe('lvol checksum machine, model-based', () => {
   });
   // Every simple path (no state twice; 90 of them, up to 10 steps): resume, invalidation and
   // failure sequences included. Deduplication would stringify events holding bigints: skip it.
-  const paths = model.getSimplePaths({ input: { lvolId: 'lvol-1', clusterBytes, checksumStored: false }, allowDuplicatePaths: true });
+  const paths = model.getSimplePaths({ input: { lvolId: 'lvol-1', checksumStored: false }, allowDuplicatePaths: true });
 
   it('reaches every checksum state', () => {
     const reached = new Set(paths.map((path) => stateOf(path.state).checksum));

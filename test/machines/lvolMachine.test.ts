@@ -21,7 +21,7 @@ const stepDone = (output: ClusterStepOutput) => ({ type: 'xstate.done.actor.clus
 const cluster = (clusterIndex: number, crc: bigint, atMs = 1100): ClusterStepOutput => ({ kind: 'cluster', clusterIndex, crc, bytes: clusterBytes, atMs });
 
 function initial(checksumStored = false): Snapshot {
-  return initialTransition(lvolMachine, { lvolId: 'lvol-1', clusterBytes, checksumStored })[0];
+  return initialTransition(lvolMachine, { lvolId: 'lvol-1', checksumStored })[0];
 }
 
 function run(snapshot: Snapshot, ...events: LvolEvent[]): Snapshot {

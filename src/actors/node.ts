@@ -464,6 +464,18 @@ export class StorageNode {
     return out;
   }
 
+  /** Checksum walks by state and their combined rate, for node_get_stats. */
+  checksumStats(): { by_state: Record<string, number>; rate_bytes_per_sec: number } {
+    const byState: Record<string, number> = {};
+    let rate = 0;
+    for (const { actor } of this.registry.allLvols()) {
+      const status = actor.status();
+      byState[status.state] = (byState[status.state] ?? 0) + 1;
+      if (status.state === 'computing') rate += status.rate_bytes_per_sec;
+    }
+    return { by_state: byState, rate_bytes_per_sec: rate };
+  }
+
   checksumStatus(name: string): ChecksumStatus {
     return this.registry.lvol(name).actor.status();
   }

@@ -10,6 +10,7 @@ import { createDispatcher } from '../transport/jsonRpc.ts';
 import type { MethodTable } from '../transport/methodTable.ts';
 import { SavedConfigWriter, readConfig, replayConfig, savedConfigName } from './config.ts';
 import { createMethodTable } from '../transport/methods.ts';
+import { RpcStats } from '../transport/stats.ts';
 import { type RpcServer, type RpcServerLimits, startRpcServer } from '../transport/wsServer.ts';
 
 export interface ServeOptions {
@@ -91,37 +92,39 @@ export async function startNode(options: ServeOptions): Promise<RunningNode> {
     onBaseBdevsChanged: (config) => writer.write(config),
   });
   const detachStately = options.statelyInspectUrl ? await attachStatelyInspector(node, options.statelyInspectUrl) : () => {};
-  const table = createMethodTable(node);
+  const rpcStats = new RpcStats();
+  let server: RpcServer | undefined;
+  const table = createMethodTable(node, { rpc: rpcStats, connectionCount: () => server?.connectionCount() ?? 0 });
   await attachBdevs(table, node, options, dataDir, writer);
-  const dispatcher = createDispatcher(table, { allowBatch: true });
-  let server: RpcServer;
-  try {
-    server = await startRpcServer({
-      host,
-      port,
-      dispatcher,
-      log: ({ level, msg, ...fields }) => log(level, msg, fields),
-      ...(options.token ? { token: options.token } : {}),
-      ...(options.limits ? { limits: options.limits } : {}),
-    });
-  } catch (error) {
+  const dispatcher = createDispatcher(table, { allowBatch: true, onCall: rpcStats.record });
+  const listening = await startRpcServer({
+    host,
+    port,
+    dispatcher,
+    log: ({ level, msg, ...fields }) => log(level, msg, fields),
+    ...(options.token ? { token: options.token } : {}),
+    ...(options.limits ? { limits: options.limits } : {}),
+  }).catch(async (error: unknown) => {
     detachStately();
+    rpcStats.close();
     await node.shutdown();
     throw error;
-  }
-  const url = `ws://${host.includes(':') ? `[${host}]` : host}:${server.address.port}/`;
+  });
+  server = listening;
+  const url = `ws://${host.includes(':') ? `[${host}]` : host}:${listening.address.port}/`;
   log('info', 'lvnode listening', { url, dataDir });
   return {
     node,
-    server,
+    server: listening,
     url,
     close: async () => {
       // Running registrations are answered "preempted by shutdown" while their connections are
       // still open; then the server stops, then the node closes its stores and devices.
       await node.preemptAll('shutdown');
-      await server.close();
+      await listening.close();
       await node.shutdown();
       detachStately();
+      rpcStats.close();
     },
   };
 }

@@ -8,6 +8,7 @@ import type { StorageNode } from '../actors/node.ts';
 import { RpcFrameworkError } from './errorMapping.ts';
 import { u64, u64AsNumber } from './json64.ts';
 import { type Connection, type MethodTable, type RpcMethod, defineMethod } from './methodTable.ts';
+import type { RpcStats } from './stats.ts';
 import { bdevInfos, bdevView, lvolInfo, lvolView, lvstoreInfo, lvstoreView } from './views.ts';
 
 const name = z.string().min(1).max(2 * nameLengthMax + 1);
@@ -418,7 +419,13 @@ function observabilityMethods(node: StorageNode): Record<string, RpcMethod> {
 }
 
 /** Every method of the node; `rpc_get_methods` and `rpc_get_schema` describe the table itself. */
-export function createMethodTable(node: StorageNode): MethodTable {
+/** What node_get_stats reports beyond the node itself: the transport's own figures. */
+export interface TransportStats {
+  rpc: RpcStats;
+  connectionCount(): number;
+}
+
+export function createMethodTable(node: StorageNode, transport?: TransportStats): MethodTable {
   const table: Record<string, RpcMethod> = {
     ...bdevMethods(node),
     ...lvstoreMethods(node),
@@ -433,6 +440,17 @@ export function createMethodTable(node: StorageNode): MethodTable {
     params: z.strictObject({}),
     result: z.object({ subsystems: z.array(z.object({ subsystem: z.string(), config: z.array(z.object({ method: z.string(), params: z.record(z.string(), z.unknown()) })) })) }),
     handler: () => node.saveConfig(),
+  });
+  table.node_get_stats = defineMethod({
+    description: 'Request counts and latencies per method, event-loop delay, checksum walks and their rate, connections.',
+    priority: 'foreground',
+    params: z.strictObject({}),
+    result: z.looseObject({ checksums: z.object({ by_state: z.record(z.string(), z.number()), rate_bytes_per_sec: z.number() }) }),
+    handler: () => ({
+      ...(transport ? { ...transport.rpc.view(), connections: transport.connectionCount() } : {}),
+      checksums: node.checksumStats(),
+      inspect_subscribers: node.inspector.subscriberCount,
+    }),
   });
   table.rpc_get_methods = defineMethod({
     description: 'Names of every method.',

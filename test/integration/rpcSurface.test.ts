@@ -128,6 +128,23 @@ describe('bdevs, lvstores and lvols over RPC', () => {
     expect(events.map((event) => event.seq)).toEqual([...events.map((event) => event.seq)].sort((x, y) => x - y));
   });
 
+  it('reports request counts, latencies, event-loop delay and checksum walks in node_get_stats', async () => {
+    await client.call('rpc_get_methods', {});
+    await rpcError(client.call('bdev_get_bdevs', { name: 'nope' }));
+    const stats = await client.call<{
+      requests: Record<string, { calls: number; errors: number; latency_ms_p99: number }>;
+      event_loop_delay_ms: { p99: number };
+      checksums: { by_state: Record<string, number> };
+      connections: number;
+    }>('node_get_stats', {});
+    expect(stats.requests.rpc_get_methods!.calls).toBeGreaterThanOrEqual(1);
+    expect(stats.requests.bdev_get_bdevs!.errors).toBeGreaterThanOrEqual(1);
+    expect(stats.requests.bdev_get_bdevs!.latency_ms_p99).toBeGreaterThanOrEqual(0);
+    expect(stats.event_loop_delay_ms.p99).toBeGreaterThan(0);
+    expect(stats.connections).toBeGreaterThanOrEqual(1);
+    expect(Object.values(stats.checksums.by_state).reduce((sum, count) => sum + count, 0)).toBeGreaterThan(0);
+  });
+
   it('publishes every method with its JSON Schema', async () => {
     const methods = await client.call<string[]>('rpc_get_methods', {});
     expect(methods).toContain('bdev_lvol_stop_snapshot_checksum');

@@ -1,0 +1,79 @@
+// Request counts and latencies per method, and event-loop delay, for node_get_stats (SPEC §8).
+import { type IntervalHistogram, monitorEventLoopDelay } from 'node:perf_hooks';
+
+// Latencies kept per method for the percentiles: the most recent ones, a bounded ring.
+const latencySamplesMax = 1024;
+
+interface MethodStats {
+  calls: number;
+  errors: number;
+  samples: number[];
+  next: number;
+}
+
+export interface MethodStatsView {
+  calls: number;
+  errors: number;
+  latency_ms_p50: number;
+  latency_ms_p99: number;
+}
+
+function quantile(sorted: readonly number[], q: number): number {
+  if (sorted.length === 0) return 0;
+  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
+}
+
+export class RpcStats {
+  private readonly methods = new Map<string, MethodStats>();
+  private readonly loopDelay: IntervalHistogram;
+  private readonly startedAtMs = Date.now();
+
+  constructor() {
+    this.loopDelay = monitorEventLoopDelay({ resolution: 10 });
+    this.loopDelay.enable();
+  }
+
+  /** The dispatcher's `onCall`. */
+  readonly record = (method: string, latencyMs: number, ok: boolean): void => {
+    let stats = this.methods.get(method);
+    if (!stats) {
+      stats = { calls: 0, errors: 0, samples: [], next: 0 };
+      this.methods.set(method, stats);
+    }
+    stats.calls++;
+    if (!ok) stats.errors++;
+    if (stats.samples.length < latencySamplesMax) stats.samples.push(latencyMs);
+    else stats.samples[stats.next] = latencyMs;
+    stats.next = (stats.next + 1) % latencySamplesMax;
+  };
+
+  view(): { uptime_sec: number; requests: Record<string, MethodStatsView>; event_loop_delay_ms: { p50: number; p99: number; max: number } } {
+    const requests: Record<string, MethodStatsView> = {};
+    for (const [method, stats] of [...this.methods].sort(([a], [b]) => a.localeCompare(b))) {
+      const sorted = [...stats.samples].sort((a, b) => a - b);
+      requests[method] = {
+        calls: stats.calls,
+        errors: stats.errors,
+        latency_ms_p50: round(quantile(sorted, 0.5)),
+        latency_ms_p99: round(quantile(sorted, 0.99)),
+      };
+    }
+    return {
+      uptime_sec: Math.round((Date.now() - this.startedAtMs) / 1000),
+      requests,
+      event_loop_delay_ms: {
+        p50: round(this.loopDelay.percentile(50) / 1e6),
+        p99: round(this.loopDelay.percentile(99) / 1e6),
+        max: round(this.loopDelay.max / 1e6),
+      },
+    };
+  }
+
+  close(): void {
+    this.loopDelay.disable();
+  }
+}
+
+function round(value: number): number {
+  return Math.round(value * 1000) / 1000;
+}

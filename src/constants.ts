@@ -51,6 +51,9 @@ export const jsonExactIntegerDigitsMax = 64;
 export const inspectQueueLengthMax = 1024;
 // Checksum progress notifications are throttled to at most one per this interval per lvol.
 export const progressNotifyIntervalMs = 250;
+// A running walk's position is saved to the lvstore at least this often (SPEC §6.6), so a crash
+// costs at most this much recomputation.
+export const checksumProgressSaveIntervalMs = 5000;
 
 assert.ok(clusterSizeBytesMin >= Math.max(...blockSizesAllowed), 'a cluster holds whole blocks');
 assert.ok(metadataAreaBytesMin <= metadataAreaBytesMax);

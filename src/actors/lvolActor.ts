@@ -1,6 +1,7 @@
 // One lvol's root actor: the lvol machine bound to its lvstore, plus register/stop/preempt as promises.
 import { type Actor, type SnapshotFrom, createActor, fromPromise, waitFor } from 'xstate';
 import { crc64 } from '../checksum/crc64.ts';
+import { checksumProgressSaveIntervalMs } from '../constants.ts';
 import { StorageError, fail } from '../errors.ts';
 import { log } from '../log.ts';
 import {
@@ -12,6 +13,7 @@ import {
 } from '../machines/lvolMachine.ts';
 import type { Runtime } from '../runtime.ts';
 import type { Lvstore } from '../store/lvstore.ts';
+import type { SavedChecksumProgress } from '../store/metadata.ts';
 import { clusterBuffers } from './bufferPool.ts';
 import type { InspectionHub } from './inspector.ts';
 
@@ -46,6 +48,12 @@ function copyProgress<T extends { rangeCrcs: Map<number, bigint> } | null>(progr
   return progress === null ? progress : { ...progress, rangeCrcs: new Map(progress.rangeCrcs) };
 }
 
+/** A walk that was still running when the node stopped comes back stopped, and resumable. */
+function restoredProgress(saved: SavedChecksumProgress | null, nowMs: number): SavedChecksumProgress | null {
+  if (saved === null || saved.reason !== null) return copyProgress(saved);
+  return { ...copyProgress(saved), reason: 'interrupted by restart', finishedAtMs: nowMs };
+}
+
 export function checksumStateOf(snapshot: LvolSnapshot): ChecksumState {
   return (snapshot.value as { checksum: ChecksumState }).checksum;
 }
@@ -59,12 +67,15 @@ export class LvolActor {
   // The latest save of a stopped walk's position; stop and preempt answer after it is durable.
   private progressSaved: Promise<void> = Promise.resolve();
 
+  private lastProgressSaveMs = 0;
+
   constructor(
     readonly lvolId: string,
     private readonly store: Lvstore,
     private readonly runtime: Runtime,
     inspector: InspectionHub,
     private readonly onChecksumChange: ChecksumListener,
+    private readonly progressSaveIntervalMs = checksumProgressSaveIntervalMs,
   ) {
     const machine = lvolMachine.provide({
       actors: {
@@ -77,7 +88,7 @@ export class LvolActor {
       input: {
         lvolId,
         checksumStored: store.lvol(lvolId).checksum !== null,
-        savedProgress: copyProgress(store.lvol(lvolId).savedProgress),
+        savedProgress: restoredProgress(store.lvol(lvolId).savedProgress, runtime.nowMs()),
       },
       inspect: inspector.observerFor(lvolId),
     });
@@ -106,10 +117,18 @@ export class LvolActor {
     this.lastState = state;
     // A stopped or preempted walk's position is saved so it can resume, also after a restart.
     // It is appended before anything the stop made way for (a delete runs after `settled()`).
-    if (state === 'aborted' && previous !== 'aborted' && snapshot.context.progress) {
-      this.progressSaved = this.store
-        .saveChecksumProgress(this.lvolId, copyProgress(snapshot.context.progress))
-        .catch((error: unknown) => log('error', 'saving checksum progress failed', { lvol: this.lvolId, error: String(error) }));
+    // A running walk's position is saved every few seconds, so a crash costs little of it.
+    const progress = snapshot.context.progress;
+    const nowMs = this.runtime.nowMs();
+    const aborting = state === 'aborted' && previous !== 'aborted';
+    const periodic = state === 'computing' && nowMs - this.lastProgressSaveMs >= this.progressSaveIntervalMs;
+    if (progress && (aborting || periodic)) {
+      this.lastProgressSaveMs = nowMs;
+      const copy = copyProgress(progress);
+      const saved = this.progressSaved.then(() => this.store.saveChecksumProgress(this.lvolId, copy));
+      this.progressSaved = saved.catch((error: unknown) =>
+        log('error', 'saving checksum progress failed', { lvol: this.lvolId, error: String(error) }),
+      );
     }
     this.onChecksumChange(this.lvolId, this.status(), previous);
   }
@@ -139,6 +158,8 @@ export class LvolActor {
   }
 
   private async storeResult(input: StoreChecksumInput): Promise<number> {
+    // A position save still on its way must land before the result, which clears it.
+    await this.progressSaved;
     const lvol = this.store.lvol(input.lvolId);
     // Plain registration refreshes per-cluster values only where a range set already exists (SPDK).
     let range: BigUint64Array | null = null;

@@ -71,3 +71,34 @@ describe('checksum state across a reload', () => {
     expect(reloaded.lvol(snapshotId).checksum).toBe(expected);
   });
 });
+
+describe('a walk running at a crash', () => {
+  it('comes back aborted at its last saved position and resumes to the full value', async () => {
+    const { device, store, snapshotId, expected } = await setUp();
+    // Save the position at every cluster (the node saves every few seconds).
+    const actor = new LvolActor(snapshotId, store, seededRuntime(4), new InspectionHub(), () => {}, 0);
+    void actor.register('whole', false).catch(() => undefined);
+    while (actor.status().clusters_done < 3) await new Promise((resolve) => setImmediate(resolve));
+    // The machine stops here: the next device write fails and nothing after it lands.
+    device.crashAt(1);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    actor.dispose();
+    const reloaded = await reload(device, 9);
+    const restored = new LvolActor(snapshotId, reloaded, seededRuntime(10), new InspectionHub(), () => {});
+    const status = restored.status();
+    expect(status).toMatchObject({ state: 'aborted', reason: 'interrupted by restart', resumable: true });
+    expect(status.clusters_done).toBeGreaterThanOrEqual(2);
+    await restored.register('whole', true);
+    expect(reloaded.lvol(snapshotId).checksum).toBe(expected);
+  });
+
+  it('is done, not aborted, when its last position save raced the result', async () => {
+    const { device, store, snapshotId, expected } = await setUp();
+    const actor = new LvolActor(snapshotId, store, seededRuntime(4), new InspectionHub(), () => {}, 0);
+    await actor.register('whole', false);
+    const reloaded = await reload(device, 11);
+    expect(reloaded.lvol(snapshotId).checksum).toBe(expected);
+    expect(reloaded.lvol(snapshotId).savedProgress).toBeNull();
+    expect(new LvolActor(snapshotId, reloaded, seededRuntime(12), new InspectionHub(), () => {}).checksumState).toBe('done');
+  });
+});

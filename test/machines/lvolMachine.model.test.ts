@@ -108,13 +108,14 @@ function modelEvents(snapshot: ModelSnapshot): LvolEvent[] {
   return events;
 }
 
-/** A metadata log whose appends wait until the test lets them through (to hold `storing`). */
+/** A metadata log whose result stores wait until the test lets them through (to hold `storing`). */
 class GatedLog implements MetadataLog {
   private readonly inner = new MemoryMetadataLog();
   private waiting: Array<() => void> = [];
   held = false;
   async append(changes: readonly MetadataChange[]): Promise<void> {
-    if (this.held) await new Promise<void>((resolve) => this.waiting.push(resolve));
+    const storesResult = changes.some((change) => change.type === 'checksum.store');
+    if (this.held && storesResult) await new Promise<void>((resolve) => this.waiting.push(resolve));
     await this.inner.append(changes);
   }
   releaseAll(): void {

@@ -492,6 +492,11 @@ export class StorageNode {
     return entry.store.write(lvol.id, offsetBytes, data);
   }
 
+  /** Makes the lvol's completed writes durable (its lvstore's device is flushed). */
+  flushLvol(name: string): Promise<void> {
+    return this.registry.lvol(name).entry.store.flush();
+  }
+
   resolveLvol(name: string): ResolvedLvol {
     return this.registry.lvol(name);
   }

@@ -351,7 +351,8 @@ function dataMethods(node: StorageNode): Record<string, RpcMethod> {
   const base64 = z.base64().max(Math.ceil((ioBytesMax * 4) / 3) + 4);
   return {
     node_lvol_write: defineMethod({
-      description: 'Write to an lvol (lvnode): base64 `data`, or `fill_byte` repeated `length` bytes. Block aligned.',
+      description:
+        'Write to an lvol (lvnode): base64 `data`, or `fill_byte` repeated `length` bytes. Block aligned. `fua` answers only once the data is durable.',
       priority: 'foreground',
       params: z.strictObject({
         name,
@@ -359,6 +360,7 @@ function dataMethods(node: StorageNode): Record<string, RpcMethod> {
         data: base64.optional(),
         fill_byte: z.number().int().min(0).max(255).optional(),
         length: u64AsNumber.optional(),
+        fua: z.boolean().optional(),
       }),
       result: ok,
       handler: async (p) => {
@@ -371,6 +373,7 @@ function dataMethods(node: StorageNode): Record<string, RpcMethod> {
           throw RpcFrameworkError.invalidParams([{ path: 'length', message: `at most ${ioBytesMax} bytes per call` }]);
         }
         await node.writeLvol(p.name, p.offset, bytes);
+        if (p.fua) await node.flushLvol(p.name);
         return true as const;
       },
     }),

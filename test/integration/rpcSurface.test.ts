@@ -77,7 +77,9 @@ describe('bdevs, lvstores and lvols over RPC', () => {
       num_blocks: (3 * 1048576) / 512,
       driver_specific: { lvol: { lvol_store_uuid: lvsUuid, base_bdev: 'm1', thin_provision: true, num_allocated_clusters: 0, snapshot: false } },
     });
-    await client.call('node_lvol_write', { name: uuid, offset: 1048576, fill_byte: 0xcc, length: 1048576 });
+    expect(await client.call('node_lvol_write', { name: uuid, offset: 1048576, fill_byte: 0xcc, length: 1048576, fua: true })).toBe(true);
+    const head = Buffer.from(await client.call<string>('node_lvol_read', { name: uuid, offset: 1048576, length: 512 }), 'base64');
+    expect(head.equals(Buffer.alloc(512, 0xcc))).toBe(true);
     const snapUuid = await client.call<string>('bdev_lvol_snapshot', { lvol_name: 'pool2/v', snapshot_name: 's', xattrs: { user_created: 'true' } });
     const [snapBdev] = await client.call<Array<{ driver_specific: { lvol: Record<string, unknown> } }>>('bdev_get_bdevs', { name: snapUuid });
     expect(snapBdev!.driver_specific.lvol).toMatchObject({ snapshot: true, num_allocated_clusters: 1, clones: ['v'] });

@@ -51,11 +51,18 @@ export const jsonExactIntegerDigitsMax = 64;
 export const inspectQueueLengthMax = 1024;
 // Checksum progress notifications are throttled to at most one per this interval per lvol.
 export const progressNotifyIntervalMs = 250;
+// A checksum step reads and CRCs its cluster in pieces of at most this size: large clusters (up
+// to 1 GiB) then never hold the event loop for long, and the buffer stays small.
+export const checksumChunkBytesMax = 4 * mibBytes;
 // A running walk's position is saved to the lvstore at least this often (SPEC §6.6), so a crash
 // costs at most this much recomputation.
 export const checksumProgressSaveIntervalMs = 5000;
 
 assert.ok(clusterSizeBytesMin >= Math.max(...blockSizesAllowed), 'a cluster holds whole blocks');
 assert.ok(metadataAreaBytesMin <= metadataAreaBytesMax);
+assert.ok(
+  checksumChunkBytesMax >= clusterSizeBytesMin && (checksumChunkBytesMax & (checksumChunkBytesMax - 1)) === 0,
+  'checksum pieces divide every cluster size',
+);
 assert.ok(rpcInFlightPerConnectionMax >= rpcBatchLengthMax, 'a full batch fits in the in-flight limit');
 assert.ok(ioBytesMax <= rpcFrameBytesMax * 64);

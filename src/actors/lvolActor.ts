@@ -1,7 +1,7 @@
 // One lvol's root actor: the lvol machine bound to its lvstore, plus register/stop/preempt as promises.
 import { type Actor, type SnapshotFrom, createActor, fromPromise, waitFor } from 'xstate';
-import { crc64 } from '../checksum/crc64.ts';
-import { checksumProgressSaveIntervalMs } from '../constants.ts';
+import { crc64, crc64Combine } from '../checksum/crc64.ts';
+import { checksumChunkBytesMax, checksumProgressSaveIntervalMs } from '../constants.ts';
 import { StorageError, fail } from '../errors.ts';
 import { log } from '../log.ts';
 import {
@@ -147,14 +147,20 @@ export class LvolActor {
     if (this.checksumState !== 'computing') return { kind: 'skipped', atMs: this.runtime.nowMs() };
     const clusterIndex = this.store.nextOwnedCluster(input.lvolId, input.fromClusterIndex);
     if (clusterIndex < 0) return { kind: 'end', atMs: this.runtime.nowMs() };
-    this.buffer ??= clusterBuffers.acquire(this.store.clusterBytes);
+    const clusterBytes = this.store.clusterBytes;
+    this.buffer ??= clusterBuffers.acquire(Math.min(clusterBytes, checksumChunkBytesMax));
     const buffer = this.buffer;
+    // The cluster is read whole, piece by piece; each piece's CRC folds into the cluster's.
+    let crc = 0n;
     try {
-      await this.store.readOwnedCluster(input.lvolId, clusterIndex, buffer);
+      for (let offset = 0; offset < clusterBytes; offset += buffer.length) {
+        await this.store.readOwnedCluster(input.lvolId, clusterIndex, buffer, offset);
+        crc = crc64Combine(crc, crc64(buffer), buffer.length);
+      }
     } catch (error) {
       return { kind: 'error', message: error instanceof Error ? error.message : String(error), atMs: this.runtime.nowMs() };
     }
-    return { kind: 'cluster', clusterIndex, crc: crc64(buffer), bytes: buffer.length, atMs: this.runtime.nowMs() };
+    return { kind: 'cluster', clusterIndex, crc, bytes: clusterBytes, atMs: this.runtime.nowMs() };
   }
 
   private async storeResult(input: StoreChecksumInput): Promise<number> {

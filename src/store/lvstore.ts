@@ -673,12 +673,12 @@ export class Lvstore {
     await this.device.flush();
   }
 
-  /** Reads one cluster the lvol itself owns, whole, into `target` (the checksum walk's step). */
-  async readOwnedCluster(id: string, clusterIndex: number, target: Buffer): Promise<void> {
+  /** Reads (part of) one cluster the lvol itself owns into `target` (the checksum walk's step). */
+  async readOwnedCluster(id: string, clusterIndex: number, target: Buffer, innerOffsetBytes = 0): Promise<void> {
     const physicalCluster = this.lvol(id).clusterMap[clusterIndex];
     if (!physicalCluster) fail('EINVAL', `cluster ${clusterIndex} is not owned by lvol ${id}`);
-    assert.equal(target.length, this.clusterBytes);
-    await this.device.readInto(target, clusterIndexToOffsetBytes(physicalCluster, this.clusterBytes));
+    assert.ok(innerOffsetBytes + target.length <= this.clusterBytes, 'read past the end of the cluster');
+    await this.device.readInto(target, clusterIndexToOffsetBytes(physicalCluster, this.clusterBytes) + innerOffsetBytes);
   }
 
   /** Bitmap of owned clusters in a byte range (bdev_lvol_get_fragmap), bit i = cluster i, LSB first. */

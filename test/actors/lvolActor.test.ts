@@ -94,6 +94,23 @@ describe('LvolActor checksum', () => {
     expect(store.lvol(snapshot.id).checksum).toBe(expected);
   });
 
+  it('reads a large cluster in 4 MiB pieces and still gives the whole cluster’s CRC', async () => {
+    const bigCluster = 16 * 1024 * 1024;
+    const device = new SimulatedDevice(256 * 1024 * 1024, 512);
+    const runtime = seededRuntime(9);
+    const store = await Lvstore.create(device, { name: 'big', clusterBytes: bigCluster, clearMethod: 'unmap' }, new MemoryMetadataLog(), runtime);
+    const lvol = await store.createLvol({ name: 'vol', clusterCount: 2, thin: true });
+    const data = Buffer.alloc(bigCluster);
+    for (let offset = 0; offset < bigCluster; offset += 4) data.writeUInt32LE(offset ^ 0x5a5a5a5a, offset);
+    await store.write(lvol.id, bigCluster, data);
+    const snapshot = await store.snapshot(lvol.id, 'snap', {});
+    const actor = new LvolActor(snapshot.id, store, runtime, new InspectionHub(), () => {});
+    const readsBefore = device.counts.reads;
+    await actor.register('whole', false);
+    expect(device.counts.reads - readsBefore).toBe(4);
+    expect(store.lvol(snapshot.id).checksum).toBe(crc64(data));
+  });
+
   it('refuses a checksum of a non-snapshot with EPERM', async () => {
     const { store, lvolId } = await snapshotWithData(2);
     const actor = new LvolActor(lvolId, store, seededRuntime(1), new InspectionHub(), () => {});

@@ -645,22 +645,9 @@ export class Lvstore {
       this.allocator.release([physicalCluster]);
       throw error;
     }
-    if (!this.record.lvols.has(lvol.id)) {
-      this.allocator.release([physicalCluster]);
-      fail('ENODEV', `lvol ${lvol.name} was deleted during the write`);
-    }
-    const adopted = lvol.clusterMap[clusterIndex]!;
-    if (adopted !== 0) {
-      // A merge (delete of the parent snapshot, which does not hold this lvol's gate) gave the lvol
-      // the very cluster we copied from while the copy was in flight. Committing ours would orphan
-      // the adopted one, so keep it, put the overlay into it, and clear and return ours.
-      if (overlay) {
-        await this.device.write(clusterIndexToOffsetBytes(adopted, this.clusterBytes) + overlay.innerOffsetBytes, overlay.data);
-      }
-      await this.clearClusters([physicalCluster], lvol.clearMethod);
-      this.allocator.release([physicalCluster]);
-      return;
-    }
+    // The write holds the lvol's gate shared: a delete or a merge into it (which hold it alone)
+    // cannot have run meanwhile, so the lvol exists and the slot is still empty.
+    assert.ok(this.record.lvols.get(lvol.id) === lvol && lvol.clusterMap[clusterIndex] === 0, 'allocation raced a gated operation');
     await this.commit([{ type: 'cluster.allocate', id: lvol.id, clusterIndex, physicalCluster }]);
   }
 

@@ -58,6 +58,10 @@ export const checksumChunkBytesMax = 4 * mibBytes;
 // costs at most this much recomputation.
 export const checksumProgressSaveIntervalMs = 5000;
 
+// Background scheduler (SPEC §6.6): bounds of node_set_background_options.
+export const checksumConcurrencyMax = 1024;
+export const checksumRateMibPerSecMax = 1_000_000;
+
 assert.ok(clusterSizeBytesMin >= Math.max(...blockSizesAllowed), 'a cluster holds whole blocks');
 assert.ok(metadataAreaBytesMin <= metadataAreaBytesMax);
 assert.ok(

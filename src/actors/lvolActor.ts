@@ -1,7 +1,8 @@
 // One lvol's root actor: the lvol machine bound to its lvstore, plus register/stop/preempt as promises.
 import { type Actor, type SnapshotFrom, createActor, fromPromise, waitFor } from 'xstate';
-import { crc64, crc64Combine } from '../checksum/crc64.ts';
-import { checksumChunkBytesMax, checksumProgressSaveIntervalMs } from '../constants.ts';
+import { crcDeviceRange } from '../checksum/clusterCrc.ts';
+import { checksumProgressSaveIntervalMs } from '../constants.ts';
+import { IoAbortedError } from '../device/ioQueue.ts';
 import { StorageError, fail } from '../errors.ts';
 import { log } from '../log.ts';
 import {
@@ -14,10 +15,11 @@ import {
 import type { Runtime } from '../runtime.ts';
 import type { Lvstore } from '../store/lvstore.ts';
 import type { SavedChecksumProgress } from '../store/metadata.ts';
-import { clusterBuffers } from './bufferPool.ts';
 import type { InspectionHub } from './inspector.ts';
+import { RateMeter } from './rateMeter.ts';
+import { type WalkAdmission, immediateAdmission } from './scheduler.ts';
 
-export type ChecksumState = 'idle' | 'computing' | 'stopping' | 'storing' | 'aborted' | 'done' | 'failed';
+export type ChecksumState = 'idle' | 'queued' | 'computing' | 'stopping' | 'storing' | 'aborted' | 'done' | 'failed';
 type LvolSnapshot = SnapshotFrom<typeof lvolMachine>;
 
 export interface ChecksumStatus {
@@ -27,6 +29,12 @@ export interface ChecksumStatus {
   clusters_total: number;
   bytes_done: number;
   rate_bytes_per_sec: number;
+  /** Seconds left at the current rate while computing; null when unknown or not computing. */
+  eta_sec: number | null;
+  /** 1-based place in the scheduler's queue while `queued`. */
+  queue_position: number | null;
+  /** The walk was preempted and will be re-queued by itself once the operation is done (SPEC §6.6). */
+  will_resume: boolean;
   started_at: string | null;
   finished_at: string | null;
   reason?: string;
@@ -37,8 +45,8 @@ export interface ChecksumStatus {
 /** Called on every checksum state change of the lvol (for notifications and the dashboard). */
 export type ChecksumListener = (lvolId: string, status: ChecksumStatus, previous: ChecksumState) => void;
 
-const busyStates: ReadonlySet<ChecksumState> = new Set(['computing', 'stopping', 'storing']);
-const walkingStates: ReadonlySet<ChecksumState> = new Set(['computing', 'stopping']);
+const busyStates: ReadonlySet<ChecksumState> = new Set(['queued', 'computing', 'stopping', 'storing']);
+const walkingStates: ReadonlySet<ChecksumState> = new Set(['queued', 'computing', 'stopping']);
 
 /**
  * The machine mutates its per-cluster map in place while it walks; the lvstore's record must not
@@ -48,10 +56,27 @@ function copyProgress<T extends { rangeCrcs: Map<number, bigint> } | null>(progr
   return progress === null ? progress : { ...progress, rangeCrcs: new Map(progress.rangeCrcs) };
 }
 
-/** A walk that was still running when the node stopped comes back stopped, and resumable. */
+export const interruptedByRestart = 'interrupted by restart';
+
+/** A walk that was still running when the node stopped comes back aborted; the node resumes it. */
 function restoredProgress(saved: SavedChecksumProgress | null, nowMs: number): SavedChecksumProgress | null {
   if (saved === null || saved.reason !== null) return copyProgress(saved);
-  return { ...copyProgress(saved), reason: 'interrupted by restart', finishedAtMs: nowMs };
+  return { ...copyProgress(saved), reason: interruptedByRestart, finishedAtMs: nowMs };
+}
+
+/**
+ * Whether a restored walk resumes by itself at start (SPEC §6.6): one that was running, or was
+ * preempted (by shutdown or an operation that left the snapshot valid). One a user stopped stays.
+ */
+export function resumesAfterRestart(reason: string | null | undefined): boolean {
+  return reason === interruptedByRestart || (reason?.startsWith('preempted by ') ?? false);
+}
+
+export interface LvolActorOptions {
+  /** How often a running walk's position is saved (SPEC §6.6). */
+  progressSaveIntervalMs?: number;
+  /** The node-wide scheduler; without one every walk is admitted at once. */
+  admission?: WalkAdmission;
 }
 
 export function checksumStateOf(snapshot: LvolSnapshot): ChecksumState {
@@ -61,9 +86,15 @@ export function checksumStateOf(snapshot: LvolSnapshot): ChecksumState {
 export class LvolActor {
   readonly actor: Actor<typeof lvolMachine>;
   private runCounter = 0;
-  // The one cluster buffer of a running walk: taken at the first step, released when the walk ends.
-  private buffer: Buffer | undefined;
   private lastState: ChecksumState;
+  private readonly admission: WalkAdmission;
+  private readonly progressSaveIntervalMs: number;
+  // Calls off the current step's read when a stop or preemption arrives before it began.
+  private stepAbort: AbortController | undefined;
+  private stepInFlight = false;
+  private readonly meter: RateMeter;
+  private lastClustersDone = -1;
+  private willResume = false;
   // The latest save of a stopped walk's position; stop and preempt answer after it is durable.
   private progressSaved: Promise<void> = Promise.resolve();
 
@@ -75,12 +106,19 @@ export class LvolActor {
     private readonly runtime: Runtime,
     inspector: InspectionHub,
     private readonly onChecksumChange: ChecksumListener,
-    private readonly progressSaveIntervalMs = checksumProgressSaveIntervalMs,
+    options: LvolActorOptions = {},
   ) {
+    this.admission = options.admission ?? immediateAdmission;
+    this.progressSaveIntervalMs = options.progressSaveIntervalMs ?? checksumProgressSaveIntervalMs;
+    this.meter = new RateMeter(runtime.nowMs());
     const machine = lvolMachine.provide({
       actors: {
         clusterStep: fromPromise<ClusterStepOutput, ClusterStepInput>(({ input }) => this.step(input)),
         storeChecksum: fromPromise<number, StoreChecksumInput>(({ input }) => this.storeResult(input)),
+      },
+      actions: {
+        requestAdmission: () => this.admission.request(lvolId, () => this.admit()),
+        releaseAdmission: () => this.admission.release(lvolId),
       },
     });
     this.actor = createActor(machine, {
@@ -105,14 +143,27 @@ export class LvolActor {
     return checksumStateOf(this.actor.getSnapshot());
   }
 
-  /** True while a walk holds its cluster buffer (SPEC §6.8: none may leak). */
+  /** True while a cluster step is reading (SPEC §6.8: nothing may stay held after a stop). */
   get holdsBuffer(): boolean {
-    return this.buffer !== undefined;
+    return this.stepInFlight;
+  }
+
+  private admit(): void {
+    this.meter.reset(this.runtime.nowMs());
+    this.actor.send({ type: 'checksum.admit', atMs: this.runtime.nowMs() });
   }
 
   private observe(snapshot: LvolSnapshot): void {
     const state = checksumStateOf(snapshot);
-    if (!walkingStates.has(state)) this.releaseBuffer();
+    // A stop or preemption calls off a read that has not begun (queued at the device or paced).
+    if (state === 'stopping') this.stepAbort?.abort();
+    const clustersDone = snapshot.context.progress?.clustersDone ?? 0;
+    if (state === 'computing' && clustersDone !== this.lastClustersDone && this.lastClustersDone >= 0) {
+      const bytes = (clustersDone - this.lastClustersDone) * this.store.clusterBytes;
+      this.meter.add(bytes, this.runtime.nowMs());
+      this.admission.recordBytes(bytes);
+    }
+    this.lastClustersDone = clustersDone;
     const previous = this.lastState;
     this.lastState = state;
     // A stopped or preempted walk's position is saved so it can resume, also after a restart.
@@ -133,11 +184,6 @@ export class LvolActor {
     this.onChecksumChange(this.lvolId, this.status(), previous);
   }
 
-  private releaseBuffer(): void {
-    if (this.buffer) clusterBuffers.release(this.buffer);
-    this.buffer = undefined;
-  }
-
   private async step(input: ClusterStepInput): Promise<ClusterStepOutput> {
     // Two macrotasks before the read: the event loop polls sockets in between, so a stop or
     // priority operation that arrived during the previous cluster's CRC is seen before the next
@@ -148,19 +194,22 @@ export class LvolActor {
     const clusterIndex = this.store.nextOwnedCluster(input.lvolId, input.fromClusterIndex);
     if (clusterIndex < 0) return { kind: 'end', atMs: this.runtime.nowMs() };
     const clusterBytes = this.store.clusterBytes;
-    this.buffer ??= clusterBuffers.acquire(Math.min(clusterBytes, checksumChunkBytesMax));
-    const buffer = this.buffer;
-    // The cluster is read whole, piece by piece; each piece's CRC folds into the cluster's.
-    let crc = 0n;
+    const abort = new AbortController();
+    this.stepAbort = abort;
+    this.stepInFlight = true;
     try {
-      for (let offset = 0; offset < clusterBytes; offset += buffer.length) {
-        await this.store.readOwnedCluster(input.lvolId, clusterIndex, buffer, offset);
-        crc = crc64Combine(crc, crc64(buffer), buffer.length);
-      }
+      // Pacing and the device queue may hold the read back; a stop meanwhile calls it off.
+      await this.admission.pace(clusterBytes, abort.signal);
+      const offsetBytes = this.store.ownedClusterOffsetBytes(input.lvolId, clusterIndex);
+      const crc = await crcDeviceRange(this.store.device, offsetBytes, clusterBytes, abort.signal);
+      return { kind: 'cluster', clusterIndex, crc, bytes: clusterBytes, atMs: this.runtime.nowMs() };
     } catch (error) {
+      if (error instanceof IoAbortedError) return { kind: 'skipped', atMs: this.runtime.nowMs() };
       return { kind: 'error', message: error instanceof Error ? error.message : String(error), atMs: this.runtime.nowMs() };
+    } finally {
+      this.stepInFlight = false;
+      if (this.stepAbort === abort) this.stepAbort = undefined;
     }
-    return { kind: 'cluster', clusterIndex, crc, bytes: clusterBytes, atMs: this.runtime.nowMs() };
   }
 
   private async storeResult(input: StoreChecksumInput): Promise<number> {
@@ -179,18 +228,7 @@ export class LvolActor {
 
   /** Runs a whole registration; resolves true when done (SPEC §6.3), rejects EINTR when stopped or preempted. */
   async register(mode: ChecksumMode, resume: boolean): Promise<true> {
-    const lvol = this.store.lvol(this.lvolId);
-    if (!lvol.snapshot) fail('EPERM', `${lvol.name} is not a snapshot`, { wire: 'internal' });
-    if (busyStates.has(this.checksumState)) fail('EEXIST', `a checksum of ${lvol.name} is already running`);
-    const runId = ++this.runCounter;
-    this.actor.send({
-      type: 'checksum.start',
-      runId,
-      mode,
-      clustersTotal: this.store.ownedClusterCount(this.lvolId),
-      atMs: this.runtime.nowMs(),
-      resume,
-    });
+    const runId = this.start(mode, resume);
     const final = await waitFor(
       this.actor,
       (snapshot) => snapshot.context.progress?.runId === runId && !busyStates.has(checksumStateOf(snapshot)),
@@ -208,9 +246,46 @@ export class LvolActor {
     throw new StorageError('EIO', { wire: 'internal', detail: progress.error ?? 'checksum failed' });
   }
 
+  /** Sends the start of a run (queued until the scheduler admits it); returns its run id. */
+  private start(mode: ChecksumMode, resume: boolean): number {
+    const lvol = this.store.lvol(this.lvolId);
+    if (!lvol.snapshot) fail('EPERM', `${lvol.name} is not a snapshot`, { wire: 'internal' });
+    if (busyStates.has(this.checksumState)) fail('EEXIST', `a checksum of ${lvol.name} is already running`);
+    const runId = ++this.runCounter;
+    this.willResume = false;
+    this.actor.send({
+      type: 'checksum.start',
+      runId,
+      mode,
+      clustersTotal: this.store.ownedClusterCount(this.lvolId),
+      atMs: this.runtime.nowMs(),
+      resume,
+    });
+    return runId;
+  }
+
+  /**
+   * Re-queues an aborted walk to continue where it stood, with nobody waiting for its answer
+   * (after a preemption that left the snapshot valid, or at start after a restart). The value
+   * lands in the lvstore as a registration's would. Returns false when there is nothing to resume.
+   */
+  resumeInBackground(): boolean {
+    this.willResume = false;
+    const progress = this.actor.getSnapshot().context.progress;
+    if (this.checksumState !== 'aborted' || progress === null) return false;
+    this.start(progress.mode, true);
+    return true;
+  }
+
+  /** Marks a preempted walk as one the node re-queues once the operation is done. */
+  expectResume(): void {
+    if (this.checksumState === 'aborted') this.willResume = true;
+  }
+
   /** Stops a running walk and answers only once it has really stopped (SPEC §6.4). */
   async stop(): Promise<true> {
     if (!walkingStates.has(this.checksumState)) fail('ESRCH', `no checksum of lvol ${this.lvolId} is running`);
+    this.willResume = false;
     this.actor.send({ type: 'checksum.stop', reason: 'stopped', atMs: this.runtime.nowMs() });
     await this.settled();
     return true;
@@ -219,16 +294,18 @@ export class LvolActor {
   /**
    * Makes way for a priority operation: a running walk stops after its in-flight cluster
    * (SPEC §6.5); a checksum being stored is let finish. Returns at once when nothing runs.
+   * True when this call aborted a walk (so the node may re-queue it).
    */
-  async preempt(operation: string): Promise<void> {
-    if (this.checksumState === 'computing') {
-      this.actor.send({ type: 'lvol.preempt', operation, atMs: this.runtime.nowMs() });
-    }
+  async preempt(operation: string): Promise<boolean> {
+    const walking = this.checksumState === 'computing' || this.checksumState === 'queued';
+    if (walking) this.actor.send({ type: 'lvol.preempt', operation, atMs: this.runtime.nowMs() });
     await this.settled();
+    return walking && checksumStateOf(this.actor.getSnapshot()) === 'aborted';
   }
 
   /** Drops partial and stored-state knowledge after an operation changed the clusters this lvol owns. */
   invalidate(): void {
+    this.willResume = false;
     this.actor.send({ type: 'checksum.invalidate' });
   }
 
@@ -253,20 +330,36 @@ export class LvolActor {
         clusters_total: 0,
         bytes_done: 0,
         rate_bytes_per_sec: 0,
+        eta_sec: null,
+        queue_position: null,
+        will_resume: false,
         started_at: null,
         finished_at: null,
         resumable: false,
       };
     }
-    const runningMs = progress.finishedAtMs === null ? Math.max(0, this.runtime.nowMs() - progress.resumedAtMs) : 0;
+    const nowMs = this.runtime.nowMs();
+    const runningMs = progress.finishedAtMs === null && state !== 'queued' ? Math.max(0, nowMs - progress.resumedAtMs) : 0;
     const activeMs = progress.activeMs + runningMs;
+    // While computing, the rate is this run's recent rate (not an average over earlier runs, which
+    // a resume would inflate); afterwards, the average over all the time spent computing.
+    const rate =
+      state === 'computing' || state === 'stopping'
+        ? this.meter.bytesPerSec(nowMs)
+        : activeMs > 0
+          ? Math.round((progress.bytesDone * 1000) / activeMs)
+          : 0;
+    const remainingBytes = Math.max(0, progress.clustersTotal - progress.clustersDone) * this.store.clusterBytes;
     return {
       state,
       mode: progress.mode,
       clusters_done: progress.clustersDone,
       clusters_total: progress.clustersTotal,
       bytes_done: progress.bytesDone,
-      rate_bytes_per_sec: activeMs > 0 ? Math.round((progress.bytesDone * 1000) / activeMs) : 0,
+      rate_bytes_per_sec: rate,
+      eta_sec: state === 'computing' && rate > 0 ? Math.round((remainingBytes / rate) * 10) / 10 : null,
+      queue_position: state === 'queued' ? this.admission.queuePosition(this.lvolId) : null,
+      will_resume: this.willResume,
       started_at: new Date(progress.startedAtMs).toISOString(),
       finished_at: progress.finishedAtMs === null ? null : new Date(progress.finishedAtMs).toISOString(),
       ...(progress.reason ? { reason: progress.reason } : {}),
@@ -277,7 +370,9 @@ export class LvolActor {
 
   /** Stops the actor for good (lvol deleted or lvstore unloaded); callers preempt first. */
   dispose(): void {
+    this.willResume = false;
+    this.stepAbort?.abort();
     this.actor.stop();
-    this.releaseBuffer();
+    this.admission.release(this.lvolId);
   }
 }

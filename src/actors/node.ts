@@ -1,26 +1,30 @@
 // The storage node: bdevs, lvstores and lvol actors, and every operation the RPC methods call.
 //
-// Priority operations (SPEC §6.5) run inside `priority()`: they hold the lvols they touch, preempt
-// any checksum running on them (waiting at most one cluster step), then do their work. Everything
-// else never waits for a checksum.
+// Priority operations (SPEC §6.5) go through the priority router (./priority.ts): they hold the
+// lvols they touch, validate, preempt any checksum running on them (waiting at most one cluster
+// step), do their work and re-queue what they preempted. Everything else never waits for a
+// checksum. Checksum operations live in ./checksums.ts, the background scheduler in ./scheduler.ts.
 import { EventEmitter } from 'node:events';
 import { access } from 'node:fs/promises';
 import { resolve as resolvePath } from 'node:path';
-import { progressNotifyIntervalMs } from '../constants.ts';
+import type { BlockDevice } from '../device/blockDevice.ts';
 import { FileDevice } from '../device/fileDevice.ts';
 import { MemoryDevice } from '../device/memoryDevice.ts';
+import type { IoQueueStats } from '../device/ioQueue.ts';
+import { QueuedDevice } from '../device/queuedDevice.ts';
 import { StorageError, fail } from '../errors.ts';
 import { log } from '../log.ts';
-import type { ChecksumMode } from '../machines/lvolMachine.ts';
 import type { Runtime } from '../runtime.ts';
 import { Lvstore, sizeMibToClusterCount, validateName } from '../store/lvstore.ts';
 import { metadataLayout } from '../store/format.ts';
 import { JournalMetadataLog } from '../store/journal.ts';
 import { DamagedLvstoreError, openLvstore } from '../store/load.ts';
 import type { ClearMethod, LvolRecord } from '../store/metadata.ts';
+import { ChecksumService } from './checksums.ts';
 import { InspectionHub } from './inspector.ts';
-import { KeyedMutex } from './keyedMutex.ts';
-import { type ChecksumState, type ChecksumStatus, LvolActor } from './lvolActor.ts';
+import { LvolActor } from './lvolActor.ts';
+import { PriorityRouter } from './priority.ts';
+import { type BackgroundOptions, BackgroundScheduler } from './scheduler.ts';
 import { type BaseBdev, type LvstoreEntry, Registry, type ResolvedLvol } from './registry.ts';
 
 /** What the node announces to subscribers (SPEC §8 notifications). */
@@ -58,14 +62,18 @@ export interface StorageNodeOptions {
    * the bdev list is made durable (serve.ts writes it to the data directory).
    */
   onBaseBdevsChanged?: (config: SpdkConfig) => Promise<void>;
+  /** The background options saved by an earlier run (SPEC §6.6), and where new ones are saved. */
+  backgroundOptions?: BackgroundOptions;
+  onBackgroundOptionsChanged?: (options: BackgroundOptions) => Promise<void>;
 }
 
 export class StorageNode {
   readonly registry = new Registry();
   readonly inspector: InspectionHub;
   readonly events = new EventEmitter<{ event: [NodeEvent] }>();
-  private readonly locks = new KeyedMutex();
-  private readonly lastProgressMs = new Map<string, number>();
+  readonly scheduler: BackgroundScheduler;
+  readonly router: PriorityRouter;
+  readonly checksums: ChecksumService;
 
   /** Bdevs whose lvstore metadata failed to load: reported, never overwritten silently. */
   readonly damaged = new Map<string, DamagedLvstoreError>();
@@ -78,6 +86,9 @@ export class StorageNode {
     this.inspector = options.inspector ?? new InspectionHub();
     this.onBaseBdevsChanged = options.onBaseBdevsChanged ?? (async () => {});
     this.events.setMaxListeners(0);
+    this.scheduler = new BackgroundScheduler(runtime, this.inspector, options.backgroundOptions, options.onBackgroundOptionsChanged);
+    this.router = new PriorityRouter((lvolId) => this.actorOf(lvolId));
+    this.checksums = new ChecksumService(this.registry, this.router, runtime, (event) => this.emit(event));
   }
 
   /** The base bdevs as SPDK config calls, in creation order (save_config). */
@@ -136,8 +147,9 @@ export class StorageNode {
     const entry: LvstoreEntry = { store, bdevName: bdev.name, actors: new Map() };
     this.registry.lvstores.set(store.id, entry);
     for (const lvol of store.lvols()) this.attachActor(entry, lvol);
+    const resumed = this.checksums.resumeInterrupted(entry);
     this.emit({ type: 'lvstore_created', uuid: store.id, name: store.name });
-    log('info', 'lvstore loaded', { lvstore: store.name, uuid: store.id, bdev: bdev.name, lvols: store.lvols().length });
+    log('info', 'lvstore loaded', { lvstore: store.name, uuid: store.id, bdev: bdev.name, lvols: store.lvols().length, checksumsResumed: resumed });
   }
 
   private assertBdevNameFree(name: string): void {
@@ -156,7 +168,7 @@ export class StorageNode {
     const name = options.name ?? `Malloc${this.registry.bdevs.size}`;
     this.assertBdevNameFree(name);
     if (options.numBlocks < 1) fail('EINVAL', 'num_blocks must be at least 1');
-    const device = new MemoryDevice(options.numBlocks * options.blockSize, options.blockSize);
+    const device = new QueuedDevice(new MemoryDevice(options.numBlocks * options.blockSize, options.blockSize));
     const uuid = options.uuid ?? this.runtime.uuid();
     return this.addBaseBdev({ name, uuid, kind: 'malloc', device, readOnly: false, claimedBy: null });
   }
@@ -171,9 +183,9 @@ export class StorageNode {
     } catch {
       fail('ENOENT', `file ${options.filename} does not exist`);
     }
-    let device: FileDevice;
+    let device: BlockDevice;
     try {
-      device = await FileDevice.open(options.filename, options.blockSize, { readOnly: options.readOnly });
+      device = new QueuedDevice(await FileDevice.open(options.filename, options.blockSize, { readOnly: options.readOnly }));
     } catch (error) {
       fail('EINVAL', `cannot open ${options.filename}: ${error instanceof Error ? error.message : String(error)}`);
     }
@@ -246,13 +258,18 @@ export class StorageNode {
 
   async deleteLvstore(selector: LvstoreSelector): Promise<void> {
     const entry = this.registry.lvstore(selector);
-    await this.priority('bdev_lvol_delete_lvstore', () => [...entry.actors.keys()], async () => {
-      for (const actor of entry.actors.values()) actor.dispose();
-      entry.actors.clear();
-      this.registry.lvstores.delete(entry.store.id);
-      await entry.store.destroy();
-      const bdev = this.registry.bdevs.get(entry.bdevName);
-      if (bdev) bdev.claimedBy = null;
+    await this.router.run({
+      operation: 'bdev_lvol_delete_lvstore',
+      touched: () => [...entry.actors.keys()],
+      requeue: false,
+      work: async () => {
+        for (const actor of entry.actors.values()) actor.dispose();
+        entry.actors.clear();
+        this.registry.lvstores.delete(entry.store.id);
+        await entry.store.destroy();
+        const bdev = this.registry.bdevs.get(entry.bdevName);
+        if (bdev) bdev.claimedBy = null;
+      },
     });
     this.emit({ type: 'lvstore_deleted', uuid: entry.store.id, name: entry.store.name });
     log('info', 'lvstore deleted', { lvstore: entry.store.name, uuid: entry.store.id });
@@ -268,9 +285,9 @@ export class StorageNode {
   // ---- lvols ----
 
   private attachActor(entry: LvstoreEntry, lvol: LvolRecord): LvolActor {
-    const actor = new LvolActor(lvol.id, entry.store, this.runtime, this.inspector, (id, status, previous) =>
-      this.onChecksumChange(id, status, previous),
-    );
+    const actor = new LvolActor(lvol.id, entry.store, this.runtime, this.inspector, this.checksums.onChange, {
+      admission: this.scheduler,
+    });
     entry.actors.set(lvol.id, actor);
     this.emit({ type: 'lvol_created', uuid: lvol.id, alias: `${entry.store.name}/${lvol.name}` });
     return actor;
@@ -279,24 +296,10 @@ export class StorageNode {
   private detachActor(entry: LvstoreEntry, lvolId: string): void {
     entry.actors.get(lvolId)?.dispose();
     entry.actors.delete(lvolId);
-    this.lastProgressMs.delete(lvolId);
+    this.checksums.forget(lvolId);
     this.emit({ type: 'lvol_deleted', uuid: lvolId });
   }
 
-  private onChecksumChange(lvolId: string, status: ChecksumStatus, previous: ChecksumState): void {
-    if (status.state !== previous) {
-      this.emit({ type: 'checksum_state', uuid: lvolId, previous, ...status });
-      if (status.state === 'aborted' && status.reason?.startsWith('preempted by ')) {
-        this.emit({ type: 'checksum_preempted', uuid: lvolId, reason: status.reason });
-      }
-      return;
-    }
-    // Progress within `computing`: throttled per lvol.
-    const nowMs = this.runtime.nowMs();
-    if (nowMs - (this.lastProgressMs.get(lvolId) ?? 0) < progressNotifyIntervalMs) return;
-    this.lastProgressMs.set(lvolId, nowMs);
-    this.emit({ type: 'checksum_progress', uuid: lvolId, ...status });
-  }
 
   async createLvol(options: {
     selector: LvstoreSelector;
@@ -317,22 +320,6 @@ export class StorageNode {
     return lvol.id;
   }
 
-  /**
-   * Runs a priority operation: holds the lvols `touched()` names, preempts any checksum running on
-   * them, then runs `work`. The preempted register callers get EINTR naming `operation`. The set
-   * is computed again once the locks are held; if it changed meanwhile, the locks are retaken.
-   */
-  async priority<T>(operation: string, touched: () => string[], work: () => Promise<T>): Promise<T> {
-    for (;;) {
-      const ids = touched();
-      const outcome = await this.locks.run(ids, async () => {
-        if (!sameMembers(ids, touched())) return { retry: true as const };
-        for (const id of ids) await this.actorOf(id)?.preempt(operation);
-        return { retry: false as const, value: await work() };
-      });
-      if (!outcome.retry) return outcome.value;
-    }
-  }
 
   private actorOf(lvolId: string): LvolActor | undefined {
     for (const entry of this.registry.lvstores.values()) {
@@ -349,10 +336,15 @@ export class StorageNode {
       const clones = entry.store.clonesOf(lvol.id);
       return clones.length === 1 ? [lvol.id, clones[0]!.id] : [lvol.id];
     };
-    await this.priority('bdev_lvol_delete', touched, async () => {
-      const { mergedInto } = await entry.store.deleteLvol(lvol.id);
-      this.detachActor(entry, lvol.id);
-      if (mergedInto) this.actorOf(mergedInto)?.invalidate();
+    await this.router.run({
+      operation: 'bdev_lvol_delete',
+      touched,
+      validate: () => entry.store.checkDelete(lvol.id),
+      work: async () => {
+        const { mergedInto } = await entry.store.deleteLvol(lvol.id);
+        this.detachActor(entry, lvol.id);
+        if (mergedInto) this.actorOf(mergedInto)?.invalidate();
+      },
     });
   }
 
@@ -365,10 +357,15 @@ export class StorageNode {
 
   async clone(snapshotName: string, cloneName: string): Promise<string> {
     const { entry, lvol } = this.registry.lvol(snapshotName);
-    return this.priority('bdev_lvol_clone', () => [lvol.id], async () => {
-      const clone = await entry.store.clone(lvol.id, cloneName);
-      this.attachActor(entry, clone);
-      return clone.id;
+    return this.router.run({
+      operation: 'bdev_lvol_clone',
+      touched: () => [lvol.id],
+      validate: () => entry.store.checkClone(lvol.id, cloneName),
+      work: async () => {
+        const clone = await entry.store.clone(lvol.id, cloneName);
+        this.attachActor(entry, clone);
+        return clone.id;
+      },
     });
   }
 
@@ -400,9 +397,14 @@ export class StorageNode {
   async copyUpFromParent(name: string, mode: 'inflate' | 'decouple'): Promise<void> {
     const { entry, lvol, actor } = this.registry.lvol(name);
     const operation = mode === 'inflate' ? 'bdev_lvol_inflate' : 'bdev_lvol_decouple_parent';
-    await this.priority(operation, () => [lvol.id], async () => {
-      await entry.store.copyUpFromParent(lvol.id, mode);
-      if (lvol.snapshot) actor.invalidate();
+    await this.router.run({
+      operation,
+      touched: () => [lvol.id],
+      validate: () => entry.store.checkCopyUp(lvol.id, mode),
+      work: async () => {
+        await entry.store.copyUpFromParent(lvol.id, mode);
+        if (lvol.snapshot) actor.invalidate();
+      },
     });
   }
 
@@ -415,69 +417,19 @@ export class StorageNode {
     const child = this.registry.lvol(lvolName);
     const parent = this.registry.lvol(parentName);
     if (child.entry !== parent.entry) fail('EINVAL', 'the parent must be in the same lvstore');
-    await this.priority('bdev_lvol_set_parent', () => [child.lvol.id, parent.lvol.id], () =>
-      child.entry.store.setParent(child.lvol.id, parent.lvol.id),
-    );
-  }
-
-  // ---- checksums ----
-
-  async registerChecksum(name: string, mode: ChecksumMode, resume: boolean): Promise<true> {
-    const { lvol } = this.registry.lvol(name);
-    // Start under the lvol's lock (so it waits out a priority operation on it), but run the walk
-    // outside it: a priority operation must be able to take the lock and preempt.
-    const started = await this.locks.run([lvol.id], async () => {
-      const { actor } = this.registry.lvol(lvol.id);
-      const completion = actor.register(mode, resume);
-      // Its rejection is handled by the caller below; mark it so Node does not report it early.
-      completion.catch(() => undefined);
-      return { completion };
+    await this.router.run({
+      operation: 'bdev_lvol_set_parent',
+      touched: () => [child.lvol.id, parent.lvol.id],
+      validate: () => child.entry.store.checkSetParent(child.lvol.id, parent.lvol.id),
+      work: () => child.entry.store.setParent(child.lvol.id, parent.lvol.id),
     });
-    return started.completion;
   }
 
-  stopChecksum(name: string): Promise<true> {
-    return this.registry.lvol(name).actor.stop();
-  }
-
-  getChecksum(name: string): bigint {
-    const { lvol, actor } = this.registry.lvol(name);
-    if (lvol.checksum !== null) return lvol.checksum;
-    const status = actor.status();
-    if (status.state === 'aborted') {
-      throw new StorageError('ECANCELED', {
-        detail: 'the last checksum computation was aborted and no earlier value exists',
-        data: { state: 'aborted', reason: status.reason, clusters_done: status.clusters_done, clusters_total: status.clusters_total },
-      });
-    }
-    return fail('ENODEV', `no checksum registered for ${lvol.name}`);
-  }
-
-  getRangeChecksums(name: string, start: number, count: number): Array<{ cluster_index: number; checksum: bigint }> {
-    const { lvol } = this.registry.lvol(name);
-    const range = lvol.rangeChecksums ?? fail('ENOENT', `no range checksums registered for ${lvol.name}`);
-    if (start >= range.length || start + count > range.length) {
-      fail('EINVAL', `clusters ${start}..${start + count - 1} are outside 0..${range.length - 1}`);
-    }
-    const out: Array<{ cluster_index: number; checksum: bigint }> = [];
-    for (let offset = 0; offset < count; offset++) out.push({ cluster_index: start + offset, checksum: range[start + offset]! });
+  /** Each base bdev's I/O queue: what is in flight and waiting in each class (node_get_stats). */
+  deviceQueueStats(): Record<string, IoQueueStats> {
+    const out: Record<string, IoQueueStats> = {};
+    for (const bdev of this.registry.bdevs.values()) if (bdev.device instanceof QueuedDevice) out[bdev.name] = bdev.device.queue.stats();
     return out;
-  }
-
-  /** Checksum walks by state and their combined rate, for node_get_stats. */
-  checksumStats(): { by_state: Record<string, number>; rate_bytes_per_sec: number } {
-    const byState: Record<string, number> = {};
-    let rate = 0;
-    for (const { actor } of this.registry.allLvols()) {
-      const status = actor.status();
-      byState[status.state] = (byState[status.state] ?? 0) + 1;
-      if (status.state === 'computing') rate += status.rate_bytes_per_sec;
-    }
-    return { by_state: byState, rate_bytes_per_sec: rate };
-  }
-
-  checksumStatus(name: string): ChecksumStatus {
-    return this.registry.lvol(name).actor.status();
   }
 
   // ---- data path (internal API; the NBD server uses it too) ----
@@ -507,27 +459,35 @@ export class StorageNode {
    * are still open to receive that answer.
    */
   async preemptAll(operation: string): Promise<void> {
-    await this.priority(operation, () => [...this.registry.allLvols()].map(({ lvol }) => lvol.id), async () => {});
+    await this.router.run({
+      operation,
+      touched: () => [...this.registry.allLvols()].map(({ lvol }) => lvol.id),
+      requeue: false,
+      work: async () => {},
+    });
   }
 
   /** Clean shutdown: stop every walk at its next cluster boundary, then close stores and devices. */
   async shutdown(): Promise<void> {
     const allIds = () => [...this.registry.allLvols()].map(({ lvol }) => lvol.id);
-    await this.priority('shutdown', allIds, async () => {
-      for (const entry of this.registry.lvstores.values()) {
-        for (const actor of entry.actors.values()) actor.dispose();
-        await entry.store.close();
-      }
-      for (const bdev of this.registry.bdevs.values()) {
-        await bdev.device.flush().catch(() => undefined);
-        await bdev.device.close().catch(() => undefined);
-      }
+    await this.router.run({
+      operation: 'shutdown',
+      touched: allIds,
+      requeue: false,
+      work: async () => {
+        for (const entry of this.registry.lvstores.values()) {
+          for (const actor of entry.actors.values()) actor.dispose();
+          await entry.store.close();
+        }
+        for (const bdev of this.registry.bdevs.values()) {
+          await bdev.device.flush().catch(() => undefined);
+          await bdev.device.close().catch(() => undefined);
+        }
+      },
     });
     this.registry.lvstores.clear();
     this.registry.bdevs.clear();
+    this.scheduler.stop();
   }
 }
 
-function sameMembers(a: readonly string[], b: readonly string[]): boolean {
-  return a.length === b.length && a.every((item) => b.includes(item));
-}

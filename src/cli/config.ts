@@ -12,7 +12,7 @@ const configMethods: ReadonlySet<string> = new Set(['bdev_aio_create', 'bdev_mal
 const noConnection = { id: 0, notify: () => false, onClose: () => {} };
 
 /** Writes the file so that a crash leaves the old or the new version: temp file, fsync, rename, fsync dir. */
-async function writeFileAtomically(path: string, text: string): Promise<void> {
+export async function writeFileAtomically(path: string, text: string): Promise<void> {
   const temporary = `${path}.tmp`;
   const file = await open(temporary, 'w');
   try {

@@ -1,14 +1,16 @@
 // `lvnode serve`: composes devices, the node, the method table and the WebSocket server.
-import { mkdir } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { clusterSizeBytesDefault, diskSizeBytesDefault, listenDefault } from '../constants.ts';
 import { FileDevice } from '../device/fileDevice.ts';
 import { StorageNode } from '../actors/node.ts';
+import { type BackgroundOptions, defaultBackgroundOptions, validateBackgroundOptions } from '../actors/scheduler.ts';
+import { configureBackgroundThreads, crcInfo } from '../checksum/clusterCrc.ts';
 import { log } from '../log.ts';
 import { type Runtime, systemRuntime } from '../runtime.ts';
 import { createDispatcher } from '../transport/jsonRpc.ts';
 import type { MethodTable } from '../transport/methodTable.ts';
-import { SavedConfigWriter, readConfig, replayConfig, savedConfigName } from './config.ts';
+import { SavedConfigWriter, readConfig, replayConfig, savedConfigName, writeFileAtomically } from './config.ts';
 import { createMethodTable } from '../transport/methods.ts';
 import { RpcStats } from '../transport/stats.ts';
 import { type RpcServer, type RpcServerLimits, startRpcServer } from '../transport/wsServer.ts';
@@ -73,6 +75,26 @@ async function attachBdevs(table: MethodTable, node: StorageNode, options: Serve
   }
 }
 
+/** The node's background options (SPEC §6.6), kept in the data directory across restarts. */
+const backgroundOptionsName = 'lvnode-background.json';
+
+async function readBackgroundOptions(path: string): Promise<BackgroundOptions> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return defaultBackgroundOptions();
+    throw error;
+  }
+  try {
+    return validateBackgroundOptions({ ...defaultBackgroundOptions(), ...(JSON.parse(text) as Partial<BackgroundOptions>) });
+  } catch (error) {
+    // A damaged options file must not keep the node from starting: say so, and run on defaults.
+    log('error', 'background options file is unreadable; using defaults', { path, error: String(error) });
+    return defaultBackgroundOptions();
+  }
+}
+
 /** Returns the function that detaches it (its socket would otherwise keep the process alive). */
 async function attachStatelyInspector(node: StorageNode, url: string): Promise<() => void> {
   const { createWebSocketInspector } = await import('@statelyai/inspect');
@@ -88,8 +110,13 @@ export async function startNode(options: ServeOptions): Promise<RunningNode> {
   const dataDir = resolve(options.dataDir);
   await mkdir(dataDir, { recursive: true });
   const writer = new SavedConfigWriter(join(dataDir, savedConfigName));
+  const backgroundPath = join(dataDir, backgroundOptionsName);
+  const threads = configureBackgroundThreads();
+  log('info', 'checksum CRC path', { ...crcInfo(), ...threads });
   const node = new StorageNode(options.runtime ?? systemRuntime, {
     onBaseBdevsChanged: (config) => writer.write(config),
+    backgroundOptions: await readBackgroundOptions(backgroundPath),
+    onBackgroundOptionsChanged: (changed) => writeFileAtomically(backgroundPath, `${JSON.stringify(changed, null, 2)}\n`),
   });
   const detachStately = options.statelyInspectUrl ? await attachStatelyInspector(node, options.statelyInspectUrl) : () => {};
   const rpcStats = new RpcStats();

@@ -13,6 +13,15 @@ export interface BlockDevice {
   /** Makes every completed write durable. */
   flush(): Promise<void>;
   close(): Promise<void>;
+  /** An OS file descriptor the native checksum reader may pread, when the device is a file. */
+  readonly fd?: number | undefined;
+  /**
+   * Runs background work (a checksum read) behind the device's foreground I/O (SPEC §6.6).
+   * Devices without a queue (test doubles) leave it out and background work runs directly.
+   */
+  runBackground?<T>(work: () => Promise<T>, signal?: AbortSignal): Promise<T>;
+  /** `readInto` in the background class. */
+  readIntoBackground?(target: Buffer, offsetBytes: number, signal?: AbortSignal): Promise<void>;
 }
 
 /** Reads into a fresh buffer; callers that read often should reuse a buffer with `readInto`. */

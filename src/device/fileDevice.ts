@@ -38,6 +38,10 @@ export class FileDevice implements BlockDevice {
     }
   }
 
+  get fd(): number {
+    return this.handle.fd;
+  }
+
   async readInto(target: Buffer, offsetBytes: number): Promise<void> {
     assertAlignedRange(this, offsetBytes, target.length);
     let done = 0;

@@ -1,7 +1,8 @@
 // The lvol actor: its checksum walk moves one cluster per event and yields to stop and priority events.
 //
 // Two parallel regions. `checksum` is the walk SPEC §6.2 names: idle → computing → stopping →
-// aborted | done (+ failed), with `storing` while the finished value is persisted. `io` holds the
+// aborted | done (+ failed), with `queued` while the node-wide scheduler has no slot for it yet
+// (SPEC §6.6) and `storing` while the finished value is persisted. `io` holds the
 // one in-flight cluster step, an invoked actor doing real device I/O; keeping it in its own region
 // lets `stopping` wait for that step to finish instead of abandoning I/O in flight.
 import { assertEvent, assign, fromPromise, raise, setup } from 'xstate';
@@ -71,6 +72,7 @@ export interface StoreChecksumInput {
 
 export type LvolEvent =
   | { type: 'checksum.start'; runId: number; mode: ChecksumMode; clustersTotal: number; atMs: number; resume: boolean }
+  | { type: 'checksum.admit'; atMs: number }
   | { type: 'checksum.stop'; reason: string; atMs: number }
   | { type: 'lvol.preempt'; operation: string; atMs: number }
   | { type: 'checksum.invalidate' }
@@ -129,6 +131,11 @@ export const lvolMachine = setup({
         },
       };
     }),
+    // A queued walk starts computing from now: time spent waiting for a slot is not computing time.
+    markAdmitted: assign(({ context, event }) => {
+      assertEvent(event, 'checksum.admit');
+      return { progress: { ...context.progress!, resumedAtMs: event.atMs } };
+    }),
     requestStep: raise({ type: 'step.request' }),
     recordCluster: assign(({ context, event }) => {
       assertEvent(event, 'cluster.done');
@@ -161,6 +168,11 @@ export const lvolMachine = setup({
       assertEvent(event, 'cluster.done');
       return { progress: finish(context.progress!, event.output.atMs, {}) };
     }),
+    // A walk stopped while queued never read anything: it ends at once, with no time computing.
+    recordAbortedWhileQueued: assign(({ context, event }) => {
+      assertEvent(event, ['checksum.stop', 'lvol.preempt']);
+      return { progress: { ...context.progress!, finishedAtMs: event.atMs } };
+    }),
     recordDone: assign(({ context }, params: { atMs: number }) => ({
       progress: finish(context.progress!, params.atMs, { reason: null }),
     })),
@@ -169,6 +181,9 @@ export const lvolMachine = setup({
     })),
     forgetProgress: assign({ progress: null, restoredChecksum: false }),
     raiseClusterDone: raise((_, params: ClusterStepOutput) => ({ type: 'cluster.done' as const, output: params })),
+    // Provided by the actor layer: ask the node-wide scheduler for a slot, and give it back.
+    requestAdmission: () => {},
+    releaseAdmission: () => {},
   },
 }).createMachine({
   id: 'lvol',
@@ -187,7 +202,15 @@ export const lvolMachine = setup({
             { guard: 'progressRestored', target: 'aborted' },
             { guard: 'checksumStored', target: 'done' },
           ],
-          on: { 'checksum.start': { target: 'computing', actions: 'startRun' } },
+          on: { 'checksum.start': { target: 'queued', actions: 'startRun' } },
+        },
+        queued: {
+          entry: 'requestAdmission',
+          on: {
+            'checksum.admit': { target: 'computing', actions: 'markAdmitted' },
+            'checksum.stop': { target: 'aborted', actions: ['recordStopReason', 'recordAbortedWhileQueued'] },
+            'lvol.preempt': { target: 'aborted', actions: ['recordStopReason', 'recordAbortedWhileQueued'] },
+          },
         },
         computing: {
           entry: 'requestStep',
@@ -211,6 +234,7 @@ export const lvolMachine = setup({
           },
         },
         storing: {
+          entry: 'releaseAdmission',
           invoke: {
             id: 'storeChecksum',
             src: 'storeChecksum',
@@ -231,23 +255,25 @@ export const lvolMachine = setup({
           },
         },
         aborted: {
+          entry: 'releaseAdmission',
           on: {
             'checksum.start': [
-              { guard: 'canResume', target: 'computing', actions: 'resumeRun' },
-              { target: 'computing', actions: 'startRun' },
+              { guard: 'canResume', target: 'queued', actions: 'resumeRun' },
+              { target: 'queued', actions: 'startRun' },
             ],
             'checksum.invalidate': { target: 'idle', actions: 'forgetProgress' },
           },
         },
         done: {
           on: {
-            'checksum.start': { target: 'computing', actions: 'startRun' },
+            'checksum.start': { target: 'queued', actions: 'startRun' },
             'checksum.invalidate': { target: 'idle', actions: 'forgetProgress' },
           },
         },
         failed: {
+          entry: 'releaseAdmission',
           on: {
-            'checksum.start': { target: 'computing', actions: 'startRun' },
+            'checksum.start': { target: 'queued', actions: 'startRun' },
             'checksum.invalidate': { target: 'idle', actions: 'forgetProgress' },
           },
         },

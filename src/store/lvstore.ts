@@ -297,10 +297,19 @@ export class Lvstore {
     return this.lvol(snapshotId);
   }
 
-  async clone(snapshotId: string, cloneName: string): Promise<LvolRecord> {
+  /**
+   * The checks of a priority operation, callable on their own: the node runs them before it
+   * preempts a checksum, so a request refused for a reason known beforehand stops nothing.
+   */
+  checkClone(snapshotId: string, cloneName: string): void {
     const source = this.lvol(snapshotId);
     if (!source.readOnly) fail('EINVAL', `${source.name} is not read-only: clones are made of snapshots`);
     this.assertNameFree(cloneName);
+  }
+
+  async clone(snapshotId: string, cloneName: string): Promise<LvolRecord> {
+    this.checkClone(snapshotId, cloneName);
+    const source = this.lvol(snapshotId);
     const id = this.runtime.uuid();
     await this.commit([
       {
@@ -325,12 +334,15 @@ export class Lvstore {
    * Deletes an lvol. With one clone it merges: the clone adopts the clusters it does not own.
    * With two or more: "Operation not permitted", as SPDK.
    */
-  async deleteLvol(id: string): Promise<{ mergedInto: string | null }> {
+  checkDelete(id: string): void {
     const lvol = this.lvol(id);
     const clones = this.clonesOf(id);
-    if (clones.length > 1) {
-      fail('EPERM', `${lvol.name} has ${clones.length} clones`, { wire: 'internal' });
-    }
+    if (clones.length > 1) fail('EPERM', `${lvol.name} has ${clones.length} clones`, { wire: 'internal' });
+  }
+
+  async deleteLvol(id: string): Promise<{ mergedInto: string | null }> {
+    this.checkDelete(id);
+    const lvol = this.lvol(id);
     return this.gate(id).withExclusive(async () => {
       this.assertStillPresent(lvol);
       const current = this.clonesOf(id);
@@ -422,6 +434,26 @@ export class Lvstore {
    * Inflate (every cluster allocated, zeros where nothing below) or decouple (only clusters some
    * ancestor owns). Both end the dependency on the parent and drop a snapshot's checksums.
    */
+  /** The clusters inflate or decouple would copy into `lvol`. */
+  private copyUpTargets(lvol: LvolRecord, mode: 'inflate' | 'decouple'): number[] {
+    const targets: number[] = [];
+    for (let clusterIndex = 0; clusterIndex < lvol.clusterMap.length; clusterIndex++) {
+      if (lvol.clusterMap[clusterIndex] !== 0) continue;
+      if (mode === 'decouple' && this.ownerBelow(lvol, clusterIndex) === 0) continue;
+      targets.push(clusterIndex);
+    }
+    return targets;
+  }
+
+  checkCopyUp(id: string, mode: 'inflate' | 'decouple'): void {
+    const lvol = this.lvol(id);
+    if (mode === 'decouple' && lvol.parentId === null) fail('EINVAL', `${lvol.name} has no parent to decouple from`);
+    const needed = this.copyUpTargets(lvol, mode).length;
+    if (needed > this.allocator.free) {
+      throw new StorageError('ENOSPC', { wire: 'internal', detail: `need ${needed} clusters, ${this.allocator.free} free` });
+    }
+  }
+
   async copyUpFromParent(id: string, mode: 'inflate' | 'decouple'): Promise<void> {
     const lvol = this.lvol(id);
     if (mode === 'decouple' && lvol.parentId === null) fail('EINVAL', `${lvol.name} has no parent to decouple from`);
@@ -430,12 +462,7 @@ export class Lvstore {
     // leaves the old state or the new one, never a half-inflated lvol.
     await this.gate(id).withExclusive(async () => {
       this.assertStillPresent(lvol);
-      const targets: number[] = [];
-      for (let clusterIndex = 0; clusterIndex < lvol.clusterMap.length; clusterIndex++) {
-        if (lvol.clusterMap[clusterIndex] !== 0) continue;
-        if (mode === 'decouple' && this.ownerBelow(lvol, clusterIndex) === 0) continue;
-        targets.push(clusterIndex);
-      }
+      const targets = this.copyUpTargets(lvol, mode);
       const physical = this.allocator.allocate(targets.length);
       const buffer = Buffer.alloc(this.clusterBytes);
       try {
@@ -470,7 +497,7 @@ export class Lvstore {
     await this.commit([{ type: 'lvol.set_parent', id, parentId: null }]);
   }
 
-  async setParent(id: string, parentId: string): Promise<void> {
+  checkSetParent(id: string, parentId: string): void {
     const lvol = this.lvol(id);
     const parent = this.lvol(parentId);
     if (lvol.parentId === parentId) fail('EEXIST', `${parent.name} is already the parent of ${lvol.name}`);
@@ -481,6 +508,10 @@ export class Lvstore {
       if (ancestor.id === id) fail('EINVAL', `${parent.name} depends on ${lvol.name}: that would make a cycle`);
       ancestor = ancestor.parentId ? this.record.lvols.get(ancestor.parentId) : undefined;
     }
+  }
+
+  async setParent(id: string, parentId: string): Promise<void> {
+    this.checkSetParent(id, parentId);
     await this.commit([{ type: 'lvol.set_parent', id, parentId }]);
   }
 
@@ -666,6 +697,13 @@ export class Lvstore {
     if (!physicalCluster) fail('EINVAL', `cluster ${clusterIndex} is not owned by lvol ${id}`);
     assert.ok(innerOffsetBytes + target.length <= this.clusterBytes, 'read past the end of the cluster');
     await this.device.readInto(target, clusterIndexToOffsetBytes(physicalCluster, this.clusterBytes) + innerOffsetBytes);
+  }
+
+  /** Where the bytes of a cluster the lvol itself owns are on the device (the checksum walk reads there). */
+  ownedClusterOffsetBytes(id: string, clusterIndex: number): number {
+    const physicalCluster = this.lvol(id).clusterMap[clusterIndex];
+    if (!physicalCluster) fail('EINVAL', `cluster ${clusterIndex} is not owned by lvol ${id}`);
+    return clusterIndexToOffsetBytes(physicalCluster, this.clusterBytes);
   }
 
   /** Bitmap of owned clusters in a byte range (bdev_lvol_get_fragmap), bit i = cluster i, LSB first. */

@@ -3,8 +3,17 @@
 // Handlers only resolve names and call the node (src/actors/node.ts); they never touch devices.
 // The dispatcher, `rpc_get_methods`, `rpc_get_schema`, the CLI client and the README read this table.
 import { z } from 'zod';
-import { blockSizesAllowed, clusterSizeBytesDefault, ioBytesMax, nameLengthMax } from '../constants.ts';
+import { crcInfo } from '../checksum/clusterCrc.ts';
+import {
+  blockSizesAllowed,
+  checksumConcurrencyMax,
+  checksumRateMibPerSecMax,
+  clusterSizeBytesDefault,
+  ioBytesMax,
+  nameLengthMax,
+} from '../constants.ts';
 import type { StorageNode } from '../actors/node.ts';
+import { schedulerActorId } from '../actors/scheduler.ts';
 import { RpcFrameworkError } from './errorMapping.ts';
 import { u64, u64AsNumber } from './json64.ts';
 import { type Connection, type MethodTable, type RpcMethod, defineMethod } from './methodTable.ts';
@@ -26,12 +35,15 @@ const ok = z.literal(true);
 const uuidResult = z.string().describe('the new object’s UUID');
 const checksumValue = u64.describe('CRC-64/GO-ISO as an exact unsigned 64-bit JSON integer');
 const checksumStatus = z.object({
-  state: z.enum(['idle', 'computing', 'stopping', 'storing', 'aborted', 'done', 'failed']),
+  state: z.enum(['idle', 'queued', 'computing', 'stopping', 'storing', 'aborted', 'done', 'failed']),
   mode: z.enum(['whole', 'range']).nullable(),
   clusters_done: z.number(),
   clusters_total: z.number(),
   bytes_done: z.number(),
   rate_bytes_per_sec: z.number(),
+  eta_sec: z.number().nullable(),
+  queue_position: z.number().nullable(),
+  will_resume: z.boolean(),
   started_at: z.string().nullable(),
   finished_at: z.string().nullable(),
   reason: z.string().optional(),
@@ -307,42 +319,42 @@ function checksumMethods(node: StorageNode): Record<string, RpcMethod> {
       priority: 'background',
       params: register,
       result: ok,
-      handler: (p) => node.registerChecksum(p.name, 'whole', p.resume ?? false),
+      handler: (p) => node.checksums.register(p.name, 'whole', p.resume ?? false),
     }),
     bdev_lvol_register_snapshot_range_checksums: defineMethod({
       description: 'Like register_snapshot_checksum, also storing one CRC per owned cluster.',
       priority: 'background',
       params: register,
       result: ok,
-      handler: (p) => node.registerChecksum(p.name, 'range', p.resume ?? false),
+      handler: (p) => node.checksums.register(p.name, 'range', p.resume ?? false),
     }),
     bdev_lvol_get_snapshot_checksum: defineMethod({
       description: 'The stored checksum; -125 when the last run was aborted and none exists, else -19.',
       priority: 'foreground',
       params: byName,
       result: z.object({ checksum: checksumValue }),
-      handler: (p) => ({ checksum: node.getChecksum(p.name) }),
+      handler: (p) => ({ checksum: node.checksums.get(p.name) }),
     }),
     bdev_lvol_get_snapshot_range_checksums: defineMethod({
       description: 'Stored per-cluster checksums of a window; 0 for clusters the snapshot does not own.',
       priority: 'foreground',
       params: z.strictObject({ name, cluster_start_index: u64AsNumber, cluster_count: u64AsNumber }),
       result: z.array(z.object({ cluster_index: z.number(), checksum: checksumValue })),
-      handler: (p) => node.getRangeChecksums(p.name, p.cluster_start_index, p.cluster_count),
+      handler: (p) => node.checksums.getRange(p.name, p.cluster_start_index, p.cluster_count),
     }),
     bdev_lvol_stop_snapshot_checksum: defineMethod({
       description: 'Stop a running checksum; answers true once it has really stopped. -3 when none runs.',
       priority: 'foreground',
       params: byName,
       result: ok,
-      handler: (p) => node.stopChecksum(p.name),
+      handler: (p) => node.checksums.stop(p.name),
     }),
     bdev_lvol_get_checksum_status: defineMethod({
       description: 'State and progress of an lvol’s checksum computation (lvnode).',
       priority: 'foreground',
       params: byName,
       result: checksumStatus,
-      handler: (p) => node.checksumStatus(p.name),
+      handler: (p) => node.checksums.status(p.name),
     }),
   };
 }
@@ -390,12 +402,14 @@ function dataMethods(node: StorageNode): Record<string, RpcMethod> {
 function observabilityMethods(node: StorageNode): Record<string, RpcMethod> {
   return {
     inspect_subscribe: defineMethod({
-      description: 'Stream XState inspection events (of every lvol actor, or one) as `inspect_events` notifications.',
+      description:
+        'Stream XState inspection events (of every actor, or one: an lvol by UUID or alias, or `scheduler`) as `inspect_events` notifications.',
       priority: 'foreground',
       params: z.strictObject({ actor_id: z.string().optional() }),
       result: ok,
       handler: (p, connection) => {
-        const actorId = p.actor_id === undefined ? undefined : node.resolveLvol(p.actor_id).lvol.id;
+        const actorId =
+          p.actor_id === undefined || p.actor_id === schedulerActorId ? p.actor_id : node.resolveLvol(p.actor_id).lvol.id;
         const cancel = node.inspector.subscribe(actorId, (batch) => connection.notify('inspect_events', batch));
         replaceSubscription(inspectSubscriptions, connection, cancel);
         return true as const;
@@ -445,15 +459,48 @@ export function createMethodTable(node: StorageNode, transport?: TransportStats)
     handler: () => node.saveConfig(),
   });
   table.node_get_stats = defineMethod({
-    description: 'Request counts and latencies per method, event-loop delay, checksum walks and their rate, connections.',
+    description:
+      'Request counts and latencies per method, event-loop delay, checksum walks and their rate, the background scheduler, device queues, the CRC implementation, connections.',
     priority: 'foreground',
     params: z.strictObject({}),
-    result: z.looseObject({ checksums: z.object({ by_state: z.record(z.string(), z.number()), rate_bytes_per_sec: z.number() }) }),
+    result: z.looseObject({
+      checksums: z.object({ by_state: z.record(z.string(), z.number()), rate_bytes_per_sec: z.number() }),
+      background: z.object({ running: z.number(), queued: z.number(), bytes_per_sec: z.number() }),
+      devices: z.record(z.string(), z.object({ foreground_in_flight: z.number(), background_in_flight: z.number(), background_waiting: z.number() })),
+      crc: z.looseObject({ implementation: z.enum(['native', 'fallback']) }),
+    }),
     handler: () => ({
       ...(transport ? { ...transport.rpc.view(), connections: transport.connectionCount() } : {}),
-      checksums: node.checksumStats(),
+      checksums: node.checksums.stats(),
+      background: node.scheduler.stats(),
+      devices: node.deviceQueueStats(),
+      crc: crcInfo(),
       inspect_subscribers: node.inspector.subscriberCount,
     }),
+  });
+  table.node_set_background_options = defineMethod({
+    description:
+      'Set the node-wide cap on concurrent checksum walks (the rest wait, state `queued`) and the checksum read rate limit (0 = unlimited); saved across restarts.',
+    priority: 'foreground',
+    params: z.strictObject({
+      max_concurrent_checksums: z.number().int().min(1).max(checksumConcurrencyMax).optional(),
+      checksum_rate_mib_per_sec: z.number().min(0).max(checksumRateMibPerSecMax).optional(),
+    }),
+    result: ok,
+    handler: async (p) => {
+      await node.scheduler.setOptions({
+        ...(p.max_concurrent_checksums === undefined ? {} : { max_concurrent_checksums: p.max_concurrent_checksums }),
+        ...(p.checksum_rate_mib_per_sec === undefined ? {} : { checksum_rate_mib_per_sec: p.checksum_rate_mib_per_sec }),
+      });
+      return true as const;
+    },
+  });
+  table.node_get_background_options = defineMethod({
+    description: 'The background options in force (see node_set_background_options).',
+    priority: 'foreground',
+    params: z.strictObject({}),
+    result: z.object({ max_concurrent_checksums: z.number(), checksum_rate_mib_per_sec: z.number() }),
+    handler: () => node.scheduler.options(),
   });
   table.rpc_get_methods = defineMethod({
     description: 'Names of every method.',

@@ -76,7 +76,7 @@ describe('a walk running at a crash', () => {
   it('comes back aborted at its last saved position and resumes to the full value', async () => {
     const { device, store, snapshotId, expected } = await setUp();
     // Save the position at every cluster (the node saves every few seconds).
-    const actor = new LvolActor(snapshotId, store, seededRuntime(4), new InspectionHub(), () => {}, 0);
+    const actor = new LvolActor(snapshotId, store, seededRuntime(4), new InspectionHub(), () => {}, { progressSaveIntervalMs: 0 });
     void actor.register('whole', false).catch(() => undefined);
     while (actor.status().clusters_done < 3) await new Promise((resolve) => setImmediate(resolve));
     // The machine stops here: the next device write fails and nothing after it lands. (The walk's
@@ -98,7 +98,7 @@ describe('a walk running at a crash', () => {
 
   it('is done, not aborted, when its last position save raced the result', async () => {
     const { device, store, snapshotId, expected } = await setUp();
-    const actor = new LvolActor(snapshotId, store, seededRuntime(4), new InspectionHub(), () => {}, 0);
+    const actor = new LvolActor(snapshotId, store, seededRuntime(4), new InspectionHub(), () => {}, { progressSaveIntervalMs: 0 });
     await actor.register('whole', false);
     const reloaded = await reload(device, 11);
     expect(reloaded.lvol(snapshotId).checksum).toBe(expected);

@@ -123,7 +123,7 @@ describe('bdevs, lvstores and lvols over RPC', () => {
       .filter((event) => event.actor_id === snapshot && event.type === 'snapshot' && event.actor === snapshot)
       .map((event) => (event.snapshot as { value: { checksum: string } }).value.checksum);
     const transitions = states.filter((state, index) => index === 0 || state !== states[index - 1]);
-    expect(transitions).toEqual(['computing', 'storing', 'done']);
+    expect(transitions).toEqual(['queued', 'computing', 'storing', 'done']);
     // One step per cluster: three clusters, three step completions, plus the end-of-walk step.
     const steps = events.filter((event) => event.actor_id === snapshot && event.type === 'event' && (event.event as { type: string }).type === 'xstate.done.actor.clusterStep');
     expect(steps).toHaveLength(4);

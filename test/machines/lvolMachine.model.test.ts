@@ -6,6 +6,7 @@ import { type AnyStateMachine, createMachine, waitFor } from 'xstate';
 import { createTestModel } from 'xstate/graph';
 import { InspectionHub } from '../../src/actors/inspector.ts';
 import { LvolActor } from '../../src/actors/lvolActor.ts';
+import type { WalkAdmission } from '../../src/actors/scheduler.ts';
 import { SimulatedDevice } from '../../src/device/simulatedDevice.ts';
 import { isStorageError } from '../../src/errors.ts';
 import { type ClusterStepOutput, type LvolEvent, lvolMachine } from '../../src/machines/lvolMachine.ts';
@@ -94,7 +95,8 @@ function modelEvents(snapshot: ModelSnapshot): LvolEvent[] {
       events.push({ type: 'checksum.start', runId: 0, mode: 'whole', clustersTotal: ownedClusters.length, atMs: 0, resume: true });
     }
   }
-  if (checksum === 'computing') {
+  if (checksum === 'queued') events.push({ type: 'checksum.admit', atMs: 0 });
+  if (checksum === 'computing' || checksum === 'queued') {
     events.push({ type: 'checksum.stop', reason: 'stopped', atMs: 0 });
     events.push({ type: 'lvol.preempt', operation: 'bdev_lvol_delete', atMs: 0 });
   }
@@ -127,6 +129,27 @@ class GatedLog implements MetadataLog {
   async close(): Promise<void> {}
 }
 
+/** A scheduler the test drives: a walk waits in `queued` until the model admits it. */
+class ManualAdmission implements WalkAdmission {
+  private readonly waiting = new Map<string, () => void>();
+  request(lvolId: string, admit: () => void): void {
+    this.waiting.set(lvolId, admit);
+  }
+  release(lvolId: string): void {
+    this.waiting.delete(lvolId);
+  }
+  queuePosition(lvolId: string): number | null {
+    return this.waiting.has(lvolId) ? 1 : null;
+  }
+  async pace(): Promise<void> {}
+  recordBytes(): void {}
+  admitAll(): void {
+    const admits = [...this.waiting.values()];
+    this.waiting.clear();
+    for (const admit of admits) admit();
+  }
+}
+
 async function systemUnderTest() {
   const device = new SimulatedDevice(16 * 1024 * 1024, 512);
   const log = new GatedLog();
@@ -137,8 +160,9 @@ async function systemUnderTest() {
   const snapshot = await store.snapshot(lvol.id, 'snap', {});
   log.held = true;
   device.holdOneByOne();
-  const actor = new LvolActor(snapshot.id, store, runtime, new InspectionHub(), () => {});
-  return { device, log, actor };
+  const admission = new ManualAdmission();
+  const actor = new LvolActor(snapshot.id, store, runtime, new InspectionHub(), () => {}, { admission });
+  return { device, log, actor, admission };
 }
 
 const macrotask = () => new Promise((resolve) => setImmediate(resolve));
@@ -155,19 +179,19 @@ describe('lvol checksum machine, model-based', () => {
     serializeState: (snapshot) => signature(snapshot as ModelSnapshot),
     serializeEvent: (event) => JSON.stringify(event, (_key, value: unknown) => (typeof value === 'bigint' ? String(value) : value)),
   });
-  // Every simple path (no state twice; 90 of them, up to 10 steps): resume, invalidation and
+  // Every simple path (no state twice, several hundred): resume, invalidation and
   // failure sequences included. Deduplication would stringify events holding bigints: skip it.
   const paths = model.getSimplePaths({ input: { lvolId: 'lvol-1', checksumStored: false }, allowDuplicatePaths: true });
 
   it('reaches every checksum state', () => {
     const reached = new Set(paths.map((path) => stateOf(path.state).checksum));
-    expect([...reached].sort()).toEqual(['aborted', 'computing', 'done', 'failed', 'idle', 'stopping', 'storing']);
+    expect([...reached].sort()).toEqual(['aborted', 'computing', 'done', 'failed', 'idle', 'queued', 'stopping', 'storing']);
   });
 
   it.each(paths.map((path) => [path.steps.map((step) => step.event.type).join(' → ') || '(initial)', path] as const))(
     'real actor follows %s',
     async (_description, path) => {
-      const { device, log, actor } = await systemUnderTest();
+      const { device, log, actor, admission } = await systemUnderTest();
       const pending: Array<Promise<unknown>> = [];
       let previous: ModelSnapshot | undefined;
       for (const step of path.steps) {
@@ -190,6 +214,9 @@ describe('lvol checksum machine, model-based', () => {
             pending.push(actor.register(start.mode, start.resume).catch((error: unknown) => error));
             break;
           }
+          case 'checksum.admit':
+            admission.admitAll();
+            break;
           case 'checksum.stop':
             pending.push(actor.stop().catch((error: unknown) => error));
             break;
@@ -221,7 +248,7 @@ describe('lvol checksum machine, model-based', () => {
       device.release();
       log.held = false;
       log.releaseAll();
-      if (['computing', 'stopping'].includes(actor.checksumState)) await actor.stop();
+      if (['queued', 'computing', 'stopping'].includes(actor.checksumState)) await actor.stop();
       for (const outcome of await Promise.all(pending)) {
         if (outcome instanceof Error && !isStorageError(outcome)) throw outcome;
       }

@@ -17,6 +17,7 @@ const start = (overrides: Partial<Extract<LvolEvent, { type: 'checksum.start' }>
   resume: false,
   ...overrides,
 });
+const admit: LvolEvent = { type: 'checksum.admit', atMs: 1010 };
 const stepDone = (output: ClusterStepOutput) => ({ type: 'xstate.done.actor.clusterStep', output }) as unknown as LvolEvent;
 const cluster = (clusterIndex: number, crc: bigint, atMs = 1100): ClusterStepOutput => ({ kind: 'cluster', clusterIndex, crc, bytes: clusterBytes, atMs });
 
@@ -37,8 +38,28 @@ describe('lvolMachine (pure transitions)', () => {
     expect(initial(true).value).toEqual({ checksum: 'done', io: 'idle' });
   });
 
-  it('enters computing with one cluster step in flight on checksum.start', () => {
+  it('waits in queued for a slot on checksum.start, asking the scheduler for one', () => {
     const [snapshot, actions] = transition(lvolMachine, initial(), start());
+    expect(snapshot.value).toEqual({ checksum: 'queued', io: 'idle' });
+    expect(actions.map((action) => action.type)).toContain('requestAdmission');
+  });
+
+  it('ends a queued walk at once on stop or preemption: nothing was read, the slot is given back', () => {
+    const [stopped, actions] = transition(lvolMachine, run(initial(), start()), { type: 'checksum.stop', reason: 'stopped', atMs: 1005 });
+    expect(stopped.value).toEqual({ checksum: 'aborted', io: 'idle' });
+    expect(stopped.context.progress).toMatchObject({ reason: 'stopped', clustersDone: 0, finishedAtMs: 1005, activeMs: 0 });
+    expect(actions.map((action) => action.type)).toContain('releaseAdmission');
+    const preempted = run(initial(), start(), { type: 'lvol.preempt', operation: 'bdev_lvol_clone', atMs: 1006 });
+    expect(preempted.context.progress!.reason).toBe('preempted by bdev_lvol_clone');
+  });
+
+  it('counts computing time from admission, not from registration', () => {
+    const computing = run(initial(), start({ atMs: 1000 }), { type: 'checksum.admit', atMs: 4000 });
+    expect(computing.context.progress).toMatchObject({ startedAtMs: 1000, resumedAtMs: 4000 });
+  });
+
+  it('enters computing with one cluster step in flight once admitted', () => {
+    const [snapshot, actions] = transition(lvolMachine, run(initial(), start()), admit);
     expect(snapshot.value).toEqual({ checksum: 'computing', io: 'reading' });
     expect(snapshot.context.progress).toMatchObject({ runId: 1, clustersDone: 0, nextClusterIndex: 0, runningCrc: 0n });
     // The step is an invoked actor: the pure transition only asks for it to be started.
@@ -46,7 +67,7 @@ describe('lvolMachine (pure transitions)', () => {
   });
 
   it('folds each finished cluster into the running CRC and asks for the next one', () => {
-    const snapshot = run(initial(), start(), stepDone(cluster(3, 0xabcn)));
+    const snapshot = run(initial(), start(), admit, stepDone(cluster(3, 0xabcn)));
     expect(snapshot.value).toEqual({ checksum: 'computing', io: 'reading' });
     expect(snapshot.context.progress).toMatchObject({ clustersDone: 1, nextClusterIndex: 4, bytesDone: clusterBytes });
     expect(snapshot.context.progress!.runningCrc).toBe(crc64Combine(0n, 0xabcn, clusterBytes));
@@ -54,7 +75,7 @@ describe('lvolMachine (pure transitions)', () => {
   });
 
   it('moves to stopping on checksum.stop and to aborted only when the in-flight cluster finished', () => {
-    const stopping = run(initial(), start(), { type: 'checksum.stop', reason: 'stopped', atMs: 1050 });
+    const stopping = run(initial(), start(), admit, { type: 'checksum.stop', reason: 'stopped', atMs: 1050 });
     expect(stopping.value).toEqual({ checksum: 'stopping', io: 'reading' });
     const aborted = run(stopping, stepDone(cluster(0, 7n, 1200)));
     expect(aborted.value).toEqual({ checksum: 'aborted', io: 'idle' });
@@ -63,18 +84,18 @@ describe('lvolMachine (pure transitions)', () => {
   });
 
   it('aborts without recording a cluster when the step was skipped because the stop came first', () => {
-    const aborted = run(initial(), start(), { type: 'checksum.stop', reason: 'stopped', atMs: 1 }, stepDone({ kind: 'skipped', atMs: 2 }));
+    const aborted = run(initial(), start(), admit, { type: 'checksum.stop', reason: 'stopped', atMs: 1 }, stepDone({ kind: 'skipped', atMs: 2 }));
     expect(aborted.value).toEqual({ checksum: 'aborted', io: 'idle' });
     expect(aborted.context.progress).toMatchObject({ clustersDone: 0, nextClusterIndex: 0, finishedAtMs: 2 });
   });
 
   it('names the operation in the reason when preempted', () => {
-    const aborted = run(initial(), start(), { type: 'lvol.preempt', operation: 'bdev_lvol_delete', atMs: 1 }, stepDone(cluster(0, 1n)));
+    const aborted = run(initial(), start(), admit, { type: 'lvol.preempt', operation: 'bdev_lvol_delete', atMs: 1 }, stepDone(cluster(0, 1n)));
     expect(aborted.context.progress!.reason).toBe('preempted by bdev_lvol_delete');
   });
 
   it('stores the value when the walk ends and is done after the store', () => {
-    const storing = run(initial(), start(), stepDone(cluster(0, 5n)), stepDone({ kind: 'end', atMs: 1300 }));
+    const storing = run(initial(), start(), admit, stepDone(cluster(0, 5n)), stepDone({ kind: 'end', atMs: 1300 }));
     expect(storing.value).toEqual({ checksum: 'storing', io: 'idle' });
     const done = run(storing, { type: 'xstate.done.actor.storeChecksum', output: 1400 } as unknown as LvolEvent);
     expect(done.value).toEqual({ checksum: 'done', io: 'idle' });
@@ -82,26 +103,26 @@ describe('lvolMachine (pure transitions)', () => {
   });
 
   it('ignores stop while storing: the registration completes', () => {
-    const storing = run(initial(), start(), stepDone({ kind: 'end', atMs: 1 }));
+    const storing = run(initial(), start(), admit, stepDone({ kind: 'end', atMs: 1 }));
     expect(run(storing, { type: 'checksum.stop', reason: 'stopped', atMs: 2 }).value).toEqual({ checksum: 'storing', io: 'idle' });
   });
 
   it('fails on a device error reported by the step', () => {
-    const failed = run(initial(), start(), stepDone({ kind: 'error', message: 'EIO', atMs: 5 }));
+    const failed = run(initial(), start(), admit, stepDone({ kind: 'error', message: 'EIO', atMs: 5 }));
     expect(failed.value).toEqual({ checksum: 'failed', io: 'idle' });
     expect(failed.context.progress).toMatchObject({ error: 'EIO', reason: 'failed' });
   });
 
   it('resumes an aborted walk where it stopped, and restarts from zero without resume', () => {
-    const aborted = run(initial(), start(), { type: 'checksum.stop', reason: 'stopped', atMs: 1 }, stepDone(cluster(2, 9n)));
-    const resumed = run(aborted, start({ runId: 2, resume: true }));
+    const aborted = run(initial(), start(), admit, { type: 'checksum.stop', reason: 'stopped', atMs: 1 }, stepDone(cluster(2, 9n)));
+    const resumed = run(aborted, start({ runId: 2, resume: true }), admit);
     expect(resumed.context.progress).toMatchObject({ runId: 2, clustersDone: 1, nextClusterIndex: 3, runningCrc: aborted.context.progress!.runningCrc });
-    const restarted = run(aborted, start({ runId: 3, resume: false }));
+    const restarted = run(aborted, start({ runId: 3, resume: false }), admit);
     expect(restarted.context.progress).toMatchObject({ runId: 3, clustersDone: 0, nextClusterIndex: 0, runningCrc: 0n });
   });
 
   it('ignores a second start while computing', () => {
-    const computing = run(initial(), start());
+    const computing = run(initial(), start(), admit);
     const again = run(computing, start({ runId: 2 }));
     expect(again.context.progress!.runId).toBe(1);
   });

@@ -1,0 +1,56 @@
+// The priority router: an operation that conflicts with checksums validates, preempts, works, re-queues.
+//
+// SPEC §6.5 and §6.6. An operation holds the lvols it touches (so no registration slips in),
+// runs every check it can make without touching them, and only then preempts the walks running
+// on them, waiting at most one cluster step each. After its work, walks it preempted whose
+// snapshot is still there and still valid are re-queued to resume by themselves; their register
+// callers already got "Interrupted system call" naming the operation.
+import { KeyedMutex } from './keyedMutex.ts';
+import type { LvolActor } from './lvolActor.ts';
+
+export interface PriorityOperation<T> {
+  /** The RPC name, as the preempted register callers see it ("preempted by bdev_lvol_delete"). */
+  readonly operation: string;
+  /** The lvol ids the operation touches; computed again once their locks are held. */
+  readonly touched: () => string[];
+  /** Throws what the operation would refuse, before anything is preempted. */
+  readonly validate?: () => void;
+  readonly work: () => Promise<T>;
+  /** Re-queue preempted walks afterwards (false for shutdown and lvstore unload). */
+  readonly requeue?: boolean;
+}
+
+export class PriorityRouter {
+  /** Held by priority operations and by registrations while they start. */
+  readonly locks = new KeyedMutex();
+
+  constructor(private readonly actorOf: (lvolId: string) => LvolActor | undefined) {}
+
+  async run<T>(op: PriorityOperation<T>): Promise<T> {
+    for (;;) {
+      const ids = op.touched();
+      const outcome = await this.locks.run(ids, async () => {
+        if (!sameMembers(ids, op.touched())) return { retry: true as const };
+        op.validate?.();
+        const preempted: LvolActor[] = [];
+        for (const id of ids) {
+          const actor = this.actorOf(id);
+          if (actor && (await actor.preempt(op.operation))) preempted.push(actor);
+        }
+        const requeue = op.requeue ?? true;
+        if (requeue) for (const actor of preempted) actor.expectResume();
+        try {
+          return { retry: false as const, value: await op.work() };
+        } finally {
+          // Deleted lvols are gone from the registry; invalidated walks are no longer aborted.
+          if (requeue) for (const actor of preempted) if (this.actorOf(actor.lvolId) === actor) actor.resumeInBackground();
+        }
+      });
+      if (!outcome.retry) return outcome.value;
+    }
+  }
+}
+
+function sameMembers(a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && a.every((item) => b.includes(item));
+}

@@ -1,0 +1,176 @@
+// The node-wide background scheduler actor: admits checksum walks up to a cap, in order, and paces them.
+//
+// The decisions (who runs, who waits, in what order) live in schedulerMachine, so the inspector
+// shows every admission and the queue. This wrapper binds it to the lvol actors (their admit
+// callbacks), paces reads to the optional rate limit, and measures background bytes/s.
+import { type Actor, createActor } from 'xstate';
+import { availableParallelism } from 'node:os';
+import { checksumConcurrencyMax, checksumRateMibPerSecMax, mibBytes } from '../constants.ts';
+import { IoAbortedError } from '../device/ioQueue.ts';
+import { fail } from '../errors.ts';
+import { log } from '../log.ts';
+import { schedulerMachine } from '../machines/schedulerMachine.ts';
+import type { Runtime } from '../runtime.ts';
+import type { InspectionHub } from './inspector.ts';
+import { RateMeter } from './rateMeter.ts';
+
+/** What a walk needs from whoever admits it: a slot, pacing, and a place to count its bytes. */
+export interface WalkAdmission {
+  /** Asks for a slot; `admit` is called once, when the walk may compute (maybe at once). */
+  request(lvolId: string, admit: () => void): void;
+  /** Gives the slot back, or leaves the queue: the walk ended, stopped, was preempted or is gone. */
+  release(lvolId: string): void;
+  /** 1-based place in the queue, or null when not waiting. */
+  queuePosition(lvolId: string): number | null;
+  /** Resolves when `bytes` more may be read under the rate limit; rejects IoAbortedError on `signal`. */
+  pace(bytes: number, signal: AbortSignal): Promise<void>;
+  /** Counts bytes a walk has read, for the background rate. */
+  recordBytes(bytes: number): void;
+}
+
+/** Admits every walk at once with no pacing: for lvol actors used without a node (unit tests). */
+export const immediateAdmission: WalkAdmission = {
+  request: (_lvolId, admit) => admit(),
+  release: () => {},
+  queuePosition: () => null,
+  pace: async () => {},
+  recordBytes: () => {},
+};
+
+/** The wire form of the options (node_get_background_options), persisted across restarts. */
+export interface BackgroundOptions {
+  max_concurrent_checksums: number;
+  checksum_rate_mib_per_sec: number;
+}
+
+/** The scheduler's actor id in the inspection stream. */
+export const schedulerActorId = 'scheduler';
+
+export function defaultBackgroundOptions(): BackgroundOptions {
+  return { max_concurrent_checksums: Math.max(1, availableParallelism()), checksum_rate_mib_per_sec: 0 };
+}
+
+export class BackgroundScheduler implements WalkAdmission {
+  readonly actor: Actor<typeof schedulerMachine>;
+  private readonly admitCallbacks = new Map<string, () => void>();
+  private readonly meter: RateMeter;
+  // Pacing: the time at which the next read may start, shared by every walk (a node-wide cap).
+  private nextReadAtMs = 0;
+  private current: BackgroundOptions;
+
+  constructor(
+    private readonly runtime: Runtime,
+    inspector: InspectionHub,
+    options: BackgroundOptions = defaultBackgroundOptions(),
+    private readonly onOptionsChanged: (options: BackgroundOptions) => Promise<void> = async () => {},
+  ) {
+    this.current = validateBackgroundOptions(options);
+    this.meter = new RateMeter(runtime.nowMs());
+    const machine = schedulerMachine.provide({
+      actions: {
+        announceAdmitted: ({ context }) => {
+          for (const lvolId of context.admitted) {
+            const admit = this.admitCallbacks.get(lvolId);
+            this.admitCallbacks.delete(lvolId);
+            admit?.();
+          }
+        },
+      },
+    });
+    this.actor = createActor(machine, {
+      id: schedulerActorId,
+      input: toMachineOptions(this.current),
+      inspect: inspector.observerFor(schedulerActorId),
+    });
+    this.actor.subscribe({ error: (error) => log('error', 'scheduler actor failed', { error: String(error) }) });
+    this.actor.start();
+  }
+
+  request(lvolId: string, admit: () => void): void {
+    this.admitCallbacks.set(lvolId, admit);
+    this.actor.send({ type: 'walk.request', lvolId });
+  }
+
+  release(lvolId: string): void {
+    this.admitCallbacks.delete(lvolId);
+    this.actor.send({ type: 'walk.release', lvolId });
+  }
+
+  queuePosition(lvolId: string): number | null {
+    const index = this.actor.getSnapshot().context.queue.indexOf(lvolId);
+    return index < 0 ? null : index + 1;
+  }
+
+  async pace(bytes: number, signal: AbortSignal): Promise<void> {
+    const rate = this.current.checksum_rate_mib_per_sec * mibBytes;
+    if (rate === 0) return;
+    const nowMs = this.runtime.nowMs();
+    const startAtMs = Math.max(nowMs, this.nextReadAtMs);
+    this.nextReadAtMs = startAtMs + (bytes * 1000) / rate;
+    if (startAtMs <= nowMs) return;
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        signal.removeEventListener('abort', onAbort);
+        resolve();
+      }, startAtMs - nowMs);
+      const onAbort = (): void => {
+        clearTimeout(timer);
+        reject(new IoAbortedError());
+      };
+      if (signal.aborted) onAbort();
+      else signal.addEventListener('abort', onAbort, { once: true });
+    });
+  }
+
+  recordBytes(bytes: number): void {
+    this.meter.add(bytes, this.runtime.nowMs());
+  }
+
+  options(): BackgroundOptions {
+    return { ...this.current };
+  }
+
+  /** Changes the options (each one optional) and persists them before answering. */
+  async setOptions(changes: Partial<BackgroundOptions>): Promise<void> {
+    const next = validateBackgroundOptions({ ...this.current, ...changes });
+    await this.onOptionsChanged(next);
+    this.current = next;
+    // A new rate applies to the next read, not after a wait computed under the old one.
+    this.nextReadAtMs = 0;
+    this.actor.send({ type: 'options.set', ...toMachineOptions(next) });
+    log('info', 'background options set', { ...next });
+  }
+
+  stats(): { state: string; running: number; queued: number; admissions: number; bytes_per_sec: number; bytes_total: number } & BackgroundOptions {
+    const snapshot = this.actor.getSnapshot();
+    return {
+      ...this.current,
+      state: String(snapshot.value),
+      running: snapshot.context.running.length,
+      queued: snapshot.context.queue.length,
+      admissions: snapshot.context.admissionCount,
+      bytes_per_sec: this.meter.bytesPerSec(this.runtime.nowMs()),
+      bytes_total: this.meter.totalBytes,
+    };
+  }
+
+  stop(): void {
+    this.actor.stop();
+  }
+}
+
+function toMachineOptions(options: BackgroundOptions): { maxConcurrent: number; rateBytesPerSec: number } {
+  return { maxConcurrent: options.max_concurrent_checksums, rateBytesPerSec: options.checksum_rate_mib_per_sec * mibBytes };
+}
+
+/** Checks options from a request or from the saved file: a bad one is refused, never clamped. */
+export function validateBackgroundOptions(options: BackgroundOptions): BackgroundOptions {
+  const { max_concurrent_checksums: concurrent, checksum_rate_mib_per_sec: rate } = options;
+  if (!Number.isInteger(concurrent) || concurrent < 1 || concurrent > checksumConcurrencyMax) {
+    fail('EINVAL', `max_concurrent_checksums must be an integer from 1 to ${checksumConcurrencyMax}`);
+  }
+  if (!Number.isFinite(rate) || rate < 0 || rate > checksumRateMibPerSecMax) {
+    fail('EINVAL', `checksum_rate_mib_per_sec must be from 0 (unlimited) to ${checksumRateMibPerSecMax}`);
+  }
+  return { max_concurrent_checksums: concurrent, checksum_rate_mib_per_sec: rate };
+}

@@ -1,0 +1,81 @@
+// One cluster's CRC for a checksum walk, computed off the event loop wherever the device allows.
+//
+// Native path (the addon is loaded and the device is a file): the read and the CRC both run on
+// the addon's low-priority background threads; the event loop only receives the value. Otherwise
+// the bytes are read through Node in pieces and CRC'd by the addon's thread pool (memory devices)
+// or by the TypeScript/WASM fallback on the event loop. Either way the request waits in the
+// device's background class, behind foreground I/O (SPEC §6.6).
+import { availableParallelism } from 'node:os';
+import { checksumChunkBytesMax } from '../constants.ts';
+import type { BlockDevice } from '../device/blockDevice.ts';
+import { IoAbortedError } from '../device/ioQueue.ts';
+import { clusterBuffers } from './bufferPool.ts';
+import { crc64, crc64Combine } from './crc64.ts';
+import { type NativeCrc, nativeCrc, nativeCrcStatus } from './native.ts';
+
+/** Which CRC path checksum walks use, for the start-up log line and node_get_stats. */
+export function crcInfo(): { implementation: 'native' | 'fallback'; kernel: string; status: string; background?: unknown } {
+  if (!nativeCrc) return { implementation: 'fallback', kernel: 'hash-wasm', status: nativeCrcStatus };
+  return { implementation: 'native', kernel: nativeCrc.kernel, status: nativeCrcStatus, background: nativeCrc.backgroundStats() };
+}
+
+/**
+ * Starts the addon's background threads: one fewer than the cores (at least one), each at
+ * SCHED_IDLE, so that on a small machine checksum reads only use CPU time the event loop and
+ * the clients leave over (see the README's measurements). `LVNODE_BACKGROUND_THREADS` and
+ * `LVNODE_BACKGROUND_POLICY` (idle | nice | normal) override, for measuring the alternatives.
+ */
+export function configureBackgroundThreads(): { threads: number; policy: string } | { threads: 0; policy: 'none' } {
+  if (!nativeCrc) return { threads: 0, policy: 'none' };
+  const threads = Number(process.env.LVNODE_BACKGROUND_THREADS ?? Math.max(1, availableParallelism() - 1));
+  const policy = process.env.LVNODE_BACKGROUND_POLICY ?? 'idle';
+  if (!Number.isInteger(threads) || threads < 1 || threads > 64) throw new Error(`LVNODE_BACKGROUND_THREADS must be 1..64, got ${threads}`);
+  if (policy !== 'idle' && policy !== 'nice' && policy !== 'normal') throw new Error(`LVNODE_BACKGROUND_POLICY must be idle, nice or normal`);
+  return nativeCrc.configureBackground({ threads, policy });
+}
+
+function runBackground<T>(device: BlockDevice, work: () => Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  if (device.runBackground) return device.runBackground(work, signal);
+  if (signal?.aborted) return Promise.reject(new IoAbortedError());
+  return work();
+}
+
+function nativeJob(native: NativeCrc, submit: (done: (error: Error | null, crc: bigint) => void) => number): Promise<bigint> {
+  return new Promise((resolve, reject) => {
+    submit((error, crc) => (error ? reject(error) : resolve(crc)));
+  });
+}
+
+/**
+ * CRC-64/GO-ISO of `lengthBytes` at `offsetBytes` of `device`. Rejects with IoAbortedError when
+ * `signal` fired before the read began (nothing was read); once begun, the range is finished.
+ */
+export async function crcDeviceRange(
+  device: BlockDevice,
+  offsetBytes: number,
+  lengthBytes: number,
+  signal?: AbortSignal,
+): Promise<bigint> {
+  const native = nativeCrc;
+  const fd = device.fd;
+  if (native && fd !== undefined) {
+    return runBackground(device, () => nativeJob(native, (done) => native.submitFileCrc(fd, offsetBytes, lengthBytes, done)), signal);
+  }
+  const buffer = clusterBuffers.acquire(Math.min(lengthBytes, checksumChunkBytesMax));
+  try {
+    let crc = 0n;
+    for (let done = 0; done < lengthBytes; done += buffer.length) {
+      const piece = buffer.subarray(0, Math.min(buffer.length, lengthBytes - done));
+      // Only the first piece may be called off: a range that began is read to its end.
+      const pieceSignal = done === 0 ? signal : undefined;
+      const at = offsetBytes + done;
+      if (device.readIntoBackground) await device.readIntoBackground(piece, at, pieceSignal);
+      else await runBackground(device, () => device.readInto(piece, at), pieceSignal);
+      const pieceCrc = native ? await nativeJob(native, (cb) => native.submitBufferCrc(piece, cb)) : crc64(piece);
+      crc = crc64Combine(crc, pieceCrc, piece.length);
+    }
+    return crc;
+  } finally {
+    clusterBuffers.release(buffer);
+  }
+}

@@ -1,0 +1,60 @@
+// Puts a device behind its I/O queue: the node attaches every bdev this way (foreground first).
+import type { BlockDevice } from './blockDevice.ts';
+import { IoQueue } from './ioQueue.ts';
+
+export class QueuedDevice implements BlockDevice {
+  readonly queue: IoQueue;
+
+  constructor(
+    readonly inner: BlockDevice,
+    queue: IoQueue = new IoQueue(),
+  ) {
+    this.queue = queue;
+  }
+
+  get kind(): BlockDevice['kind'] {
+    return this.inner.kind;
+  }
+
+  get sizeBytes(): number {
+    return this.inner.sizeBytes;
+  }
+
+  get blockSizeBytes(): number {
+    return this.inner.blockSizeBytes;
+  }
+
+  get fd(): number | undefined {
+    return this.inner.fd;
+  }
+
+  readInto(target: Buffer, offsetBytes: number): Promise<void> {
+    return this.queue.run('foreground', () => this.inner.readInto(target, offsetBytes));
+  }
+
+  write(offsetBytes: number, data: Uint8Array): Promise<void> {
+    return this.queue.run('foreground', () => this.inner.write(offsetBytes, data));
+  }
+
+  discard(offsetBytes: number, lengthBytes: number): Promise<void> {
+    return this.queue.run('foreground', () => this.inner.discard(offsetBytes, lengthBytes));
+  }
+
+  flush(): Promise<void> {
+    return this.queue.run('foreground', () => this.inner.flush());
+  }
+
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+
+  /** Runs background work (a checksum read) in the queue's background class. */
+  runBackground<T>(work: () => Promise<T>, signal?: AbortSignal): Promise<T> {
+    return this.queue.run('background', work, signal);
+  }
+
+  /** A background read of the inner device, for walks that read through Node (the fallback path). */
+  readIntoBackground(target: Buffer, offsetBytes: number, signal?: AbortSignal): Promise<void> {
+    return this.queue.run('background', () => this.inner.readInto(target, offsetBytes), signal);
+  }
+}

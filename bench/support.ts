@@ -31,7 +31,7 @@ export interface BenchNode {
  * Writes `sizeMib` of non-trivial data to a fresh file: one random cluster, stamped with the
  * cluster index every 4 KiB so that no two clusters (and no two pages) are equal.
  */
-async function writePatternFile(path: string, sizeMib: number, clusterBytes: number): Promise<void> {
+export async function writePatternFile(path: string, sizeMib: number, clusterBytes: number): Promise<void> {
   const cluster = Buffer.allocUnsafe(clusterBytes);
   randomFillSync(cluster);
   const handle = await open(path, 'w');

@@ -72,6 +72,12 @@ export function resumesAfterRestart(reason: string | null | undefined): boolean 
   return reason === interruptedByRestart || (reason?.startsWith('preempted by ') ?? false);
 }
 
+interface ClusterRead {
+  readonly clusterIndex: number;
+  readonly abort: AbortController;
+  readonly result: Promise<ClusterStepOutput>;
+}
+
 export interface LvolActorOptions {
   /** How often a running walk's position is saved (SPEC §6.6). */
   progressSaveIntervalMs?: number;
@@ -89,9 +95,9 @@ export class LvolActor {
   private lastState: ChecksumState;
   private readonly admission: WalkAdmission;
   private readonly progressSaveIntervalMs: number;
-  // Calls off the current step's read when a stop or preemption arrives before it began.
-  private stepAbort: AbortController | undefined;
-  private stepInFlight = false;
+  // Cluster reads in flight: the current step's, and the read-ahead of the next owned cluster.
+  private readonly reads = new Set<ClusterRead>();
+  private readAhead: ClusterRead | undefined;
   private readonly meter: RateMeter;
   private lastClustersDone = -1;
   private willResume = false;
@@ -143,9 +149,9 @@ export class LvolActor {
     return checksumStateOf(this.actor.getSnapshot());
   }
 
-  /** True while a cluster step is reading (SPEC §6.8: nothing may stay held after a stop). */
+  /** True while a cluster read is in flight (SPEC §6.8: nothing may stay held after a stop). */
   get holdsBuffer(): boolean {
-    return this.stepInFlight;
+    return this.reads.size > 0;
   }
 
   private admit(): void {
@@ -155,8 +161,10 @@ export class LvolActor {
 
   private observe(snapshot: LvolSnapshot): void {
     const state = checksumStateOf(snapshot);
-    // A stop or preemption calls off a read that has not begun (queued at the device or paced).
-    if (state === 'stopping') this.stepAbort?.abort();
+    // A stop or preemption calls off reads that have not begun (queued at the device or paced);
+    // one that has begun finishes (the step below records it).
+    if (state === 'stopping') for (const read of this.reads) read.abort.abort();
+    if (!walkingStates.has(state)) this.abortReads();
     const clustersDone = snapshot.context.progress?.clustersDone ?? 0;
     if (state === 'computing' && clustersDone !== this.lastClustersDone && this.lastClustersDone >= 0) {
       const bytes = (clustersDone - this.lastClustersDone) * this.store.clusterBytes;
@@ -185,31 +193,71 @@ export class LvolActor {
   }
 
   private async step(input: ClusterStepInput): Promise<ClusterStepOutput> {
-    // Two macrotasks before the read: the event loop polls sockets in between, so a stop or
-    // priority operation that arrived during the previous cluster's CRC is seen before the next
-    // read starts, and the walk ends without reading another cluster.
+    // Two macrotasks before the step: the event loop polls sockets in between, so a stop or
+    // priority operation that arrived meanwhile is seen before this step takes a cluster.
     await this.runtime.yieldMacrotask();
     await this.runtime.yieldMacrotask();
-    if (this.checksumState !== 'computing') return { kind: 'skipped', atMs: this.runtime.nowMs() };
     const clusterIndex = this.store.nextOwnedCluster(input.lvolId, input.fromClusterIndex);
-    if (clusterIndex < 0) return { kind: 'end', atMs: this.runtime.nowMs() };
-    const clusterBytes = this.store.clusterBytes;
-    const abort = new AbortController();
-    this.stepAbort = abort;
-    this.stepInFlight = true;
-    try {
-      // Pacing and the device queue may hold the read back; a stop meanwhile calls it off.
-      await this.admission.pace(clusterBytes, abort.signal);
-      const offsetBytes = this.store.ownedClusterOffsetBytes(input.lvolId, clusterIndex);
-      const crc = await crcDeviceRange(this.store.device, offsetBytes, clusterBytes, abort.signal);
-      return { kind: 'cluster', clusterIndex, crc, bytes: clusterBytes, atMs: this.runtime.nowMs() };
-    } catch (error) {
-      if (error instanceof IoAbortedError) return { kind: 'skipped', atMs: this.runtime.nowMs() };
-      return { kind: 'error', message: error instanceof Error ? error.message : String(error), atMs: this.runtime.nowMs() };
-    } finally {
-      this.stepInFlight = false;
-      if (this.stepAbort === abort) this.stepAbort = undefined;
+    const ahead = this.readAhead;
+    this.readAhead = undefined;
+    if (this.checksumState !== 'computing') {
+      // Stopping: a read-ahead of this cluster that had begun is the in-flight cluster, finished
+      // and recorded; one called off before it began is skipped, as is a step with none.
+      if (ahead?.clusterIndex === clusterIndex) return ahead.result;
+      return { kind: 'skipped', atMs: this.runtime.nowMs() };
     }
+    if (clusterIndex < 0) return { kind: 'end', atMs: this.runtime.nowMs() };
+    const read = ahead?.clusterIndex === clusterIndex ? ahead : this.startRead(input.lvolId, clusterIndex);
+    if (ahead && ahead !== read) ahead.abort.abort();
+    const output = await read.result;
+    // Read the next owned cluster while the machine records this one: the device queue admits it
+    // once this read is done (one background read per device at a time), so the machine's own
+    // work per cluster overlaps I/O instead of adding to it. A stop calls it off if it has not
+    // begun, or waits for it (settled()) if it has: still at most one cluster step.
+    if (output.kind === 'cluster' && this.checksumState === 'computing') {
+      const next = this.store.nextOwnedCluster(input.lvolId, clusterIndex + 1);
+      if (next >= 0) this.readAhead = this.startRead(input.lvolId, next);
+    }
+    return output;
+  }
+
+  private startRead(lvolId: string, clusterIndex: number): ClusterRead {
+    const abort = new AbortController();
+    const read: ClusterRead = { clusterIndex, abort, result: this.readCluster(lvolId, clusterIndex, abort.signal) };
+    this.reads.add(read);
+    void read.result.finally(() => this.reads.delete(read));
+    return read;
+  }
+
+  /**
+   * One cluster's CRC; device errors become values, a read called off before it began `skipped`.
+   * Not an async function on purpose: when neither pacing nor the device queue holds it back, the
+   * read is submitted before this returns, ahead of the machine's work on the previous cluster.
+   */
+  private readCluster(lvolId: string, clusterIndex: number, signal: AbortSignal): Promise<ClusterStepOutput> {
+    const clusterBytes = this.store.clusterBytes;
+    const read = (): Promise<bigint> =>
+      crcDeviceRange(this.store.device, this.store.ownedClusterOffsetBytes(lvolId, clusterIndex), clusterBytes, signal);
+    // Pacing and the device queue may hold the read back; a stop meanwhile calls it off.
+    const paced = this.admission.pace(clusterBytes, signal);
+    let crc: Promise<bigint>;
+    try {
+      crc = paced ? paced.then(read) : read();
+    } catch (error) {
+      crc = Promise.reject(error);
+    }
+    return crc.then(
+      (value): ClusterStepOutput => ({ kind: 'cluster', clusterIndex, crc: value, bytes: clusterBytes, atMs: this.runtime.nowMs() }),
+      (error: unknown): ClusterStepOutput => {
+        if (error instanceof IoAbortedError) return { kind: 'skipped', atMs: this.runtime.nowMs() };
+        return { kind: 'error', message: error instanceof Error ? error.message : String(error), atMs: this.runtime.nowMs() };
+      },
+    );
+  }
+
+  private abortReads(): void {
+    this.readAhead = undefined;
+    for (const read of this.reads) read.abort.abort();
   }
 
   private async storeResult(input: StoreChecksumInput): Promise<number> {
@@ -315,6 +363,8 @@ export class LvolActor {
         timeout: Number.POSITIVE_INFINITY,
       });
     }
+    // A read-ahead that had begun finishes before the operation that made way may touch the clusters.
+    await Promise.all([...this.reads].map((read) => read.result));
     await this.progressSaved;
   }
 
@@ -371,7 +421,7 @@ export class LvolActor {
   /** Stops the actor for good (lvol deleted or lvstore unloaded); callers preempt first. */
   dispose(): void {
     this.willResume = false;
-    this.stepAbort?.abort();
+    this.abortReads();
     this.actor.stop();
     this.admission.release(this.lvolId);
   }

@@ -22,8 +22,12 @@ export interface WalkAdmission {
   release(lvolId: string): void;
   /** 1-based place in the queue, or null when not waiting. */
   queuePosition(lvolId: string): number | null;
-  /** Resolves when `bytes` more may be read under the rate limit; rejects IoAbortedError on `signal`. */
-  pace(bytes: number, signal: AbortSignal): Promise<void>;
+  /**
+   * Reserves `bytes` under the rate limit: undefined when the read may start now, else a promise
+   * that resolves when it may (rejecting IoAbortedError if `signal` fires first). No promise when
+   * there is no wait, so a read that may start does start at once.
+   */
+  pace(bytes: number, signal: AbortSignal): Promise<void> | undefined;
   /** Counts bytes a walk has read, for the background rate. */
   recordBytes(bytes: number): void;
 }
@@ -33,7 +37,7 @@ export const immediateAdmission: WalkAdmission = {
   request: (_lvolId, admit) => admit(),
   release: () => {},
   queuePosition: () => null,
-  pace: async () => {},
+  pace: () => undefined,
   recordBytes: () => {},
 };
 
@@ -101,14 +105,14 @@ export class BackgroundScheduler implements WalkAdmission {
     return index < 0 ? null : index + 1;
   }
 
-  async pace(bytes: number, signal: AbortSignal): Promise<void> {
+  pace(bytes: number, signal: AbortSignal): Promise<void> | undefined {
     const rate = this.current.checksum_rate_mib_per_sec * mibBytes;
-    if (rate === 0) return;
+    if (rate === 0) return undefined;
     const nowMs = this.runtime.nowMs();
     const startAtMs = Math.max(nowMs, this.nextReadAtMs);
     this.nextReadAtMs = startAtMs + (bytes * 1000) / rate;
-    if (startAtMs <= nowMs) return;
-    await new Promise<void>((resolve, reject) => {
+    if (startAtMs <= nowMs) return undefined;
+    return new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
         signal.removeEventListener('abort', onAbort);
         resolve();

@@ -40,9 +40,22 @@ function runBackground<T>(device: BlockDevice, work: () => Promise<T>, signal: A
   return work();
 }
 
-function nativeJob(native: NativeCrc, submit: (done: (error: Error | null, crc: bigint) => void) => number): Promise<bigint> {
+/** A job on the addon's threads; one still waiting in its queue is dropped when `signal` fires. */
+function nativeJob(
+  native: NativeCrc,
+  submit: (done: (error: Error | null, crc: bigint) => void) => number,
+  signal?: AbortSignal,
+): Promise<bigint> {
   return new Promise((resolve, reject) => {
-    submit((error, crc) => (error ? reject(error) : resolve(crc)));
+    const onAbort = (): void => {
+      if (native.cancel(jobId)) reject(new IoAbortedError());
+    };
+    const jobId = submit((error, crc) => {
+      signal?.removeEventListener('abort', onAbort);
+      if (error) reject(error);
+      else resolve(crc);
+    });
+    signal?.addEventListener('abort', onAbort, { once: true });
   });
 }
 
@@ -59,7 +72,7 @@ export async function crcDeviceRange(
   const native = nativeCrc;
   const fd = device.fd;
   if (native && fd !== undefined) {
-    return runBackground(device, () => nativeJob(native, (done) => native.submitFileCrc(fd, offsetBytes, lengthBytes, done)), signal);
+    return runBackground(device, () => nativeJob(native, (done) => native.submitFileCrc(fd, offsetBytes, lengthBytes, done), signal), signal);
   }
   const buffer = clusterBuffers.acquire(Math.min(lengthBytes, checksumChunkBytesMax));
   try {

@@ -462,21 +462,25 @@ export function createMethodTable(node: StorageNode, transport?: TransportStats)
     description:
       'Request counts and latencies per method, event-loop delay, checksum walks and their rate, the background scheduler, device queues, the CRC implementation, connections.',
     priority: 'foreground',
-    params: z.strictObject({}),
+    params: z.strictObject({ reset: z.boolean().optional().describe('after reading, start a new interval for latencies and event-loop delay') }),
     result: z.looseObject({
       checksums: z.object({ by_state: z.record(z.string(), z.number()), rate_bytes_per_sec: z.number() }),
       background: z.object({ running: z.number(), queued: z.number(), bytes_per_sec: z.number() }),
       devices: z.record(z.string(), z.object({ foreground_in_flight: z.number(), background_in_flight: z.number(), background_waiting: z.number() })),
       crc: z.looseObject({ implementation: z.enum(['native', 'fallback']) }),
     }),
-    handler: () => ({
-      ...(transport ? { ...transport.rpc.view(), connections: transport.connectionCount() } : {}),
-      checksums: node.checksums.stats(),
-      background: node.scheduler.stats(),
-      devices: node.deviceQueueStats(),
-      crc: crcInfo(),
-      inspect_subscribers: node.inspector.subscriberCount,
-    }),
+    handler: (p) => {
+      const view = {
+        ...(transport ? { ...transport.rpc.view(), connections: transport.connectionCount() } : {}),
+        checksums: node.checksums.stats(),
+        background: node.scheduler.stats(),
+        devices: node.deviceQueueStats(),
+        crc: crcInfo(),
+        inspect_subscribers: node.inspector.subscriberCount,
+      };
+      if (p.reset) transport?.rpc.resetInterval();
+      return view;
+    },
   });
   table.node_set_background_options = defineMethod({
     description:

@@ -71,6 +71,15 @@ export class RpcStats {
     };
   }
 
+  /** Starts a new measuring interval: clears latency samples and the event-loop histogram (counts stay). */
+  resetInterval(): void {
+    for (const stats of this.methods.values()) {
+      stats.samples = [];
+      stats.next = 0;
+    }
+    this.loopDelay.reset();
+  }
+
   close(): void {
     this.loopDelay.disable();
   }

@@ -141,7 +141,9 @@ class ManualAdmission implements WalkAdmission {
   queuePosition(lvolId: string): number | null {
     return this.waiting.has(lvolId) ? 1 : null;
   }
-  async pace(): Promise<void> {}
+  pace(): undefined {
+    return undefined;
+  }
   recordBytes(): void {}
   admitAll(): void {
     const admits = [...this.waiting.values()];

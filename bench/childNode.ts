@@ -1,0 +1,90 @@
+// A benchmark node in its own process, on a pre-filled file: clients in the bench process then load
+// it the way real clients do, and the node's CRC path can be chosen per run (LVNODE_CRC=fallback).
+import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { RpcClient } from '../src/cli/rpcClient.ts';
+import { mibBytes } from '../src/constants.ts';
+import { metadataClusterCount } from '../src/store/lvstore.ts';
+import { benchClusterBytes, writePatternFile } from './support.ts';
+
+const binPath = fileURLToPath(new URL('../bin/lvnode.mjs', import.meta.url));
+const readyPattern = /lvnode serving JSON-RPC at (ws:\/\/\S+)/;
+
+export interface ChildBench {
+  readonly client: RpcClient;
+  readonly url: string;
+  readonly filePath: string;
+  readonly clusterBytes: number;
+  readonly lvsName: string;
+  /** `lvs/lvol` aliases of the thick lvols, each over an equal share of the data clusters. */
+  readonly lvolNames: string[];
+  /** File offset of lvol i's first cluster; its clusters follow contiguously (a fresh store fills in order). */
+  readonly lvolOffsetBytes: number[];
+  readonly lvolBytes: number;
+  readonly child: ChildProcess;
+  connect(): Promise<RpcClient>;
+  close(): Promise<void>;
+}
+
+export async function spawnBenchNode(options: { sizeMib: number; lvolCount: number; env?: Record<string, string> }): Promise<ChildBench> {
+  const dir = await mkdtemp(join(tmpdir(), 'lvnode-bench-'));
+  const filePath = join(dir, 'bench.img');
+  const clients: RpcClient[] = [];
+  let child: ChildProcess | undefined;
+  const close = async () => {
+    await Promise.all(clients.map((client) => client.close().catch(() => undefined)));
+    if (child && child.exitCode === null) {
+      const exited = new Promise((resolve) => child!.once('exit', resolve));
+      child.kill('SIGTERM');
+      await exited;
+    }
+    await rm(dir, { recursive: true, force: true });
+  };
+  try {
+    await writePatternFile(filePath, options.sizeMib, benchClusterBytes);
+    child = spawn(process.execPath, [binPath, 'serve', '--data-dir', join(dir, 'data'), '--listen', '127.0.0.1:0', '--default-disk-size', '64M'], {
+      env: { ...process.env, LVNODE_LOG_LEVEL: 'warn', ...options.env },
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    const url = await new Promise<string>((resolve, reject) => {
+      let out = '';
+      child!.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
+        out += chunk;
+        const match = readyPattern.exec(out);
+        if (match) resolve(match[1]!);
+      });
+      child!.once('exit', (code) => reject(new Error(`bench node exited (${code}) before it was ready`)));
+    });
+    const connect = async () => {
+      const client = await RpcClient.connect(url);
+      clients.push(client);
+      return client;
+    };
+    const client = await connect();
+    const lvsName = 'bench_lvs';
+    await client.call('bdev_aio_create', { name: 'bench_aio', filename: filePath, block_size: 512 });
+    await client.call('bdev_lvol_create_lvstore', { bdev_name: 'bench_aio', lvs_name: lvsName, cluster_sz: benchClusterBytes, clear_method: 'none' });
+    const [lvs] = await client.call<Array<{ free_clusters: number }>>('bdev_lvol_get_lvstores', { lvs_name: lvsName });
+    const clustersEach = Math.floor(lvs!.free_clusters / options.lvolCount);
+    const firstDataOffset = metadataClusterCount(options.sizeMib * mibBytes, benchClusterBytes) * benchClusterBytes;
+    const lvolNames: string[] = [];
+    const lvolOffsetBytes: number[] = [];
+    for (let index = 0; index < options.lvolCount; index++) {
+      await client.call('bdev_lvol_create', {
+        lvs_name: lvsName,
+        lvol_name: `data${index}`,
+        size_in_mib: (clustersEach * benchClusterBytes) / mibBytes,
+        thin_provision: false,
+      });
+      lvolNames.push(`${lvsName}/data${index}`);
+      lvolOffsetBytes.push(firstDataOffset + index * clustersEach * benchClusterBytes);
+    }
+    return { client, url, filePath, clusterBytes: benchClusterBytes, lvsName, lvolNames, lvolOffsetBytes, lvolBytes: clustersEach * benchClusterBytes, child, connect, close };
+  } catch (error) {
+    await close();
+    throw error;
+  }
+}

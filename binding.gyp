@@ -1,0 +1,21 @@
+# Builds the lvnode_crc64 Node-API addon (see native/). No -march or -mavx512 flags here: the
+# PCLMULQDQ/VPCLMULQDQ kernels carry per-function target attributes and are chosen at run time, so
+# the binary runs on any x86-64; other architectures compile only the table kernel.
+{
+  "targets": [
+    {
+      "target_name": "lvnode_crc64",
+      "sources": ["native/crc64.cc", "native/crc64_kernels.cc"],
+      "defines": ["NAPI_VERSION=8", "_FILE_OFFSET_BITS=64"],
+      "cflags": ["-O3", "-Wall", "-Wextra"],
+      "cflags_cc": ["-O3", "-std=c++17", "-Wall", "-Wextra"],
+      "cflags_cc!": ["-fno-exceptions"],
+      "libraries": ["-lpthread"],
+      "xcode_settings": {
+        "GCC_ENABLE_CPP_EXCEPTIONS": "YES",
+        "CLANG_CXX_LANGUAGE_STANDARD": "c++17",
+        "OTHER_CPLUSPLUSFLAGS": ["-O3"]
+      }
+    }
+  ]
+}

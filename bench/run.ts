@@ -1,7 +1,9 @@
 // `npm run bench`: prints the machine, then runs each benchmark in turn. Figures only, never assertions.
 import { cpus } from 'node:os';
 import { performance } from 'node:perf_hooks';
+import { aggregateThroughput, foregroundUnderLoad, preemptionUnderLoad } from './backgroundLoad.ts';
 import { checksumThroughput } from './checksumThroughput.ts';
+import { crcKernels } from './crcKernels.ts';
 import { metadataWritePath } from './metadataWritePath.ts';
 import { preemptionLatency } from './preemptionLatency.ts';
 import { benchClusterBytes, fixed } from './support.ts';
@@ -10,7 +12,11 @@ import { benchClusterBytes, fixed } from './support.ts';
 process.env.LVNODE_LOG_LEVEL ??= 'warn';
 
 const benchmarks: ReadonlyArray<{ name: string; run: () => Promise<void> }> = [
+  { name: 'crcKernels', run: crcKernels },
   { name: 'checksumThroughput', run: checksumThroughput },
+  { name: 'foregroundUnderLoad', run: foregroundUnderLoad },
+  { name: 'preemptionUnderLoad', run: preemptionUnderLoad },
+  { name: 'aggregateThroughput', run: aggregateThroughput },
   { name: 'preemptionLatency', run: preemptionLatency },
   { name: 'metadataWritePath', run: metadataWritePath },
 ];

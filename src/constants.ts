@@ -61,6 +61,12 @@ export const checksumProgressSaveIntervalMs = 5000;
 // Background scheduler (SPEC §6.6): bounds of node_set_background_options.
 export const checksumConcurrencyMax = 1024;
 export const checksumRateMibPerSecMax = 1_000_000;
+// Foreground first (SPEC §6.6), as ZFS's scrub does (zfs_scan_idle / zfs_scrub_delay): while
+// client requests arrived within the last `foregroundQuietMs`, checksum steps node-wide start at
+// most one per `backgroundBusyStepIntervalMs`, because every step costs the event loop the actor's
+// work on its cluster (~0.3 ms), whatever the device does.
+export const foregroundQuietMs = 50;
+export const backgroundBusyStepIntervalMs = 10;
 
 assert.ok(clusterSizeBytesMin >= Math.max(...blockSizesAllowed), 'a cluster holds whole blocks');
 assert.ok(metadataAreaBytesMin <= metadataAreaBytesMax);

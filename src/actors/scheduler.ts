@@ -5,7 +5,13 @@
 // callbacks), paces reads to the optional rate limit, and measures background bytes/s.
 import { type Actor, createActor } from 'xstate';
 import { availableParallelism } from 'node:os';
-import { checksumConcurrencyMax, checksumRateMibPerSecMax, mibBytes } from '../constants.ts';
+import {
+  backgroundBusyStepIntervalMs,
+  checksumConcurrencyMax,
+  checksumRateMibPerSecMax,
+  foregroundQuietMs,
+  mibBytes,
+} from '../constants.ts';
 import { IoAbortedError } from '../device/ioQueue.ts';
 import { fail } from '../errors.ts';
 import { log } from '../log.ts';
@@ -60,6 +66,11 @@ export class BackgroundScheduler implements WalkAdmission {
   private readonly meter: RateMeter;
   // Pacing: the time at which the next read may start, shared by every walk (a node-wide cap).
   private nextReadAtMs = 0;
+  // Foreground first: when the last client request started, and when the next step may start
+  // while requests keep coming.
+  private lastForegroundMs = Number.NEGATIVE_INFINITY;
+  private nextBusyStepAtMs = 0;
+  private busyDelays = 0;
   private current: BackgroundOptions;
 
   constructor(
@@ -105,12 +116,26 @@ export class BackgroundScheduler implements WalkAdmission {
     return index < 0 ? null : index + 1;
   }
 
+  /** A client request started: for a while, steps are spaced out (see foregroundQuietMs). */
+  noteForeground(): void {
+    this.lastForegroundMs = this.runtime.nowMs();
+  }
+
   pace(bytes: number, signal: AbortSignal): Promise<void> | undefined {
     const rate = this.current.checksum_rate_mib_per_sec * mibBytes;
-    if (rate === 0) return undefined;
     const nowMs = this.runtime.nowMs();
-    const startAtMs = Math.max(nowMs, this.nextReadAtMs);
-    this.nextReadAtMs = startAtMs + (bytes * 1000) / rate;
+    const busy = nowMs - this.lastForegroundMs < foregroundQuietMs;
+    if (rate === 0 && !busy) return undefined;
+    let startAtMs = nowMs;
+    if (rate > 0) {
+      startAtMs = Math.max(startAtMs, this.nextReadAtMs);
+      this.nextReadAtMs = startAtMs + (bytes * 1000) / rate;
+    }
+    if (busy) {
+      startAtMs = Math.max(startAtMs, this.nextBusyStepAtMs);
+      this.nextBusyStepAtMs = startAtMs + backgroundBusyStepIntervalMs;
+      this.busyDelays++;
+    }
     if (startAtMs <= nowMs) return undefined;
     return new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -145,7 +170,15 @@ export class BackgroundScheduler implements WalkAdmission {
     log('info', 'background options set', { ...next });
   }
 
-  stats(): { state: string; running: number; queued: number; admissions: number; bytes_per_sec: number; bytes_total: number } & BackgroundOptions {
+  stats(): {
+    state: string;
+    running: number;
+    queued: number;
+    admissions: number;
+    bytes_per_sec: number;
+    bytes_total: number;
+    steps_spaced_for_foreground: number;
+  } & BackgroundOptions {
     const snapshot = this.actor.getSnapshot();
     return {
       ...this.current,
@@ -155,6 +188,7 @@ export class BackgroundScheduler implements WalkAdmission {
       admissions: snapshot.context.admissionCount,
       bytes_per_sec: this.meter.bytesPerSec(this.runtime.nowMs()),
       bytes_total: this.meter.totalBytes,
+      steps_spaced_for_foreground: this.busyDelays,
     };
   }
 

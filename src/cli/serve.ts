@@ -123,7 +123,14 @@ export async function startNode(options: ServeOptions): Promise<RunningNode> {
   let server: RpcServer | undefined;
   const table = createMethodTable(node, { rpc: rpcStats, connectionCount: () => server?.connectionCount() ?? 0 });
   await attachBdevs(table, node, options, dataDir, writer);
-  const dispatcher = createDispatcher(table, { allowBatch: true, onCall: rpcStats.record });
+  const dispatcher = createDispatcher(table, {
+    allowBatch: true,
+    onCall: rpcStats.record,
+    // What clients ask for goes first: checksum steps back off while requests keep coming.
+    onStart: (method) => {
+      if (method.priority !== 'background') node.scheduler.noteForeground();
+    },
+  });
   const listening = await startRpcServer({
     host,
     port,

@@ -27,6 +27,8 @@ export interface DispatcherOptions {
   allowBatch: boolean;
   /** Called once per request for a method of the table (unknown names are not reported). */
   onCall?: (method: string, latencyMs: number, ok: boolean) => void;
+  /** Called as a request for a method of the table starts (the background scheduler yields to them). */
+  onStart?: (method: RpcMethod) => void;
   /** Clock for `latencyMs`; performance.now by default. */
   nowMs?: () => number;
 }
@@ -141,6 +143,7 @@ export function createDispatcher(table: MethodTable, options: DispatcherOptions)
     if (method === undefined) return answer(errorResponse(target.id, rpcError('methodNotFound')));
     const startMs = nowMs();
     try {
+      options.onStart?.(method);
       const result = await invoke(method, request.params, connection);
       reportCall(name, startMs, true);
       return answer(success(target.id, result));

@@ -11,6 +11,7 @@ const walkers = 8;
 const clientCount = 16;
 
 interface Stats {
+  event_loop_utilization: number;
   event_loop_delay_ms: { p50: number; p99: number; max: number };
   background: { bytes_total: number; running: number; queued: number };
 }
@@ -72,6 +73,7 @@ interface Phase {
   p50Ms: number;
   p99Ms: number;
   loopP99Ms: number;
+  loopUtilization: number;
   backgroundMBps: number;
 }
 
@@ -101,6 +103,7 @@ export async function foregroundUnderLoad(): Promise<void> {
           p50Ms: quantile(latencies, 0.5),
           p99Ms: quantile(latencies, 0.99),
           loopP99Ms: after.event_loop_delay_ms.p99,
+          loopUtilization: after.event_loop_utilization,
           backgroundMBps: bytesPerMsToMBps(after.background.bytes_total - before.background.bytes_total, ms),
         });
       }
@@ -111,9 +114,10 @@ export async function foregroundUnderLoad(): Promise<void> {
       fixed(phase.p50Ms, 3),
       fixed(phase.p99Ms, 3),
       fixed(phase.loopP99Ms, 3),
+      fixed(phase.loopUtilization, 2),
       fixed(phase.backgroundMBps, 0),
     ]);
-    printTable(['phase', 'req/s', 'p50 ms', 'p99 ms', 'loop p99 ms', 'checksum MB/s'], rows);
+    printTable(['phase', 'req/s', 'p50 ms', 'p99 ms', 'loop p99 ms', 'loop busy', 'checksum MB/s'], rows);
     const pick = (loaded: boolean, key: keyof Phase) => median(phases.filter((phase) => phase.loaded === loaded).map((phase) => phase[key] as number));
     const throughputRatio = pick(true, 'requestsPerSec') / pick(false, 'requestsPerSec');
     const p99Ratio = pick(true, 'p99Ms') / pick(false, 'p99Ms');

@@ -1,5 +1,5 @@
 // Request counts and latencies per method, and event-loop delay, for node_get_stats (SPEC §8).
-import { type IntervalHistogram, monitorEventLoopDelay } from 'node:perf_hooks';
+import { type EventLoopUtilization, type IntervalHistogram, monitorEventLoopDelay, performance } from 'node:perf_hooks';
 
 // Latencies kept per method for the percentiles: the most recent ones, a bounded ring.
 const latencySamplesMax = 1024;
@@ -27,6 +27,8 @@ export class RpcStats {
   private readonly methods = new Map<string, MethodStats>();
   private readonly loopDelay: IntervalHistogram;
   private readonly startedAtMs = Date.now();
+  // The start of the current measuring interval (see resetInterval), for event-loop utilization.
+  private intervalElu: EventLoopUtilization = performance.eventLoopUtilization();
 
   constructor() {
     // The histogram records whole timer intervals, resolution included: sample every
@@ -49,7 +51,12 @@ export class RpcStats {
     stats.next = (stats.next + 1) % latencySamplesMax;
   };
 
-  view(): { uptime_sec: number; requests: Record<string, MethodStatsView>; event_loop_delay_ms: { p50: number; p99: number; max: number } } {
+  view(): {
+    uptime_sec: number;
+    requests: Record<string, MethodStatsView>;
+    event_loop_utilization: number;
+    event_loop_delay_ms: { p50: number; p99: number; max: number };
+  } {
     const requests: Record<string, MethodStatsView> = {};
     for (const [method, stats] of [...this.methods].sort(([a], [b]) => a.localeCompare(b))) {
       const sorted = [...stats.samples].sort((a, b) => a - b);
@@ -63,6 +70,8 @@ export class RpcStats {
     return {
       uptime_sec: Math.round((Date.now() - this.startedAtMs) / 1000),
       requests,
+      // Share of wall time the event loop was busy since start or the last reset (0..1).
+      event_loop_utilization: round(performance.eventLoopUtilization(this.intervalElu).utilization),
       event_loop_delay_ms: {
         p50: loopDelayMs(this.loopDelay.percentile(50)),
         p99: loopDelayMs(this.loopDelay.percentile(99)),
@@ -78,6 +87,7 @@ export class RpcStats {
       stats.next = 0;
     }
     this.loopDelay.reset();
+    this.intervalElu = performance.eventLoopUtilization();
   }
 
   close(): void {

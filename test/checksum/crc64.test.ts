@@ -1,19 +1,9 @@
 // Goal: lvnode's CRC is bit-identical to SPDK's CRC-64/GO-ISO on every known answer, and combining
 // per-cluster CRCs equals one pass over the concatenation (what SPDK's seed chaining computes).
 import { describe, expect, it } from 'vitest';
-import vectors from '../fixtures/crc64.json' with { type: 'json' };
 import { crc64, crc64Combine, crc64Reference } from '../../src/checksum/crc64.ts';
+import { materialize, vectors } from './vectors.ts';
 
-interface Part {
-  ascii?: string;
-  byte?: number;
-  count?: number;
-}
-
-function materialize(part: Part): Buffer {
-  if (part.ascii !== undefined) return Buffer.from(part.ascii, 'ascii');
-  return Buffer.alloc(part.count ?? 0, part.byte ?? 0);
-}
 
 describe('crc64 (CRC-64/GO-ISO)', () => {
   it.each(vectors.single)('matches the known answer for %o', (vector) => {

@@ -7,23 +7,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import vectors from '../fixtures/crc64.json' with { type: 'json' };
 import { crc64, crc64Combine, crc64Reference } from '../../src/checksum/crc64.ts';
+import { materialize, vectors } from './vectors.ts';
 import { type BackgroundPolicy, type CrcKernel, nativeCrc, nativeCrcStatus } from '../../src/checksum/native.ts';
 
 const repoRoot = fileURLToPath(new URL('../..', import.meta.url));
 const mib = 1024 * 1024;
 
-interface Part {
-  ascii?: string;
-  byte?: number;
-  count?: number;
-}
-
-function materialize(part: Part): Buffer {
-  if (part.ascii !== undefined) return Buffer.from(part.ascii, 'ascii');
-  return Buffer.alloc(part.count ?? 0, part.byte ?? 0);
-}
 
 /** mulberry32: small, seedable, good enough to pick lengths, offsets and seeds reproducibly. */
 function prng(seed: number): () => number {

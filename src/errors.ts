@@ -70,6 +70,18 @@ export function fail(
   throw new StorageError(errno, { ...options, detail });
 }
 
+/**
+ * A device or file-system error as the node reports it: ENOSPC is -28 "No space left on device"
+ * (SPEC §4), anything else -32603 "Input/output error"; a StorageError passes through.
+ */
+export function fromDeviceError(error: unknown, detail: string): StorageError {
+  if (error instanceof StorageError) return error;
+  const code = (error as { code?: unknown } | null)?.code;
+  const cause = error instanceof Error ? error.message : String(error);
+  if (code === 'ENOSPC') return new StorageError('ENOSPC', { detail: `${detail}: ${cause}` });
+  return new StorageError('EIO', { wire: 'internal', detail: `${detail}: ${cause}` });
+}
+
 export function isStorageError(error: unknown): error is StorageError {
   return error instanceof StorageError;
 }

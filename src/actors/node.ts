@@ -173,6 +173,15 @@ export class StorageNode {
     return this.addBaseBdev({ name, uuid, kind: 'malloc', device, readOnly: false, claimedBy: null });
   }
 
+  /**
+   * Attaches a block device the caller opened as a base bdev (kind malloc in listings): for
+   * embedding lvnode, and for tests that put a simulated, fault-injecting device under a node.
+   */
+  attachBaseDevice(name: string, device: BlockDevice): Promise<string> {
+    this.assertBdevNameFree(name);
+    return this.addBaseBdev({ name, uuid: this.runtime.uuid(), kind: 'malloc', device: new QueuedDevice(device), readOnly: false, claimedBy: null });
+  }
+
   async createAioBdev(request: { name: string; filename: string; blockSize: number; readOnly: boolean; uuid?: string }): Promise<string> {
     this.assertBdevNameFree(request.name);
     // Kept absolute, so the saved config means the same file whatever directory the node starts in.

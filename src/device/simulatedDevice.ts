@@ -9,12 +9,21 @@ export interface SimulatedFaults {
   delayMs?: number;
   /** Fail the Nth read (1-based, counted from when the fault was set) with EIO. */
   failReadAt?: number;
-  /** Fail the Nth write (1-based) with EIO. */
+  /** Fail the Nth write (1-based) with EIO, or with `failWriteCode`. */
   failWriteAt?: number;
+  /** The error code a failed write reports: EIO (default) or ENOSPC, as a full file system does. */
+  failWriteCode?: 'EIO' | 'ENOSPC';
+  /** Fail every write from the Nth on, not just the Nth (a file system that stays full). */
+  failWritesFromThenOn?: boolean;
 }
 
 export class SimulatedIoError extends Error {
-  readonly code = 'EIO';
+  constructor(
+    message: string,
+    readonly code: 'EIO' | 'ENOSPC' = 'EIO',
+  ) {
+    super(message);
+  }
 }
 
 export class SimulatedDevice extends MemoryDevice {
@@ -93,8 +102,10 @@ export class SimulatedDevice extends MemoryDevice {
     if (this.oneByOne) await new Promise<void>((resolve) => this.heldOneByOne.push(resolve));
     const count = kind === 'read' ? ++this.readsSinceFault : ++this.writesSinceFault;
     const failAt = kind === 'read' ? this.faults.failReadAt : this.faults.failWriteAt;
-    if (failAt !== undefined && count === failAt) {
-      throw new SimulatedIoError(`simulated ${kind} failure at ${kind} #${count} (offset ${offsetBytes})`);
+    const sticky = kind === 'write' && this.faults.failWritesFromThenOn === true;
+    if (failAt !== undefined && (count === failAt || (sticky && count > failAt))) {
+      const code = kind === 'write' ? (this.faults.failWriteCode ?? 'EIO') : 'EIO';
+      throw new SimulatedIoError(`simulated ${kind} failure (${code}) at ${kind} #${count} (offset ${offsetBytes})`, code);
     }
   }
 }

@@ -9,7 +9,8 @@
 import assert from 'node:assert/strict';
 import { crc64 } from '../checksum/crc64.ts';
 import type { BlockDevice } from '../device/blockDevice.ts';
-import { StorageError } from '../errors.ts';
+import { StorageError, fromDeviceError } from '../errors.ts';
+import { log } from '../log.ts';
 import {
   type MetadataLayout,
   type SuperBlock,
@@ -19,6 +20,20 @@ import {
   storeTagOf,
 } from './format.ts';
 import type { LvstoreRecord, MetadataChange, MetadataLog, MetadataLogStats } from './metadata.ts';
+
+/** The state does not fit the checkpoint slot: refused before anything was written. */
+class MetadataFullError extends Error {
+  constructor(
+    readonly imageBytes: number,
+    readonly slotBytes: number,
+  ) {
+    super(`lvstore metadata (${imageBytes} bytes) exceeds its ${slotBytes}-byte checkpoint slot`);
+  }
+
+  toStorageError(): StorageError {
+    return new StorageError('ENOSPC', { detail: `${this.message}; delete lvols or snapshots to make room` });
+  }
+}
 
 interface Waiter {
   changes: readonly MetadataChange[];
@@ -98,13 +113,23 @@ export class JournalMetadataLog implements MetadataLog {
           await this.writeBatch(batch);
           for (const waiter of batch) waiter.resolve();
         } catch (error) {
-          // The device failed under the journal: nothing later may be acknowledged either, or the
-          // in-memory state and the device would disagree. The lvstore is read-only from here.
-          this.failed = new StorageError('EIO', {
-            wire: 'internal',
-            detail: `metadata write failed: ${error instanceof Error ? error.message : String(error)}`,
+          // Everything not yet durable fails together (the lvstore undoes it, newest first): a
+          // later change may depend on one of these.
+          const rejected = [...batch, ...this.pending.splice(0)];
+          if (error instanceof MetadataFullError) {
+            // Nothing was written: the device still holds the previous state and the log goes on.
+            // Deleting makes room again.
+            for (const waiter of rejected) waiter.reject(error.toStorageError());
+            continue;
+          }
+          // The device failed under the journal: what it holds is uncertain, so nothing later may
+          // be acknowledged either. The lvstore is read-only until it is loaded again.
+          this.failed = fromDeviceError(error, 'metadata write failed; the lvstore is read-only until the node restarts');
+          log('error', 'lvstore metadata write failed: the lvstore is read-only until the node restarts', {
+            lvstore: this.position.superBlock.lvstoreId,
+            error: String(error),
           });
-          for (const waiter of [...batch, ...this.pending.splice(0)]) waiter.reject(this.failed);
+          for (const waiter of rejected) waiter.reject(this.failed);
         }
       }
     } finally {
@@ -133,12 +158,7 @@ export class JournalMetadataLog implements MetadataLog {
   /** Writes the whole state as of `seq` to the unused slot, then switches the super block to it. */
   private async checkpoint(seq: bigint): Promise<void> {
     const image = encodeCheckpoint(this.record(), seq, this.device.blockSizeBytes);
-    if (image.length > this.layout.checkpointBytes) {
-      throw new StorageError('ENOSPC', {
-        wire: 'internal',
-        detail: `lvstore metadata (${image.length} bytes) exceeds its ${this.layout.checkpointBytes}-byte checkpoint slot`,
-      });
-    }
+    if (image.length > this.layout.checkpointBytes) throw new MetadataFullError(image.length, this.layout.checkpointBytes);
     const slot: 0 | 1 = this.position.superBlock.checkpointSlot === 0 ? 1 : 0;
     await this.device.write(this.layout.checkpointOffsets[slot], image);
     await this.device.flush();
@@ -181,6 +201,10 @@ export class JournalMetadataLog implements MetadataLog {
 
   stats(): MetadataLogStats {
     return { ...this.counters };
+  }
+
+  failure(): string | null {
+    return this.failed?.message ?? null;
   }
 
   get lastSeq(): bigint {

@@ -16,7 +16,7 @@ import {
   xattrValueLengthMax,
 } from '../constants.ts';
 import type { BlockDevice } from '../device/blockDevice.ts';
-import { StorageError, fail } from '../errors.ts';
+import { StorageError, fail, fromDeviceError } from '../errors.ts';
 import type { Runtime } from '../runtime.ts';
 import { ClusterAllocator } from './clusterAllocator.ts';
 import { IoGate } from './ioGate.ts';
@@ -29,6 +29,7 @@ import {
   type MetadataLogStats,
   type SavedChecksumProgress,
   applyChange,
+  captureUndo,
 } from './metadata.ts';
 
 export interface LvstoreOptions {
@@ -70,8 +71,23 @@ export function validateName(kind: string, name: string): void {
   if (name.includes('/')) fail('EINVAL', `${kind} name must not contain '/'`);
 }
 
+interface PendingCommit {
+  readonly undo: Array<() => void>;
+  readonly allocated: readonly number[];
+  undone: boolean;
+}
+
+function undoCommit(entry: PendingCommit, allocator: ClusterAllocator): void {
+  if (entry.undone) return;
+  entry.undone = true;
+  for (const undo of [...entry.undo].reverse()) undo();
+  allocator.release(entry.allocated);
+}
+
 export class Lvstore {
   readonly allocator: ClusterAllocator;
+  // Commits applied to the records but not yet durable, in the order they were applied.
+  private readonly notDurable: PendingCommit[] = [];
   private readonly gates = new Map<string, IoGate>();
   // Allocation of one logical cluster of one lvol runs alone: concurrent first writes must not
   // both allocate it.
@@ -193,9 +209,51 @@ export class Lvstore {
     return -1;
   }
 
-  private async commit(changes: MetadataChange[]): Promise<void> {
-    for (const change of changes) applyChange(this.record, change);
-    await this.log.append(changes);
+  /**
+   * Applies `changes` to the records and makes them durable; if they do not become durable, the
+   * records are put back exactly (SPEC §9: a failed operation changes nothing, in memory or on
+   * the device). `allocated` are physical clusters the operation took for these changes: they go
+   * back to the allocator on failure.
+   *
+   * Changes are applied before the append so that concurrent operations validate against them
+   * and share a flush (group commit). That is safe because every commit that is not yet durable
+   * is remembered in order: the log acknowledges in order, and when one append fails it fails
+   * every later one too, so on the first failure all of them are undone, newest first.
+   */
+  private async commit(changes: MetadataChange[], allocated: readonly number[] = []): Promise<void> {
+    const entry: PendingCommit = { undo: [], allocated, undone: false };
+    try {
+      for (const change of changes) {
+        entry.undo.push(captureUndo(this.record, change));
+        applyChange(this.record, change);
+      }
+    } catch (error) {
+      undoCommit(entry, this.allocator);
+      throw error;
+    }
+    this.notDurable.push(entry);
+    try {
+      await this.log.append(changes);
+    } catch (error) {
+      this.undoFrom(entry);
+      throw error;
+    } finally {
+      const index = this.notDurable.indexOf(entry);
+      if (index >= 0) this.notDurable.splice(index, 1);
+    }
+  }
+
+  /** Undoes `entry` and every commit applied after it, newest first. */
+  private undoFrom(entry: PendingCommit): void {
+    const index = this.notDurable.indexOf(entry);
+    if (index < 0) return;
+    const undone = this.notDurable.splice(index);
+    for (const pending of undone.reverse()) undoCommit(pending, this.allocator);
+  }
+
+  /** Null while metadata can be written; else why not (the lvstore then refuses changes). */
+  get metadataFailure(): string | null {
+    return this.log.failure?.() ?? null;
   }
 
   private gate(id: string): IoGate {
@@ -262,7 +320,7 @@ export class Lvstore {
         createdAtMs: this.runtime.nowMs(),
         allocations: physical.map((physicalCluster, clusterIndex) => [clusterIndex, physicalCluster] as const),
       },
-    ]);
+    ], physical);
     return this.lvol(id);
   }
 
@@ -401,7 +459,7 @@ export class Lvstore {
           clusterCount,
           allocations: grown.map((physicalCluster, offset) => [oldCount + offset, physicalCluster] as const),
         },
-      ]);
+      ], grown);
       await this.clearClusters(freed, lvol.clearMethod);
       this.allocator.release(freed);
     });
@@ -487,7 +545,8 @@ export class Lvstore {
       this.allocator.release(unused);
       changes.push({ type: 'lvol.set_parent', id, parentId: null, ...(mode === 'inflate' ? { thin: false } : {}) });
       if (lvol.snapshot) changes.push({ type: 'checksum.invalidate', id });
-      await this.commit(changes);
+      const unusedSet = new Set(unused);
+      await this.commit(changes, physical.filter((cluster) => !unusedSet.has(cluster)));
     });
   }
 
@@ -579,7 +638,9 @@ export class Lvstore {
     const lvol = this.lvol(id);
     this.assertIoRange(lvol, offsetBytes, lengthBytes);
     const target = Buffer.allocUnsafe(lengthBytes);
-    await this.readVisible(lvol, offsetBytes, target);
+    await this.readVisible(lvol, offsetBytes, target).catch((error: unknown) => {
+      throw fromDeviceError(error, `read of lvol ${lvol.name} failed`);
+    });
     return target;
   }
 
@@ -597,26 +658,33 @@ export class Lvstore {
     const lvol = this.lvol(id);
     if (lvol.readOnly) fail('EPERM', `${lvol.name} is read-only`);
     this.assertIoRange(lvol, offsetBytes, data.length);
-    await this.gate(id).withShared(async () => {
-      // Checked again now that the gate is held: a delete, resize or set_read_only queued ahead of
-      // this write may have run while it waited, and a write to a deleted lvol would land in
-      // clusters already handed back to the allocator.
-      this.assertStillPresent(lvol);
-      if (lvol.readOnly) fail('EPERM', `${lvol.name} is read-only`);
-      this.assertIoRange(lvol, offsetBytes, data.length);
-      await this.forEachSegment(offsetBytes, data.length, async (clusterIndex, inner, rangeOffset, length) => {
-        const piece = data.subarray(rangeOffset, rangeOffset + length);
-        const physicalCluster = lvol.clusterMap[clusterIndex]!;
-        if (physicalCluster !== 0) {
-          // The mapping may come from an allocation whose journal record is still being flushed:
-          // this write is acknowledged only once that record is durable, or a crash could lose it.
-          const allocation = this.allocating.get(`${lvol.id}:${clusterIndex}`);
-          await this.device.write(clusterIndexToOffsetBytes(physicalCluster, this.clusterBytes) + inner, piece);
-          if (allocation) await allocation;
-        } else {
-          await this.allocateCluster(lvol, clusterIndex, { innerOffsetBytes: inner, data: piece });
-        }
-      });
+    await this.gate(id).withShared(() => this.writeGated(lvol, offsetBytes, data)).catch((error: unknown) => {
+      // A full lvstore on the write path is -28, as SPDK; the file system's errors map as the
+      // device's do (ENOSPC -28, else EIO), never a bare internal error.
+      if (error instanceof StorageError && error.errno === 'ENOSPC') throw new StorageError('ENOSPC', { detail: error.detail ?? 'no free cluster' });
+      throw fromDeviceError(error, `write to lvol ${lvol.name} failed`);
+    });
+  }
+
+  private async writeGated(lvol: LvolRecord, offsetBytes: number, data: Uint8Array): Promise<void> {
+    // Checked again now that the gate is held: a delete, resize or set_read_only queued ahead of
+    // this write may have run while it waited, and a write to a deleted lvol would land in
+    // clusters already handed back to the allocator.
+    this.assertStillPresent(lvol);
+    if (lvol.readOnly) fail('EPERM', `${lvol.name} is read-only`);
+    this.assertIoRange(lvol, offsetBytes, data.length);
+    await this.forEachSegment(offsetBytes, data.length, async (clusterIndex, inner, rangeOffset, length) => {
+      const piece = data.subarray(rangeOffset, rangeOffset + length);
+      const physicalCluster = lvol.clusterMap[clusterIndex]!;
+      if (physicalCluster !== 0) {
+        // The mapping may come from an allocation whose journal record is still being flushed:
+        // this write is acknowledged only once that record is durable, or a crash could lose it.
+        const allocation = this.allocating.get(`${lvol.id}:${clusterIndex}`);
+        await this.device.write(clusterIndexToOffsetBytes(physicalCluster, this.clusterBytes) + inner, piece);
+        if (allocation) await allocation;
+      } else {
+        await this.allocateCluster(lvol, clusterIndex, { innerOffsetBytes: inner, data: piece });
+      }
     });
   }
 
@@ -679,7 +747,7 @@ export class Lvstore {
     // The write holds the lvol's gate shared: a delete or a merge into it (which hold it alone)
     // cannot have run meanwhile, so the lvol exists and the slot is still empty.
     assert.ok(this.record.lvols.get(lvol.id) === lvol && lvol.clusterMap[clusterIndex] === 0, 'allocation raced a gated operation');
-    await this.commit([{ type: 'cluster.allocate', id: lvol.id, clusterIndex, physicalCluster }]);
+    await this.commit([{ type: 'cluster.allocate', id: lvol.id, clusterIndex, physicalCluster }], [physicalCluster]);
   }
 
   /**

@@ -214,6 +214,8 @@ export interface MetadataLog {
   erase?(): Promise<void>;
   /** Metadata I/O so far, where the log writes to a device. */
   stats?(): MetadataLogStats;
+  /** Why the log refuses appends for good (its device failed under it), or null. */
+  failure?(): string | null;
 }
 
 export interface MetadataLogStats {
@@ -231,4 +233,98 @@ export class MemoryMetadataLog implements MetadataLog {
     this.appendedCount += changes.length;
   }
   async close(): Promise<void> {}
+}
+
+/**
+ * Returns what puts the records back exactly as they are now, should `change` be applied and then
+ * fail to become durable. Taken before the change is applied; it saves only what the change
+ * will touch (a field, one map entry, one cluster slot), so the common changes cost O(1).
+ */
+export function captureUndo(store: LvstoreRecord, change: MetadataChange): () => void {
+  switch (change.type) {
+    case 'lvstore.rename': {
+      const name = store.name;
+      return () => void (store.name = name);
+    }
+    case 'lvol.create':
+      return () => void store.lvols.delete(change.id);
+    case 'lvol.delete':
+      return captureMembership(store);
+    case 'lvol.rename': {
+      const lvol = lvolOf(store, change.id);
+      const name = lvol.name;
+      return () => void (lvol.name = name);
+    }
+    case 'lvol.resize': {
+      // applyChange replaces the map with a new array, so the old one is intact.
+      const lvol = lvolOf(store, change.id);
+      const clusterMap = lvol.clusterMap;
+      return () => void (lvol.clusterMap = clusterMap);
+    }
+    case 'lvol.set_read_only': {
+      const lvol = lvolOf(store, change.id);
+      const readOnly = lvol.readOnly;
+      return () => void (lvol.readOnly = readOnly);
+    }
+    case 'lvol.set_xattr': {
+      const lvol = lvolOf(store, change.id);
+      const had = lvol.xattrs.has(change.name);
+      const value = lvol.xattrs.get(change.name);
+      return () => void (had ? lvol.xattrs.set(change.name, value!) : lvol.xattrs.delete(change.name));
+    }
+    case 'lvol.set_parent': {
+      const lvol = lvolOf(store, change.id);
+      const { parentId, thin } = lvol;
+      return () => Object.assign(lvol, { parentId, thin });
+    }
+    case 'cluster.allocate': {
+      const clusterMap = lvolOf(store, change.id).clusterMap;
+      const previous = clusterMap[change.clusterIndex]!;
+      return () => void (clusterMap[change.clusterIndex] = previous);
+    }
+    case 'lvol.snapshot': {
+      const lvol = lvolOf(store, change.id);
+      const snapshot = lvolOf(store, change.snapshotId);
+      const before = { clusterMap: lvol.clusterMap, parentId: lvol.parentId, thin: lvol.thin };
+      const snapshotBefore = { clusterMap: snapshot.clusterMap, parentId: snapshot.parentId };
+      return () => {
+        Object.assign(lvol, before);
+        Object.assign(snapshot, snapshotBefore);
+      };
+    }
+    case 'lvol.merge': {
+      // The clone's map is changed in place: keep a copy (merges are rare; the map is one array).
+      const clone = lvolOf(store, change.cloneId);
+      const before = {
+        clusterMap: clone.clusterMap,
+        parentId: clone.parentId,
+        checksum: clone.checksum,
+        rangeChecksums: clone.rangeChecksums,
+        savedProgress: clone.savedProgress,
+      };
+      const mapCopy = clone.clusterMap.slice();
+      const membership = captureMembership(store);
+      return () => {
+        before.clusterMap.set(mapCopy);
+        Object.assign(clone, before);
+        membership();
+      };
+    }
+    case 'checksum.store':
+    case 'checksum.invalidate':
+    case 'checksum.progress': {
+      const lvol = lvolOf(store, change.id);
+      const before = { checksum: lvol.checksum, rangeChecksums: lvol.rangeChecksums, savedProgress: lvol.savedProgress };
+      return () => Object.assign(lvol, before);
+    }
+  }
+}
+
+/** Restores which lvols exist, in their order (listings follow the map's order). */
+function captureMembership(store: LvstoreRecord): () => void {
+  const entries = [...store.lvols];
+  return () => {
+    store.lvols.clear();
+    for (const [id, lvol] of entries) store.lvols.set(id, lvol);
+  };
 }

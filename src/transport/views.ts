@@ -56,6 +56,8 @@ export const lvstoreView = z.object({
   free_clusters: z.number(),
   block_size: z.number(),
   cluster_size: z.number(),
+  /** lvnode: present only when the lvstore's metadata cannot be written (it refuses changes). */
+  metadata_error: z.string().optional(),
 });
 export type LvstoreView = z.output<typeof lvstoreView>;
 
@@ -159,6 +161,7 @@ export function lvstoreInfo(entry: LvstoreEntry): LvstoreView {
     free_clusters: info.freeClusters,
     block_size: info.blockBytes,
     cluster_size: info.clusterBytes,
+    ...(entry.store.metadataFailure === null ? {} : { metadata_error: entry.store.metadataFailure }),
   };
 }
 

@@ -17,6 +17,7 @@ import {
 } from '../constants.ts';
 import type { BlockDevice } from '../device/blockDevice.ts';
 import { StorageError, fail, fromDeviceError } from '../errors.ts';
+import { log } from '../log.ts';
 import type { Runtime } from '../runtime.ts';
 import { ClusterAllocator } from './clusterAllocator.ts';
 import { IoGate } from './ioGate.ts';
@@ -429,10 +430,20 @@ export class Lvstore {
     });
   }
 
+  /**
+   * Clears clusters a committed operation freed. The operation is already durable, so a device
+   * error here must not make it look refused: it is logged, and the clusters are still freed (a
+   * new owner writes a cluster whole before it can read it; only clear_method's promise of
+   * zeros for later thick lvols is lost, as with `none`).
+   */
   private async clearClusters(physicalClusters: number[], clearMethod: ClearMethod): Promise<void> {
     if (clearMethod === 'none') return;
-    for (const physicalCluster of physicalClusters) {
-      await this.device.discard(clusterIndexToOffsetBytes(physicalCluster, this.clusterBytes), this.clusterBytes);
+    try {
+      for (const physicalCluster of physicalClusters) {
+        await this.device.discard(clusterIndexToOffsetBytes(physicalCluster, this.clusterBytes), this.clusterBytes);
+      }
+    } catch (error) {
+      log('warn', 'clearing freed clusters failed; they are freed uncleared', { lvstore: this.record.name, error: String(error) });
     }
   }
 
@@ -532,7 +543,7 @@ export class Lvstore {
         }
       } catch (error) {
         this.allocator.release(physical);
-        throw error;
+        throw fromDeviceError(error, `copying clusters into ${lvol.name} failed`);
       }
       this.assertStillPresent(lvol);
       const changes: MetadataChange[] = [];

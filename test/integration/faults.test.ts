@@ -1,0 +1,188 @@
+// Goal: failed means unchanged (SPEC §9). Seeded random RPC sequences run against a node whose
+// lvstore sits on a simulated device that fails the Nth write (EIO) or, like a full file system,
+// every write from the Nth on (ENOSPC). After every refused call the node's visible state
+// (listings, xattrs, checksums, data) must equal the state before the call; after a restart it
+// must equal the state after the last acknowledged call. A failure prints the seed
+// (LVNODE_FAULT_SEED reruns one).
+import { createHash } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { StorageNode } from '../../src/actors/node.ts';
+import type { BlockDevice } from '../../src/device/blockDevice.ts';
+import { SimulatedDevice } from '../../src/device/simulatedDevice.ts';
+import { StorageError } from '../../src/errors.ts';
+import { seededRuntime } from '../../src/runtime.ts';
+import { createMethodTable } from '../../src/transport/methods.ts';
+import type { MethodTable } from '../../src/transport/methodTable.ts';
+
+const clusterBytes = 64 * 1024;
+const deviceBytes = 32 * 1024 * 1024;
+const operationsPerSeed = 60;
+const noConnection = { id: 0, notify: () => false, onClose: () => {} };
+
+// The node logs every injected metadata failure as an error, as it should; here they are expected.
+const logLevel = process.env.LVNODE_LOG_LEVEL;
+beforeAll(() => void (process.env.LVNODE_LOG_LEVEL = 'silent'));
+afterAll(() => void (logLevel === undefined ? delete process.env.LVNODE_LOG_LEVEL : (process.env.LVNODE_LOG_LEVEL = logLevel)));
+
+/** A view of the device that outlives a node: closing it does not clear the bytes (a restart keeps them). */
+function persistent(device: SimulatedDevice): BlockDevice {
+  return {
+    kind: device.kind,
+    sizeBytes: device.sizeBytes,
+    blockSizeBytes: device.blockSizeBytes,
+    readInto: (target, offset) => device.readInto(target, offset),
+    write: (offset, data) => device.write(offset, data),
+    discard: (offset, length) => device.discard(offset, length),
+    flush: () => device.flush(),
+    close: async () => {},
+  };
+}
+
+function random(seed: number): () => number {
+  let state = seed >>> 0 || 1;
+  return () => {
+    state ^= state << 13;
+    state >>>= 0;
+    state ^= state >>> 17;
+    state ^= state << 5;
+    state >>>= 0;
+    return state / 4294967296;
+  };
+}
+
+async function call(table: MethodTable, method: string, params: Record<string, unknown>): Promise<unknown> {
+  const entry = table[method]!;
+  return entry.handler(entry.params.parse(params), noConnection);
+}
+
+/** Everything a client can see of the lvstore, by name; data as one digest per lvol. */
+async function visibleState(node: StorageNode, table: MethodTable): Promise<string> {
+  const lvols = (await call(table, 'bdev_lvol_get_lvols', {})) as Array<Record<string, unknown>>;
+  const lvstores = (await call(table, 'bdev_lvol_get_lvstores', {})) as Array<Record<string, unknown>>;
+  const out: Record<string, unknown> = {
+    lvstores: lvstores.map(({ metadata_error: _ignored, ...rest }) => rest),
+  };
+  for (const lvol of [...lvols].sort((a, b) => String(a.alias).localeCompare(String(b.alias)))) {
+    const alias = String(lvol.alias);
+    const { lvol: record } = node.resolveLvol(alias);
+    const data = await node.readLvol(alias, 0, record.clusterMap.length * clusterBytes);
+    out[alias] = {
+      ...lvol,
+      xattrs: Object.fromEntries(record.xattrs),
+      checksum: record.checksum?.toString() ?? null,
+      data: createHash('sha256').update(data).digest('hex'),
+    };
+  }
+  return JSON.stringify(out, (_key, value: unknown) => (typeof value === 'bigint' ? value.toString() : value));
+}
+
+async function startNode(device: BlockDevice, seed: number): Promise<{ node: StorageNode; table: MethodTable }> {
+  const node = new StorageNode(seededRuntime(seed));
+  await node.attachBaseDevice('sim0', device);
+  return { node, table: createMethodTable(node) };
+}
+
+type Operation = { method: string; params: Record<string, unknown> };
+
+/** One random RPC among those that change metadata or data, on names that may or may not exist. */
+function randomOperation(next: () => number, names: string[]): Operation {
+  const pick = <T>(items: readonly T[]): T => items[Math.floor(next() * items.length)]!;
+  const existing = names.length > 0 ? pick(names) : 'vol0';
+  const fresh = `v${Math.floor(next() * 1e6)}`;
+  const choices: Operation[] = [
+    { method: 'bdev_lvol_create', params: { lvs_name: 'lvs', lvol_name: fresh, size_in_mib: 1 + Math.floor(next() * 2), thin_provision: next() < 0.7 } },
+    { method: 'bdev_lvol_delete', params: { name: `lvs/${existing}` } },
+    { method: 'bdev_lvol_rename', params: { old_name: `lvs/${existing}`, new_name: fresh } },
+    { method: 'bdev_lvol_resize', params: { name: `lvs/${existing}`, size_in_mib: 1 + Math.floor(next() * 3) } },
+    { method: 'bdev_lvol_snapshot', params: { lvol_name: `lvs/${existing}`, snapshot_name: fresh } },
+    { method: 'bdev_lvol_clone', params: { snapshot_name: `lvs/${existing}`, clone_name: fresh } },
+    { method: 'bdev_lvol_set_xattr', params: { name: `lvs/${existing}`, xattr_name: pick(['a', 'b']), xattr_value: fresh } },
+    { method: 'bdev_lvol_inflate', params: { name: `lvs/${existing}` } },
+    {
+      method: 'node_lvol_write',
+      params: { name: `lvs/${existing}`, offset: Math.floor(next() * 16) * clusterBytes, fill_byte: 1 + Math.floor(next() * 250), length: clusterBytes },
+    },
+    { method: 'bdev_lvol_register_snapshot_checksum', params: { name: `lvs/${existing}` } },
+  ];
+  return pick(choices);
+}
+
+async function runSeed(seed: number): Promise<{ refused: number; acknowledged: number; faulted: number }> {
+  const next = random(seed);
+  const device = new SimulatedDevice(deviceBytes, 512);
+  let { node, table } = await startNode(persistent(device), seed);
+  await call(table, 'bdev_lvol_create_lvstore', { bdev_name: 'sim0', lvs_name: 'lvs', cluster_sz: clusterBytes, clear_method: 'none' });
+  let acknowledged = await visibleState(node, table);
+  const counts = { refused: 0, acknowledged: 0, faulted: 0 };
+  for (let step = 0; step < operationsPerSeed; step++) {
+    // Now and then the device starts failing: once (EIO) or for good (ENOSPC), a few writes ahead.
+    if (next() < 0.25) {
+      const sticky = next() < 0.4;
+      device.setFaults({ failWriteAt: 1 + Math.floor(next() * 3), failWriteCode: sticky ? 'ENOSPC' : 'EIO', failWritesFromThenOn: sticky });
+      counts.faulted++;
+    }
+    const names = ((await call(table, 'bdev_lvol_get_lvols', {})) as Array<{ name: string }>).map((lvol) => lvol.name);
+    const operation = randomOperation(next, names);
+    const before = await visibleState(node, table);
+    const context = `seed ${seed} step ${step}: ${operation.method} ${JSON.stringify(operation.params)}`;
+    try {
+      await call(table, operation.method, operation.params);
+      counts.acknowledged++;
+      acknowledged = await visibleState(node, table);
+    } catch (error) {
+      expect(error, context).toBeInstanceOf(StorageError);
+      counts.refused++;
+      expect(await visibleState(node, table), `${context} was refused (${String(error)}) but changed what clients see`).toBe(before);
+    }
+    device.setFaults({});
+    // Restart now and then: the device keeps what was written; the node must show exactly what it acknowledged.
+    if (next() < 0.15) {
+      await node.preemptAll('shutdown');
+      ({ node, table } = await startNode(persistent(device), seed + step));
+      expect(await visibleState(node, table), `${context}: after restart`).toBe(acknowledged);
+    }
+  }
+  ({ node, table } = await startNode(persistent(device), seed + 1000));
+  expect(await visibleState(node, table), `seed ${seed}: after the final restart`).toBe(acknowledged);
+  return counts;
+}
+
+describe('failed means unchanged, under device faults', () => {
+  const seeds = process.env.LVNODE_FAULT_SEED ? [Number(process.env.LVNODE_FAULT_SEED)] : [1, 2, 3, 4, 5, 6];
+  it.each(seeds)('seed %i: every refused call leaves the visible state as it was; restarts show what was acknowledged', async (seed) => {
+    const counts = await runSeed(seed);
+    // The sequence must exercise both outcomes, or it proves nothing.
+    expect(counts.refused, `seed ${seed}`).toBeGreaterThan(0);
+    expect(counts.acknowledged, `seed ${seed}`).toBeGreaterThan(0);
+  });
+});
+
+describe('a full metadata area', () => {
+  it('refuses growth with -28 and changes nothing, stays writable, and a delete makes room again', async () => {
+    // Goal: metadata that does not fit is refused before anything is written, and the lvstore is
+    // not bricked by it: the log goes on, deletes work, and a restart shows what was acknowledged.
+    const device = new SimulatedDevice(deviceBytes, 512);
+    let { node, table } = await startNode(persistent(device), 77);
+    await call(table, 'bdev_lvol_create_lvstore', { bdev_name: 'sim0', lvs_name: 'lvs', cluster_sz: clusterBytes, clear_method: 'none' });
+    await call(table, 'bdev_lvol_create', { lvs_name: 'lvs', lvol_name: 'big', size_in_mib: 1, thin_provision: true });
+    const value = 'x'.repeat(60 * 1024);
+    let refusal: unknown;
+    for (let index = 0; index < 256 && refusal === undefined; index++) {
+      const before = await visibleState(node, table);
+      try {
+        await call(table, 'bdev_lvol_set_xattr', { name: 'lvs/big', xattr_name: `k${index}`, xattr_value: value });
+      } catch (error) {
+        refusal = error;
+        expect(await visibleState(node, table)).toBe(before);
+      }
+    }
+    expect(refusal).toMatchObject({ errno: 'ENOSPC', wire: 'errno' });
+    const lvstores = (await call(table, 'bdev_lvol_get_lvstores', {})) as Array<Record<string, unknown>>;
+    expect(lvstores[0]).not.toHaveProperty('metadata_error');
+    await call(table, 'bdev_lvol_delete', { name: 'lvs/big' });
+    await call(table, 'bdev_lvol_create', { lvs_name: 'lvs', lvol_name: 'after', size_in_mib: 1, thin_provision: true });
+    const acknowledged = await visibleState(node, table);
+    ({ node, table } = await startNode(persistent(device), 78));
+    expect(await visibleState(node, table)).toBe(acknowledged);
+  });
+});

@@ -9,8 +9,12 @@ import {
   checksumConcurrencyMax,
   checksumRateMibPerSecMax,
   clusterSizeBytesDefault,
+  clusterSizeBytesMax,
+  clusterSizeBytesMin,
   ioBytesMax,
   nameLengthMax,
+  xattrNameLengthMax,
+  xattrValueLengthMax,
 } from '../constants.ts';
 import type { StorageNode } from '../actors/node.ts';
 import { schedulerActorId } from '../actors/scheduler.ts';
@@ -22,6 +26,28 @@ import { bdevInfos, bdevView, lvolInfo, lvolView, lvstoreInfo, lvstoreView } fro
 
 const name = z.string().min(1).max(2 * nameLengthMax + 1);
 const byName = z.strictObject({ name });
+// Control characters (NUL, newlines, C1) and bidirectional overrides make names that print as
+// something else in logs, listings and terminals; lone surrogates do not survive a round trip.
+const unsafeNameCharacters = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/u;
+const wellFormed = (value: string) => value.isWellFormed();
+/** The name of a new object (bdev, lvstore, lvol): checked here, so a bad one is -32602 naming the field. */
+const newName = z
+  .string()
+  .min(1)
+  .max(nameLengthMax)
+  .refine((value) => !value.includes('/'), "must not contain '/'")
+  .refine((value) => !unsafeNameCharacters.test(value), 'must not contain control or bidirectional-override characters')
+  .refine(wellFormed, 'must be well-formed Unicode (no lone surrogates)');
+const xattrName = z.string().min(1).max(xattrNameLengthMax).refine(wellFormed, 'must be well-formed Unicode (no lone surrogates)');
+const xattrValue = z.string().max(xattrValueLengthMax).refine(wellFormed, 'must be well-formed Unicode (no lone surrogates)');
+const clusterSize = u64AsNumber.refine(
+  (value) => value >= clusterSizeBytesMin && value <= clusterSizeBytesMax && (value & (value - 1)) === 0,
+  `must be a power of two from ${clusterSizeBytesMin} to ${clusterSizeBytesMax} bytes`,
+);
+/** Exactly one of uuid and lvs_name selects the lvstore (SPDK). */
+const oneLvstore = <T extends { uuid?: string | undefined; lvs_name?: string | undefined }>(params: T) =>
+  (params.uuid === undefined) !== (params.lvs_name === undefined);
+const oneLvstoreMessage = { message: 'give exactly one of uuid and lvs_name', path: ['lvs_name'] };
 const clearMethod = z
   .string()
   .transform((value) => value.toLowerCase())
@@ -96,7 +122,7 @@ function bdevMethods(node: StorageNode): Record<string, RpcMethod> {
     bdev_malloc_create: defineMethod({
       description: 'Create a RAM bdev (sparse: memory is used only where written).',
       priority: 'foreground',
-      params: z.strictObject({ num_blocks: u64AsNumber, block_size: blockSize, name: name.optional(), uuid: z.string().optional() }),
+      params: z.strictObject({ num_blocks: u64AsNumber, block_size: blockSize, name: newName.optional(), uuid: z.string().optional() }),
       result: z.string().describe('bdev name'),
       handler: (p) =>
         node.createMallocBdev({ numBlocks: p.num_blocks, blockSize: p.block_size, ...(p.name ? { name: p.name } : {}), ...(p.uuid ? { uuid: p.uuid } : {}) }),
@@ -112,7 +138,7 @@ function bdevMethods(node: StorageNode): Record<string, RpcMethod> {
       description: 'Attach a regular file (or block device) as a bdev through Node file I/O.',
       priority: 'foreground',
       params: z.strictObject({
-        name,
+        name: newName,
         filename: z.string().min(1),
         block_size: blockSize.optional(),
         readonly: z.boolean().optional(),
@@ -153,8 +179,8 @@ function lvstoreMethods(node: StorageNode): Record<string, RpcMethod> {
       priority: 'foreground',
       params: z.strictObject({
         bdev_name: name,
-        lvs_name: name,
-        cluster_sz: u64AsNumber.optional(),
+        lvs_name: newName,
+        cluster_sz: clusterSize.optional(),
         clear_method: clearMethod.optional(),
         num_md_pages_per_cluster_ratio: u64AsNumber.optional(),
         md_page_size: u64AsNumber.optional(),
@@ -171,7 +197,7 @@ function lvstoreMethods(node: StorageNode): Record<string, RpcMethod> {
     bdev_lvol_delete_lvstore: defineMethod({
       description: 'Delete an lvstore and all its lvols; running checksums are preempted.',
       priority: 'priority',
-      params: z.strictObject(lvstoreSelector),
+      params: z.strictObject(lvstoreSelector).refine(oneLvstore, oneLvstoreMessage),
       result: ok,
       handler: async (p) => (await node.deleteLvstore(p), true as const),
     }),
@@ -188,7 +214,7 @@ function lvstoreMethods(node: StorageNode): Record<string, RpcMethod> {
     bdev_lvol_rename_lvstore: defineMethod({
       description: 'Rename an lvstore; every lvol alias follows.',
       priority: 'foreground',
-      params: z.strictObject({ old_name: name, new_name: name }),
+      params: z.strictObject({ old_name: name, new_name: newName }),
       result: ok,
       handler: async (p) => (await node.renameLvstore(p.old_name, p.new_name), true as const),
     }),
@@ -202,13 +228,15 @@ function lvolMethods(node: StorageNode): Record<string, RpcMethod> {
     bdev_lvol_create: defineMethod({
       description: 'Create an lvol; size_in_mib is rounded up to whole clusters.',
       priority: 'foreground',
-      params: z.strictObject({
-        lvol_name: name,
-        size_in_mib: u64AsNumber,
-        ...lvstoreSelector,
-        thin_provision: z.boolean().optional(),
-        clear_method: clearMethod.optional(),
-      }),
+      params: z
+        .strictObject({
+          lvol_name: newName,
+          size_in_mib: u64AsNumber,
+          ...lvstoreSelector,
+          thin_provision: z.boolean().optional(),
+          clear_method: clearMethod.optional(),
+        })
+        .refine(oneLvstore, oneLvstoreMessage),
       result: uuidResult,
       handler: (p) =>
         node.createLvol({
@@ -225,21 +253,21 @@ function lvolMethods(node: StorageNode): Record<string, RpcMethod> {
     bdev_lvol_snapshot: defineMethod({
       description: 'Snapshot an lvol: the snapshot takes its clusters, the lvol becomes its thin clone.',
       priority: 'foreground',
-      params: z.strictObject({ lvol_name: name, snapshot_name: name, xattrs: z.record(z.string(), z.string()).optional() }),
+      params: z.strictObject({ lvol_name: name, snapshot_name: newName, xattrs: z.record(xattrName, xattrValue).optional() }),
       result: uuidResult,
       handler: (p) => node.snapshot(p.lvol_name, p.snapshot_name, p.xattrs ?? {}),
     }),
     bdev_lvol_clone: defineMethod({
       description: 'Clone a snapshot (thin). Preempts a checksum running on the snapshot.',
       priority: 'priority',
-      params: z.strictObject({ snapshot_name: name, clone_name: name }),
+      params: z.strictObject({ snapshot_name: name, clone_name: newName }),
       result: uuidResult,
       handler: (p) => node.clone(p.snapshot_name, p.clone_name),
     }),
     bdev_lvol_rename: defineMethod({
       description: 'Rename an lvol (new_name is the bare lvol name). Never delayed by checksums.',
       priority: 'foreground',
-      params: z.strictObject({ old_name: name, new_name: name }),
+      params: z.strictObject({ old_name: name, new_name: newName }),
       result: ok,
       handler: async (p) => (await node.renameLvol(p.old_name, p.new_name), true as const),
     }),
@@ -254,14 +282,14 @@ function lvolMethods(node: StorageNode): Record<string, RpcMethod> {
     bdev_lvol_set_xattr: defineMethod({
       description: 'Set a string xattr on a writable lvol.',
       priority: 'foreground',
-      params: z.strictObject({ name, xattr_name: z.string(), xattr_value: z.string() }),
+      params: z.strictObject({ name, xattr_name: xattrName, xattr_value: xattrValue }),
       result: ok,
       handler: async (p) => (await node.setXattr(p.name, p.xattr_name, p.xattr_value), true as const),
     }),
     bdev_lvol_get_xattr: defineMethod({
       description: 'Read an xattr; a missing one is -32603 "No such file or directory".',
       priority: 'foreground',
-      params: z.strictObject({ name, xattr_name: z.string() }),
+      params: z.strictObject({ name, xattr_name: xattrName }),
       result: z.string(),
       handler: (p) => node.getXattr(p.name, p.xattr_name),
     }),
@@ -529,7 +557,8 @@ export function describeMethods(table: MethodTable, only?: string): Record<strin
   const names = only === undefined ? Object.keys(table).sort() : [only];
   const out: Record<string, z.output<typeof methodDescription>> = {};
   for (const methodName of names) {
-    const method = table[methodName];
+    // Own properties only: "__proto__", "constructor" or "toString" are unknown methods.
+    const method = Object.hasOwn(table, methodName) ? table[methodName] : undefined;
     if (!method) throw new RpcFrameworkError('invalidParams', { field: 'method', issues: [{ path: 'method', message: `unknown method ${methodName}` }] });
     out[methodName] = {
       description: method.description,

@@ -200,6 +200,43 @@ describe('bad input', () => {
     expect(await rpcError(client.call('bdev_get_bdevs', { name: 'lvs0/x' }))).toMatchObject({ code: -19 });
   });
 
+  it('refuses bad names, cluster sizes, selectors and xattrs with -32602 naming the field, changing nothing', async () => {
+    // Goal (hostile-input findings): these were -22 or silently accepted; each is now a params
+    // error with data.field, and none of them changes what a listing shows.
+    await client.call('bdev_lvol_create', { lvs_name: 'lvs0', lvol_name: 'named', size_in_mib: 4, thin_provision: true });
+    const before = JSON.stringify(await client.call('bdev_lvol_get_lvols', {}), (_k, v: unknown) => (typeof v === 'bigint' ? String(v) : v));
+    const cases: Array<[string, Record<string, unknown>, string]> = [
+      ['bdev_lvol_create', { lvs_name: 'lvs0', lvol_name: 'n'.repeat(256), size_in_mib: 4 }, 'lvol_name'],
+      ['bdev_lvol_create', { lvs_name: 'lvs0', lvol_name: 'a/b', size_in_mib: 4 }, 'lvol_name'],
+      ['bdev_lvol_create', { lvs_name: 'lvs0', lvol_name: 'nul\u0000', size_in_mib: 4 }, 'lvol_name'],
+      ['bdev_lvol_create', { lvs_name: 'lvs0', lvol_name: 'line\nbreak', size_in_mib: 4 }, 'lvol_name'],
+      ['bdev_lvol_create', { lvs_name: 'lvs0', lvol_name: 'evil\u202egnp.exe', size_in_mib: 4 }, 'lvol_name'],
+      ['bdev_lvol_create', { lvol_name: 'noselector', size_in_mib: 4 }, 'lvs_name'],
+      ['bdev_lvol_create', { lvs_name: 'lvs0', uuid: 'x', lvol_name: 'both', size_in_mib: 4 }, 'lvs_name'],
+      ['bdev_lvol_create_lvstore', { bdev_name: 'disk0', lvs_name: 'odd', cluster_sz: 3 * 1024 * 1024 }, 'cluster_sz'],
+      ['bdev_lvol_rename', { old_name: 'lvs0/named', new_name: 'x/y' }, 'new_name'],
+      ['bdev_lvol_snapshot', { lvol_name: 'lvs0/named', snapshot_name: 'tab\there' }, 'snapshot_name'],
+      ['bdev_lvol_set_xattr', { name: 'lvs0/named', xattr_name: '', xattr_value: 'v' }, 'xattr_name'],
+      ['bdev_lvol_set_xattr', { name: 'lvs0/named', xattr_name: 'k'.repeat(256), xattr_value: 'v' }, 'xattr_name'],
+      ['bdev_lvol_set_xattr', { name: 'lvs0/named', xattr_name: 'k', xattr_value: 'v'.repeat(64 * 1024 + 1) }, 'xattr_value'],
+      ['bdev_lvol_set_xattr', { name: 'lvs0/named', xattr_name: 'k', xattr_value: 'lone \ud800 surrogate' }, 'xattr_value'],
+    ];
+    for (const [method, params, field] of cases) {
+      // JSON.stringify writes NUL and the lone surrogate as \u escapes; the node parses them back.
+      const raw = JSON.stringify({ jsonrpc: '2.0', id: 7, method, params });
+      const reply = (await rawExchange(raw)) as { error?: { code: number; data?: { field?: string } } };
+      expect(reply.error, `${method} ${JSON.stringify(params)}`).toMatchObject({ code: -32602, data: { field } });
+    }
+    const after = JSON.stringify(await client.call('bdev_lvol_get_lvols', {}), (_k, v: unknown) => (typeof v === 'bigint' ? String(v) : v));
+    expect(after).toBe(before);
+  });
+
+  it('answers rpc_get_schema for a prototype member name as an unknown method, not an internal error', async () => {
+    for (const method of ['__proto__', 'constructor', 'toString', 'hasOwnProperty']) {
+      expect(await rpcError(client.call('rpc_get_schema', { method })), method).toMatchObject({ code: -32602, data: { field: 'method' } });
+    }
+  });
+
   it('parses 64-bit parameters exactly and refuses ones beyond 2^53 where a number is needed', async () => {
     const tooBig = await rpcError(client.call('bdev_lvol_create', { lvs_name: 'lvs0', lvol_name: 'y', size_in_mib: 18446744073709551615n }));
     expect(tooBig).toMatchObject({ code: -32602, data: { field: 'size_in_mib' } });

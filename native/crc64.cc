@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <sched.h>
+#include <sys/file.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -736,6 +737,23 @@ napi_value jsCancel(napi_env env, napi_callback_info info) {
   return result;
 }
 
+// flock(fd, LOCK_EX | LOCK_NB): 0 when the lock is held now, else the errno (EWOULDBLOCK when
+// another open file holds it). A BSD lock belongs to the open file description, so unlike fcntl
+// locks it is not dropped when some other descriptor of the same file in this process closes.
+// Node has no flock of its own; lvnode uses it to keep two nodes off one bdev file.
+napi_value jsFlockExclusive(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  double fd = 0;
+  if (!getArgs(env, info, 1, argv) || !getInteger(env, argv[0], "fd", 2147483647.0, &fd)) return nullptr;
+  int result = 0;
+  while (flock(static_cast<int>(fd), LOCK_EX | LOCK_NB) != 0) {
+    if (errno == EINTR) continue;
+    result = errno;
+    break;
+  }
+  return makeNumber(env, result);
+}
+
 napi_value jsBackgroundStats(napi_env env, napi_callback_info /*info*/) {
   State* state = stateOf(env);
   if (state == nullptr) return nullptr;
@@ -818,6 +836,7 @@ NAPI_MODULE_INIT() {
       {"submitBufferCrc", jsSubmitBufferCrc},
       {"cancel", jsCancel},
       {"backgroundStats", jsBackgroundStats},
+      {"flockExclusive", jsFlockExclusive},
   };
   for (const Method& method : methods) {
     napi_value fn;

@@ -5,10 +5,11 @@
 // step), do their work and re-queue what they preempted. Everything else never waits for a
 // checksum. Checksum operations live in ./checksums.ts, the background scheduler in ./scheduler.ts.
 import { EventEmitter } from 'node:events';
-import { access } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import { resolve as resolvePath } from 'node:path';
 import type { BlockDevice } from '../device/blockDevice.ts';
 import { FileDevice } from '../device/fileDevice.ts';
+import { FileLockedError } from '../device/fileLock.ts';
 import { MemoryDevice } from '../device/memoryDevice.ts';
 import type { IoQueueStats } from '../device/ioQueue.ts';
 import { QueuedDevice } from '../device/queuedDevice.ts';
@@ -157,10 +158,14 @@ export class StorageNode {
     if (this.registry.bdevNameTaken(name)) fail('EEXIST', `bdev ${name} already exists`);
   }
 
-  /** One file, one bdev: two handles writing one lvstore would corrupt it. */
-  private assertFileFree(filename: string): void {
+  /**
+   * One file, one bdev: two handles writing one lvstore would corrupt it. Files are compared by
+   * device and inode, so a hard link or a symlink to an attached file is the same file.
+   */
+  private assertFileFree(filename: string, fileId?: string): void {
     for (const other of this.registry.bdevs.values()) {
-      if (other.filename === filename) fail('EEXIST', `${filename} is already attached as bdev ${other.name}`);
+      const same = other.filename === filename || (fileId !== undefined && other.device.fileId === fileId);
+      if (same) fail('EEXIST', `${filename} is already attached as bdev ${other.name} (${other.filename})`);
     }
   }
 
@@ -186,16 +191,21 @@ export class StorageNode {
     this.assertBdevNameFree(request.name);
     // Kept absolute, so the saved config means the same file whatever directory the node starts in.
     const options = { ...request, filename: resolvePath(request.filename) };
-    this.assertFileFree(options.filename);
+    let identity: string;
     try {
-      await access(options.filename);
+      const info = await stat(options.filename, { bigint: true });
+      identity = `${info.dev}:${info.ino}`;
     } catch {
       fail('ENOENT', `file ${options.filename} does not exist`);
     }
+    // Before opening: a second open of an attached file would already collide with our own lock.
+    this.assertFileFree(options.filename, identity);
     let device: BlockDevice;
     try {
       device = new QueuedDevice(await FileDevice.open(options.filename, options.blockSize, { readOnly: options.readOnly }));
     } catch (error) {
+      // Another node holds the file (SPEC §9): say who.
+      if (error instanceof FileLockedError) fail('EBUSY', `${error.message}; a file is served by one node at a time`);
       fail('EINVAL', `cannot open ${options.filename}: ${error instanceof Error ? error.message : String(error)}`);
     }
     if (device.sizeBytes < options.blockSize) {
@@ -205,7 +215,7 @@ export class StorageNode {
     // The name or the file may have been taken while the file was opening.
     try {
       this.assertBdevNameFree(options.name);
-      this.assertFileFree(options.filename);
+      this.assertFileFree(options.filename, device.fileId);
     } catch (error) {
       await device.close();
       throw error;

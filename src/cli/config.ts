@@ -56,7 +56,11 @@ function bdevNameOf(call: ConfigCall): string | undefined {
 export async function replayConfig(table: MethodTable, node: StorageNode, calls: ConfigCall[], source: string): Promise<void> {
   for (const call of calls) {
     const name = bdevNameOf(call);
-    if (name !== undefined && node.registry.bdevs.has(name)) continue;
+    if (name !== undefined && node.registry.bdevs.has(name)) {
+      // Said, not silently dropped: the config asked for a bdev whose name is already attached.
+      log('warn', 'config call skipped: a bdev of that name is already attached', { source, method: call.method, bdev: name });
+      continue;
+    }
     try {
       if (!configMethods.has(call.method)) throw new Error(`method ${call.method} is not allowed in a config`);
       const method = table[call.method]!;

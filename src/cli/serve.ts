@@ -10,6 +10,7 @@ import { log } from '../log.ts';
 import { type Runtime, systemRuntime } from '../runtime.ts';
 import { createDispatcher } from '../transport/jsonRpc.ts';
 import type { MethodTable } from '../transport/methodTable.ts';
+import { type DataDirLock, lockDataDir } from './dataDirLock.ts';
 import { SavedConfigWriter, readConfig, replayConfig, savedConfigName, writeFileAtomically } from './config.ts';
 import { createMethodTable } from '../transport/methods.ts';
 import { RpcStats } from '../transport/stats.ts';
@@ -109,6 +110,17 @@ export async function startNode(options: ServeOptions): Promise<RunningNode> {
   const { host, port } = parseListen(options.listen);
   const dataDir = resolve(options.dataDir);
   await mkdir(dataDir, { recursive: true });
+  // First of all: a second node on this data directory must stop before it touches anything.
+  const dataDirLock = await lockDataDir(dataDir);
+  try {
+    return await startLockedNode(options, dataDir, host, port, dataDirLock);
+  } catch (error) {
+    await dataDirLock.release();
+    throw error;
+  }
+}
+
+async function startLockedNode(options: ServeOptions, dataDir: string, host: string, port: number, dataDirLock: DataDirLock): Promise<RunningNode> {
   const writer = new SavedConfigWriter(join(dataDir, savedConfigName));
   const backgroundPath = join(dataDir, backgroundOptionsName);
   const threads = configureBackgroundThreads();
@@ -159,6 +171,7 @@ export async function startNode(options: ServeOptions): Promise<RunningNode> {
       await node.shutdown();
       detachStately();
       rpcStats.close();
+      await dataDirLock.release();
     },
   };
 }

@@ -15,6 +15,8 @@ export interface BlockDevice {
   close(): Promise<void>;
   /** An OS file descriptor the native checksum reader may pread, when the device is a file. */
   readonly fd?: number | undefined;
+  /** For files: `device:inode`, the same whatever path opened it (one file, one bdev). */
+  readonly fileId?: string | undefined;
   /**
    * Runs background work (a checksum read) behind the device's foreground I/O (SPEC §6.6).
    * Devices without a queue (test doubles) leave it out and background work runs directly.

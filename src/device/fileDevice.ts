@@ -2,6 +2,7 @@
 import { constants as fsConstants } from 'node:fs';
 import { type FileHandle, open, stat } from 'node:fs/promises';
 import { type BlockDevice, assertAlignedRange, zeroChunk, zeroChunkBytes } from './blockDevice.ts';
+import { lockExclusive } from './fileLock.ts';
 
 export class FileDevice implements BlockDevice {
   readonly kind: BlockDevice['kind'] = 'file';
@@ -12,6 +13,10 @@ export class FileDevice implements BlockDevice {
     readonly sizeBytes: number,
     readonly blockSizeBytes: number,
     readonly readOnly: boolean,
+    /** The opened file's identity, `device:inode`: the same file by any path (link, symlink) has one. */
+    readonly fileId: string,
+    /** Whether this node holds the file's exclusive lock (false only without the native addon). */
+    readonly locked: boolean,
   ) {}
 
   /**
@@ -23,8 +28,16 @@ export class FileDevice implements BlockDevice {
     if (!info.isFile() && !info.isBlockDevice()) throw new Error(`${path} is not a regular file or block device`);
     const flags = options.readOnly ? fsConstants.O_RDONLY : fsConstants.O_RDWR;
     const handle = await open(path, flags);
-    const sizeBytes = Math.floor(info.size / blockSizeBytes) * blockSizeBytes;
-    return new FileDevice(path, handle, sizeBytes, blockSizeBytes, options.readOnly ?? false);
+    try {
+      // Identity and size of what was opened, not of what the path named a moment before.
+      const opened = await handle.stat({ bigint: true });
+      const locked = lockExclusive(handle.fd, path, opened.ino);
+      const sizeBytes = Math.floor(Number(opened.size) / blockSizeBytes) * blockSizeBytes;
+      return new FileDevice(path, handle, sizeBytes, blockSizeBytes, options.readOnly ?? false, `${opened.dev}:${opened.ino}`, locked);
+    } catch (error) {
+      await handle.close();
+      throw error;
+    }
   }
 
   /** Creates (or extends) a sparse file of `sizeBytes`: it takes no disk space until written. */

@@ -28,6 +28,10 @@ export class QueuedDevice implements BlockDevice {
     return this.inner.fd;
   }
 
+  get fileId(): string | undefined {
+    return this.inner.fileId;
+  }
+
   readInto(target: Buffer, offsetBytes: number): Promise<void> {
     return this.queue.run('foreground', () => this.inner.readInto(target, offsetBytes));
   }

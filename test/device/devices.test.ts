@@ -1,11 +1,12 @@
 // Block devices: FileDevice on a real temporary file, MemoryDevice, and SimulatedDevice's faults.
-import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { mibBytes } from '../../src/constants.ts';
 import { readBytes } from '../../src/device/blockDevice.ts';
 import { FileDevice } from '../../src/device/fileDevice.ts';
+import { fileLocksAvailable } from '../../src/device/fileLock.ts';
 import { MemoryDevice } from '../../src/device/memoryDevice.ts';
 import { SimulatedDevice, SimulatedIoError } from '../../src/device/simulatedDevice.ts';
 
@@ -73,9 +74,24 @@ describe('FileDevice', () => {
     expect(straddling.subarray(blockBytes, 4 * blockBytes).equals(first)).toBe(true);
     expect(straddling.subarray(4 * blockBytes).equals(Buffer.alloc(blockBytes))).toBe(true);
     await device.flush();
-    // Another handle on the same file sees the bytes: they reached the file, not a cache of ours.
-    const again = await openDevice(path, { readOnly: true });
-    expect((await readBytes(again, 2 * mibBytes, second.length)).equals(second)).toBe(true);
+    // Plain file I/O on the same file sees the bytes: they reached the file, not a cache of ours.
+    const onDisk = await readFile(path);
+    expect(onDisk.subarray(2 * mibBytes, 2 * mibBytes + second.length).equals(second)).toBe(true);
+  });
+
+  it('holds an exclusive lock on its file: a second device on it is refused, naming the holder, until the first closes', async () => {
+    // Goal: two nodes (or two bdevs) never write one file (SPEC §9).
+    const path = join(directory, 'disk.img');
+    await FileDevice.createSparse(path, mibBytes);
+    const first = await openDevice(path);
+    expect(first.locked).toBe(fileLocksAvailable);
+    if (fileLocksAvailable) {
+      await expect(FileDevice.open(path, blockBytes)).rejects.toThrow(/locked by this node \(pid \d+\)/);
+      await first.close();
+      const second = await FileDevice.open(path, blockBytes);
+      expect(second.locked).toBe(true);
+      await second.close();
+    }
   });
 
   it('discards a range to zeros, and the whole device at once, keeping its size', async () => {

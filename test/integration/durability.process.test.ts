@@ -3,7 +3,7 @@
 // metadata is reported and left untouched while everything else is served; SIGTERM during a
 // checksum exits 0 promptly; acknowledged writes survive a kill with writes in flight.
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtemp, open, readFile, rename, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import { link, mkdtemp, open, readFile, rename, rm, stat, symlink, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createCRC64 } from 'hash-wasm';
@@ -457,6 +457,52 @@ describe('clean shutdown', () => {
     const clusters = fills.flatMap((fill) => Array.from({ length: regionBytes / clusterBytes }, () => Buffer.alloc(clusterBytes, fill)));
     marker.copy(clusters[(100 * mib) / clusterBytes]!, (100 * mib) % clusterBytes);
     expect(await checksumOf(client, 'lvs0/snap')).toBe(await independentChecksum(clusters));
+  });
+});
+
+describe('one node per data directory and per file', () => {
+  it('refuses a second node on a data directory, naming the first; a second data dir cannot attach the first node’s file', async () => {
+    // Goal (hostile finding 5): two nodes on one data directory both acknowledged lvols and one
+    // was lost. Now the second refuses to start and names the holder, and a node on another data
+    // directory that is handed the same bdev file (the README's save_config → --config while the
+    // first still runs) refuses that bdev with EBUSY naming the holder, and serves the rest.
+    const first = await spawnNode({ dataDir });
+    const client = await first.connect();
+    await client.call('bdev_lvol_create', { lvs_name: 'lvs0', lvol_name: 'kept', size_in_mib: 4, thin_provision: true });
+    await expect(spawnNode({ dataDir })).rejects.toThrow(new RegExp(`data directory .* is in use by pid ${first.child.pid}`));
+
+    const other = await scratchDir();
+    const configPath = join(other, 'config.json');
+    await writeFile(configPath, JSON.stringify(await client.call('save_config', {})));
+    const second = await spawnNode({ dataDir: join(other, 'data'), configFile: configPath, logLevel: 'warn' });
+    const secondClient = await second.connect();
+    expect(await lvstoreNames(secondClient)).toEqual(['lvs0']); // its own embedded default only
+    const refused = await rpcError(secondClient.call('bdev_aio_create', { name: 'again', filename: join(dataDir, 'disk0.img') }));
+    expect(refused.code).toBe(-16);
+    expect((refused.data as { detail: string }).detail).toContain(`locked by pid ${first.child.pid}`);
+    expect((await second.terminate()).code).toBe(0);
+
+    // The first node lost nothing.
+    expect([...(await lvolsByAlias(client)).keys()]).toContain('lvs0/kept');
+  });
+
+  it('treats the same file by another path (symlink, hard link) as the same bdev', async () => {
+    // Goal (hostile finding 4): path strings made one file three bdevs, and an lvstore on one
+    // overwrote another's. Files are compared by device and inode.
+    const node = await spawnNode({ dataDir });
+    const client = await node.connect();
+    const holder = await scratchDir();
+    const filePath = await sparseFile(join(holder, 'one.img'), 16 * mib);
+    await client.call('bdev_aio_create', { name: 'one', filename: filePath });
+    await symlink(filePath, join(holder, 'via-symlink.img'));
+    await link(filePath, join(holder, 'via-hardlink.img'));
+    const before = await client.call('bdev_get_bdevs', {});
+    for (const alias of ['via-symlink.img', 'via-hardlink.img']) {
+      const error = await rpcError(client.call('bdev_aio_create', { name: `x-${alias}`, filename: join(holder, alias) }));
+      expect(error, alias).toMatchObject({ code: -17 });
+      expect((error.data as { detail: string }).detail).toContain('already attached as bdev one');
+    }
+    expect(await client.call('bdev_get_bdevs', {})).toEqual(before);
   });
 });
 

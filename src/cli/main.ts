@@ -76,6 +76,7 @@ async function serve(args: string[]): Promise<number> {
     };
     process.once('SIGINT', () => stop('SIGINT'));
     process.once('SIGTERM', () => stop('SIGTERM'));
+    watchLauncher(() => stop('npm (the launcher) exited'));
   });
   await running.close();
   // Everything is flushed and closed. A library timer may still hold the event loop (the
@@ -84,6 +85,25 @@ async function serve(args: string[]): Promise<number> {
   setTimeout(() => process.exit(0), 1000).unref();
   return 0;
 }
+
+/**
+ * Under `npm start`, npm is the process a service manager signals, and npm 11 exits on SIGTERM
+ * without passing it on: the node would run on as an orphan, still listening. So a node that
+ * npm started shuts down, cleanly, once npm is gone (its parent changes). A node started any
+ * other way (`bin/lvnode.mjs serve`, nohup, systemd) is left alone.
+ */
+function watchLauncher(onGone: () => void): void {
+  if (process.env.npm_lifecycle_event === undefined) return;
+  const launcherPid = process.ppid;
+  const timer = setInterval(() => {
+    if (process.ppid === launcherPid) return;
+    clearInterval(timer);
+    onGone();
+  }, launcherPollMs);
+  timer.unref();
+}
+
+const launcherPollMs = 500;
 
 async function rpc(args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({

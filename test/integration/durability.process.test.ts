@@ -4,7 +4,10 @@
 // checksum exits 0 promptly; acknowledged writes survive a kill with writes in flight.
 import { createHash, randomBytes } from 'node:crypto';
 import { link, mkdtemp, open, readFile, rename, rm, stat, symlink, truncate, writeFile } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
+import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
 import { createCRC64 } from 'hash-wasm';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -503,6 +506,46 @@ describe('one node per data directory and per file', () => {
       expect((error.data as { detail: string }).detail).toContain('already attached as bdev one');
     }
     expect(await client.call('bdev_get_bdevs', {})).toEqual(before);
+  });
+});
+
+describe('npm start and signals', () => {
+  it('stops the node, not just npm, when npm start gets SIGTERM (no orphan left listening)', async () => {
+    // Goal (hostile finding 7): a service manager signals the `npm start` process; the node must
+    // shut down with it rather than run on as an orphan.
+    const child = spawn('npm', ['start', '--silent', '--', '--data-dir', dataDir, '--listen', '127.0.0.1:0', '--default-disk-size', '64M'], {
+      cwd: fileURLToPath(new URL('../../', import.meta.url)),
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, LVNODE_LOG_LEVEL: 'warn' },
+    });
+    let out = '';
+    child.stdout!.setEncoding('utf8').on('data', (chunk: string) => (out += chunk));
+    const exited = new Promise((resolve) => child.once('exit', resolve));
+    const url = await new Promise<string>((resolve, reject) => {
+      const timer = setInterval(() => {
+        const match = /lvnode serving JSON-RPC at (ws:\/\/\S+)/.exec(out);
+        if (match) {
+          clearInterval(timer);
+          resolve(match[1]!);
+        }
+      }, 50);
+      void exited.then(() => reject(new Error(`npm start exited early: ${out}`)));
+    });
+    const port = Number(new URL(url).port);
+    child.kill('SIGTERM');
+    await exited;
+    // The node's port closes within a few seconds: nothing is left listening.
+    const deadline = Date.now() + 10_000;
+    let listening = true;
+    while (listening && Date.now() < deadline) {
+      listening = await new Promise<boolean>((resolve) => {
+        const socket = connect(port, '127.0.0.1');
+        socket.once('connect', () => (socket.destroy(), resolve(true)));
+        socket.once('error', () => resolve(false));
+      });
+      if (listening) await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+    expect(listening).toBe(false);
   });
 });
 

@@ -8,7 +8,7 @@
 // while a write is in flight are grouped into the next record (group commit).
 import assert from 'node:assert/strict';
 import { crc64 } from '../checksum/crc64.ts';
-import type { BlockDevice } from '../device/blockDevice.ts';
+import { type BlockDevice, zeroChunk, zeroChunkBytes } from '../device/blockDevice.ts';
 import { StorageError, fromDeviceError } from '../errors.ts';
 import { log } from '../log.ts';
 import {
@@ -33,6 +33,14 @@ class MetadataFullError extends Error {
   toStorageError(): StorageError {
     return new StorageError('ENOSPC', { detail: `${this.message}; delete lvols or snapshots to make room` });
   }
+}
+
+/** Writes zeros over [0, bytes): the file system allocates the blocks now, not at the first append. */
+async function preallocate(device: BlockDevice, bytes: number): Promise<void> {
+  for (let offset = 0; offset < bytes; offset += zeroChunkBytes) {
+    await device.write(offset, zeroChunk.subarray(0, Math.min(zeroChunkBytes, bytes - offset)));
+  }
+  await device.flush();
 }
 
 interface Waiter {
@@ -72,6 +80,10 @@ export class JournalMetadataLog implements MetadataLog {
    * Any journal bytes left from an earlier lvstore are harmless: their sequence numbers do not follow.
    */
   static async format(device: BlockDevice, layout: MetadataLayout, record: LvstoreRecord): Promise<JournalMetadataLog> {
+    // On a file, the metadata area is written out for real first: as a hole in a sparse file, a
+    // full file system would answer a later journal append with ENOSPC, and the lvstore could
+    // no longer even record the delete that frees space.
+    if (device.fd !== undefined) await preallocate(device, layout.journalOffset + layout.journalBytes);
     const log = new JournalMetadataLog(device, layout, () => record, {
       superBlock: {
         generation: 0n,

@@ -2,7 +2,7 @@
 // and lvols; malformed input answered clearly while the node and the connection survive;
 // the inspection stream shows an lvol's checksum transitions in order.
 import { spawn } from 'node:child_process';
-import { writeFile } from 'node:fs/promises';
+import { stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
@@ -129,6 +129,13 @@ describe('bdevs, lvstores and lvols over RPC', () => {
     const steps = events.filter((event) => event.actor_id === snapshot && event.type === 'event' && (event.event as { type: string }).type === 'xstate.done.actor.clusterStep');
     expect(steps).toHaveLength(4);
     expect(events.map((event) => event.seq)).toEqual([...events.map((event) => event.seq)].sort((x, y) => x - y));
+  });
+
+  it('allocates the metadata area of a new lvstore for real, not as a hole of the sparse file', async () => {
+    // Goal (hostile finding 6): with the journal region left sparse, a full file system answered
+    // the next metadata append with ENOSPC. disk0 is 2 GiB: its metadata area is 1/64 of it.
+    const info = await stat(join(node.dataDir, 'disk0.img'));
+    expect(info.blocks * 512).toBeGreaterThanOrEqual(info.size / 64);
   });
 
   it('reports request counts, latencies, event-loop delay and checksum walks in node_get_stats', async () => {

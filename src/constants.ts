@@ -31,6 +31,10 @@ export const bdevCountMax = 4096;
 
 // Internal read/write API: the largest single request.
 export const ioBytesMax = 64 * mibBytes;
+// Payload memory of data requests in flight (node_lvol_write/read), reserved before it is
+// allocated (SPEC §10): per connection and for the whole node. Beyond it a request waits.
+export const payloadBytesInFlightPerConnectionMax = 128 * mibBytes;
+export const payloadBytesInFlightNodeMax = 512 * mibBytes;
 
 // JSON-RPC over WebSocket (SPEC §3.1).
 export const listenDefault = '127.0.0.1:5260';
@@ -76,3 +80,4 @@ assert.ok(
 );
 assert.ok(rpcInFlightPerConnectionMax >= rpcBatchLengthMax, 'a full batch fits in the in-flight limit');
 assert.ok(ioBytesMax <= rpcFrameBytesMax * 64);
+assert.ok(ioBytesMax <= payloadBytesInFlightPerConnectionMax && payloadBytesInFlightPerConnectionMax <= payloadBytesInFlightNodeMax);

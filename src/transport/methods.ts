@@ -18,6 +18,7 @@ import {
 } from '../constants.ts';
 import type { StorageNode } from '../actors/node.ts';
 import { schedulerActorId } from '../actors/scheduler.ts';
+import { PayloadBudgets } from './byteBudget.ts';
 import { RpcFrameworkError } from './errorMapping.ts';
 import { u64, u64AsNumber } from './json64.ts';
 import { type Connection, type MethodTable, type RpcMethod, defineMethod } from './methodTable.ts';
@@ -387,7 +388,7 @@ function checksumMethods(node: StorageNode): Record<string, RpcMethod> {
   };
 }
 
-function dataMethods(node: StorageNode): Record<string, RpcMethod> {
+function dataMethods(node: StorageNode, payload: PayloadBudgets): Record<string, RpcMethod> {
   const base64 = z.base64().max(Math.ceil((ioBytesMax * 4) / 3) + 4);
   return {
     node_lvol_write: defineMethod({
@@ -403,18 +404,22 @@ function dataMethods(node: StorageNode): Record<string, RpcMethod> {
         fua: z.boolean().optional(),
       }),
       result: ok,
-      handler: async (p) => {
+      handler: async (p, connection) => {
         const fill = p.fill_byte !== undefined && p.length !== undefined && p.data === undefined;
         if (!fill && (p.data === undefined || p.fill_byte !== undefined || p.length !== undefined)) {
           throw RpcFrameworkError.invalidParams([{ path: 'data', message: 'give either data, or fill_byte with length' }]);
         }
-        const bytes = fill ? Buffer.alloc(Math.min(p.length!, ioBytesMax + 1), p.fill_byte) : Buffer.from(p.data!, 'base64');
-        if (bytes.length > ioBytesMax) {
-          throw RpcFrameworkError.invalidParams([{ path: 'length', message: `at most ${ioBytesMax} bytes per call` }]);
+        // Checked before anything is allocated: a 100-byte request must not cost 64 MiB + 1.
+        const lengthBytes = fill ? p.length! : Math.floor((p.data!.length * 3) / 4);
+        if (lengthBytes > ioBytesMax) {
+          throw RpcFrameworkError.invalidParams([{ path: fill ? 'length' : 'data', message: `at most ${ioBytesMax} bytes per call` }]);
         }
-        await node.writeLvol(p.name, p.offset, bytes);
-        if (p.fua) await node.flushLvol(p.name);
-        return true as const;
+        return payload.run(connection, lengthBytes, async () => {
+          const bytes = fill ? Buffer.alloc(lengthBytes, p.fill_byte) : Buffer.from(p.data!, 'base64');
+          await node.writeLvol(p.name, p.offset, bytes);
+          if (p.fua) await node.flushLvol(p.name);
+          return true as const;
+        });
       },
     }),
     node_lvol_read: defineMethod({
@@ -422,7 +427,9 @@ function dataMethods(node: StorageNode): Record<string, RpcMethod> {
       priority: 'foreground',
       params: z.strictObject({ name, offset: u64AsNumber, length: z.number().int().min(0).max(512 * 1024) }),
       result: z.string(),
-      handler: async (p) => (await node.readLvol(p.name, p.offset, p.length)).toString('base64'),
+      handler: (p, connection) =>
+        // The buffer and its base64 text are both alive until the reply is written.
+        payload.run(connection, Math.ceil((p.length * 7) / 3), async () => (await node.readLvol(p.name, p.offset, p.length)).toString('base64')),
     }),
   };
 }
@@ -471,12 +478,13 @@ export interface TransportStats {
 }
 
 export function createMethodTable(node: StorageNode, transport?: TransportStats): MethodTable {
+  const payload = new PayloadBudgets();
   const table: Record<string, RpcMethod> = {
     ...bdevMethods(node),
     ...lvstoreMethods(node),
     ...lvolMethods(node),
     ...checksumMethods(node),
-    ...dataMethods(node),
+    ...dataMethods(node, payload),
     ...observabilityMethods(node),
   };
   table.save_config = defineMethod({
@@ -505,6 +513,7 @@ export function createMethodTable(node: StorageNode, transport?: TransportStats)
         devices: node.deviceQueueStats(),
         crc: crcInfo(),
         inspect_subscribers: node.inspector.subscriberCount,
+        payload_bytes_in_flight: payload.inUseBytes,
       };
       if (p.reset) transport?.rpc.resetInterval();
       return view;

@@ -238,6 +238,24 @@ describe('bad input', () => {
     expect(after).toBe(before);
   });
 
+  it('bounds payload memory by bytes: 64 MiB fills wait their turn, and 64 MiB + 1 is refused first', async () => {
+    // Goal (hostile finding 3): a ~110-byte request allocated 64 MiB, 40 in flight took RSS to
+    // 2.7 GB, and an oversized one allocated before it was refused.
+    await client.call('bdev_lvol_create', { lvs_name: 'lvs0', lvol_name: 'budget', size_in_mib: 64, thin_provision: false });
+    const tooBig = await rpcError(client.call('node_lvol_write', { name: 'lvs0/budget', offset: 0, fill_byte: 1, length: 64 * 1024 * 1024 + 1 }));
+    expect(tooBig).toMatchObject({ code: -32602, data: { field: 'length' } });
+    const baseline = process.memoryUsage().rss;
+    let peak = baseline;
+    const sampler = setInterval(() => (peak = Math.max(peak, process.memoryUsage().rss)), 5);
+    const writes = Array.from({ length: 12 }, (_, index) =>
+      client.call('node_lvol_write', { name: 'lvs0/budget', offset: 0, fill_byte: index + 1, length: 64 * 1024 * 1024 }),
+    );
+    await Promise.all(writes);
+    clearInterval(sampler);
+    // Twelve unbounded would be 768 MiB at once; the per-connection budget is 128 MiB.
+    expect(peak - baseline).toBeLessThan(512 * 1024 * 1024);
+  });
+
   it('answers rpc_get_schema for a prototype member name as an unknown method, not an internal error', async () => {
     for (const method of ['__proto__', 'constructor', 'toString', 'hasOwnProperty']) {
       expect(await rpcError(client.call('rpc_get_schema', { method })), method).toMatchObject({ code: -32602, data: { field: 'method' } });

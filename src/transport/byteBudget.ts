@@ -1,0 +1,73 @@
+// A byte budget for request payloads: memory is reserved before it is allocated, and a request
+// that does not fit waits its turn (first come, first served) instead of allocating anyway.
+import assert from 'node:assert/strict';
+import { payloadBytesInFlightNodeMax, payloadBytesInFlightPerConnectionMax } from '../constants.ts';
+import type { Connection } from './methodTable.ts';
+
+export class ByteBudget {
+  private usedBytes = 0;
+  private readonly waiting: Array<{ bytes: number; grant: () => void }> = [];
+
+  constructor(readonly capacityBytes: number) {
+    assert.ok(capacityBytes > 0);
+  }
+
+  get inUseBytes(): number {
+    return this.usedBytes;
+  }
+
+  /** Resolves with the release function once `bytes` are reserved; bytes beyond the capacity throw. */
+  async reserve(bytes: number): Promise<() => void> {
+    assert.ok(bytes <= this.capacityBytes, 'callers refuse requests larger than the whole budget');
+    if (this.waiting.length > 0 || this.usedBytes + bytes > this.capacityBytes) {
+      await new Promise<void>((grant) => this.waiting.push({ bytes, grant }));
+    } else {
+      this.usedBytes += bytes;
+    }
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      this.usedBytes -= bytes;
+      this.grantWaiting();
+    };
+  }
+
+  private grantWaiting(): void {
+    while (this.waiting[0] && this.usedBytes + this.waiting[0].bytes <= this.capacityBytes) {
+      const next = this.waiting.shift()!;
+      this.usedBytes += next.bytes;
+      next.grant();
+    }
+  }
+}
+
+/** The node's payload budgets: one per connection, then one for the whole node (constants.ts). */
+export class PayloadBudgets {
+  private readonly node = new ByteBudget(payloadBytesInFlightNodeMax);
+  private readonly perConnection = new WeakMap<Connection, ByteBudget>();
+
+  get inUseBytes(): number {
+    return this.node.inUseBytes;
+  }
+
+  /** Runs `work` with `bytes` reserved on the connection's budget, then the node's. */
+  async run<T>(connection: Connection, bytes: number, work: () => Promise<T>): Promise<T> {
+    let budget = this.perConnection.get(connection);
+    if (!budget) {
+      budget = new ByteBudget(payloadBytesInFlightPerConnectionMax);
+      this.perConnection.set(connection, budget);
+    }
+    const releaseConnection = await budget.reserve(bytes);
+    try {
+      const releaseNode = await this.node.reserve(bytes);
+      try {
+        return await work();
+      } finally {
+        releaseNode();
+      }
+    } finally {
+      releaseConnection();
+    }
+  }
+}

@@ -27,6 +27,11 @@ export const xattrNameLengthMax = 255;
 export const xattrValueLengthMax = 64 * kibBytes;
 export const xattrCountMax = 256;
 export const lvolCountMax = 65_536;
+// The largest lvol in clusters (thin ones may overcommit the store up to it, as SPDK allows).
+// Cluster maps are dense arrays today, so an lvol's memory, checkpoint bytes and listing time
+// follow its virtual size: this bound (16 MiB of map) keeps one request from bricking a store
+// until maps follow only what is owned.
+export const lvolClusterCountMax = 2 ** 22;
 export const bdevCountMax = 4096;
 
 // Internal read/write API: the largest single request.

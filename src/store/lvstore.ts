@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import {
   clusterSizeBytesMax,
   clusterSizeBytesMin,
+  lvolClusterCountMax,
   metadataAreaBytesMax,
   metadataAreaBytesMin,
   metadataAreaDeviceFraction,
@@ -301,7 +302,9 @@ export class Lvstore {
   async createLvol(options: { name: string; clusterCount: number; thin: boolean; clearMethod?: ClearMethod }): Promise<LvolRecord> {
     this.assertNameFree(options.name);
     if (!Number.isSafeInteger(options.clusterCount) || options.clusterCount < 1) fail('EINVAL', 'size must be at least one cluster');
-    if (options.clusterCount > this.allocator.dataClusterTotal) {
+    assertClusterCountWithinLimit(options.clusterCount);
+    // Thin lvols may overcommit the store (SPDK); a thick one needs every cluster now.
+    if (!options.thin && options.clusterCount > this.allocator.dataClusterTotal) {
       fail('ENOSPC', `${options.clusterCount} clusters exceed the lvstore's ${this.allocator.dataClusterTotal}`);
     }
     const physical = options.thin ? [] : this.allocator.allocate(options.clusterCount);
@@ -458,6 +461,7 @@ export class Lvstore {
     const lvol = this.lvol(id);
     if (lvol.readOnly) fail('EPERM', `${lvol.name} is read-only and cannot be resized`);
     if (!Number.isSafeInteger(clusterCount) || clusterCount < 1) fail('EINVAL', 'size must be at least one cluster');
+    assertClusterCountWithinLimit(clusterCount);
     await this.gate(id).withExclusive(async () => {
       this.assertStillPresent(lvol);
       const oldCount = lvol.clusterMap.length;
@@ -804,6 +808,12 @@ export class Lvstore {
       }
     }
     return { clusterCount, allocated, bitmap };
+  }
+}
+
+function assertClusterCountWithinLimit(clusterCount: number): void {
+  if (clusterCount > lvolClusterCountMax) {
+    fail('EINVAL', `an lvol can have at most ${lvolClusterCountMax} clusters (asked for ${clusterCount})`);
   }
 }
 

@@ -1,7 +1,7 @@
 // The lvstore layer on its own: provisioning, the data path, snapshots, clones, merges and the
 // other SPDK lvol operations (SPEC §2, reference §8 and §3.4), checked against the bytes read back.
 import { describe, expect, it } from 'vitest';
-import { mibBytes } from '../../src/constants.ts';
+import { lvolClusterCountMax, mibBytes } from '../../src/constants.ts';
 import { MemoryDevice } from '../../src/device/memoryDevice.ts';
 import { SimulatedDevice } from '../../src/device/simulatedDevice.ts';
 import { StorageError } from '../../src/errors.ts';
@@ -69,6 +69,21 @@ describe('lvol provisioning', () => {
     expect(await errnoOf(() => store.read(lvol.id, 8 * mibBytes, blockBytes))).toBe('EINVAL');
   });
 
+  it('lets a thin lvol overcommit the store, as SPDK: a write that finds no free cluster gets ENOSPC', async () => {
+    // Goal (hostile finding 2): thin create larger than the store was refused with -28; SPDK allows it.
+    const { store } = await newStore();
+    const big = await store.createLvol({ name: 'big', clusterCount: 10 * 240, thin: true });
+    await store.resize(big.id, 20 * 240);
+    for (let index = 0; index < 240; index++) await store.write(big.id, index * clusterBytes, Buffer.alloc(512, 1));
+    expect(store.info().freeClusters).toBe(0);
+    const before = storeState(store);
+    expect(await errnoOf(() => store.write(big.id, 300 * clusterBytes, Buffer.alloc(512, 2)))).toBe('ENOSPC');
+    expect(storeState(store)).toEqual(before);
+    // A resize past the bound is refused at once, before anything grows.
+    expect(await errnoOf(() => store.resize(big.id, lvolClusterCountMax + 1))).toBe('EINVAL');
+    expect(storeState(store)).toEqual(before);
+  });
+
   it('refuses an lvol larger than the free space with ENOSPC and changes nothing', async () => {
     // Goal: a failed thick create leaves the free count, the lvol list and the name untouched.
     const { store } = await newStore();
@@ -77,8 +92,8 @@ describe('lvol provisioning', () => {
     const error = await store.createLvol({ name: 'second', clusterCount: 41, thin: false }).catch((caught: unknown) => caught);
     expect(error).toBeInstanceOf(StorageError);
     expect((error as StorageError).errno).toBe('ENOSPC');
-    // Larger than the whole store is refused even thin.
-    expect(await errnoOf(() => store.createLvol({ name: 'second', clusterCount: 241, thin: true }))).toBe('ENOSPC');
+    // Beyond lvnode's cluster-map bound is refused, thin or not, changing nothing.
+    expect(await errnoOf(() => store.createLvol({ name: 'second', clusterCount: lvolClusterCountMax + 1, thin: true }))).toBe('EINVAL');
     expect(storeState(store)).toEqual(before);
     // The name was not taken by the failed attempt, and exactly the free clusters still fit.
     const second = await store.createLvol({ name: 'second', clusterCount: 40, thin: false });

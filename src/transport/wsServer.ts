@@ -436,9 +436,13 @@ class RpcConnection implements Connection {
    * Sends a reply that holds no in-flight slot (parse errors, refusals). A client that keeps
    * provoking those without reading them would grow our buffer without bound, so it is cut.
    */
+  private cutForNotReading = false;
+
   private sendUnsolicited(text: string): void {
     if (this.ws.bufferedAmount > clientBufferedBytesMax) {
-      this.log({ level: 'warn', msg: 'ws client is not reading its replies', connection: this.id });
+      // Said once: frames already received keep arriving here until the socket is gone.
+      if (!this.cutForNotReading) this.log({ level: 'warn', msg: 'ws client is not reading its replies', connection: this.id });
+      this.cutForNotReading = true;
       this.ws.terminate(); // a close frame would only queue behind the unread replies
       return;
     }

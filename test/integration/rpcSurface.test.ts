@@ -310,4 +310,11 @@ describe('lvnode rpc (the CLI client)', () => {
     expect(code).toBe(1);
     expect(JSON.parse(stderr)).toMatchObject({ code: -19, message: 'No such device' });
   });
+
+  it('prints usage for --help after a command instead of a parser error', async () => {
+    const { code, stdout, stderr } = await runCli(['--help']);
+    expect(code).toBe(0);
+    expect(stdout).toContain('lvnode rpc METHOD');
+    expect(stderr).toBe('');
+  });
 });

@@ -2,9 +2,7 @@
 import { parseArgs } from 'node:util';
 import { listenDefault } from '../constants.ts';
 import { stringifyJson, parseJson } from '../transport/json64.ts';
-import { runDemo } from './demo.ts';
 import { RpcCallError, RpcClient } from './rpcClient.ts';
-import { serveDefaults, startNode } from './serve.ts';
 
 const usage = `lvnode — a storage node where every logical volume is an XState actor
 
@@ -59,6 +57,9 @@ async function serve(args: string[]): Promise<number> {
       heartbeatIntervalMs: positiveInteger(values['heartbeat-ms'], '--heartbeat-ms'),
     }).filter(([, value]) => value !== undefined),
   );
+  // Loaded here, not at the top: `lvnode rpc` needs none of the node (xstate, zod, WASM CRC), and
+  // loading it cost every CLI call about 0.3 s.
+  const { serveDefaults, startNode } = await import('./serve.ts');
   const running = await startNode({
     dataDir: values['data-dir'] ?? process.env.LVNODE_DATA_DIR ?? serveDefaults.dataDir,
     listen: values.listen ?? serveDefaults.listen,
@@ -146,7 +147,7 @@ export async function main(argv: string[]): Promise<number> {
       case 'rpc':
         return await rpc(rest);
       case 'demo':
-        return await runDemo(rest);
+        return await (await import('./demo.ts')).runDemo(rest);
       case undefined:
       case 'help':
       case '--help':

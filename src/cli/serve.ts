@@ -1,5 +1,6 @@
 // `lvnode serve`: composes devices, the node, the method table and the WebSocket server.
 import { mkdir, readFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
 import { clusterSizeBytesDefault, diskSizeBytesDefault, listenDefault } from '../constants.ts';
 import { FileDevice } from '../device/fileDevice.ts';
@@ -76,6 +77,15 @@ async function attachBdevs(table: MethodTable, node: StorageNode, options: Serve
   }
 }
 
+/** Binds and releases the port: EADDRINUSE (or EACCES) here, with nothing touched yet. */
+function assertPortFree(host: string, port: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const probe = createServer();
+    probe.once('error', (error: NodeJS.ErrnoException) => reject(new Error(`cannot listen on ${host}:${port}: ${error.code ?? error.message}`)));
+    probe.listen({ host, port, exclusive: true }, () => probe.close(() => resolve()));
+  });
+}
+
 /** The node's background options (SPEC §6.6), kept in the data directory across restarts. */
 const backgroundOptionsName = 'lvnode-background.json';
 
@@ -109,6 +119,8 @@ async function attachStatelyInspector(node: StorageNode, url: string): Promise<(
 export async function startNode(options: ServeOptions): Promise<RunningNode> {
   const { host, port } = parseListen(options.listen);
   const dataDir = resolve(options.dataDir);
+  // A busy port fails the start before anything is created (not after the default disk is made).
+  if (port !== 0) await assertPortFree(host, port);
   await mkdir(dataDir, { recursive: true });
   // First of all: a second node on this data directory must stop before it touches anything.
   const dataDirLock = await lockDataDir(dataDir);

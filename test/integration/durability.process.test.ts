@@ -489,6 +489,22 @@ describe('one node per data directory and per file', () => {
     expect([...(await lvolsByAlias(client)).keys()]).toContain('lvs0/kept');
   });
 
+  it('fails a start on a busy port before it creates anything in its data directory', async () => {
+    // Goal (hostile finding 8): a second start on a busy port made the default disk and lvstore first.
+    const first = await spawnNode({ dataDir });
+    const port = new URL(first.url).port;
+    const other = join(await scratchDir(), 'data');
+    const child = spawn(process.execPath, [fileURLToPath(new URL('../../bin/lvnode.mjs', import.meta.url)), 'serve', '--data-dir', other, '--listen', `127.0.0.1:${port}`], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stderr = '';
+    child.stderr!.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
+    const code = await new Promise((resolve) => child.once('exit', resolve));
+    expect(code).toBe(1);
+    expect(stderr).toContain('EADDRINUSE');
+    await expect(stat(other)).rejects.toMatchObject({ code: 'ENOENT' });
+  });
+
   it('treats the same file by another path (symlink, hard link) as the same bdev', async () => {
     // Goal (hostile finding 4): path strings made one file three bdevs, and an lvstore on one
     // overwrote another's. Files are compared by device and inode.

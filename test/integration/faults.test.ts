@@ -13,6 +13,7 @@ import { StorageError } from '../../src/errors.ts';
 import { seededRuntime } from '../../src/runtime.ts';
 import { createMethodTable } from '../../src/transport/methods.ts';
 import type { MethodTable } from '../../src/transport/methodTable.ts';
+import { seededRandom } from '../seededRandom.ts';
 
 const clusterBytes = 64 * 1024;
 const deviceBytes = 32 * 1024 * 1024;
@@ -38,17 +39,6 @@ function persistent(device: SimulatedDevice): BlockDevice {
   };
 }
 
-function random(seed: number): () => number {
-  let state = seed >>> 0 || 1;
-  return () => {
-    state ^= state << 13;
-    state >>>= 0;
-    state ^= state >>> 17;
-    state ^= state << 5;
-    state >>>= 0;
-    return state / 4294967296;
-  };
-}
 
 async function call(table: MethodTable, method: string, params: Record<string, unknown>): Promise<unknown> {
   const entry = table[method]!;
@@ -108,7 +98,7 @@ function randomOperation(next: () => number, names: string[]): Operation {
 }
 
 async function runSeed(seed: number): Promise<{ refused: number; acknowledged: number; faulted: number }> {
-  const next = random(seed);
+  const next = seededRandom(seed);
   const device = new SimulatedDevice(deviceBytes, 512);
   let { node, table } = await startNode(persistent(device), seed);
   await call(table, 'bdev_lvol_create_lvstore', { bdev_name: 'sim0', lvs_name: 'lvs', cluster_sz: clusterBytes, clear_method: 'none' });

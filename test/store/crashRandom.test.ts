@@ -8,6 +8,7 @@ import { metadataLayout } from '../../src/store/format.ts';
 import { JournalMetadataLog } from '../../src/store/journal.ts';
 import { openLvstore } from '../../src/store/load.ts';
 import { Lvstore } from '../../src/store/lvstore.ts';
+import { seededRandom } from '../seededRandom.ts';
 
 const clusterBytes = 64 * 1024;
 const clusterCount = 4;
@@ -25,17 +26,6 @@ function cloneModel(model: Model): Model {
   return new Map([...model].map(([name, lvol]) => [name, { ...lvol, xattrs: { ...lvol.xattrs }, bytes: Buffer.from(lvol.bytes) }]));
 }
 
-function random(seed: number): () => number {
-  let state = seed >>> 0 || 1;
-  return () => {
-    state ^= state << 13;
-    state >>>= 0;
-    state ^= state >>> 17;
-    state ^= state << 5;
-    state >>>= 0;
-    return state / 2 ** 32;
-  };
-}
 
 /** The store as the model sees it: names, parents by name, flags, xattrs and every visible byte. */
 async function observe(store: Lvstore): Promise<Model> {
@@ -180,7 +170,7 @@ function pickStep(model: Model, next: () => number, counter: { value: number }):
 }
 
 async function runSeed(seed: number, stepCount: number): Promise<void> {
-  const next = random(seed);
+  const next = seededRandom(seed);
   let device = new CrashableDevice(16 * 1024 * 1024, 512);
   let store = await Lvstore.create(
     device,

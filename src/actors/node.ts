@@ -78,6 +78,8 @@ export class StorageNode {
 
   /** Bdevs whose lvstore metadata failed to load: reported, never overwritten silently. */
   readonly damaged = new Map<string, DamagedLvstoreError>();
+  /** Bdevs holding a healthy lvstore whose name or UUID clashes with a loaded one: not loaded. */
+  readonly conflicting = new Map<string, string>();
   private readonly onBaseBdevsChanged: (config: SpdkConfig) => Promise<void>;
 
   constructor(
@@ -139,9 +141,12 @@ export class StorageNode {
     }
     if (!store) return;
     if (this.registry.lvstoreByName(store.name) || this.registry.lvstores.has(store.id)) {
-      const error = new DamagedLvstoreError(`lvstore ${store.name} (${store.id}) is already loaded from another bdev`);
-      this.damaged.set(bdev.name, error);
-      log('error', 'lvstore not loaded', { bdev: bdev.name, error: error.message });
+      // Healthy metadata, but its name or UUID is taken (a copy of a device, or a foreign store):
+      // said as that, not as damage, and kept from being overwritten all the same.
+      const taken = this.registry.lvstoreByName(store.name) ? `name ${store.name}` : `UUID ${store.id}`;
+      const detail = `bdev ${bdev.name} holds lvstore ${store.name} (${store.id}), but an lvstore with the same ${taken} is already loaded`;
+      this.conflicting.set(bdev.name, detail);
+      log('error', 'lvstore not loaded: its name or UUID is already in use', { bdev: bdev.name, detail });
       return;
     }
     bdev.claimedBy = store.id;
@@ -238,6 +243,7 @@ export class StorageNode {
     if (bdev.claimedBy) fail('EBUSY', `bdev ${name} is claimed by lvstore ${bdev.claimedBy}`);
     this.registry.bdevs.delete(name);
     this.damaged.delete(name);
+    this.conflicting.delete(name);
     await bdev.device.close();
     await this.onBaseBdevsChanged(this.saveConfig());
     this.emit({ type: 'bdev_deleted', name });
@@ -250,6 +256,8 @@ export class StorageNode {
     const bdev = this.registry.bdev(options.bdevName);
     if (bdev.claimedBy) fail('EBUSY', `bdev ${bdev.name} is already claimed by lvstore ${bdev.claimedBy}`);
     if (bdev.readOnly) fail('EPERM', `bdev ${bdev.name} is read-only`);
+    const conflict = this.conflicting.get(bdev.name);
+    if (conflict) fail('EEXIST', `${conflict}; refusing to overwrite it (rename or delete the loaded one, then re-attach this bdev)`);
     const damage = this.damaged.get(bdev.name);
     if (damage) throw new StorageError('EIO', { wire: 'internal', detail: `${damage.detail}; refusing to overwrite it (to reuse the device, erase its first blocks outside lvnode)` });
     validateName('lvstore', options.lvsName);

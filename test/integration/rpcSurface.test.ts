@@ -2,7 +2,7 @@
 // and lvols; malformed input answered clearly while the node and the connection survive;
 // the inspection stream shows an lvol's checksum transitions in order.
 import { spawn } from 'node:child_process';
-import { stat, writeFile } from 'node:fs/promises';
+import { copyFile, readFile, stat, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
@@ -129,6 +129,24 @@ describe('bdevs, lvstores and lvols over RPC', () => {
     const steps = events.filter((event) => event.actor_id === snapshot && event.type === 'event' && (event.event as { type: string }).type === 'xstate.done.actor.clusterStep');
     expect(steps).toHaveLength(4);
     expect(events.map((event) => event.seq)).toEqual([...events.map((event) => event.seq)].sort((x, y) => x - y));
+  });
+
+  it('reports a copy of a loaded lvstore as a name clash, not as damage, and never overwrites it', async () => {
+    // Goal (hostile finding 8): a foreign lvstore whose name clashed was reported as "damaged metadata".
+    const original = join(node.dataDir, 'clash-a.img');
+    const copy = join(node.dataDir, 'clash-b.img');
+    await writeFile(original, Buffer.alloc(0));
+    await truncate(original, 32 * 1024 * 1024);
+    await client.call('bdev_aio_create', { name: 'clash_a', filename: original });
+    await client.call('bdev_lvol_create_lvstore', { bdev_name: 'clash_a', lvs_name: 'clash', cluster_sz: 1024 * 1024 });
+    await copyFile(original, copy);
+    const copyBefore = await readFile(copy);
+    await client.call('bdev_aio_create', { name: 'clash_b', filename: copy });
+    const refused = await rpcError(client.call('bdev_lvol_create_lvstore', { bdev_name: 'clash_b', lvs_name: 'other' }));
+    expect(refused.code).toBe(-17);
+    expect((refused.data as { detail: string }).detail).toMatch(/same name clash is already loaded/);
+    expect((refused.data as { detail: string }).detail).not.toMatch(/damaged/);
+    expect((await readFile(copy)).equals(copyBefore)).toBe(true);
   });
 
   it('allocates the metadata area of a new lvstore for real, not as a hole of the sparse file', async () => {

@@ -100,7 +100,7 @@ export class StorageNode {
   }
 
   private bdevConfigEntries(): BdevConfigEntry[] {
-    return [...this.registry.bdevs.values()].map((bdev): BdevConfigEntry =>
+    return [...this.registry.bdevs.values()].filter((bdev) => !bdev.external).map((bdev): BdevConfigEntry =>
       bdev.kind === 'aio'
         ? {
             method: 'bdev_aio_create',
@@ -189,7 +189,7 @@ export class StorageNode {
    */
   attachBaseDevice(name: string, device: BlockDevice): Promise<string> {
     this.assertBdevNameFree(name);
-    return this.addBaseBdev({ name, uuid: this.runtime.uuid(), kind: 'malloc', device: new QueuedDevice(device), readOnly: false, claimedBy: null });
+    return this.addBaseBdev({ name, uuid: this.runtime.uuid(), kind: 'malloc', device: new QueuedDevice(device), readOnly: false, claimedBy: null, external: true });
   }
 
   async createAioBdev(request: { name: string; filename: string; blockSize: number; readOnly: boolean; uuid?: string }): Promise<string> {

@@ -15,6 +15,8 @@ export interface BaseBdev {
   /** For aio bdevs: the file, as given. */
   readonly filename?: string;
   readonly readOnly: boolean;
+  /** Attached by the embedding program (attachBaseDevice): it owns the device, save_config leaves it out. */
+  readonly external?: boolean;
   /** The lvstore that claimed this bdev, if any. */
   claimedBy: string | null;
 }

@@ -10,6 +10,10 @@ export const blockSizesAllowed: readonly number[] = [512, 4096];
 export const blockSizeBytesDefault = 512;
 export const diskSizeBytesDefault = gibBytes;
 export const deviceBytesMax = 16 * 1024 * gibBytes;
+// Each device's I/O queue (SPEC §6.6): background reads in flight at once, and how long one may
+// wait under a steady foreground stream before it goes anyway.
+export const deviceBackgroundInFlightMax = 1;
+export const deviceBackgroundStarvationMs = 50;
 
 // Lvstores (SPEC §2): cluster size is a power of two from 64 KiB to 1 GiB.
 export const clusterSizeBytesDefault = 4 * mibBytes;

@@ -7,6 +7,7 @@
 // steady foreground stream is admitted anyway (still within the in-flight bound): checksums slow
 // down under load but never stop for good.
 import assert from 'node:assert/strict';
+import { deviceBackgroundInFlightMax, deviceBackgroundStarvationMs } from '../constants.ts';
 
 export type IoClass = 'foreground' | 'background';
 
@@ -32,8 +33,6 @@ interface Waiter {
   readonly abort: () => void;
 }
 
-export const backgroundInFlightMaxDefault = 1;
-export const backgroundStarvationMsDefault = 50;
 
 export class IoQueue {
   private foregroundInFlight = 0;
@@ -44,8 +43,8 @@ export class IoQueue {
   private backgroundOps = 0;
 
   constructor(
-    private readonly backgroundInFlightMax = backgroundInFlightMaxDefault,
-    private readonly starvationMs = backgroundStarvationMsDefault,
+    private readonly backgroundInFlightMax = deviceBackgroundInFlightMax,
+    private readonly starvationMs = deviceBackgroundStarvationMs,
     private readonly nowMs: () => number = () => performance.now(),
   ) {
     assert.ok(backgroundInFlightMax >= 1);

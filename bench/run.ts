@@ -4,6 +4,7 @@ import { performance } from 'node:perf_hooks';
 import { aggregateThroughput, foregroundUnderLoad, preemptionUnderLoad } from './backgroundLoad.ts';
 import { checksumThroughput } from './checksumThroughput.ts';
 import { crcKernels } from './crcKernels.ts';
+import { listingCost } from './listingCost.ts';
 import { metadataWritePath } from './metadataWritePath.ts';
 import { preemptionLatency } from './preemptionLatency.ts';
 import { benchClusterBytes, fixed } from './support.ts';
@@ -17,6 +18,7 @@ const benchmarks: ReadonlyArray<{ name: string; run: () => Promise<void> }> = [
   { name: 'foregroundUnderLoad', run: foregroundUnderLoad },
   { name: 'preemptionUnderLoad', run: preemptionUnderLoad },
   { name: 'aggregateThroughput', run: aggregateThroughput },
+  { name: 'listingCost', run: listingCost },
   { name: 'preemptionLatency', run: preemptionLatency },
   { name: 'metadataWritePath', run: metadataWritePath },
 ];

@@ -176,3 +176,25 @@ describe('a full metadata area', () => {
     expect(await visibleState(node, table)).toBe(acknowledged);
   });
 });
+
+describe('commits waiting for the same failed write', () => {
+  it('undoes a change and the later changes that built on it, newest first, when their journal write fails', async () => {
+    // Goal: group commit applies changes before they are durable, so a later operation can build
+    // on an earlier one (an xattr on an lvol still being created). When the write fails, both are
+    // refused and the node shows exactly what it showed before either.
+    const device = new SimulatedDevice(deviceBytes, 512);
+    const { node, table } = await startNode(persistent(device), 91);
+    await call(table, 'bdev_lvol_create_lvstore', { bdev_name: 'sim0', lvs_name: 'lvs', cluster_sz: clusterBytes, clear_method: 'none' });
+    await call(table, 'bdev_lvol_create', { lvs_name: 'lvs', lvol_name: 'base', size_in_mib: 1, thin_provision: false });
+    const before = await visibleState(node, table);
+    device.setFaults({ failWriteAt: 1 });
+    const create = call(table, 'bdev_lvol_create', { lvs_name: 'lvs', lvol_name: 'child', size_in_mib: 1, thin_provision: false });
+    // Validated against the create that is not yet durable, and appended behind it.
+    const xattr = call(table, 'bdev_lvol_set_xattr', { name: 'lvs/child', xattr_name: 'k', xattr_value: 'v' });
+    const rename = call(table, 'bdev_lvol_rename', { old_name: 'lvs/base', new_name: 'renamed' });
+    const outcomes = await Promise.allSettled([create, xattr, rename]);
+    expect(outcomes.map((outcome) => outcome.status)).toEqual(['rejected', 'rejected', 'rejected']);
+    device.setFaults({});
+    expect(await visibleState(node, table)).toBe(before);
+  });
+});

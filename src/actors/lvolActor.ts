@@ -150,7 +150,7 @@ export class LvolActor {
   }
 
   /** True while a cluster read is in flight (SPEC §6.8: nothing may stay held after a stop). */
-  get holdsBuffer(): boolean {
+  get holdsReads(): boolean {
     return this.reads.size > 0;
   }
 

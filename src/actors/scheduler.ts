@@ -71,7 +71,7 @@ export class BackgroundScheduler implements WalkAdmission {
   private lastForegroundMs = Number.NEGATIVE_INFINITY;
   private nextBusyStepAtMs = 0;
   private busyDelays = 0;
-  private current: BackgroundOptions;
+  private optionsChanged: Promise<void> = Promise.resolve();
 
   constructor(
     private readonly runtime: Runtime,
@@ -79,7 +79,7 @@ export class BackgroundScheduler implements WalkAdmission {
     options: BackgroundOptions = defaultBackgroundOptions(),
     private readonly onOptionsChanged: (options: BackgroundOptions) => Promise<void> = async () => {},
   ) {
-    this.current = validateBackgroundOptions(options);
+    const initial = validateBackgroundOptions(options);
     this.meter = new RateMeter(runtime.nowMs());
     const machine = schedulerMachine.provide({
       actions: {
@@ -94,7 +94,7 @@ export class BackgroundScheduler implements WalkAdmission {
     });
     this.actor = createActor(machine, {
       id: schedulerActorId,
-      input: toMachineOptions(this.current),
+      input: toMachineOptions(initial),
       inspect: inspector.observerFor(schedulerActorId),
     });
     this.actor.subscribe({ error: (error) => log('error', 'scheduler actor failed', { error: String(error) }) });
@@ -122,7 +122,7 @@ export class BackgroundScheduler implements WalkAdmission {
   }
 
   pace(bytes: number, signal: AbortSignal): Promise<void> | undefined {
-    const rate = this.current.checksum_rate_mib_per_sec * mibBytes;
+    const rate = this.actor.getSnapshot().context.rateBytesPerSec;
     const nowMs = this.runtime.nowMs();
     const busy = nowMs - this.lastForegroundMs < foregroundQuietMs;
     if (rate === 0 && !busy) return undefined;
@@ -156,18 +156,25 @@ export class BackgroundScheduler implements WalkAdmission {
   }
 
   options(): BackgroundOptions {
-    return { ...this.current };
+    // The machine's context is the one place the options live (the inspector shows them there).
+    const { maxConcurrent, rateBytesPerSec } = this.actor.getSnapshot().context;
+    return { max_concurrent_checksums: maxConcurrent, checksum_rate_mib_per_sec: rateBytesPerSec / mibBytes };
   }
 
   /** Changes the options (each one optional) and persists them before answering. */
-  async setOptions(changes: Partial<BackgroundOptions>): Promise<void> {
-    const next = validateBackgroundOptions({ ...this.current, ...changes });
-    await this.onOptionsChanged(next);
-    this.current = next;
-    // A new rate applies to the next read, not after a wait computed under the old one.
-    this.nextReadAtMs = 0;
-    this.actor.send({ type: 'options.set', ...toMachineOptions(next) });
-    log('info', 'background options set', { ...next });
+  setOptions(changes: Partial<BackgroundOptions>): Promise<void> {
+    // One change at a time: each starts from the options the previous one left, and the saved
+    // file and the machine end with the same options (concurrent saves would race on the file).
+    const applied = this.optionsChanged.then(async () => {
+      const next = validateBackgroundOptions({ ...this.options(), ...changes });
+      await this.onOptionsChanged(next);
+      // A new rate applies to the next read, not after a wait computed under the old one.
+      this.nextReadAtMs = 0;
+      this.actor.send({ type: 'options.set', ...toMachineOptions(next) });
+      log('info', 'background options set', { ...next });
+    });
+    this.optionsChanged = applied.catch(() => undefined);
+    return applied;
   }
 
   stats(): {
@@ -181,7 +188,7 @@ export class BackgroundScheduler implements WalkAdmission {
   } & BackgroundOptions {
     const snapshot = this.actor.getSnapshot();
     return {
-      ...this.current,
+      ...this.options(),
       state: String(snapshot.value),
       running: snapshot.context.running.length,
       queued: snapshot.context.queue.length,

@@ -2,7 +2,7 @@
 //
 // The addon is built by `npm install` when a compiler is there (scripts/build-native.mjs); without it
 // every caller uses the hash-wasm path in crc64.ts, so nothing here may throw at import time.
-import { createRequire } from 'node:module';
+import { addon as loadedAddon, addonError } from '../addon.ts';
 
 export type CrcKernel = 'vpclmulqdq' | 'pclmulqdq' | 'table';
 export type BackgroundPolicy = 'idle' | 'nice' | 'normal';
@@ -61,7 +61,6 @@ interface NativeAddon {
   backgroundStats(): BackgroundStats;
 }
 
-const addonPath = '../../build/Release/lvnode_crc64.node';
 const maxSeed = (1n << 64n) - 1n;
 const maxThreads = 64;
 const maxFd = 2 ** 31 - 1;
@@ -128,14 +127,13 @@ function wrap(addon: NativeAddon): NativeCrc {
 
 function load(): { crc: NativeCrc | null; status: string } {
   if (process.env.LVNODE_CRC === 'fallback') return { crc: null, status: 'disabled by LVNODE_CRC=fallback' };
-  let addon: NativeAddon;
-  try {
-    addon = createRequire(import.meta.url)(addonPath) as NativeAddon;
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    if (code === 'MODULE_NOT_FOUND') return { crc: null, status: 'not built (no build/Release/lvnode_crc64.node; `npm run install` builds it)' };
-    return { crc: null, status: `failed to load: ${error instanceof Error ? error.message.split('\n')[0] : String(error)}` };
+  if (!loadedAddon) {
+    if (addonError === null || addonError.code === 'MODULE_NOT_FOUND') {
+      return { crc: null, status: 'not built (no build/Release/lvnode_crc64.node; `npm run install` builds it)' };
+    }
+    return { crc: null, status: `failed to load: ${addonError.message.split('\n')[0]}` };
   }
+  const addon = loadedAddon as unknown as NativeAddon;
   const methods = ['crc64', 'crc64With', 'configureBackground', 'submitFileCrc', 'submitBufferCrc', 'cancel', 'backgroundStats'] as const;
   if (methods.some((name) => typeof addon[name] !== 'function') || !Array.isArray(addon.kernels)) {
     return { crc: null, status: 'failed to load: the built addon does not match this source (rebuild with `npm run install`)' };

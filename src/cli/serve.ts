@@ -146,7 +146,15 @@ async function startLockedNode(options: ServeOptions, dataDir: string, host: str
   const rpcStats = new RpcStats();
   let server: RpcServer | undefined;
   const table = createMethodTable(node, { rpc: rpcStats, connectionCount: () => server?.connectionCount() ?? 0 });
-  await attachBdevs(table, node, options, dataDir, writer);
+  try {
+    await attachBdevs(table, node, options, dataDir, writer);
+  } catch (error) {
+    // Close what was opened (its file locks too), so a later start in this process can take them.
+    detachStately();
+    rpcStats.close();
+    await node.shutdown();
+    throw error;
+  }
   const dispatcher = createDispatcher(table, {
     allowBatch: true,
     onCall: rpcStats.record,

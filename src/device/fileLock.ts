@@ -4,20 +4,14 @@
 // descriptor of the file in this process closes. Without the addon, bdev files go unlocked (one
 // warning) and the data directory falls back to a PID file.
 import { readFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
+import { addon as loadedAddon } from '../addon.ts';
 
 interface LockAddon {
   flockExclusive(fd: number): number;
 }
 
-const addon: LockAddon | null = (() => {
-  try {
-    const loaded = createRequire(import.meta.url)('../../build/Release/lvnode_crc64.node') as Partial<LockAddon>;
-    return typeof loaded.flockExclusive === 'function' ? (loaded as LockAddon) : null;
-  } catch {
-    return null;
-  }
-})();
+const addon: LockAddon | null =
+  typeof loadedAddon?.flockExclusive === 'function' ? (loadedAddon as unknown as LockAddon) : null;
 
 /** Whether real file locks are available (the addon is built). */
 export const fileLocksAvailable = addon !== null;

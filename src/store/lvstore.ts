@@ -806,14 +806,6 @@ export class Lvstore {
     await this.device.flush();
   }
 
-  /** Reads (part of) one cluster the lvol itself owns into `target` (the checksum walk's step). */
-  async readOwnedCluster(id: string, clusterIndex: number, target: Buffer, innerOffsetBytes = 0): Promise<void> {
-    const physicalCluster = this.lvol(id).clusterMap[clusterIndex];
-    if (!physicalCluster) fail('EINVAL', `cluster ${clusterIndex} is not owned by lvol ${id}`);
-    assert.ok(innerOffsetBytes + target.length <= this.clusterBytes, 'read past the end of the cluster');
-    await this.device.readInto(target, clusterIndexToOffsetBytes(physicalCluster, this.clusterBytes) + innerOffsetBytes);
-  }
-
   /** Where the bytes of a cluster the lvol itself owns are on the device (the checksum walk reads there). */
   ownedClusterOffsetBytes(id: string, clusterIndex: number): number {
     const physicalCluster = this.lvol(id).clusterMap[clusterIndex];

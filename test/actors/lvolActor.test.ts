@@ -36,7 +36,7 @@ describe('LvolActor checksum', () => {
     await expect(actor.register('whole', false)).resolves.toBe(true);
     expect(store.lvol(snapshot.id).checksum).toBe(expected);
     expect(actor.status()).toMatchObject({ state: 'done', clusters_done: 4, clusters_total: 4, bytes_done: 4 * clusterBytes });
-    expect(actor.holdsBuffer).toBe(false);
+    expect(actor.holdsReads).toBe(false);
   });
 
   it('answers stop only after the in-flight cluster finished, then the register caller gets EINTR', async () => {
@@ -62,7 +62,7 @@ describe('LvolActor checksum', () => {
     expect(error.errno).toBe('EINTR');
     expect(error.data).toEqual({ reason: 'stopped', clusters_done: 1, clusters_total: 4 });
     expect(actor.checksumState).toBe('aborted');
-    expect(actor.holdsBuffer).toBe(false);
+    expect(actor.holdsReads).toBe(false);
   });
 
   it('refuses a stop with nothing running (ESRCH) and a second registration while one runs (EEXIST)', async () => {

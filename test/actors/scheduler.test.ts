@@ -182,6 +182,22 @@ describe('background scheduler', () => {
     expect(node.scheduler.options().max_concurrent_checksums).toBe(3);
   });
 
+  it('applies concurrent option changes one after the other: memory and the saved copy agree', async () => {
+    const saved: number[] = [];
+    const node = new StorageNode(systemRuntime, {
+      // Earlier changes save slower: unserialized, they would land last and undo the later ones.
+      onBackgroundOptionsChanged: async (options) => {
+        await new Promise((resolve) => setTimeout(resolve, (6 - options.max_concurrent_checksums) * 5));
+        saved.push(options.max_concurrent_checksums);
+      },
+    });
+    nodes.push(node);
+    await Promise.all([2, 3, 4, 5].map((count) => node.scheduler.setOptions({ max_concurrent_checksums: count })));
+    expect(saved).toEqual([2, 3, 4, 5]);
+    expect(node.scheduler.options().max_concurrent_checksums).toBe(5);
+    expect(node.scheduler.actor.getSnapshot().context.maxConcurrent).toBe(5);
+  });
+
   it('paces walks to checksum_rate_mib_per_sec', async () => {
     // 6 clusters of 64 KiB at 1 MiB/s: the first read starts at once, the other five wait 62.5 ms each.
     const { node } = await nodeWithSnapshots(1, { rateMib: 1 });

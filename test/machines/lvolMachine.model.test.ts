@@ -254,7 +254,7 @@ describe('lvol checksum machine, model-based', () => {
       for (const outcome of await Promise.all(pending)) {
         if (outcome instanceof Error && !isStorageError(outcome)) throw outcome;
       }
-      expect(actor.holdsBuffer).toBe(false);
+      expect(actor.holdsReads).toBe(false);
       actor.dispose();
     },
   );

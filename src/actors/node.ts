@@ -471,6 +471,24 @@ export class StorageNode {
     return entry.store.write(lvol.id, offsetBytes, data);
   }
 
+  /** NBD WRITE_ZEROES on an lvol: the range reads as zeros afterwards. */
+  writeZeroesLvol(name: string, offsetBytes: number, lengthBytes: number): Promise<void> {
+    const { entry, lvol } = this.registry.lvol(name);
+    return entry.store.writeZeroes(lvol.id, offsetBytes, lengthBytes);
+  }
+
+  /** NBD TRIM on an lvol, following its clear method (advisory). */
+  unmapLvol(name: string, offsetBytes: number, lengthBytes: number): Promise<void> {
+    const { entry, lvol } = this.registry.lvol(name);
+    return entry.store.unmap(lvol.id, offsetBytes, lengthBytes);
+  }
+
+  /** Data and hole runs of an lvol range (NBD BLOCK_STATUS); a prefix of at most `maxExtents` runs. */
+  lvolExtents(name: string, offsetBytes: number, lengthBytes: number, maxExtents?: number): Array<{ offsetBytes: number; lengthBytes: number; allocated: boolean }> {
+    const { entry, lvol } = this.registry.lvol(name);
+    return entry.store.extents(lvol.id, offsetBytes, lengthBytes, maxExtents);
+  }
+
   /** Makes the lvol's completed writes durable (its lvstore's device is flushed). */
   flushLvol(name: string): Promise<void> {
     return this.registry.lvol(name).entry.store.flush();

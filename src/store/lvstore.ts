@@ -16,7 +16,7 @@ import {
   xattrNameLengthMax,
   xattrValueLengthMax,
 } from '../constants.ts';
-import type { BlockDevice } from '../device/blockDevice.ts';
+import { type BlockDevice, zeroChunk, zeroChunkBytes } from '../device/blockDevice.ts';
 import { StorageError, fail, fromDeviceError } from '../errors.ts';
 import { log } from '../log.ts';
 import type { Runtime } from '../runtime.ts';
@@ -795,6 +795,79 @@ export class Lvstore {
     // cannot have run meanwhile, so the lvol exists and the slot is still empty.
     assert.ok(this.record.lvols.get(lvol.id) === lvol && lvol.clusterMap[clusterIndex] === 0, 'allocation raced a gated operation');
     await this.commit([{ type: 'cluster.allocate', id: lvol.id, clusterIndex, physicalCluster }], [physicalCluster]);
+  }
+
+  /**
+   * Makes the range read as zeros (NBD WRITE_ZEROES). Clusters nobody in the chain owns already
+   * read as zeros and stay holes; the rest are written with zeros through the normal write path
+   * (a cluster the lvol does not own yet is allocated, as SPDK's write_zeroes on a thin blob).
+   */
+  async writeZeroes(id: string, offsetBytes: number, lengthBytes: number): Promise<void> {
+    const lvol = this.lvol(id);
+    if (lvol.readOnly) fail('EPERM', `${lvol.name} is read-only`);
+    this.assertIoRange(lvol, offsetBytes, lengthBytes);
+    for (const extent of this.extents(id, offsetBytes, lengthBytes, Number.POSITIVE_INFINITY)) {
+      if (extent.allocated) {
+        for (let done = 0; done < extent.lengthBytes; done += zeroChunkBytes) {
+          const piece = Math.min(zeroChunkBytes, extent.lengthBytes - done);
+          await this.write(id, extent.offsetBytes + done, zeroChunk.subarray(0, piece));
+        }
+      }
+    }
+  }
+
+  /**
+   * Advisory discard (NBD TRIM), following the lvol's clear method: with `none` nothing happens;
+   * otherwise the parts of clusters the lvol itself owns are discarded on the device (they then
+   * read as zeros). Clusters it shares with a parent are left alone: TRIM promises no content.
+   */
+  async unmap(id: string, offsetBytes: number, lengthBytes: number): Promise<void> {
+    const lvol = this.lvol(id);
+    if (lvol.readOnly) fail('EPERM', `${lvol.name} is read-only`);
+    this.assertIoRange(lvol, offsetBytes, lengthBytes);
+    if (lvol.clearMethod === 'none') return;
+    await this.gate(id)
+      .withShared(async () => {
+        this.assertStillPresent(lvol);
+        for (let position = 0; position < lengthBytes; ) {
+          const absolute = offsetBytes + position;
+          const clusterIndex = Math.floor(absolute / this.clusterBytes);
+          const inner = absolute - clusterIndex * this.clusterBytes;
+          const segmentBytes = Math.min(this.clusterBytes - inner, lengthBytes - position);
+          const physicalCluster = lvol.clusterMap[clusterIndex]!;
+          if (physicalCluster !== 0 && !this.allocating.has(`${lvol.id}:${clusterIndex}`)) {
+            await this.device.discard(clusterIndexToOffsetBytes(physicalCluster, this.clusterBytes) + inner, segmentBytes);
+          }
+          position += segmentBytes;
+        }
+      })
+      .catch((error: unknown) => {
+        throw fromDeviceError(error, `unmap of lvol ${lvol.name} failed`);
+      });
+  }
+
+  /**
+   * The range as runs of data and holes (NBD BLOCK_STATUS, base:allocation): a hole is a cluster
+   * no lvol in the chain owns, so it reads as zeros. At most `maxExtents` runs are returned;
+   * they always start at `offsetBytes` and cover a prefix of the range.
+   */
+  extents(id: string, offsetBytes: number, lengthBytes: number, maxExtents = 1024): Array<{ offsetBytes: number; lengthBytes: number; allocated: boolean }> {
+    const lvol = this.lvol(id);
+    this.assertIoRange(lvol, offsetBytes, lengthBytes);
+    const out: Array<{ offsetBytes: number; lengthBytes: number; allocated: boolean }> = [];
+    for (let position = 0; position < lengthBytes; ) {
+      const absolute = offsetBytes + position;
+      const clusterIndex = Math.floor(absolute / this.clusterBytes);
+      const inner = absolute - clusterIndex * this.clusterBytes;
+      const segmentBytes = Math.min(this.clusterBytes - inner, lengthBytes - position);
+      const allocated = this.owner(lvol, clusterIndex) !== 0;
+      const last = out[out.length - 1];
+      if (last && last.allocated === allocated) last.lengthBytes += segmentBytes;
+      else if (out.length >= maxExtents) break;
+      else out.push({ offsetBytes: absolute, lengthBytes: segmentBytes, allocated });
+      position += segmentBytes;
+    }
+    return out;
   }
 
   /**

@@ -106,9 +106,7 @@ export async function startBenchNode(sizeMib: number): Promise<BenchNode> {
 export function ownedClusterOffsets(node: BenchNode, lvolName: string): number[] {
   const { entry, lvol } = node.running.node.resolveLvol(lvolName);
   const offsets: number[] = [];
-  for (const physicalCluster of lvol.clusterMap) {
-    if (physicalCluster !== 0) offsets.push(physicalCluster * entry.store.clusterBytes);
-  }
+  for (const [, physicalCluster] of lvol.clusterMap.entries()) offsets.push(physicalCluster * entry.store.clusterBytes);
   return offsets;
 }
 

@@ -31,11 +31,15 @@ export const xattrNameLengthMax = 255;
 export const xattrValueLengthMax = 64 * kibBytes;
 export const xattrCountMax = 256;
 export const lvolCountMax = 65_536;
-// The largest lvol in clusters (thin ones may overcommit the store up to it, as SPDK allows).
-// Cluster maps are dense arrays today, so an lvol's memory, checkpoint bytes and listing time
-// follow its virtual size: this bound (16 MiB of map) keeps one request from bricking a store
-// until maps follow only what is owned.
-export const lvolClusterCountMax = 2 ** 22;
+// The largest lvol, in bytes (thin ones may overcommit the store up to it, as SPDK allows). Maps
+// are sparse, so a thin lvol costs what it owns whatever its size; 2^63 keeps every byte offset
+// inside a signed 64-bit integer, which qemu and most clients use. The data path addresses
+// offsets below 2^53 (JavaScript's exact integers).
+export const lvolSizeBytesMax = 2 ** 63;
+// bdev_lvol_get_fragmap answers a bitmap of the range asked for: at most this many clusters (2 MiB).
+export const fragmapClusterCountMax = 2 ** 24;
+// bdev_lvol_get_snapshot_range_checksums answers at most this many clusters per call.
+export const rangeChecksumWindowMax = 65_536;
 export const bdevCountMax = 4096;
 
 // Internal read/write API: the largest single request.
@@ -59,6 +63,35 @@ export const rpcCloseGraceMs = 1000;
 // Incoming JSON integers longer than this are not made exact (BigInt parsing is superlinear in
 // the digit count, and no parameter needs more than the 20 digits of a u64).
 export const jsonExactIntegerDigitsMax = 64;
+
+// NBD data path (SPEC §7). The listener is off unless --nbd-listen is given (then this address
+// when no value follows). Every number a client controls has a bound here.
+export const nbdListenDefault = '127.0.0.1:10809';
+// The largest READ/WRITE payload, advertised as the maximum block size (NBD_INFO_BLOCK_SIZE):
+// the protocol's interoperable 2^25.
+export const nbdPayloadBytesMax = 32 * mibBytes;
+// Advertised preferred block size: aligned requests of this size never need read-modify-write.
+export const nbdPreferredBlockBytes = 4096;
+// Payload bytes (read buffers until flushed to the socket, write buffers until written) in
+// flight per NBD connection and for all NBD connections of the node; beyond either, the
+// connection stops reading its socket until bytes are released.
+export const nbdPayloadBytesInFlightPerConnectionMax = 64 * mibBytes;
+export const nbdPayloadBytesInFlightNodeMax = 256 * mibBytes;
+export const nbdConnectionsMax = 256;
+export const nbdInFlightPerConnectionMax = 256;
+// Handshake: option data longer than this is discarded unread and refused (NBD_REP_ERR_TOO_BIG);
+// a client gets this many options and this long to reach the transmission phase.
+export const nbdOptionBytesMax = 16 * kibBytes;
+export const nbdHandshakeOptionsMax = 256;
+export const nbdHandshakeTimeoutMs = 30_000;
+// NBD strings (export names, error messages) are at most 4096 bytes (proto.md).
+export const nbdStringBytesMax = 4096;
+// Extents in one NBD_CMD_BLOCK_STATUS reply (the protocol asks for at most 2^20).
+export const nbdBlockStatusExtentsMax = 4096;
+// Stopping an export: its clients' in-flight requests get this long to finish before the
+// sockets are cut.
+export const nbdStopGraceMs = 5000;
+export const nbdExportsMax = bdevCountMax;
 
 // Inspection stream (SPEC §8): events queued per subscriber before dropping.
 export const inspectQueueLengthMax = 1024;
@@ -90,3 +123,6 @@ assert.ok(
 assert.ok(rpcInFlightPerConnectionMax >= rpcBatchLengthMax, 'a full batch fits in the in-flight limit');
 assert.ok(ioBytesMax <= rpcFrameBytesMax * 64);
 assert.ok(ioBytesMax <= payloadBytesInFlightPerConnectionMax && payloadBytesInFlightPerConnectionMax <= payloadBytesInFlightNodeMax);
+assert.ok(nbdPayloadBytesMax <= nbdPayloadBytesInFlightPerConnectionMax && nbdPayloadBytesInFlightPerConnectionMax <= nbdPayloadBytesInFlightNodeMax);
+assert.ok(nbdPreferredBlockBytes >= Math.max(...blockSizesAllowed) && nbdPreferredBlockBytes <= nbdPayloadBytesMax, 'NBD block sizes are ordered');
+assert.ok(nbdOptionBytesMax >= nbdStringBytesMax + 8, 'an option can carry a maximal export name');

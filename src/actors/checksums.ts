@@ -95,7 +95,7 @@ export class ChecksumService {
       fail('EINVAL', `clusters ${start}..${start + count - 1} are outside 0..${range.length - 1}`);
     }
     const out: Array<{ cluster_index: number; checksum: bigint }> = [];
-    for (let offset = 0; offset < count; offset++) out.push({ cluster_index: start + offset, checksum: range[start + offset]! });
+    for (let offset = 0; offset < count; offset++) out.push({ cluster_index: start + offset, checksum: range.get(start + offset) });
     return out;
   }
 

@@ -15,6 +15,7 @@ import {
 import type { Runtime } from '../runtime.ts';
 import type { Lvstore } from '../store/lvstore.ts';
 import type { SavedChecksumProgress } from '../store/metadata.ts';
+import { ClusterChecksums } from '../store/sparseArray.ts';
 import type { InspectionHub } from './inspector.ts';
 import { RateMeter } from './rateMeter.ts';
 import { type WalkAdmission, immediateAdmission } from './scheduler.ts';
@@ -265,10 +266,10 @@ export class LvolActor {
     await this.progressSaved;
     const lvol = this.store.lvol(input.lvolId);
     // Plain registration refreshes per-cluster values only where a range set already exists (SPDK).
-    let range: BigUint64Array | null = null;
+    let range: ClusterChecksums | null = null;
     if (input.mode === 'range' || lvol.rangeChecksums !== null) {
-      range = new BigUint64Array(lvol.clusterMap.length);
-      for (const [clusterIndex, crc] of input.rangeCrcs) range[clusterIndex] = crc;
+      range = new ClusterChecksums(lvol.clusterMap.length);
+      for (const [clusterIndex, crc] of input.rangeCrcs) range.set(clusterIndex, crc);
     }
     await this.store.storeChecksum(input.lvolId, input.checksum, range);
     return this.runtime.nowMs();

@@ -24,6 +24,7 @@ import type { ClearMethod, LvolRecord } from '../store/metadata.ts';
 import { ChecksumService } from './checksums.ts';
 import { InspectionHub } from './inspector.ts';
 import { LvolActor } from './lvolActor.ts';
+import { NbdExports } from './nbdExports.ts';
 import { PriorityRouter } from './priority.ts';
 import { type BackgroundOptions, BackgroundScheduler } from './scheduler.ts';
 import { type BaseBdev, type LvstoreEntry, Registry, type ResolvedLvol } from './registry.ts';
@@ -75,6 +76,8 @@ export class StorageNode {
   readonly scheduler: BackgroundScheduler;
   readonly router: PriorityRouter;
   readonly checksums: ChecksumService;
+  /** NBD exports (SPEC §7); an exported bdev cannot be deleted until its export is stopped. */
+  readonly nbd: NbdExports;
 
   /** Bdevs whose lvstore metadata failed to load: reported, never overwritten silently. */
   readonly damaged = new Map<string, DamagedLvstoreError>();
@@ -92,6 +95,7 @@ export class StorageNode {
     this.scheduler = new BackgroundScheduler(runtime, this.inspector, options.backgroundOptions, options.onBackgroundOptionsChanged);
     this.router = new PriorityRouter((lvolId) => this.actorOf(lvolId));
     this.checksums = new ChecksumService(this.registry, this.router, runtime, (event) => this.emit(event));
+    this.nbd = new NbdExports(this);
   }
 
   /** The base bdevs as SPDK config calls, in creation order (save_config). */
@@ -241,6 +245,7 @@ export class StorageNode {
     const bdev = this.registry.bdev(name);
     if (bdev.kind !== kind) fail('ENODEV', `bdev ${name} is not a ${kind} bdev`);
     if (bdev.claimedBy) fail('EBUSY', `bdev ${name} is claimed by lvstore ${bdev.claimedBy}`);
+    this.nbd.assertNotExported(name);
     this.registry.bdevs.delete(name);
     this.damaged.delete(name);
     this.conflicting.delete(name);
@@ -256,6 +261,7 @@ export class StorageNode {
     const bdev = this.registry.bdev(options.bdevName);
     if (bdev.claimedBy) fail('EBUSY', `bdev ${bdev.name} is already claimed by lvstore ${bdev.claimedBy}`);
     if (bdev.readOnly) fail('EPERM', `bdev ${bdev.name} is read-only`);
+    this.nbd.assertNotExported(bdev.name);
     const conflict = this.conflicting.get(bdev.name);
     if (conflict) fail('EEXIST', `${conflict}; refusing to overwrite it (rename or delete the loaded one, then re-attach this bdev)`);
     const damage = this.damaged.get(bdev.name);
@@ -288,6 +294,7 @@ export class StorageNode {
     await this.router.run({
       operation: 'bdev_lvol_delete_lvstore',
       touched: () => [...entry.actors.keys()],
+      validate: () => this.nbd.assertLvstoreNotExported(entry),
       requeue: false,
       work: async () => {
         for (const actor of entry.actors.values()) actor.dispose();
@@ -366,7 +373,10 @@ export class StorageNode {
     await this.router.run({
       operation: 'bdev_lvol_delete',
       touched,
-      validate: () => entry.store.checkDelete(lvol.id),
+      validate: () => {
+        this.nbd.assertNotExported(lvol.id, name);
+        entry.store.checkDelete(lvol.id);
+      },
       work: async () => {
         const { mergedInto } = await entry.store.deleteLvol(lvol.id);
         this.detachActor(entry, lvol.id);
@@ -514,6 +524,8 @@ export class StorageNode {
 
   /** Clean shutdown: stop every walk at its next cluster boundary, then close stores and devices. */
   async shutdown(): Promise<void> {
+    // NBD clients finish their in-flight requests and are disconnected before stores close.
+    await this.nbd.stopAll('shutdown');
     const allIds = () => [...this.registry.allLvols()].map(({ lvol }) => lvol.id);
     await this.router.run({
       operation: 'shutdown',

@@ -2,6 +2,7 @@
 // journal records, each with a magic, a version and a CRC (docs/format.md has the byte tables).
 import { crc64 } from '../checksum/crc64.ts';
 import { type ClearMethod, type LvolRecord, type LvstoreRecord, type MetadataChange } from './metadata.ts';
+import { ClusterChecksums, ClusterMap } from './sparseArray.ts';
 
 export const formatVersion = 1;
 export const superMagic = 'LVNODESB';
@@ -108,12 +109,57 @@ export function decodeSuperBlock(bytes: Buffer): Decoded<SuperBlock> {
   };
 }
 
+// ---- sparse arrays: what is owned, as runs ----
+
+/** [length, base64 of f64 triples (logical index, physical cluster, run length)]: a thick lvol is one run. */
+function encodeClusterMap(map: ClusterMap): [number, string] {
+  const runs: number[] = [];
+  map.forEachNonZero((index, physicalCluster) => {
+    const last = runs.length - 3;
+    if (last >= 0 && runs[last]! + runs[last + 2]! === index && runs[last + 1]! + runs[last + 2]! === physicalCluster) runs[last + 2]!++;
+    else runs.push(index, physicalCluster, 1);
+  });
+  return [map.length, Buffer.from(new Float64Array(runs).buffer).toString('base64')];
+}
+
+function decodeClusterMap([length, text]: unknown[]): ClusterMap {
+  const runs = typedFromBase64(String(text), 8, (buffer, count) => new Float64Array(buffer, 0, count));
+  const map = new ClusterMap(Number(length));
+  for (let position = 0; position + 2 < runs.length; position += 3) {
+    const [index, physicalCluster, count] = [runs[position]!, runs[position + 1]!, runs[position + 2]!];
+    for (let offset = 0; offset < count; offset++) map.set(index + offset, physicalCluster + offset);
+  }
+  return map;
+}
+
+/** [length, base64 of f64 indices, base64 of u64 values]: one pair per owned cluster. */
+function encodeClusterChecksums(array: ClusterChecksums): [number, string, string] {
+  const indices = new Float64Array(array.count);
+  const values = new BigUint64Array(array.count);
+  let position = 0;
+  array.forEachNonZero((index, value) => {
+    indices[position] = index;
+    values[position++] = value;
+  });
+  return [array.length, Buffer.from(indices.buffer).toString('base64'), Buffer.from(values.buffer).toString('base64')];
+}
+
+function decodeClusterChecksums([length, indexText, valueText]: unknown[]): ClusterChecksums {
+  const indices = typedFromBase64(String(indexText), 8, (buffer, count) => new Float64Array(buffer, 0, count));
+  const values = typedFromBase64(String(valueText), 8, (buffer, count) => new BigUint64Array(buffer, 0, count));
+  const array = new ClusterChecksums(Number(length));
+  for (let position = 0; position < indices.length; position++) array.set(indices[position]!, values[position]!);
+  return array;
+}
+
 // ---- JSON payloads with typed arrays and bigints ----
 
 // Typed arrays travel as base64 of their little-endian bytes, bigints as decimal strings, maps
 // as entry lists; each tagged so decoding is exact.
 function toPlain(value: unknown): unknown {
   if (typeof value === 'bigint') return { $big: value.toString() };
+  if (value instanceof ClusterMap) return { $cmap: encodeClusterMap(value) };
+  if (value instanceof ClusterChecksums) return { $csum: encodeClusterChecksums(value) };
   if (value instanceof Uint32Array) return { $u32: Buffer.from(value.buffer, value.byteOffset, value.byteLength).toString('base64') };
   if (value instanceof BigUint64Array) return { $u64: Buffer.from(value.buffer, value.byteOffset, value.byteLength).toString('base64') };
   if (value instanceof Map) return { $map: [...value.entries()].map(([key, item]) => [toPlain(key), toPlain(item)]) };
@@ -136,6 +182,8 @@ function fromPlain(value: unknown): unknown {
   if (value === null || typeof value !== 'object') return value;
   const object = value as Record<string, unknown>;
   if (typeof object.$big === 'string') return BigInt(object.$big);
+  if (Array.isArray(object.$cmap)) return decodeClusterMap(object.$cmap);
+  if (Array.isArray(object.$csum)) return decodeClusterChecksums(object.$csum);
   if (typeof object.$u32 === 'string') return typedFromBase64(object.$u32, 4, (buffer, length) => new Uint32Array(buffer, 0, length));
   if (typeof object.$u64 === 'string') return typedFromBase64(object.$u64, 8, (buffer, length) => new BigUint64Array(buffer, 0, length));
   if (Array.isArray(object.$map)) return new Map((object.$map as unknown[][]).map(([key, item]) => [fromPlain(key), fromPlain(item)]));
@@ -163,9 +211,37 @@ interface CheckpointBody {
   lvols: LvolRecord[];
 }
 
-export function encodeCheckpoint(record: LvstoreRecord, seq: bigint, blockBytes: number): Buffer {
-  const body: CheckpointBody = { ...record, lvols: [...record.lvols.values()] };
-  const payload = encodePayload(body);
+type CheckpointHead = Omit<CheckpointBody, 'lvols'> & { lvolCount: number };
+
+/** Gives the event loop a turn once `budgetMs` has passed since the last one (long encodes and loads). */
+export function loopYielder(budgetMs = 4): () => Promise<void> | undefined {
+  let since = performance.now();
+  return () => {
+    if (performance.now() - since < budgetMs) return undefined;
+    return new Promise<void>((resolve) =>
+      setImmediate(() => {
+        since = performance.now();
+        resolve();
+      }),
+    );
+  };
+}
+
+/**
+ * The records as they are now, for encoding while the event loop goes on: the fields changes
+ * modify in place (cluster maps, xattrs) are snapshotted, the rest is replaced whole by changes.
+ * O(lvols + pages), no encoding.
+ */
+export function snapshotRecord(record: LvstoreRecord): CheckpointBody {
+  const { lvols, ...head } = record;
+  return {
+    ...head,
+    lvols: [...lvols.values()].map((lvol) => ({ ...lvol, clusterMap: lvol.clusterMap.snapshot(), xattrs: new Map(lvol.xattrs) })),
+  };
+}
+
+/** Wraps a checkpoint payload in its header (magic, version, length, sequence, CRCs), block-padded. */
+export function checkpointImage(payload: Buffer, seq: bigint, blockBytes: number): Buffer {
   const out = Buffer.alloc(roundUp(checkpointHeaderBytes + payload.length, blockBytes));
   out.write(checkpointMagic, 0, 'ascii');
   out.writeUInt32LE(formatVersion, 8);
@@ -177,7 +253,28 @@ export function encodeCheckpoint(record: LvstoreRecord, seq: bigint, blockBytes:
   return out;
 }
 
-export function decodeCheckpoint(bytes: Buffer): Decoded<{ record: LvstoreRecord; seq: bigint }> {
+const newline = Buffer.from('\n');
+
+/**
+ * The whole lvstore as of `seq`: one JSON line for the store, then one line per lvol. Encoded a
+ * line at a time with turns for the event loop, so no single string holds the state and a large
+ * store does not stall the node.
+ */
+export async function encodeCheckpoint(body: CheckpointBody, seq: bigint, blockBytes: number): Promise<Buffer> {
+  const pause = loopYielder();
+  const { lvols, ...rest } = body;
+  const head: CheckpointHead = { ...rest, lvolCount: lvols.length };
+  const lines: Buffer[] = [encodePayload(head)];
+  for (const lvol of lvols) {
+    lines.push(newline, encodePayload(lvol));
+    const turn = pause();
+    if (turn) await turn;
+  }
+  return checkpointImage(Buffer.concat(lines), seq, blockBytes);
+}
+
+
+export async function decodeCheckpoint(bytes: Buffer): Promise<Decoded<{ record: LvstoreRecord; seq: bigint }>> {
   if (bytes.toString('ascii', 0, 8) !== checkpointMagic) return { kind: 'damaged', reason: 'checkpoint magic missing' };
   if (bytes.readUInt32LE(8) !== formatVersion) return { kind: 'damaged', reason: 'checkpoint format version differs' };
   if (bytes.readBigUInt64LE(32) !== crc64(bytes.subarray(0, 32))) return { kind: 'damaged', reason: 'checkpoint header CRC mismatch' };
@@ -185,10 +282,37 @@ export function decodeCheckpoint(bytes: Buffer): Decoded<{ record: LvstoreRecord
   if (checkpointHeaderBytes + length > bytes.length) return { kind: 'damaged', reason: 'checkpoint truncated' };
   const payload = bytes.subarray(checkpointHeaderBytes, checkpointHeaderBytes + length);
   if (crc64(payload) !== bytes.readBigUInt64LE(24)) return { kind: 'damaged', reason: 'checkpoint CRC mismatch' };
-  const body = decodePayload(payload) as CheckpointBody;
-  const { lvols, ...rest } = body;
-  // Fields added within a format version default to "absent".
-  for (const lvol of lvols) lvol.savedProgress ??= null;
+  const pause = loopYielder();
+  const firstEnd = payload.indexOf(0x0a);
+  const first = decodePayload(payload.subarray(0, firstEnd === -1 ? payload.length : firstEnd)) as CheckpointHead | CheckpointBody;
+  let lvols: LvolRecord[];
+  let rest: Omit<CheckpointBody, 'lvols'>;
+  if ('lvols' in first) {
+    // Written before checkpoints were line by line: the whole state is one JSON object.
+    ({ lvols, ...rest } = first);
+  } else {
+    const { lvolCount, ...head } = first;
+    rest = head;
+    lvols = [];
+    for (let start = firstEnd + 1; firstEnd !== -1 && start <= payload.length; ) {
+      const end = payload.indexOf(0x0a, start);
+      lvols.push(decodePayload(payload.subarray(start, end === -1 ? payload.length : end)) as LvolRecord);
+      if (end === -1) break;
+      start = end + 1;
+      const turn = pause();
+      if (turn) await turn;
+    }
+    if (lvols.length !== lvolCount) return { kind: 'damaged', reason: `checkpoint holds ${lvols.length} lvols, its header says ${lvolCount}` };
+  }
+  for (const lvol of lvols) {
+    // Fields added within a format version default to "absent".
+    lvol.savedProgress ??= null;
+    // Checkpoints written before sparse arrays hold dense ones.
+    if ((lvol.clusterMap as unknown) instanceof Uint32Array) lvol.clusterMap = ClusterMap.fromDense(lvol.clusterMap as unknown as Uint32Array);
+    if ((lvol.rangeChecksums as unknown) instanceof BigUint64Array) {
+      lvol.rangeChecksums = ClusterChecksums.fromDense(lvol.rangeChecksums as unknown as BigUint64Array);
+    }
+  }
   return {
     kind: 'ok',
     value: { record: { ...rest, lvols: new Map(lvols.map((lvol) => [lvol.id, lvol])) }, seq: bytes.readBigUInt64LE(16) },

@@ -17,9 +17,16 @@ import {
   encodeCheckpoint,
   encodeRecord,
   encodeSuperBlock,
+  snapshotRecord,
   storeTagOf,
 } from './format.ts';
-import type { LvstoreRecord, MetadataChange, MetadataLog, MetadataLogStats } from './metadata.ts';
+import { type LvstoreRecord, type MetadataChange, type MetadataLog, type MetadataLogStats, isFreeingChange } from './metadata.ts';
+
+/**
+ * The part of the checkpoint slot only freeing changes (deletes) may fill: growth is refused
+ * before the state reaches it, so a delete always fits, even when the size estimate was low.
+ */
+export const checkpointReserveFraction = 1 / 8;
 
 /** The state does not fit the checkpoint slot: refused before anything was written. */
 class MetadataFullError extends Error {
@@ -35,6 +42,15 @@ class MetadataFullError extends Error {
   }
 }
 
+/** Growth refused while the metadata is full, without encoding the state again for each request. */
+class StillFullError extends MetadataFullError {
+  override toStorageError(): StorageError {
+    return new StorageError('ENOSPC', {
+      detail: `lvstore metadata is full (the last checkpoint attempt needed ${this.imageBytes} of ${this.slotBytes} usable bytes); delete lvols or snapshots to make room`,
+    });
+  }
+}
+
 /** Writes zeros over [0, bytes): the file system allocates the blocks now, not at the first append. */
 async function preallocate(device: BlockDevice, bytes: number): Promise<void> {
   for (let offset = 0; offset < bytes; offset += zeroChunkBytes) {
@@ -45,6 +61,8 @@ async function preallocate(device: BlockDevice, bytes: number): Promise<void> {
 
 interface Waiter {
   changes: readonly MetadataChange[];
+  /** forceCheckpoint: write a checkpoint rather than a record. */
+  checkpoint?: boolean;
   resolve: () => void;
   reject: (error: Error) => void;
 }
@@ -67,6 +85,10 @@ export class JournalMetadataLog implements MetadataLog {
   private idle: Promise<void> = Promise.resolve();
   private markIdle: () => void = () => {};
   private readonly counters: MetadataLogStats = { bytesWritten: 0, recordsWritten: 0, checkpoints: 0, flushes: 0 };
+  /** Size of the image in the current checkpoint slot (0: unknown, e.g. just loaded). */
+  private lastCheckpointBytes = 0;
+  /** Set when growth was refused for want of room; cleared by the next checkpoint that lands. */
+  private full: MetadataFullError | undefined;
 
   constructor(
     private readonly device: BlockDevice,
@@ -106,7 +128,8 @@ export class JournalMetadataLog implements MetadataLog {
   }
 
   append(changes: readonly MetadataChange[]): Promise<void> {
-    if (this.failed) return Promise.reject(this.failed);
+    // A failed log refuses changes, except freeing ones: they try to bring it back (recover).
+    if (this.failed && !changes.every(isFreeingChange)) return Promise.reject(this.failed);
     if (this.closed) return Promise.reject(new StorageError('EIO', { wire: 'internal', detail: 'lvstore metadata is closed' }));
     return new Promise((resolve, reject) => {
       this.pending.push({ changes, resolve, reject });
@@ -118,11 +141,12 @@ export class JournalMetadataLog implements MetadataLog {
     this.writing = true;
     this.idle = new Promise((resolve) => (this.markIdle = resolve));
     try {
-      while (this.pending.length > 0 && !this.failed) {
+      while (this.pending.length > 0) {
         const batch = this.pending;
         this.pending = [];
         try {
-          await this.writeBatch(batch);
+          if (this.failed) await this.recover(batch);
+          else await this.writeBatch(batch);
           for (const waiter of batch) waiter.resolve();
         } catch (error) {
           // Everything not yet durable fails together (the lvstore undoes it, newest first): a
@@ -135,12 +159,19 @@ export class JournalMetadataLog implements MetadataLog {
             continue;
           }
           // The device failed under the journal: what it holds is uncertain, so nothing later may
-          // be acknowledged either. The lvstore is read-only until it is loaded again.
-          this.failed = fromDeviceError(error, 'metadata write failed; the lvstore is read-only until the node restarts');
-          log('error', 'lvstore metadata write failed: the lvstore is read-only until the node restarts', {
-            lvstore: this.position.superBlock.lvstoreId,
-            error: String(error),
-          });
+          // be acknowledged either. The lvstore refuses changes until a delete rewrites the whole
+          // state (recover) or it is loaded again.
+          const first = !this.failed;
+          this.failed = fromDeviceError(
+            error,
+            'metadata write failed; the lvstore refuses changes until a delete succeeds in rewriting its metadata or the node restarts',
+          );
+          if (first) {
+            log('error', 'lvstore metadata write failed: the lvstore refuses changes until a delete rewrites its metadata or the node restarts', {
+              lvstore: this.position.superBlock.lvstoreId,
+              error: String(error),
+            });
+          }
           for (const waiter of rejected) waiter.reject(this.failed);
         }
       }
@@ -150,13 +181,25 @@ export class JournalMetadataLog implements MetadataLog {
     }
   }
 
+  /** Bytes of the checkpoint slot growth may use; the rest is kept for freeing changes. */
+  private get growthCapacityBytes(): number {
+    return Math.floor(this.layout.checkpointBytes * (1 - checkpointReserveFraction));
+  }
+
   private async writeBatch(batch: Waiter[]): Promise<void> {
     const changes = batch.flatMap((waiter) => waiter.changes);
+    const freeing = changes.every(isFreeingChange);
     const seq = this.position.lastSeq + 1n;
     const bytes = encodeRecord(seq, storeTagOf(this.position.superBlock.lvstoreId), changes, this.device.blockSizeBytes);
-    if (this.position.tailBytes + bytes.length > this.layout.journalBytes) {
-      // The journal is full: the checkpoint holds these changes too (they are already applied in memory).
-      await this.checkpoint(seq);
+    // What the next checkpoint could need: the last one plus what was journaled since (a change
+    // grows the state by about its record's size, usually much less). Past the growth capacity,
+    // the state is measured by checkpointing now, so it never outgrows its slot unnoticed.
+    const estimate = this.lastCheckpointBytes + this.position.tailBytes + bytes.length;
+    const forced = batch.some((waiter) => waiter.checkpoint);
+    if (forced || this.position.tailBytes + bytes.length > this.layout.journalBytes || estimate > this.growthCapacityBytes) {
+      if (this.full && !freeing) throw new StillFullError(this.full.imageBytes, this.full.slotBytes);
+      // The checkpoint holds these changes too (they are already applied in memory).
+      await this.checkpoint(seq, freeing ? this.layout.checkpointBytes : this.growthCapacityBytes);
       return;
     }
     await this.device.write(this.layout.journalOffset + this.position.tailBytes, bytes);
@@ -167,10 +210,40 @@ export class JournalMetadataLog implements MetadataLog {
     this.position = { ...this.position, lastSeq: seq, tailBytes: this.position.tailBytes + bytes.length };
   }
 
-  /** Writes the whole state as of `seq` to the unused slot, then switches the super block to it. */
-  private async checkpoint(seq: bigint): Promise<void> {
-    const image = encodeCheckpoint(this.record(), seq, this.device.blockSizeBytes);
-    if (image.length > this.layout.checkpointBytes) throw new MetadataFullError(image.length, this.layout.checkpointBytes);
+  /**
+   * After a device failure, a freeing batch (already applied in memory, like every batch) is
+   * made durable by writing the whole state as a new checkpoint: it replaces whatever the failed
+   * write left. Its sequence number skips the failed record's, so a record that did land is
+   * never replayed on top of it. If this write fails too, the log stays failed.
+   */
+  private async recover(batch: Waiter[]): Promise<void> {
+    assert.ok(batch.every((waiter) => waiter.changes.every(isFreeingChange)));
+    await this.checkpoint(this.position.lastSeq + 2n, this.layout.checkpointBytes);
+    this.failed = undefined;
+    log('info', 'lvstore metadata written again after a failure: the lvstore accepts changes', { lvstore: this.position.superBlock.lvstoreId });
+  }
+
+  /** Checkpoints the current state now (benchmarks and tests measure what a full journal does). */
+  forceCheckpoint(): Promise<void> {
+    if (this.failed) return Promise.reject(this.failed);
+    // Queued like an append with no changes, so it is ordered with them.
+    return new Promise((resolve, reject) => {
+      this.pending.push({ changes: [], resolve, reject, checkpoint: true });
+      if (!this.writing) void this.drain();
+    });
+  }
+
+  /**
+   * Writes the whole state as of `seq` to the unused slot, then switches the super block to it.
+   * The state is snapshotted synchronously (nothing applied later gets in), then encoded with
+   * turns for the event loop; an image larger than `limitBytes` is refused before any write.
+   */
+  private async checkpoint(seq: bigint, limitBytes = this.layout.checkpointBytes): Promise<void> {
+    const image = await encodeCheckpoint(snapshotRecord(this.record()), seq, this.device.blockSizeBytes);
+    if (image.length > limitBytes) {
+      this.full = new MetadataFullError(image.length, limitBytes);
+      throw this.full;
+    }
     const slot: 0 | 1 = this.position.superBlock.checkpointSlot === 0 ? 1 : 0;
     await this.device.write(this.layout.checkpointOffsets[slot], image);
     await this.device.flush();
@@ -190,6 +263,8 @@ export class JournalMetadataLog implements MetadataLog {
     this.counters.checkpoints++;
     this.counters.flushes += 2;
     this.position = { superBlock, superSlot, lastSeq: seq, tailBytes: 0 };
+    this.lastCheckpointBytes = image.length;
+    this.full = undefined;
   }
 
   /** Waits for every acknowledged-or-pending append to be on the device. */
@@ -212,7 +287,7 @@ export class JournalMetadataLog implements MetadataLog {
   }
 
   stats(): MetadataLogStats {
-    return { ...this.counters };
+    return { ...this.counters, lastCheckpointBytes: this.lastCheckpointBytes, checkpointSlotBytes: this.layout.checkpointBytes };
   }
 
   failure(): string | null {

@@ -10,6 +10,7 @@ import {
   decodePayload,
   decodeRecordHeader,
   decodeSuperBlock,
+  loopYielder,
   metadataLayout,
   recordHeaderBytes,
   roundUp,
@@ -69,7 +70,7 @@ export async function openLvstore(device: BlockDevice, runtime: Runtime): Promis
   }
   const layout = metadataLayout(superBlock.firstDataCluster * superBlock.clusterBytes, superBlock.blockBytes);
   const image = await readAt(device, layout.checkpointOffsets[superBlock.checkpointSlot], superBlock.checkpointLength);
-  const checkpoint = decodeCheckpoint(image);
+  const checkpoint = await decodeCheckpoint(image);
   if (checkpoint.kind !== 'ok') throw new DamagedLvstoreError(checkpoint.kind === 'damaged' ? checkpoint.reason : 'checkpoint missing');
   if (crc64(image.subarray(0, 32)) !== superBlock.checkpointCrc || checkpoint.value.seq !== superBlock.checkpointSeq) {
     throw new DamagedLvstoreError('checkpoint does not match its super block');
@@ -100,6 +101,7 @@ async function replayJournal(
   apply: (changes: MetadataChange[]) => void,
 ): Promise<{ lastSeq: bigint; tailBytes: number }> {
   const blockBytes = device.blockSizeBytes;
+  const pause = loopYielder();
   let offset = 0;
   let expected = checkpointSeq + 1n;
   while (offset + recordHeaderBytes <= journalBytes) {
@@ -118,6 +120,8 @@ async function replayJournal(
     }
     offset += recordBytes;
     expected++;
+    const turn = pause();
+    if (turn) await turn;
   }
   return { lastSeq: expected - 1n, tailBytes: offset };
 }

@@ -6,7 +6,8 @@ import assert from 'node:assert/strict';
 import {
   clusterSizeBytesMax,
   clusterSizeBytesMin,
-  lvolClusterCountMax,
+  fragmapClusterCountMax,
+  lvolSizeBytesMax,
   metadataAreaBytesMax,
   metadataAreaBytesMin,
   metadataAreaDeviceFraction,
@@ -30,9 +31,11 @@ import {
   type MetadataLog,
   type MetadataLogStats,
   type SavedChecksumProgress,
+  allocationRuns,
   applyChange,
   captureUndo,
 } from './metadata.ts';
+import type { ClusterChecksums } from './sparseArray.ts';
 
 export interface LvstoreOptions {
   name: string;
@@ -53,8 +56,10 @@ export function clusterIndexToOffsetBytes(clusterIndex: number, clusterBytes: nu
   return clusterIndex * clusterBytes;
 }
 
+/** Whole clusters for `sizeMib` MiB, rounded up; exact for any size (bigint arithmetic). */
 export function sizeMibToClusterCount(sizeMib: number, clusterBytes: number): number {
-  return Math.ceil((sizeMib * mibBytes) / clusterBytes);
+  const cluster = BigInt(clusterBytes);
+  return Number((BigInt(sizeMib) * BigInt(mibBytes) + cluster - 1n) / cluster);
 }
 
 /** The metadata area at the front of the device, in whole clusters (see constants.ts). */
@@ -92,7 +97,6 @@ export class Lvstore {
   // Commits applied to the records but not yet durable, in the order they were applied.
   private readonly notDurable: PendingCommit[] = [];
   // Owned clusters per lvol, for listings; see ownedClusterCount.
-  private readonly ownedCounts = new Map<string, number>();
   private readonly gates = new Map<string, IoGate>();
   // Allocation of one logical cluster of one lvol runs alone: concurrent first writes must not
   // both allocate it.
@@ -106,7 +110,7 @@ export class Lvstore {
   ) {
     this.allocator = new ClusterAllocator(record.firstDataCluster, record.clusterTotal);
     for (const lvol of record.lvols.values()) {
-      for (const physicalCluster of lvol.clusterMap) if (physicalCluster !== 0) this.allocator.markUsed(physicalCluster);
+      lvol.clusterMap.forEachNonZero((_, physicalCluster) => this.allocator.markUsed(physicalCluster));
     }
   }
 
@@ -180,6 +184,11 @@ export class Lvstore {
   }
 
   /** Metadata I/O of this lvstore so far (undefined for an in-memory log). */
+  /** Checkpoints the metadata now (benchmarks, tests); a no-op for logs without checkpoints. */
+  async forceCheckpoint(): Promise<void> {
+    await this.log.forceCheckpoint?.();
+  }
+
   metadataStats(): MetadataLogStats | undefined {
     return this.log.stats?.();
   }
@@ -201,41 +210,14 @@ export class Lvstore {
     return this.lvols().filter((lvol) => lvol.parentId === id);
   }
 
-  /**
-   * Clusters the lvol itself owns. Listings ask for it per lvol, so it is counted once and then
-   * kept up to date by `commit` (a first write adds one; other map changes recount lazily).
-   */
+  /** Clusters the lvol itself owns (the sparse map keeps the count: O(1)). */
   ownedClusterCount(id: string): number {
-    const cached = this.ownedCounts.get(id);
-    if (cached !== undefined) return cached;
-    const map = this.lvol(id).clusterMap;
-    let count = 0;
-    // An indexed loop: for…of over a typed array is several times slower.
-    for (let index = 0; index < map.length; index++) if (map[index] !== 0) count++;
-    this.ownedCounts.set(id, count);
-    return count;
-  }
-
-  /** Keeps ownedCounts true after `changes` were applied (or undone: then `undone` is set). */
-  private updateOwnedCounts(changes: readonly MetadataChange[], undone: boolean): void {
-    for (const change of changes) {
-      if (change.type === 'cluster.allocate' && !undone) {
-        const cached = this.ownedCounts.get(change.id);
-        if (cached !== undefined) this.ownedCounts.set(change.id, cached + 1);
-        continue;
-      }
-      if (!('id' in change)) continue;
-      this.ownedCounts.delete(change.id);
-      if (change.type === 'lvol.snapshot') this.ownedCounts.delete(change.snapshotId);
-      if (change.type === 'lvol.merge') this.ownedCounts.delete(change.cloneId);
-    }
+    return this.lvol(id).clusterMap.count;
   }
 
   /** The first cluster index ≥ `fromClusterIndex` that the lvol itself owns, or -1. */
   nextOwnedCluster(id: string, fromClusterIndex: number): number {
-    const map = this.lvol(id).clusterMap;
-    for (let index = fromClusterIndex; index < map.length; index++) if (map[index] !== 0) return index;
-    return -1;
+    return this.lvol(id).clusterMap.nextNonZero(fromClusterIndex);
   }
 
   /**
@@ -258,10 +240,8 @@ export class Lvstore {
       }
     } catch (error) {
       undoCommit(entry, this.allocator);
-      this.updateOwnedCounts(changes, true);
       throw error;
     }
-    this.updateOwnedCounts(changes, false);
     this.notDurable.push(entry);
     try {
       await this.log.append(changes);
@@ -281,7 +261,6 @@ export class Lvstore {
     const undone = this.notDurable.splice(index);
     for (const pending of undone.reverse()) {
       undoCommit(pending, this.allocator);
-      this.updateOwnedCounts(pending.changes, true);
     }
   }
 
@@ -334,7 +313,7 @@ export class Lvstore {
   async createLvol(options: { name: string; clusterCount: number; thin: boolean; clearMethod?: ClearMethod }): Promise<LvolRecord> {
     this.assertNameFree(options.name);
     if (!Number.isSafeInteger(options.clusterCount) || options.clusterCount < 1) fail('EINVAL', 'size must be at least one cluster');
-    assertClusterCountWithinLimit(options.clusterCount);
+    assertClusterCountWithinLimit(options.clusterCount, this.clusterBytes);
     // Thin lvols may overcommit the store (SPDK); a thick one needs every cluster now.
     if (!options.thin && options.clusterCount > this.allocator.dataClusterTotal) {
       fail('ENOSPC', `${options.clusterCount} clusters exceed the lvstore's ${this.allocator.dataClusterTotal}`);
@@ -354,7 +333,7 @@ export class Lvstore {
         clearMethod: options.clearMethod ?? this.record.clearMethod,
         xattrs: {},
         createdAtMs: this.runtime.nowMs(),
-        allocations: physical.map((physicalCluster, clusterIndex) => [clusterIndex, physicalCluster] as const),
+        allocations: allocationRuns(0, physical),
       },
     ], physical);
     return this.lvol(id);
@@ -448,13 +427,13 @@ export class Lvstore {
         // is durable (after a crash those clusters would belong to this snapshot again).
         await this.gate(clone.id).withExclusive(async () => {
           const cloneMap = clone.clusterMap;
-          lvol.clusterMap.forEach((physicalCluster, index) => {
-            if (physicalCluster !== 0 && (index >= cloneMap.length || cloneMap[index] !== 0)) freed.push(physicalCluster);
-          });
+          for (const [index, physicalCluster] of lvol.clusterMap.entries()) {
+            if (index >= cloneMap.length || cloneMap.get(index) !== 0) freed.push(physicalCluster);
+          }
           await this.commit([{ type: 'lvol.merge', id, cloneId: clone.id }]);
         });
       } else {
-        for (const physicalCluster of lvol.clusterMap) if (physicalCluster !== 0) freed.push(physicalCluster);
+        for (const [, physicalCluster] of lvol.clusterMap.entries()) freed.push(physicalCluster);
         await this.commit([{ type: 'lvol.delete', id }]);
       }
       this.gates.delete(id);
@@ -493,18 +472,18 @@ export class Lvstore {
     const lvol = this.lvol(id);
     if (lvol.readOnly) fail('EPERM', `${lvol.name} is read-only and cannot be resized`);
     if (!Number.isSafeInteger(clusterCount) || clusterCount < 1) fail('EINVAL', 'size must be at least one cluster');
-    assertClusterCountWithinLimit(clusterCount);
+    assertClusterCountWithinLimit(clusterCount, this.clusterBytes);
     await this.gate(id).withExclusive(async () => {
       this.assertStillPresent(lvol);
       const oldCount = lvol.clusterMap.length;
       const grown = clusterCount > oldCount && !lvol.thin ? this.allocator.allocate(clusterCount - oldCount) : [];
-      const freed = [...lvol.clusterMap.subarray(Math.min(clusterCount, oldCount))].filter((cluster) => cluster !== 0);
+      const freed = [...lvol.clusterMap.entries(Math.min(clusterCount, oldCount))].map(([, physicalCluster]) => physicalCluster);
       await this.commit([
         {
           type: 'lvol.resize',
           id,
           clusterCount,
-          allocations: grown.map((physicalCluster, offset) => [oldCount + offset, physicalCluster] as const),
+          allocations: allocationRuns(oldCount, grown),
         },
       ], grown);
       await this.clearClusters(freed, lvol.clearMethod);
@@ -541,19 +520,36 @@ export class Lvstore {
    */
   /** The clusters inflate or decouple would copy into `lvol`. */
   private copyUpTargets(lvol: LvolRecord, mode: 'inflate' | 'decouple'): number[] {
+    const map = lvol.clusterMap;
     const targets: number[] = [];
-    for (let clusterIndex = 0; clusterIndex < lvol.clusterMap.length; clusterIndex++) {
-      if (lvol.clusterMap[clusterIndex] !== 0) continue;
-      if (mode === 'decouple' && this.ownerBelow(lvol, clusterIndex) === 0) continue;
-      targets.push(clusterIndex);
+    if (mode === 'inflate') {
+      // Every cluster it lacks: callers check the count (copyUpCount) against free space first.
+      for (let clusterIndex = 0; clusterIndex < map.length; clusterIndex++) if (map.get(clusterIndex) === 0) targets.push(clusterIndex);
+      return targets;
     }
-    return targets;
+    // Only what some ancestor owns: a walk over the ancestors' maps, not the virtual size.
+    const seen = new Set<number>();
+    for (let ancestor = lvol.parentId ? this.record.lvols.get(lvol.parentId) : undefined; ancestor; ) {
+      for (const [clusterIndex] of ancestor.clusterMap.entries(0, map.length)) {
+        if (map.get(clusterIndex) === 0 && !seen.has(clusterIndex)) {
+          seen.add(clusterIndex);
+          targets.push(clusterIndex);
+        }
+      }
+      ancestor = ancestor.parentId ? this.record.lvols.get(ancestor.parentId) : undefined;
+    }
+    return targets.sort((a, b) => a - b);
+  }
+
+  /** How many clusters inflate or decouple would allocate, without listing them for inflate. */
+  private copyUpCount(lvol: LvolRecord, mode: 'inflate' | 'decouple'): number {
+    return mode === 'inflate' ? lvol.clusterMap.length - lvol.clusterMap.count : this.copyUpTargets(lvol, mode).length;
   }
 
   checkCopyUp(id: string, mode: 'inflate' | 'decouple'): void {
     const lvol = this.lvol(id);
     if (mode === 'decouple' && lvol.parentId === null) fail('EINVAL', `${lvol.name} has no parent to decouple from`);
-    const needed = this.copyUpTargets(lvol, mode).length;
+    const needed = this.copyUpCount(lvol, mode);
     if (needed > this.allocator.free) {
       throw new StorageError('ENOSPC', { wire: 'internal', detail: `need ${needed} clusters, ${this.allocator.free} free` });
     }
@@ -586,7 +582,7 @@ export class Lvstore {
       const unused: number[] = [];
       targets.forEach((clusterIndex, position) => {
         // A merge into this lvol may have given it the cluster meanwhile: keep what it adopted.
-        if (lvol.clusterMap[clusterIndex] !== 0) unused.push(physical[position]!);
+        if (lvol.clusterMap.get(clusterIndex) !== 0) unused.push(physical[position]!);
         else changes.push({ type: 'cluster.allocate', id, clusterIndex, physicalCluster: physical[position]! });
       });
       this.allocator.release(unused);
@@ -627,7 +623,7 @@ export class Lvstore {
     await this.commit([{ type: 'checksum.progress', id, progress }]);
   }
 
-  async storeChecksum(id: string, checksum: bigint, rangeChecksums: BigUint64Array | null): Promise<void> {
+  async storeChecksum(id: string, checksum: bigint, rangeChecksums: ClusterChecksums | null): Promise<void> {
     this.lvol(id);
     await this.commit([{ type: 'checksum.store', id, checksum, rangeChecksums }]);
   }
@@ -639,7 +635,7 @@ export class Lvstore {
     let ancestor = lvol.parentId ? this.record.lvols.get(lvol.parentId) : undefined;
     while (ancestor) {
       if (clusterIndex >= ancestor.clusterMap.length) return 0;
-      const physicalCluster = ancestor.clusterMap[clusterIndex]!;
+      const physicalCluster = ancestor.clusterMap.get(clusterIndex);
       if (physicalCluster !== 0) return physicalCluster;
       ancestor = ancestor.parentId ? this.record.lvols.get(ancestor.parentId) : undefined;
     }
@@ -647,7 +643,7 @@ export class Lvstore {
   }
 
   private owner(lvol: LvolRecord, clusterIndex: number): number {
-    return lvol.clusterMap[clusterIndex] || this.ownerBelow(lvol, clusterIndex);
+    return lvol.clusterMap.get(clusterIndex) || this.ownerBelow(lvol, clusterIndex);
   }
 
   private assertIoRange(lvol: LvolRecord, offsetBytes: number, lengthBytes: number): void {
@@ -722,7 +718,7 @@ export class Lvstore {
     this.assertIoRange(lvol, offsetBytes, data.length);
     await this.forEachSegment(offsetBytes, data.length, async (clusterIndex, inner, rangeOffset, length) => {
       const piece = data.subarray(rangeOffset, rangeOffset + length);
-      const physicalCluster = lvol.clusterMap[clusterIndex]!;
+      const physicalCluster = lvol.clusterMap.get(clusterIndex);
       if (physicalCluster !== 0) {
         // The mapping may come from an allocation whose journal record is still being flushed:
         // this write is acknowledged only once that record is durable, or a crash could lose it.
@@ -746,7 +742,7 @@ export class Lvstore {
   ): Promise<void> {
     const key = `${lvol.id}:${clusterIndex}`;
     for (let pending = this.allocating.get(key); pending; pending = this.allocating.get(key)) await pending;
-    const existing = lvol.clusterMap[clusterIndex]!;
+    const existing = lvol.clusterMap.get(clusterIndex);
     if (existing !== 0) {
       if (overlay) {
         const offset = clusterIndexToOffsetBytes(existing, this.clusterBytes) + overlay.innerOffsetBytes;
@@ -793,7 +789,7 @@ export class Lvstore {
     }
     // The write holds the lvol's gate shared: a delete or a merge into it (which hold it alone)
     // cannot have run meanwhile, so the lvol exists and the slot is still empty.
-    assert.ok(this.record.lvols.get(lvol.id) === lvol && lvol.clusterMap[clusterIndex] === 0, 'allocation raced a gated operation');
+    assert.ok(this.record.lvols.get(lvol.id) === lvol && lvol.clusterMap.get(clusterIndex) === 0, 'allocation raced a gated operation');
     await this.commit([{ type: 'cluster.allocate', id: lvol.id, clusterIndex, physicalCluster }], [physicalCluster]);
   }
 
@@ -834,7 +830,7 @@ export class Lvstore {
           const clusterIndex = Math.floor(absolute / this.clusterBytes);
           const inner = absolute - clusterIndex * this.clusterBytes;
           const segmentBytes = Math.min(this.clusterBytes - inner, lengthBytes - position);
-          const physicalCluster = lvol.clusterMap[clusterIndex]!;
+          const physicalCluster = lvol.clusterMap.get(clusterIndex);
           if (physicalCluster !== 0 && !this.allocating.has(`${lvol.id}:${clusterIndex}`)) {
             await this.device.discard(clusterIndexToOffsetBytes(physicalCluster, this.clusterBytes) + inner, segmentBytes);
           }
@@ -855,17 +851,31 @@ export class Lvstore {
     const lvol = this.lvol(id);
     this.assertIoRange(lvol, offsetBytes, lengthBytes);
     const out: Array<{ offsetBytes: number; lengthBytes: number; allocated: boolean }> = [];
-    for (let position = 0; position < lengthBytes; ) {
-      const absolute = offsetBytes + position;
-      const clusterIndex = Math.floor(absolute / this.clusterBytes);
-      const inner = absolute - clusterIndex * this.clusterBytes;
-      const segmentBytes = Math.min(this.clusterBytes - inner, lengthBytes - position);
+    const chain: LvolRecord[] = [];
+    for (let member: LvolRecord | undefined = lvol; member; member = member.parentId ? this.record.lvols.get(member.parentId) : undefined) chain.push(member);
+    // The next cluster anyone in the chain owns: a walk over what is owned, so a hole of any size costs O(1).
+    const nextVisible = (from: number): number => {
+      let next = -1;
+      for (const member of chain) {
+        const candidate = member.clusterMap.nextNonZero(from);
+        if (candidate !== -1 && (next === -1 || candidate < next)) next = candidate;
+      }
+      return next;
+    };
+    const end = offsetBytes + lengthBytes;
+    for (let position = offsetBytes; position < end && out.length < maxExtents; ) {
+      const clusterIndex = Math.floor(position / this.clusterBytes);
       const allocated = this.owner(lvol, clusterIndex) !== 0;
-      const last = out[out.length - 1];
-      if (last && last.allocated === allocated) last.lengthBytes += segmentBytes;
-      else if (out.length >= maxExtents) break;
-      else out.push({ offsetBytes: absolute, lengthBytes: segmentBytes, allocated });
-      position += segmentBytes;
+      let runEndCluster = clusterIndex + 1;
+      if (allocated) {
+        while (runEndCluster * this.clusterBytes < end && this.owner(lvol, runEndCluster) !== 0) runEndCluster++;
+      } else {
+        const next = nextVisible(clusterIndex + 1);
+        runEndCluster = next === -1 ? Number.POSITIVE_INFINITY : next;
+      }
+      const runEnd = Math.min(end, runEndCluster * this.clusterBytes);
+      out.push({ offsetBytes: position, lengthBytes: runEnd - position, allocated });
+      position = runEnd;
     }
     return out;
   }
@@ -881,7 +891,7 @@ export class Lvstore {
 
   /** Where the bytes of a cluster the lvol itself owns are on the device (the checksum walk reads there). */
   ownedClusterOffsetBytes(id: string, clusterIndex: number): number {
-    const physicalCluster = this.lvol(id).clusterMap[clusterIndex];
+    const physicalCluster = this.lvol(id).clusterMap.get(clusterIndex);
     if (!physicalCluster) fail('EINVAL', `cluster ${clusterIndex} is not owned by lvol ${id}`);
     return clusterIndexToOffsetBytes(physicalCluster, this.clusterBytes);
   }
@@ -896,21 +906,24 @@ export class Lvstore {
     }
     const first = offsetBytes / this.clusterBytes;
     const clusterCount = length / this.clusterBytes;
+    // The answer is a bitmap of the range: its size follows the range asked for, so that is bounded.
+    if (clusterCount > fragmapClusterCountMax) {
+      fail('EINVAL', `a fragmap covers at most ${fragmapClusterCountMax} clusters per call (asked for ${clusterCount}); ask for the range in parts with offset and size`);
+    }
     const bitmap = Buffer.alloc(Math.ceil(clusterCount / 8));
     let allocated = 0;
-    for (let bit = 0; bit < clusterCount; bit++) {
-      if (lvol.clusterMap[first + bit] !== 0) {
-        bitmap[bit >> 3]! |= 1 << (bit & 7);
-        allocated++;
-      }
+    for (const [clusterIndex] of lvol.clusterMap.entries(first, first + clusterCount)) {
+      const bit = clusterIndex - first;
+      bitmap[bit >> 3]! |= 1 << (bit & 7);
+      allocated++;
     }
     return { clusterCount, allocated, bitmap };
   }
 }
 
-function assertClusterCountWithinLimit(clusterCount: number): void {
-  if (clusterCount > lvolClusterCountMax) {
-    fail('EINVAL', `an lvol can have at most ${lvolClusterCountMax} clusters (asked for ${clusterCount})`);
+function assertClusterCountWithinLimit(clusterCount: number, clusterBytes: number): void {
+  if (clusterCount * clusterBytes > lvolSizeBytesMax) {
+    fail('EINVAL', `an lvol can be at most ${lvolSizeBytesMax} bytes (asked for ${clusterCount} clusters of ${clusterBytes} bytes)`);
   }
 }
 

@@ -3,13 +3,15 @@
 // Every change is a plain record applied by `applyChange`, both live and when a durable log is
 // replayed at load (the durability issue makes `MetadataLog` persistent; nothing else changes).
 
+import { ClusterChecksums, ClusterMap } from './sparseArray.ts';
+
 export type ClearMethod = 'none' | 'unmap' | 'write_zeroes';
 
 export interface LvolRecord {
   readonly id: string;
   name: string;
-  /** Physical cluster index per logical cluster; 0 means "not owned" (cluster 0 holds metadata). */
-  clusterMap: Uint32Array;
+  /** Physical cluster index per logical cluster; 0 means "not owned" (cluster 0 holds metadata). Sparse. */
+  clusterMap: ClusterMap;
   thin: boolean;
   readOnly: boolean;
   /** Created by bdev_lvol_snapshot: only snapshots get checksums. */
@@ -20,8 +22,8 @@ export interface LvolRecord {
   readonly createdAtMs: number;
   /** Whole-snapshot CRC-64/GO-ISO, once a registration completed (SPEC §6.1). */
   checksum: bigint | null;
-  /** Per logical cluster CRC (0 for clusters not owned), once a range registration completed. */
-  rangeChecksums: BigUint64Array | null;
+  /** Per logical cluster CRC (0 for clusters not owned), once a range registration completed. Sparse. */
+  rangeChecksums: ClusterChecksums | null;
   /** Where a stopped or preempted checksum walk stood, so it can resume (SPEC §6.6). */
   savedProgress: SavedChecksumProgress | null;
 }
@@ -71,12 +73,12 @@ export type MetadataChange =
       clearMethod: ClearMethod;
       xattrs: Record<string, string>;
       createdAtMs: number;
-      /** Physical clusters allocated at creation (thick lvols), by logical index. */
-      allocations: ReadonlyArray<readonly [clusterIndex: number, physicalCluster: number]>;
+      /** Physical clusters allocated at creation (thick lvols), as runs (see AllocationRun). */
+      allocations: readonly AllocationRun[];
     }
   | { type: 'lvol.delete'; id: string }
   | { type: 'lvol.rename'; id: string; name: string }
-  | { type: 'lvol.resize'; id: string; clusterCount: number; allocations: ReadonlyArray<readonly [number, number]> }
+  | { type: 'lvol.resize'; id: string; clusterCount: number; allocations: readonly AllocationRun[] }
   | { type: 'lvol.set_read_only'; id: string }
   | { type: 'lvol.set_xattr'; id: string; name: string; value: string }
   | { type: 'lvol.set_parent'; id: string; parentId: string | null; thin?: boolean }
@@ -85,13 +87,42 @@ export type MetadataChange =
   | { type: 'lvol.snapshot'; id: string; snapshotId: string }
   /** Delete of `id` merging into its only clone `cloneId`: the clone adopts what it does not own. */
   | { type: 'lvol.merge'; id: string; cloneId: string }
-  | { type: 'checksum.store'; id: string; checksum: bigint; rangeChecksums: BigUint64Array | null }
+  | { type: 'checksum.store'; id: string; checksum: bigint; rangeChecksums: ClusterChecksums | null }
   | { type: 'checksum.invalidate'; id: string }
   | { type: 'checksum.progress'; id: string; progress: SavedChecksumProgress | null };
 
+/**
+ * `count` logical clusters from `clusterIndex` mapped to physical clusters from `physicalCluster`
+ * on: a thick lvol's allocation is a few runs, not a pair per cluster. Records written before
+ * runs existed hold pairs, which are runs of one.
+ */
+export type AllocationRun = readonly [clusterIndex: number, physicalCluster: number, count?: number];
+
+/** Runs for logical clusters `firstIndex`, `firstIndex + 1`, … mapped to `physical` in order. */
+export function allocationRuns(firstIndex: number, physical: readonly number[]): AllocationRun[] {
+  const runs: Array<[number, number, number]> = [];
+  physical.forEach((physicalCluster, position) => {
+    const last = runs[runs.length - 1];
+    if (last && last[1] + last[2] === physicalCluster && last[0] + last[2] === firstIndex + position) last[2]++;
+    else runs.push([firstIndex + position, physicalCluster, 1]);
+  });
+  return runs;
+}
+
+function applyRuns(map: ClusterMap, runs: readonly AllocationRun[]): void {
+  for (const [clusterIndex, physicalCluster, count = 1] of runs) {
+    for (let offset = 0; offset < count; offset++) map.set(clusterIndex + offset, physicalCluster + offset);
+  }
+}
+
+/** Journals written before sparse arrays hold range checksums as a dense array. */
+function sparseChecksums(values: ClusterChecksums | BigUint64Array | null): ClusterChecksums | null {
+  return values instanceof BigUint64Array ? ClusterChecksums.fromDense(values) : values;
+}
+
 export function createLvolRecord(change: Extract<MetadataChange, { type: 'lvol.create' }>): LvolRecord {
-  const clusterMap = new Uint32Array(change.clusterCount);
-  for (const [clusterIndex, physicalCluster] of change.allocations) clusterMap[clusterIndex] = physicalCluster;
+  const clusterMap = new ClusterMap(change.clusterCount);
+  applyRuns(clusterMap, change.allocations);
   return {
     id: change.id,
     name: change.name,
@@ -137,9 +168,8 @@ export function applyChange(store: LvstoreRecord, change: MetadataChange): void 
       return;
     case 'lvol.resize': {
       const lvol = lvolOf(store, change.id);
-      const resized = new Uint32Array(change.clusterCount);
-      resized.set(lvol.clusterMap.subarray(0, Math.min(change.clusterCount, lvol.clusterMap.length)));
-      for (const [clusterIndex, physicalCluster] of change.allocations) resized[clusterIndex] = physicalCluster;
+      const resized = lvol.clusterMap.resized(change.clusterCount);
+      applyRuns(resized, change.allocations);
       lvol.clusterMap = resized;
       return;
     }
@@ -156,14 +186,14 @@ export function applyChange(store: LvstoreRecord, change: MetadataChange): void 
       return;
     }
     case 'cluster.allocate':
-      lvolOf(store, change.id).clusterMap[change.clusterIndex] = change.physicalCluster;
+      lvolOf(store, change.id).clusterMap.set(change.clusterIndex, change.physicalCluster);
       return;
     case 'lvol.snapshot': {
       const lvol = lvolOf(store, change.id);
       const snapshot = lvolOf(store, change.snapshotId);
       snapshot.clusterMap = lvol.clusterMap;
       snapshot.parentId = lvol.parentId;
-      lvol.clusterMap = new Uint32Array(lvol.clusterMap.length);
+      lvol.clusterMap = new ClusterMap(lvol.clusterMap.length);
       lvol.parentId = snapshot.id;
       lvol.thin = true;
       return;
@@ -171,10 +201,12 @@ export function applyChange(store: LvstoreRecord, change: MetadataChange): void 
     case 'lvol.merge': {
       const parent = lvolOf(store, change.id);
       const clone = lvolOf(store, change.cloneId);
-      const length = Math.min(parent.clusterMap.length, clone.clusterMap.length);
-      for (let index = 0; index < length; index++) {
-        if (clone.clusterMap[index] === 0) clone.clusterMap[index] = parent.clusterMap[index]!;
+      // A new map (the old one stays intact for undo), at a cost in what the two own.
+      const merged = clone.clusterMap.copy();
+      for (const [index, physicalCluster] of parent.clusterMap.entries(0, clone.clusterMap.length)) {
+        if (merged.get(index) === 0) merged.set(index, physicalCluster);
       }
+      clone.clusterMap = merged;
       clone.parentId = parent.parentId;
       // The clone now owns other clusters: its stored checksums no longer describe it (SPDK drops them).
       clone.checksum = null;
@@ -186,7 +218,7 @@ export function applyChange(store: LvstoreRecord, change: MetadataChange): void 
     case 'checksum.store': {
       const lvol = lvolOf(store, change.id);
       lvol.checksum = change.checksum;
-      lvol.rangeChecksums = change.rangeChecksums ?? lvol.rangeChecksums;
+      lvol.rangeChecksums = sparseChecksums(change.rangeChecksums) ?? lvol.rangeChecksums;
       lvol.savedProgress = null;
       return;
     }
@@ -214,8 +246,24 @@ export interface MetadataLog {
   erase?(): Promise<void>;
   /** Metadata I/O so far, where the log writes to a device. */
   stats?(): MetadataLogStats;
-  /** Why the log refuses appends for good (its device failed under it), or null. */
+  /** Why the log refuses changes (its device failed under it), or null. Freeing changes may still try. */
   failure?(): string | null;
+  /** Writes a checkpoint now (benchmarks and tests: what a full journal would do). */
+  forceCheckpoint?(): Promise<void>;
+}
+
+/**
+ * Changes that never grow the checkpoint: they may use the reserved part of the checkpoint slot,
+ * and they are what may bring a failed log back (SPEC §9: a store can always be made writable
+ * again by deleting).
+ */
+export function isFreeingChange(change: MetadataChange): boolean {
+  return (
+    change.type === 'lvol.delete' ||
+    change.type === 'lvol.merge' ||
+    change.type === 'checksum.invalidate' ||
+    (change.type === 'checksum.progress' && change.progress === null)
+  );
 }
 
 export interface MetadataLogStats {
@@ -223,6 +271,9 @@ export interface MetadataLogStats {
   recordsWritten: number;
   checkpoints: number;
   flushes: number;
+  /** Size of the newest checkpoint image, and of its slot. */
+  lastCheckpointBytes?: number;
+  checkpointSlotBytes?: number;
 }
 
 /** The log of this issue: metadata lives in memory only. */
@@ -256,7 +307,7 @@ export function captureUndo(store: LvstoreRecord, change: MetadataChange): () =>
       return () => void (lvol.name = name);
     }
     case 'lvol.resize': {
-      // applyChange replaces the map with a new array, so the old one is intact.
+      // applyChange replaces the map with a new one, so the old one is intact.
       const lvol = lvolOf(store, change.id);
       const clusterMap = lvol.clusterMap;
       return () => void (lvol.clusterMap = clusterMap);
@@ -279,8 +330,8 @@ export function captureUndo(store: LvstoreRecord, change: MetadataChange): () =>
     }
     case 'cluster.allocate': {
       const clusterMap = lvolOf(store, change.id).clusterMap;
-      const previous = clusterMap[change.clusterIndex]!;
-      return () => void (clusterMap[change.clusterIndex] = previous);
+      const previous = clusterMap.get(change.clusterIndex);
+      return () => clusterMap.set(change.clusterIndex, previous);
     }
     case 'lvol.snapshot': {
       const lvol = lvolOf(store, change.id);
@@ -293,7 +344,7 @@ export function captureUndo(store: LvstoreRecord, change: MetadataChange): () =>
       };
     }
     case 'lvol.merge': {
-      // The clone's map is changed in place: keep a copy (merges are rare; the map is one array).
+      // applyChange gives the clone a new map, so the old one is intact.
       const clone = lvolOf(store, change.cloneId);
       const before = {
         clusterMap: clone.clusterMap,
@@ -302,10 +353,8 @@ export function captureUndo(store: LvstoreRecord, change: MetadataChange): () =>
         rangeChecksums: clone.rangeChecksums,
         savedProgress: clone.savedProgress,
       };
-      const mapCopy = clone.clusterMap.slice();
       const membership = captureMembership(store);
       return () => {
-        before.clusterMap.set(mapCopy);
         Object.assign(clone, before);
         membership();
       };

@@ -24,6 +24,21 @@ export class ByteBudget {
     } else {
       this.usedBytes += bytes;
     }
+    return this.releaser(bytes);
+  }
+
+  /**
+   * Reserves `bytes` at once if they fit and nobody waits ahead, else returns undefined (the
+   * caller then waits with `reserve`): the hot path of a data request costs no promise.
+   */
+  tryReserve(bytes: number): (() => void) | undefined {
+    assert.ok(bytes <= this.capacityBytes, 'callers refuse requests larger than the whole budget');
+    if (this.waiting.length > 0 || this.usedBytes + bytes > this.capacityBytes) return undefined;
+    this.usedBytes += bytes;
+    return this.releaser(bytes);
+  }
+
+  private releaser(bytes: number): () => void {
     let released = false;
     return () => {
       if (released) return;

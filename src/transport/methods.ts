@@ -13,6 +13,7 @@ import {
   clusterSizeBytesMin,
   ioBytesMax,
   nameLengthMax,
+  rangeChecksumWindowMax,
   xattrNameLengthMax,
   xattrValueLengthMax,
 } from '../constants.ts';
@@ -367,7 +368,11 @@ function checksumMethods(node: StorageNode): Record<string, RpcMethod> {
     bdev_lvol_get_snapshot_range_checksums: defineMethod({
       description: 'Stored per-cluster checksums of a window; 0 for clusters the snapshot does not own.',
       priority: 'foreground',
-      params: z.strictObject({ name, cluster_start_index: u64AsNumber, cluster_count: u64AsNumber }),
+      params: z.strictObject({
+        name,
+        cluster_start_index: u64AsNumber,
+        cluster_count: u64AsNumber.refine((value) => value <= rangeChecksumWindowMax, `must be at most ${rangeChecksumWindowMax} per call`),
+      }),
       result: z.array(z.object({ cluster_index: z.number(), checksum: checksumValue })),
       handler: (p) => node.checksums.getRange(p.name, p.cluster_start_index, p.cluster_count),
     }),

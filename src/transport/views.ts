@@ -36,7 +36,7 @@ export const bdevView = z.looseObject({
   aliases: z.array(z.string()),
   product_name: z.string(),
   block_size: z.number(),
-  num_blocks: z.number(),
+  num_blocks: z.union([z.number(), z.bigint()]),
   uuid: z.string(),
   creation_time: z.string().optional(),
   assigned_rate_limits: z.record(z.string(), z.number()),
@@ -105,6 +105,12 @@ export function baseBdevInfo(bdev: BaseBdev): BdevView {
   return info;
 }
 
+/** a × b, as a bigint where it passes 2^53 (a 2^40-cluster lvol has 2^53 blocks): JSON carries it exactly. */
+function exactProduct(a: number, b: number): number | bigint {
+  const product = a * b;
+  return Number.isSafeInteger(product) ? product : BigInt(a) * BigInt(b);
+}
+
 export function lvolBdevInfo(entry: LvstoreEntry, lvol: LvolRecord): BdevView {
   const store = entry.store;
   const clones = store.clonesOf(lvol.id).map((clone) => clone.name);
@@ -115,7 +121,7 @@ export function lvolBdevInfo(entry: LvstoreEntry, lvol: LvolRecord): BdevView {
     aliases: [`${store.name}/${lvol.name}`],
     product_name: 'Logical Volume',
     block_size: store.record.blockBytes,
-    num_blocks: (lvol.clusterMap.length * store.clusterBytes) / store.record.blockBytes,
+    num_blocks: exactProduct(lvol.clusterMap.length, store.clusterBytes / store.record.blockBytes),
     uuid: lvol.id,
     creation_time: new Date(lvol.createdAtMs).toISOString(),
     assigned_rate_limits: noRateLimits,

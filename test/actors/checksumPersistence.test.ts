@@ -47,7 +47,7 @@ describe('checksum state across a reload', () => {
     actor.dispose();
     const reloaded = await reload(device, 5);
     expect(reloaded.lvol(snapshotId).checksum).toBe(expected);
-    expect(reloaded.lvol(snapshotId).rangeChecksums?.[2]).toBe(crc64(Buffer.alloc(clusterBytes, 0x12)));
+    expect(reloaded.lvol(snapshotId).rangeChecksums?.get(2)).toBe(crc64(Buffer.alloc(clusterBytes, 0x12)));
     const again = new LvolActor(snapshotId, reloaded, seededRuntime(6), new InspectionHub(), () => {});
     expect(again.checksumState).toBe('done');
   });

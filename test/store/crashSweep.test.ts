@@ -9,6 +9,7 @@ import { metadataLayout } from '../../src/store/format.ts';
 import { JournalMetadataLog } from '../../src/store/journal.ts';
 import { openLvstore } from '../../src/store/load.ts';
 import { Lvstore } from '../../src/store/lvstore.ts';
+import { ClusterChecksums } from '../../src/store/sparseArray.ts';
 
 const clusterBytes = 64 * 1024;
 const deviceBytes = 8 * 1024 * 1024;
@@ -31,14 +32,14 @@ async function signature(store: Lvstore | undefined): Promise<string> {
     lvols.push({
       id: lvol.id,
       name: lvol.name,
-      map: [...lvol.clusterMap],
+      map: [...lvol.clusterMap.dense()],
       thin: lvol.thin,
       readOnly: lvol.readOnly,
       snapshot: lvol.snapshot,
       parent: lvol.parentId,
       xattrs: [...lvol.xattrs.entries()].sort(),
       checksum: String(lvol.checksum),
-      range: lvol.rangeChecksums ? [...lvol.rangeChecksums].map(String) : null,
+      range: lvol.rangeChecksums ? [...lvol.rangeChecksums.dense()].map(String) : null,
       data: data.toString('base64').length + ':' + hashOf(data),
     });
   }
@@ -88,7 +89,7 @@ const operations: Record<string, Operation> = {
   clone: (store) => store.clone(id(store, 'snap'), 'clone2'),
   'merge (delete a snapshot with one clone)': (store) => store.deleteLvol(id(store, 'solo-snap')),
   'first write to a thin cluster (allocation)': (store) => store.write(id(store, 'thin'), 3 * clusterBytes, Buffer.alloc(8192, 0x44)),
-  'checksum store': (store) => store.storeChecksum(id(store, 'snap'), 0xfedcba9876543210n, new BigUint64Array([0n, 7n, 0n, 0n])),
+  'checksum store': (store) => store.storeChecksum(id(store, 'snap'), 0xfedcba9876543210n, ClusterChecksums.fromDense(new BigUint64Array([0n, 7n, 0n, 0n]))),
   inflate: (store) => store.copyUpFromParent(id(store, 'clone'), 'inflate'),
   decouple: (store) => store.copyUpFromParent(id(store, 'thin'), 'decouple'),
   'detach parent': (store) => store.detachParent(id(store, 'clone')),

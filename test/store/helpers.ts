@@ -65,14 +65,14 @@ export function storeState(store: Lvstore): unknown {
       .map((lvol) => ({
         id: lvol.id,
         name: lvol.name,
-        clusterMap: [...lvol.clusterMap],
+        clusterMap: [...lvol.clusterMap.dense()],
         thin: lvol.thin,
         readOnly: lvol.readOnly,
         snapshot: lvol.snapshot,
         parentId: lvol.parentId,
         xattrs: Object.fromEntries(lvol.xattrs),
         checksum: lvol.checksum?.toString() ?? null,
-        rangeChecksums: lvol.rangeChecksums ? [...lvol.rangeChecksums].map(String) : null,
+        rangeChecksums: lvol.rangeChecksums ? [...lvol.rangeChecksums.dense()].map(String) : null,
       }))
       .sort((a, b) => (a.name < b.name ? -1 : 1)),
   };
@@ -83,7 +83,7 @@ export function expectClusterAccounting(store: Lvstore, context = ''): void {
   const owners = new Map<number, string>();
   const firstDataCluster = store.record.firstDataCluster;
   for (const lvol of store.lvols()) {
-    for (const physicalCluster of lvol.clusterMap) {
+    for (const physicalCluster of lvol.clusterMap.dense()) {
       if (physicalCluster === 0) continue;
       expect(physicalCluster, `${context}: ${lvol.name} owns a metadata cluster`).toBeGreaterThanOrEqual(firstDataCluster);
       const other = owners.get(physicalCluster);

@@ -1,13 +1,14 @@
 // The lvstore layer on its own: provisioning, the data path, snapshots, clones, merges and the
 // other SPDK lvol operations (SPEC §2, reference §8 and §3.4), checked against the bytes read back.
 import { describe, expect, it } from 'vitest';
-import { lvolClusterCountMax, mibBytes } from '../../src/constants.ts';
+import { lvolSizeBytesMax, mibBytes } from '../../src/constants.ts';
 import { MemoryDevice } from '../../src/device/memoryDevice.ts';
 import { SimulatedDevice } from '../../src/device/simulatedDevice.ts';
 import { StorageError } from '../../src/errors.ts';
 import { seededRuntime } from '../../src/runtime.ts';
 import { Lvstore, sizeMibToClusterCount } from '../../src/store/lvstore.ts';
 import { MemoryMetadataLog } from '../../src/store/metadata.ts';
+import { ClusterChecksums } from '../../src/store/sparseArray.ts';
 import {
   blockBytes,
   clusterBytes,
@@ -49,7 +50,7 @@ describe('lvol provisioning', () => {
     // A write straddling the 3/4 boundary touches two new clusters.
     await store.write(lvol.id, 4 * clusterBytes - blockBytes, patternBytes(2 * blockBytes, 3));
     expect(store.info().freeClusters).toBe(freeBefore - 3);
-    expect([...lvol.clusterMap].map((cluster) => (cluster === 0 ? 0 : 1))).toEqual([0, 0, 1, 1, 1, 0, 0, 0, 0, 0]);
+    expect([...lvol.clusterMap.dense()].map((cluster) => (cluster === 0 ? 0 : 1))).toEqual([0, 0, 1, 1, 1, 0, 0, 0, 0, 0]);
     expectClusterAccounting(store);
   });
 
@@ -80,7 +81,7 @@ describe('lvol provisioning', () => {
     expect(await errnoOf(() => store.write(big.id, 300 * clusterBytes, Buffer.alloc(512, 2)))).toBe('ENOSPC');
     expect(storeState(store)).toEqual(before);
     // A resize past the bound is refused at once, before anything grows.
-    expect(await errnoOf(() => store.resize(big.id, lvolClusterCountMax + 1))).toBe('EINVAL');
+    expect(await errnoOf(() => store.resize(big.id, lvolSizeBytesMax / clusterBytes + 1))).toBe('EINVAL');
     expect(storeState(store)).toEqual(before);
   });
 
@@ -92,8 +93,8 @@ describe('lvol provisioning', () => {
     const error = await store.createLvol({ name: 'second', clusterCount: 41, thin: false }).catch((caught: unknown) => caught);
     expect(error).toBeInstanceOf(StorageError);
     expect((error as StorageError).errno).toBe('ENOSPC');
-    // Beyond lvnode's cluster-map bound is refused, thin or not, changing nothing.
-    expect(await errnoOf(() => store.createLvol({ name: 'second', clusterCount: lvolClusterCountMax + 1, thin: true }))).toBe('EINVAL');
+    // Beyond the largest lvol (2^63 bytes) is refused, thin or not, changing nothing.
+    expect(await errnoOf(() => store.createLvol({ name: 'second', clusterCount: lvolSizeBytesMax / clusterBytes + 1, thin: true }))).toBe('EINVAL');
     expect(storeState(store)).toEqual(before);
     // The name was not taken by the failed attempt, and exactly the free clusters still fit.
     const second = await store.createLvol({ name: 'second', clusterCount: 40, thin: false });
@@ -220,7 +221,7 @@ describe('lvstore clear method', () => {
     const lvol = await store.createLvol({ name: 'thick', clusterCount: 3, thin: false });
     const all = await readAll(store, lvol.id);
     for (let clusterIndex = 0; clusterIndex < 3; clusterIndex++) {
-      const physicalCluster = lvol.clusterMap[clusterIndex]!;
+      const physicalCluster = lvol.clusterMap.get(clusterIndex);
       const expected = old.subarray(physicalCluster * clusterBytes, (physicalCluster + 1) * clusterBytes);
       expect(all.subarray(clusterIndex * clusterBytes, (clusterIndex + 1) * clusterBytes).equals(expected)).toBe(true);
     }
@@ -257,10 +258,10 @@ describe('lvstore clear method', () => {
       const first = await store.createLvol({ name: 'first', clusterCount: 2, thin: false });
       const data = patternBytes(2 * clusterBytes, 9);
       await store.write(first.id, 0, data);
-      const physical = [...first.clusterMap];
+      const physical = [...first.clusterMap.dense()];
       await store.deleteLvol(first.id);
       const second = await store.createLvol({ name: 'second', clusterCount: 2, thin: false });
-      expect([...second.clusterMap]).toEqual(physical);
+      expect([...second.clusterMap.dense()]).toEqual(physical);
       const expected = clearMethod === 'none' ? data : Buffer.alloc(2 * clusterBytes);
       expect((await readAll(store, second.id)).equals(expected), clearMethod).toBe(true);
     }
@@ -274,11 +275,11 @@ describe('snapshots', () => {
     const lvol = await store.createLvol({ name: 'vol', clusterCount: 4, thin: false });
     const data = patternBytes(4 * clusterBytes, 1);
     await store.write(lvol.id, 0, data);
-    const physical = [...lvol.clusterMap];
+    const physical = [...lvol.clusterMap.dense()];
     const freeBefore = store.info().freeClusters;
 
     const snapshot = await store.snapshot(lvol.id, 'snap', { purpose: 'backup' });
-    expect([...snapshot.clusterMap]).toEqual(physical);
+    expect([...snapshot.clusterMap.dense()]).toEqual(physical);
     expect(snapshot.readOnly).toBe(true);
     expect(snapshot.snapshot).toBe(true);
     expect(snapshot.parentId).toBeNull();
@@ -310,8 +311,8 @@ describe('snapshots', () => {
     patch.copy(expected, clusterBytes + 40 * blockBytes);
     expect((await readAll(store, lvol.id)).equals(expected)).toBe(true);
     expect((await readAll(store, snapshot.id)).equals(data)).toBe(true);
-    expect([...lvol.clusterMap].map((cluster) => (cluster === 0 ? 0 : 1))).toEqual([0, 1, 0]);
-    expect(lvol.clusterMap[1]).not.toBe(snapshot.clusterMap[1]);
+    expect([...lvol.clusterMap.dense()].map((cluster) => (cluster === 0 ? 0 : 1))).toEqual([0, 1, 0]);
+    expect(lvol.clusterMap.get(1)).not.toBe(snapshot.clusterMap.get(1));
     expect(store.info().freeClusters).toBe(freeBefore - 1);
     expectClusterAccounting(store);
   });
@@ -450,7 +451,7 @@ describe('delete', () => {
     const older = await store.snapshot(lvol.id, 'older', {});
     await store.write(lvol.id, clusterBytes, patternBytes(blockBytes, 2));
     const newer = await store.snapshot(lvol.id, 'newer', {});
-    await store.storeChecksum(newer.id, 0x1234_5678_9abc_def0n, new BigUint64Array([0n, 5n]));
+    await store.storeChecksum(newer.id, 0x1234_5678_9abc_def0n, ClusterChecksums.fromDense(new BigUint64Array([0n, 5n])));
     await store.storeChecksum(lvol.id, 42n, null);
     const newerBytes = await readAll(store, newer.id);
 
@@ -602,7 +603,7 @@ describe('inflate, decouple, detach and set_parent', () => {
     const { store, lvol } = await layered();
     const before = await readAll(store, lvol.id);
     await store.copyUpFromParent(lvol.id, 'decouple');
-    expect([...lvol.clusterMap].map((cluster) => (cluster === 0 ? 0 : 1))).toEqual([1, 1, 1, 0, 0, 0]);
+    expect([...lvol.clusterMap.dense()].map((cluster) => (cluster === 0 ? 0 : 1))).toEqual([1, 1, 1, 0, 0, 0]);
     expect(lvol.parentId).toBeNull();
     expect(lvol.thin).toBe(true);
     expect((await readAll(store, lvol.id)).equals(before)).toBe(true);
@@ -615,7 +616,7 @@ describe('inflate, decouple, detach and set_parent', () => {
       // Goal: reference §3.4 — inflate and decouple change the clusters a snapshot owns.
       const { store, lvol, snapshot } = await layered();
       const upper = await store.snapshot(lvol.id, 'upper', {});
-      await store.storeChecksum(upper.id, 99n, new BigUint64Array(6));
+      await store.storeChecksum(upper.id, 99n, new ClusterChecksums(6));
       await store.storeChecksum(snapshot.id, 7n, null);
       const lvolBefore = await readAll(store, lvol.id);
       await store.copyUpFromParent(upper.id, mode);
@@ -1134,4 +1135,45 @@ describe('randomized comparison with a model of visible bytes', () => {
       await runModel(seed, opCount);
     });
   }
+});
+
+describe('NBD data-path extras: extents, write zeroes, unmap', () => {
+  it('reports holes through the parent chain, in O(owned) for a 2^40-cluster thin lvol', async () => {
+    // Goal: BLOCK_STATUS sees data where anyone in the chain owns a cluster, holes elsewhere.
+    const { store } = await newStore();
+    const lvol = await store.createLvol({ name: 'v', clusterCount: 2 ** 40 / 16, thin: true });
+    await store.write(lvol.id, 2 * clusterBytes, Buffer.alloc(512, 1));
+    const snapshot = await store.snapshot(lvol.id, 'snap', {});
+    await store.write(lvol.id, 3 * clusterBytes, Buffer.alloc(512, 2));
+    const extents = store.extents(lvol.id, 0, 10 * clusterBytes);
+    expect(extents).toEqual([
+      { offsetBytes: 0, lengthBytes: 2 * clusterBytes, allocated: false },
+      { offsetBytes: 2 * clusterBytes, lengthBytes: 2 * clusterBytes, allocated: true },
+      { offsetBytes: 4 * clusterBytes, lengthBytes: 6 * clusterBytes, allocated: false },
+    ]);
+    // The whole virtual size in three runs (the last hole spans ~2^52 bytes).
+    const whole = store.extents(lvol.id, 0, (2 ** 40 / 16) * clusterBytes);
+    expect(whole.map((extent) => extent.allocated)).toEqual([false, true, false]);
+    expect(store.extents(snapshot.id, 0, 4 * clusterBytes, 1)).toEqual([{ offsetBytes: 0, lengthBytes: 2 * clusterBytes, allocated: false }]);
+  });
+
+  it('write zeroes reads back zeros and leaves holes alone; unmap follows the clear method; snapshots refuse both', async () => {
+    const { store } = await newStore({ clearMethod: 'unmap' });
+    const lvol = await store.createLvol({ name: 'v', clusterCount: 8, thin: true });
+    await store.write(lvol.id, clusterBytes, Buffer.alloc(clusterBytes, 7));
+    const owned = store.ownedClusterCount(lvol.id);
+    await store.writeZeroes(lvol.id, clusterBytes + 512, 1024);
+    const back = await store.read(lvol.id, clusterBytes, 2048);
+    expect([...back.subarray(0, 512)].every((byte) => byte === 7)).toBe(true);
+    expect([...back.subarray(512, 1536)].every((byte) => byte === 0)).toBe(true);
+    expect([...back.subarray(1536)].every((byte) => byte === 7)).toBe(true);
+    await store.writeZeroes(lvol.id, 4 * clusterBytes, 2 * clusterBytes);
+    expect(store.ownedClusterCount(lvol.id)).toBe(owned);
+    await store.unmap(lvol.id, clusterBytes, clusterBytes);
+    expect((await store.read(lvol.id, clusterBytes, clusterBytes)).every((byte) => byte === 0)).toBe(true);
+    const snapshot = await store.snapshot(lvol.id, 'snap', {});
+    expect(await errnoOf(() => store.writeZeroes(snapshot.id, 0, 512))).toBe('EPERM');
+    expect(await errnoOf(() => store.unmap(snapshot.id, 0, 512))).toBe('EPERM');
+    expect(await errnoOf(() => store.writeZeroes(lvol.id, 8 * clusterBytes, 512))).toBe('EINVAL');
+  });
 });

@@ -1,0 +1,758 @@
+// One NBD client connection: the fixed newstyle handshake, then the transmission phase.
+//
+// Input is parsed straight from the socket's chunks. Memory stays bounded whatever the client
+// sends: option data is capped (larger is discarded unread), a request's payload is reserved in
+// the connection's and the node's byte budgets before its buffer is allocated, and while a budget,
+// the in-flight cap or the socket's send buffer is full the connection stops reading its socket
+// (backpressure) instead of buffering. Requests run concurrently and are answered as they finish.
+import type { Socket } from 'node:net';
+import {
+  nbdBlockStatusExtentsMax,
+  nbdHandshakeOptionsMax,
+  nbdHandshakeTimeoutMs,
+  nbdInFlightPerConnectionMax,
+  nbdOptionBytesMax,
+  nbdPayloadBytesInFlightPerConnectionMax,
+  nbdPayloadBytesMax,
+  nbdPreferredBlockBytes,
+} from '../../constants.ts';
+import { isStorageError } from '../../errors.ts';
+import { log } from '../../log.ts';
+import type { NbdClient, NbdExport, NbdExports } from '../../actors/nbdExports.ts';
+import { ByteBudget } from '../byteBudget.ts';
+import {
+  type RequestHeader,
+  baseAllocation,
+  blockState,
+  clientFlagsBytes,
+  command,
+  commandFlag,
+  commandFlagsKnown,
+  commandName,
+  decodeClientFlags,
+  decodeInfoRequest,
+  decodeMetaContextRequest,
+  decodeOptionHeader,
+  decodeRequestHeader,
+  encodeBlockStatus,
+  encodeExportNameReply,
+  encodeGreeting,
+  encodeInfoBlockSize,
+  encodeInfoExport,
+  encodeInfoText,
+  encodeMetaContext,
+  encodeOffsetDataHeader,
+  encodeOffsetHole,
+  encodeOptionError,
+  encodeOptionReply,
+  encodeReplyServer,
+  encodeSimpleReply,
+  encodeStructuredDone,
+  encodeStructuredError,
+  info,
+  matchesBaseAllocation,
+  nbdErrno,
+  option,
+  optionHeaderBytes,
+  optionName,
+  optionReply,
+  requestHeaderBytes,
+  transmissionFlag,
+} from './protocol.ts';
+
+/** What a connection needs from its server. */
+export interface NbdConnectionContext {
+  readonly exports: NbdExports;
+  /** Payload bytes in flight over every NBD connection of the node. */
+  readonly nodeBudget: ByteBudget;
+  /** Foreground first: background checksum steps back off while client requests come in. */
+  noteForeground(): void;
+  /** True while the server shuts down: options are answered NBD_REP_ERR_SHUTDOWN. */
+  shuttingDown(): boolean;
+}
+
+// The id the one metadata context we serve gets in NBD_OPT_SET_META_CONTEXT replies.
+const allocationContextId = 1;
+// Beyond this many bytes queued on the socket, the connection stops reading requests until the
+// client has taken its replies ('drain'): replies of a client that does not read stay bounded.
+const socketBufferedBytesMax = nbdPayloadBytesMax;
+
+type Phase = 'clientFlags' | 'options' | 'transmission';
+
+interface PendingWrite {
+  readonly request: RequestHeader;
+  readonly buffer: Buffer;
+  filledBytes: number;
+  readonly release: () => void;
+}
+
+interface Failure {
+  readonly errno: number;
+  readonly message: string;
+}
+
+/** The socket's received chunks, consumed from the front without concatenating them. */
+class InputQueue {
+  private readonly chunks: Buffer[] = [];
+  private headOffset = 0;
+  lengthBytes = 0;
+
+  push(chunk: Buffer): void {
+    this.chunks.push(chunk);
+    this.lengthBytes += chunk.length;
+  }
+
+  /** The first `bytes` (at most the queued length), as a view when they lie in one chunk. */
+  peek(bytes: number): Buffer {
+    const first = this.chunks[0]!;
+    if (first.length - this.headOffset >= bytes) return first.subarray(this.headOffset, this.headOffset + bytes);
+    const out = Buffer.allocUnsafe(bytes);
+    let copied = 0;
+    let offset = this.headOffset;
+    for (const chunk of this.chunks) {
+      const piece = Math.min(chunk.length - offset, bytes - copied);
+      chunk.copy(out, copied, offset, offset + piece);
+      copied += piece;
+      offset = 0;
+      if (copied === bytes) break;
+    }
+    return out;
+  }
+
+  /** Copies `bytes` from the front into `target` at `at`, and consumes them. */
+  copyInto(target: Buffer, at: number, bytes: number): void {
+    let copied = 0;
+    while (copied < bytes) {
+      const first = this.chunks[0]!;
+      const piece = Math.min(first.length - this.headOffset, bytes - copied);
+      first.copy(target, at + copied, this.headOffset, this.headOffset + piece);
+      copied += piece;
+      this.advance(piece);
+    }
+  }
+
+  skip(bytes: number): void {
+    let left = bytes;
+    while (left > 0) {
+      const piece = Math.min(this.chunks[0]!.length - this.headOffset, left);
+      this.advance(piece);
+      left -= piece;
+    }
+  }
+
+  private advance(bytes: number): void {
+    this.headOffset += bytes;
+    this.lengthBytes -= bytes;
+    if (this.headOffset === this.chunks[0]!.length) {
+      this.chunks.shift();
+      this.headOffset = 0;
+    }
+  }
+}
+
+export class NbdConnection implements NbdClient {
+  private readonly input = new InputQueue();
+  private readonly budget = new ByteBudget(nbdPayloadBytesInFlightPerConnectionMax);
+  private phase: Phase = 'clientFlags';
+  private closed = false;
+  private noZeroes = false;
+  private structured = false;
+  private optionCount = 0;
+  /** The export and whether base:allocation was selected for it (NBD_OPT_SET_META_CONTEXT). */
+  private metaContext: { exportName: string; allocation: boolean } | undefined;
+  private handshakeTimer: NodeJS.Timeout | undefined;
+
+  // Transmission phase.
+  private export: NbdExport | undefined;
+  private exportSizeBytes = 0;
+  private blockBytes = 512;
+  private readOnly = true;
+  private inFlight = 0;
+  private pendingWrite: PendingWrite | undefined;
+  private discardBytes = 0;
+  private afterDiscard: (() => void) | undefined;
+  /** Reading stopped: waiting for budget, for in-flight requests, or for the socket to drain. */
+  private stalled = false;
+  private awaitingBudget = false;
+  /** NBD_CMD_DISC, NBD_OPT_ABORT or a drain: nothing more is read; close once in-flight requests are done. */
+  private ending = false;
+  private endCalled = false;
+  private drainReason: string | undefined;
+
+  constructor(
+    readonly id: number,
+    private readonly socket: Socket,
+    private readonly context: NbdConnectionContext,
+    private readonly onClosed: (connection: NbdConnection) => void,
+  ) {
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('drain', () => this.unstall());
+    socket.on('error', (error) => log('debug', 'nbd connection error', { connection: id, error: error.message }));
+    socket.on('close', () => this.onClose());
+    this.handshakeTimer = setTimeout(() => this.hardClose('handshake not finished in time'), nbdHandshakeTimeoutMs);
+    this.handshakeTimer.unref();
+    socket.write(encodeGreeting());
+  }
+
+  get inTransmission(): boolean {
+    return this.phase === 'transmission';
+  }
+
+  /** NbdClient: the export is stopping. In-flight requests finish; later ones get ESHUTDOWN. */
+  drain(reason: string): void {
+    if (this.closed || this.drainReason !== undefined) return;
+    this.drainReason = reason;
+    this.socket.pause();
+    // Requests already received are answered (ESHUTDOWN, see validate); nothing more is read.
+    this.pump();
+    this.ending = true;
+    this.discardBytes = 0;
+    // A WRITE whose payload is still arriving was never acknowledged: it is dropped.
+    this.pendingWrite?.release();
+    this.pendingWrite = undefined;
+    this.maybeEnd();
+  }
+
+  /** NbdClient: cut the socket now. */
+  destroy(): void {
+    this.socket.destroy();
+  }
+
+  private onData(chunk: Buffer): void {
+    if (this.closed) return;
+    this.input.push(chunk);
+    this.pump();
+  }
+
+  private onClose(): void {
+    if (this.closed) return;
+    this.closed = true;
+    clearTimeout(this.handshakeTimer);
+    this.pendingWrite?.release();
+    this.pendingWrite = undefined;
+    this.export?.detach(this);
+    this.onClosed(this);
+  }
+
+  /** Parses as much input as may be acted on now. */
+  private pump(): void {
+    try {
+      while (!this.closed && !this.stalled && !this.awaitingBudget && !this.ending) {
+        if (this.discardBytes > 0) {
+          if (!this.discardInput()) break;
+          continue;
+        }
+        if (this.pendingWrite) {
+          if (!this.fillPendingWrite()) break;
+          continue;
+        }
+        const progressed = this.phase === 'transmission' ? this.nextRequest() : this.nextHandshakeStep();
+        if (!progressed) break;
+      }
+    } catch (error) {
+      // A bug must cost this client its connection, never the node its process.
+      log('error', 'unexpected error parsing NBD input', { connection: this.id, error: error instanceof Error ? (error.stack ?? error.message) : String(error) });
+      this.hardClose('internal error');
+    }
+  }
+
+  private stall(): void {
+    this.stalled = true;
+    this.socket.pause();
+  }
+
+  private unstall(): void {
+    if (!this.stalled || this.closed || this.ending) return;
+    this.stalled = false;
+    this.socket.resume();
+    this.pump();
+  }
+
+  private discardInput(): boolean {
+    const bytes = Math.min(this.discardBytes, this.input.lengthBytes);
+    this.input.skip(bytes);
+    this.discardBytes -= bytes;
+    if (this.discardBytes > 0) return false;
+    const then = this.afterDiscard;
+    this.afterDiscard = undefined;
+    then?.();
+    return true;
+  }
+
+  private hardClose(reason: string): void {
+    if (this.closed) return;
+    log('warn', 'nbd client disconnected', { connection: this.id, reason });
+    this.socket.destroy();
+  }
+
+  // ---- handshake ----
+
+  private nextHandshakeStep(): boolean {
+    if (this.phase === 'clientFlags') {
+      if (this.input.lengthBytes < clientFlagsBytes) return false;
+      const flags = decodeClientFlags(this.input.peek(clientFlagsBytes));
+      this.input.skip(clientFlagsBytes);
+      if (!flags.ok) {
+        this.hardClose(flags.reason);
+        return false;
+      }
+      this.noZeroes = flags.noZeroes;
+      this.phase = 'options';
+      return true;
+    }
+    if (this.input.lengthBytes < optionHeaderBytes) return false;
+    const decoded = decodeOptionHeader(this.input.peek(optionHeaderBytes));
+    if (!decoded.ok) {
+      this.hardClose(decoded.reason);
+      return false;
+    }
+    const { option: optionType, lengthBytes } = decoded.header;
+    if (lengthBytes > nbdOptionBytesMax) {
+      this.input.skip(optionHeaderBytes);
+      if (!this.countOption()) return false;
+      // NBD_OPT_EXPORT_NAME cannot be answered with an error: a name this long is refused by
+      // closing. Other options get their data discarded unread, then NBD_REP_ERR_TOO_BIG.
+      if (optionType === option.exportName) {
+        this.hardClose(`export name of ${lengthBytes} bytes`);
+        return false;
+      }
+      this.discardBytes = lengthBytes;
+      this.afterDiscard = () => this.replyOption(encodeOptionError(optionType, optionReply.errTooBig, `option data over ${nbdOptionBytesMax} bytes`));
+      return true;
+    }
+    if (this.input.lengthBytes < optionHeaderBytes + lengthBytes) return false;
+    this.input.skip(optionHeaderBytes);
+    const data = Buffer.allocUnsafe(lengthBytes);
+    this.input.copyInto(data, 0, lengthBytes);
+    if (!this.countOption()) return false;
+    this.handleOption(optionType, data);
+    return true;
+  }
+
+  private countOption(): boolean {
+    if (++this.optionCount <= nbdHandshakeOptionsMax) return true;
+    this.hardClose(`more than ${nbdHandshakeOptionsMax} options`);
+    return false;
+  }
+
+  private replyOption(...replies: Buffer[]): void {
+    if (this.closed) return;
+    for (const reply of replies) this.socket.write(reply);
+  }
+
+  private handleOption(optionType: number, data: Buffer): void {
+    if (this.context.shuttingDown() && optionType !== option.abort) {
+      if (optionType === option.exportName) this.hardClose('server shutting down');
+      else this.replyOption(encodeOptionError(optionType, optionReply.errShutdown, 'the node is shutting down'));
+      return;
+    }
+    switch (optionType) {
+      case option.exportName:
+        return this.optionExportName(data.toString('utf8'));
+      case option.abort:
+        this.replyOption(encodeOptionReply(optionType, optionReply.ack));
+        this.ending = true;
+        this.maybeEnd();
+        return;
+      case option.list:
+        return this.optionList(data);
+      case option.info:
+      case option.go:
+        return this.optionInfoOrGo(optionType, data);
+      case option.structuredReply:
+        return this.optionStructuredReply(data);
+      case option.listMetaContext:
+      case option.setMetaContext:
+        return this.optionMetaContext(optionType, data);
+      default:
+        // NBD_OPT_STARTTLS included: this server speaks no TLS (loopback and Unix sockets).
+        this.replyOption(encodeOptionError(optionType, optionReply.errUnsup, `option ${optionName(optionType)} is not supported`));
+    }
+  }
+
+  private transmissionFlags(found: NbdExport): number {
+    let flags = transmissionFlag.hasFlags | transmissionFlag.sendFlush | transmissionFlag.sendFua;
+    // A FLUSH flushes the whole device and no connection caches: multi-conn semantics hold.
+    flags |= transmissionFlag.canMultiConn;
+    flags |= found.target.readOnly() ? transmissionFlag.readOnly : transmissionFlag.sendTrim | transmissionFlag.sendWriteZeroes;
+    // A READ is always answered with one content chunk, so "don't fragment" costs nothing.
+    if (this.structured) flags |= transmissionFlag.sendDf;
+    return flags;
+  }
+
+  private optionExportName(exportName: string): void {
+    const found = this.context.exports.lookup(exportName);
+    if (!found || !found.attach(this)) {
+      this.hardClose(`NBD_OPT_EXPORT_NAME of unknown export ${JSON.stringify(exportName)}`);
+      return;
+    }
+    this.replyOption(encodeExportNameReply(found.target.sizeBytes(), this.transmissionFlags(found), this.noZeroes));
+    this.enterTransmission(found);
+  }
+
+  private optionList(data: Buffer): void {
+    if (data.length > 0) {
+      this.replyOption(encodeOptionError(option.list, optionReply.errInvalid, 'NBD_OPT_LIST takes no data'));
+      return;
+    }
+    const replies = this.context.exports.list().filter((found) => found.accepting).map((found) => encodeReplyServer(found.exportName));
+    this.replyOption(...replies, encodeOptionReply(option.list, optionReply.ack));
+  }
+
+  private optionInfoOrGo(optionType: number, data: Buffer): void {
+    const decoded = decodeInfoRequest(data);
+    if (!decoded.ok) {
+      this.replyOption(encodeOptionError(optionType, optionReply.errInvalid, decoded.reason));
+      return;
+    }
+    const { exportName, infoTypes } = decoded.request;
+    const found = this.context.exports.lookup(exportName);
+    if (!found) {
+      this.replyOption(encodeOptionError(optionType, optionReply.errUnknown, `no export named ${JSON.stringify(exportName)}`));
+      return;
+    }
+    let sizeBytes: number;
+    try {
+      sizeBytes = found.target.sizeBytes();
+    } catch {
+      this.replyOption(encodeOptionError(optionType, optionReply.errUnknown, `export ${JSON.stringify(exportName)} is going away`));
+      return;
+    }
+    if (optionType === option.go && !found.attach(this)) {
+      this.replyOption(encodeOptionError(optionType, optionReply.errUnknown, `export ${JSON.stringify(exportName)} is stopping`));
+      return;
+    }
+    const replies = [
+      encodeInfoExport(optionType, sizeBytes, this.transmissionFlags(found)),
+      // Sent whether asked or not: requests must be aligned to the bdev's block (else EINVAL).
+      encodeInfoBlockSize(optionType, found.target.blockSizeBytes, Math.max(nbdPreferredBlockBytes, found.target.blockSizeBytes), nbdPayloadBytesMax),
+    ];
+    if (infoTypes.includes(info.description)) replies.push(encodeInfoText(optionType, info.description, `${found.target.kind} bdev ${found.bdevName}`));
+    if (infoTypes.includes(info.name)) replies.push(encodeInfoText(optionType, info.name, found.exportName));
+    this.replyOption(...replies, encodeOptionReply(optionType, optionReply.ack));
+    if (optionType === option.go) this.enterTransmission(found);
+  }
+
+  private optionStructuredReply(data: Buffer): void {
+    if (data.length > 0 || this.structured) {
+      const why = this.structured ? 'structured replies are already negotiated' : 'NBD_OPT_STRUCTURED_REPLY takes no data';
+      this.replyOption(encodeOptionError(option.structuredReply, optionReply.errInvalid, why));
+      return;
+    }
+    this.structured = true;
+    this.replyOption(encodeOptionReply(option.structuredReply, optionReply.ack));
+  }
+
+  private optionMetaContext(optionType: number, data: Buffer): void {
+    const setting = optionType === option.setMetaContext;
+    // SET replaces the earlier selection even when it fails.
+    if (setting) this.metaContext = undefined;
+    if (!this.structured) {
+      this.replyOption(encodeOptionError(optionType, optionReply.errInvalid, 'negotiate structured replies first'));
+      return;
+    }
+    const decoded = decodeMetaContextRequest(data);
+    if (!decoded.ok) {
+      this.replyOption(encodeOptionError(optionType, optionReply.errInvalid, decoded.reason));
+      return;
+    }
+    const { exportName, queries } = decoded.request;
+    if (!this.context.exports.lookup(exportName)) {
+      this.replyOption(encodeOptionError(optionType, optionReply.errUnknown, `no export named ${JSON.stringify(exportName)}`));
+      return;
+    }
+    const allocation = matchesBaseAllocation(queries, !setting);
+    if (setting) this.metaContext = { exportName, allocation };
+    const replies = allocation ? [encodeMetaContext(optionType, setting ? allocationContextId : 0, baseAllocation)] : [];
+    this.replyOption(...replies, encodeOptionReply(optionType, optionReply.ack));
+  }
+
+  private enterTransmission(found: NbdExport): void {
+    clearTimeout(this.handshakeTimer);
+    this.handshakeTimer = undefined;
+    this.phase = 'transmission';
+    this.export = found;
+    this.exportSizeBytes = found.target.sizeBytes();
+    this.blockBytes = found.target.blockSizeBytes;
+    this.readOnly = found.target.readOnly();
+    if (this.metaContext?.exportName !== found.exportName) this.metaContext = undefined;
+    log('debug', 'nbd client connected', { connection: this.id, export: found.exportName, structured: this.structured });
+  }
+
+  // ---- transmission ----
+
+  /** Parses one request header and acts on it; false when it must wait. */
+  private nextRequest(): boolean {
+    if (this.inFlight >= nbdInFlightPerConnectionMax || this.socket.writableLength > socketBufferedBytesMax) {
+      this.stall();
+      return false;
+    }
+    if (this.input.lengthBytes < requestHeaderBytes) return false;
+    const request = decodeRequestHeader(this.input.peek(requestHeaderBytes));
+    if (!request) {
+      this.hardClose('request without NBD_REQUEST_MAGIC (garbage or out of sync)');
+      return false;
+    }
+    this.input.skip(requestHeaderBytes);
+    if (request.type === command.disc) {
+      // Nothing may follow a DISC: the rest of the input is ignored.
+      this.ending = true;
+      this.socket.pause();
+      this.maybeEnd();
+      return false;
+    }
+    const failure = this.validate(request);
+    const payloadBytes = request.type === command.write ? request.lengthBytes : 0;
+    if (failure) {
+      this.replyFailure(request, failure);
+      // A refused WRITE's payload is still on the wire: read past it without keeping it.
+      this.discardBytes = payloadBytes;
+      return true;
+    }
+    const budgetBytes = request.type === command.read || request.type === command.write ? request.lengthBytes : 0;
+    if (budgetBytes === 0) {
+      this.startRequest(request, undefined, noop);
+      return true;
+    }
+    const release = this.reserveNow(budgetBytes);
+    if (release) {
+      this.admit(request, release);
+      return true;
+    }
+    this.awaitingBudget = true;
+    this.socket.pause();
+    void this.reserveLater(budgetBytes).then((granted) => {
+      this.awaitingBudget = false;
+      if (this.closed || this.ending) {
+        granted();
+        this.maybeEnd();
+        return;
+      }
+      this.socket.resume();
+      this.admit(request, granted);
+      this.pump();
+    });
+    return false;
+  }
+
+  /** A request whose payload bytes are reserved: a READ starts, a WRITE starts receiving data. */
+  private admit(request: RequestHeader, release: () => void): void {
+    if (request.type === command.write) {
+      this.pendingWrite = { request, buffer: Buffer.allocUnsafe(request.lengthBytes), filledBytes: 0, release };
+    } else {
+      this.startRequest(request, undefined, release);
+    }
+  }
+
+  private fillPendingWrite(): boolean {
+    const pending = this.pendingWrite!;
+    const bytes = Math.min(pending.buffer.length - pending.filledBytes, this.input.lengthBytes);
+    if (bytes > 0) this.input.copyInto(pending.buffer, pending.filledBytes, bytes);
+    pending.filledBytes += bytes;
+    if (pending.filledBytes < pending.buffer.length) return false;
+    this.pendingWrite = undefined;
+    this.startRequest(pending.request, pending.buffer, pending.release);
+    return true;
+  }
+
+  private reserveNow(bytes: number): (() => void) | undefined {
+    const connection = this.budget.tryReserve(bytes);
+    if (!connection) return undefined;
+    const node = this.context.nodeBudget.tryReserve(bytes);
+    if (!node) {
+      connection();
+      return undefined;
+    }
+    return () => {
+      node();
+      connection();
+    };
+  }
+
+  private async reserveLater(bytes: number): Promise<() => void> {
+    const connection = await this.budget.reserve(bytes);
+    const node = await this.context.nodeBudget.reserve(bytes);
+    return () => {
+      node();
+      connection();
+    };
+  }
+
+  /** Everything that can be refused from the header alone, before any payload or I/O. */
+  private validate(request: RequestHeader): Failure | undefined {
+    const { type, flags, offsetBytes, lengthBytes } = request;
+    if (this.drainReason !== undefined) return { errno: nbdErrno.ESHUTDOWN, message: `export stopping (${this.drainReason})` };
+    if ((flags & ~commandFlagsKnown) !== 0) return { errno: nbdErrno.EINVAL, message: `unknown command flags 0x${flags.toString(16)}` };
+    const writes = type === command.write || type === command.trim || type === command.writeZeroes;
+    switch (type) {
+      case command.read:
+      case command.write:
+        if (lengthBytes > nbdPayloadBytesMax) {
+          const errno = type === command.read && this.structured ? nbdErrno.EOVERFLOW : nbdErrno.EINVAL;
+          return { errno, message: `${commandName(type)} of ${lengthBytes} bytes is over the ${nbdPayloadBytesMax}-byte maximum` };
+        }
+        break;
+      case command.trim:
+      case command.writeZeroes:
+      case command.flush:
+        break;
+      case command.blockStatus:
+        if (!this.metaContext?.allocation) return { errno: nbdErrno.EINVAL, message: 'no metadata context was negotiated' };
+        if (lengthBytes === 0) return { errno: nbdErrno.EINVAL, message: 'block status of zero bytes' };
+        break;
+      default:
+        return { errno: nbdErrno.EINVAL, message: `unknown command ${type}` };
+    }
+    if (writes && this.readOnly) return { errno: nbdErrno.EPERM, message: `export ${this.export!.exportName} is read-only` };
+    if (type === command.flush) return undefined;
+    if (offsetBytes > this.exportSizeBytes || lengthBytes > this.exportSizeBytes - offsetBytes) {
+      // proto.md: a write past the end is ENOSPC (as qemu-nbd and nbdkit answer), anything else EINVAL.
+      const errno = type === command.write || type === command.writeZeroes ? nbdErrno.ENOSPC : nbdErrno.EINVAL;
+      return { errno, message: `${commandName(type)} past the end of the ${this.exportSizeBytes}-byte export` };
+    }
+    if (offsetBytes % this.blockBytes !== 0 || lengthBytes % this.blockBytes !== 0) {
+      return { errno: nbdErrno.EINVAL, message: `offset and length must be multiples of the ${this.blockBytes}-byte block` };
+    }
+    return undefined;
+  }
+
+  private startRequest(request: RequestHeader, payload: Buffer | undefined, release: () => void): void {
+    this.inFlight++;
+    this.export!.counters.requests++;
+    this.context.noteForeground();
+    void this.execute(request, payload, release);
+  }
+
+  /** Runs one admitted request and answers it; never rejects. */
+  private async execute(request: RequestHeader, payload: Buffer | undefined, release: () => void): Promise<void> {
+    const { target, counters } = this.export!;
+    const { offsetBytes, lengthBytes } = request;
+    const fua = (request.flags & commandFlag.fua) !== 0;
+    let releaseNow = true;
+    try {
+      switch (request.type) {
+        case command.read:
+          releaseNow = false;
+          await this.read(request, release);
+          return;
+        case command.write:
+          if (payload && lengthBytes > 0) await target.write(offsetBytes, payload);
+          if (fua) await target.flush();
+          counters.bytesWritten += lengthBytes;
+          break;
+        case command.flush:
+          await target.flush();
+          break;
+        case command.trim:
+          if (lengthBytes > 0) await target.trim(offsetBytes, lengthBytes);
+          if (fua) await target.flush();
+          break;
+        case command.writeZeroes:
+          if (lengthBytes > 0) await target.writeZeroes(offsetBytes, lengthBytes);
+          if (fua) await target.flush();
+          break;
+        case command.blockStatus:
+          this.replyBlockStatus(request);
+          return;
+      }
+      this.send(encodeSimpleReply(0, request));
+    } catch (error) {
+      this.replyFailure(request, toFailure(error, request));
+    } finally {
+      if (releaseNow) release();
+      this.inFlight--;
+      this.afterCompletion();
+    }
+  }
+
+  /** Answers a READ; `release` is called once the data has left for the socket (or failed). */
+  private async read(request: RequestHeader, release: () => void): Promise<void> {
+    const { target, counters } = this.export!;
+    const { offsetBytes, lengthBytes } = request;
+    try {
+      if (lengthBytes === 0) {
+        release();
+        this.send(this.structured ? encodeStructuredDone(request) : encodeSimpleReply(0, request));
+        return;
+      }
+      // A hole reads as zeros: with structured replies it is said in 32 bytes, not sent.
+      if (this.structured && target.isHole(offsetBytes, lengthBytes)) {
+        release();
+        counters.bytesRead += lengthBytes;
+        this.send(encodeOffsetHole(request, offsetBytes, lengthBytes, true));
+        return;
+      }
+      const data = await target.read(offsetBytes, lengthBytes);
+      counters.bytesRead += lengthBytes;
+      const header = this.structured ? encodeOffsetDataHeader(request, offsetBytes, lengthBytes, true) : encodeSimpleReply(0, request);
+      this.send(header, data, release);
+    } catch (error) {
+      release();
+      this.replyFailure(request, toFailure(error, request));
+    }
+  }
+
+  private replyBlockStatus(request: RequestHeader): void {
+    const { target } = this.export!;
+    const extentsMax = (request.flags & commandFlag.reqOne) !== 0 ? 1 : nbdBlockStatusExtentsMax;
+    const extents = target.extents(request.offsetBytes, request.lengthBytes, extentsMax);
+    const descriptors = extents.map((extent) => ({
+      lengthBytes: extent.lengthBytes,
+      flags: extent.allocated ? 0 : blockState.hole | blockState.zero,
+    }));
+    this.send(encodeBlockStatus(request, allocationContextId, descriptors));
+  }
+
+  private replyFailure(request: RequestHeader, failure: Failure): void {
+    if (this.export) this.export.counters.errors++;
+    this.send(this.structured ? encodeStructuredError(request, failure.errno, failure.message) : encodeSimpleReply(failure.errno, request));
+  }
+
+  /** Writes a reply (a header, and data after it in the same writev); `onWritten` runs once it left. */
+  private send(header: Buffer, data?: Buffer, onWritten?: () => void): void {
+    if (this.closed || this.socket.destroyed || this.socket.writableEnded) {
+      onWritten?.();
+      return;
+    }
+    if (data === undefined) {
+      this.socket.write(header);
+      return;
+    }
+    this.socket.cork();
+    this.socket.write(header);
+    this.socket.write(data, onWritten === undefined ? undefined : () => onWritten());
+    this.socket.uncork();
+  }
+
+  private afterCompletion(): void {
+    if (this.ending) {
+      this.maybeEnd();
+      return;
+    }
+    if (this.stalled && this.inFlight < nbdInFlightPerConnectionMax && this.socket.writableLength <= socketBufferedBytesMax) this.unstall();
+  }
+
+  /** After DISC or a drain: close once nothing is in flight (replies already written go first). */
+  private maybeEnd(): void {
+    if (this.closed || this.endCalled || this.inFlight > 0 || this.pendingWrite || this.awaitingBudget) return;
+    this.endCalled = true;
+    this.socket.end(() => this.socket.destroy());
+  }
+}
+
+function noop(): void {}
+
+/** A StorageError as an NBD error value; anything else is a bug, logged, and EIO to the client. */
+function toFailure(error: unknown, request: RequestHeader): Failure {
+  if (isStorageError(error)) {
+    const errno =
+      error.errno === 'EPERM' || error.errno === 'EINVAL' || error.errno === 'ENOSPC' || error.errno === 'ENOMEM' ? nbdErrno[error.errno] : nbdErrno.EIO;
+    return { errno, message: error.message };
+  }
+  log('error', 'unexpected error serving an NBD request', {
+    command: commandName(request.type),
+    error: error instanceof Error ? (error.stack ?? error.message) : String(error),
+  });
+  return { errno: nbdErrno.EIO, message: 'internal error' };
+}

@@ -63,7 +63,7 @@ export interface NbdExportView {
   export_name: string;
   bdev_name: string;
   kind: NbdTarget['kind'];
-  state: string;
+  state: NbdExportState;
   read_only: boolean;
   size: number;
   block_size: number;
@@ -74,6 +74,8 @@ export interface NbdExportView {
   bytes_read: number;
   bytes_written: number;
 }
+
+export type NbdExportState = 'idle' | 'serving' | 'draining' | 'stopped';
 
 /** The inspection stream's id of an export's actor. */
 export const nbdActorIdPrefix = 'nbd:';
@@ -165,7 +167,7 @@ export class NbdExport {
       export_name: this.exportName,
       bdev_name: this.bdevName,
       kind: this.target.kind,
-      state: String(snapshot.value),
+      state: snapshot.value,
       read_only: readOnly,
       size: sizeBytes,
       block_size: this.target.blockSizeBytes,

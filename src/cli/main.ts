@@ -1,6 +1,6 @@
 // The `lvnode` command: serve, rpc, demo.
 import { parseArgs } from 'node:util';
-import { listenDefault } from '../constants.ts';
+import { listenDefault, nbdListenDefault } from '../constants.ts';
 import { stringifyJson, parseJson } from '../transport/json64.ts';
 import { RpcCallError, RpcClient } from './rpcClient.ts';
 
@@ -8,6 +8,7 @@ const usage = `lvnode — a storage node where every logical volume is an XState
 
 Usage:
   lvnode serve [--data-dir DIR] [--listen HOST:PORT] [--token TOKEN] [--default-disk-size SIZE] [--config FILE]
+               [--nbd-listen [HOST:PORT|/path/to/socket]] (default off; ${nbdListenDefault} without a value)
                [--inspect stately[=URL]] [--max-frame-bytes N] [--max-connections N]
                [--max-in-flight N] [--heartbeat-ms N]
   lvnode rpc METHOD [JSON-PARAMS] [--url URL] [--token TOKEN]
@@ -30,9 +31,20 @@ function positiveInteger(text: string | undefined, flag: string): number | undef
   return value;
 }
 
+/**
+ * `--nbd-listen` may stand alone (SPEC §1): then it means the default address. parseArgs wants a
+ * value for a string option, so a bare flag (last, or followed by another flag) gets it here.
+ */
+function withNbdListenDefault(args: string[]): string[] {
+  return args.flatMap((arg, index) => {
+    const next = args[index + 1];
+    return arg === '--nbd-listen' && (next === undefined || next.startsWith('--')) ? [arg, nbdListenDefault] : [arg];
+  });
+}
+
 async function serve(args: string[]): Promise<number> {
   const { values } = parseArgs({
-    args,
+    args: withNbdListenDefault(args),
     options: {
       'data-dir': { type: 'string' },
       listen: { type: 'string' },
@@ -44,6 +56,7 @@ async function serve(args: string[]): Promise<number> {
       'max-connections': { type: 'string' },
       'max-in-flight': { type: 'string' },
       'heartbeat-ms': { type: 'string' },
+      'nbd-listen': { type: 'string' },
     },
     strict: true,
   });
@@ -59,7 +72,7 @@ async function serve(args: string[]): Promise<number> {
   );
   // Loaded here, not at the top: `lvnode rpc` needs none of the node (xstate, zod, WASM CRC), and
   // loading it cost every CLI call about 0.3 s.
-  const { serveDefaults, startNode } = await import('./serve.ts');
+  const { formatNbdAddress, serveDefaults, startNode } = await import('./serve.ts');
   const running = await startNode({
     dataDir: values['data-dir'] ?? process.env.LVNODE_DATA_DIR ?? serveDefaults.dataDir,
     listen: values.listen ?? serveDefaults.listen,
@@ -68,8 +81,10 @@ async function serve(args: string[]): Promise<number> {
     defaultDiskBytes: values['default-disk-size'] ? parseSize(values['default-disk-size']) : serveDefaults.defaultDiskBytes,
     statelyInspectUrl: inspect === undefined ? undefined : (inspect.split('=')[1] ?? 'ws://localhost:8080'),
     limits,
+    nbdListen: values['nbd-listen'],
   });
   process.stdout.write(`lvnode serving JSON-RPC at ${running.url}\n`);
+  if (running.nbdAddress) process.stdout.write(`lvnode serving NBD at ${formatNbdAddress(running.nbdAddress)}\n`);
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {
       process.stdout.write(`\n${signal}: shutting down\n`);

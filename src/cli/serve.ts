@@ -16,6 +16,9 @@ import { SavedConfigWriter, readConfig, replayConfig, savedConfigName, writeFile
 import { createMethodTable } from '../transport/methods.ts';
 import { RpcStats } from '../transport/stats.ts';
 import { type RpcServer, type RpcServerLimits, startRpcServer } from '../transport/wsServer.ts';
+import { type NbdAddress, NbdServer, assertNbdAddressFree, formatNbdAddress, parseNbdListen } from '../transport/nbd/server.ts';
+
+export { formatNbdAddress };
 
 export interface ServeOptions {
   dataDir: string;
@@ -27,6 +30,8 @@ export interface ServeOptions {
   /** Attach @statelyai/inspect, sending to this relay URL. */
   statelyInspectUrl?: string | undefined;
   limits?: Partial<RpcServerLimits>;
+  /** Serve NBD (SPEC §7) on `HOST:PORT` (port 0 picks one) or a Unix socket path; off when undefined. */
+  nbdListen?: string | undefined;
   runtime?: Runtime;
 }
 
@@ -34,6 +39,10 @@ export interface RunningNode {
   readonly node: StorageNode;
   readonly server: RpcServer;
   readonly url: string;
+  /** The NBD listener, when `nbdListen` was given. */
+  readonly nbd: NbdServer | undefined;
+  /** Where NBD clients connect (the actual port when 0 was asked for). */
+  readonly nbdAddress: NbdAddress | undefined;
   close(): Promise<void>;
 }
 
@@ -118,21 +127,30 @@ async function attachStatelyInspector(node: StorageNode, url: string): Promise<(
 
 export async function startNode(options: ServeOptions): Promise<RunningNode> {
   const { host, port } = parseListen(options.listen);
+  const nbdAddress = options.nbdListen === undefined ? undefined : parseNbdListen(options.nbdListen);
   const dataDir = resolve(options.dataDir);
   // A busy port fails the start before anything is created (not after the default disk is made).
   if (port !== 0) await assertPortFree(host, port);
+  if (nbdAddress && !(nbdAddress.kind === 'tcp' && nbdAddress.port === 0)) await assertNbdAddressFree(nbdAddress);
   await mkdir(dataDir, { recursive: true });
   // First of all: a second node on this data directory must stop before it touches anything.
   const dataDirLock = await lockDataDir(dataDir);
   try {
-    return await startLockedNode(options, dataDir, host, port, dataDirLock);
+    return await startLockedNode(options, dataDir, host, port, nbdAddress, dataDirLock);
   } catch (error) {
     await dataDirLock.release();
     throw error;
   }
 }
 
-async function startLockedNode(options: ServeOptions, dataDir: string, host: string, port: number, dataDirLock: DataDirLock): Promise<RunningNode> {
+async function startLockedNode(
+  options: ServeOptions,
+  dataDir: string,
+  host: string,
+  port: number,
+  nbdAddress: NbdAddress | undefined,
+  dataDirLock: DataDirLock,
+): Promise<RunningNode> {
   const writer = new SavedConfigWriter(join(dataDir, savedConfigName));
   const backgroundPath = join(dataDir, backgroundOptionsName);
   const threads = configureBackgroundThreads();
@@ -178,15 +196,30 @@ async function startLockedNode(options: ServeOptions, dataDir: string, host: str
   });
   server = listening;
   const url = `ws://${host.includes(':') ? `[${host}]` : host}:${listening.address.port}/`;
-  log('info', 'lvnode listening', { url, dataDir });
+  const nbd = nbdAddress
+    ? await NbdServer.listen({ address: nbdAddress, exports: node.nbd, noteForeground: () => node.scheduler.noteForeground() }).catch(
+        async (error: unknown) => {
+          await listening.close();
+          detachStately();
+          rpcStats.close();
+          await node.shutdown();
+          throw error;
+        },
+      )
+    : undefined;
+  log('info', 'lvnode listening', { url, dataDir, ...(nbd ? { nbd: nbd.address } : {}) });
   return {
     node,
     server: listening,
     url,
+    nbd,
+    nbdAddress: nbd?.address,
     close: async () => {
       // Running registrations are answered "preempted by shutdown" while their connections are
-      // still open; then the server stops, then the node closes its stores and devices.
+      // still open; NBD clients finish their in-flight requests and are disconnected; then the
+      // RPC server stops, then the node closes its stores and devices.
       await node.preemptAll('shutdown');
+      await nbd?.close();
       await listening.close();
       await node.shutdown();
       detachStately();

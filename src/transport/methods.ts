@@ -12,13 +12,17 @@ import {
   clusterSizeBytesMax,
   clusterSizeBytesMin,
   ioBytesMax,
+  lvolSizeBytesMax,
   nameLengthMax,
+  nbdStringBytesMax,
   rangeChecksumWindowMax,
   xattrNameLengthMax,
   xattrValueLengthMax,
 } from '../constants.ts';
 import type { StorageNode } from '../actors/node.ts';
 import { schedulerActorId } from '../actors/scheduler.ts';
+import { nbdActorIdPrefix } from '../actors/nbdExports.ts';
+import { fail } from '../errors.ts';
 import { PayloadBudgets } from './byteBudget.ts';
 import { RpcFrameworkError } from './errorMapping.ts';
 import { u64, u64AsNumber } from './json64.ts';
@@ -46,6 +50,8 @@ const clusterSize = u64AsNumber.refine(
   (value) => value >= clusterSizeBytesMin && value <= clusterSizeBytesMax && (value & (value - 1)) === 0,
   `must be a power of two from ${clusterSizeBytesMin} to ${clusterSizeBytesMax} bytes`,
 );
+/** An lvol size: at most lvolSizeBytesMax (2^63 bytes), so the byte size stays a signed 64-bit value. */
+const lvolSizeMib = u64AsNumber.refine((value) => value <= lvolSizeBytesMax / 2 ** 20, `must be at most ${lvolSizeBytesMax / 2 ** 20} (2^63 bytes)`);
 /** Exactly one of uuid and lvs_name selects the lvstore (SPDK). */
 const oneLvstore = <T extends { uuid?: string | undefined; lvs_name?: string | undefined }>(params: T) =>
   (params.uuid === undefined) !== (params.lvs_name === undefined);
@@ -233,7 +239,7 @@ function lvolMethods(node: StorageNode): Record<string, RpcMethod> {
       params: z
         .strictObject({
           lvol_name: newName,
-          size_in_mib: u64AsNumber,
+          size_in_mib: lvolSizeMib.refine((value) => value >= 1, 'must be at least 1'),
           ...lvstoreSelector,
           thin_provision: z.boolean().optional(),
           clear_method: clearMethod.optional(),
@@ -276,7 +282,7 @@ function lvolMethods(node: StorageNode): Record<string, RpcMethod> {
     bdev_lvol_resize: defineMethod({
       description: 'Resize an lvol; size_in_mib is rounded up to whole clusters.',
       priority: 'foreground',
-      params: z.strictObject({ name, size_in_mib: u64AsNumber }),
+      params: z.strictObject({ name, size_in_mib: lvolSizeMib }),
       result: ok,
       handler: async (p) => (await node.resizeLvol(p.name, p.size_in_mib), true as const),
     }),
@@ -449,7 +455,9 @@ function observabilityMethods(node: StorageNode): Record<string, RpcMethod> {
       result: ok,
       handler: (p, connection) => {
         const actorId =
-          p.actor_id === undefined || p.actor_id === schedulerActorId ? p.actor_id : node.resolveLvol(p.actor_id).lvol.id;
+          p.actor_id === undefined || p.actor_id === schedulerActorId || p.actor_id.startsWith(nbdActorIdPrefix)
+            ? p.actor_id
+            : node.resolveLvol(p.actor_id).lvol.id;
         const cancel = node.inspector.subscribe(actorId, (batch) => connection.notify('inspect_events', batch));
         replaceSubscription(inspectSubscriptions, connection, cancel);
         return true as const;
@@ -475,6 +483,65 @@ function observabilityMethods(node: StorageNode): Record<string, RpcMethod> {
   };
 }
 
+// ---- NBD data path (SPEC §7) ----
+
+/** An NBD export name: an NBD string (at most 4096 bytes), printable. */
+const nbdExportName = z
+  .string()
+  .min(1)
+  .max(nbdStringBytesMax)
+  .refine((value) => Buffer.byteLength(value, 'utf8') <= nbdStringBytesMax, `must be at most ${nbdStringBytesMax} bytes of UTF-8`)
+  .refine((value) => !unsafeNameCharacters.test(value), 'must not contain control or bidirectional-override characters')
+  .refine(wellFormed, 'must be well-formed Unicode (no lone surrogates)');
+const nbdExportView = z.object({
+  export_name: z.string(),
+  bdev_name: z.string(),
+  kind: z.enum(['lvol', 'malloc', 'aio']),
+  state: z.enum(['idle', 'serving', 'draining', 'stopped']),
+  read_only: z.boolean(),
+  size: z.number().describe('bytes'),
+  block_size: z.number(),
+  connections: z.number(),
+  connections_total: z.number(),
+  requests: z.number(),
+  errors: z.number(),
+  bytes_read: z.number(),
+  bytes_written: z.number(),
+});
+
+function nbdMethods(node: StorageNode): Record<string, RpcMethod> {
+  return {
+    nbd_start_export: defineMethod({
+      description:
+        'Export a bdev (lvol by UUID or alias, malloc, aio) on the node’s NBD listener; snapshots, read-only and lvstore-claimed bdevs export read-only. Answers the export name.',
+      priority: 'foreground',
+      params: z.strictObject({ bdev_name: name, export_name: nbdExportName.optional().describe('defaults to bdev_name') }),
+      result: z.string().describe('export name'),
+      handler: (p) => node.nbd.start(p.bdev_name, p.export_name ?? p.bdev_name),
+    }),
+    nbd_stop_export: defineMethod({
+      description: 'Stop an NBD export; answers once its clients are disconnected (in-flight requests finish, later ones get ESHUTDOWN).',
+      priority: 'foreground',
+      params: z.strictObject({ export_name: nbdExportName }),
+      result: ok,
+      handler: async (p) => (await node.nbd.stop(p.export_name), true as const),
+    }),
+    nbd_get_exports: defineMethod({
+      description: 'List NBD exports (or one) with their clients and request figures.',
+      priority: 'foreground',
+      params: z.strictObject({ export_name: nbdExportName.optional() }),
+      result: z.array(nbdExportView),
+      handler: (p) => {
+        const all = node.nbd.list().map((found) => found.view());
+        if (p.export_name === undefined) return all;
+        const one = all.filter((view) => view.export_name === p.export_name);
+        if (one.length === 0) fail('ENODEV', `NBD export ${p.export_name} does not exist`);
+        return one;
+      },
+    }),
+  };
+}
+
 /** Every method of the node; `rpc_get_methods` and `rpc_get_schema` describe the table itself. */
 /** What node_get_stats reports beyond the node itself: the transport's own figures. */
 export interface TransportStats {
@@ -491,6 +558,7 @@ export function createMethodTable(node: StorageNode, transport?: TransportStats)
     ...checksumMethods(node),
     ...dataMethods(node, payload),
     ...observabilityMethods(node),
+    ...nbdMethods(node),
   };
   table.save_config = defineMethod({
     description: 'The node’s bdevs as an SPDK-style JSON config (replayable with `lvnode serve --config FILE`).',

@@ -198,3 +198,91 @@ describe('commits waiting for the same failed write', () => {
     expect(await visibleState(node, table)).toBe(before);
   });
 });
+
+describe('a store whose metadata write failed', () => {
+  it('refuses changes, says so once, keeps serving reads, and is made writable again by a delete', async () => {
+    // Goal (SPEC §9): after a device error under the journal, growth is refused clearly; a delete
+    // rewrites the whole state as a new checkpoint, after which the store takes changes again, and
+    // a restart shows exactly what was acknowledged.
+    const device = new SimulatedDevice(deviceBytes, 512);
+    let { node, table } = await startNode(persistent(device), 101);
+    await call(table, 'bdev_lvol_create_lvstore', { bdev_name: 'sim0', lvs_name: 'lvs', cluster_sz: clusterBytes, clear_method: 'none' });
+    await call(table, 'bdev_lvol_create', { lvs_name: 'lvs', lvol_name: 'keep', size_in_mib: 1, thin_provision: false });
+    await call(table, 'bdev_lvol_create', { lvs_name: 'lvs', lvol_name: 'spare', size_in_mib: 1, thin_provision: true });
+    await call(table, 'node_lvol_write', { name: 'lvs/keep', offset: 0, fill_byte: 0x5a, length: clusterBytes });
+    device.setFaults({ failWriteAt: 1, failWriteCode: 'EIO' });
+    await expect(call(table, 'bdev_lvol_create', { lvs_name: 'lvs', lvol_name: 'lost', size_in_mib: 1, thin_provision: true })).rejects.toMatchObject({
+      errno: 'EIO',
+    });
+    device.setFaults({});
+    const failed = await visibleState(node, table);
+    const [lvstore] = (await call(table, 'bdev_lvol_get_lvstores', {})) as Array<Record<string, unknown>>;
+    expect(String(lvstore!.metadata_error)).toMatch(/delete/);
+    // Growth is refused without touching the device; reads go on.
+    const writesBefore = device.counts.writes;
+    await expect(call(table, 'bdev_lvol_rename', { old_name: 'lvs/keep', new_name: 'other' })).rejects.toMatchObject({ errno: 'EIO' });
+    expect(device.counts.writes).toBe(writesBefore);
+    expect(await visibleState(node, table)).toBe(failed);
+    expect((await node.readLvol('lvs/keep', 0, 512)).every((byte) => byte === 0x5a)).toBe(true);
+    // A delete brings it back.
+    await call(table, 'bdev_lvol_delete', { name: 'lvs/spare' });
+    const [after] = (await call(table, 'bdev_lvol_get_lvstores', {})) as Array<Record<string, unknown>>;
+    expect(after).not.toHaveProperty('metadata_error');
+    await call(table, 'bdev_lvol_create', { lvs_name: 'lvs', lvol_name: 'new', size_in_mib: 1, thin_provision: true });
+    const acknowledged = await visibleState(node, table);
+    expect(acknowledged).toMatch(/lvs\/new/);
+    expect(acknowledged).not.toMatch(/lvs\/lost|lvs\/spare/);
+    ({ node, table } = await startNode(persistent(device), 102));
+    expect(await visibleState(node, table)).toBe(acknowledged);
+  });
+
+  it('stays failed when the delete cannot be written either, changing nothing', async () => {
+    const device = new SimulatedDevice(deviceBytes, 512);
+    const { node, table } = await startNode(persistent(device), 103);
+    await call(table, 'bdev_lvol_create_lvstore', { bdev_name: 'sim0', lvs_name: 'lvs', cluster_sz: clusterBytes, clear_method: 'none' });
+    await call(table, 'bdev_lvol_create', { lvs_name: 'lvs', lvol_name: 'a', size_in_mib: 1, thin_provision: true });
+    device.setFaults({ failWriteAt: 1, failWriteCode: 'EIO', failWritesFromThenOn: true });
+    await expect(call(table, 'bdev_lvol_create', { lvs_name: 'lvs', lvol_name: 'b', size_in_mib: 1, thin_provision: true })).rejects.toBeInstanceOf(StorageError);
+    const before = await visibleState(node, table);
+    await expect(call(table, 'bdev_lvol_delete', { name: 'lvs/a' })).rejects.toBeInstanceOf(StorageError);
+    expect(await visibleState(node, table)).toBe(before);
+  });
+});
+
+describe('a thin lvol of 2^40 clusters (hostile finding 2)', () => {
+  it('is accepted, costs what it owns, lists, checksums, deletes and reloads; bounded windows refuse huge ranges', async () => {
+    const device = new SimulatedDevice(deviceBytes, 512);
+    let { node, table } = await startNode(persistent(device), 111);
+    await call(table, 'bdev_lvol_create_lvstore', { bdev_name: 'sim0', lvs_name: 'lvs', cluster_sz: clusterBytes, clear_method: 'none' });
+    // 2^40 clusters of 64 KiB: 2^56 bytes, 2^36 MiB, on a 32 MiB store (thin overcommit, as SPDK).
+    await call(table, 'bdev_lvol_create', { lvs_name: 'lvs', lvol_name: 'huge', size_in_mib: 2 ** 36, thin_provision: true });
+    // The hostile resize: 1,000,000,000 MiB answers true and costs nothing more.
+    await call(table, 'bdev_lvol_resize', { name: 'lvs/huge', size_in_mib: 1_000_000_000 });
+    await call(table, 'bdev_lvol_resize', { name: 'lvs/huge', size_in_mib: 2 ** 36 });
+    for (const clusterIndex of [0, 2 ** 30, 2 ** 36]) {
+      await call(table, 'node_lvol_write', { name: 'lvs/huge', offset: clusterIndex * clusterBytes, fill_byte: 0x11, length: 4096 });
+    }
+    const [listed] = (await call(table, 'bdev_lvol_get_lvols', {})) as Array<Record<string, unknown>>;
+    expect(listed).toMatchObject({ num_clusters: 2 ** 40, num_allocated_clusters: 3 });
+    const [bdev] = (await call(table, 'bdev_get_bdevs', { name: 'lvs/huge' })) as Array<Record<string, unknown>>;
+    expect(bdev!.num_blocks).toBe(2 ** 47);
+    await call(table, 'bdev_lvol_snapshot', { lvol_name: 'lvs/huge', snapshot_name: 'snap' });
+    await call(table, 'bdev_lvol_register_snapshot_range_checksums', { name: 'lvs/snap' });
+    const window = (await call(table, 'bdev_lvol_get_snapshot_range_checksums', { name: 'lvs/snap', cluster_start_index: 2 ** 30, cluster_count: 2 })) as Array<{
+      checksum: bigint;
+    }>;
+    expect(window[0]!.checksum).not.toBe(0n);
+    expect(window[1]!.checksum).toBe(0n);
+    expect(() => table.bdev_lvol_get_snapshot_range_checksums!.params.parse({ name: 'lvs/snap', cluster_start_index: 0, cluster_count: 2 ** 40 })).toThrow();
+    await expect(call(table, 'bdev_lvol_get_fragmap', { name: 'lvs/snap' })).rejects.toMatchObject({ errno: 'EINVAL' });
+    const listing = JSON.stringify(await call(table, 'bdev_lvol_get_lvols', {}), (_key, value: unknown) => (typeof value === 'bigint' ? String(value) : value));
+    await node.preemptAll('shutdown');
+    ({ node, table } = await startNode(persistent(device), 112));
+    const reloaded = JSON.stringify(await call(table, 'bdev_lvol_get_lvols', {}), (_key, value: unknown) => (typeof value === 'bigint' ? String(value) : value));
+    expect(reloaded).toBe(listing);
+    expect((await node.readLvol('lvs/huge', 2 ** 30 * clusterBytes, 4096)).every((byte) => byte === 0x11)).toBe(true);
+    await call(table, 'bdev_lvol_delete', { name: 'lvs/huge' });
+    await call(table, 'bdev_lvol_delete', { name: 'lvs/snap' });
+    expect(await call(table, 'bdev_lvol_get_lvols', {})).toEqual([]);
+  });
+});

@@ -6,6 +6,7 @@ import type { Connection } from './methodTable.ts';
 
 export class ByteBudget {
   private usedBytes = 0;
+  private peakUsedBytes = 0;
   private readonly waiting: Array<{ bytes: number; grant: () => void }> = [];
 
   constructor(readonly capacityBytes: number) {
@@ -16,13 +17,18 @@ export class ByteBudget {
     return this.usedBytes;
   }
 
+  /** The most ever reserved at once (what tests and stats check the bound with). */
+  get peakBytes(): number {
+    return this.peakUsedBytes;
+  }
+
   /** Resolves with the release function once `bytes` are reserved; bytes beyond the capacity throw. */
   async reserve(bytes: number): Promise<() => void> {
     assert.ok(bytes <= this.capacityBytes, 'callers refuse requests larger than the whole budget');
     if (this.waiting.length > 0 || this.usedBytes + bytes > this.capacityBytes) {
       await new Promise<void>((grant) => this.waiting.push({ bytes, grant }));
     } else {
-      this.usedBytes += bytes;
+      this.take(bytes);
     }
     return this.releaser(bytes);
   }
@@ -34,8 +40,13 @@ export class ByteBudget {
   tryReserve(bytes: number): (() => void) | undefined {
     assert.ok(bytes <= this.capacityBytes, 'callers refuse requests larger than the whole budget');
     if (this.waiting.length > 0 || this.usedBytes + bytes > this.capacityBytes) return undefined;
-    this.usedBytes += bytes;
+    this.take(bytes);
     return this.releaser(bytes);
+  }
+
+  private take(bytes: number): void {
+    this.usedBytes += bytes;
+    if (this.usedBytes > this.peakUsedBytes) this.peakUsedBytes = this.usedBytes;
   }
 
   private releaser(bytes: number): () => void {
@@ -51,7 +62,7 @@ export class ByteBudget {
   private grantWaiting(): void {
     while (this.waiting[0] && this.usedBytes + this.waiting[0].bytes <= this.capacityBytes) {
       const next = this.waiting.shift()!;
-      this.usedBytes += next.bytes;
+      this.take(next.bytes);
       next.grant();
     }
   }

@@ -27,4 +27,18 @@ describe('ByteBudget', () => {
     release();
     expect(budget.inUseBytes).toBe(0);
   });
+
+  it('tryReserve grants only what fits with nobody waiting, and counts the peak', async () => {
+    const budget = new ByteBudget(100);
+    const first = budget.tryReserve(70);
+    expect(first).toBeDefined();
+    expect(budget.tryReserve(40)).toBeUndefined();
+    const waiting = budget.reserve(40);
+    // 20 bytes would fit, but a waiter is ahead: no overtaking through the fast path either.
+    expect(budget.tryReserve(20)).toBeUndefined();
+    first!();
+    (await waiting)();
+    expect(budget.inUseBytes).toBe(0);
+    expect(budget.peakBytes).toBe(70);
+  });
 });

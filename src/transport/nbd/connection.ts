@@ -199,6 +199,11 @@ export class NbdConnection implements NbdClient {
     return this.phase === 'transmission';
   }
 
+  /** The most payload bytes this connection ever had reserved at once. */
+  get payloadPeakBytes(): number {
+    return this.budget.peakBytes;
+  }
+
   /** NbdClient: the export is stopping. In-flight requests finish; later ones get ESHUTDOWN. */
   drain(reason: string): void {
     if (this.closed || this.drainReason !== undefined) return;

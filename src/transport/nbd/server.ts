@@ -69,6 +69,7 @@ export class NbdServer {
   private readonly nodeBudget = new ByteBudget(nbdPayloadBytesInFlightNodeMax);
   private nextConnectionId = 1;
   private closing = false;
+  private closedConnectionPeakBytes = 0;
 
   private constructor(
     private readonly server: Server,
@@ -108,9 +109,11 @@ export class NbdServer {
     return this.connections.size;
   }
 
-  /** Payload bytes reserved by every connection right now (stats). */
-  get payloadBytesInFlight(): number {
-    return this.nodeBudget.inUseBytes;
+  /** Payload bytes reserved now and at most, node-wide and by any one connection (stats, tests). */
+  payloadFigures(): { inUseBytes: number; peakBytes: number; connectionPeakBytes: number } {
+    let connectionPeakBytes = this.closedConnectionPeakBytes;
+    for (const connection of this.connections) connectionPeakBytes = Math.max(connectionPeakBytes, connection.payloadPeakBytes);
+    return { inUseBytes: this.nodeBudget.inUseBytes, peakBytes: this.nodeBudget.peakBytes, connectionPeakBytes };
   }
 
   private accept(socket: Socket, noteForeground: () => void): void {
@@ -122,7 +125,10 @@ export class NbdServer {
       this.nextConnectionId++,
       socket,
       { exports: this.exports, nodeBudget: this.nodeBudget, noteForeground, shuttingDown: () => this.closing },
-      (closed) => this.connections.delete(closed),
+      (closed) => {
+        this.connections.delete(closed);
+        this.closedConnectionPeakBytes = Math.max(this.closedConnectionPeakBytes, closed.payloadPeakBytes);
+      },
     );
     this.connections.add(connection);
   }

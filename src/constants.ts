@@ -54,6 +54,11 @@ export const listenDefault = '127.0.0.1:5260';
 export const rpcFrameBytesMax = mibBytes;
 export const rpcConnectionsMax = 1024;
 export const rpcInFlightPerConnectionMax = 256;
+// Received frames are held (text, then parsed params) until their replies are written: their bytes
+// are budgeted per connection and for the node. Beyond that the node stops reading the socket
+// (backpressure) until earlier requests finish, so 1024 connections cannot pin 256 GiB of frames.
+export const rpcFrameBytesInFlightPerConnectionMax = 16 * mibBytes;
+export const rpcFrameBytesInFlightNodeMax = 256 * mibBytes;
 export const rpcBatchLengthMax = 256;
 export const heartbeatIntervalMs = 30_000;
 // A client whose send buffer grows past this is treated as falling behind.
@@ -122,6 +127,7 @@ assert.ok(
 );
 assert.ok(rpcInFlightPerConnectionMax >= rpcBatchLengthMax, 'a full batch fits in the in-flight limit');
 assert.ok(ioBytesMax <= rpcFrameBytesMax * 64);
+assert.ok(rpcFrameBytesMax <= rpcFrameBytesInFlightPerConnectionMax && rpcFrameBytesInFlightPerConnectionMax <= rpcFrameBytesInFlightNodeMax);
 assert.ok(ioBytesMax <= payloadBytesInFlightPerConnectionMax && payloadBytesInFlightPerConnectionMax <= payloadBytesInFlightNodeMax);
 assert.ok(nbdPayloadBytesMax <= nbdPayloadBytesInFlightPerConnectionMax && nbdPayloadBytesInFlightPerConnectionMax <= nbdPayloadBytesInFlightNodeMax);
 assert.ok(nbdPreferredBlockBytes >= Math.max(...blockSizesAllowed) && nbdPreferredBlockBytes <= nbdPayloadBytesMax, 'NBD block sizes are ordered');

@@ -12,9 +12,12 @@ import {
   heartbeatIntervalMs,
   rpcCloseGraceMs,
   rpcConnectionsMax,
+  rpcFrameBytesInFlightNodeMax,
+  rpcFrameBytesInFlightPerConnectionMax,
   rpcFrameBytesMax,
   rpcInFlightPerConnectionMax,
 } from '../constants.ts';
+import { ByteBudget } from './byteBudget.ts';
 import { rpcError, toRpcError } from './errorMapping.ts';
 import { parseJson, stringifyJson } from './json64.ts';
 import { errorResponse, serializeResponse } from './jsonRpc.ts';
@@ -25,6 +28,9 @@ export interface RpcServerLimits {
   frameBytesMax: number;
   connectionsMax: number;
   inFlightPerConnectionMax: number;
+  /** Bytes of received frames held until their replies are written, per connection and node-wide. */
+  frameBytesInFlightPerConnectionMax: number;
+  frameBytesInFlightNodeMax: number;
   heartbeatIntervalMs: number;
 }
 
@@ -81,6 +87,8 @@ export async function startRpcServer(options: RpcServerOptions): Promise<RpcServ
     frameBytesMax: rpcFrameBytesMax,
     connectionsMax: rpcConnectionsMax,
     inFlightPerConnectionMax: rpcInFlightPerConnectionMax,
+    frameBytesInFlightPerConnectionMax: rpcFrameBytesInFlightPerConnectionMax,
+    frameBytesInFlightNodeMax: rpcFrameBytesInFlightNodeMax,
     heartbeatIntervalMs,
     ...options.limits,
   };
@@ -93,7 +101,16 @@ export async function startRpcServer(options: RpcServerOptions): Promise<RpcServ
     clientTracking: true,
   });
   wss.on('error', (error) => log({ level: 'error', msg: 'websocket server error', error: errorText(error) }));
-  const state: ServerState = { options, limits, log, wss, connections: new Set(), nextConnectionId: 1, closing: false };
+  const state: ServerState = {
+    options,
+    limits,
+    log,
+    wss,
+    connections: new Set(),
+    nextConnectionId: 1,
+    closing: false,
+    frameBudget: new ByteBudget(limits.frameBytesInFlightNodeMax),
+  };
   server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => onUpgrade(state, req, socket, head));
 
   await listen(server, options.host, options.port);
@@ -125,6 +142,8 @@ interface ServerState {
   readonly connections: Set<RpcConnection>;
   nextConnectionId: number;
   closing: boolean;
+  /** Frame bytes held by every connection together. */
+  readonly frameBudget: ByteBudget;
 }
 
 /** Checks an upgrade request and either refuses it with an HTTP status or opens a connection. */
@@ -144,7 +163,7 @@ function onUpgrade(state: ServerState, req: IncomingMessage, socket: Duplex, hea
     // Without verifyClient, ws completes (or aborts) the handshake synchronously, so the
     // connection count checked above cannot be overtaken by a concurrent upgrade.
     state.wss.handleUpgrade(req, socket, head, (ws) => {
-      const connection = new RpcConnection(ws, state.nextConnectionId++, options.dispatcher, limits, log);
+      const connection = new RpcConnection(ws, state.nextConnectionId++, options.dispatcher, limits, state.frameBudget, log);
       connections.add(connection);
       void connection.closed.then(() => connections.delete(connection));
       log({ level: 'info', msg: 'ws connection opened', connection: connection.id, remote: remoteOf(req) });
@@ -296,6 +315,11 @@ function errorText(error: unknown): string {
   return error instanceof Error ? (error.stack ?? error.message) : String(error);
 }
 
+function rawDataBytes(data: RawData): number {
+  if (Array.isArray(data)) return data.reduce((sum, part) => sum + part.length, 0);
+  return data.byteLength;
+}
+
 function rawDataToText(data: RawData): string {
   if (Buffer.isBuffer(data)) return data.toString('utf8'); // the case for binaryType 'nodebuffer'
   if (Array.isArray(data)) return Buffer.concat(data).toString('utf8');
@@ -322,14 +346,20 @@ class RpcConnection implements Connection {
   private inFlight = 0;
   private isClosed = false;
   private ponged = true;
+  /** Frames received and not yet admitted by the byte budgets, in arrival order. */
+  private readonly frames: Array<{ data: RawData; isBinary: boolean; bytes: number }> = [];
+  private waitingForBudget = false;
+  private readonly frameBudget: ByteBudget;
 
   constructor(
     ws: WebSocket,
     id: number,
     dispatcher: Dispatcher,
     limits: RpcServerLimits,
+    private readonly nodeFrameBudget: ByteBudget,
     log: (record: LogRecord) => void,
   ) {
+    this.frameBudget = new ByteBudget(limits.frameBytesInFlightPerConnectionMax);
     this.ws = ws;
     this.id = id;
     this.dispatcher = dispatcher;
@@ -341,7 +371,10 @@ class RpcConnection implements Connection {
         resolve();
       });
     });
-    ws.on('message', (data, isBinary) => this.onMessage(data, isBinary));
+    ws.on('message', (data, isBinary) => {
+      this.frames.push({ data, isBinary, bytes: rawDataBytes(data) });
+      this.admitFrames();
+    });
     ws.on('pong', () => {
       this.ponged = true;
     });
@@ -391,9 +424,56 @@ class RpcConnection implements Connection {
     this.ws.terminate();
   }
 
-  private onMessage(data: RawData, isBinary: boolean): void {
+  /**
+   * Hands frames to onMessage in order, each once its bytes fit the connection's and the node's
+   * frame budgets. When one does not fit, the socket is paused (TCP backpressure reaches the
+   * client) until earlier requests of this or other connections finish.
+   */
+  private admitFrames(): void {
+    while (!this.waitingForBudget && this.frames.length > 0) {
+      const frame = this.frames[0]!;
+      const releaseConnection = this.frameBudget.tryReserve(frame.bytes);
+      const releaseNode = releaseConnection && this.nodeFrameBudget.tryReserve(frame.bytes);
+      if (releaseConnection && releaseNode) {
+        this.frames.shift();
+        this.onMessage(frame.data, frame.isBinary, () => {
+          releaseNode();
+          releaseConnection();
+        });
+        continue;
+      }
+      releaseConnection?.();
+      this.waitingForBudget = true;
+      this.ws.pause();
+      void this.reserveFrame(frame.bytes).then((release) => {
+        this.waitingForBudget = false;
+        if (this.isClosed) {
+          release();
+          return;
+        }
+        this.frames.shift();
+        this.onMessage(frame.data, frame.isBinary, release);
+        this.ws.resume();
+        this.admitFrames();
+      });
+      return;
+    }
+  }
+
+  private async reserveFrame(bytes: number): Promise<() => void> {
+    const releaseConnection = await this.frameBudget.reserve(bytes);
+    const releaseNode = await this.nodeFrameBudget.reserve(bytes);
+    return () => {
+      releaseNode();
+      releaseConnection();
+    };
+  }
+
+  /** Handles one frame; `release` gives its budgeted bytes back once nothing holds them. */
+  private onMessage(data: RawData, isBinary: boolean, release: () => void): void {
     try {
       if (isBinary) {
+        release();
         this.ws.close(closeUnsupportedData, 'binary frames are not supported; send JSON text');
         return;
       }
@@ -401,20 +481,23 @@ class RpcConnection implements Connection {
       try {
         message = parseJson(rawDataToText(data));
       } catch {
+        release();
         // Unlike SPDK's Unix socket, a frame boundary is a message boundary: the next frame
         // parses independently, so the connection can stay open.
         this.sendUnsolicited(serializeResponse(errorResponse(null, rpcError('parseError'))));
         return;
       }
-      this.dispatch(message);
+      this.dispatch(message, release);
     } catch (error) {
+      release();
       this.log({ level: 'error', msg: 'ws message handling failed', connection: this.id, error: errorText(error) });
     }
   }
 
-  private dispatch(message: unknown): void {
+  private dispatch(message: unknown, releaseFrame: () => void): void {
     const count = this.dispatcher.requestCount(message);
     if (this.inFlight + count > this.inFlightMax) {
+      releaseFrame();
       const reply = this.dispatcher.reject(message, rpcError('tooManyRequests', { limit: this.inFlightMax }));
       if (reply !== undefined) this.sendUnsolicited(serializeResponse(reply));
       return;
@@ -422,6 +505,7 @@ class RpcConnection implements Connection {
     this.inFlight += count;
     const release = (): void => {
       this.inFlight -= count;
+      releaseFrame();
     };
     this.dispatcher
       .handleMessage(message, this)

@@ -272,6 +272,34 @@ describe('startRpcServer', () => {
     expect(await client.waitFor((reply) => reply.id === 2)).toMatchObject({ result: 'slow b' });
   });
 
+  it('budgets received frame bytes: past the budget it stops reading, and goes on as requests finish', async () => {
+    // Goal (hostile finding 3, frames): parsed frames are held until their replies are written;
+    // their bytes, not only their count, are bounded per connection and for the node.
+    const { url, gates } = await startFixture({ limits: { frameBytesInFlightPerConnectionMax: 4 * kibBytes, frameBytesInFlightNodeMax: 6 * kibBytes } });
+    const first = await connect(url);
+    const second = await connect(url);
+    const padding = 'p'.repeat(1500);
+    const slow = (id: number, key: string) => JSON.stringify({ jsonrpc: '2.0', id, method: 'slow', params: { key }, padding });
+    // ~1.6 KiB each: two fit the connection's 4 KiB, the third waits, unread, behind them.
+    for (const [id, key] of [[1, 'a'], [2, 'b'], [3, 'c']] as const) first.ws.send(slow(id, key));
+    // The node's 6 KiB: the second client gets one frame in, then waits too.
+    second.ws.send(slow(11, 'x'));
+    second.ws.send(slow(12, 'y'));
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    // The waiting frames' gates are open, yet they are not answered: they were never read.
+    gates.get('c').open();
+    gates.get('y').open();
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(first.replies()).toEqual([]);
+    expect(second.replies()).toEqual([]);
+    gates.get('a').open();
+    gates.get('x').open();
+    expect(await first.waitFor((reply) => reply.id === 3)).toHaveProperty('id', 3);
+    expect(await second.waitFor((reply) => reply.id === 12)).toHaveProperty('id', 12);
+    gates.get('b').open();
+    expect(await first.waitFor((reply) => reply.id === 2)).toHaveProperty('id', 2);
+  });
+
   it('answers a batch with an array of replies', async () => {
     // Goal: batches work over the socket and notifications inside them get no reply.
     const { url } = await startFixture();

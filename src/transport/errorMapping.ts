@@ -112,3 +112,56 @@ function safeString(value: unknown): string {
     return Object.prototype.toString.call(value); // e.g. an object whose toString throws
   }
 }
+
+// ---- SPDK's flavor, for its own Unix socket (SPEC §3.2, reference §6.2) ----
+
+/**
+ * Methods whose operation failures SPDK reports as -32602 + strerror (its asynchronous
+ * completion callbacks); the others report them as -32603 + strerror.
+ */
+const spdkFailureAsInvalidParams = new Set([
+  'bdev_lvol_create_lvstore',
+  'bdev_lvol_delete_lvstore',
+  'bdev_lvol_rename_lvstore',
+  'bdev_lvol_grow_lvstore',
+  'bdev_lvol_create',
+  'bdev_lvol_snapshot',
+  'bdev_lvol_clone',
+  'bdev_lvol_clone_bdev',
+  'bdev_lvol_rename',
+  'bdev_lvol_set_xattr',
+  'bdev_lvol_resize',
+  'bdev_lvol_inflate',
+  'bdev_lvol_decouple_parent',
+  'bdev_lvol_detach_parent',
+  'bdev_lvol_set_parent',
+  'bdev_lvol_set_parent_bdev',
+  'bdev_lvol_get_fragmap',
+]);
+
+const spdkFrameworkMessage: Partial<Record<number, string>> = {
+  [rpcErrorCode.invalidParams]: 'Invalid parameters',
+};
+
+/**
+ * The error object SPDK's own clients expect (go-spdk-helper branches on these codes):
+ * - params that do not decode: -32603 "spdk_json_decode_object failed" (SPDK's strict decoder);
+ * - an errno the thrower marked synchronous (`wire: 'errno'`): -errno + strerror, as WebSocket;
+ * - an operation failure (`wire: 'internal'`): -32602 + strerror for the methods SPDK answers so,
+ *   else -32603 + strerror.
+ * `data` (lvnode's detail) is kept: SPDK's clients read code and message only.
+ */
+export function toSpdkRpcError(error: unknown, method?: string): RpcErrorObject {
+  const mapped = toRpcError(error, method);
+  if (error instanceof RpcFrameworkError && error.code === rpcErrorCode.invalidParams) {
+    return { ...mapped, code: rpcErrorCode.internal, message: 'spdk_json_decode_object failed' };
+  }
+  if (error instanceof RpcFrameworkError) {
+    const message = spdkFrameworkMessage[error.code];
+    return message === undefined ? mapped : { ...mapped, message };
+  }
+  if (isStorageError(error) && error.wire === 'internal' && method !== undefined && spdkFailureAsInvalidParams.has(method)) {
+    return { ...mapped, code: rpcErrorCode.invalidParams };
+  }
+  return mapped;
+}

@@ -1,6 +1,6 @@
 // The JSON-RPC 2.0 dispatcher: validates requests, runs handlers from the method table, builds replies.
 import { rpcBatchLengthMax } from '../constants.ts';
-import { RpcFrameworkError, rpcError, toRpcError } from './errorMapping.ts';
+import { RpcFrameworkError, rpcError, toRpcError, toSpdkRpcError } from './errorMapping.ts';
 import type { RpcErrorObject } from './errorMapping.ts';
 import { stringifyJson } from './json64.ts';
 import type { Connection, MethodTable, RpcMethod } from './methodTable.ts';
@@ -25,6 +25,12 @@ export type JsonRpcResponse = JsonRpcSuccess | JsonRpcFailure;
 export interface DispatcherOptions {
   /** WebSocket accepts batches; the SPDK Unix socket answers them with -32600. */
   allowBatch: boolean;
+  /**
+   * `spdk`: SPDK's error codes and messages (errorMapping.ts `toSpdkRpcError`), and its reply
+   * rules: a request without an id or with id null gets no success reply, but its errors are
+   * answered. `lvnode` (default): SPEC §4's clearer errors, JSON-RPC 2.0's notification rule.
+   */
+  flavor?: 'lvnode' | 'spdk';
   /** Called once per request for a method of the table (unknown names are not reported). */
   onCall?: (method: string, latencyMs: number, ok: boolean) => void;
   /** Called as a request for a method of the table starts (the background scheduler yields to them). */
@@ -106,6 +112,10 @@ function paramsObject(params: unknown): RequestObject | undefined {
 
 export function createDispatcher(table: MethodTable, options: DispatcherOptions): Dispatcher {
   const nowMs = options.nowMs ?? (() => performance.now());
+  const spdk = options.flavor === 'spdk';
+  const mapError = (error: unknown, method?: string): RpcErrorObject => (spdk ? toSpdkRpcError(error, method) : toRpcError(error, method));
+  const frameworkError = (kind: Parameters<typeof rpcError>[0], data?: Record<string, unknown>): RpcErrorObject =>
+    mapError(new RpcFrameworkError(kind, data));
 
   function lookup(name: string): RpcMethod | undefined {
     // Own properties only, so "toString" or "__proto__" are unknown methods, not prototype members.
@@ -133,14 +143,18 @@ export function createDispatcher(table: MethodTable, options: DispatcherOptions)
 
   async function handleRequest(request: unknown, connection: Connection): Promise<JsonRpcResponse | undefined> {
     const target = replyTarget(request);
-    const answer = (response: JsonRpcResponse): JsonRpcResponse | undefined =>
-      target.notification ? undefined : response;
+    // SPDK (jsonrpc_server.c): no id or a null id suppresses the success reply only.
+    const silentOnSuccess = spdk ? target.notification || target.id === null : target.notification;
+    const answer = (response: JsonRpcResponse): JsonRpcResponse | undefined => {
+      if ('error' in response) return target.notification && !spdk ? undefined : response;
+      return silentOnSuccess ? undefined : response;
+    };
     if (!isEnvelope(request)) {
-      return answer(errorResponse(target.id, rpcError('invalidRequest', { detail: envelopeProblem(request) })));
+      return answer(errorResponse(target.id, frameworkError('invalidRequest', { detail: envelopeProblem(request) })));
     }
     const name = request.method;
     const method = lookup(name);
-    if (method === undefined) return answer(errorResponse(target.id, rpcError('methodNotFound')));
+    if (method === undefined) return answer(errorResponse(target.id, frameworkError('methodNotFound')));
     const startMs = nowMs();
     try {
       options.onStart?.(method);
@@ -149,7 +163,7 @@ export function createDispatcher(table: MethodTable, options: DispatcherOptions)
       return answer(success(target.id, result));
     } catch (error) {
       reportCall(name, startMs, false);
-      return answer(errorResponse(target.id, toRpcError(error, name)));
+      return answer(errorResponse(target.id, mapError(error, name)));
     }
   }
 
@@ -165,7 +179,7 @@ export function createDispatcher(table: MethodTable, options: DispatcherOptions)
         if (!Array.isArray(message)) return await handleRequest(message, connection);
         const problem = batchProblem(message, options.allowBatch);
         // A refused batch is answered with one error object, not an array (JSON-RPC 2.0 §6).
-        if (problem !== undefined) return errorResponse(null, rpcError('invalidRequest', { detail: problem }));
+        if (problem !== undefined) return errorResponse(null, frameworkError('invalidRequest', { detail: problem }));
         return await handleBatch(message, connection);
       } catch (error) {
         return errorResponse(null, toRpcError(error)); // unreachable unless this file has a bug

@@ -1,0 +1,310 @@
+// SPDK's own JSON-RPC transport (SPEC §3.2): a Unix stream socket carrying bare JSON values back
+// to back, with no delimiter (SPDK's clients send tab-indented, multi-line JSON), answered by one
+// JSON object plus "\n" each, in completion order. The method table and dispatcher are the
+// WebSocket server's; only the framing and the error flavor (SPDK's codes) differ.
+import { chmod, lstat, unlink } from 'node:fs/promises';
+import { type Server, type Socket, connect, createServer } from 'node:net';
+import {
+  clientBufferedBytesMax,
+  rpcFrameBytesInFlightNodeMax,
+  rpcFrameBytesInFlightPerConnectionMax,
+  rpcFrameBytesMax,
+  rpcInFlightPerConnectionMax,
+} from '../constants.ts';
+import { ByteBudget } from './byteBudget.ts';
+import { rpcError } from './errorMapping.ts';
+import { parseJson } from './json64.ts';
+import { type Dispatcher, errorResponse, serializeResponse } from './jsonRpc.ts';
+import type { Connection } from './methodTable.ts';
+import type { LogRecord } from './wsServer.ts';
+
+export interface SpdkSocketLimits {
+  /** The largest JSON value accepted; a longer one is a parse error (and the connection closes). */
+  valueBytesMax: number;
+  inFlightPerConnectionMax: number;
+  valueBytesInFlightPerConnectionMax: number;
+  valueBytesInFlightNodeMax: number;
+}
+
+export interface SpdkSocketServerOptions {
+  path: string;
+  /** A dispatcher made with `flavor: 'spdk'` (SPDK's error codes, notification rules, no batches). */
+  dispatcher: Dispatcher;
+  log?: (record: LogRecord) => void;
+  limits?: Partial<SpdkSocketLimits>;
+}
+
+export interface SpdkSocketServer {
+  readonly path: string;
+  connectionCount(): number;
+  close(): Promise<void>;
+}
+
+/**
+ * Makes `path` free for a new socket: absent, or a socket nobody answers on (left by a node that
+ * died). A live socket (another lvnode, or SPDK itself) and anything that is not a socket are
+ * refused, never removed.
+ */
+export async function claimSocketPath(path: string): Promise<void> {
+  let stats;
+  try {
+    stats = await lstat(path);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw error;
+  }
+  if (!stats.isSocket()) throw new Error(`--rpc-socket ${path} exists and is not a socket; refusing to replace it`);
+  const live = await new Promise<boolean>((resolve) => {
+    const probe = connect(path);
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once('error', () => resolve(false));
+  });
+  if (live) throw new Error(`--rpc-socket ${path} is in use: a running process (another lvnode, or SPDK) answers on it`);
+  await unlink(path);
+}
+
+/**
+ * Splits a byte stream into complete top-level JSON values without parsing them: it tracks
+ * strings, escapes and bracket depth only. A value must be an object or an array (SPDK's server
+ * takes nothing else); anything else at the top level is a parse error.
+ */
+export class JsonValueSplitter {
+  private pending: Buffer[] = [];
+  private pendingBytes = 0;
+  private depth = 0;
+  private inString = false;
+  private escaped = false;
+
+  constructor(private readonly valueBytesMax: number) {}
+
+  /** Complete values in `chunk` (and before it), in order; throws on input that cannot be JSON. */
+  push(chunk: Buffer): Buffer[] {
+    const values: Buffer[] = [];
+    let start = 0;
+    for (let index = 0; index < chunk.length; index++) {
+      const byte = chunk[index]!;
+      if (this.depth === 0 && this.pendingBytes === 0 && index === start) {
+        // Between values: whitespace is skipped, a value must open with { or [.
+        if (byte === 0x20 || byte === 0x09 || byte === 0x0a || byte === 0x0d) {
+          start = index + 1;
+          continue;
+        }
+        if (byte !== 0x7b && byte !== 0x5b) throw new SyntaxError('a request must be a JSON object');
+      }
+      if (this.inString) {
+        if (this.escaped) this.escaped = false;
+        else if (byte === 0x5c) this.escaped = true;
+        else if (byte === 0x22) this.inString = false;
+        continue;
+      }
+      if (byte === 0x22) this.inString = true;
+      else if (byte === 0x7b || byte === 0x5b) this.depth++;
+      else if (byte === 0x7d || byte === 0x5d) {
+        this.depth--;
+        if (this.depth < 0) throw new SyntaxError('unbalanced brackets');
+        if (this.depth === 0) {
+          const piece = chunk.subarray(start, index + 1);
+          values.push(this.pendingBytes === 0 ? piece : Buffer.concat([...this.pending, piece]));
+          this.pending = [];
+          this.pendingBytes = 0;
+          start = index + 1;
+        }
+      }
+    }
+    if (start < chunk.length) {
+      this.pending.push(chunk.subarray(start));
+      this.pendingBytes += chunk.length - start;
+    }
+    if (this.pendingBytes > this.valueBytesMax) throw new RangeError(`a request longer than ${this.valueBytesMax} bytes`);
+    return values;
+  }
+}
+
+export async function startSpdkSocketServer(options: SpdkSocketServerOptions): Promise<SpdkSocketServer> {
+  const limits: SpdkSocketLimits = {
+    valueBytesMax: rpcFrameBytesMax,
+    inFlightPerConnectionMax: rpcInFlightPerConnectionMax,
+    valueBytesInFlightPerConnectionMax: rpcFrameBytesInFlightPerConnectionMax,
+    valueBytesInFlightNodeMax: rpcFrameBytesInFlightNodeMax,
+    ...options.limits,
+  };
+  const log = options.log ?? ((record: LogRecord) => process.stderr.write(`${JSON.stringify(record)}\n`));
+  await claimSocketPath(options.path);
+  const nodeBudget = new ByteBudget(limits.valueBytesInFlightNodeMax);
+  const connections = new Set<SpdkConnection>();
+  let nextId = 1;
+  const server: Server = createServer((socket) => {
+    const connection = new SpdkConnection(socket, nextId++, options.dispatcher, limits, nodeBudget, log);
+    connections.add(connection);
+    socket.once('close', () => connections.delete(connection));
+  });
+  server.on('error', (error) => log({ level: 'error', msg: 'spdk socket server error', error: String(error) }));
+  // The socket file is created owner-only: anyone who can connect can run any RPC.
+  const previousMask = process.umask(0o177);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(options.path, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+  } finally {
+    process.umask(previousMask);
+  }
+  await chmod(options.path, 0o600);
+  let closed: Promise<void> | undefined;
+  return {
+    path: options.path,
+    connectionCount: () => connections.size,
+    close: () => {
+      closed ??= (async () => {
+        const done = new Promise<void>((resolve) => server.close(() => resolve()));
+        for (const connection of connections) connection.destroy();
+        await done;
+        await unlink(options.path).catch(() => undefined);
+      })();
+      return closed;
+    },
+  };
+}
+
+/**
+ * One client. Values are dispatched as they complete and answered as each finishes (out of
+ * order). In-flight requests are bounded by count and bytes; past either bound, and while the
+ * client does not read its replies, the socket is paused (backpressure), never buffered.
+ */
+class SpdkConnection implements Connection {
+  private readonly splitter: JsonValueSplitter;
+  private readonly budget: ByteBudget;
+  private readonly queue: Buffer[] = [];
+  private inFlight = 0;
+  private waiting = false;
+  private isClosed = false;
+  private readonly cleanups: Array<() => void> = [];
+  /** Replies written while the socket's buffer was full: their slots free on the next drain. */
+  private drainWaiters: Array<() => void> = [];
+
+  constructor(
+    private readonly socket: Socket,
+    readonly id: number,
+    private readonly dispatcher: Dispatcher,
+    private readonly limits: SpdkSocketLimits,
+    private readonly nodeBudget: ByteBudget,
+    private readonly log: (record: LogRecord) => void,
+  ) {
+    this.splitter = new JsonValueSplitter(limits.valueBytesMax);
+    this.budget = new ByteBudget(limits.valueBytesInFlightPerConnectionMax);
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('drain', () => {
+      for (const waiter of this.drainWaiters.splice(0)) waiter();
+    });
+    socket.on('error', (error) => this.log({ level: 'warn', msg: 'spdk socket connection error', connection: id, error: error.message }));
+    socket.once('close', () => {
+      this.isClosed = true;
+      for (const waiter of this.drainWaiters.splice(0)) waiter();
+      for (const cleanup of this.cleanups.splice(0)) {
+        try {
+          cleanup();
+        } catch (error) {
+          this.log({ level: 'error', msg: 'connection cleanup failed', connection: id, error: String(error) });
+        }
+      }
+    });
+  }
+
+  notify(): boolean {
+    // SPDK's socket has no server-initiated messages; subscriptions are a WebSocket feature.
+    return false;
+  }
+
+  onClose(cleanup: () => void): void {
+    if (this.isClosed) cleanup();
+    else this.cleanups.push(cleanup);
+  }
+
+  destroy(): void {
+    this.socket.destroy();
+  }
+
+  private onData(chunk: Buffer): void {
+    let values: Buffer[];
+    try {
+      values = this.splitter.push(chunk);
+    } catch {
+      this.failParse();
+      return;
+    }
+    this.queue.push(...values);
+    this.admit();
+  }
+
+  /** SPDK answers unparseable input with -32700 (id null) and closes the connection. */
+  private failParse(): void {
+    if (this.isClosed) return;
+    this.socket.pause();
+    this.socket.end(`${serializeResponse(errorResponse(null, rpcError('parseError')))}\n`);
+    this.isClosed = true;
+  }
+
+  /** Dispatches queued values while the count and byte budgets allow; else pauses the socket. */
+  private admit(): void {
+    while (!this.waiting && !this.isClosed && this.queue.length > 0) {
+      const value = this.queue[0]!;
+      const releaseConnection = this.inFlight < this.limits.inFlightPerConnectionMax ? this.budget.tryReserve(value.length) : undefined;
+      const releaseNode = releaseConnection && this.nodeBudget.tryReserve(value.length);
+      if (!releaseConnection || !releaseNode) {
+        releaseConnection?.();
+        this.socket.pause();
+        this.waiting = true;
+        return;
+      }
+      this.queue.shift();
+      this.dispatch(value, () => {
+        releaseNode();
+        releaseConnection();
+      });
+    }
+    if (!this.waiting && !this.isClosed && this.socket.isPaused() && this.socket.writableLength <= clientBufferedBytesMax) this.socket.resume();
+  }
+
+  /** Something was released: try the queue again. */
+  private retry(): void {
+    if (!this.waiting) return;
+    this.waiting = false;
+    this.admit();
+  }
+
+  private dispatch(value: Buffer, release: () => void): void {
+    let message: unknown;
+    try {
+      message = parseJson(value.toString('utf8'));
+    } catch {
+      release();
+      this.failParse();
+      return;
+    }
+    this.inFlight++;
+    const finish = (): void => {
+      this.inFlight--;
+      release();
+      this.retry();
+    };
+    this.dispatcher
+      .handleMessage(message, this)
+      .then((reply) => {
+        if (reply === undefined || this.isClosed) return finish();
+        const text = `${serializeResponse(reply)}\n`;
+        // The slot is held until the reply is written: a client that stops reading stalls itself.
+        if (this.socket.write(text)) finish();
+        else this.drainWaiters.push(finish);
+      })
+      .catch((error: unknown) => {
+        finish();
+        this.log({ level: 'error', msg: 'spdk socket dispatch failed', connection: this.id, error: String(error) });
+      });
+  }
+}

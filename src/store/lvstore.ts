@@ -813,33 +813,49 @@ export class Lvstore {
   }
 
   /**
-   * Advisory discard (NBD TRIM), following the lvol's clear method: with `none` nothing happens;
-   * otherwise the parts of clusters the lvol itself owns are discarded on the device (they then
-   * read as zeros). Clusters it shares with a parent are left alone: TRIM promises no content.
+   * Advisory discard (NBD TRIM; a range shallow copy's "unmap"), following the lvol's clear
+   * method: with `none` nothing happens. Otherwise, in a thin lvol, whole clusters it owns are
+   * given back (they read through the parent chain again, as SPDK's unmap of a thin blob), and
+   * the rest of a range it owns is discarded on the device (reads as zeros). Clusters it shares
+   * with a parent are left alone: TRIM promises no content.
    */
   async unmap(id: string, offsetBytes: number, lengthBytes: number): Promise<void> {
     const lvol = this.lvol(id);
     if (lvol.readOnly) fail('EPERM', `${lvol.name} is read-only`);
     this.assertIoRange(lvol, offsetBytes, lengthBytes);
     if (lvol.clearMethod === 'none') return;
+    const freed: number[] = [];
+    // Exclusive: a write in flight to a cluster given back here would land in a freed cluster.
     await this.gate(id)
-      .withShared(async () => {
+      .withExclusive(async () => {
         this.assertStillPresent(lvol);
-        for (let position = 0; position < lengthBytes; ) {
-          const absolute = offsetBytes + position;
-          const clusterIndex = Math.floor(absolute / this.clusterBytes);
-          const inner = absolute - clusterIndex * this.clusterBytes;
-          const segmentBytes = Math.min(this.clusterBytes - inner, lengthBytes - position);
+        const whole: number[] = [];
+        const end = offsetBytes + lengthBytes;
+        const first = Math.floor(offsetBytes / this.clusterBytes);
+        for (let clusterIndex = lvol.clusterMap.nextNonZero(first); clusterIndex !== -1 && clusterIndex * this.clusterBytes < end; clusterIndex = lvol.clusterMap.nextNonZero(clusterIndex + 1)) {
+          if (this.allocating.has(`${lvol.id}:${clusterIndex}`)) continue;
+          const clusterStart = clusterIndex * this.clusterBytes;
+          const from = Math.max(offsetBytes, clusterStart);
+          const to = Math.min(end, clusterStart + this.clusterBytes);
           const physicalCluster = lvol.clusterMap.get(clusterIndex);
-          if (physicalCluster !== 0 && !this.allocating.has(`${lvol.id}:${clusterIndex}`)) {
-            await this.device.discard(clusterIndexToOffsetBytes(physicalCluster, this.clusterBytes) + inner, segmentBytes);
+          if (lvol.thin && from === clusterStart && to === clusterStart + this.clusterBytes) {
+            whole.push(clusterIndex);
+            freed.push(physicalCluster);
+          } else {
+            await this.device.discard(clusterIndexToOffsetBytes(physicalCluster, this.clusterBytes) + (from - clusterStart), to - from);
           }
-          position += segmentBytes;
         }
+        if (whole.length > 0) await this.commit([{ type: 'cluster.release', id, clusterIndices: whole }]);
       })
       .catch((error: unknown) => {
+        freed.length = 0; // not committed: nothing is freed
         throw fromDeviceError(error, `unmap of lvol ${lvol.name} failed`);
       });
+    if (freed.length > 0) {
+      // Cleared before anyone else may allocate them, as on delete.
+      await this.clearClusters(freed, lvol.clearMethod);
+      this.allocator.release(freed);
+    }
   }
 
   /**

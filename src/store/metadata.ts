@@ -83,6 +83,8 @@ export type MetadataChange =
   | { type: 'lvol.set_xattr'; id: string; name: string; value: string }
   | { type: 'lvol.set_parent'; id: string; parentId: string | null; thin?: boolean }
   | { type: 'cluster.allocate'; id: string; clusterIndex: number; physicalCluster: number }
+  /** A thin lvol gives back whole clusters (unmap): they read through its parent chain again. */
+  | { type: 'cluster.release'; id: string; clusterIndices: readonly number[] }
   /** Snapshot: `snapshotId` takes over every cluster of `id`, which becomes its thin clone. */
   | { type: 'lvol.snapshot'; id: string; snapshotId: string }
   /** Delete of `id` merging into its only clone `cloneId`: the clone adopts what it does not own. */
@@ -188,6 +190,11 @@ export function applyChange(store: LvstoreRecord, change: MetadataChange): void 
     case 'cluster.allocate':
       lvolOf(store, change.id).clusterMap.set(change.clusterIndex, change.physicalCluster);
       return;
+    case 'cluster.release': {
+      const map = lvolOf(store, change.id).clusterMap;
+      for (const clusterIndex of change.clusterIndices) map.set(clusterIndex, 0);
+      return;
+    }
     case 'lvol.snapshot': {
       const lvol = lvolOf(store, change.id);
       const snapshot = lvolOf(store, change.snapshotId);
@@ -260,6 +267,7 @@ export interface MetadataLog {
 export function isFreeingChange(change: MetadataChange): boolean {
   return (
     change.type === 'lvol.delete' ||
+    change.type === 'cluster.release' ||
     change.type === 'lvol.merge' ||
     change.type === 'checksum.invalidate' ||
     (change.type === 'checksum.progress' && change.progress === null)
@@ -332,6 +340,13 @@ export function captureUndo(store: LvstoreRecord, change: MetadataChange): () =>
       const clusterMap = lvolOf(store, change.id).clusterMap;
       const previous = clusterMap.get(change.clusterIndex);
       return () => clusterMap.set(change.clusterIndex, previous);
+    }
+    case 'cluster.release': {
+      const clusterMap = lvolOf(store, change.id).clusterMap;
+      const previous = change.clusterIndices.map((clusterIndex) => [clusterIndex, clusterMap.get(clusterIndex)] as const);
+      return () => {
+        for (const [clusterIndex, physicalCluster] of previous) clusterMap.set(clusterIndex, physicalCluster);
+      };
     }
     case 'lvol.snapshot': {
       const lvol = lvolOf(store, change.id);

@@ -88,6 +88,7 @@ const operations: Record<string, Operation> = {
   snapshot: (store) => store.snapshot(id(store, 'thick'), 'snap2', { a: 'b' }),
   clone: (store) => store.clone(id(store, 'snap'), 'clone2'),
   'merge (delete a snapshot with one clone)': (store) => store.deleteLvol(id(store, 'solo-snap')),
+  'unmap of a whole thin cluster (release)': (store) => store.unmap(id(store, 'thin'), 2 * clusterBytes, clusterBytes),
   'first write to a thin cluster (allocation)': (store) => store.write(id(store, 'thin'), 3 * clusterBytes, Buffer.alloc(8192, 0x44)),
   'checksum store': (store) => store.storeChecksum(id(store, 'snap'), 0xfedcba9876543210n, ClusterChecksums.fromDense(new BigUint64Array([0n, 7n, 0n, 0n]))),
   inflate: (store) => store.copyUpFromParent(id(store, 'clone'), 'inflate'),

@@ -1171,9 +1171,27 @@ describe('NBD data-path extras: extents, write zeroes, unmap', () => {
     expect(store.ownedClusterCount(lvol.id)).toBe(owned);
     await store.unmap(lvol.id, clusterBytes, clusterBytes);
     expect((await store.read(lvol.id, clusterBytes, clusterBytes)).every((byte) => byte === 0)).toBe(true);
-    const snapshot = await store.snapshot(lvol.id, 'snap', {});
+    // A whole cluster of a thin lvol is given back (and reused), a part of one only discarded.
+    expect(store.ownedClusterCount(lvol.id)).toBe(owned - 1);
+    expectClusterAccounting(store);
+    await store.write(lvol.id, 2 * clusterBytes, Buffer.alloc(clusterBytes, 9));
+    await store.unmap(lvol.id, 2 * clusterBytes, 1024);
+    const partly = await store.read(lvol.id, 2 * clusterBytes, 2048);
+    expect([...partly.subarray(0, 1024)].every((byte) => byte === 0) && [...partly.subarray(1024)].every((byte) => byte === 9)).toBe(true);
+    expect(store.ownedClusterCount(lvol.id)).toBe(owned);
+    // In a clone, a cluster given back reads its parent's bytes again.
+    const parent = await store.snapshot(lvol.id, 'base', {});
+    await store.write(lvol.id, 2 * clusterBytes, Buffer.alloc(clusterBytes, 4));
+    await store.unmap(lvol.id, 2 * clusterBytes, clusterBytes);
+    expect((await store.read(lvol.id, 2 * clusterBytes, 512)).every((byte) => byte === 0)).toBe(true);
+    expect((await store.read(lvol.id, 2 * clusterBytes + 1024, 512)).every((byte) => byte === 9)).toBe(true);
+    await store.deleteLvol(lvol.id);
+    await store.deleteLvol(parent.id);
+    const again = await store.createLvol({ name: 'v', clusterCount: 8, thin: true });
+    const snapshot = await store.snapshot(again.id, 'snap', {});
     expect(await errnoOf(() => store.writeZeroes(snapshot.id, 0, 512))).toBe('EPERM');
     expect(await errnoOf(() => store.unmap(snapshot.id, 0, 512))).toBe('EPERM');
-    expect(await errnoOf(() => store.writeZeroes(lvol.id, 8 * clusterBytes, 512))).toBe('EINVAL');
+    expect(await errnoOf(() => store.writeZeroes(again.id, 8 * clusterBytes, 512))).toBe('EINVAL');
+    expectClusterAccounting(store);
   });
 });

@@ -24,6 +24,7 @@ import type { ClearMethod, LvolRecord } from '../store/metadata.ts';
 import { ChecksumService } from './checksums.ts';
 import { InspectionHub } from './inspector.ts';
 import { LvolActor } from './lvolActor.ts';
+import { CopyService } from './copies.ts';
 import { NbdExports } from './nbdExports.ts';
 import { PriorityRouter } from './priority.ts';
 import { type BackgroundOptions, BackgroundScheduler } from './scheduler.ts';
@@ -40,7 +41,8 @@ export interface NodeEvent {
     | 'lvol_deleted'
     | 'checksum_state'
     | 'checksum_progress'
-    | 'checksum_preempted';
+    | 'checksum_preempted'
+    | 'copy_state';
   [key: string]: unknown;
 }
 
@@ -78,6 +80,8 @@ export class StorageNode {
   readonly checksums: ChecksumService;
   /** NBD exports (SPEC §7); an exported bdev cannot be deleted until its export is stopped. */
   readonly nbd: NbdExports;
+  /** Shallow, range and deep copies (replica rebuild); a delete of either end stops them first. */
+  readonly copies: CopyService;
 
   /** Bdevs whose lvstore metadata failed to load: reported, never overwritten silently. */
   readonly damaged = new Map<string, DamagedLvstoreError>();
@@ -96,6 +100,9 @@ export class StorageNode {
     this.router = new PriorityRouter((lvolId) => this.actorOf(lvolId));
     this.checksums = new ChecksumService(this.registry, this.router, runtime, (event) => this.emit(event));
     this.nbd = new NbdExports(this);
+    this.copies = new CopyService(this.registry, this.router, this.scheduler, this.inspector, runtime, (status) =>
+      this.emit({ type: 'copy_state', ...status }),
+    );
   }
 
   /** The base bdevs as SPDK config calls, in creation order (save_config). */
@@ -246,6 +253,7 @@ export class StorageNode {
     if (bdev.kind !== kind) fail('ENODEV', `bdev ${name} is not a ${kind} bdev`);
     if (bdev.claimedBy) fail('EBUSY', `bdev ${name} is claimed by lvstore ${bdev.claimedBy}`);
     this.nbd.assertNotExported(name);
+    await this.copies.stopInvolving({ baseBdev: name }, `bdev_${kind}_delete`);
     this.registry.bdevs.delete(name);
     this.damaged.delete(name);
     this.conflicting.delete(name);
@@ -297,6 +305,7 @@ export class StorageNode {
       validate: () => this.nbd.assertLvstoreNotExported(entry),
       requeue: false,
       work: async () => {
+        await this.copies.stopInvolving({ lvolIds: [...entry.actors.keys()] }, 'bdev_lvol_delete_lvstore');
         for (const actor of entry.actors.values()) actor.dispose();
         entry.actors.clear();
         this.registry.lvstores.delete(entry.store.id);
@@ -378,6 +387,8 @@ export class StorageNode {
         entry.store.checkDelete(lvol.id);
       },
       work: async () => {
+        // A copy from or to it ends first, between clusters (SPDK would refuse with EBUSY).
+        await this.copies.stopInvolving({ lvolIds: [lvol.id] }, 'bdev_lvol_delete');
         const { mergedInto } = await entry.store.deleteLvol(lvol.id);
         this.detachActor(entry, lvol.id);
         if (mergedInto) this.actorOf(mergedInto)?.invalidate();
@@ -526,6 +537,7 @@ export class StorageNode {
   async shutdown(): Promise<void> {
     // NBD clients finish their in-flight requests and are disconnected before stores close.
     await this.nbd.stopAll('shutdown');
+    await this.copies.stopAll('shutdown');
     const allIds = () => [...this.registry.allLvols()].map(({ lvol }) => lvol.id);
     await this.router.run({
       operation: 'shutdown',

@@ -399,6 +399,61 @@ function checksumMethods(node: StorageNode): Record<string, RpcMethod> {
   };
 }
 
+/** Shallow, range and deep copies (Longhorn's replica rebuild, SPEC §5); src/actors/copies.ts runs them. */
+function copyMethods(node: StorageNode): Record<string, RpcMethod> {
+  const copyEnds = { src_lvol_name: name, dst_bdev_name: name };
+  const operationId = z.object({ operation_id: z.number() });
+  const copyStatus = z.looseObject({
+    state: z.enum(['in progress', 'complete', 'error']),
+    total_clusters: z.number(),
+    error: z.string().optional(),
+  });
+  const check = (kind: 'shallow' | 'deep') => (p: { operation_id: number }) => {
+    const { processed_clusters, copied_clusters, unmapped_clusters, ...rest } = node.copies.check(kind, p.operation_id);
+    // SPDK's fields per kind, then lvnode's (machine_state, src_lvol, dst_bdev, kind).
+    return kind === 'deep' ? { processed_clusters, ...rest } : { copied_clusters, unmapped_clusters, ...rest };
+  };
+  return {
+    bdev_lvol_start_shallow_copy: defineMethod({
+      description:
+        'Copy the clusters a read-only lvol owns to the same offsets of another bdev (lvol, malloc or aio), in the background; a checksum on the source is preempted and resumes after.',
+      priority: 'foreground',
+      params: z.strictObject(copyEnds),
+      result: operationId,
+      handler: async (p) => ({ operation_id: await node.copies.startByName('shallow', p.src_lvol_name, p.dst_bdev_name) }),
+    }),
+    bdev_lvol_start_range_shallow_copy: defineMethod({
+      description:
+        'Shallow copy of the listed clusters only: those the source owns are copied, the others unmapped on the destination (delta rebuild with range checksums).',
+      priority: 'foreground',
+      params: z.strictObject({ ...copyEnds, clusters: z.array(u64AsNumber).min(1) }),
+      result: operationId,
+      handler: async (p) => ({ operation_id: await node.copies.startByName('range', p.src_lvol_name, p.dst_bdev_name, p.clusters) }),
+    }),
+    bdev_lvol_check_shallow_copy: defineMethod({
+      description: 'Progress of a (range) shallow copy; an ended one is reported once more, then forgotten (-19).',
+      priority: 'foreground',
+      params: z.strictObject({ operation_id: u64AsNumber }),
+      result: copyStatus,
+      handler: check('shallow'),
+    }),
+    bdev_lvol_start_deep_copy: defineMethod({
+      description: 'Copy everything a read-only lvol shows (through its parent chain; holes as zeros) to another bdev, in the background.',
+      priority: 'foreground',
+      params: z.strictObject(copyEnds),
+      result: operationId,
+      handler: async (p) => ({ operation_id: await node.copies.startByName('deep', p.src_lvol_name, p.dst_bdev_name) }),
+    }),
+    bdev_lvol_check_deep_copy: defineMethod({
+      description: 'Progress of a deep copy; an ended one is reported once more, then forgotten (-19).',
+      priority: 'foreground',
+      params: z.strictObject({ operation_id: u64AsNumber }),
+      result: copyStatus,
+      handler: check('deep'),
+    }),
+  };
+}
+
 function dataMethods(node: StorageNode, payload: PayloadBudgets): Record<string, RpcMethod> {
   const base64 = z.base64().max(Math.ceil((ioBytesMax * 4) / 3) + 4);
   return {
@@ -556,6 +611,7 @@ export function createMethodTable(node: StorageNode, transport?: TransportStats)
     ...lvstoreMethods(node),
     ...lvolMethods(node),
     ...checksumMethods(node),
+    ...copyMethods(node),
     ...dataMethods(node, payload),
     ...observabilityMethods(node),
     ...nbdMethods(node),

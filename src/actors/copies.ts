@@ -1,0 +1,365 @@
+// Copy operations (SPDK's shallow / range shallow / deep copy, Longhorn's replica rebuild): each
+// is an actor running src/machines/copyMachine.ts, admitted by the node's background scheduler
+// like a checksum walk, one step per event, visible in the inspector as `copy-<operation_id>`.
+import { type Actor, createActor } from 'xstate';
+import { fail } from '../errors.ts';
+import { log } from '../log.ts';
+import { type CopyKind, type CopyState, type CopyStepOutput, copyMachine } from '../machines/copyMachine.ts';
+import type { Runtime } from '../runtime.ts';
+import type { Lvstore } from '../store/lvstore.ts';
+import type { InspectionHub } from './inspector.ts';
+import type { PriorityRouter } from './priority.ts';
+import type { Registry } from './registry.ts';
+import type { WalkAdmission } from './scheduler.ts';
+
+/** Where a copy writes: any bdev (an lvol, a malloc or file bdev), by byte offset. */
+export interface CopyTarget {
+  /** The bdev's name as the client gave it (for status). */
+  readonly name: string;
+  /** What a delete of the destination names: the lvol's id, or the base bdev's name. */
+  readonly lvolId?: string;
+  readonly baseBdev?: string;
+  readonly sizeBytes: number;
+  readonly blockBytes: number;
+  write(offsetBytes: number, data: Buffer): Promise<void>;
+  /** Makes the range read as the destination's "nothing here" (a thin lvol gives clusters back). */
+  unmap(offsetBytes: number, lengthBytes: number): Promise<void>;
+  writeZeroes(offsetBytes: number, lengthBytes: number): Promise<void>;
+  flush(): Promise<void>;
+}
+
+export interface CopyRequest {
+  kind: CopyKind;
+  store: Lvstore;
+  sourceId: string;
+  target: CopyTarget;
+  /** range: the logical clusters to bring over (others are left alone). */
+  clusters?: readonly number[];
+}
+
+/** `bdev_lvol_check_shallow_copy` / `check_deep_copy` as SPDK answers them, plus lvnode's extras. */
+export interface CopyStatus {
+  operation_id: number;
+  kind: CopyKind;
+  state: 'in progress' | 'complete' | 'error';
+  /** lvnode's finer state: queued, copying, stopping, done, failed, stopped. */
+  machine_state: CopyState;
+  copied_clusters: number;
+  processed_clusters: number;
+  unmapped_clusters: number;
+  total_clusters: number;
+  src_lvol: string;
+  dst_bdev: string;
+  error?: string;
+}
+
+type CopyPlan = () => Promise<CopyStepOutput>;
+
+const terminal: ReadonlySet<CopyState> = new Set(['done', 'failed', 'stopped']);
+
+class CopyOperation {
+  readonly actor: Actor<typeof copyMachine>;
+  private stepRunning: Promise<void> = Promise.resolve();
+  readonly finished: Promise<void>;
+
+  constructor(
+    readonly operationId: number,
+    readonly request: CopyRequest,
+    total: number,
+    private readonly plan: CopyPlan,
+    private readonly admission: WalkAdmission,
+    private readonly runtime: Runtime,
+    inspector: InspectionHub,
+    onChange: (operation: CopyOperation) => void,
+  ) {
+    const key = `copy-${operationId}`;
+    this.actor = createActor(
+      copyMachine.provide({
+        actions: {
+          requestAdmission: () => this.admission.request(key, () => this.actor.send({ type: 'copy.admit' })),
+          releaseAdmission: () => this.admission.release(key),
+          requestStep: () => {
+            this.stepRunning = this.runStep();
+          },
+        },
+      }),
+      {
+        id: key,
+        input: { operationId, kind: request.kind, sourceId: request.sourceId, destination: request.target.name, totalClusters: total },
+        inspect: inspector.observerFor(key),
+      },
+    );
+    let last: CopyState | undefined;
+    this.finished = new Promise((resolve) => {
+      this.actor.subscribe((snapshot) => {
+        const state = snapshot.value as CopyState;
+        if (state !== last) {
+          last = state;
+          onChange(this);
+        }
+        if (terminal.has(state)) resolve();
+      });
+    });
+  }
+
+  start(): void {
+    this.actor.start();
+  }
+
+  get state(): CopyState {
+    return this.actor.getSnapshot().value as CopyState;
+  }
+
+  private async runStep(): Promise<void> {
+    // A macrotask first: a stop or delete that arrived meanwhile is seen before the next step.
+    await this.runtime.yieldMacrotask();
+    let output: CopyStepOutput;
+    if (this.state !== 'copying') output = { kind: 'end' };
+    else {
+      try {
+        output = await this.plan();
+      } catch (error) {
+        output = { kind: 'error', message: error instanceof Error ? error.message : String(error) };
+      }
+    }
+    if (output.kind === 'end' && this.state === 'copying') {
+      try {
+        await this.request.target.flush();
+      } catch (error) {
+        output = { kind: 'error', message: `flushing ${this.request.target.name} failed: ${String(error)}` };
+      }
+    }
+    this.actor.send({ type: 'step.done', output });
+  }
+
+  /** Ends the copy at the next step boundary; resolves once it is in a final state. */
+  async stop(reason: string): Promise<void> {
+    this.actor.send({ type: 'copy.stop', reason });
+    await this.stepRunning;
+    await this.finished;
+  }
+
+  status(): CopyStatus {
+    const context = this.actor.getSnapshot().context;
+    const state = this.state;
+    const error = state === 'failed' ? (context.error ?? 'failed') : state === 'stopped' ? `stopped: ${context.reason ?? 'stopped'}` : undefined;
+    return {
+      operation_id: this.operationId,
+      kind: context.kind,
+      state: state === 'done' ? 'complete' : error !== undefined ? 'error' : 'in progress',
+      machine_state: state,
+      copied_clusters: context.copiedClusters,
+      processed_clusters: context.processedClusters,
+      unmapped_clusters: context.unmappedClusters,
+      total_clusters: context.totalClusters,
+      src_lvol: context.sourceId,
+      dst_bdev: context.destination,
+      ...(error !== undefined ? { error } : {}),
+    };
+  }
+}
+
+export class CopyService {
+  private readonly operations = new Map<number, CopyOperation>();
+  private nextOperationId = 1;
+
+  constructor(
+    private readonly registry: Registry,
+    private readonly router: PriorityRouter,
+    private readonly admission: WalkAdmission,
+    private readonly inspector: InspectionHub,
+    private readonly runtime: Runtime,
+    private readonly onChange: (status: CopyStatus) => void = () => {},
+  ) {}
+
+  /**
+   * bdev_lvol_start_shallow_copy / _range_shallow_copy / _deep_copy: validates both ends, then
+   * preempts a checksum walk on the source (it is re-queued behind the copy, rather than the
+   * copy being refused with EBUSY as in SPDK) and starts the copy actor.
+   */
+  async startByName(kind: CopyKind, sourceName: string, destinationName: string, clusters?: readonly number[]): Promise<number> {
+    const { entry, lvol } = this.registry.lvol(sourceName);
+    return this.router.run({
+      operation: `bdev_lvol_start_${kind === 'range' ? 'range_shallow' : kind}_copy`,
+      touched: () => [lvol.id],
+      validate: () => {
+        if (!entry.store.lvols().includes(lvol)) fail('ENODEV', `lvol ${sourceName} does not exist`);
+        if (!lvol.readOnly) fail('EPERM', `${sourceName} is not read-only: only a snapshot or read-only lvol can be copied`);
+        const target = this.targetFor(destinationName, lvol.id);
+        const sourceBytes = lvol.clusterMap.length * entry.store.clusterBytes;
+        if (target.blockBytes !== entry.store.record.blockBytes) {
+          fail('EINVAL', `${destinationName} has ${target.blockBytes}-byte blocks, ${sourceName} ${entry.store.record.blockBytes}`);
+        }
+        if (target.sizeBytes < sourceBytes) fail('EINVAL', `${destinationName} (${target.sizeBytes} bytes) is smaller than ${sourceName} (${sourceBytes} bytes)`);
+        const outside = clusters?.find((clusterIndex) => clusterIndex >= lvol.clusterMap.length);
+        if (outside !== undefined) fail('EINVAL', `cluster ${outside} is outside 0..${lvol.clusterMap.length - 1}`);
+      },
+      work: async () =>
+        this.start({ kind, store: entry.store, sourceId: lvol.id, target: this.targetFor(destinationName, lvol.id), ...(clusters ? { clusters } : {}) }),
+    });
+  }
+
+  /** A writable destination: an lvol (by UUID or alias) or a base bdev no lvstore claims. */
+  private targetFor(name: string, sourceId: string): CopyTarget {
+    const base = this.registry.bdevs.get(name);
+    if (base) {
+      if (base.claimedBy) fail('EPERM', `bdev ${name} is claimed by lvstore ${base.claimedBy}; copy to one of its lvols instead`);
+      if (base.readOnly) fail('EPERM', `bdev ${name} is read-only`);
+      const device = base.device;
+      return {
+        name,
+        baseBdev: name,
+        sizeBytes: device.sizeBytes,
+        blockBytes: device.blockSizeBytes,
+        write: (offset, data) => device.write(offset, data),
+        unmap: (offset, length) => device.discard(offset, length),
+        writeZeroes: (offset, length) => device.discard(offset, length),
+        flush: () => device.flush(),
+      };
+    }
+    const { entry, lvol } = this.registry.lvol(name);
+    if (lvol.id === sourceId) fail('EINVAL', 'source and destination are the same lvol');
+    if (lvol.readOnly) fail('EPERM', `${name} is read-only`);
+    const store = entry.store;
+    return {
+      name,
+      lvolId: lvol.id,
+      sizeBytes: lvol.clusterMap.length * store.clusterBytes,
+      blockBytes: store.record.blockBytes,
+      write: (offset, data) => store.write(lvol.id, offset, data),
+      unmap: (offset, length) => store.unmap(lvol.id, offset, length),
+      writeZeroes: (offset, length) => store.writeZeroes(lvol.id, offset, length),
+      flush: () => store.flush(),
+    };
+  }
+
+  /** Starts a copy whose ends were validated; returns its operation id. */
+  start(request: CopyRequest): number {
+    const { plan, total } = planFor(request, this.admission);
+    const operationId = this.nextOperationId++;
+    // SPDK's ids are u32.
+    if (this.nextOperationId > 0xffff_ffff) this.nextOperationId = 1;
+    const operation = new CopyOperation(operationId, request, total, plan, this.admission, this.runtime, this.inspector, (changed) =>
+      this.onChange(changed.status()),
+    );
+    this.operations.set(operationId, operation);
+    void operation.finished.then(() => {
+      const status = operation.status();
+      log(status.state === 'complete' ? 'info' : 'warn', `copy ${status.machine_state}`, { ...status });
+    });
+    operation.start();
+    return operationId;
+  }
+
+  /**
+   * The copy's status. As SPDK, an operation that has ended is reported once more and then
+   * forgotten (a later check is -19).
+   */
+  check(kind: 'shallow' | 'deep', operationId: number): CopyStatus {
+    const operation = this.operations.get(operationId);
+    const matches = operation !== undefined && (kind === 'deep' ? operation.request.kind === 'deep' : operation.request.kind !== 'deep');
+    if (!operation || !matches) return fail('ENODEV', `no ${kind} copy with operation_id ${operationId}`);
+    const status = operation.status();
+    if (terminal.has(status.machine_state)) this.operations.delete(operationId);
+    return status;
+  }
+
+  /** Running copies that read or write one of `lvolIds`, or write base bdev `baseBdev`. */
+  private involving(lvolIds: readonly string[], baseBdev?: string): CopyOperation[] {
+    return [...this.operations.values()].filter((operation) => {
+      if (terminal.has(operation.state)) return false;
+      const { sourceId, target } = operation.request;
+      return (
+        lvolIds.includes(sourceId) ||
+        (target.lvolId !== undefined && lvolIds.includes(target.lvolId)) ||
+        (baseBdev !== undefined && target.baseBdev === baseBdev)
+      );
+    });
+  }
+
+  /**
+   * Stops (between steps) every running copy from or to these lvols or to this base bdev, and
+   * waits until they have: a delete of either end runs only after (SPDK refuses it with EBUSY).
+   */
+  async stopInvolving(what: { lvolIds?: readonly string[]; baseBdev?: string }, reason: string): Promise<void> {
+    await Promise.all(this.involving(what.lvolIds ?? [], what.baseBdev).map((operation) => operation.stop(reason)));
+  }
+
+  async stopAll(reason: string): Promise<void> {
+    const running = [...this.operations.values()].filter((operation) => !terminal.has(operation.state));
+    await Promise.all(running.map((operation) => operation.stop(reason)));
+  }
+
+  list(): CopyStatus[] {
+    return [...this.operations.values()].map((operation) => operation.status());
+  }
+}
+
+/** The steps of a copy, lazily: each call does the next one. */
+function planFor(request: CopyRequest, admission: WalkAdmission): { plan: CopyPlan; total: number } {
+  const { store, sourceId, target } = request;
+  const clusterBytes = store.clusterBytes;
+  const buffer = Buffer.alloc(clusterBytes);
+  const never = new AbortController().signal;
+  const copyOwned = async (clusterIndex: number): Promise<CopyStepOutput> => {
+    // checksum_rate_mib_per_sec paces copies too: it is the node's budget for background reads.
+    await admission.pace(clusterBytes, never);
+    admission.recordBytes(clusterBytes);
+    // The source's own bytes, read in the background class (foreground I/O goes first).
+    const offset = store.ownedClusterOffsetBytes(sourceId, clusterIndex);
+    if (store.device.readIntoBackground) await store.device.readIntoBackground(buffer, offset);
+    else await store.device.readInto(buffer, offset);
+    await target.write(clusterIndex * clusterBytes, buffer);
+    return { kind: 'copied', clusters: 1, bytes: clusterBytes };
+  };
+  if (request.kind === 'shallow') {
+    let next = 0;
+    return {
+      total: store.ownedClusterCount(sourceId),
+      plan: async () => {
+        const clusterIndex = store.nextOwnedCluster(sourceId, next);
+        if (clusterIndex < 0) return { kind: 'end' };
+        next = clusterIndex + 1;
+        return copyOwned(clusterIndex);
+      },
+    };
+  }
+  if (request.kind === 'range') {
+    const clusters = [...new Set(request.clusters ?? [])].sort((a, b) => a - b);
+    let position = 0;
+    return {
+      total: clusters.length,
+      plan: async () => {
+        const clusterIndex = clusters[position++];
+        if (clusterIndex === undefined) return { kind: 'end' };
+        if (store.lvol(sourceId).clusterMap.get(clusterIndex) !== 0) return copyOwned(clusterIndex);
+        // Not in the source snapshot: the destination must not keep its own bytes there.
+        await target.unmap(clusterIndex * clusterBytes, clusterBytes);
+        return { kind: 'unmapped', clusters: 1 };
+      },
+    };
+  }
+  // Deep: everything the source shows, through its parent chain; holes become zeros.
+  const clusterCount = store.lvol(sourceId).clusterMap.length;
+  let nextByte = 0;
+  return {
+    total: clusterCount,
+    plan: async () => {
+      const end = clusterCount * clusterBytes;
+      if (nextByte >= end) return { kind: 'end' };
+      const [extent] = store.extents(sourceId, nextByte, end - nextByte, 1);
+      if (!extent) return { kind: 'end' };
+      if (!extent.allocated) {
+        await target.writeZeroes(extent.offsetBytes, extent.lengthBytes);
+        nextByte = extent.offsetBytes + extent.lengthBytes;
+        return { kind: 'zeroed', clusters: extent.lengthBytes / clusterBytes };
+      }
+      await admission.pace(clusterBytes, never);
+      admission.recordBytes(clusterBytes);
+      const data = await store.read(sourceId, nextByte, clusterBytes);
+      await target.write(nextByte, data);
+      nextByte += clusterBytes;
+      return { kind: 'copied', clusters: 1, bytes: clusterBytes };
+    },
+  };
+}

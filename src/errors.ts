@@ -15,6 +15,7 @@ export const Errno = {
   EINVAL: 22,
   ENOSPC: 28,
   EDOM: 33,
+  ETIMEDOUT: 110,
   ECANCELED: 125,
 } as const;
 export type ErrnoName = keyof typeof Errno;
@@ -32,6 +33,7 @@ export const strerror: Record<ErrnoName, string> = {
   EINVAL: 'Invalid argument',
   ENOSPC: 'No space left on device',
   EDOM: 'Numerical argument out of domain',
+  ETIMEDOUT: 'Connection timed out',
   ECANCELED: 'Operation canceled',
 };
 

@@ -20,6 +20,7 @@ import {
   xattrValueLengthMax,
 } from '../constants.ts';
 import type { StorageNode } from '../actors/node.ts';
+import { StorageError } from '../errors.ts';
 import { schedulerActorId } from '../actors/scheduler.ts';
 import { nbdActorIdPrefix } from '../actors/nbdExports.ts';
 import { fail } from '../errors.ts';
@@ -125,6 +126,35 @@ function unsubscribeMethod(map: WeakMap<Connection, () => void>, description: st
   });
 }
 
+/**
+ * bdev_get_bdevs {name, timeout}: waits up to `timeout` ms for the bdev to appear (SPDK opens it
+ * asynchronously), re-checking on every bdev or lvol event; then -110 "Connection timed out".
+ */
+function waitForBdev(node: StorageNode, bdevName: string, timeoutMs: number): Promise<void> {
+  const present = (): boolean => {
+    try {
+      bdevInfos(node, bdevName);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  if (present()) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const onEvent = (): void => {
+      if (!present()) return;
+      clearTimeout(timer);
+      node.events.off('event', onEvent);
+      resolve();
+    };
+    const timer = setTimeout(() => {
+      node.events.off('event', onEvent);
+      reject(new StorageError('ETIMEDOUT', { detail: `bdev ${bdevName} did not appear within ${timeoutMs} ms` }));
+    }, Math.min(timeoutMs, 2 ** 31 - 1));
+    node.events.on('event', onEvent);
+  });
+}
+
 function bdevMethods(node: StorageNode): Record<string, RpcMethod> {
   return {
     bdev_malloc_create: defineMethod({
@@ -175,7 +205,10 @@ function bdevMethods(node: StorageNode): Record<string, RpcMethod> {
       priority: 'foreground',
       params: z.strictObject({ name: name.optional(), timeout: u64AsNumber.optional() }),
       result: z.array(bdevView),
-      handler: (p) => bdevInfos(node, p.name),
+      handler: async (p) => {
+        if (p.name !== undefined && p.timeout) await waitForBdev(node, p.name, p.timeout);
+        return bdevInfos(node, p.name);
+      },
     }),
   };
 }
@@ -575,7 +608,7 @@ function nbdMethods(node: StorageNode): Record<string, RpcMethod> {
       handler: (p) => node.nbd.start(p.bdev_name, p.export_name ?? p.bdev_name),
     }),
     nbd_stop_export: defineMethod({
-      description: 'Stop an NBD export; answers once its clients are disconnected (in-flight requests finish, later ones get ESHUTDOWN).',
+      description: 'Stop an NBD export; answers once its clients are disconnected (in-flight requests finish, ones received but not started get ESHUTDOWN).',
       priority: 'foreground',
       params: z.strictObject({ export_name: nbdExportName }),
       result: ok,

@@ -44,6 +44,18 @@ describe('bdevs, lvstores and lvols over RPC', () => {
     expect(await rpcError(client.call('bdev_aio_delete', { name: 'disk0' }))).toMatchObject({ code: -16 });
   });
 
+  it('bdev_get_bdevs {name, timeout} waits for the bdev to appear, then answers -110', async () => {
+    // Goal (SPDK: bdev_rpc.c): timeout 0 is -19 at once; a bdev that appears within the timeout is
+    // returned as soon as it does; one that does not is -110 "Connection timed out".
+    expect(await rpcError(client.call('bdev_get_bdevs', { name: 'late' }))).toMatchObject({ code: -19 });
+    const waiting = client.call<Array<{ name: string }>>('bdev_get_bdevs', { name: 'late', timeout: 5000 });
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    await client.call('bdev_malloc_create', { name: 'late', num_blocks: 2048, block_size: 512 });
+    expect((await waiting).map((bdev) => bdev.name)).toEqual(['late']);
+    expect(await rpcError(client.call('bdev_get_bdevs', { name: 'never', timeout: 100 }))).toMatchObject({ code: -110, message: 'Connection timed out' });
+    await client.call('bdev_malloc_delete', { name: 'late' });
+  });
+
   it('creates malloc and file bdevs, refuses a missing file, and deletes unclaimed bdevs', async () => {
     expect(await client.call('bdev_malloc_create', { name: 'm0', num_blocks: 32768, block_size: 512 })).toBe('m0');
     expect(await rpcError(client.call('bdev_malloc_create', { name: 'm0', num_blocks: 8, block_size: 512 }))).toMatchObject({ code: -17 });

@@ -139,6 +139,11 @@ const spdkFailureAsInvalidParams = new Set([
   'bdev_lvol_get_fragmap',
 ]);
 
+/** The code an operation failure has on SPDK's socket for `method` (docs/rpc.md lists it). */
+export function spdkFailureCode(method: string): number {
+  return spdkFailureAsInvalidParams.has(method) ? rpcErrorCode.invalidParams : rpcErrorCode.internal;
+}
+
 const spdkFrameworkMessage: Partial<Record<number, string>> = {
   [rpcErrorCode.invalidParams]: 'Invalid parameters',
 };

@@ -12,6 +12,7 @@ import { benchClusterBytes, writePatternFile } from './support.ts';
 
 const binPath = fileURLToPath(new URL('../bin/lvnode.mjs', import.meta.url));
 const readyPattern = /lvnode serving JSON-RPC at (ws:\/\/\S+)/;
+const nbdPattern = /lvnode serving NBD at (\S+)/;
 
 export interface ChildBench {
   readonly client: RpcClient;
@@ -25,11 +26,19 @@ export interface ChildBench {
   readonly lvolOffsetBytes: number[];
   readonly lvolBytes: number;
   readonly child: ChildProcess;
+  /** `HOST:PORT` or socket path of the node's NBD listener, when started with `nbdListen`. */
+  readonly nbdAddress: string | undefined;
   connect(): Promise<RpcClient>;
   close(): Promise<void>;
 }
 
-export async function spawnBenchNode(options: { sizeMib: number; lvolCount: number; env?: Record<string, string> }): Promise<ChildBench> {
+export async function spawnBenchNode(options: {
+  sizeMib: number;
+  lvolCount: number;
+  env?: Record<string, string>;
+  /** Serve NBD on this `HOST:PORT` or Unix socket path (`nbdAddress` says where). */
+  nbdListen?: string;
+}): Promise<ChildBench> {
   const dir = await mkdtemp(join(tmpdir(), 'lvnode-bench-'));
   const filePath = join(dir, 'bench.img');
   const clients: RpcClient[] = [];
@@ -45,16 +54,21 @@ export async function spawnBenchNode(options: { sizeMib: number; lvolCount: numb
   };
   try {
     await writePatternFile(filePath, options.sizeMib, benchClusterBytes);
-    child = spawn(process.execPath, [binPath, 'serve', '--data-dir', join(dir, 'data'), '--listen', '127.0.0.1:0', '--default-disk-size', '64M'], {
+    const nbdArgs = options.nbdListen ? ['--nbd-listen', options.nbdListen] : [];
+    child = spawn(process.execPath, [binPath, 'serve', '--data-dir', join(dir, 'data'), '--listen', '127.0.0.1:0', '--default-disk-size', '64M', ...nbdArgs], {
       env: { ...process.env, LVNODE_LOG_LEVEL: 'warn', ...options.env },
       stdio: ['ignore', 'pipe', 'inherit'],
     });
+    let nbdAddress: string | undefined;
     const url = await new Promise<string>((resolve, reject) => {
       let out = '';
       child!.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
         out += chunk;
         const match = readyPattern.exec(out);
-        if (match) resolve(match[1]!);
+        const nbd = nbdPattern.exec(out);
+        if (nbd) nbdAddress = nbd[1];
+        // The NBD line follows the JSON-RPC one when NBD was asked for.
+        if (match && (!options.nbdListen || nbd)) resolve(match[1]!);
       });
       child!.once('exit', (code) => reject(new Error(`bench node exited (${code}) before it was ready`)));
     });
@@ -82,7 +96,20 @@ export async function spawnBenchNode(options: { sizeMib: number; lvolCount: numb
       lvolNames.push(`${lvsName}/data${index}`);
       lvolOffsetBytes.push(firstDataOffset + index * clustersEach * benchClusterBytes);
     }
-    return { client, url, filePath, clusterBytes: benchClusterBytes, lvsName, lvolNames, lvolOffsetBytes, lvolBytes: clustersEach * benchClusterBytes, child, connect, close };
+    return {
+      client,
+      url,
+      filePath,
+      clusterBytes: benchClusterBytes,
+      lvsName,
+      lvolNames,
+      lvolOffsetBytes,
+      lvolBytes: clustersEach * benchClusterBytes,
+      child,
+      nbdAddress,
+      connect,
+      close,
+    };
   } catch (error) {
     await close();
     throw error;

@@ -6,6 +6,7 @@ import { checksumThroughput } from './checksumThroughput.ts';
 import { crcKernels } from './crcKernels.ts';
 import { listingCost } from './listingCost.ts';
 import { metadataWritePath } from './metadataWritePath.ts';
+import { nbdBenchmark } from './nbd.ts';
 import { preemptionLatency } from './preemptionLatency.ts';
 import { benchClusterBytes, fixed } from './support.ts';
 
@@ -21,6 +22,7 @@ const benchmarks: ReadonlyArray<{ name: string; run: () => Promise<void> }> = [
   { name: 'listingCost', run: listingCost },
   { name: 'preemptionLatency', run: preemptionLatency },
   { name: 'metadataWritePath', run: metadataWritePath },
+  { name: 'nbd', run: nbdBenchmark },
 ];
 
 async function main(): Promise<void> {

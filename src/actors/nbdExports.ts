@@ -212,17 +212,25 @@ export class NbdExports {
     return exportName;
   }
 
-  /** Stops an export: its clients are disconnected cleanly before this resolves. */
+  /**
+   * Stops an export: its clients are disconnected cleanly before this resolves. Until then it
+   * stays listed (`draining`) and its bdev stays busy, so no delete races its last requests.
+   */
   async stop(exportName: string, reason = 'nbd_stop_export'): Promise<void> {
     const found = this.exports.get(exportName) ?? fail('ENODEV', `NBD export ${exportName} does not exist`);
-    this.exports.delete(exportName);
-    await found.stop(reason);
+    await this.stopAndForget(found, reason);
   }
 
   async stopAll(reason: string): Promise<void> {
-    const all = [...this.exports.values()];
-    this.exports.clear();
-    await Promise.all(all.map((found) => found.stop(reason)));
+    await Promise.all([...this.exports.values()].map((found) => this.stopAndForget(found, reason)));
+  }
+
+  private async stopAndForget(found: NbdExport, reason: string): Promise<void> {
+    try {
+      await found.stop(reason);
+    } finally {
+      if (this.exports.get(found.exportName) === found) this.exports.delete(found.exportName);
+    }
   }
 
   /** The export a client names in the handshake, if it exists and admits clients. */
@@ -255,10 +263,8 @@ export class NbdExports {
   private onNodeEvent(event: NodeEvent): void {
     if (event.type !== 'lvol_deleted' && event.type !== 'bdev_deleted') return;
     const id = String(event.type === 'lvol_deleted' ? event.uuid : event.name);
-    for (const [name, found] of this.exports) {
-      if (found.target.bdevId !== id) continue;
-      this.exports.delete(name);
-      void found.stop('bdev deleted');
+    for (const found of this.exports.values()) {
+      if (found.target.bdevId === id) void this.stopAndForget(found, 'bdev deleted');
     }
   }
 

@@ -1,12 +1,19 @@
 // Goal: the SPEC §6.9 scenario over a real WebSocket with two clients, on a 256 MiB thick lvol
-// whose data was written through the node's internal I/O API: stop and priority delete both
-// interrupt a running checksum cleanly, and a new registration yields the independently computed value.
+// whose data an unmodified NBD client (qemu-img) wrote: stop and priority delete both interrupt a
+// running checksum cleanly, and a new registration yields the independently computed value.
+// Without qemu-img (and without LVNODE_REQUIRE_NBD_CLIENTS=1) the data goes in through the node's
+// internal I/O API instead, and the scenario still runs.
 import { randomFillSync } from 'node:crypto';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createCRC64 } from 'hash-wasm';
 import type { RpcClient } from '../../src/cli/rpcClient.ts';
 import type { InspectionRecord } from '../../src/actors/inspector.ts';
+import { nbdUri } from '../../src/transport/nbd/server.ts';
 import { type ChecksumStatusView, type TestNode, pollStatus, rpcError, startTestNode } from './helpers.ts';
+import { nbdClientsSkipReason, runToolOk } from './nbdTools.ts';
 
 const mib = 1024 * 1024;
 const lvolMib = 256;
@@ -17,6 +24,8 @@ let a: RpcClient;
 let b: RpcClient;
 let expectedChecksum: bigint;
 let written: Buffer[];
+let imageDir: string;
+let imagePath: string | undefined;
 
 /** CRC-64/GO-ISO over the written bytes in one pass, with hash-wasm directly: independent of lvnode's walk. */
 async function independentChecksum(parts: Buffer[]): Promise<bigint> {
@@ -28,23 +37,36 @@ async function independentChecksum(parts: Buffer[]): Promise<bigint> {
 
 async function freshSnapshot(lvolName: string, snapshotName: string): Promise<string> {
   await a.call('bdev_lvol_create', { lvs_name: 'lvs0', lvol_name: lvolName, size_in_mib: lvolMib, thin_provision: false });
-  for (let index = 0; index < written.length; index++) {
-    await node.running.node.writeLvol(`lvs0/${lvolName}`, index * clusterBytes, written[index]!);
+  if (imagePath) {
+    // The "write test data" step: a client nobody here wrote, over NBD.
+    await a.call('nbd_start_export', { bdev_name: `lvs0/${lvolName}`, export_name: lvolName });
+    await runToolOk('qemu-img', ['convert', '-n', '-f', 'raw', '-O', 'raw', imagePath, nbdUri(node.running.nbdAddress!, lvolName)]);
+    await a.call('nbd_stop_export', { export_name: lvolName });
+  } else {
+    for (let index = 0; index < written.length; index++) {
+      await node.running.node.writeLvol(`lvs0/${lvolName}`, index * clusterBytes, written[index]!);
+    }
   }
   await a.call('bdev_lvol_snapshot', { lvol_name: `lvs0/${lvolName}`, snapshot_name: snapshotName });
   return `lvs0/${snapshotName}`;
 }
 
 beforeAll(async () => {
-  node = await startTestNode();
+  node = await startTestNode({ nbdListen: '127.0.0.1:0' });
   a = await node.connect();
   b = await node.connect();
   written = Array.from({ length: (lvolMib * mib) / clusterBytes }, () => randomFillSync(Buffer.alloc(clusterBytes)));
   expectedChecksum = await independentChecksum(written);
+  imageDir = await mkdtemp(join(tmpdir(), 'lvnode-scenario-'));
+  if (nbdClientsSkipReason(['qemu-img']) === undefined) {
+    imagePath = join(imageDir, 'data.raw');
+    await writeFile(imagePath, Buffer.concat(written));
+  }
 });
 
 afterAll(async () => {
   await node.close();
+  await rm(imageDir, { recursive: true, force: true });
 });
 
 describe('checksum scenario over WebSocket (SPEC §6.9)', () => {

@@ -12,13 +12,15 @@ export interface TestNode {
   close(): Promise<void>;
 }
 
-export async function startTestNode(options: { diskBytes?: number; token?: string } = {}): Promise<TestNode> {
+/** `nbdListen`: serve NBD too (`127.0.0.1:0` picks a free port; see `running.nbdAddress`). */
+export async function startTestNode(options: { diskBytes?: number; token?: string; nbdListen?: string } = {}): Promise<TestNode> {
   const dataDir = await mkdtemp(join(tmpdir(), 'lvnode-test-'));
   const running = await startNode({
     dataDir,
     listen: '127.0.0.1:0',
     defaultDiskBytes: options.diskBytes ?? 2 * 1024 * 1024 * 1024,
     token: options.token,
+    nbdListen: options.nbdListen,
   });
   const clients: RpcClient[] = [];
   return {

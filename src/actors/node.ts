@@ -25,6 +25,7 @@ import { ChecksumService } from './checksums.ts';
 import { InspectionHub } from './inspector.ts';
 import { LvolActor } from './lvolActor.ts';
 import { CopyService } from './copies.ts';
+import { assertNotExternalParent, externalSourceByUuid, resolveExternalSource } from './externalSnapshots.ts';
 import { NbdExports } from './nbdExports.ts';
 import { PriorityRouter } from './priority.ts';
 import { type BackgroundOptions, BackgroundScheduler } from './scheduler.ts';
@@ -162,6 +163,7 @@ export class StorageNode {
     }
     bdev.claimedBy = store.id;
     const entry: LvstoreEntry = { store, bdevName: bdev.name, actors: new Map() };
+    store.externalSource = (uuid) => externalSourceByUuid(this.registry, uuid);
     this.registry.lvstores.set(store.id, entry);
     for (const lvol of store.lvols()) this.attachActor(entry, lvol);
     const resumed = this.checksums.resumeInterrupted(entry);
@@ -253,6 +255,7 @@ export class StorageNode {
     if (bdev.kind !== kind) fail('ENODEV', `bdev ${name} is not a ${kind} bdev`);
     if (bdev.claimedBy) fail('EBUSY', `bdev ${name} is claimed by lvstore ${bdev.claimedBy}`);
     this.nbd.assertNotExported(name);
+    assertNotExternalParent(this.registry, bdev.uuid, name);
     await this.copies.stopInvolving({ baseBdev: name }, `bdev_${kind}_delete`);
     this.registry.bdevs.delete(name);
     this.damaged.delete(name);
@@ -287,6 +290,7 @@ export class StorageNode {
       );
       if (this.registry.lvstoreByName(options.lvsName)) fail('EEXIST', `lvstore ${options.lvsName} already exists`);
       bdev.claimedBy = store.id;
+      store.externalSource = (uuid) => externalSourceByUuid(this.registry, uuid);
       this.registry.lvstores.set(store.id, { store, bdevName: bdev.name, actors: new Map() });
       this.emit({ type: 'lvstore_created', uuid: store.id, name: store.name });
       log('info', 'lvstore created', { lvstore: store.name, uuid: store.id, bdev: bdev.name });
@@ -384,6 +388,7 @@ export class StorageNode {
       touched,
       validate: () => {
         this.nbd.assertNotExported(lvol.id, name);
+        assertNotExternalParent(this.registry, lvol.id, name);
         entry.store.checkDelete(lvol.id);
       },
       work: async () => {
@@ -394,6 +399,22 @@ export class StorageNode {
         if (mergedInto) this.actorOf(mergedInto)?.invalidate();
       },
     });
+  }
+
+  /** bdev_lvol_clone_bdev: a thin lvol in `lvsName` over the external snapshot `bdevName`. */
+  async cloneBdev(bdevName: string, lvsName: string, cloneName: string): Promise<string> {
+    const entry = this.registry.lvstore({ lvs_name: lvsName });
+    validateName('lvol', cloneName);
+    const external = resolveExternalSource(this.registry, bdevName, entry.store.id);
+    const clone = await entry.store.cloneExternal(external, cloneName);
+    this.attachActor(entry, clone);
+    return clone.id;
+  }
+
+  /** bdev_lvol_set_parent_bdev: a thin lvol reads through to external snapshot `bdevName` from now on. */
+  async setParentBdev(lvolName: string, bdevName: string): Promise<void> {
+    const { entry, lvol } = this.registry.lvol(lvolName);
+    await entry.store.setExternalParent(lvol.id, resolveExternalSource(this.registry, bdevName, entry.store.id));
   }
 
   async snapshot(lvolName: string, snapshotName: string, xattrs: Record<string, string>): Promise<string> {

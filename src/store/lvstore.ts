@@ -92,7 +92,18 @@ function undoCommit(entry: PendingCommit, allocator: ClusterAllocator): void {
   allocator.release(entry.allocated);
 }
 
+/** A bdev outside the lvstore that an esnap clone reads through to (SPDK's external snapshot). */
+export interface ExternalSource {
+  readonly name: string;
+  readonly sizeBytes: number;
+  readonly blockBytes: number;
+  readInto(target: Buffer, offsetBytes: number): Promise<void>;
+}
+
 export class Lvstore {
+  /** Finds an external snapshot by bdev UUID (the node provides it: base bdevs, other lvstores' lvols). */
+  externalSource: (bdevUuid: string) => ExternalSource | undefined = () => undefined;
+
   readonly allocator: ClusterAllocator;
   // Commits applied to the records but not yet durable, in the order they were applied.
   private readonly notDurable: PendingCommit[] = [];
@@ -527,8 +538,15 @@ export class Lvstore {
       for (let clusterIndex = 0; clusterIndex < map.length; clusterIndex++) if (map.get(clusterIndex) === 0) targets.push(clusterIndex);
       return targets;
     }
-    // Only what some ancestor owns: a walk over the ancestors' maps, not the virtual size.
+    // Only what some ancestor owns: a walk over the ancestors' maps, not the virtual size; and
+    // what an external snapshot under the chain covers.
     const seen = new Set<number>();
+    for (let clusterIndex = 0; clusterIndex < Math.min(map.length, this.externalClusters(lvol)); clusterIndex++) {
+      if (map.get(clusterIndex) === 0) {
+        seen.add(clusterIndex);
+        targets.push(clusterIndex);
+      }
+    }
     for (let ancestor = lvol.parentId ? this.record.lvols.get(lvol.parentId) : undefined; ancestor; ) {
       for (const [clusterIndex] of ancestor.clusterMap.entries(0, map.length)) {
         if (map.get(clusterIndex) === 0 && !seen.has(clusterIndex)) {
@@ -548,7 +566,7 @@ export class Lvstore {
 
   checkCopyUp(id: string, mode: 'inflate' | 'decouple'): void {
     const lvol = this.lvol(id);
-    if (mode === 'decouple' && lvol.parentId === null) fail('EINVAL', `${lvol.name} has no parent to decouple from`);
+    if (mode === 'decouple' && lvol.parentId === null && lvol.externalParent === null) fail('EINVAL', `${lvol.name} has no parent to decouple from`);
     const needed = this.copyUpCount(lvol, mode);
     if (needed > this.allocator.free) {
       throw new StorageError('ENOSPC', { wire: 'internal', detail: `need ${needed} clusters, ${this.allocator.free} free` });
@@ -557,7 +575,7 @@ export class Lvstore {
 
   async copyUpFromParent(id: string, mode: 'inflate' | 'decouple'): Promise<void> {
     const lvol = this.lvol(id);
-    if (mode === 'decouple' && lvol.parentId === null) fail('EINVAL', `${lvol.name} has no parent to decouple from`);
+    if (mode === 'decouple' && lvol.parentId === null && lvol.externalParent === null) fail('EINVAL', `${lvol.name} has no parent to decouple from`);
     // The lvol is held alone: its writes wait, so no cluster it lacks can be allocated meanwhile.
     // All copies are written first and published in one commit with the parent change, so a crash
     // leaves the old state or the new one, never a half-inflated lvol.
@@ -569,7 +587,7 @@ export class Lvstore {
       try {
         for (const [position, clusterIndex] of targets.entries()) {
           const below = this.ownerBelow(lvol, clusterIndex);
-          if (below === 0) buffer.fill(0);
+          if (below === 0) await this.readExternal(lvol, clusterIndex * this.clusterBytes, buffer);
           else await this.device.readInto(buffer, clusterIndexToOffsetBytes(below, this.clusterBytes));
           await this.device.write(clusterIndexToOffsetBytes(physical[position]!, this.clusterBytes), buffer);
         }
@@ -586,7 +604,8 @@ export class Lvstore {
         else changes.push({ type: 'cluster.allocate', id, clusterIndex, physicalCluster: physical[position]! });
       });
       this.allocator.release(unused);
-      changes.push({ type: 'lvol.set_parent', id, parentId: null, ...(mode === 'inflate' ? { thin: false } : {}) });
+      // Independent of the whole chain now, its external snapshot included.
+      changes.push({ type: 'lvol.set_parent', id, parentId: null, externalParent: null, ...(mode === 'inflate' ? { thin: false } : {}) });
       if (lvol.snapshot) changes.push({ type: 'checksum.invalidate', id });
       const unusedSet = new Set(unused);
       await this.commit(changes, physical.filter((cluster) => !unusedSet.has(cluster)));
@@ -595,8 +614,8 @@ export class Lvstore {
 
   async detachParent(id: string): Promise<void> {
     const lvol = this.lvol(id);
-    if (lvol.parentId === null) fail('EINVAL', `${lvol.name} has no parent`);
-    await this.commit([{ type: 'lvol.set_parent', id, parentId: null }]);
+    if (lvol.parentId === null && lvol.externalParent === null) fail('EINVAL', `${lvol.name} has no parent`);
+    await this.commit([{ type: 'lvol.set_parent', id, parentId: null, ...(lvol.externalParent === null ? {} : { externalParent: null }) }]);
   }
 
   checkSetParent(id: string, parentId: string): void {
@@ -691,8 +710,94 @@ export class Lvstore {
     await this.forEachSegment(offsetBytes, target.length, async (clusterIndex, inner, rangeOffset, length) => {
       const slice = target.subarray(rangeOffset, rangeOffset + length);
       const physicalCluster = this.owner(lvol, clusterIndex);
-      if (physicalCluster === 0) slice.fill(0);
+      if (physicalCluster === 0) await this.readExternal(lvol, clusterIndex * this.clusterBytes + inner, slice);
       else await this.device.readInto(slice, clusterIndexToOffsetBytes(physicalCluster, this.clusterBytes) + inner);
+    });
+  }
+
+  /** The last lvol of the chain: the one an external snapshot would hang from. */
+  private rootOf(lvol: LvolRecord): LvolRecord {
+    let root = lvol;
+    for (let parent = root.parentId ? this.record.lvols.get(root.parentId) : undefined; parent; parent = parent.parentId ? this.record.lvols.get(parent.parentId) : undefined) {
+      root = parent;
+    }
+    return root;
+  }
+
+  /** The chain's external snapshot, or undefined; a missing one (degraded) is an I/O error. */
+  private externalOf(lvol: LvolRecord): ExternalSource | undefined {
+    const external = this.rootOf(lvol).externalParent;
+    if (external === null) return undefined;
+    return this.externalSource(external) ?? fail('EIO', `the external snapshot ${external} of ${lvol.name} is not attached (the lvol is degraded)`);
+  }
+
+  /** What lies below every lvol of the chain at `offsetBytes`: the external snapshot's bytes, else zeros. */
+  private async readExternal(lvol: LvolRecord, offsetBytes: number, target: Buffer): Promise<void> {
+    const external = this.externalOf(lvol);
+    const inside = external ? Math.max(0, Math.min(target.length, external.sizeBytes - offsetBytes)) : 0;
+    if (inside > 0) await external!.readInto(target.subarray(0, inside), offsetBytes);
+    target.fill(0, inside);
+  }
+
+  /** Clusters an external snapshot covers (they read as data, not holes). */
+  private externalClusters(lvol: LvolRecord): number {
+    const external = this.rootOf(lvol).externalParent;
+    if (external === null) return 0;
+    const source = this.externalSource(external);
+    return source ? Math.ceil(source.sizeBytes / this.clusterBytes) : lvol.clusterMap.length;
+  }
+
+  /** Whether the chain's external snapshot is missing (SPDK's is_degraded). */
+  isDegraded(id: string): boolean {
+    const external = this.rootOf(this.lvol(id)).externalParent;
+    return external !== null && this.externalSource(external) === undefined;
+  }
+
+  /** The chain's external snapshot's bdev UUID, if any. */
+  externalParentOf(id: string): string | null {
+    return this.rootOf(this.lvol(id)).externalParent;
+  }
+
+  /**
+   * bdev_lvol_clone_bdev: a thin lvol over an external snapshot, of its size rounded up to whole
+   * clusters. Reads of clusters it does not own go to the external bdev.
+   */
+  async cloneExternal(external: ExternalSource & { uuid: string }, cloneName: string): Promise<LvolRecord> {
+    this.assertNameFree(cloneName);
+    if (external.blockBytes !== this.record.blockBytes) fail('EINVAL', `${external.name} has ${external.blockBytes}-byte blocks, the lvstore ${this.record.blockBytes}`);
+    const clusterCount = Math.ceil(external.sizeBytes / this.clusterBytes);
+    if (clusterCount < 1) fail('EINVAL', `${external.name} is empty`);
+    const id = this.runtime.uuid();
+    await this.commit([
+      {
+        type: 'lvol.create',
+        id,
+        name: cloneName,
+        clusterCount,
+        thin: true,
+        readOnly: false,
+        snapshot: false,
+        parentId: null,
+        externalParent: external.uuid,
+        clearMethod: this.record.clearMethod,
+        xattrs: {},
+        createdAtMs: this.runtime.nowMs(),
+        allocations: [],
+      },
+    ]);
+    return this.lvol(id);
+  }
+
+  /** bdev_lvol_set_parent_bdev: a thin lvol reads through to an external snapshot from now on. */
+  async setExternalParent(id: string, external: ExternalSource & { uuid: string }): Promise<void> {
+    const lvol = this.lvol(id);
+    if (!lvol.thin) fail('EINVAL', `${lvol.name} is not thin provisioned`);
+    if (lvol.externalParent === external.uuid) fail('EEXIST', `${external.name} is already the external snapshot of ${lvol.name}`);
+    if (external.blockBytes !== this.record.blockBytes) fail('EINVAL', `${external.name} has ${external.blockBytes}-byte blocks, the lvstore ${this.record.blockBytes}`);
+    if (Math.ceil(external.sizeBytes / this.clusterBytes) > lvol.clusterMap.length) fail('EINVAL', `${external.name} is larger than ${lvol.name}`);
+    await this.gate(id).withExclusive(() => {
+      this.assertStillPresent(lvol);
+      return this.commit([{ type: 'lvol.set_parent', id, parentId: null, externalParent: external.uuid }]);
     });
   }
 
@@ -778,6 +883,7 @@ export class Lvstore {
         const buffer = Buffer.alloc(this.clusterBytes);
         const below = this.ownerBelow(lvol, clusterIndex);
         if (below !== 0) await this.device.readInto(buffer, clusterIndexToOffsetBytes(below, this.clusterBytes));
+        else await this.readExternal(lvol, clusterIndex * this.clusterBytes, buffer);
         if (overlay) buffer.set(overlay.data, overlay.innerOffsetBytes);
         content = buffer;
       }
@@ -879,12 +985,15 @@ export class Lvstore {
       return next;
     };
     const end = offsetBytes + lengthBytes;
+    // Clusters an external snapshot covers read as its data: they are never holes.
+    const externalClusters = this.externalClusters(lvol);
+    const visible = (clusterIndex: number): boolean => clusterIndex < externalClusters || this.owner(lvol, clusterIndex) !== 0;
     for (let position = offsetBytes; position < end && out.length < maxExtents; ) {
       const clusterIndex = Math.floor(position / this.clusterBytes);
-      const allocated = this.owner(lvol, clusterIndex) !== 0;
+      const allocated = visible(clusterIndex);
       let runEndCluster = clusterIndex + 1;
       if (allocated) {
-        while (runEndCluster * this.clusterBytes < end && this.owner(lvol, runEndCluster) !== 0) runEndCluster++;
+        while (runEndCluster * this.clusterBytes < end && visible(runEndCluster)) runEndCluster++;
       } else {
         const next = nextVisible(clusterIndex + 1);
         runEndCluster = next === -1 ? Number.POSITIVE_INFINITY : next;

@@ -17,6 +17,11 @@ export interface LvolRecord {
   /** Created by bdev_lvol_snapshot: only snapshots get checksums. */
   snapshot: boolean;
   parentId: string | null;
+  /**
+   * An external snapshot (SPDK esnap): the UUID of a bdev outside this lvstore that the root of
+   * the chain reads through to where nobody in the chain owns a cluster. Null for most lvols.
+   */
+  externalParent: string | null;
   clearMethod: ClearMethod;
   xattrs: Map<string, string>;
   readonly createdAtMs: number;
@@ -73,6 +78,8 @@ export type MetadataChange =
       clearMethod: ClearMethod;
       xattrs: Record<string, string>;
       createdAtMs: number;
+      /** bdev_lvol_clone_bdev: the external snapshot's bdev UUID. */
+      externalParent?: string;
       /** Physical clusters allocated at creation (thick lvols), as runs (see AllocationRun). */
       allocations: readonly AllocationRun[];
     }
@@ -81,7 +88,7 @@ export type MetadataChange =
   | { type: 'lvol.resize'; id: string; clusterCount: number; allocations: readonly AllocationRun[] }
   | { type: 'lvol.set_read_only'; id: string }
   | { type: 'lvol.set_xattr'; id: string; name: string; value: string }
-  | { type: 'lvol.set_parent'; id: string; parentId: string | null; thin?: boolean }
+  | { type: 'lvol.set_parent'; id: string; parentId: string | null; thin?: boolean; externalParent?: string | null }
   | { type: 'cluster.allocate'; id: string; clusterIndex: number; physicalCluster: number }
   /** A thin lvol gives back whole clusters (unmap): they read through its parent chain again. */
   | { type: 'cluster.release'; id: string; clusterIndices: readonly number[] }
@@ -133,6 +140,7 @@ export function createLvolRecord(change: Extract<MetadataChange, { type: 'lvol.c
     readOnly: change.readOnly,
     snapshot: change.snapshot,
     parentId: change.parentId,
+    externalParent: change.externalParent ?? null,
     clearMethod: change.clearMethod,
     xattrs: new Map(Object.entries(change.xattrs)),
     createdAtMs: change.createdAtMs,
@@ -185,6 +193,7 @@ export function applyChange(store: LvstoreRecord, change: MetadataChange): void 
       const lvol = lvolOf(store, change.id);
       lvol.parentId = change.parentId;
       if (change.thin !== undefined) lvol.thin = change.thin;
+      if (change.externalParent !== undefined) lvol.externalParent = change.externalParent;
       return;
     }
     case 'cluster.allocate':
@@ -200,6 +209,8 @@ export function applyChange(store: LvstoreRecord, change: MetadataChange): void 
       const snapshot = lvolOf(store, change.snapshotId);
       snapshot.clusterMap = lvol.clusterMap;
       snapshot.parentId = lvol.parentId;
+      snapshot.externalParent = lvol.externalParent;
+      lvol.externalParent = null;
       lvol.clusterMap = new ClusterMap(lvol.clusterMap.length);
       lvol.parentId = snapshot.id;
       lvol.thin = true;
@@ -215,6 +226,7 @@ export function applyChange(store: LvstoreRecord, change: MetadataChange): void 
       }
       clone.clusterMap = merged;
       clone.parentId = parent.parentId;
+      clone.externalParent = parent.externalParent;
       // The clone now owns other clusters: its stored checksums no longer describe it (SPDK drops them).
       clone.checksum = null;
       clone.rangeChecksums = null;
@@ -333,8 +345,8 @@ export function captureUndo(store: LvstoreRecord, change: MetadataChange): () =>
     }
     case 'lvol.set_parent': {
       const lvol = lvolOf(store, change.id);
-      const { parentId, thin } = lvol;
-      return () => Object.assign(lvol, { parentId, thin });
+      const { parentId, thin, externalParent } = lvol;
+      return () => Object.assign(lvol, { parentId, thin, externalParent });
     }
     case 'cluster.allocate': {
       const clusterMap = lvolOf(store, change.id).clusterMap;
@@ -351,8 +363,8 @@ export function captureUndo(store: LvstoreRecord, change: MetadataChange): () =>
     case 'lvol.snapshot': {
       const lvol = lvolOf(store, change.id);
       const snapshot = lvolOf(store, change.snapshotId);
-      const before = { clusterMap: lvol.clusterMap, parentId: lvol.parentId, thin: lvol.thin };
-      const snapshotBefore = { clusterMap: snapshot.clusterMap, parentId: snapshot.parentId };
+      const before = { clusterMap: lvol.clusterMap, parentId: lvol.parentId, thin: lvol.thin, externalParent: lvol.externalParent };
+      const snapshotBefore = { clusterMap: snapshot.clusterMap, parentId: snapshot.parentId, externalParent: snapshot.externalParent };
       return () => {
         Object.assign(lvol, before);
         Object.assign(snapshot, snapshotBefore);
@@ -364,6 +376,7 @@ export function captureUndo(store: LvstoreRecord, change: MetadataChange): () =>
       const before = {
         clusterMap: clone.clusterMap,
         parentId: clone.parentId,
+        externalParent: clone.externalParent,
         checksum: clone.checksum,
         rangeChecksums: clone.rangeChecksums,
         savedProgress: clone.savedProgress,

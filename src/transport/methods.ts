@@ -348,6 +348,21 @@ function lvolMethods(node: StorageNode): Record<string, RpcMethod> {
       result: ok,
       handler: async (p) => (await node.setParent(p.lvol_name, p.parent_name), true as const),
     }),
+    bdev_lvol_clone_bdev: defineMethod({
+      description:
+        'Create a thin lvol over an external snapshot: a base bdev no lvstore claims, or a read-only lvol of another lvstore; reads of clusters it does not own go to that bdev.',
+      priority: 'foreground',
+      params: z.strictObject({ bdev: name, lvs_name: name, clone_name: newName }),
+      result: uuidResult,
+      handler: (p) => node.cloneBdev(p.bdev, p.lvs_name, p.clone_name),
+    }),
+    bdev_lvol_set_parent_bdev: defineMethod({
+      description: 'Make an external snapshot (a bdev outside the lvstore, no larger than the lvol) the parent of a thin lvol.',
+      priority: 'foreground',
+      params: z.strictObject({ lvol_name: name, esnap_name: name }),
+      result: ok,
+      handler: async (p) => (await node.setParentBdev(p.lvol_name, p.esnap_name), true as const),
+    }),
     bdev_lvol_get_lvols: defineMethod({
       description: 'List lvols, of every lvstore or of one.',
       priority: 'foreground',

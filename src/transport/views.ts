@@ -111,6 +111,11 @@ function exactProduct(a: number, b: number): number | bigint {
   return Number.isSafeInteger(product) ? product : BigInt(a) * BigInt(b);
 }
 
+/** The external snapshot's bdev name, or its UUID while it is not attached. */
+function externalName(entry: LvstoreEntry, uuid: string): string {
+  return entry.store.externalSource(uuid)?.name ?? uuid;
+}
+
 export function lvolBdevInfo(entry: LvstoreEntry, lvol: LvolRecord): BdevView {
   const store = entry.store;
   const clones = store.clonesOf(lvol.id).map((clone) => clone.name);
@@ -138,7 +143,8 @@ export function lvolBdevInfo(entry: LvstoreEntry, lvol: LvolRecord): BdevView {
         clone: parent !== undefined,
         ...(parent ? { base_snapshot: parent.name } : {}),
         ...(lvol.snapshot && clones.length > 0 ? { clones } : {}),
-        esnap_clone: false,
+        esnap_clone: lvol.externalParent !== null,
+        ...(lvol.externalParent !== null ? { external_snapshot_name: externalName(entry, lvol.externalParent) } : {}),
       },
     },
   };
@@ -181,8 +187,8 @@ export function lvolInfo(entry: LvstoreEntry, lvol: LvolRecord): LvolView {
     is_thin_provisioned: lvol.thin,
     is_snapshot: lvol.snapshot,
     is_clone: lvol.parentId !== null,
-    is_esnap_clone: false,
-    is_degraded: false,
+    is_esnap_clone: lvol.externalParent !== null,
+    is_degraded: store.isDegraded(lvol.id),
     num_allocated_clusters: store.ownedClusterCount(lvol.id),
     num_clusters: lvol.clusterMap.length,
     read_only: lvol.readOnly,

@@ -9,12 +9,13 @@ const usage = `lvnode — a storage node where every logical volume is an XState
 Usage:
   lvnode serve [--data-dir DIR] [--listen HOST:PORT] [--token TOKEN] [--default-disk-size SIZE] [--config FILE]
                [--nbd-listen [HOST:PORT|/path/to/socket]] (default off; ${nbdListenDefault} without a value)
+               [--rpc-socket PATH] (SPDK's JSON-RPC on a Unix socket, e.g. /var/tmp/spdk.sock)
                [--inspect stately[=URL]] [--max-frame-bytes N] [--max-connections N]
                [--max-in-flight N] [--heartbeat-ms N]
   lvnode rpc METHOD [JSON-PARAMS] [--url URL] [--token TOKEN]
   lvnode demo [--url URL] [--token TOKEN] [--size-mib N]
 
-Environment: LVNODE_DATA_DIR, LVNODE_TOKEN, LVNODE_URL, LVNODE_LOG_LEVEL (debug|info|warn|error|silent).`;
+Environment: LVNODE_DATA_DIR, LVNODE_TOKEN, LVNODE_URL, LVNODE_RPC_SOCKET, LVNODE_LOG_LEVEL (debug|info|warn|error|silent).`;
 
 /** "1G", "512MiB", "64k" or plain bytes. */
 export function parseSize(text: string): number {
@@ -57,6 +58,7 @@ async function serve(args: string[]): Promise<number> {
       'max-in-flight': { type: 'string' },
       'heartbeat-ms': { type: 'string' },
       'nbd-listen': { type: 'string' },
+      'rpc-socket': { type: 'string' },
     },
     strict: true,
   });
@@ -82,9 +84,11 @@ async function serve(args: string[]): Promise<number> {
     statelyInspectUrl: inspect === undefined ? undefined : (inspect.split('=')[1] ?? 'ws://localhost:8080'),
     limits,
     nbdListen: values['nbd-listen'],
+    rpcSocket: values['rpc-socket'] ?? process.env.LVNODE_RPC_SOCKET,
   });
   process.stdout.write(`lvnode serving JSON-RPC at ${running.url}\n`);
   if (running.nbdAddress) process.stdout.write(`lvnode serving NBD at ${formatNbdAddress(running.nbdAddress)}\n`);
+  if (running.spdkSocket) process.stdout.write(`lvnode serving SPDK JSON-RPC at ${running.spdkSocket.path}\n`);
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {
       process.stdout.write(`\n${signal}: shutting down\n`);

@@ -15,6 +15,7 @@ import { type DataDirLock, lockDataDir } from './dataDirLock.ts';
 import { SavedConfigWriter, readConfig, replayConfig, savedConfigName, writeFileAtomically } from './config.ts';
 import { createMethodTable } from '../transport/methods.ts';
 import { RpcStats } from '../transport/stats.ts';
+import { type SpdkSocketServer, claimSocketPath, startSpdkSocketServer } from '../transport/spdkSocket.ts';
 import { type RpcServer, type RpcServerLimits, startRpcServer } from '../transport/wsServer.ts';
 import { type NbdAddress, NbdServer, assertNbdAddressFree, formatNbdAddress, parseNbdListen } from '../transport/nbd/server.ts';
 
@@ -32,6 +33,8 @@ export interface ServeOptions {
   limits?: Partial<RpcServerLimits>;
   /** Serve NBD (SPEC §7) on `HOST:PORT` (port 0 picks one) or a Unix socket path; off when undefined. */
   nbdListen?: string | undefined;
+  /** Serve SPDK's own JSON-RPC framing and error codes (SPEC §3.2) on this Unix socket path too. */
+  rpcSocket?: string | undefined;
   runtime?: Runtime;
 }
 
@@ -43,6 +46,8 @@ export interface RunningNode {
   readonly nbd: NbdServer | undefined;
   /** Where NBD clients connect (the actual port when 0 was asked for). */
   readonly nbdAddress: NbdAddress | undefined;
+  /** SPDK's Unix socket, when `rpcSocket` was given. */
+  readonly spdkSocket: SpdkSocketServer | undefined;
   close(): Promise<void>;
 }
 
@@ -132,6 +137,8 @@ export async function startNode(options: ServeOptions): Promise<RunningNode> {
   // A busy port fails the start before anything is created (not after the default disk is made).
   if (port !== 0) await assertPortFree(host, port);
   if (nbdAddress && !(nbdAddress.kind === 'tcp' && nbdAddress.port === 0)) await assertNbdAddressFree(nbdAddress);
+  // A live SPDK socket (another node, or SPDK) fails the start before anything is created.
+  if (options.rpcSocket) await claimSocketPath(resolve(options.rpcSocket));
   await mkdir(dataDir, { recursive: true });
   // First of all: a second node on this data directory must stop before it touches anything.
   const dataDirLock = await lockDataDir(dataDir);
@@ -207,19 +214,44 @@ async function startLockedNode(
         },
       )
     : undefined;
-  log('info', 'lvnode listening', { url, dataDir, ...(nbd ? { nbd: nbd.address } : {}) });
+  // SPDK's clients (rpc.py, go-spdk-helper) on their own socket: the same table and handlers,
+  // SPDK's framing and error codes.
+  const spdkSocket = options.rpcSocket
+    ? await startSpdkSocketServer({
+        path: resolve(options.rpcSocket),
+        dispatcher: createDispatcher(table, {
+          allowBatch: false,
+          flavor: 'spdk',
+          onCall: rpcStats.record,
+          onStart: (method) => {
+            if (method.priority !== 'background') node.scheduler.noteForeground();
+          },
+        }),
+        log: ({ level, msg, ...fields }) => log(level, msg, fields),
+      }).catch(async (error: unknown) => {
+        await nbd?.close();
+        await listening.close();
+        detachStately();
+        rpcStats.close();
+        await node.shutdown();
+        throw error;
+      })
+    : undefined;
+  log('info', 'lvnode listening', { url, dataDir, ...(nbd ? { nbd: nbd.address } : {}), ...(spdkSocket ? { rpcSocket: spdkSocket.path } : {}) });
   return {
     node,
     server: listening,
     url,
     nbd,
     nbdAddress: nbd?.address,
+    spdkSocket,
     close: async () => {
       // Running registrations are answered "preempted by shutdown" while their connections are
       // still open; NBD clients finish their in-flight requests and are disconnected; then the
       // RPC server stops, then the node closes its stores and devices.
       await node.preemptAll('shutdown');
       await nbd?.close();
+      await spdkSocket?.close();
       await listening.close();
       await node.shutdown();
       detachStately();

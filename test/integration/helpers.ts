@@ -12,8 +12,11 @@ export interface TestNode {
   close(): Promise<void>;
 }
 
-/** `nbdListen`: serve NBD too (`127.0.0.1:0` picks a free port; see `running.nbdAddress`). */
-export async function startTestNode(options: { diskBytes?: number; token?: string; nbdListen?: string } = {}): Promise<TestNode> {
+/**
+ * `nbdListen`: serve NBD too (`127.0.0.1:0` picks a free port; see `running.nbdAddress`).
+ * `rpcSocket`: serve SPDK's Unix-socket JSON-RPC too, at `<dataDir>/spdk.sock` (`running.spdkSocket.path`).
+ */
+export async function startTestNode(options: { diskBytes?: number; token?: string; nbdListen?: string; rpcSocket?: boolean } = {}): Promise<TestNode> {
   const dataDir = await mkdtemp(join(tmpdir(), 'lvnode-test-'));
   const running = await startNode({
     dataDir,
@@ -21,6 +24,7 @@ export async function startTestNode(options: { diskBytes?: number; token?: strin
     defaultDiskBytes: options.diskBytes ?? 2 * 1024 * 1024 * 1024,
     token: options.token,
     nbdListen: options.nbdListen,
+    rpcSocket: options.rpcSocket ? join(dataDir, 'spdk.sock') : undefined,
   });
   const clients: RpcClient[] = [];
   return {

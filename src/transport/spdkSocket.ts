@@ -136,7 +136,9 @@ export async function startSpdkSocketServer(options: SpdkSocketServerOptions): P
   const nodeBudget = new ByteBudget(limits.valueBytesInFlightNodeMax);
   const connections = new Set<SpdkConnection>();
   let nextId = 1;
-  const server: Server = createServer((socket) => {
+  // Half-open allowed: a client may send its requests and close its side (`nc -U`, scripts), and
+  // still get every reply; the connection is ended once they are all written.
+  const server: Server = createServer({ allowHalfOpen: true }, (socket) => {
     const connection = new SpdkConnection(socket, nextId++, options.dispatcher, limits, nodeBudget, log);
     connections.add(connection);
     socket.once('close', () => connections.delete(connection));
@@ -184,6 +186,8 @@ class SpdkConnection implements Connection {
   private inFlight = 0;
   private waiting = false;
   private isClosed = false;
+  /** The client closed its side: end ours once every reply is out. */
+  private inputEnded = false;
   private readonly cleanups: Array<() => void> = [];
   /** Replies written while the socket's buffer was full: their slots free on the next drain. */
   private drainWaiters: Array<() => void> = [];
@@ -199,6 +203,10 @@ class SpdkConnection implements Connection {
     this.splitter = new JsonValueSplitter(limits.valueBytesMax);
     this.budget = new ByteBudget(limits.valueBytesInFlightPerConnectionMax);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('end', () => {
+      this.inputEnded = true;
+      this.endIfDone();
+    });
     socket.on('drain', () => {
       for (const waiter of this.drainWaiters.splice(0)) waiter();
     });
@@ -273,9 +281,15 @@ class SpdkConnection implements Connection {
 
   /** Something was released: try the queue again. */
   private retry(): void {
-    if (!this.waiting) return;
-    this.waiting = false;
-    this.admit();
+    if (this.waiting) {
+      this.waiting = false;
+      this.admit();
+    }
+    this.endIfDone();
+  }
+
+  private endIfDone(): void {
+    if (this.inputEnded && !this.isClosed && this.inFlight === 0 && this.queue.length === 0) this.socket.end();
   }
 
   private dispatch(value: Buffer, release: () => void): void {

@@ -1,6 +1,7 @@
 // SPDK's Unix-socket framing end to end: a real socket, a client that writes like SPDK's clients.
 import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { spawnSync } from 'node:child_process';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -179,5 +180,20 @@ describe('SPDK Unix-socket framing', () => {
     const file = join(dir!, 'file.sock');
     await writeFile(file, 'not a socket');
     await expect(startSpdkSocketServer({ path: file, dispatcher: createDispatcher(table, { allowBatch: false, flavor: 'spdk' }) })).rejects.toThrow(/not a socket/);
+  });
+});
+
+describe('SPDK Unix socket, half-open clients', () => {
+  it('answers every request of a client that closed its side after sending, then ends', async () => {
+    const path = await start();
+    const socket = connect(path);
+    let text = '';
+    socket.setEncoding('utf8').on('data', (chunk: string) => (text += chunk));
+    const ended = new Promise((resolve) => socket.once('end', resolve));
+    socket.end('{"jsonrpc":"2.0","method":"no_params","id":1}\n{"jsonrpc":"2.0","method":"slow","params":{"key":"h"},"id":2}');
+    await new Promise((resolve) => setTimeout(resolve, 30));
+    gates.get('h')!();
+    await ended;
+    expect(text).toBe('{"jsonrpc":"2.0","id":1,"result":true}\n{"jsonrpc":"2.0","id":2,"result":"slow h"}\n');
   });
 });

@@ -301,6 +301,15 @@ export class StorageNode {
     }
   }
 
+  /** bdev_lvol_grow_lvstore: the base bdev's file grew; the lvstore takes the new clusters in. */
+  async growLvstore(selector: LvstoreSelector): Promise<void> {
+    const entry = this.registry.lvstore(selector);
+    const bdev = this.registry.bdevs.get(entry.bdevName);
+    await bdev?.device.refreshSize?.();
+    const { clusterTotal, added } = await entry.store.grow();
+    if (added > 0) log('info', 'lvstore grown', { lvstore: entry.store.name, clusterTotal, added });
+  }
+
   async deleteLvstore(selector: LvstoreSelector): Promise<void> {
     const entry = this.registry.lvstore(selector);
     await this.router.run({

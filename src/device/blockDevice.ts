@@ -12,6 +12,8 @@ export interface BlockDevice {
   discard(offsetBytes: number, lengthBytes: number): Promise<void>;
   /** Makes every completed write durable. */
   flush(): Promise<void>;
+  /** Re-reads the size of what backs the device (a file that grew); devices of fixed size leave it out. */
+  refreshSize?(): Promise<number>;
   close(): Promise<void>;
   /** An OS file descriptor the native checksum reader may pread, when the device is a file. */
   readonly fd?: number | undefined;

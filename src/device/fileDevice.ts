@@ -10,7 +10,7 @@ export class FileDevice implements BlockDevice {
   private constructor(
     readonly path: string,
     private readonly handle: FileHandle,
-    readonly sizeBytes: number,
+    private size: number,
     readonly blockSizeBytes: number,
     readonly readOnly: boolean,
     /** The opened file's identity, `device:inode`: the same file by any path (link, symlink) has one. */
@@ -53,6 +53,17 @@ export class FileDevice implements BlockDevice {
 
   get fd(): number {
     return this.handle.fd;
+  }
+
+  get sizeBytes(): number {
+    return this.size;
+  }
+
+  /** The file's size now, in whole blocks (it may have been extended since it was opened). Never shrinks. */
+  async refreshSize(): Promise<number> {
+    const info = await this.handle.stat();
+    this.size = Math.max(this.size, Math.floor(info.size / this.blockSizeBytes) * this.blockSizeBytes);
+    return this.size;
   }
 
   async readInto(target: Buffer, offsetBytes: number): Promise<void> {

@@ -44,6 +44,10 @@ export class QueuedDevice implements BlockDevice {
     return this.queue.run('foreground', () => this.inner.discard(offsetBytes, lengthBytes));
   }
 
+  refreshSize(): Promise<number> {
+    return this.inner.refreshSize ? this.inner.refreshSize() : Promise.resolve(this.inner.sizeBytes);
+  }
+
   flush(): Promise<void> {
     return this.queue.run('foreground', () => this.inner.flush());
   }

@@ -2,15 +2,16 @@
 import { StorageError } from '../errors.ts';
 
 export class ClusterAllocator {
-  private readonly used: Uint8Array;
+  private used: Uint8Array;
   private freeCount: number;
   // Lowest index that might be free: allocation scans from here, so a fresh store fills in order.
   private searchFrom: number;
 
   constructor(
     readonly firstDataCluster: number,
-    readonly clusterTotal: number,
+    private total: number,
   ) {
+    const clusterTotal = total;
     this.used = new Uint8Array(clusterTotal);
     this.used.fill(1, 0, firstDataCluster);
     this.freeCount = clusterTotal - firstDataCluster;
@@ -21,8 +22,22 @@ export class ClusterAllocator {
     return this.freeCount;
   }
 
+  get clusterTotal(): number {
+    return this.total;
+  }
+
   get dataClusterTotal(): number {
-    return this.clusterTotal - this.firstDataCluster;
+    return this.total - this.firstDataCluster;
+  }
+
+  /** The device grew (bdev_lvol_grow_lvstore): clusters up to `clusterTotal` are free now. */
+  grow(clusterTotal: number): void {
+    if (clusterTotal <= this.total) return;
+    const used = new Uint8Array(clusterTotal);
+    used.set(this.used);
+    this.freeCount += clusterTotal - this.total;
+    this.used = used;
+    this.total = clusterTotal;
   }
 
   /** Marks a cluster in use while loading existing metadata. */

@@ -80,6 +80,9 @@ export async function openLvstore(device: BlockDevice, runtime: Runtime): Promis
   const { lastSeq, tailBytes } = await replayJournal(device, layout.journalOffset, layout.journalBytes, checkpoint.value.seq, storeTag, (changes) => {
     for (const change of changes) applyChange(record, change);
   });
+  if (record.clusterTotal * record.clusterBytes > device.sizeBytes) {
+    throw new DamagedLvstoreError(`device of ${device.sizeBytes} bytes is smaller than the lvstore's ${record.clusterTotal} clusters (it was grown; truncated since?)`);
+  }
   const log = new JournalMetadataLog(device, layout, () => record, { superBlock, superSlot: slot, lastSeq, tailBytes });
   try {
     return Lvstore.fromRecord(device, record, log, runtime);

@@ -304,6 +304,20 @@ export class Lvstore {
 
   // ---- lvstore ----
 
+  /**
+   * bdev_lvol_grow_lvstore: takes in the clusters a grown device now has. The metadata area keeps
+   * its size; a device that did not grow changes nothing.
+   */
+  async grow(): Promise<{ clusterTotal: number; added: number }> {
+    const clusterTotal = Math.floor(this.device.sizeBytes / this.clusterBytes);
+    const before = this.record.clusterTotal;
+    if (clusterTotal <= before) return { clusterTotal: before, added: 0 };
+    await this.commit([{ type: 'lvstore.grow', clusterTotal }]);
+    // Only once it is durable may the new clusters be handed out.
+    this.allocator.grow(clusterTotal);
+    return { clusterTotal, added: clusterTotal - before };
+  }
+
   async rename(name: string): Promise<void> {
     validateName('lvstore', name);
     await this.commit([{ type: 'lvstore.rename', name }]);

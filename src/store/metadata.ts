@@ -58,14 +58,16 @@ export interface LvstoreRecord {
   readonly blockBytes: number;
   /** Physical clusters before this one hold the metadata area. */
   readonly firstDataCluster: number;
-  /** Physical clusters on the device, metadata area included. */
-  readonly clusterTotal: number;
+  /** Physical clusters on the device, metadata area included (grows with bdev_lvol_grow_lvstore). */
+  clusterTotal: number;
   readonly clearMethod: ClearMethod;
   readonly lvols: Map<string, LvolRecord>;
 }
 
 export type MetadataChange =
   | { type: 'lvstore.rename'; name: string }
+  /** The device grew: its clusters up to `clusterTotal` belong to the lvstore. */
+  | { type: 'lvstore.grow'; clusterTotal: number }
   | {
       type: 'lvol.create';
       id: string;
@@ -164,6 +166,10 @@ export function applyChange(store: LvstoreRecord, change: MetadataChange): void 
   switch (change.type) {
     case 'lvstore.rename':
       store.name = change.name;
+      return;
+    case 'lvstore.grow':
+      if (change.clusterTotal < store.clusterTotal) throw new Error(`metadata change shrinks the lvstore to ${change.clusterTotal} clusters`);
+      store.clusterTotal = change.clusterTotal;
       return;
     case 'lvol.create':
       if (store.lvols.has(change.id)) throw new Error(`metadata change creates lvol ${change.id}, which exists`);
@@ -316,6 +322,10 @@ export function captureUndo(store: LvstoreRecord, change: MetadataChange): () =>
     case 'lvstore.rename': {
       const name = store.name;
       return () => void (store.name = name);
+    }
+    case 'lvstore.grow': {
+      const clusterTotal = store.clusterTotal;
+      return () => void (store.clusterTotal = clusterTotal);
     }
     case 'lvol.create':
       return () => void store.lvols.delete(change.id);

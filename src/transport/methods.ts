@@ -215,6 +215,13 @@ function bdevMethods(node: StorageNode): Record<string, RpcMethod> {
 
 function lvstoreMethods(node: StorageNode): Record<string, RpcMethod> {
   return {
+    bdev_lvol_grow_lvstore: defineMethod({
+      description: 'Take in the space of a base bdev that grew (a file extended with truncate); a bdev that did not grow changes nothing.',
+      priority: 'foreground',
+      params: z.strictObject(lvstoreSelector).refine(oneLvstore, oneLvstoreMessage),
+      result: ok,
+      handler: async (p) => (await node.growLvstore({ uuid: p.uuid, lvs_name: p.lvs_name }), true as const),
+    }),
     bdev_lvol_create_lvstore: defineMethod({
       description: 'Create an lvstore on a bdev (claims it). clear_method none leaves old bytes in place.',
       priority: 'foreground',

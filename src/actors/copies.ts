@@ -55,6 +55,9 @@ export interface CopyStatus {
 
 type CopyPlan = () => Promise<CopyStepOutput>;
 
+/** At most one progress notification per copy this often (state changes are always sent). */
+const copyProgressIntervalMs = 250;
+
 const terminal: ReadonlySet<CopyState> = new Set(['done', 'failed', 'stopped']);
 
 class CopyOperation {
@@ -70,7 +73,7 @@ class CopyOperation {
     private readonly admission: WalkAdmission,
     private readonly runtime: Runtime,
     inspector: InspectionHub,
-    onChange: (operation: CopyOperation) => void,
+    onChange: (operation: CopyOperation, what: 'state' | 'progress') => void,
   ) {
     const key = `copy-${operationId}`;
     this.actor = createActor(
@@ -90,12 +93,18 @@ class CopyOperation {
       },
     );
     let last: CopyState | undefined;
+    let lastProgressMs = 0;
     this.finished = new Promise((resolve) => {
       this.actor.subscribe((snapshot) => {
         const state = snapshot.value as CopyState;
+        const nowMs = this.runtime.nowMs();
         if (state !== last) {
           last = state;
-          onChange(this);
+          onChange(this, 'state');
+        } else if (nowMs - lastProgressMs >= copyProgressIntervalMs) {
+          // Progress between states, throttled like checksum progress.
+          lastProgressMs = nowMs;
+          onChange(this, 'progress');
         }
         if (terminal.has(state)) resolve();
       });
@@ -169,7 +178,7 @@ export class CopyService {
     private readonly admission: WalkAdmission,
     private readonly inspector: InspectionHub,
     private readonly runtime: Runtime,
-    private readonly onChange: (status: CopyStatus) => void = () => {},
+    private readonly onChange: (status: CopyStatus, what: 'state' | 'progress') => void = () => {},
   ) {}
 
   /**
@@ -239,8 +248,8 @@ export class CopyService {
     const operationId = this.nextOperationId++;
     // SPDK's ids are u32.
     if (this.nextOperationId > 0xffff_ffff) this.nextOperationId = 1;
-    const operation = new CopyOperation(operationId, request, total, plan, this.admission, this.runtime, this.inspector, (changed) =>
-      this.onChange(changed.status()),
+    const operation = new CopyOperation(operationId, request, total, plan, this.admission, this.runtime, this.inspector, (changed, what) =>
+      this.onChange(changed.status(), what),
     );
     this.operations.set(operationId, operation);
     void operation.finished.then(() => {

@@ -43,7 +43,8 @@ export interface NodeEvent {
     | 'checksum_state'
     | 'checksum_progress'
     | 'checksum_preempted'
-    | 'copy_state';
+    | 'copy_state'
+    | 'copy_progress';
   [key: string]: unknown;
 }
 
@@ -101,8 +102,8 @@ export class StorageNode {
     this.router = new PriorityRouter((lvolId) => this.actorOf(lvolId));
     this.checksums = new ChecksumService(this.registry, this.router, runtime, (event) => this.emit(event));
     this.nbd = new NbdExports(this);
-    this.copies = new CopyService(this.registry, this.router, this.scheduler, this.inspector, runtime, (status) =>
-      this.emit({ type: 'copy_state', ...status }),
+    this.copies = new CopyService(this.registry, this.router, this.scheduler, this.inspector, runtime, (status, what) =>
+      this.emit({ type: what === 'state' ? 'copy_state' : 'copy_progress', ...status }),
     );
   }
 

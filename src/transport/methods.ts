@@ -95,6 +95,8 @@ const notificationTypes = [
   'checksum_state',
   'checksum_progress',
   'checksum_preempted',
+  'copy_state',
+  'copy_progress',
 ] as const;
 
 // Per-connection subscriptions, released when the connection closes.
@@ -575,7 +577,7 @@ function observabilityMethods(node: StorageNode): Record<string, RpcMethod> {
     }),
     inspect_unsubscribe: unsubscribeMethod(inspectSubscriptions, 'Stop the inspection stream of this connection.'),
     notify_subscribe: defineMethod({
-      description: 'Push node events (bdev/lvol lifecycle, checksum state and progress) as `notify` notifications.',
+      description: 'Push node events (bdev/lvol lifecycle, checksum and copy state and progress) as `notify` notifications.',
       priority: 'foreground',
       params: z.strictObject({ types: z.array(z.enum(notificationTypes)).optional() }),
       result: ok,

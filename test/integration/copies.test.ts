@@ -78,9 +78,13 @@ describe('copies', () => {
     for (const [index, byte] of [[0, 1], [3, 2], [15, 3]] as const) await fill(node, 'A/src', index, byte);
     await call(table, 'bdev_lvol_snapshot', { lvol_name: 'A/src', snapshot_name: 'snap' });
     await call(table, 'bdev_lvol_create', { lvs_name: 'B', lvol_name: 'dst', size_in_mib: 1, thin_provision: true });
+    const events: Array<Record<string, unknown>> = [];
+    node.events.on('event', (event) => events.push(event));
     const { operation_id } = await call<{ operation_id: number }>(table, 'bdev_lvol_start_shallow_copy', { src_lvol_name: 'A/snap', dst_bdev_name: 'B/dst' });
     const status = await waitForCopy(table, 'shallow', operation_id);
     expect(status).toMatchObject({ state: 'complete', copied_clusters: 3, total_clusters: 3 });
+    // Every state change was announced, in order, for notify_subscribe.
+    expect(events.filter((event) => event.type === 'copy_state').map((event) => event.machine_state)).toEqual(['queued', 'copying', 'done']);
     // Reported once after it ended, then forgotten, as SPDK.
     expect(await errnoOf(call(table, 'bdev_lvol_check_shallow_copy', { operation_id }))).toBe('ENODEV');
     expect((await node.readLvol('B/dst', 0, 16 * clusterBytes)).equals(await node.readLvol('A/snap', 0, 16 * clusterBytes))).toBe(true);

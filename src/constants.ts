@@ -15,9 +15,11 @@ export const deviceBytesMax = 16 * 1024 * gibBytes;
 export const deviceBackgroundInFlightMax = 1;
 export const deviceBackgroundStarvationMs = 50;
 
-// Lvstores (SPEC §2): cluster size is a power of two from 64 KiB to 1 GiB.
+// Lvstores (SPEC §2): as SPDK, a cluster is a whole number of 4 KiB metadata pages (and of the
+// device's blocks), from 4 KiB to 1 GiB.
 export const clusterSizeBytesDefault = 4 * mibBytes;
-export const clusterSizeBytesMin = 64 * kibBytes;
+export const clusterPageBytes = 4 * kibBytes;
+export const clusterSizeBytesMin = clusterPageBytes;
 export const clusterSizeBytesMax = gibBytes;
 // The metadata area at the front of an lvstore's bdev: 1/64 of the device, at least 1 MiB,
 // at most 256 MiB, rounded up to whole clusters. Data clusters follow it.

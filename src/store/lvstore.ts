@@ -4,6 +4,7 @@
 // the MetadataLog; the durability issue replaces the log, not this file. Data lives on the device.
 import assert from 'node:assert/strict';
 import {
+  clusterPageBytes,
   clusterSizeBytesMax,
   clusterSizeBytesMin,
   fragmapClusterCountMax,
@@ -50,6 +51,11 @@ export interface LvstoreInfo {
   blockBytes: number;
   totalDataClusters: number;
   freeClusters: number;
+}
+
+/** SPDK's creation_time: RFC 3339 to the second, UTC (`2026-12-01T12:00:00Z`). */
+export function rfc3339Seconds(ms: number): string {
+  return new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z');
 }
 
 export function clusterIndexToOffsetBytes(clusterIndex: number, clusterBytes: number): number {
@@ -141,10 +147,10 @@ export class Lvstore {
     if (
       clusterBytes < clusterSizeBytesMin ||
       clusterBytes > clusterSizeBytesMax ||
-      (clusterBytes & (clusterBytes - 1)) !== 0 ||
+      clusterBytes % clusterPageBytes !== 0 ||
       clusterBytes % device.blockSizeBytes !== 0
     ) {
-      fail('EINVAL', `cluster_sz must be a power of two from ${clusterSizeBytesMin} to ${clusterSizeBytesMax} bytes`);
+      fail('EINVAL', `cluster_sz must be a multiple of ${clusterPageBytes} bytes and of the ${device.blockSizeBytes}-byte block, from ${clusterSizeBytesMin} to ${clusterSizeBytesMax}`);
     }
     const clusterTotal = Math.floor(device.sizeBytes / clusterBytes);
     const firstDataCluster = metadataClusterCount(device.sizeBytes, clusterBytes);
@@ -496,7 +502,8 @@ export class Lvstore {
   async resize(id: string, clusterCount: number): Promise<void> {
     const lvol = this.lvol(id);
     if (lvol.readOnly) fail('EPERM', `${lvol.name} is read-only and cannot be resized`);
-    if (!Number.isSafeInteger(clusterCount) || clusterCount < 1) fail('EINVAL', 'size must be at least one cluster');
+    // Resize to 0 is allowed, as SPDK: the lvol keeps its name and identity with no clusters.
+    if (!Number.isSafeInteger(clusterCount) || clusterCount < 0) fail('EINVAL', 'size must not be negative');
     assertClusterCountWithinLimit(clusterCount, this.clusterBytes);
     await this.gate(id).withExclusive(async () => {
       this.assertStillPresent(lvol);
@@ -534,9 +541,12 @@ export class Lvstore {
   }
 
   getXattr(id: string, name: string): string {
-    const value = this.lvol(id).xattrs.get(name);
-    if (value === undefined) fail('ENOENT', `xattr ${name} is not set`, { wire: 'internal' });
-    return value;
+    const lvol = this.lvol(id);
+    const value = lvol.xattrs.get(name);
+    if (value !== undefined) return value;
+    // SPDK keeps the creation time as an xattr of every lvol and snapshot.
+    if (name === 'creation_time') return rfc3339Seconds(lvol.createdAtMs);
+    return fail('ENOENT', `xattr ${name} is not set`, { wire: 'internal' });
   }
 
   /**

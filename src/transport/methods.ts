@@ -8,6 +8,7 @@ import {
   blockSizesAllowed,
   checksumConcurrencyMax,
   checksumRateMibPerSecMax,
+  clusterPageBytes,
   clusterSizeBytesDefault,
   clusterSizeBytesMax,
   clusterSizeBytesMin,
@@ -48,11 +49,19 @@ const newName = z
 const xattrName = z.string().min(1).max(xattrNameLengthMax).refine(wellFormed, 'must be well-formed Unicode (no lone surrogates)');
 const xattrValue = z.string().max(xattrValueLengthMax).refine(wellFormed, 'must be well-formed Unicode (no lone surrogates)');
 const clusterSize = u64AsNumber.refine(
-  (value) => value >= clusterSizeBytesMin && value <= clusterSizeBytesMax && (value & (value - 1)) === 0,
-  `must be a power of two from ${clusterSizeBytesMin} to ${clusterSizeBytesMax} bytes`,
+  (value) => value >= clusterSizeBytesMin && value <= clusterSizeBytesMax && value % clusterPageBytes === 0,
+  `must be a multiple of ${clusterPageBytes} bytes from ${clusterSizeBytesMin} to ${clusterSizeBytesMax} (SPDK's metadata page)`,
 );
 /** An lvol size: at most lvolSizeBytesMax (2^63 bytes), so the byte size stays a signed 64-bit value. */
 const lvolSizeMib = u64AsNumber.refine((value) => value <= lvolSizeBytesMax / 2 ** 20, `must be at most ${lvolSizeBytesMax / 2 ** 20} (2^63 bytes)`);
+/** A parameter SPDK has for a feature lvnode lacks: its neutral value is accepted, others refused naming it. */
+function unsupportedUnless<T extends number | boolean>(neutral: T, why: string) {
+  return z
+    .union([z.number(), z.boolean()])
+    .refine((value) => value === neutral, `only ${String(neutral)} is supported: ${why}`)
+    .optional();
+}
+
 /** Exactly one of uuid and lvs_name selects the lvstore (SPDK). */
 const oneLvstore = <T extends { uuid?: string | undefined; lvs_name?: string | undefined }>(params: T) =>
   (params.uuid === undefined) !== (params.lvs_name === undefined);
@@ -162,7 +171,27 @@ function bdevMethods(node: StorageNode): Record<string, RpcMethod> {
     bdev_malloc_create: defineMethod({
       description: 'Create a RAM bdev (sparse: memory is used only where written).',
       priority: 'foreground',
-      params: z.strictObject({ num_blocks: u64AsNumber, block_size: blockSize, name: newName.optional(), uuid: z.string().optional() }),
+      // Every parameter SPDK's rpc.py sends is accepted; values asking for what lvnode does not
+      // do (per-block metadata, DIF) are refused naming the parameter. The rest are hints lvnode
+      // has no use for (it does not split I/O, allocates no NUMA-local memory).
+      params: z.strictObject({
+        num_blocks: u64AsNumber,
+        block_size: blockSize,
+        name: newName.optional(),
+        uuid: z.string().optional(),
+        physical_block_size: z
+          .number()
+          .int()
+          .refine((value) => value >= 512 && (value & (value - 1)) === 0, 'must be a power of two, at least 512')
+          .optional(),
+        optimal_io_boundary: z.number().int().min(0).max(0xffff_ffff).optional(),
+        md_size: unsupportedUnless(0, 'lvnode keeps no per-block metadata'),
+        md_interleave: unsupportedUnless(false, 'lvnode keeps no per-block metadata'),
+        dif_type: unsupportedUnless(0, 'lvnode does not do DIF protection information'),
+        dif_is_head_of_md: unsupportedUnless(false, 'lvnode does not do DIF protection information'),
+        dif_pi_format: unsupportedUnless(0, 'lvnode does not do DIF protection information'),
+        numa_id: z.number().int().min(-1).optional(),
+      }),
       result: z.string().describe('bdev name'),
       handler: (p) =>
         node.createMallocBdev({ numBlocks: p.num_blocks, blockSize: p.block_size, ...(p.name ? { name: p.name } : {}), ...(p.uuid ? { uuid: p.uuid } : {}) }),
@@ -184,6 +213,8 @@ function bdevMethods(node: StorageNode): Record<string, RpcMethod> {
         readonly: z.boolean().optional(),
         fallocate: z.boolean().optional(),
         uuid: z.string().optional(),
+        // SPDK's "do not block the reactor" flag: Node's file I/O never blocks the event loop.
+        nowait: z.boolean().optional(),
       }),
       result: z.string().describe('bdev name'),
       handler: (p) =>
@@ -368,9 +399,9 @@ function lvolMethods(node: StorageNode): Record<string, RpcMethod> {
     bdev_lvol_set_parent_bdev: defineMethod({
       description: 'Make an external snapshot (a bdev outside the lvstore, no larger than the lvol) the parent of a thin lvol.',
       priority: 'foreground',
-      params: z.strictObject({ lvol_name: name, esnap_name: name }),
+      params: z.strictObject({ lvol_name: name, parent_name: name }),
       result: ok,
-      handler: async (p) => (await node.setParentBdev(p.lvol_name, p.esnap_name), true as const),
+      handler: async (p) => (await node.setParentBdev(p.lvol_name, p.parent_name), true as const),
     }),
     bdev_lvol_get_lvols: defineMethod({
       description: 'List lvols, of every lvstore or of one.',

@@ -2,6 +2,7 @@
 import { z } from 'zod';
 import type { StorageNode } from '../actors/node.ts';
 import type { BaseBdev, LvstoreEntry } from '../actors/registry.ts';
+import { rfc3339Seconds } from '../store/lvstore.ts';
 import type { LvolRecord } from '../store/metadata.ts';
 
 const ioTypeKeys = [
@@ -128,7 +129,7 @@ export function lvolBdevInfo(entry: LvstoreEntry, lvol: LvolRecord): BdevView {
     block_size: store.record.blockBytes,
     num_blocks: exactProduct(lvol.clusterMap.length, store.clusterBytes / store.record.blockBytes),
     uuid: lvol.id,
-    creation_time: new Date(lvol.createdAtMs).toISOString(),
+    creation_time: rfc3339Seconds(lvol.createdAtMs),
     assigned_rate_limits: noRateLimits,
     claimed: false,
     zoned: false,
@@ -183,7 +184,7 @@ export function lvolInfo(entry: LvstoreEntry, lvol: LvolRecord): LvolView {
     alias: `${store.name}/${lvol.name}`,
     uuid: lvol.id,
     name: lvol.name,
-    creation_time: new Date(lvol.createdAtMs).toISOString(),
+    creation_time: rfc3339Seconds(lvol.createdAtMs),
     is_thin_provisioned: lvol.thin,
     is_snapshot: lvol.snapshot,
     is_clone: lvol.parentId !== null,

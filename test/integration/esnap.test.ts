@@ -108,16 +108,16 @@ describe('external snapshots', () => {
     await call(table, 'bdev_lvol_create', { lvs_name: 'lvs', lvol_name: 'thin', size_in_mib: 1, thin_provision: true });
     await call(table, 'bdev_lvol_create', { lvs_name: 'lvs', lvol_name: 'thick', size_in_mib: 1, thin_provision: false });
     await node.writeLvol('lvs/thin', 0, Buffer.alloc(512, 1));
-    expect(await errnoOf(call(table, 'bdev_lvol_set_parent_bdev', { lvol_name: 'lvs/thick', esnap_name: 'ext' }))).toBe('EINVAL');
-    expect(await errnoOf(call(table, 'bdev_lvol_set_parent_bdev', { lvol_name: 'lvs/thin', esnap_name: 'nope' }))).toBe('ENODEV');
-    expect(await errnoOf(call(table, 'bdev_lvol_set_parent_bdev', { lvol_name: 'lvs/thin', esnap_name: 'disk' }))).toBe('EBUSY');
+    expect(await errnoOf(call(table, 'bdev_lvol_set_parent_bdev', { lvol_name: 'lvs/thick', parent_name: 'ext' }))).toBe('EINVAL');
+    expect(await errnoOf(call(table, 'bdev_lvol_set_parent_bdev', { lvol_name: 'lvs/thin', parent_name: 'nope' }))).toBe('ENODEV');
+    expect(await errnoOf(call(table, 'bdev_lvol_set_parent_bdev', { lvol_name: 'lvs/thin', parent_name: 'disk' }))).toBe('EBUSY');
     expect(await errnoOf(call(table, 'bdev_lvol_clone_bdev', { bdev: 'lvs/thick', lvs_name: 'lvs', clone_name: 'x' }))).toBe('EINVAL');
     expect(await errnoOf(call(table, 'bdev_lvol_clone_bdev', { bdev: 'ext', lvs_name: 'lvs', clone_name: 'thin' }))).toBe('EEXIST');
-    await call(table, 'bdev_lvol_set_parent_bdev', { lvol_name: 'lvs/thin', esnap_name: 'ext' });
+    await call(table, 'bdev_lvol_set_parent_bdev', { lvol_name: 'lvs/thin', parent_name: 'ext' });
     const read = await node.readLvol('lvs/thin', 0, 2 * clusterBytes);
     expect(read.subarray(0, 512).every((byte) => byte === 1)).toBe(true);
     expect(read.subarray(clusterBytes).every((byte) => byte === 0x5e)).toBe(true);
-    expect(await errnoOf(call(table, 'bdev_lvol_set_parent_bdev', { lvol_name: 'lvs/thin', esnap_name: 'ext' }))).toBe('EEXIST');
+    expect(await errnoOf(call(table, 'bdev_lvol_set_parent_bdev', { lvol_name: 'lvs/thin', parent_name: 'ext' }))).toBe('EEXIST');
     expect((await call<Array<{ name: string; is_esnap_clone: boolean }>>(table, 'bdev_lvol_get_lvols', {})).map((lvol) => [lvol.name, lvol.is_esnap_clone])).toEqual([
       ['thin', true],
       ['thick', false],

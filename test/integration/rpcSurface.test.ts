@@ -253,7 +253,7 @@ describe('bad input', () => {
       ['bdev_lvol_create', { lvs_name: 'lvs0', lvol_name: 'vast', size_in_mib: 2 ** 43 + 1 }, 'size_in_mib'],
       ['bdev_lvol_resize', { name: 'lvs0/named', size_in_mib: 2 ** 43 + 1 }, 'size_in_mib'],
       ['bdev_lvol_create', { lvs_name: 'lvs0', uuid: 'x', lvol_name: 'both', size_in_mib: 4 }, 'lvs_name'],
-      ['bdev_lvol_create_lvstore', { bdev_name: 'disk0', lvs_name: 'odd', cluster_sz: 3 * 1024 * 1024 }, 'cluster_sz'],
+      ['bdev_lvol_create_lvstore', { bdev_name: 'disk0', lvs_name: 'odd', cluster_sz: 3 * 1024 * 1024 + 512 }, 'cluster_sz'],
       ['bdev_lvol_rename', { old_name: 'lvs0/named', new_name: 'x/y' }, 'new_name'],
       ['bdev_lvol_snapshot', { lvol_name: 'lvs0/named', snapshot_name: 'tab\there' }, 'snapshot_name'],
       ['bdev_lvol_set_xattr', { name: 'lvs0/named', xattr_name: '', xattr_value: 'v' }, 'xattr_name'],

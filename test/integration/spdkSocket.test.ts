@@ -37,7 +37,10 @@ async function readAll(name: string, bytes: number): Promise<Buffer> {
 
 describe('SPDK Unix socket, end to end', () => {
   it('runs an lvol lifecycle with SPDK shapes, codes and messages', async () => {
-    expect(await spdk.call('bdev_malloc_create', { name: 'm0', num_blocks: 65536, block_size: 512 })).toBe('m0');
+    // What SPDK's rpc.py sends for `bdev_malloc_create -b m0 32 512`: every optional parameter.
+    const rpcPyMalloc = { num_blocks: 65536, block_size: 512, name: 'm0', md_interleave: false, dif_is_head_of_md: false };
+    expect(await error('bdev_malloc_create', { ...rpcPyMalloc, md_size: 8 })).toMatchObject({ code: -32603, message: 'spdk_json_decode_object failed', data: { field: 'md_size' } });
+    expect(await spdk.call('bdev_malloc_create', rpcPyMalloc)).toBe('m0');
     const lvs = await spdk.call<string>('bdev_lvol_create_lvstore', { bdev_name: 'm0', lvs_name: 'lvsA', cluster_sz: mib });
     expect((await spdk.call<Array<{ uuid: string }>>('bdev_lvol_get_lvstores', { lvs_name: 'lvsA' }))[0]!.uuid).toBe(lvs);
     const uuid = await spdk.call<string>('bdev_lvol_create', { lvol_name: 'vol', size_in_mib: 8, lvs_name: 'lvsA', thin_provision: true });
@@ -56,6 +59,10 @@ describe('SPDK Unix socket, end to end', () => {
       message: 'No such file or directory',
     });
     const snapshot = await spdk.call<string>('bdev_lvol_snapshot', { lvol_name: 'lvsA/vol', snapshot_name: 'snap', xattrs: { user_created: 'true' } });
+    // SPDK keeps creation_time as an xattr of every lvol and snapshot, to the second.
+    const created = await spdk.call<string>('bdev_lvol_get_xattr', { name: 'lvsA/snap', xattr_name: 'creation_time' });
+    expect(created).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/);
+    expect((await spdk.call<Array<{ creation_time: string }>>('bdev_get_bdevs', { name: 'lvsA/snap' }))[0]!.creation_time).toBe(created);
     expect(await error('bdev_lvol_get_snapshot_checksum', { name: 'lvsA/snap' })).toMatchObject({ code: -19, message: 'No such device' });
     expect(await error('bdev_lvol_stop_snapshot_checksum', { name: 'lvsA/snap' })).toMatchObject({ code: -3 });
     const clone = await spdk.call<string>('bdev_lvol_clone', { snapshot_name: 'lvsA/snap', clone_name: 'clone' });

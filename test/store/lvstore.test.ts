@@ -533,8 +533,17 @@ describe('resize', () => {
     const before = storeState(store);
     expect(await errnoOf(() => store.resize(snapshot.id, 4))).toBe('EPERM');
     expect(await errnoOf(() => store.resize(thick.id, 2 + store.info().freeClusters + 1))).toBe('ENOSPC');
-    expect(await errnoOf(() => store.resize(thick.id, 0))).toBe('EINVAL');
+    expect(await errnoOf(() => store.resize(thick.id, -1))).toBe('EINVAL');
     expect(storeState(store)).toEqual(before);
+    // Resize to 0, as SPDK: the lvol stays, with no clusters, and its clusters are freed.
+    const free = store.info().freeClusters;
+    await store.resize(thick.id, 0);
+    expect(store.lvol(thick.id).clusterMap.length).toBe(0);
+    expect(store.info().freeClusters).toBe(free + 2);
+    expect((await store.read(thick.id, 0, 0)).length).toBe(0);
+    await store.resize(thick.id, 1);
+    expect(store.ownedClusterCount(thick.id)).toBe(1);
+    expectClusterAccounting(store);
   });
 });
 
@@ -1193,5 +1202,26 @@ describe('NBD data-path extras: extents, write zeroes, unmap', () => {
     expect(await errnoOf(() => store.unmap(snapshot.id, 0, 512))).toBe('EPERM');
     expect(await errnoOf(() => store.writeZeroes(again.id, 8 * clusterBytes, 512))).toBe('EINVAL');
     expectClusterAccounting(store);
+  });
+});
+
+describe('cluster sizes as SPDK takes them', () => {
+  it('accepts any multiple of 4 KiB from 4 KiB (not only powers of two) and refuses the rest', async () => {
+    // Goal (SPDK's lvol tests): -c 8192 works, 8191 does not; a 12 KiB cluster is fine too.
+    for (const clusterSize of [4096, 8192, 12_288]) {
+      const store = await Lvstore.create(new MemoryDevice(deviceBytes, blockBytes), { name: 'lvs', clusterBytes: clusterSize, clearMethod: 'none' }, new MemoryMetadataLog(), seededRuntime(3));
+      const lvol = await store.createLvol({ name: 'v', clusterCount: 10, thin: true });
+      const data = patternBytes(3 * clusterSize + 1024, clusterSize);
+      await store.write(lvol.id, clusterSize - 512, data);
+      expect((await store.read(lvol.id, clusterSize - 512, data.length)).equals(data)).toBe(true);
+      expect(store.ownedClusterCount(lvol.id)).toBe(5);
+      expectClusterAccounting(store);
+    }
+    for (const clusterSize of [8191, 2048, 12_800]) {
+      const refused = await Lvstore.create(new MemoryDevice(deviceBytes, blockBytes), { name: 'lvs', clusterBytes: clusterSize, clearMethod: 'none' }, new MemoryMetadataLog(), seededRuntime(3)).catch(
+        (error: unknown) => error,
+      );
+      expect((refused as StorageError).errno, String(clusterSize)).toBe('EINVAL');
+    }
   });
 });

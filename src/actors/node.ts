@@ -25,6 +25,7 @@ import { ChecksumService } from './checksums.ts';
 import { InspectionHub } from './inspector.ts';
 import { LvolActor } from './lvolActor.ts';
 import { CopyService } from './copies.ts';
+import { LvolDevice } from './lvolDevice.ts';
 import { assertNotExternalParent, externalSourceByUuid, resolveExternalSource } from './externalSnapshots.ts';
 import { NbdExports } from './nbdExports.ts';
 import { PriorityRouter } from './priority.ts';
@@ -85,6 +86,12 @@ export class StorageNode {
   /** Shallow, range and deep copies (replica rebuild); a delete of either end stops them first. */
   readonly copies: CopyService;
 
+  /**
+   * Lvols that carry an lvstore of their own (SPDK's nested lvstores), by lvol id: the claim,
+   * as a base bdev's `claimedBy`, and the device the nested lvstore reads and writes.
+   */
+  readonly lvolBdevs = new Map<string, { name: string; device: LvolDevice; readOnly: boolean; claimedBy: string | null }>();
+
   /** Bdevs whose lvstore metadata failed to load: reported, never overwritten silently. */
   readonly damaged = new Map<string, DamagedLvstoreError>();
   /** Bdevs holding a healthy lvstore whose name or UUID clashes with a loaded one: not loaded. */
@@ -142,7 +149,7 @@ export class StorageNode {
   }
 
   /** Looks for an lvstore on a newly attached bdev and loads it with every lvol (SPDK's examine). */
-  private async examine(bdev: BaseBdev): Promise<void> {
+  private async examine(bdev: Pick<BaseBdev, 'name' | 'device' | 'claimedBy'>): Promise<void> {
     let store: Lvstore | undefined;
     try {
       store = await openLvstore(bdev.device, this.runtime);
@@ -170,6 +177,11 @@ export class StorageNode {
     const resumed = this.checksums.resumeInterrupted(entry);
     this.emit({ type: 'lvstore_created', uuid: store.id, name: store.name });
     log('info', 'lvstore loaded', { lvstore: store.name, uuid: store.id, bdev: bdev.name, lvols: store.lvols().length, checksumsResumed: resumed });
+    // An lvol may carry an lvstore of its own (nested): SPDK examines lvol bdevs too.
+    for (const lvol of store.lvols()) {
+      if (lvol.clusterMap.count === 0 && lvol.parentId === null && lvol.externalParent === null) continue; // reads as zeros: nothing there
+      await this.examine(this.lvolBdev(entry, lvol.id));
+    }
   }
 
   private assertBdevNameFree(name: string): void {
@@ -269,8 +281,38 @@ export class StorageNode {
 
   // ---- lvstores ----
 
+  /** The claimable bdev view of an lvol (made once), for an lvstore nested on it. */
+  private lvolBdev(entry: LvstoreEntry, lvolId: string): { name: string; device: LvolDevice; readOnly: boolean; claimedBy: string | null } {
+    let bdev = this.lvolBdevs.get(lvolId);
+    if (!bdev) {
+      bdev = { name: lvolId, device: new LvolDevice(entry.store, lvolId), readOnly: entry.store.lvol(lvolId).readOnly, claimedBy: null };
+      this.lvolBdevs.set(lvolId, bdev);
+    }
+    return bdev;
+  }
+
+  /** A base bdev, or an lvol (by UUID or alias) to nest an lvstore on. */
+  private claimableBdev(name: string): { name: string; device: BaseBdev['device']; readOnly: boolean; claimedBy: string | null } {
+    const base = this.registry.bdevs.get(name);
+    if (base) return base;
+    const { entry, lvol } = this.registry.lvol(name);
+    return this.lvolBdev(entry, lvol.id);
+  }
+
+  /** An lvol an lvstore lives on has one writer, that lvstore (SPDK's exclusive_write claim). */
+  private assertNotClaimed(lvolId: string, name: string): void {
+    const nested = this.lvolClaimedBy(lvolId);
+    if (nested) fail('EBUSY', `${name} is claimed by lvstore ${nested}`);
+  }
+
+  /** The lvstore nested on this lvol, if any (the lvol is then claimed: not deletable). */
+  lvolClaimedBy(lvolId: string): string | null {
+    const claim = this.lvolBdevs.get(lvolId)?.claimedBy ?? null;
+    return claim === 'pending' ? null : claim;
+  }
+
   async createLvstore(options: { bdevName: string; lvsName: string; clusterBytes: number; clearMethod: ClearMethod }): Promise<string> {
-    const bdev = this.registry.bdev(options.bdevName);
+    const bdev = this.claimableBdev(options.bdevName);
     if (bdev.claimedBy) fail('EBUSY', `bdev ${bdev.name} is already claimed by lvstore ${bdev.claimedBy}`);
     if (bdev.readOnly) fail('EPERM', `bdev ${bdev.name} is read-only`);
     this.nbd.assertNotExported(bdev.name);
@@ -305,7 +347,7 @@ export class StorageNode {
   /** bdev_lvol_grow_lvstore: the base bdev's file grew; the lvstore takes the new clusters in. */
   async growLvstore(selector: LvstoreSelector): Promise<void> {
     const entry = this.registry.lvstore(selector);
-    const bdev = this.registry.bdevs.get(entry.bdevName);
+    const bdev = this.registry.bdevs.get(entry.bdevName) ?? this.lvolBdevs.get(entry.bdevName);
     await bdev?.device.refreshSize?.();
     const { clusterTotal, added } = await entry.store.grow();
     if (added > 0) log('info', 'lvstore grown', { lvstore: entry.store.name, clusterTotal, added });
@@ -316,15 +358,22 @@ export class StorageNode {
     await this.router.run({
       operation: 'bdev_lvol_delete_lvstore',
       touched: () => [...entry.actors.keys()],
-      validate: () => this.nbd.assertLvstoreNotExported(entry),
+      validate: () => {
+        this.nbd.assertLvstoreNotExported(entry);
+        for (const lvolId of entry.actors.keys()) {
+          const nested = this.lvolClaimedBy(lvolId);
+          if (nested) fail('EBUSY', `lvol ${lvolId} carries lvstore ${nested}; delete that lvstore first`);
+        }
+      },
       requeue: false,
       work: async () => {
         await this.copies.stopInvolving({ lvolIds: [...entry.actors.keys()] }, 'bdev_lvol_delete_lvstore');
+        for (const lvolId of entry.actors.keys()) this.lvolBdevs.delete(lvolId);
         for (const actor of entry.actors.values()) actor.dispose();
         entry.actors.clear();
         this.registry.lvstores.delete(entry.store.id);
         await entry.store.destroy();
-        const bdev = this.registry.bdevs.get(entry.bdevName);
+        const bdev = this.registry.bdevs.get(entry.bdevName) ?? this.lvolBdevs.get(entry.bdevName);
         if (bdev) bdev.claimedBy = null;
       },
     });
@@ -399,6 +448,8 @@ export class StorageNode {
       validate: () => {
         this.nbd.assertNotExported(lvol.id, name);
         assertNotExternalParent(this.registry, lvol.id, name);
+        const nested = this.lvolClaimedBy(lvol.id);
+        if (nested) fail('EBUSY', `${name} carries lvstore ${nested}; delete that lvstore first`);
         entry.store.checkDelete(lvol.id);
       },
       work: async () => {
@@ -520,18 +571,21 @@ export class StorageNode {
 
   writeLvol(name: string, offsetBytes: number, data: Uint8Array): Promise<void> {
     const { entry, lvol } = this.registry.lvol(name);
+    this.assertNotClaimed(lvol.id, name);
     return entry.store.write(lvol.id, offsetBytes, data);
   }
 
   /** NBD WRITE_ZEROES on an lvol: the range reads as zeros afterwards. */
   writeZeroesLvol(name: string, offsetBytes: number, lengthBytes: number): Promise<void> {
     const { entry, lvol } = this.registry.lvol(name);
+    this.assertNotClaimed(lvol.id, name);
     return entry.store.writeZeroes(lvol.id, offsetBytes, lengthBytes);
   }
 
   /** NBD TRIM on an lvol, following its clear method (advisory). */
   unmapLvol(name: string, offsetBytes: number, lengthBytes: number): Promise<void> {
     const { entry, lvol } = this.registry.lvol(name);
+    this.assertNotClaimed(lvol.id, name);
     return entry.store.unmap(lvol.id, offsetBytes, lengthBytes);
   }
 
@@ -575,7 +629,8 @@ export class StorageNode {
       touched: allIds,
       requeue: false,
       work: async () => {
-        for (const entry of this.registry.lvstores.values()) {
+        // Newest first: a nested lvstore closes before the lvstore it lives on.
+        for (const entry of [...this.registry.lvstores.values()].reverse()) {
           for (const actor of entry.actors.values()) actor.dispose();
           await entry.store.close();
         }

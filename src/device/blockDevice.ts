@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 
 export interface BlockDevice {
-  readonly kind: 'memory' | 'file' | 'simulated';
+  readonly kind: 'memory' | 'file' | 'simulated' | 'lvol';
   readonly sizeBytes: number;
   readonly blockSizeBytes: number;
   /** Fills `target` with the bytes at `offsetBytes`. Resolves after real I/O (a macrotask). */

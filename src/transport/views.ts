@@ -117,7 +117,8 @@ function externalName(entry: LvstoreEntry, uuid: string): string {
   return entry.store.externalSource(uuid)?.name ?? uuid;
 }
 
-export function lvolBdevInfo(entry: LvstoreEntry, lvol: LvolRecord): BdevView {
+/** `claimedBy`: the lvstore nested on this lvol, if any. */
+export function lvolBdevInfo(entry: LvstoreEntry, lvol: LvolRecord, claimedBy: string | null = null): BdevView {
   const store = entry.store;
   const clones = store.clonesOf(lvol.id).map((clone) => clone.name);
   const parent = lvol.parentId ? store.lvol(lvol.parentId) : undefined;
@@ -131,7 +132,8 @@ export function lvolBdevInfo(entry: LvstoreEntry, lvol: LvolRecord): BdevView {
     uuid: lvol.id,
     creation_time: rfc3339Seconds(lvol.createdAtMs),
     assigned_rate_limits: noRateLimits,
-    claimed: false,
+    claimed: claimedBy !== null,
+    ...(claimedBy !== null ? { claim_type: 'exclusive_write' } : {}),
     zoned: false,
     supported_io_types: supportedIoTypes(['read', 'reset', 'flush', 'seek_hole', 'seek_data', ...writable]),
     driver_specific: {
@@ -157,10 +159,10 @@ export function bdevInfos(node: StorageNode, name: string | undefined): BdevView
     const base = node.registry.bdevs.get(name);
     if (base) return [baseBdevInfo(base)];
     const { entry, lvol } = node.resolveLvol(name);
-    return [lvolBdevInfo(entry, lvol)];
+    return [lvolBdevInfo(entry, lvol, node.lvolClaimedBy(lvol.id))];
   }
   const out = [...node.registry.bdevs.values()].map(baseBdevInfo);
-  for (const { entry, lvol } of node.registry.allLvols()) out.push(lvolBdevInfo(entry, lvol));
+  for (const { entry, lvol } of node.registry.allLvols()) out.push(lvolBdevInfo(entry, lvol, node.lvolClaimedBy(lvol.id)));
   return out;
 }
 

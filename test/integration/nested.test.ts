@@ -1,0 +1,78 @@
+// Goal (SPDK's test_construct_nested_lvol): an lvstore on an lvol bdev. The lvol is claimed (no
+// delete, no writes from outside), the parent lvstore cannot go while it is, and a restart finds
+// the nested lvstore again by examining the lvols.
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { StorageNode } from '../../src/actors/node.ts';
+import { FileDevice } from '../../src/device/fileDevice.ts';
+import { StorageError } from '../../src/errors.ts';
+import { seededRuntime } from '../../src/runtime.ts';
+import { createMethodTable } from '../../src/transport/methods.ts';
+import type { MethodTable } from '../../src/transport/methodTable.ts';
+
+const mib = 1024 * 1024;
+const noConnection = { id: 0, notify: () => false, onClose: () => {} };
+let dir: string | undefined;
+const nodes: StorageNode[] = [];
+
+afterEach(async () => {
+  for (const node of nodes.splice(0)) await node.shutdown();
+  if (dir) await rm(dir, { recursive: true, force: true });
+  dir = undefined;
+});
+
+async function call<T = unknown>(table: MethodTable, method: string, params: Record<string, unknown> = {}): Promise<T> {
+  const entry = table[method]!;
+  return (await entry.handler(entry.params.parse(params), noConnection)) as T;
+}
+
+async function errnoOf(work: Promise<unknown>): Promise<string> {
+  try {
+    await work;
+  } catch (error) {
+    if (error instanceof StorageError) return error.errno;
+    throw error;
+  }
+  return 'no error';
+}
+
+async function start(path: string): Promise<{ node: StorageNode; table: MethodTable }> {
+  const node = new StorageNode(seededRuntime(nodes.length + 51));
+  nodes.push(node);
+  const table = createMethodTable(node);
+  await call(table, 'bdev_aio_create', { name: 'disk', filename: path, block_size: 512 });
+  return { node, table };
+}
+
+describe('nested lvstores', () => {
+  it('lives on an lvol, claims it, and is found again after a restart', async () => {
+    dir = await mkdtemp(join(tmpdir(), 'lvnode-nested-'));
+    const path = join(dir, 'disk.img');
+    await FileDevice.createSparse(path, 128 * mib);
+    let { node, table } = await start(path);
+    const lvs = await call<string>(table, 'bdev_lvol_create_lvstore', { bdev_name: 'disk', lvs_name: 'lvs', cluster_sz: 4 * mib });
+    const lvol = await call<string>(table, 'bdev_lvol_create', { uuid: lvs, lvol_name: 'lvol', size_in_mib: 124 });
+    const nested = await call<string>(table, 'bdev_lvol_create_lvstore', { bdev_name: lvol, lvs_name: 'nested' });
+    const [nestedInfo] = await call<Array<Record<string, unknown>>>(table, 'bdev_lvol_get_lvstores', { uuid: nested });
+    expect(nestedInfo).toMatchObject({ base_bdev: lvol, total_data_clusters: 30, cluster_size: 4 * mib });
+    const inner = await call<string>(table, 'bdev_lvol_create', { uuid: nested, lvol_name: 'inner', size_in_mib: 120 });
+    expect(await errnoOf(call(table, 'bdev_lvol_create', { uuid: nested, lvol_name: 'inner2', size_in_mib: 120 }))).toBe('ENOSPC');
+    await node.writeLvol('nested/inner', 8 * mib, Buffer.alloc(mib, 0x4e));
+    const [claimed] = await call<Array<Record<string, unknown>>>(table, 'bdev_get_bdevs', { name: lvol });
+    expect(claimed).toMatchObject({ claimed: true, claim_type: 'exclusive_write' });
+    expect(await errnoOf(call(table, 'bdev_lvol_delete', { name: lvol }))).toBe('EBUSY');
+    expect(await errnoOf(call(table, 'bdev_lvol_delete_lvstore', { uuid: lvs }))).toBe('EBUSY');
+    expect(await errnoOf(Promise.resolve().then(() => node.writeLvol('lvs/lvol', 0, Buffer.alloc(512))))).toBe('EBUSY');
+    await node.shutdown();
+    ({ node, table } = await start(path));
+    expect((await call<Array<{ name: string }>>(table, 'bdev_lvol_get_lvstores', {})).map((store) => store.name).sort()).toEqual(['lvs', 'nested']);
+    expect((await node.readLvol('nested/inner', 8 * mib, mib)).every((byte) => byte === 0x4e)).toBe(true);
+    await call(table, 'bdev_lvol_delete', { name: inner });
+    await call(table, 'bdev_lvol_delete_lvstore', { uuid: nested });
+    await call(table, 'bdev_lvol_delete', { name: lvol });
+    await call(table, 'bdev_lvol_delete_lvstore', { uuid: lvs });
+    expect(await call(table, 'bdev_lvol_get_lvstores', {})).toEqual([]);
+  });
+});

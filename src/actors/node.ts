@@ -180,7 +180,13 @@ export class StorageNode {
     // An lvol may carry an lvstore of its own (nested): SPDK examines lvol bdevs too.
     for (const lvol of store.lvols()) {
       if (lvol.clusterMap.count === 0 && lvol.parentId === null && lvol.externalParent === null) continue; // reads as zeros: nothing there
-      await this.examine(this.lvolBdev(entry, lvol.id));
+      try {
+        await this.examine(this.lvolBdev(entry, lvol.id));
+      } catch (error) {
+        // An lvol that cannot be read now (a degraded esnap clone) carries no lvstore we can load.
+        this.lvolBdevs.delete(lvol.id);
+        log('warn', 'lvol not examined for a nested lvstore: it cannot be read', { lvol: lvol.id, error: String(error) });
+      }
     }
   }
 

@@ -35,7 +35,8 @@ export function externalSourceByUuid(registry: Registry, uuid: string): NamedExt
  * clone: bdev_lvol_clone).
  */
 export function resolveExternalSource(registry: Registry, name: string, storeId: string): NamedExternalSource {
-  const base = registry.bdevs.get(name);
+  // A base bdev by name or by UUID (SPDK's bdev aliases include the UUID).
+  const base = registry.bdevs.get(name) ?? [...registry.bdevs.values()].find((bdev) => bdev.uuid === name);
   if (base) {
     if (base.claimedBy) fail('EBUSY', `bdev ${name} is claimed by lvstore ${base.claimedBy}`);
     return externalSourceByUuid(registry, base.uuid)!;
@@ -44,12 +45,4 @@ export function resolveExternalSource(registry: Registry, name: string, storeId:
   if (entry.store.id === storeId) fail('EINVAL', `${name} is in the same lvstore: use bdev_lvol_clone`);
   if (!lvol.readOnly) fail('EPERM', `${name} is not read-only: an external snapshot must not change under its clones`);
   return externalSourceByUuid(registry, lvol.id)!;
-}
-
-/** Deleting a bdev that esnap clones read through to is refused, as SPDK holds it open. */
-export function assertNotExternalParent(registry: Registry, uuid: string, name: string): void {
-  for (const entry of registry.lvstores.values()) {
-    const user = entry.store.lvols().find((lvol) => lvol.externalParent === uuid);
-    if (user) fail('EBUSY', `${name} is the external snapshot of ${entry.store.name}/${user.name}`);
-  }
 }

@@ -26,7 +26,7 @@ import { InspectionHub } from './inspector.ts';
 import { LvolActor } from './lvolActor.ts';
 import { CopyService } from './copies.ts';
 import { LvolDevice } from './lvolDevice.ts';
-import { assertNotExternalParent, externalSourceByUuid, resolveExternalSource } from './externalSnapshots.ts';
+import { externalSourceByUuid, resolveExternalSource } from './externalSnapshots.ts';
 import { NbdExports } from './nbdExports.ts';
 import { PriorityRouter } from './priority.ts';
 import { type BackgroundOptions, BackgroundScheduler } from './scheduler.ts';
@@ -97,6 +97,7 @@ export class StorageNode {
   /** Bdevs holding a healthy lvstore whose name or UUID clashes with a loaded one: not loaded. */
   readonly conflicting = new Map<string, string>();
   private readonly onBaseBdevsChanged: (config: SpdkConfig) => Promise<void>;
+  private mallocCount = 0;
 
   constructor(
     readonly runtime: Runtime,
@@ -207,7 +208,9 @@ export class StorageNode {
   }
 
   createMallocBdev(options: { name?: string; numBlocks: number; blockSize: number; uuid?: string }): Promise<string> {
-    const name = options.name ?? `Malloc${this.registry.bdevs.size}`;
+    // SPDK's default names: Malloc0, Malloc1, … counting every malloc bdev made, skipping taken names.
+    let name = options.name;
+    while (name === undefined || (options.name === undefined && this.registry.bdevNameTaken(name))) name = `Malloc${this.mallocCount++}`;
     this.assertBdevNameFree(name);
     if (options.numBlocks < 1) fail('EINVAL', 'num_blocks must be at least 1');
     const device = new QueuedDevice(new MemoryDevice(options.numBlocks * options.blockSize, options.blockSize));
@@ -269,12 +272,16 @@ export class StorageNode {
     });
   }
 
-  async deleteBaseBdev(name: string, kind: BaseBdev['kind']): Promise<void> {
-    const bdev = this.registry.bdev(name);
+  async deleteBaseBdev(nameOrUuid: string, kind: BaseBdev['kind']): Promise<void> {
+    const bdev = this.registry.bdev(nameOrUuid);
+    const name = bdev.name;
     if (bdev.kind !== kind) fail('ENODEV', `bdev ${name} is not a ${kind} bdev`);
-    if (bdev.claimedBy) fail('EBUSY', `bdev ${name} is claimed by lvstore ${bdev.claimedBy}`);
+    if (bdev.claimedBy === 'pending') fail('EBUSY', `bdev ${name} is getting an lvstore`);
     this.nbd.assertNotExported(name);
-    assertNotExternalParent(this.registry, bdev.uuid, name);
+    const claimer = bdev.claimedBy ? this.registry.lvstores.get(bdev.claimedBy) : undefined;
+    // As SPDK: deleting the base bdev of an lvstore hot-removes it — the lvstore and its lvols are
+    // unloaded (closed, not erased: a file bdev attached again brings them back).
+    if (claimer) await this.unloadLvstore(claimer, `bdev_${kind}_delete`);
     await this.copies.stopInvolving({ baseBdev: name }, `bdev_${kind}_delete`);
     this.registry.bdevs.delete(name);
     this.damaged.delete(name);
@@ -348,6 +355,37 @@ export class StorageNode {
       bdev.claimedBy = null;
       throw error;
     }
+  }
+
+  /**
+   * Unloads an lvstore (its base bdev goes away): lvstores nested on its lvols first, copies and
+   * checksum walks stopped between clusters, then its lvols disappear and the store is closed.
+   * Refused while one of its lvols is exported over NBD.
+   */
+  private async unloadLvstore(entry: LvstoreEntry, operation: string): Promise<void> {
+    this.nbd.assertLvstoreNotExported(entry);
+    for (const lvolId of entry.actors.keys()) {
+      const nested = this.lvolClaimedBy(lvolId);
+      const nestedEntry = nested ? this.registry.lvstores.get(nested) : undefined;
+      if (nestedEntry) await this.unloadLvstore(nestedEntry, operation);
+    }
+    await this.copies.stopInvolving({ lvolIds: [...entry.actors.keys()] }, operation);
+    await this.router.run({
+      operation,
+      touched: () => [...entry.actors.keys()],
+      requeue: false,
+      work: async () => {
+        for (const actor of entry.actors.values()) actor.dispose();
+        entry.actors.clear();
+        for (const lvol of entry.store.lvols()) this.lvolBdevs.delete(lvol.id);
+        this.registry.lvstores.delete(entry.store.id);
+        await entry.store.close();
+        const bdev = this.registry.bdevs.get(entry.bdevName) ?? this.lvolBdevs.get(entry.bdevName);
+        if (bdev) bdev.claimedBy = null;
+      },
+    });
+    this.emit({ type: 'lvstore_deleted', uuid: entry.store.id, name: entry.store.name, unloaded: true });
+    log('info', 'lvstore unloaded: its base bdev was deleted', { lvstore: entry.store.name, uuid: entry.store.id, bdev: entry.bdevName });
   }
 
   /** bdev_lvol_grow_lvstore: the base bdev's file grew; the lvstore takes the new clusters in. */
@@ -453,7 +491,6 @@ export class StorageNode {
       touched,
       validate: () => {
         this.nbd.assertNotExported(lvol.id, name);
-        assertNotExternalParent(this.registry, lvol.id, name);
         const nested = this.lvolClaimedBy(lvol.id);
         if (nested) fail('EBUSY', `${name} carries lvstore ${nested}; delete that lvstore first`);
         entry.store.checkDelete(lvol.id);

@@ -37,8 +37,9 @@ export class Registry {
   readonly bdevs = new Map<string, BaseBdev>();
   readonly lvstores = new Map<string, LvstoreEntry>();
 
+  /** A base bdev by name, or by UUID (SPDK's bdev aliases include it). */
   bdev(name: string): BaseBdev {
-    return this.bdevs.get(name) ?? fail('ENODEV', `bdev ${name} does not exist`);
+    return this.bdevs.get(name) ?? [...this.bdevs.values()].find((bdev) => bdev.uuid === name) ?? fail('ENODEV', `bdev ${name} does not exist`);
   }
 
   /** Exactly one of uuid / name selects an lvstore (SPDK: both or neither is EINVAL). */

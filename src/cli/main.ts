@@ -7,7 +7,7 @@ import { RpcCallError, RpcClient } from './rpcClient.ts';
 const usage = `lvnode — a storage node where every logical volume is an XState actor
 
 Usage:
-  lvnode serve [--data-dir DIR] [--listen HOST:PORT] [--token TOKEN] [--default-disk-size SIZE] [--config FILE]
+  lvnode serve [--data-dir DIR] [--listen HOST:PORT] [--token TOKEN] [--default-disk-size SIZE|0] [--config FILE]
                [--nbd-listen [HOST:PORT|/path/to/socket]] (default off; ${nbdListenDefault} without a value)
                [--rpc-socket PATH] (SPDK's JSON-RPC on a Unix socket, e.g. /var/tmp/spdk.sock)
                [--inspect stately[=URL]] [--max-frame-bytes N] [--max-connections N]

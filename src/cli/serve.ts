@@ -81,7 +81,8 @@ async function attachBdevs(table: MethodTable, node: StorageNode, options: Serve
     // The bdev list is saved only once disk0 carries lvs0: a first start that fails or is killed
     // halfway is simply a first start again next time (it re-uses disk0.img and what is on it).
     writer.hold();
-    await createDefaultDisk(node, dataDir, options.defaultDiskBytes);
+    // --default-disk-size 0: start with no bdev at all (as spdk_tgt does; SPDK's own tests expect it).
+    if (options.defaultDiskBytes > 0) await createDefaultDisk(node, dataDir, options.defaultDiskBytes);
     await writer.release();
   }
   if (options.configFile) {

@@ -77,8 +77,6 @@ describe('external snapshots', () => {
     await node.writeLvol('lvs/c', clusterBytes + 512, Buffer.alloc(512, 0xcc));
     expected.fill(0xcc, clusterBytes + 512, clusterBytes + 1024);
     expect((await node.readLvol('lvs/c', 0, size)).equals(expected)).toBe(true);
-    // The external bdev is in use.
-    expect(await errnoOf(call(table, 'bdev_aio_delete', { name: 'ext' }))).toBe('EBUSY');
     // Its block status: data where the external snapshot reaches, a hole past it.
     expect(node.lvolExtents('lvs/c', 0, size).map((extent) => extent.allocated)).toEqual([true]);
     // A restart without the external bdev: degraded, reads of what it does not own fail clearly.
@@ -96,6 +94,23 @@ describe('external snapshots', () => {
     expect((await node.readLvol('lvs/c', 0, size)).equals(expected)).toBe(true);
     await call(table, 'bdev_aio_delete', { name: 'ext' });
     expect((await node.readLvol('lvs/c', 0, size)).equals(expected)).toBe(true);
+  });
+
+  it('deleting the external bdev degrades its clone, as SPDK; attaching it again heals it', async () => {
+    dir = await mkdtemp(join(tmpdir(), 'lvnode-esnap-'));
+    await FileDevice.createSparse(join(dir, 'ext.img'), 2 * clusterBytes);
+    await FileDevice.createSparse(join(dir, 'disk.img'), 32 * 1024 * 1024);
+    const { node, table } = await start(true);
+    await node.registry.bdev('ext').device.write(0, Buffer.alloc(2 * clusterBytes, 0x77));
+    await call(table, 'bdev_lvol_create_lvstore', { bdev_name: 'disk', lvs_name: 'lvs', cluster_sz: clusterBytes, clear_method: 'none' });
+    // By UUID, as SPDK's tests name it.
+    await call(table, 'bdev_lvol_clone_bdev', { bdev: externalUuid, lvs_name: 'lvs', clone_name: 'c' });
+    await call(table, 'bdev_aio_delete', { name: 'ext' });
+    expect((await call<Array<Record<string, unknown>>>(table, 'bdev_lvol_get_lvols', {}))[0]).toMatchObject({ is_degraded: true });
+    expect(await errnoOf(node.readLvol('lvs/c', 0, 512))).toBe('EIO');
+    await call(table, 'bdev_aio_create', { name: 'ext', filename: join(dir, 'ext.img'), block_size: 512, uuid: externalUuid });
+    expect((await call<Array<Record<string, unknown>>>(table, 'bdev_lvol_get_lvols', {}))[0]).toMatchObject({ is_degraded: false });
+    expect((await node.readLvol('lvs/c', 0, 512)).every((byte) => byte === 0x77)).toBe(true);
   });
 
   it('set_parent_bdev re-parents a thin lvol; bad requests are refused and change nothing', async () => {

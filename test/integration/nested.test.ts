@@ -76,3 +76,23 @@ describe('nested lvstores', () => {
     expect(await call(table, 'bdev_lvol_get_lvstores', {})).toEqual([]);
   });
 });
+
+describe('deleting the base bdev of an lvstore', () => {
+  it('unloads the lvstore (and one nested on its lvols), as SPDK; attaching the file again loads it back', async () => {
+    dir = await mkdtemp(join(tmpdir(), 'lvnode-hotremove-'));
+    const path = join(dir, 'disk.img');
+    await FileDevice.createSparse(path, 128 * mib);
+    const { node, table } = await start(path);
+    await call(table, 'bdev_lvol_create_lvstore', { bdev_name: 'disk', lvs_name: 'lvs', cluster_sz: 4 * mib });
+    const lvol = await call<string>(table, 'bdev_lvol_create', { lvs_name: 'lvs', lvol_name: 'lvol', size_in_mib: 64 });
+    await call(table, 'bdev_lvol_create_lvstore', { bdev_name: lvol, lvs_name: 'nested' });
+    await call(table, 'bdev_lvol_create', { lvs_name: 'nested', lvol_name: 'inner', size_in_mib: 8 });
+    await node.writeLvol('nested/inner', 0, Buffer.alloc(4096, 0x31));
+    await call(table, 'bdev_aio_delete', { name: 'disk' });
+    expect(await call(table, 'bdev_lvol_get_lvstores', {})).toEqual([]);
+    expect(await call(table, 'bdev_get_bdevs', {})).toEqual([]);
+    await call(table, 'bdev_aio_create', { name: 'disk', filename: path, block_size: 512 });
+    expect((await call<Array<{ name: string }>>(table, 'bdev_lvol_get_lvstores', {})).map((store) => store.name).sort()).toEqual(['lvs', 'nested']);
+    expect((await node.readLvol('nested/inner', 0, 4096)).every((byte) => byte === 0x31)).toBe(true);
+  });
+});

@@ -41,7 +41,7 @@ describe('bdevs, lvstores and lvols over RPC', () => {
     expect(disk).toMatchObject({ name: 'disk0', product_name: 'AIO disk', block_size: 512, claimed: true });
     const [store] = await client.call<Array<Record<string, unknown>>>('bdev_lvol_get_lvstores', { lvs_name: 'lvs0' });
     expect(store).toMatchObject({ name: 'lvs0', base_bdev: 'disk0', cluster_size: 4 * 1024 * 1024, block_size: 512 });
-    expect(await rpcError(client.call('bdev_aio_delete', { name: 'disk0' }))).toMatchObject({ code: -16 });
+    expect(await rpcError(client.call('bdev_malloc_delete', { name: 'disk0' }))).toMatchObject({ code: -19 }); // not a malloc bdev
   });
 
   it('bdev_get_bdevs {name, timeout} waits for the bdev to appear, then answers -110', async () => {

@@ -32,6 +32,8 @@ export interface NbdTarget {
   sizeBytes(): number;
   readOnly(): boolean;
   read(offsetBytes: number, lengthBytes: number): Promise<Buffer>;
+  /** Fills `target` with the bytes at `offsetBytes` (as `read`, into the caller's buffer). */
+  readInto(offsetBytes: number, target: Buffer): Promise<void>;
   /** True when the whole range is a hole, so it reads as zeros without being read. */
   isHole(offsetBytes: number, lengthBytes: number): boolean;
   write(offsetBytes: number, data: Uint8Array): Promise<void>;
@@ -289,6 +291,7 @@ function lvolTarget(node: StorageNode, name: string): NbdTarget {
     },
     readOnly: () => resolve().lvol.readOnly,
     read: (offsetBytes, lengthBytes) => node.readLvol(id, offsetBytes, lengthBytes),
+    readInto: (offsetBytes, target) => node.readLvolInto(id, offsetBytes, target),
     isHole: (offsetBytes, lengthBytes) => {
       const [first] = node.lvolExtents(id, offsetBytes, lengthBytes, 1);
       return first !== undefined && !first.allocated && first.lengthBytes === lengthBytes;
@@ -330,6 +333,7 @@ function baseTarget(bdev: BaseBdev): NbdTarget {
         await device.readInto(target, offsetBytes);
         return target;
       }),
+    readInto: (offsetBytes, target) => deviceCall('read', () => device.readInto(target, offsetBytes)),
     isHole: () => false,
     write: (offsetBytes, data) =>
       deviceCall('write', async () => {

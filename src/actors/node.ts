@@ -612,6 +612,11 @@ export class StorageNode {
     return entry.store.read(lvol.id, offsetBytes, lengthBytes);
   }
 
+  readLvolInto(name: string, offsetBytes: number, target: Buffer): Promise<void> {
+    const { entry, lvol } = this.registry.lvol(name);
+    return entry.store.readInto(lvol.id, offsetBytes, target);
+  }
+
   writeLvol(name: string, offsetBytes: number, data: Uint8Array): Promise<void> {
     const { entry, lvol } = this.registry.lvol(name);
     this.assertNotClaimed(lvol.id, name);

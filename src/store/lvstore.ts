@@ -730,6 +730,15 @@ export class Lvstore {
     return target;
   }
 
+  /** `read` into the caller's buffer (the NBD server reuses its read buffers). */
+  async readInto(id: string, offsetBytes: number, target: Buffer): Promise<void> {
+    const lvol = this.lvol(id);
+    this.assertIoRange(lvol, offsetBytes, target.length);
+    await this.readVisible(lvol, offsetBytes, target).catch((error: unknown) => {
+      throw fromDeviceError(error, `read of lvol ${lvol.name} failed`);
+    });
+  }
+
   private async readVisible(lvol: LvolRecord, offsetBytes: number, target: Buffer): Promise<void> {
     await this.forEachSegment(offsetBytes, target.length, async (clusterIndex, inner, rangeOffset, length) => {
       const slice = target.subarray(rangeOffset, rangeOffset + length);

@@ -4,7 +4,11 @@
 // sends: option data is capped (larger is discarded unread), a request's payload is reserved in
 // the connection's and the node's byte budgets before its buffer is allocated, and while a budget,
 // the in-flight cap or the socket's send buffer is full the connection stops reading its socket
-// (backpressure) instead of buffering. Requests run concurrently and are answered as they finish.
+// (backpressure) instead of buffering. Requests run concurrently and are answered as they finish;
+// at most `executingMax` of a connection's requests run at once (the others wait their turn in
+// arrival order), and a READ keeps its turn until its reply has left for the socket, so a
+// connection holds at most that many reply buffers. Replies are written whole from one buffer of
+// the server's pool (header, then data read straight behind it).
 import type { Socket } from 'node:net';
 import {
   nbdBlockStatusExtentsMax,
@@ -20,6 +24,7 @@ import { isStorageError } from '../../errors.ts';
 import { log } from '../../log.ts';
 import type { NbdClient, NbdExport, NbdExports } from '../../actors/nbdExports.ts';
 import { ByteBudget } from '../byteBudget.ts';
+import { BufferPool } from './bufferPool.ts';
 import {
   type RequestHeader,
   baseAllocation,
@@ -49,6 +54,10 @@ import {
   encodeSimpleReply,
   encodeStructuredDone,
   encodeStructuredError,
+  offsetDataHeaderBytes,
+  simpleReplyBytes,
+  writeOffsetDataHeader,
+  writeSimpleReply,
   info,
   matchesBaseAllocation,
   nbdErrno,
@@ -65,6 +74,8 @@ export interface NbdConnectionContext {
   readonly exports: NbdExports;
   /** Payload bytes in flight over every NBD connection of the node. */
   readonly nodeBudget: ByteBudget;
+  /** Reply buffers shared by the server's connections. */
+  readonly replyBuffers: BufferPool;
   /** Foreground first: background checksum steps back off while client requests come in. */
   noteForeground(): void;
   /** True while the server shuts down: options are answered NBD_REP_ERR_SHUTDOWN. */
@@ -76,6 +87,22 @@ const allocationContextId = 1;
 // Beyond this many bytes queued on the socket, the connection stops reading requests until the
 // client has taken its replies ('drain'): replies of a client that does not read stay bounded.
 const socketBufferedBytesMax = nbdPayloadBytesMax;
+// Requests of one connection that run at once (qemu-nbd runs 16 too). More buy nothing: a file
+// bdev's reads wait in libuv's thread pool (4 threads), and each running READ holds a reply
+// buffer until the socket took it. Measured with nbdcopy (4 connections x 64 requests of 256 KiB):
+// 16 at once read at twice the rate of 256, with a quarter of the CPU per byte.
+export const executingMax = 16;
+/** Room in front of a pooled reply buffer's data for the largest READ reply header. */
+export const replyHeadroomBytes = Math.max(offsetDataHeaderBytes, simpleReplyBytes);
+
+/** A READ target that fills the caller's buffer (lvols and base bdevs); others allocate per read. */
+type ReadIntoTarget = NbdExport['target'] & { readInto?(offsetBytes: number, target: Buffer): Promise<void> };
+
+interface Admitted {
+  readonly request: RequestHeader;
+  readonly payload: Buffer | undefined;
+  readonly release: () => void;
+}
 
 type Phase = 'clientFlags' | 'options' | 'transmission';
 
@@ -168,6 +195,10 @@ export class NbdConnection implements NbdClient {
   private blockBytes = 512;
   private readOnly = true;
   private inFlight = 0;
+  /** Requests running now (at most `executingMax`); `queued` wait for a turn, oldest first. */
+  private executing = 0;
+  private readonly queued: Admitted[] = [];
+  private queuedHead = 0;
   private pendingWrite: PendingWrite | undefined;
   private discardBytes = 0;
   private afterDiscard: (() => void) | undefined;
@@ -626,7 +657,30 @@ export class NbdConnection implements NbdClient {
     this.inFlight++;
     this.export!.counters.requests++;
     this.context.noteForeground();
-    void this.execute(request, payload, release);
+    if (this.executing < executingMax) {
+      this.executing++;
+      void this.execute(request, payload, release);
+    } else {
+      this.queued.push({ request, payload, release });
+    }
+  }
+
+  /** A running request is done (a READ: its reply left for the socket): the next queued one runs. */
+  private finishRequest(): void {
+    this.inFlight--;
+    this.executing--;
+    if (this.queuedHead < this.queued.length) {
+      const next = this.queued[this.queuedHead]!;
+      this.queued[this.queuedHead++] = undefined as unknown as Admitted;
+      if (this.queuedHead === this.queued.length) {
+        this.queued.length = 0;
+        this.queuedHead = 0;
+      }
+      this.executing++;
+      this.context.noteForeground();
+      void this.execute(next.request, next.payload, next.release);
+    }
+    this.afterCompletion();
   }
 
   /** Runs one admitted request and answers it; never rejects. */
@@ -634,12 +688,16 @@ export class NbdConnection implements NbdClient {
     const { target, counters } = this.export!;
     const { offsetBytes, lengthBytes } = request;
     const fua = (request.flags & commandFlag.fua) !== 0;
-    let releaseNow = true;
+    let finished = true;
     try {
       switch (request.type) {
         case command.read:
-          releaseNow = false;
-          await this.read(request, release);
+          // The turn and the budget are given back once the reply has left (or failed).
+          finished = false;
+          await this.read(request, () => {
+            release();
+            this.finishRequest();
+          });
           return;
         case command.write:
           if (payload && lengthBytes > 0) await target.write(offsetBytes, payload);
@@ -665,15 +723,17 @@ export class NbdConnection implements NbdClient {
     } catch (error) {
       this.replyFailure(request, toFailure(error, request));
     } finally {
-      if (releaseNow) release();
-      this.inFlight--;
-      this.afterCompletion();
+      if (finished) {
+        release();
+        this.finishRequest();
+      }
     }
   }
 
-  /** Answers a READ; `release` is called once the data has left for the socket (or failed). */
+  /** Answers a READ; `release` is called once, when the data has left for the socket (or failed). */
   private async read(request: RequestHeader, release: () => void): Promise<void> {
-    const { target, counters } = this.export!;
+    const { counters } = this.export!;
+    const target: ReadIntoTarget = this.export!.target;
     const { offsetBytes, lengthBytes } = request;
     try {
       if (lengthBytes === 0) {
@@ -686,6 +746,22 @@ export class NbdConnection implements NbdClient {
         release();
         counters.bytesRead += lengthBytes;
         this.send(encodeOffsetHole(request, offsetBytes, lengthBytes, true));
+        return;
+      }
+      if (target.readInto) {
+        const pool = this.context.replyBuffers;
+        const headerBytes = this.structured ? offsetDataHeaderBytes : simpleReplyBytes;
+        const buffer = pool.acquire(lengthBytes);
+        // A failed read drops the buffer (the catch below): another segment's device read may
+        // still be filling it.
+        await target.readInto(offsetBytes, buffer.subarray(headerBytes, headerBytes + lengthBytes));
+        counters.bytesRead += lengthBytes;
+        if (this.structured) writeOffsetDataHeader(buffer, request, offsetBytes, lengthBytes, true);
+        else writeSimpleReply(buffer, 0, request);
+        this.sendWhole(buffer.subarray(0, headerBytes + lengthBytes), () => {
+          release();
+          pool.release(buffer);
+        });
         return;
       }
       const data = await target.read(offsetBytes, lengthBytes);
@@ -728,6 +804,18 @@ export class NbdConnection implements NbdClient {
     this.socket.write(header);
     this.socket.write(data, onWritten === undefined ? undefined : () => onWritten());
     this.socket.uncork();
+  }
+
+  /**
+   * Writes a reply that is whole in one buffer; `onWritten` runs once the socket is done with it
+   * (written, or failed when the socket is destroyed), never before: then the buffer may be reused.
+   */
+  private sendWhole(reply: Buffer, onWritten: () => void): void {
+    if (this.closed || this.socket.destroyed || this.socket.writableEnded) {
+      onWritten();
+      return;
+    }
+    this.socket.write(reply, () => onWritten());
   }
 
   private afterCompletion(): void {

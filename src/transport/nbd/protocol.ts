@@ -113,6 +113,8 @@ export const optionHeaderBytes = 16;
 export const requestHeaderBytes = 28;
 export const simpleReplyBytes = 16;
 export const structuredHeaderBytes = 20;
+/** A structured OFFSET_DATA chunk's header with its offset, before the data. */
+export const offsetDataHeaderBytes = structuredHeaderBytes + 8;
 export const exportNameZeroPadBytes = 124;
 
 const twoTo32 = 4_294_967_296;
@@ -314,11 +316,16 @@ export interface Cookie {
 
 export function encodeSimpleReply(error: number, cookie: Cookie): Buffer {
   const out = Buffer.allocUnsafe(simpleReplyBytes);
+  writeSimpleReply(out, error, cookie);
+  return out;
+}
+
+/** A simple reply written into the first `simpleReplyBytes` of `out` (data may follow it there). */
+export function writeSimpleReply(out: Buffer, error: number, cookie: Cookie): void {
   out.writeUInt32BE(simpleReplyMagic, 0);
   out.writeUInt32BE(error, 4);
   out.writeUInt32BE(cookie.cookieHigh, 8);
   out.writeUInt32BE(cookie.cookieLow, 12);
-  return out;
 }
 
 function writeStructuredHeader(out: Buffer, flags: number, type: number, cookie: Cookie, lengthBytes: number): void {
@@ -339,10 +346,15 @@ export function encodeStructuredDone(cookie: Cookie): Buffer {
 
 /** Header and offset of an OFFSET_DATA chunk; the `dataBytes` of data follow it on the wire. */
 export function encodeOffsetDataHeader(cookie: Cookie, offsetBytes: number, dataBytes: number, done: boolean): Buffer {
-  const out = Buffer.allocUnsafe(structuredHeaderBytes + 8);
+  const out = Buffer.allocUnsafe(offsetDataHeaderBytes);
+  writeOffsetDataHeader(out, cookie, offsetBytes, dataBytes, done);
+  return out;
+}
+
+/** An OFFSET_DATA chunk's header written into the first `offsetDataHeaderBytes` of `out` (the data follows). */
+export function writeOffsetDataHeader(out: Buffer, cookie: Cookie, offsetBytes: number, dataBytes: number, done: boolean): void {
   writeStructuredHeader(out, done ? replyFlag.done : 0, replyType.offsetData, cookie, 8 + dataBytes);
   writeU64(out, structuredHeaderBytes, offsetBytes);
-  return out;
 }
 
 export function encodeOffsetHole(cookie: Cookie, offsetBytes: number, holeBytes: number, done: boolean): Buffer {

@@ -1,0 +1,68 @@
+// Payload buffers the NBD server reuses. A READ's reply (header and data in one buffer) is filled
+// into a buffer taken from here and given back once the socket write of that reply has completed;
+// allocating 256 KiB per request instead costs a fresh mapping the kernel zeroes and faults in, and
+// the external-memory pressure sets off a major garbage collection every few dozen megabytes.
+//
+// Sizes are rounded up to a power of two between `minBytes` and `maxBytes`, plus `headroomBytes`
+// for the reply header in front of the data; a larger request gets a buffer of its own that is
+// never kept. At most `keptBytesMax` of idle buffers are kept (the in-flight bounds of the
+// connections keep the busy ones bounded). Whoever releases a buffer guarantees nothing refers to
+// it any more: a buffer a socket write or a device read may still touch is dropped, never released.
+import assert from 'node:assert/strict';
+
+export class BufferPool {
+  private readonly free: Buffer[][] = [];
+  private keptBytes = 0;
+  private readonly minShift: number;
+  private readonly maxShift: number;
+
+  constructor(
+    private readonly keptBytesMax: number,
+    readonly headroomBytes = 0,
+    minBytes = 4096,
+    maxBytes = 4 * 1024 * 1024,
+  ) {
+    this.minShift = Math.ceil(Math.log2(minBytes));
+    this.maxShift = Math.ceil(Math.log2(maxBytes));
+    for (let shift = this.minShift; shift <= this.maxShift; shift++) this.free.push([]);
+  }
+
+  /** A buffer of at least `headroomBytes + bytes` (more, rounded to its class); give it back with `release`. */
+  acquire(bytes: number): Buffer {
+    const index = this.classOf(bytes);
+    if (index < 0) return Buffer.allocUnsafeSlow(this.headroomBytes + bytes);
+    const buffer = this.free[index]!.pop();
+    if (buffer) {
+      this.keptBytes -= buffer.length;
+      return buffer;
+    }
+    return Buffer.allocUnsafeSlow(this.classBytes(index));
+  }
+
+  /** Takes back a buffer `acquire` returned, which nothing reads or writes any more. */
+  release(buffer: Buffer): void {
+    const index = this.classOf(buffer.length - this.headroomBytes);
+    if (index < 0 || buffer.length !== this.classBytes(index)) return;
+    assert.ok(!this.free[index]!.includes(buffer), 'a pool buffer released twice');
+    if (this.keptBytes + buffer.length > this.keptBytesMax) return;
+    this.free[index]!.push(buffer);
+    this.keptBytes += buffer.length;
+  }
+
+  /** Bytes of idle buffers kept for reuse. */
+  get idleBytes(): number {
+    return this.keptBytes;
+  }
+
+  private classBytes(index: number): number {
+    return 2 ** (index + this.minShift) + this.headroomBytes;
+  }
+
+  /** The size class of `bytes` of data, or -1 when it is over `maxBytes`. */
+  private classOf(bytes: number): number {
+    if (bytes > 2 ** this.maxShift) return -1;
+    let shift = this.minShift;
+    while (2 ** shift < bytes) shift++;
+    return shift - this.minShift;
+  }
+}

@@ -79,6 +79,17 @@ waitforlisten() {
 	return 1
 }
 
+# Some tests restart the target themselves ($SPDK_BIN_DIR/spdk_tgt &): a fresh lvnode on the same
+# socket, with nothing saved from before (spdk_tgt keeps no configuration either).
+mkdir -p "$work/bin"
+cat > "$work/bin/spdk_tgt" << TARGET
+#!/usr/bin/env bash
+exec node "$repo/bin/lvnode.mjs" serve --data-dir "\$(mktemp -d "$work/restart.XXXXXX")" --listen 127.0.0.1:0 \\
+	--rpc-socket "$SOCK" --default-disk-size 0 >> "$work/node.log" 2>&1
+TARGET
+chmod +x "$work/bin/spdk_tgt"
+export SPDK_BIN_DIR=$work/bin
+
 start_node() {
 	rm -rf "$work/data" "$SOCK"
 	node "$repo/bin/lvnode.mjs" serve --data-dir "$work/data" --listen 127.0.0.1:0 --rpc-socket "$SOCK" \
@@ -86,7 +97,12 @@ start_node() {
 	spdk_pid=$!
 	waitforlisten "$spdk_pid"
 }
-stop_node() { [[ -n $spdk_pid ]] && killprocess "$spdk_pid"; }
+stop_node() {
+	[[ -n $spdk_pid ]] && killprocess "$spdk_pid"
+	# And any node a test started itself.
+	pkill -f -- "--rpc-socket $SOCK" 2> /dev/null
+	sleep 0.1
+}
 
 passed=() failed=() skipped=()
 scripts=(basic rename resize snapshot_clone thin_provisioning tasting external_snapshot external_copy hotremove xattr)
@@ -97,6 +113,8 @@ for script in "${scripts[@]}"; do
 	mapfile -t tests < <(sed -n 's/^run_test "\([^"]*\)" \([A-Za-z_0-9]*\).*/\1 \2/p' "$file")
 	for entry in "${tests[@]}"; do
 		name=${entry% *} fn=${entry#* }
+		label=$name
+		[[ $fn != "$name" ]] && label="$name ($fn)"
 		if ((${#only[@]})) && [[ ! " ${only[*]} " == *" $name "* ]]; then continue; fi
 		body=$(
 			source "$SPDK_DIR/test/lvol/common.sh"
@@ -104,11 +122,11 @@ for script in "${scripts[@]}"; do
 			declare -f "$fn"
 		)
 		if grep -Eq 'nbd_start_disks|run_fio_test|/dev/nbd|fio_' <<< "$body"; then
-			skipped+=("$script/$name (kernel NBD or fio)")
+			skipped+=("$script/$label (kernel NBD or fio)")
 			continue
 		fi
 		if ! start_node; then
-			failed+=("$script/$name (the node did not start; $work/node.log)")
+			failed+=("$script/$label (the node did not start; $work/node.log)")
 			continue
 		fi
 		(
@@ -118,14 +136,15 @@ for script in "${scripts[@]}"; do
 			source <(sed -n '/^function [A-Za-z_0-9]*() {/,/^}/p' "$file")
 			# The aio files some scripts make before their tests (tasting.sh), made here for each test.
 			truncate -s "${AIO_SIZE_MB}M" "$testdir/aio_bdev_0" "$testdir/aio_bdev_1"
+			[[ -n ${LVNODE_SPDK_TRACE:-} ]] && set -x
 			"$fn"
 		) > "$work/$name.log" 2>&1
 		status=$?
 		if ((status == 0)); then
-			passed+=("$script/$name")
+			passed+=("$script/$label")
 		else
-			failed+=("$script/$name")
-			echo "---- $script/$name failed; its last lines:" >&2
+			failed+=("$script/$label")
+			echo "---- $script/$label failed; its last lines:" >&2
 			tail -n 15 "$work/$name.log" >&2
 		fi
 		stop_node

@@ -226,6 +226,13 @@ function bdevMethods(node: StorageNode): Record<string, RpcMethod> {
           ...(p.uuid ? { uuid: p.uuid } : {}),
         }),
     }),
+    bdev_wait_for_examine: defineMethod({
+      description: 'Wait until every bdev has been examined for lvstores: lvnode examines as a bdev is attached, so this answers at once.',
+      priority: 'foreground',
+      params: z.strictObject({}),
+      result: ok,
+      handler: () => true as const,
+    }),
     bdev_aio_delete: defineMethod({
       description: 'Detach a file bdev; refused while an lvstore claims it.',
       priority: 'foreground',

@@ -1,5 +1,6 @@
 // SPDK's JSON shapes for bdevs, lvstores and lvols (reference §6.3, §6.4), built from node state.
 import { z } from 'zod';
+import { fail } from '../errors.ts';
 import type { StorageNode } from '../actors/node.ts';
 import type { BaseBdev, LvstoreEntry } from '../actors/registry.ts';
 import { rfc3339Seconds } from '../store/lvstore.ts';
@@ -112,9 +113,9 @@ function exactProduct(a: number, b: number): number | bigint {
   return Number.isSafeInteger(product) ? product : BigInt(a) * BigInt(b);
 }
 
-/** The external snapshot's bdev name, or its UUID while it is not attached. */
-function externalName(entry: LvstoreEntry, uuid: string): string {
-  return entry.store.externalSource(uuid)?.name ?? uuid;
+/** As SPDK reports it: the external snapshot's id, which is its bdev UUID. */
+function externalName(_entry: LvstoreEntry, uuid: string): string {
+  return uuid;
 }
 
 /** `claimedBy`: the lvstore nested on this lvol, if any. */
@@ -156,13 +157,18 @@ export function lvolBdevInfo(entry: LvstoreEntry, lvol: LvolRecord, claimedBy: s
 /** bdev_get_bdevs: every bdev, or the one called `name` (a base bdev name, lvol UUID or alias). */
 export function bdevInfos(node: StorageNode, name: string | undefined): BdevView[] {
   if (name !== undefined) {
-    const base = node.registry.bdevs.get(name);
+    const base = node.registry.bdevs.get(name) ?? [...node.registry.bdevs.values()].find((bdev) => bdev.uuid === name);
     if (base) return [baseBdevInfo(base)];
     const { entry, lvol } = node.resolveLvol(name);
+    // As SPDK: a degraded lvol (its external snapshot is missing) is listed by
+    // bdev_lvol_get_lvols, but is no bdev until the external snapshot comes back.
+    if (entry.store.isDegraded(lvol.id)) fail('ENODEV', `lvol ${name} is degraded: its external snapshot is not attached`);
     return [lvolBdevInfo(entry, lvol, node.lvolClaimedBy(lvol.id))];
   }
   const out = [...node.registry.bdevs.values()].map(baseBdevInfo);
-  for (const { entry, lvol } of node.registry.allLvols()) out.push(lvolBdevInfo(entry, lvol, node.lvolClaimedBy(lvol.id)));
+  for (const { entry, lvol } of node.registry.allLvols()) {
+    if (!entry.store.isDegraded(lvol.id)) out.push(lvolBdevInfo(entry, lvol, node.lvolClaimedBy(lvol.id)));
+  }
   return out;
 }
 

@@ -71,7 +71,7 @@ describe('external snapshots', () => {
     expect((await node.readLvol('lvs/c', 0, size)).equals(expected)).toBe(true);
     const [bdev] = await call<Array<{ num_blocks: number; driver_specific: { lvol: Record<string, unknown> } }>>(table, 'bdev_get_bdevs', { name: 'lvs/c' });
     expect(bdev!.num_blocks).toBe(size / 512);
-    expect(bdev!.driver_specific.lvol).toMatchObject({ esnap_clone: true, external_snapshot_name: 'ext', thin_provision: true, num_allocated_clusters: 0 });
+    expect(bdev!.driver_specific.lvol).toMatchObject({ esnap_clone: true, external_snapshot_name: externalUuid, thin_provision: true, num_allocated_clusters: 0 });
     expect((await call<Array<Record<string, unknown>>>(table, 'bdev_lvol_get_lvols', {}))[0]).toMatchObject({ is_esnap_clone: true, is_degraded: false });
     // A partial write copies the rest of the cluster from the external snapshot.
     await node.writeLvol('lvs/c', clusterBytes + 512, Buffer.alloc(512, 0xcc));

@@ -197,7 +197,7 @@ function bdevMethods(node: StorageNode): Record<string, RpcMethod> {
         node.createMallocBdev({ numBlocks: p.num_blocks, blockSize: p.block_size, ...(p.name ? { name: p.name } : {}), ...(p.uuid ? { uuid: p.uuid } : {}) }),
     }),
     bdev_malloc_delete: defineMethod({
-      description: 'Delete a RAM bdev; refused while an lvstore claims it.',
+      description: 'Delete a RAM bdev; an lvstore on it is unloaded first (hot remove, as SPDK).',
       priority: 'foreground',
       params: byName,
       result: ok,
@@ -234,7 +234,7 @@ function bdevMethods(node: StorageNode): Record<string, RpcMethod> {
       handler: () => true as const,
     }),
     bdev_aio_delete: defineMethod({
-      description: 'Detach a file bdev; refused while an lvstore claims it.',
+      description: 'Detach a file bdev; an lvstore on it is unloaded first (closed, not erased: attach the file again to load it).',
       priority: 'foreground',
       params: byName,
       result: ok,

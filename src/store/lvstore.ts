@@ -129,6 +129,40 @@ export class Lvstore {
     for (const lvol of record.lvols.values()) {
       lvol.clusterMap.forEachNonZero((_, physicalCluster) => this.allocator.markUsed(physicalCluster));
     }
+    this.rebuildNameIndex();
+  }
+
+  // ---- indexes (SPEC §10: lookups linear or better in what they return) ----
+
+  /** Name → lvol id, kept exact by `commit` (rebuilt after an undo, which is rare). */
+  private readonly nameIndex = new Map<string, string>();
+  private nameIndexStale = false;
+  /** Parent id → its clones' ids; rebuilt lazily after a change to who descends from whom. */
+  private childIndex: Map<string, string[]> | null = null;
+
+  private rebuildNameIndex(): void {
+    this.nameIndex.clear();
+    for (const lvol of this.record.lvols.values()) this.nameIndex.set(lvol.name, lvol.id);
+    this.nameIndexStale = false;
+  }
+
+  /** Keeps the indexes true across one change: called before and after `applyChange`. */
+  private indexChange(change: MetadataChange, phase: 'before' | 'after'): void {
+    if (phase === 'before') {
+      if (change.type === 'lvol.delete' || change.type === 'lvol.merge' || change.type === 'lvol.rename') {
+        const lvol = this.record.lvols.get(change.id);
+        if (lvol && this.nameIndex.get(lvol.name) === lvol.id) this.nameIndex.delete(lvol.name);
+      }
+      return;
+    }
+    if (change.type === 'lvol.create' || change.type === 'lvol.rename') this.nameIndex.set(change.name, change.id);
+    const relations =
+      (change.type === 'lvol.create' && change.parentId !== null) ||
+      change.type === 'lvol.delete' ||
+      change.type === 'lvol.merge' ||
+      change.type === 'lvol.snapshot' ||
+      change.type === 'lvol.set_parent';
+    if (relations) this.childIndex = null;
   }
 
   /** Creates a new lvstore on `device`, clearing it first unless the clear method is `none`. */
@@ -219,12 +253,23 @@ export class Lvstore {
   }
 
   findLvolByName(name: string): LvolRecord | undefined {
-    for (const lvol of this.record.lvols.values()) if (lvol.name === name) return lvol;
-    return undefined;
+    if (this.nameIndexStale) this.rebuildNameIndex();
+    const id = this.nameIndex.get(name);
+    return id === undefined ? undefined : this.record.lvols.get(id);
   }
 
   clonesOf(id: string): LvolRecord[] {
-    return this.lvols().filter((lvol) => lvol.parentId === id);
+    if (this.childIndex === null) {
+      const index = new Map<string, string[]>();
+      for (const lvol of this.record.lvols.values()) {
+        if (lvol.parentId === null) continue;
+        const siblings = index.get(lvol.parentId);
+        if (siblings) siblings.push(lvol.id);
+        else index.set(lvol.parentId, [lvol.id]);
+      }
+      this.childIndex = index;
+    }
+    return (this.childIndex.get(id) ?? []).map((childId) => this.record.lvols.get(childId)!);
   }
 
   /** Clusters the lvol itself owns (the sparse map keeps the count: O(1)). */
@@ -253,10 +298,13 @@ export class Lvstore {
     try {
       for (const change of changes) {
         entry.undo.push(captureUndo(this.record, change));
+        this.indexChange(change, 'before');
         applyChange(this.record, change);
+        this.indexChange(change, 'after');
       }
     } catch (error) {
       undoCommit(entry, this.allocator);
+      this.indexesStale();
       throw error;
     }
     this.notDurable.push(entry);
@@ -279,6 +327,12 @@ export class Lvstore {
     for (const pending of undone.reverse()) {
       undoCommit(pending, this.allocator);
     }
+    this.indexesStale();
+  }
+
+  private indexesStale(): void {
+    this.nameIndexStale = true;
+    this.childIndex = null;
   }
 
   /** Null while metadata can be written; else why not (the lvstore then refuses changes). */

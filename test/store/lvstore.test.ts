@@ -1225,3 +1225,37 @@ describe('cluster sizes as SPDK takes them', () => {
     }
   });
 });
+
+describe('name and clone indexes', () => {
+  it('stay exact across creates, renames, snapshots, deletes and undone (failed) changes', async () => {
+    // Goal (scale issue): lookups by name and by parent are indexed, never wrong after an undo.
+    let failNext = false;
+    const log = {
+      append: async () => {
+        if (failNext) throw new StorageError('EIO', { detail: 'injected' });
+      },
+      close: async () => {},
+    };
+    const store = await Lvstore.create(new MemoryDevice(deviceBytes, blockBytes), { name: 'lvs', clusterBytes, clearMethod: 'none' }, log, seededRuntime(9));
+    const a = await store.createLvol({ name: 'a', clusterCount: 2, thin: true });
+    await store.renameLvol(a.id, 'b');
+    expect(store.findLvolByName('a')).toBeUndefined();
+    expect(store.findLvolByName('b')?.id).toBe(a.id);
+    failNext = true;
+    expect(await errnoOf(() => store.renameLvol(a.id, 'c'))).toBe('EIO');
+    expect(await errnoOf(() => store.createLvol({ name: 'd', clusterCount: 1, thin: true }))).toBe('EIO');
+    failNext = false;
+    expect(store.findLvolByName('b')?.id).toBe(a.id);
+    expect(store.findLvolByName('c')).toBeUndefined();
+    expect(store.findLvolByName('d')).toBeUndefined();
+    const snap = await store.snapshot(a.id, 'snap', {});
+    const clone = await store.clone(snap.id, 'clone');
+    expect(store.clonesOf(snap.id).map((lvol) => lvol.id).sort()).toEqual([a.id, clone.id].sort());
+    await store.deleteLvol(clone.id);
+    expect(store.clonesOf(snap.id).map((lvol) => lvol.id)).toEqual([a.id]);
+    await store.deleteLvol(snap.id); // merges into its one clone
+    expect(store.clonesOf(snap.id)).toEqual([]);
+    expect(store.findLvolByName('snap')).toBeUndefined();
+    expect(store.findLvolByName('b')?.id).toBe(a.id);
+  });
+});

@@ -95,6 +95,9 @@ export async function openLvstore(device: BlockDevice, runtime: Runtime): Promis
  * Applies every journal record that follows the checkpoint, in sequence. The first record that
  * is missing, torn (CRC mismatch) or out of sequence ends the journal: it was never acknowledged.
  */
+/** How much of the journal one read brings in at load. */
+const journalReadWindowBytes = 1024 * 1024;
+
 async function replayJournal(
   device: BlockDevice,
   journalOffset: number,
@@ -105,15 +108,27 @@ async function replayJournal(
 ): Promise<{ lastSeq: bigint; tailBytes: number }> {
   const blockBytes = device.blockSizeBytes;
   const pause = loopYielder();
+  // The journal is read sequentially in large windows, not a block per record: a restart after
+  // many small changes costs a few reads, not one per record.
+  let window: Buffer = Buffer.alloc(0);
+  let windowStart = 0;
+  const bytesAt = async (offsetBytes: number, lengthBytes: number): Promise<Buffer> => {
+    if (offsetBytes < windowStart || offsetBytes + lengthBytes > windowStart + window.length) {
+      const length = Math.min(journalBytes - offsetBytes, Math.max(lengthBytes, journalReadWindowBytes));
+      window = await readAt(device, journalOffset + offsetBytes, length);
+      windowStart = offsetBytes;
+    }
+    return window.subarray(offsetBytes - windowStart, offsetBytes - windowStart + lengthBytes);
+  };
   let offset = 0;
   let expected = checkpointSeq + 1n;
   while (offset + recordHeaderBytes <= journalBytes) {
-    const first = await readAt(device, journalOffset + offset, blockBytes);
+    const first = await bytesAt(offset, blockBytes);
     const header = decodeRecordHeader(first);
     if (!header || header.seq !== expected || header.storeTag !== storeTag) break;
     const recordBytes = roundUp(recordHeaderBytes + header.payloadBytes, blockBytes);
     if (offset + recordBytes > journalBytes) break;
-    const whole = recordBytes === blockBytes ? first : await readAt(device, journalOffset + offset, recordBytes);
+    const whole = recordBytes === blockBytes ? first : await bytesAt(offset, recordBytes);
     const payload = whole.subarray(recordHeaderBytes, recordHeaderBytes + header.payloadBytes);
     if (crc64(payload) !== header.payloadCrc) break;
     try {

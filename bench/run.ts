@@ -8,6 +8,7 @@ import { listingCost } from './listingCost.ts';
 import { metadataWritePath } from './metadataWritePath.ts';
 import { nbdBenchmark } from './nbd.ts';
 import { preemptionLatency } from './preemptionLatency.ts';
+import { scaleBenchmark } from './scale.ts';
 import { benchClusterBytes, fixed } from './support.ts';
 
 // The node logs every bdev and lvstore it creates; the figures are what this run is for.
@@ -23,6 +24,7 @@ const benchmarks: ReadonlyArray<{ name: string; run: () => Promise<void> }> = [
   { name: 'preemptionLatency', run: preemptionLatency },
   { name: 'metadataWritePath', run: metadataWritePath },
   { name: 'nbd', run: nbdBenchmark },
+  { name: 'scale', run: scaleBenchmark },
 ];
 
 async function main(): Promise<void> {

@@ -172,71 +172,53 @@ async function startLockedNode(
   const rpcStats = new RpcStats();
   let server: RpcServer | undefined;
   const table = createMethodTable(node, { rpc: rpcStats, connectionCount: () => server?.connectionCount() ?? 0 });
-  try {
-    await attachBdevs(table, node, options, dataDir, writer);
-  } catch (error) {
-    // Close what was opened (its file locks too), so a later start in this process can take them.
-    detachStately();
-    rpcStats.close();
-    await node.shutdown();
-    throw error;
-  }
-  const dispatcher = createDispatcher(table, {
-    allowBatch: true,
+  // What a failed start closes, newest first: listeners, then the node (its file locks too), so
+  // a later start in this process can take them.
+  const opened: Array<() => Promise<void> | void> = [() => node.shutdown(), () => rpcStats.close(), detachStately];
+  const startStep = async <T>(step: () => Promise<T>): Promise<T> => {
+    try {
+      return await step();
+    } catch (error) {
+      for (const close of opened.splice(0).reverse()) await close();
+      throw error;
+    }
+  };
+  await startStep(() => attachBdevs(table, node, options, dataDir, writer));
+  // Both transports run the same table; what clients ask for goes first: checksum steps back off
+  // while requests keep coming.
+  const dispatcherHooks = {
     onCall: rpcStats.record,
-    // What clients ask for goes first: checksum steps back off while requests keep coming.
-    onStart: (method) => {
+    onStart: (method: { priority: string }) => {
       if (method.priority !== 'background') node.scheduler.noteForeground();
     },
-  });
-  const listening = await startRpcServer({
-    host,
-    port,
-    dispatcher,
-    log: ({ level, msg, ...fields }) => log(level, msg, fields),
-    ...(options.token ? { token: options.token } : {}),
-    ...(options.limits ? { limits: options.limits } : {}),
-  }).catch(async (error: unknown) => {
-    detachStately();
-    rpcStats.close();
-    await node.shutdown();
-    throw error;
-  });
+  };
+  const listening = await startStep(() =>
+    startRpcServer({
+      host,
+      port,
+      dispatcher: createDispatcher(table, { allowBatch: true, ...dispatcherHooks }),
+      log: ({ level, msg, ...fields }) => log(level, msg, fields),
+      ...(options.token ? { token: options.token } : {}),
+      ...(options.limits ? { limits: options.limits } : {}),
+    }),
+  );
+  opened.push(() => listening.close());
   server = listening;
   const url = `ws://${host.includes(':') ? `[${host}]` : host}:${listening.address.port}/`;
   const nbd = nbdAddress
-    ? await NbdServer.listen({ address: nbdAddress, exports: node.nbd, noteForeground: () => node.scheduler.noteForeground() }).catch(
-        async (error: unknown) => {
-          await listening.close();
-          detachStately();
-          rpcStats.close();
-          await node.shutdown();
-          throw error;
-        },
-      )
+    ? await startStep(() => NbdServer.listen({ address: nbdAddress, exports: node.nbd, noteForeground: () => node.scheduler.noteForeground() }))
     : undefined;
+  if (nbd) opened.push(() => nbd.close());
   // SPDK's clients (rpc.py, go-spdk-helper) on their own socket: the same table and handlers,
   // SPDK's framing and error codes.
   const spdkSocket = options.rpcSocket
-    ? await startSpdkSocketServer({
-        path: resolve(options.rpcSocket),
-        dispatcher: createDispatcher(table, {
-          allowBatch: false,
-          flavor: 'spdk',
-          onCall: rpcStats.record,
-          onStart: (method) => {
-            if (method.priority !== 'background') node.scheduler.noteForeground();
-          },
+    ? await startStep(() =>
+        startSpdkSocketServer({
+          path: resolve(options.rpcSocket!),
+          dispatcher: createDispatcher(table, { allowBatch: false, flavor: 'spdk', ...dispatcherHooks }),
+          log: ({ level, msg, ...fields }) => log(level, msg, fields),
         }),
-        log: ({ level, msg, ...fields }) => log(level, msg, fields),
-      }).catch(async (error: unknown) => {
-        await nbd?.close();
-        await listening.close();
-        detachStately();
-        rpcStats.close();
-        await node.shutdown();
-        throw error;
-      })
+      )
     : undefined;
   log('info', 'lvnode listening', { url, dataDir, ...(nbd ? { nbd: nbd.address } : {}), ...(spdkSocket ? { rpcSocket: spdkSocket.path } : {}) });
   return {

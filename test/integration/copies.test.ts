@@ -6,33 +6,17 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { StorageNode } from '../../src/actors/node.ts';
 import { crc64 } from '../../src/checksum/crc64.ts';
 import { MemoryDevice } from '../../src/device/memoryDevice.ts';
-import { StorageError } from '../../src/errors.ts';
 import { seededRuntime } from '../../src/runtime.ts';
 import { createMethodTable } from '../../src/transport/methods.ts';
 import type { MethodTable } from '../../src/transport/methodTable.ts';
+import { call, errnoOf } from './tableCalls.ts';
 
 const clusterBytes = 64 * 1024;
-const noConnection = { id: 0, notify: () => false, onClose: () => {} };
 const nodes: StorageNode[] = [];
 
 afterEach(async () => {
   for (const node of nodes.splice(0)) await node.shutdown();
 });
-
-async function call<T = unknown>(table: MethodTable, method: string, params: Record<string, unknown> = {}): Promise<T> {
-  const entry = table[method]!;
-  return (await entry.handler(entry.params.parse(params), noConnection)) as T;
-}
-
-async function errnoOf(work: Promise<unknown>): Promise<string> {
-  try {
-    await work;
-  } catch (error) {
-    if (error instanceof StorageError) return error.errno;
-    throw error;
-  }
-  return 'no error';
-}
 
 /** Two lvstores (A and B) on malloc-like devices, 64 KiB clusters. */
 async function twoStores(): Promise<{ node: StorageNode; table: MethodTable }> {

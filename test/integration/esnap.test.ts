@@ -8,13 +8,12 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { StorageNode } from '../../src/actors/node.ts';
 import { FileDevice } from '../../src/device/fileDevice.ts';
-import { StorageError } from '../../src/errors.ts';
 import { seededRuntime } from '../../src/runtime.ts';
 import { createMethodTable } from '../../src/transport/methods.ts';
 import type { MethodTable } from '../../src/transport/methodTable.ts';
+import { call, errnoOf } from './tableCalls.ts';
 
 const clusterBytes = 64 * 1024;
-const noConnection = { id: 0, notify: () => false, onClose: () => {} };
 const externalUuid = '11111111-2222-4333-8444-555555555555';
 let dir: string | undefined;
 const nodes: StorageNode[] = [];
@@ -24,21 +23,6 @@ afterEach(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
   dir = undefined;
 });
-
-async function call<T = unknown>(table: MethodTable, method: string, params: Record<string, unknown> = {}): Promise<T> {
-  const entry = table[method]!;
-  return (await entry.handler(entry.params.parse(params), noConnection)) as T;
-}
-
-async function errnoOf(work: Promise<unknown>): Promise<string> {
-  try {
-    await work;
-  } catch (error) {
-    if (error instanceof StorageError) return error.errno;
-    throw error;
-  }
-  return 'no error';
-}
 
 function pattern(bytes: number): Buffer {
   const out = Buffer.alloc(bytes);

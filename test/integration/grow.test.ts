@@ -9,9 +9,9 @@ import { FileDevice } from '../../src/device/fileDevice.ts';
 import { seededRuntime } from '../../src/runtime.ts';
 import { createMethodTable } from '../../src/transport/methods.ts';
 import type { MethodTable } from '../../src/transport/methodTable.ts';
+import { call } from './tableCalls.ts';
 
 const mib = 1024 * 1024;
-const noConnection = { id: 0, notify: () => false, onClose: () => {} };
 let dir: string | undefined;
 const nodes: StorageNode[] = [];
 
@@ -20,11 +20,6 @@ afterEach(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
   dir = undefined;
 });
-
-async function call<T = unknown>(table: MethodTable, method: string, params: Record<string, unknown> = {}): Promise<T> {
-  const entry = table[method]!;
-  return (await entry.handler(entry.params.parse(params), noConnection)) as T;
-}
 
 async function start(path: string): Promise<MethodTable> {
   const node = new StorageNode(seededRuntime(nodes.length + 41));

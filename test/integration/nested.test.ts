@@ -7,13 +7,12 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { StorageNode } from '../../src/actors/node.ts';
 import { FileDevice } from '../../src/device/fileDevice.ts';
-import { StorageError } from '../../src/errors.ts';
 import { seededRuntime } from '../../src/runtime.ts';
 import { createMethodTable } from '../../src/transport/methods.ts';
 import type { MethodTable } from '../../src/transport/methodTable.ts';
+import { call, errnoOf } from './tableCalls.ts';
 
 const mib = 1024 * 1024;
-const noConnection = { id: 0, notify: () => false, onClose: () => {} };
 let dir: string | undefined;
 const nodes: StorageNode[] = [];
 
@@ -22,21 +21,6 @@ afterEach(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
   dir = undefined;
 });
-
-async function call<T = unknown>(table: MethodTable, method: string, params: Record<string, unknown> = {}): Promise<T> {
-  const entry = table[method]!;
-  return (await entry.handler(entry.params.parse(params), noConnection)) as T;
-}
-
-async function errnoOf(work: Promise<unknown>): Promise<string> {
-  try {
-    await work;
-  } catch (error) {
-    if (error instanceof StorageError) return error.errno;
-    throw error;
-  }
-  return 'no error';
-}
 
 async function start(path: string): Promise<{ node: StorageNode; table: MethodTable }> {
   const node = new StorageNode(seededRuntime(nodes.length + 51));

@@ -1,5 +1,6 @@
 // Payload buffers the NBD server reuses. A READ's reply (header and data in one buffer) is filled
 // into a buffer taken from here and given back once the socket write of that reply has completed;
+// a WRITE's payload is received into one and given back once the device write has resolved;
 // allocating 256 KiB per request instead costs a fresh mapping the kernel zeroes and faults in, and
 // the external-memory pressure sets off a major garbage collection every few dozen megabytes.
 //

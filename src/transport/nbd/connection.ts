@@ -1,7 +1,11 @@
 // One NBD client connection: the fixed newstyle handshake, then the transmission phase.
 //
-// Input is parsed straight from the socket's chunks. Memory stays bounded whatever the client
-// sends: option data is capped (larger is discarded unread), a request's payload is reserved in
+// Input is read into one buffer of the connection's, reused for every read (see
+// socketReadBuffer.ts), and parsed straight from it: a WRITE's payload is copied once, into a
+// buffer of the server's pool; what is left unparsed when a read is done is copied out before the
+// next read can overwrite it.
+//
+// Memory stays bounded whatever the client sends: option data is capped (larger is discarded unread), a request's payload is reserved in
 // the connection's and the node's byte budgets before its buffer is allocated, and while a budget,
 // the in-flight cap or the socket's send buffer is full the connection stops reading its socket
 // (backpressure) instead of buffering. Requests run concurrently and are answered as they finish;
@@ -25,6 +29,7 @@ import { log } from '../../log.ts';
 import type { NbdClient, NbdExport, NbdExports } from '../../actors/nbdExports.ts';
 import { ByteBudget } from '../byteBudget.ts';
 import { BufferPool } from './bufferPool.ts';
+import { readIntoBuffer } from './socketReadBuffer.ts';
 import {
   type RequestHeader,
   baseAllocation,
@@ -92,6 +97,9 @@ const socketBufferedBytesMax = nbdPayloadBytesMax;
 // buffer until the socket took it. Measured with nbdcopy (4 connections x 64 requests of 256 KiB):
 // 16 at once read at twice the rate of 256, with a quarter of the CPU per byte.
 export const executingMax = 16;
+// Each connection reads its socket into one buffer of this size, kept while it is open (256
+// connections: 64 MiB at most). A Unix socket hands over about 200 KiB per read at most.
+const socketReadBufferBytes = 256 * 1024;
 /** Room in front of a pooled reply buffer's data for the largest READ reply header. */
 export const replyHeadroomBytes = Math.max(offsetDataHeaderBytes, simpleReplyBytes);
 
@@ -100,8 +108,14 @@ type ReadIntoTarget = NbdExport['target'] & { readInto?(offsetBytes: number, tar
 
 interface Admitted {
   readonly request: RequestHeader;
-  readonly payload: Buffer | undefined;
+  readonly payload: Payload | undefined;
   readonly release: () => void;
+}
+
+/** A WRITE's data: `bytes`, a view of the front of `pooled`, a buffer of the server's pool. */
+interface Payload {
+  readonly bytes: Buffer;
+  readonly pooled: Buffer;
 }
 
 type Phase = 'clientFlags' | 'options' | 'transmission';
@@ -109,6 +123,7 @@ type Phase = 'clientFlags' | 'options' | 'transmission';
 interface PendingWrite {
   readonly request: RequestHeader;
   readonly buffer: Buffer;
+  readonly pooled: Buffer;
   filledBytes: number;
   readonly release: () => void;
 }
@@ -124,9 +139,29 @@ class InputQueue {
   private headOffset = 0;
   lengthBytes = 0;
 
+  /** A chunk whose memory is reused after the current read callback: `retain` copies what is left of it. */
+  private transient: Buffer | undefined;
+
   push(chunk: Buffer): void {
     this.chunks.push(chunk);
     this.lengthBytes += chunk.length;
+  }
+
+  pushTransient(chunk: Buffer): void {
+    this.push(chunk);
+    this.transient = chunk;
+  }
+
+  /** Replaces the unconsumed part of the transient chunk, if any is left, with a copy of its own. */
+  retain(): void {
+    const chunk = this.transient;
+    if (chunk === undefined) return;
+    this.transient = undefined;
+    const last = this.chunks.length - 1;
+    if (last < 0 || this.chunks[last] !== chunk) return;
+    const from = last === 0 ? this.headOffset : 0;
+    this.chunks[last] = Buffer.from(chunk.subarray(from));
+    if (last === 0) this.headOffset = 0;
   }
 
   /** The first `bytes` (at most the queued length), as a view when they lie in one chunk. */
@@ -209,6 +244,8 @@ export class NbdConnection implements NbdClient {
   private ending = false;
   private endCalled = false;
   private drainReason: string | undefined;
+  /** Replies are being gathered behind a cork until the next check phase (batchReplies). */
+  private batching = false;
 
   constructor(
     readonly id: number,
@@ -217,7 +254,12 @@ export class NbdConnection implements NbdClient {
     private readonly onClosed: (connection: NbdConnection) => void,
   ) {
     socket.setNoDelay(true);
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    // The server accepts sockets paused: reading starts here, into a buffer of the connection's
+    // own when this Node allows it (no allocation per read), else by 'data' events.
+    if (!readIntoBuffer(socket, Buffer.allocUnsafeSlow(socketReadBufferBytes), (bytes, buffer) => this.onRead(bytes, buffer))) {
+      socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    }
+    socket.resume();
     socket.on('drain', () => this.unstall());
     socket.on('error', (error) => log('debug', 'nbd connection error', { connection: id, error: error.message }));
     socket.on('close', () => this.onClose());
@@ -245,8 +287,7 @@ export class NbdConnection implements NbdClient {
     this.ending = true;
     this.discardBytes = 0;
     // A WRITE whose payload is still arriving was never acknowledged: it is dropped.
-    this.pendingWrite?.release();
-    this.pendingWrite = undefined;
+    this.dropPendingWrite();
     this.maybeEnd();
   }
 
@@ -261,14 +302,33 @@ export class NbdConnection implements NbdClient {
     this.pump();
   }
 
+  /** `bytes` were read into the front of `buffer`, which the next read overwrites. */
+  private onRead(bytes: number, buffer: Buffer): boolean {
+    if (this.closed) return false;
+    this.input.pushTransient(buffer.subarray(0, bytes));
+    this.pump();
+    // What could not be acted on yet (a partial header, input behind a stall) is copied out.
+    this.input.retain();
+    return true;
+  }
+
   private onClose(): void {
     if (this.closed) return;
     this.closed = true;
     clearTimeout(this.handshakeTimer);
-    this.pendingWrite?.release();
-    this.pendingWrite = undefined;
+    this.dropPendingWrite();
     this.export?.detach(this);
     this.onClosed(this);
+  }
+
+  /** A WRITE still receiving its payload is abandoned: its budget and buffer are given back. */
+  private dropPendingWrite(): void {
+    const pending = this.pendingWrite;
+    if (!pending) return;
+    this.pendingWrite = undefined;
+    pending.release();
+    // Only this connection ever saw the buffer (input is copied into it): it may be reused.
+    this.context.replyBuffers.release(pending.pooled);
   }
 
   /** Parses as much input as may be acted on now. */
@@ -575,7 +635,9 @@ export class NbdConnection implements NbdClient {
   /** A request whose payload bytes are reserved: a READ starts, a WRITE starts receiving data. */
   private admit(request: RequestHeader, release: () => void): void {
     if (request.type === command.write) {
-      this.pendingWrite = { request, buffer: Buffer.allocUnsafe(request.lengthBytes), filledBytes: 0, release };
+      // From the pool, given back once the device write resolved (see execute).
+      const pooled = this.context.replyBuffers.acquire(request.lengthBytes);
+      this.pendingWrite = { request, buffer: pooled.subarray(0, request.lengthBytes), pooled, filledBytes: 0, release };
     } else {
       this.startRequest(request, undefined, release);
     }
@@ -588,7 +650,7 @@ export class NbdConnection implements NbdClient {
     pending.filledBytes += bytes;
     if (pending.filledBytes < pending.buffer.length) return false;
     this.pendingWrite = undefined;
-    this.startRequest(pending.request, pending.buffer, pending.release);
+    this.startRequest(pending.request, { bytes: pending.buffer, pooled: pending.pooled }, pending.release);
     return true;
   }
 
@@ -653,7 +715,7 @@ export class NbdConnection implements NbdClient {
     return undefined;
   }
 
-  private startRequest(request: RequestHeader, payload: Buffer | undefined, release: () => void): void {
+  private startRequest(request: RequestHeader, payload: Payload | undefined, release: () => void): void {
     this.inFlight++;
     this.export!.counters.requests++;
     this.context.noteForeground();
@@ -684,7 +746,7 @@ export class NbdConnection implements NbdClient {
   }
 
   /** Runs one admitted request and answers it; never rejects. */
-  private async execute(request: RequestHeader, payload: Buffer | undefined, release: () => void): Promise<void> {
+  private async execute(request: RequestHeader, payload: Payload | undefined, release: () => void): Promise<void> {
     const { target, counters } = this.export!;
     const { offsetBytes, lengthBytes } = request;
     const fua = (request.flags & commandFlag.fua) !== 0;
@@ -700,7 +762,13 @@ export class NbdConnection implements NbdClient {
           });
           return;
         case command.write:
-          if (payload && lengthBytes > 0) await target.write(offsetBytes, payload);
+          if (payload) {
+            if (lengthBytes > 0) await target.write(offsetBytes, payload.bytes);
+            // The write resolved: the store and the device are done with the bytes (they copy
+            // them or write them out before resolving). A failed write drops the buffer instead
+            // (the catch below): another segment's device write may still be reading it.
+            this.context.replyBuffers.release(payload.pooled);
+          }
           if (fua) await target.flush();
           counters.bytesWritten += lengthBytes;
           break;
@@ -796,6 +864,7 @@ export class NbdConnection implements NbdClient {
       onWritten?.();
       return;
     }
+    this.batchReplies();
     if (data === undefined) {
       this.socket.write(header);
       return;
@@ -815,8 +884,27 @@ export class NbdConnection implements NbdClient {
       onWritten();
       return;
     }
+    this.batchReplies();
     this.socket.write(reply, () => onWritten());
   }
+
+  /**
+   * Replies written in this turn of the event loop go out together: the socket is corked until
+   * the loop's check phase (after every I/O completion of this poll has run), so requests that
+   * complete together cost one writev, not a write each.
+   */
+  private batchReplies(): void {
+    // A lone request (queue depth 1) is answered at once: nothing could join its reply.
+    if (this.batching || this.executing <= 1) return;
+    this.batching = true;
+    this.socket.cork();
+    setImmediate(this.endBatch);
+  }
+
+  private readonly endBatch = (): void => {
+    this.batching = false;
+    this.socket.uncork();
+  };
 
   private afterCompletion(): void {
     if (this.ending) {

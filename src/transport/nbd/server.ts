@@ -68,7 +68,8 @@ export async function assertNbdAddressFree(address: NbdAddress): Promise<void> {
 export class NbdServer {
   private readonly connections = new Set<NbdConnection>();
   private readonly nodeBudget = new ByteBudget(nbdPayloadBytesInFlightNodeMax);
-  // Idle READ reply buffers kept for reuse: enough for 4 connections' 16 running 256 KiB reads, twice.
+  // Idle READ reply and WRITE payload buffers kept for reuse: enough for 4 connections' 16 running
+  // 256 KiB reads, twice.
   private readonly replyBuffers = new BufferPool(32 * mibBytes, replyHeadroomBytes);
   private nextConnectionId = 1;
   private closing = false;
@@ -82,7 +83,8 @@ export class NbdServer {
 
   /** Listens on `address` (port 0 picks a free port) and serves `exports`. */
   static async listen(options: { address: NbdAddress; exports: NbdExports; noteForeground: () => void }): Promise<NbdServer> {
-    const server = createServer({ noDelay: true, allowHalfOpen: false, pauseOnConnect: false });
+    // Accepted paused: the connection installs its read buffer before the first read.
+    const server = createServer({ noDelay: true, allowHalfOpen: false, pauseOnConnect: true });
     server.maxConnections = nbdConnectionsMax;
     const bound = await new Promise<NbdAddress>((resolve, reject) => {
       server.once('error', reject);

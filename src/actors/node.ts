@@ -25,7 +25,7 @@ import { ChecksumService } from './checksums.ts';
 import { InspectionHub } from './inspector.ts';
 import { LvolActor } from './lvolActor.ts';
 import { CopyService } from './copies.ts';
-import { LvolDevice } from './lvolDevice.ts';
+import { type ClaimableBdev, LvolBdevs } from './lvolBdevs.ts';
 import { externalSourceByUuid, resolveExternalSource } from './externalSnapshots.ts';
 import { NbdExports } from './nbdExports.ts';
 import { PriorityRouter } from './priority.ts';
@@ -86,11 +86,8 @@ export class StorageNode {
   /** Shallow, range and deep copies (replica rebuild); a delete of either end stops them first. */
   readonly copies: CopyService;
 
-  /**
-   * Lvols that carry an lvstore of their own (SPDK's nested lvstores), by lvol id: the claim,
-   * as a base bdev's `claimedBy`, and the device the nested lvstore reads and writes.
-   */
-  readonly lvolBdevs = new Map<string, { name: string; device: LvolDevice; readOnly: boolean; claimedBy: string | null }>();
+  /** Lvols with an lvstore nested on them (SPDK's nested lvstores): their claims and devices. */
+  readonly lvolBdevs: LvolBdevs;
 
   /** Bdevs whose lvstore metadata failed to load: reported, never overwritten silently. */
   readonly damaged = new Map<string, DamagedLvstoreError>();
@@ -110,6 +107,7 @@ export class StorageNode {
     this.router = new PriorityRouter((lvolId) => this.actorOf(lvolId));
     this.checksums = new ChecksumService(this.registry, this.router, runtime, (event) => this.emit(event));
     this.nbd = new NbdExports(this);
+    this.lvolBdevs = new LvolBdevs(this.registry);
     this.copies = new CopyService(this.registry, this.router, this.scheduler, this.inspector, runtime, (status, what) =>
       this.emit({ type: what === 'state' ? 'copy_state' : 'copy_progress', ...status }),
     );
@@ -150,7 +148,7 @@ export class StorageNode {
   }
 
   /** Looks for an lvstore on a newly attached bdev and loads it with every lvol (SPDK's examine). */
-  private async examine(bdev: Pick<BaseBdev, 'name' | 'device' | 'claimedBy'>): Promise<void> {
+  private async examine(bdev: ClaimableBdev): Promise<void> {
     let store: Lvstore | undefined;
     try {
       store = await openLvstore(bdev.device, this.runtime);
@@ -182,10 +180,10 @@ export class StorageNode {
     for (const lvol of store.lvols()) {
       if (lvol.clusterMap.count === 0 && lvol.parentId === null && lvol.externalParent === null) continue; // reads as zeros: nothing there
       try {
-        await this.examine(this.lvolBdev(entry, lvol.id));
+        await this.examine(this.lvolBdevs.of(entry, lvol.id));
       } catch (error) {
         // An lvol that cannot be read now (a degraded esnap clone) carries no lvstore we can load.
-        this.lvolBdevs.delete(lvol.id);
+        this.lvolBdevs.forget(lvol.id);
         log('warn', 'lvol not examined for a nested lvstore: it cannot be read', { lvol: lvol.id, error: String(error) });
       }
     }
@@ -294,38 +292,13 @@ export class StorageNode {
 
   // ---- lvstores ----
 
-  /** The claimable bdev view of an lvol (made once), for an lvstore nested on it. */
-  private lvolBdev(entry: LvstoreEntry, lvolId: string): { name: string; device: LvolDevice; readOnly: boolean; claimedBy: string | null } {
-    let bdev = this.lvolBdevs.get(lvolId);
-    if (!bdev) {
-      bdev = { name: lvolId, device: new LvolDevice(entry.store, lvolId), readOnly: entry.store.lvol(lvolId).readOnly, claimedBy: null };
-      this.lvolBdevs.set(lvolId, bdev);
-    }
-    return bdev;
-  }
-
-  /** A base bdev, or an lvol (by UUID or alias) to nest an lvstore on. */
-  private claimableBdev(name: string): { name: string; device: BaseBdev['device']; readOnly: boolean; claimedBy: string | null } {
-    const base = this.registry.bdevs.get(name);
-    if (base) return base;
-    const { entry, lvol } = this.registry.lvol(name);
-    return this.lvolBdev(entry, lvol.id);
-  }
-
-  /** An lvol an lvstore lives on has one writer, that lvstore (SPDK's exclusive_write claim). */
-  private assertNotClaimed(lvolId: string, name: string): void {
-    const nested = this.lvolClaimedBy(lvolId);
-    if (nested) fail('EBUSY', `${name} is claimed by lvstore ${nested}`);
-  }
-
-  /** The lvstore nested on this lvol, if any (the lvol is then claimed: not deletable). */
+  /** The lvstore nested on this lvol, if any (the listings show the lvol claimed). */
   lvolClaimedBy(lvolId: string): string | null {
-    const claim = this.lvolBdevs.get(lvolId)?.claimedBy ?? null;
-    return claim === 'pending' ? null : claim;
+    return this.lvolBdevs.claimedBy(lvolId);
   }
 
   async createLvstore(options: { bdevName: string; lvsName: string; clusterBytes: number; clearMethod: ClearMethod }): Promise<string> {
-    const bdev = this.claimableBdev(options.bdevName);
+    const bdev = this.lvolBdevs.claimable(options.bdevName);
     if (bdev.claimedBy) fail('EBUSY', `bdev ${bdev.name} is already claimed by lvstore ${bdev.claimedBy}`);
     if (bdev.readOnly) fail('EPERM', `bdev ${bdev.name} is read-only`);
     this.nbd.assertNotExported(bdev.name);
@@ -363,12 +336,26 @@ export class StorageNode {
    * Refused while one of its lvols is exported over NBD.
    */
   private async unloadLvstore(entry: LvstoreEntry, operation: string): Promise<void> {
-    this.nbd.assertLvstoreNotExported(entry);
-    for (const lvolId of entry.actors.keys()) {
-      const nested = this.lvolClaimedBy(lvolId);
-      const nestedEntry = nested ? this.registry.lvstores.get(nested) : undefined;
-      if (nestedEntry) await this.unloadLvstore(nestedEntry, operation);
+    // Refused before anything is unloaded: no lvstore of the tree may have an exported lvol.
+    const tree = this.lvstoresOn(entry);
+    for (const member of tree) this.nbd.assertLvstoreNotExported(member);
+    for (const member of tree.reverse()) await this.unloadOne(member, operation);
+  }
+
+  /** `entry` and every lvstore nested on its lvols, at any depth, parents first. */
+  private lvstoresOn(entry: LvstoreEntry): LvstoreEntry[] {
+    const out = [entry];
+    for (let index = 0; index < out.length; index++) {
+      for (const lvolId of out[index]!.actors.keys()) {
+        const nested = this.lvolClaimedBy(lvolId);
+        const nestedEntry = nested ? this.registry.lvstores.get(nested) : undefined;
+        if (nestedEntry) out.push(nestedEntry);
+      }
     }
+    return out;
+  }
+
+  private async unloadOne(entry: LvstoreEntry, operation: string): Promise<void> {
     await this.copies.stopInvolving({ lvolIds: [...entry.actors.keys()] }, operation);
     await this.router.run({
       operation,
@@ -377,10 +364,10 @@ export class StorageNode {
       work: async () => {
         for (const actor of entry.actors.values()) actor.dispose();
         entry.actors.clear();
-        for (const lvol of entry.store.lvols()) this.lvolBdevs.delete(lvol.id);
+        for (const lvol of entry.store.lvols()) this.lvolBdevs.forget(lvol.id);
         this.registry.lvstores.delete(entry.store.id);
         await entry.store.close();
-        const bdev = this.registry.bdevs.get(entry.bdevName) ?? this.lvolBdevs.get(entry.bdevName);
+        const bdev = this.lvolBdevs.underlying(entry.bdevName);
         if (bdev) bdev.claimedBy = null;
       },
     });
@@ -391,7 +378,7 @@ export class StorageNode {
   /** bdev_lvol_grow_lvstore: the base bdev's file grew; the lvstore takes the new clusters in. */
   async growLvstore(selector: LvstoreSelector): Promise<void> {
     const entry = this.registry.lvstore(selector);
-    const bdev = this.registry.bdevs.get(entry.bdevName) ?? this.lvolBdevs.get(entry.bdevName);
+    const bdev = this.lvolBdevs.underlying(entry.bdevName);
     await bdev?.device.refreshSize?.();
     const { clusterTotal, added } = await entry.store.grow();
     if (added > 0) log('info', 'lvstore grown', { lvstore: entry.store.name, clusterTotal, added });
@@ -412,12 +399,12 @@ export class StorageNode {
       requeue: false,
       work: async () => {
         await this.copies.stopInvolving({ lvolIds: [...entry.actors.keys()] }, 'bdev_lvol_delete_lvstore');
-        for (const lvolId of entry.actors.keys()) this.lvolBdevs.delete(lvolId);
+        for (const lvolId of entry.actors.keys()) this.lvolBdevs.forget(lvolId);
         for (const actor of entry.actors.values()) actor.dispose();
         entry.actors.clear();
         this.registry.lvstores.delete(entry.store.id);
         await entry.store.destroy();
-        const bdev = this.registry.bdevs.get(entry.bdevName) ?? this.lvolBdevs.get(entry.bdevName);
+        const bdev = this.lvolBdevs.underlying(entry.bdevName);
         if (bdev) bdev.claimedBy = null;
       },
     });
@@ -619,21 +606,21 @@ export class StorageNode {
 
   writeLvol(name: string, offsetBytes: number, data: Uint8Array): Promise<void> {
     const { entry, lvol } = this.registry.lvol(name);
-    this.assertNotClaimed(lvol.id, name);
+    this.lvolBdevs.assertNotClaimed(lvol.id, name);
     return entry.store.write(lvol.id, offsetBytes, data);
   }
 
   /** NBD WRITE_ZEROES on an lvol: the range reads as zeros afterwards. */
   writeZeroesLvol(name: string, offsetBytes: number, lengthBytes: number): Promise<void> {
     const { entry, lvol } = this.registry.lvol(name);
-    this.assertNotClaimed(lvol.id, name);
+    this.lvolBdevs.assertNotClaimed(lvol.id, name);
     return entry.store.writeZeroes(lvol.id, offsetBytes, lengthBytes);
   }
 
   /** NBD TRIM on an lvol, following its clear method (advisory). */
   unmapLvol(name: string, offsetBytes: number, lengthBytes: number): Promise<void> {
     const { entry, lvol } = this.registry.lvol(name);
-    this.assertNotClaimed(lvol.id, name);
+    this.lvolBdevs.assertNotClaimed(lvol.id, name);
     return entry.store.unmap(lvol.id, offsetBytes, lengthBytes);
   }
 

@@ -659,6 +659,9 @@ export class Lvstore {
     // leaves the old state or the new one, never a half-inflated lvol.
     await this.gate(id).withExclusive(async () => {
       this.assertStillPresent(lvol);
+      // Checked again under the gate, before listing targets: an inflate of a vast thin lvol must
+      // be refused on its count, not enumerate 2^40 clusters first.
+      this.checkCopyUp(id, mode);
       const targets = this.copyUpTargets(lvol, mode);
       const physical = this.allocator.allocate(targets.length);
       const buffer = Buffer.alloc(this.clusterBytes);

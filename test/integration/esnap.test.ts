@@ -2,27 +2,17 @@
 // a bdev outside its lvstore; writes copy-on-write from it; listings show esnap_clone and
 // external_snapshot_name; the external bdev cannot be deleted under its clone; a restart without
 // it reports the clone degraded, and with it reads the same bytes; decouple makes it independent.
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { StorageNode } from '../../src/actors/node.ts';
+import type { StorageNode } from '../../src/actors/node.ts';
 import { FileDevice } from '../../src/device/fileDevice.ts';
-import { seededRuntime } from '../../src/runtime.ts';
-import { createMethodTable } from '../../src/transport/methods.ts';
 import type { MethodTable } from '../../src/transport/methodTable.ts';
-import { call, errnoOf } from './tableCalls.ts';
+import { call, errnoOf, nodeHarness } from './tableCalls.ts';
 
 const clusterBytes = 64 * 1024;
 const externalUuid = '11111111-2222-4333-8444-555555555555';
-let dir: string | undefined;
-const nodes: StorageNode[] = [];
-
-afterEach(async () => {
-  for (const node of nodes.splice(0)) await node.shutdown();
-  if (dir) await rm(dir, { recursive: true, force: true });
-  dir = undefined;
-});
+const harness = nodeHarness(31);
+afterEach(() => harness.cleanup());
 
 function pattern(bytes: number): Buffer {
   const out = Buffer.alloc(bytes);
@@ -30,23 +20,21 @@ function pattern(bytes: number): Buffer {
   return out;
 }
 
-async function start(withExternal: boolean): Promise<{ node: StorageNode; table: MethodTable }> {
-  const node = new StorageNode(seededRuntime(nodes.length + 31));
-  nodes.push(node);
-  const table = createMethodTable(node);
-  if (withExternal) await call(table, 'bdev_aio_create', { name: 'ext', filename: join(dir!, 'ext.img'), block_size: 512, uuid: externalUuid });
-  await call(table, 'bdev_aio_create', { name: 'disk', filename: join(dir!, 'disk.img'), block_size: 512 });
+async function start(dir: string, withExternal: boolean): Promise<{ node: StorageNode; table: MethodTable }> {
+  const { node, table } = harness.newNode();
+  if (withExternal) await call(table, 'bdev_aio_create', { name: 'ext', filename: join(dir, 'ext.img'), block_size: 512, uuid: externalUuid });
+  await call(table, 'bdev_aio_create', { name: 'disk', filename: join(dir, 'disk.img'), block_size: 512 });
   return { node, table };
 }
 
 describe('external snapshots', () => {
   it('clone_bdev reads through, copies on write, lists as esnap, survives restarts, and decouples', async () => {
-    dir = await mkdtemp(join(tmpdir(), 'lvnode-esnap-'));
+    const dir = await harness.tempDir('lvnode-esnap-');
     const externalBytes = 10 * clusterBytes + 4096; // not a whole number of clusters
     const bytes = pattern(externalBytes);
     await FileDevice.createSparse(join(dir, 'ext.img'), externalBytes);
     await FileDevice.createSparse(join(dir, 'disk.img'), 32 * 1024 * 1024);
-    let { node, table } = await start(true);
+    let { node, table } = await start(dir, true);
     await node.registry.bdev('ext').device.write(0, bytes);
     await call(table, 'bdev_lvol_create_lvstore', { bdev_name: 'disk', lvs_name: 'lvs', cluster_sz: clusterBytes, clear_method: 'none' });
     await call(table, 'bdev_lvol_clone_bdev', { bdev: 'ext', lvs_name: 'lvs', clone_name: 'c' });
@@ -65,12 +53,12 @@ describe('external snapshots', () => {
     expect(node.lvolExtents('lvs/c', 0, size).map((extent) => extent.allocated)).toEqual([true]);
     // A restart without the external bdev: degraded, reads of what it does not own fail clearly.
     await node.shutdown();
-    ({ node, table } = await start(false));
+    ({ node, table } = await start(dir, false));
     expect((await call<Array<Record<string, unknown>>>(table, 'bdev_lvol_get_lvols', {}))[0]).toMatchObject({ is_esnap_clone: true, is_degraded: true });
     expect(await errnoOf(node.readLvol('lvs/c', 0, 512))).toBe('EIO');
     expect((await node.readLvol('lvs/c', clusterBytes + 512, 512)).every((byte) => byte === 0xcc)).toBe(true);
     await node.shutdown();
-    ({ node, table } = await start(true));
+    ({ node, table } = await start(dir, true));
     expect((await node.readLvol('lvs/c', 0, size)).equals(expected)).toBe(true);
     // Decouple copies what the external snapshot covers: then it no longer depends on it.
     await call(table, 'bdev_lvol_decouple_parent', { name: 'lvs/c' });
@@ -81,10 +69,10 @@ describe('external snapshots', () => {
   });
 
   it('deleting the external bdev degrades its clone, as SPDK; attaching it again heals it', async () => {
-    dir = await mkdtemp(join(tmpdir(), 'lvnode-esnap-'));
+    const dir = await harness.tempDir('lvnode-esnap-');
     await FileDevice.createSparse(join(dir, 'ext.img'), 2 * clusterBytes);
     await FileDevice.createSparse(join(dir, 'disk.img'), 32 * 1024 * 1024);
-    const { node, table } = await start(true);
+    const { node, table } = await start(dir, true);
     await node.registry.bdev('ext').device.write(0, Buffer.alloc(2 * clusterBytes, 0x77));
     await call(table, 'bdev_lvol_create_lvstore', { bdev_name: 'disk', lvs_name: 'lvs', cluster_sz: clusterBytes, clear_method: 'none' });
     // By UUID, as SPDK's tests name it.
@@ -98,10 +86,10 @@ describe('external snapshots', () => {
   });
 
   it('set_parent_bdev re-parents a thin lvol; bad requests are refused and change nothing', async () => {
-    dir = await mkdtemp(join(tmpdir(), 'lvnode-esnap-'));
+    const dir = await harness.tempDir('lvnode-esnap-');
     await FileDevice.createSparse(join(dir, 'ext.img'), 4 * clusterBytes);
     await FileDevice.createSparse(join(dir, 'disk.img'), 32 * 1024 * 1024);
-    const { node, table } = await start(true);
+    const { node, table } = await start(dir, true);
     await node.registry.bdev('ext').device.write(0, Buffer.alloc(4 * clusterBytes, 0x5e));
     await call(table, 'bdev_lvol_create_lvstore', { bdev_name: 'disk', lvs_name: 'lvs', cluster_sz: clusterBytes, clear_method: 'none' });
     await call(table, 'bdev_lvol_create', { lvs_name: 'lvs', lvol_name: 'thin', size_in_mib: 1, thin_provision: true });

@@ -1,38 +1,26 @@
 // Goal (SPDK's test_construct_nested_lvol): an lvstore on an lvol bdev. The lvol is claimed (no
 // delete, no writes from outside), the parent lvstore cannot go while it is, and a restart finds
 // the nested lvstore again by examining the lvols.
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { StorageNode } from '../../src/actors/node.ts';
+import type { StorageNode } from '../../src/actors/node.ts';
 import { FileDevice } from '../../src/device/fileDevice.ts';
-import { seededRuntime } from '../../src/runtime.ts';
-import { createMethodTable } from '../../src/transport/methods.ts';
 import type { MethodTable } from '../../src/transport/methodTable.ts';
-import { call, errnoOf } from './tableCalls.ts';
+import { call, errnoOf, nodeHarness } from './tableCalls.ts';
 
 const mib = 1024 * 1024;
-let dir: string | undefined;
-const nodes: StorageNode[] = [];
-
-afterEach(async () => {
-  for (const node of nodes.splice(0)) await node.shutdown();
-  if (dir) await rm(dir, { recursive: true, force: true });
-  dir = undefined;
-});
+const harness = nodeHarness(51);
+afterEach(() => harness.cleanup());
 
 async function start(path: string): Promise<{ node: StorageNode; table: MethodTable }> {
-  const node = new StorageNode(seededRuntime(nodes.length + 51));
-  nodes.push(node);
-  const table = createMethodTable(node);
+  const { node, table } = harness.newNode();
   await call(table, 'bdev_aio_create', { name: 'disk', filename: path, block_size: 512 });
   return { node, table };
 }
 
 describe('nested lvstores', () => {
   it('lives on an lvol, claims it, and is found again after a restart', async () => {
-    dir = await mkdtemp(join(tmpdir(), 'lvnode-nested-'));
+    const dir = await harness.tempDir('lvnode-nested-');
     const path = join(dir, 'disk.img');
     await FileDevice.createSparse(path, 128 * mib);
     let { node, table } = await start(path);
@@ -63,7 +51,7 @@ describe('nested lvstores', () => {
 
 describe('deleting the base bdev of an lvstore', () => {
   it('unloads the lvstore (and one nested on its lvols), as SPDK; attaching the file again loads it back', async () => {
-    dir = await mkdtemp(join(tmpdir(), 'lvnode-hotremove-'));
+    const dir = await harness.tempDir('lvnode-hotremove-');
     const path = join(dir, 'disk.img');
     await FileDevice.createSparse(path, 128 * mib);
     const { node, table } = await start(path);

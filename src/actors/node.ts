@@ -27,6 +27,7 @@ import { LvolActor } from './lvolActor.ts';
 import { CopyService } from './copies.ts';
 import { type ClaimableBdev, LvolBdevs } from './lvolBdevs.ts';
 import { externalSourceByUuid, resolveExternalSource } from './externalSnapshots.ts';
+import { ChangeNotices } from './changeNotices.ts';
 import { NbdExports } from './nbdExports.ts';
 import { PriorityRouter } from './priority.ts';
 import { type BackgroundOptions, BackgroundScheduler } from './scheduler.ts';
@@ -41,6 +42,8 @@ export interface NodeEvent {
     | 'lvstore_deleted'
     | 'lvol_created'
     | 'lvol_deleted'
+    | 'lvstore_changed'
+    | 'lvol_changed'
     | 'checksum_state'
     | 'checksum_progress'
     | 'checksum_preempted'
@@ -94,6 +97,7 @@ export class StorageNode {
   /** Bdevs holding a healthy lvstore whose name or UUID clashes with a loaded one: not loaded. */
   readonly conflicting = new Map<string, string>();
   private readonly onBaseBdevsChanged: (config: SpdkConfig) => Promise<void>;
+  private readonly changeNotices = new ChangeNotices((notice) => this.emit(notice));
   private mallocCount = 0;
 
   constructor(
@@ -136,6 +140,12 @@ export class StorageNode {
     this.events.emit('event', event);
   }
 
+  /** Wires a loaded or created lvstore to the node: external snapshots, change notifications. */
+  private watchStore(store: Lvstore): void {
+    store.externalSource = (uuid) => externalSourceByUuid(this.registry, uuid);
+    store.onCommitted = (changes) => this.changeNotices.committed(store.id, changes);
+  }
+
   // ---- base bdevs ----
 
   private async addBaseBdev(bdev: BaseBdev): Promise<string> {
@@ -170,7 +180,7 @@ export class StorageNode {
     }
     bdev.claimedBy = store.id;
     const entry: LvstoreEntry = { store, bdevName: bdev.name, actors: new Map() };
-    store.externalSource = (uuid) => externalSourceByUuid(this.registry, uuid);
+    this.watchStore(store);
     this.registry.lvstores.set(store.id, entry);
     for (const lvol of store.lvols()) this.attachActor(entry, lvol);
     const resumed = this.checksums.resumeInterrupted(entry);
@@ -319,7 +329,7 @@ export class StorageNode {
       );
       if (this.registry.lvstoreByName(options.lvsName)) fail('EEXIST', `lvstore ${options.lvsName} already exists`);
       bdev.claimedBy = store.id;
-      store.externalSource = (uuid) => externalSourceByUuid(this.registry, uuid);
+      this.watchStore(store);
       this.registry.lvstores.set(store.id, { store, bdevName: bdev.name, actors: new Map() });
       this.emit({ type: 'lvstore_created', uuid: store.id, name: store.name });
       log('info', 'lvstore created', { lvstore: store.name, uuid: store.id, bdev: bdev.name });
@@ -678,6 +688,7 @@ export class StorageNode {
     this.registry.lvstores.clear();
     this.registry.bdevs.clear();
     this.scheduler.stop();
+    this.changeNotices.dispose();
   }
 }
 

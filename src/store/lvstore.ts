@@ -109,6 +109,8 @@ export interface ExternalSource {
 export class Lvstore {
   /** Finds an external snapshot by bdev UUID (the node provides it: base bdevs, other lvstores' lvols). */
   externalSource: (bdevUuid: string) => ExternalSource | undefined = () => undefined;
+  /** Told of every commit once it is durable (the node turns them into change notifications). */
+  onCommitted: (changes: readonly MetadataChange[]) => void = () => {};
 
   readonly allocator: ClusterAllocator;
   // Commits applied to the records but not yet durable, in the order they were applied.
@@ -317,6 +319,7 @@ export class Lvstore {
       const index = this.notDurable.indexOf(entry);
       if (index >= 0) this.notDurable.splice(index, 1);
     }
+    this.onCommitted(changes);
   }
 
   /** Undoes `entry` and every commit applied after it, newest first. */

@@ -101,6 +101,8 @@ const notificationTypes = [
   'lvstore_deleted',
   'lvol_created',
   'lvol_deleted',
+  'lvstore_changed',
+  'lvol_changed',
   'checksum_state',
   'checksum_progress',
   'checksum_preempted',

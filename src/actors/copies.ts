@@ -302,6 +302,11 @@ export class CopyService {
   list(): CopyStatus[] {
     return [...this.operations.values()].map((operation) => operation.status());
   }
+
+  /** The copy actors, for the inspector (`copy-<operation_id>`). */
+  operationList(): CopyOperation[] {
+    return [...this.operations.values()];
+  }
 }
 
 /** The steps of a copy, lazily: each call does the next one. */

@@ -22,17 +22,16 @@ import {
 } from '../constants.ts';
 import type { StorageNode } from '../actors/node.ts';
 import { StorageError } from '../errors.ts';
-import { schedulerActorId } from '../actors/scheduler.ts';
-import { nbdActorIdPrefix } from '../actors/nbdExports.ts';
 import { fail } from '../errors.ts';
 import { PayloadBudgets } from './byteBudget.ts';
 import { RpcFrameworkError } from './errorMapping.ts';
 import { u64, u64AsNumber } from './json64.ts';
-import { type Connection, type MethodTable, type RpcMethod, defineMethod } from './methodTable.ts';
+import { type MethodTable, type RpcMethod, defineMethod } from './methodTable.ts';
 import type { RpcStats } from './stats.ts';
+import { observeMethods } from './observeMethods.ts';
+import { checksumStatus, checksumValue, name, ok } from './schemas.ts';
 import { bdevInfos, bdevView, lvolInfo, lvolView, lvstoreInfo, lvstoreView } from './views.ts';
 
-const name = z.string().min(1).max(2 * nameLengthMax + 1);
 const byName = z.strictObject({ name });
 // Control characters (NUL, newlines, C1) and bidirectional overrides make names that print as
 // something else in logs, listings and terminals; lone surrogates do not survive a round trip.
@@ -75,70 +74,7 @@ const blockSize = z
   .int()
   .refine((value) => blockSizesAllowed.includes(value), `block size must be one of ${blockSizesAllowed.join(', ')}`);
 const lvstoreSelector = { uuid: z.string().optional(), lvs_name: z.string().optional() };
-const ok = z.literal(true);
 const uuidResult = z.string().describe('the new object’s UUID');
-const checksumValue = u64.describe('CRC-64/GO-ISO as an exact unsigned 64-bit JSON integer');
-const checksumStatus = z.object({
-  state: z.enum(['idle', 'queued', 'computing', 'stopping', 'storing', 'aborted', 'done', 'failed']),
-  mode: z.enum(['whole', 'range']).nullable(),
-  clusters_done: z.number(),
-  clusters_total: z.number(),
-  bytes_done: z.number(),
-  rate_bytes_per_sec: z.number(),
-  eta_sec: z.number().nullable(),
-  queue_position: z.number().nullable(),
-  will_resume: z.boolean(),
-  started_at: z.string().nullable(),
-  finished_at: z.string().nullable(),
-  reason: z.string().optional(),
-  error: z.string().optional(),
-  resumable: z.boolean(),
-});
-const notificationTypes = [
-  'bdev_created',
-  'bdev_deleted',
-  'lvstore_created',
-  'lvstore_deleted',
-  'lvol_created',
-  'lvol_deleted',
-  'lvstore_changed',
-  'lvol_changed',
-  'checksum_state',
-  'checksum_progress',
-  'checksum_preempted',
-  'copy_state',
-  'copy_progress',
-] as const;
-
-// Per-connection subscriptions, released when the connection closes.
-const inspectSubscriptions = new WeakMap<Connection, () => void>();
-const notifySubscriptions = new WeakMap<Connection, () => void>();
-
-function replaceSubscription(map: WeakMap<Connection, () => void>, connection: Connection, cancel: () => void): void {
-  map.get(connection)?.();
-  map.set(connection, cancel);
-  connection.onClose(() => {
-    if (map.get(connection) === cancel) {
-      cancel();
-      map.delete(connection);
-    }
-  });
-}
-
-function unsubscribeMethod(map: WeakMap<Connection, () => void>, description: string): RpcMethod {
-  return defineMethod({
-    description,
-    priority: 'foreground',
-    params: z.strictObject({}),
-    result: ok,
-    handler: (_p, connection) => {
-      map.get(connection)?.();
-      map.delete(connection);
-      return true as const;
-    },
-  });
-}
-
 /**
  * bdev_get_bdevs {name, timeout}: waits up to `timeout` ms for the bdev to appear (SPDK opens it
  * asynchronously), re-checking on every bdev or lvol event; then -110 "Connection timed out".
@@ -597,44 +533,6 @@ function dataMethods(node: StorageNode, payload: PayloadBudgets): Record<string,
   };
 }
 
-function observabilityMethods(node: StorageNode): Record<string, RpcMethod> {
-  return {
-    inspect_subscribe: defineMethod({
-      description:
-        'Stream XState inspection events (of every actor, or one: an lvol by UUID or alias, or `scheduler`) as `inspect_events` notifications.',
-      priority: 'foreground',
-      params: z.strictObject({ actor_id: z.string().optional() }),
-      result: ok,
-      handler: (p, connection) => {
-        const actorId =
-          p.actor_id === undefined || p.actor_id === schedulerActorId || p.actor_id.startsWith(nbdActorIdPrefix)
-            ? p.actor_id
-            : node.resolveLvol(p.actor_id).lvol.id;
-        const cancel = node.inspector.subscribe(actorId, (batch) => connection.notify('inspect_events', batch));
-        replaceSubscription(inspectSubscriptions, connection, cancel);
-        return true as const;
-      },
-    }),
-    inspect_unsubscribe: unsubscribeMethod(inspectSubscriptions, 'Stop the inspection stream of this connection.'),
-    notify_subscribe: defineMethod({
-      description: 'Push node events (bdev/lvol lifecycle, checksum and copy state and progress) as `notify` notifications.',
-      priority: 'foreground',
-      params: z.strictObject({ types: z.array(z.enum(notificationTypes)).optional() }),
-      result: ok,
-      handler: (p, connection) => {
-        const wanted = new Set<string>(p.types ?? notificationTypes);
-        const listener = (event: { type: string }) => {
-          if (wanted.has(event.type)) connection.notify('notify', event);
-        };
-        node.events.on('event', listener);
-        replaceSubscription(notifySubscriptions, connection, () => node.events.off('event', listener));
-        return true as const;
-      },
-    }),
-    notify_unsubscribe: unsubscribeMethod(notifySubscriptions, 'Stop node event notifications on this connection.'),
-  };
-}
-
 // ---- NBD data path (SPEC §7) ----
 
 /** An NBD export name: an NBD string (at most 4096 bytes), printable. */
@@ -710,7 +608,7 @@ export function createMethodTable(node: StorageNode, transport?: TransportStats)
     ...checksumMethods(node),
     ...copyMethods(node),
     ...dataMethods(node, payload),
-    ...observabilityMethods(node),
+    ...observeMethods(node),
     ...nbdMethods(node),
   };
   table.save_config = defineMethod({

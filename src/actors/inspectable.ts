@@ -1,0 +1,170 @@
+// The actors a debugger can pick (SPEC §8), and their machines as plain JSON.
+//
+// The node's actors are found where they live (lvols in their lvstores, copies, NBD exports,
+// the scheduler) rather than in a second registry, so 100,000 lvols cost no extra index entry.
+// `describeMachine` walks XState's own state-node tree: what the dashboard draws is the machine
+// the actor runs, never a hand-copied picture.
+import type { AnyActorRef, AnyStateMachine } from 'xstate';
+import { fail } from '../errors.ts';
+import { toJsonSafe } from './inspector.ts';
+import { nbdActorIdPrefix } from './nbdExports.ts';
+import type { StorageNode } from './node.ts';
+import { schedulerActorId } from './scheduler.ts';
+
+export type ActorKind = 'lvol' | 'scheduler' | 'copy' | 'nbd_export';
+
+export interface InspectableActor {
+  /** The id `inspect_subscribe {actor_id}` filters on (an lvol's UUID, `scheduler`, `copy-N`, `nbd:NAME`). */
+  readonly actor_id: string;
+  readonly kind: ActorKind;
+  /** What a person calls it: `lvs/lvol`, the export name, the copy's source and destination. */
+  readonly label: string;
+  readonly actor: AnyActorRef;
+}
+
+const copyActorIdPrefix = 'copy-';
+
+/** Every actor of the node, non-lvol ones first; `limit` bounds the lvols listed. */
+export function listInspectable(node: StorageNode, limit = Number.POSITIVE_INFINITY): { actors: InspectableActor[]; lvols_total: number } {
+  const actors: InspectableActor[] = [{ actor_id: schedulerActorId, kind: 'scheduler', label: 'background scheduler', actor: node.scheduler.actor }];
+  for (const operation of node.copies.operationList()) actors.push(copyActor(operation));
+  for (const entry of node.nbd.list()) actors.push({ actor_id: `${nbdActorIdPrefix}${entry.exportName}`, kind: 'nbd_export', label: `NBD export ${entry.exportName}`, actor: entry.actor });
+  let lvolsTotal = 0;
+  for (const resolved of node.registry.allLvols()) {
+    if (lvolsTotal++ >= limit) continue;
+    actors.push({ actor_id: resolved.lvol.id, kind: 'lvol', label: `${resolved.entry.store.name}/${resolved.lvol.name}`, actor: resolved.actor.actor });
+  }
+  return { actors, lvols_total: lvolsTotal };
+}
+
+/** One actor by the id the inspector stream uses, or an lvol by alias; -19 when there is none. */
+export function findInspectable(node: StorageNode, actorId: string): InspectableActor {
+  if (actorId === schedulerActorId) return listInspectable(node, 0).actors[0]!;
+  if (actorId.startsWith(nbdActorIdPrefix)) {
+    const exportName = actorId.slice(nbdActorIdPrefix.length);
+    const entry = node.nbd.lookup(exportName) ?? fail('ENODEV', `no NBD export ${exportName}`);
+    return { actor_id: actorId, kind: 'nbd_export', label: `NBD export ${exportName}`, actor: entry.actor };
+  }
+  if (actorId.startsWith(copyActorIdPrefix)) {
+    const operation = node.copies.operationList().find((candidate) => `${copyActorIdPrefix}${candidate.operationId}` === actorId);
+    if (operation) return copyActor(operation);
+  }
+  const resolved = node.resolveLvol(actorId);
+  return { actor_id: resolved.lvol.id, kind: 'lvol', label: `${resolved.entry.store.name}/${resolved.lvol.name}`, actor: resolved.actor.actor };
+}
+
+function copyActor(operation: ReturnType<StorageNode['copies']['operationList']>[number]): InspectableActor {
+  return {
+    actor_id: `${copyActorIdPrefix}${operation.operationId}`,
+    kind: 'copy',
+    label: `${operation.request.kind} copy ${operation.operationId} → ${operation.request.target.name}`,
+    actor: operation.actor,
+  };
+}
+
+/** An actor's current snapshot, JSON-able (state value, status, context summary). */
+export function snapshotOf(actor: AnyActorRef): { value: unknown; status: unknown; context: unknown } {
+  const snapshot = actor.getSnapshot() as { value?: unknown; status?: unknown; context?: unknown };
+  return { value: toJsonSafe(snapshot.value), status: snapshot.status, context: toJsonSafe(snapshot.context) };
+}
+
+// ---- machine definitions ----
+
+export interface MachineTransition {
+  /** The event type; `always` for eventless transitions, `xstate.done.actor.ID` for invoke results. */
+  readonly event: string;
+  /** Target state ids (`lvol.checksum.queued`); empty for a targetless (actions-only) transition. */
+  readonly targets: string[];
+  readonly guard?: string;
+  readonly actions: string[];
+  readonly reenter: boolean;
+}
+
+export interface MachineNode {
+  /** The state's id, as XState makes it: the machine id and the path, joined by dots. */
+  readonly id: string;
+  readonly key: string;
+  readonly type: 'atomic' | 'compound' | 'parallel' | 'final' | 'history';
+  /** The initial child's key, for compound states. */
+  readonly initial?: string;
+  readonly entry: string[];
+  readonly exit: string[];
+  /** Sources of invoked actors (e.g. `clusterStep`). */
+  readonly invoke: string[];
+  readonly description?: string;
+  readonly states: MachineNode[];
+  readonly transitions: MachineTransition[];
+}
+
+// The parts of XState's StateNode this walk reads (public, but typed loosely in its declarations).
+interface StateNodeLike {
+  id: string;
+  key: string;
+  type: MachineNode['type'];
+  description?: string;
+  initial?: { target: StateNodeLike[] };
+  states: Record<string, StateNodeLike>;
+  entry: unknown[];
+  exit: unknown[];
+  invoke: Array<{ src: unknown; id: string }>;
+  transitions: Map<string, TransitionLike[]>;
+  always?: TransitionLike[];
+}
+
+interface TransitionLike {
+  eventType: string;
+  target?: StateNodeLike[] | undefined;
+  guard?: unknown;
+  actions: unknown[];
+  reenter: boolean;
+}
+
+/** The machine's state tree with every transition, as the dashboard's statechart draws it. */
+export function describeMachine(machine: AnyStateMachine): MachineNode {
+  return describeNode(machine.root as unknown as StateNodeLike);
+}
+
+function describeNode(node: StateNodeLike): MachineNode {
+  const transitions: MachineTransition[] = [];
+  for (const list of node.transitions.values()) for (const transition of list) transitions.push(describeTransition(transition.eventType, transition));
+  for (const transition of node.always ?? []) transitions.push(describeTransition('always', transition));
+  const initial = node.initial?.target[0]?.key;
+  return {
+    id: node.id,
+    key: node.key,
+    type: node.type,
+    ...(initial !== undefined ? { initial } : {}),
+    entry: node.entry.map(actionName),
+    exit: node.exit.map(actionName),
+    invoke: node.invoke.map((invoke) => (typeof invoke.src === 'string' ? invoke.src : invoke.id)),
+    ...(node.description !== undefined ? { description: node.description } : {}),
+    states: Object.values(node.states).map(describeNode),
+    transitions,
+  };
+}
+
+function describeTransition(event: string, transition: TransitionLike): MachineTransition {
+  const guard = transition.guard === undefined ? undefined : actionName(transition.guard);
+  return {
+    event,
+    targets: (transition.target ?? []).map((target) => target.id),
+    ...(guard !== undefined ? { guard } : {}),
+    actions: transition.actions.map(actionName),
+    reenter: transition.reenter,
+  };
+}
+
+/** An action or guard as its name: a string, `{type}`, or a function's name. */
+function actionName(action: unknown): string {
+  if (typeof action === 'string') return action;
+  if (typeof action === 'function') return action.name || 'inline';
+  if (action && typeof action === 'object' && 'type' in action && typeof action.type === 'string') return action.type;
+  return 'inline';
+}
+
+/** The machine an actor runs (its logic), when that logic is a state machine. */
+export function machineOf(actor: AnyActorRef): AnyStateMachine {
+  const logic = (actor as unknown as { logic?: { root?: unknown } }).logic;
+  if (!logic?.root) fail('EINVAL', `actor ${actor.id} does not run a state machine`);
+  return logic as unknown as AnyStateMachine;
+}

@@ -67,9 +67,6 @@ export const heartbeatIntervalMs = 30_000;
 export const clientBufferedBytesMax = 4 * mibBytes;
 // On shutdown, connections get this long to finish the close handshake before they are cut.
 export const rpcCloseGraceMs = 1000;
-// Incoming JSON integers longer than this are not made exact (BigInt parsing is superlinear in
-// the digit count, and no parameter needs more than the 20 digits of a u64).
-export const jsonExactIntegerDigitsMax = 64;
 
 // NBD data path (SPEC §7). The listener is off unless --nbd-listen is given (then this address
 // when no value follows). Every number a client controls has a bound here.

@@ -16,6 +16,8 @@ export interface InspectionRecord {
   /** The XState actor inside that lvol's system: the root (`lvol`) or an invoked step. */
   actor: string;
   session_id: string;
+  /** Wall-clock time the event was observed (ms since the epoch). */
+  at_ms: number;
   event?: unknown;
   source?: string | undefined;
   target?: string | undefined;
@@ -94,7 +96,7 @@ export class InspectionHub {
 
 function toRecord(seq: number, lvolId: string, event: InspectionEvent): InspectionRecord | undefined {
   const actorRef = event.actorRef as { id?: string; sessionId: string };
-  const base = { seq, actor_id: lvolId, actor: actorRef.id ?? 'lvol', session_id: actorRef.sessionId };
+  const base = { seq, actor_id: lvolId, actor: actorRef.id ?? 'lvol', session_id: actorRef.sessionId, at_ms: Date.now() };
   switch (event.type) {
     case '@xstate.actor':
       return { ...base, type: 'actor' };

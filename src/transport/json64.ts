@@ -1,45 +1,16 @@
 // Exact 64-bit JSON: integers beyond 2^53 travel as bare JSON integers and arrive as `bigint`.
-import { parse } from 'lossless-json';
-import type { DuplicateKeyInfo } from 'lossless-json';
 import { z } from 'zod';
-import { jsonExactIntegerDigitsMax } from '../constants.ts';
+import { parseJson } from './jsonParse.ts';
+
+export { parseJson };
 
 export const u64Max = (1n << 64n) - 1n;
 
-const integerTextPattern = /^-?[0-9]+$/;
-// Integers of up to 15 digits are always exact as a number; only text with a longer digit run
-// (possibly inside a string, which costs nothing but the slower parser) needs lossless-json.
-const longDigitRunPattern = /[0-9]{16}/;
 // Strings with none of these can be written between quotes as they are (JSON.stringify escapes
 // exactly these: quote, backslash, control characters and lone surrogates).
 const stringNeedsEscapePattern = /["\\\u0000-\u001f\ud800-\udfff]/;
 // Outgoing values nested deeper than this are treated as cyclic (a handler bug), not written.
 const stringifyDepthMax = 1000;
-
-/** Integers stay `number` while exact and become `bigint` beyond; other numbers are `number`. */
-function parseNumberText(text: string): number | bigint {
-  const value = Number(text);
-  if (Number.isSafeInteger(value) || !integerTextPattern.test(text)) return value;
-  // Longer integers can never be a valid parameter; parsing them exactly only costs CPU.
-  const digitCount = text.startsWith('-') ? text.length - 1 : text.length;
-  return digitCount <= jsonExactIntegerDigitsMax ? BigInt(text) : value;
-}
-
-/**
- * Parses JSON text as JSON.parse does (a repeated key keeps its last value), except that
- * integers beyond 2^53-1 become exact bigints. Throws (a SyntaxError, or a RangeError for
- * absurd nesting) on malformed input.
- */
-export function parseJson(text: string): unknown {
-  // The native parser is about a hundred times faster on string-heavy frames (e.g. write data).
-  if (!longDigitRunPattern.test(text)) return JSON.parse(text);
-  return parse(text, undefined, { parseNumber: parseNumberText, onDuplicateKey: lastValueWins });
-}
-
-/** JSON.parse's rule, so that both paths of parseJson agree. */
-function lastValueWins(duplicate: DuplicateKeyInfo): unknown {
-  return duplicate.newValue;
-}
 
 /** Writes `value` as compact JSON with every `bigint` as a bare, exact integer. */
 export function stringifyJson(value: unknown): string {

@@ -1,8 +1,11 @@
-// The `lvnode` command: serve, rpc, demo.
+// The `lvnode` command: serve, rpc, status, demo.
 import { parseArgs } from 'node:util';
 import { listenDefault, nbdListenDefault } from '../constants.ts';
 import { stringifyJson, parseJson } from '../transport/json64.ts';
+import { checksumRegisterMethods, watchChecksum } from './checksumProgress.ts';
+import { ProgressLine } from './progress.ts';
 import { RpcCallError, RpcClient } from './rpcClient.ts';
+import { collectStatus, renderStatus } from './status.ts';
 
 const usage = `lvnode — a storage node where every logical volume is an XState actor
 
@@ -12,7 +15,11 @@ Usage:
                [--rpc-socket PATH] (SPDK's JSON-RPC on a Unix socket, e.g. /var/tmp/spdk.sock)
                [--inspect stately[=URL]] [--max-frame-bytes N] [--max-connections N]
                [--max-in-flight N] [--heartbeat-ms N]
-  lvnode rpc METHOD [JSON-PARAMS] [--url URL] [--token TOKEN]
+  lvnode rpc METHOD [JSON-PARAMS] [--url URL] [--token TOKEN] [--no-progress]
+               (bdev_lvol_register_snapshot_checksum and _range_checksums draw a progress bar on
+               stderr when it is a terminal; Ctrl-C leaves the checksum running in the node)
+  lvnode status [--url URL] [--token TOKEN]
+               (lvstores, their lvols as snapshot chains, checksums, copies and the node's health)
   lvnode demo [--url URL] [--token TOKEN] [--size-mib N]
 
 Environment: LVNODE_DATA_DIR, LVNODE_TOKEN, LVNODE_URL, LVNODE_RPC_SOCKET, LVNODE_LOG_LEVEL (debug|info|warn|error|silent).`;
@@ -128,7 +135,7 @@ const launcherPollMs = 500;
 async function rpc(args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args,
-    options: { url: { type: 'string' }, token: { type: 'string' } },
+    options: { url: { type: 'string' }, token: { type: 'string' }, 'no-progress': { type: 'boolean' } },
     allowPositionals: true,
     strict: true,
   });
@@ -136,17 +143,88 @@ async function rpc(args: string[]): Promise<number> {
   if (!method) throw new Error('lvnode rpc METHOD [JSON-PARAMS]');
   const params = paramsText === undefined ? {} : parseJson(paramsText);
   if (typeof params !== 'object' || params === null || Array.isArray(params)) throw new Error('JSON-PARAMS must be an object');
-  const client = await RpcClient.connect(values.url ?? process.env.LVNODE_URL ?? `ws://${listenDefault}/`, {
+  const client = await connectClient(values);
+  try {
+    if (checksumRegisterMethods.has(method)) {
+      return await registerChecksum(client, method, params as Record<string, unknown>, { progress: !values['no-progress'] && process.stderr.isTTY === true });
+    }
+    return printOutcome(await settle(client.call(method, params as Record<string, unknown>)));
+  } finally {
+    await client.close();
+  }
+}
+
+function connectClient(values: { url?: string | undefined; token?: string | undefined }): Promise<RpcClient> {
+  return RpcClient.connect(values.url ?? process.env.LVNODE_URL ?? `ws://${listenDefault}/`, {
     token: values.token ?? process.env.LVNODE_TOKEN,
   });
-  try {
-    const result = await client.call(method, params as Record<string, unknown>);
-    process.stdout.write(`${stringifyJson(result)}\n`);
+}
+
+type Outcome = { ok: true; result: unknown } | { ok: false; error: unknown };
+
+function settle(call: Promise<unknown>): Promise<Outcome> {
+  return call.then(
+    (result) => ({ ok: true, result }),
+    (error: unknown) => ({ ok: false, error }),
+  );
+}
+
+/** The result on stdout, or the RPC error object on stderr with exit 1; other failures throw. */
+function printOutcome(outcome: Outcome): number {
+  if (outcome.ok) {
+    process.stdout.write(`${stringifyJson(outcome.result)}\n`);
     return 0;
-  } catch (error) {
-    if (!(error instanceof RpcCallError)) throw error;
-    process.stderr.write(`${stringifyJson({ code: error.code, message: error.message, ...(error.data ? { data: error.data } : {}) })}\n`);
-    return 1;
+  }
+  const error = outcome.error;
+  if (!(error instanceof RpcCallError)) throw error;
+  process.stderr.write(`${stringifyJson({ code: error.code, message: error.message, ...(error.data ? { data: error.data } : {}) })}\n`);
+  return 1;
+}
+
+/**
+ * A register call, which waits for the whole walk: with `progress`, a live line on stderr from
+ * the checksum notifications of this connection. Ctrl-C leaves the walk running in the node.
+ */
+async function registerChecksum(client: RpcClient, method: string, params: Record<string, unknown>, options: { progress: boolean }): Promise<number> {
+  const name = typeof params.name === 'string' ? params.name : '';
+  const line = new ProgressLine(process.stderr);
+  const watch = options.progress && name !== '' ? await watchChecksum(client, name, line) : null;
+  let onInterrupt = (): void => undefined;
+  const interrupted = new Promise<'interrupted'>((resolve) => {
+    onInterrupt = () => resolve('interrupted');
+    process.once('SIGINT', onInterrupt);
+  });
+  try {
+    const outcome = await Promise.race([settle(client.call(method, params)), interrupted]);
+    if (outcome === 'interrupted') {
+      line.clear();
+      const stopCommand = `lvnode rpc bdev_lvol_stop_snapshot_checksum '${stringifyJson({ name })}'`;
+      // On a terminal, erase the echoed ^C first.
+      const erase = process.stderr.isTTY ? '\r\x1b[K' : '';
+      process.stderr.write(`${erase}lvnode rpc: interrupted; the checksum continues in the node (stop it with ${stopCommand})\n`);
+      return sigintExitCode;
+    }
+    watch?.end(outcome.ok ? undefined : outcome.error);
+    return printOutcome(outcome);
+  } finally {
+    process.off('SIGINT', onInterrupt);
+    line.clear();
+  }
+}
+
+/** 128 + SIGINT, what a shell reports for a command stopped with Ctrl-C. */
+const sigintExitCode = 130;
+
+async function status(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: { url: { type: 'string' }, token: { type: 'string' } },
+    strict: true,
+  });
+  const client = await connectClient(values);
+  try {
+    process.stdout.write(renderStatus(await collectStatus(client)));
+    return 0;
   } finally {
     await client.close();
   }
@@ -165,6 +243,8 @@ export async function main(argv: string[]): Promise<number> {
         return await serve(rest);
       case 'rpc':
         return await rpc(rest);
+      case 'status':
+        return await status(rest);
       case 'demo':
         return await (await import('./demo.ts')).runDemo(rest);
       case undefined:

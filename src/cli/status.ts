@@ -1,0 +1,244 @@
+// `lvnode status`: a `zpool status`-like summary of the node, rendered by a pure function from
+// the results of five listing RPCs (no call per lvol, so it stays linear in the lvol count).
+import { formatBytes, formatEta, formatPercent, formatRate, formatU64 } from '../dashboard/format.ts';
+import { type ChecksumStatusView, renderChecksumLine } from './progress.ts';
+import type { RpcClient } from './rpcClient.ts';
+
+/** An element of `bdev_lvol_get_lvstores`. */
+export interface LvstoreView {
+  uuid: string;
+  name: string;
+  base_bdev: string;
+  total_data_clusters: number;
+  free_clusters: number;
+  cluster_size: number;
+  metadata_error?: string;
+}
+
+/** An element of `bdev_lvol_get_lvols`. */
+export interface LvolView {
+  alias: string;
+  uuid: string;
+  name: string;
+  is_thin_provisioned: boolean;
+  is_snapshot: boolean;
+  is_esnap_clone: boolean;
+  is_degraded: boolean;
+  num_allocated_clusters: number | bigint;
+  num_clusters: number | bigint;
+  read_only: boolean;
+  parent: string | null;
+  lvs: { name: string; uuid: string };
+}
+
+/** An element of `node_get_checksums`: status, lvol and the stored value (exact, bigint beyond 2^53). */
+export interface ChecksumEntryView extends ChecksumStatusView {
+  uuid: string;
+  alias: string;
+  checksum: bigint | number | string | null;
+}
+
+/** The parts of `node_get_stats` shown. */
+export interface NodeStatsView {
+  uptime_sec?: number;
+  connections?: number;
+  event_loop_delay_ms?: { p99: number };
+  checksums?: { rate_bytes_per_sec: number };
+  background?: { running: number; queued: number; max_concurrent_checksums?: number; checksum_rate_mib_per_sec?: number };
+}
+
+/** A copy as `inspect_get_actors` lists it: its label and machine state. */
+export interface CopyView {
+  label: string;
+  state: string;
+}
+
+export interface StatusInput {
+  lvstores: LvstoreView[];
+  lvols: LvolView[];
+  checksums: ChecksumEntryView[];
+  stats: NodeStatsView;
+  copies: CopyView[];
+}
+
+/** Fetches what `renderStatus` draws: a fixed number of calls, whatever the lvol count. */
+export async function collectStatus(client: RpcClient): Promise<StatusInput> {
+  const [lvstores, lvols, checksums, stats, actors] = await Promise.all([
+    client.call<LvstoreView[]>('bdev_lvol_get_lvstores'),
+    client.call<LvolView[]>('bdev_lvol_get_lvols'),
+    client.call<ChecksumEntryView[]>('node_get_checksums'),
+    client.call<NodeStatsView>('node_get_stats'),
+    // Copies are listed among the inspectable actors (limit 0: no lvols). Without them (an older
+    // node) the summary still shows everything else.
+    client.call<{ actors: Array<{ kind: string; label: string; value: unknown }> }>('inspect_get_actors', { limit: 0 }).catch(() => ({ actors: [] })),
+  ]);
+  const copies = actors.actors.filter((actor) => actor.kind === 'copy').map((actor) => ({ label: actor.label, state: stateText(actor.value) }));
+  return { lvstores, lvols, checksums, stats, copies };
+}
+
+/** An XState state value as text: "copying", or "a.b" for nested ones. */
+function stateText(value: unknown): string {
+  if (typeof value === 'string') return value;
+  if (value !== null && typeof value === 'object') {
+    return Object.entries(value)
+      .map(([key, inner]) => `${key}.${stateText(inner)}`)
+      .join(', ');
+  }
+  return String(value);
+}
+
+const indent = '    ';
+const treeIndent = '  ';
+const runningStates: ReadonlySet<string> = new Set(['queued', 'computing', 'stopping', 'storing']);
+
+/** The whole summary, ending with a newline. */
+export function renderStatus(input: StatusInput): string {
+  const checksumByUuid = new Map(input.checksums.map((entry) => [entry.uuid, entry]));
+  const lvolsByStore = new Map<string, LvolView[]>();
+  for (const lvol of input.lvols) {
+    const list = lvolsByStore.get(lvol.lvs.uuid) ?? [];
+    list.push(lvol);
+    lvolsByStore.set(lvol.lvs.uuid, list);
+  }
+  const sections: string[] = [];
+  const stores = [...input.lvstores].sort((a, b) => a.name.localeCompare(b.name));
+  if (stores.length === 0) sections.push('no lvstores\n');
+  for (const store of stores) sections.push(renderLvstore(store, lvolsByStore.get(store.uuid) ?? [], checksumByUuid));
+  sections.push(renderRunning(input.checksums));
+  if (input.copies.length > 0) sections.push(renderCopies(input.copies));
+  sections.push(renderNode(input.stats));
+  return sections.join('\n');
+}
+
+function field(label: string, value: string): string {
+  return `${label.padStart(8)}: ${value}\n`;
+}
+
+function renderLvstore(store: LvstoreView, lvols: LvolView[], checksumByUuid: Map<string, ChecksumEntryView>): string {
+  const degraded = lvols.filter((lvol) => lvol.is_degraded).length;
+  const state =
+    store.metadata_error !== undefined
+      ? `DAMAGED: ${store.metadata_error} (changes are refused; reads go on)`
+      : degraded > 0
+        ? `DEGRADED (${degraded} lvol${degraded === 1 ? '' : 's'} without ${degraded === 1 ? 'its' : 'their'} external snapshot)`
+        : 'ONLINE';
+  const totalBytes = store.total_data_clusters * store.cluster_size;
+  const freeBytes = store.free_clusters * store.cluster_size;
+  const usedPercent = formatPercent(store.total_data_clusters - store.free_clusters, store.total_data_clusters);
+  const header =
+    field('lvstore', store.name) +
+    field('uuid', store.uuid) +
+    field('base', store.base_bdev) +
+    field('cluster', formatBytes(store.cluster_size)) +
+    field('capacity', `${formatBytes(totalBytes)}, ${formatBytes(freeBytes)} free (${usedPercent} used)`) +
+    field('state', state);
+  if (lvols.length === 0) return `${header}\n${indent}no lvols\n`;
+  const rows = [['NAME', 'STATE', 'SIZE', 'ALLOC', 'TYPE', 'MODE', 'CHECKSUM']];
+  for (const { lvol, depth } of chainOrder(lvols)) rows.push(lvolRow(lvol, depth, store, checksumByUuid.get(lvol.uuid)));
+  return `${header}\n${renderTable(rows)}`;
+}
+
+/**
+ * The lvols in tree order, snapshot → clones, depth first: roots are lvols without a parent in
+ * this lvstore (plain lvols, bottom snapshots, clones of an external snapshot). Iterative, so a
+ * chain of any length draws.
+ */
+export function chainOrder(lvols: LvolView[]): Array<{ lvol: LvolView; depth: number }> {
+  const byUuid = new Map(lvols.map((lvol) => [lvol.uuid, lvol]));
+  const children = new Map<string, LvolView[]>();
+  const roots: LvolView[] = [];
+  for (const lvol of lvols) {
+    if (lvol.parent !== null && byUuid.has(lvol.parent)) {
+      const list = children.get(lvol.parent) ?? [];
+      list.push(lvol);
+      children.set(lvol.parent, list);
+    } else roots.push(lvol);
+  }
+  const byName = (a: LvolView, b: LvolView) => b.name.localeCompare(a.name); // reversed: popped from a stack
+  const stack = roots.sort(byName).map((lvol) => ({ lvol, depth: 0 }));
+  const order: Array<{ lvol: LvolView; depth: number }> = [];
+  while (stack.length > 0) {
+    const next = stack.pop()!;
+    order.push(next);
+    for (const child of (children.get(next.lvol.uuid) ?? []).sort(byName)) stack.push({ lvol: child, depth: next.depth + 1 });
+  }
+  return order;
+}
+
+function lvolRow(lvol: LvolView, depth: number, store: LvstoreView, checksum: ChecksumEntryView | undefined): string[] {
+  const external = lvol.is_esnap_clone && lvol.parent !== null ? ` (external snapshot ${lvol.parent})` : '';
+  return [
+    `${treeIndent.repeat(depth)}${lvol.name}${external}`,
+    lvol.is_degraded ? 'DEGRADED' : 'ONLINE',
+    formatBytes(Number(lvol.num_clusters) * store.cluster_size),
+    formatBytes(Number(lvol.num_allocated_clusters) * store.cluster_size),
+    lvol.is_thin_provisioned ? 'thin' : 'thick',
+    lvol.read_only ? 'ro' : 'rw',
+    checksum === undefined ? '-' : checksumCell(checksum),
+  ];
+}
+
+/** The CHECKSUM column: the value in hex when done, progress while running, the reason when stopped. */
+export function checksumCell(entry: ChecksumEntryView): string {
+  const percent = formatPercent(entry.clusters_done, entry.clusters_total);
+  const range = entry.mode === 'range' ? ' (range)' : '';
+  switch (entry.state) {
+    case 'done':
+      return entry.checksum === null ? `done${range}` : `done ${formatU64(entry.checksum).hex}${range}`;
+    case 'computing':
+      return `computing ${percent} ${formatRate(entry.rate_bytes_per_sec)} ETA ${formatEta(entry.eta_sec)}${range}`;
+    case 'queued':
+      return `queued${entry.queue_position === null ? '' : ` (position ${entry.queue_position})`}${range}`;
+    case 'stopping':
+    case 'storing':
+      return `${entry.state} ${percent}${range}`;
+    case 'aborted':
+      return `aborted at ${percent}: ${entry.reason ?? 'stopped'}${entry.will_resume ? ' (will resume)' : ''}`;
+    case 'failed':
+      return `failed: ${entry.error ?? 'unknown error'}`;
+    case 'idle':
+      return '-';
+  }
+}
+
+/** Columns padded to their widest cell, two spaces apart; the last one is not padded. */
+function renderTable(rows: string[][]): string {
+  const widths: number[] = [];
+  for (const row of rows) row.forEach((cell, column) => (widths[column] = Math.max(widths[column] ?? 0, cell.length)));
+  return rows
+    .map((row) => `${indent}${row.map((cell, column) => (column === row.length - 1 ? cell : cell.padEnd(widths[column]!))).join('  ')}`.trimEnd())
+    .join('\n')
+    .concat('\n');
+}
+
+function renderRunning(checksums: ChecksumEntryView[]): string {
+  const running = checksums.filter((entry) => runningStates.has(entry.state)).sort((a, b) => a.alias.localeCompare(b.alias));
+  if (running.length === 0) return 'checksums running: none\n';
+  return `checksums running:\n${running.map((entry) => `${indent}${renderChecksumLine(entry.alias, entry)}\n`).join('')}`;
+}
+
+function renderCopies(copies: CopyView[]): string {
+  return `copies:\n${copies.map((copy) => `${indent}${copy.label}  ${copy.state}\n`).join('')}`;
+}
+
+function renderNode(stats: NodeStatsView): string {
+  const parts: string[] = [];
+  if (stats.event_loop_delay_ms) parts.push(`event-loop delay p99 ${stats.event_loop_delay_ms.p99} ms`);
+  if (stats.connections !== undefined) parts.push(`${stats.connections} connection${stats.connections === 1 ? '' : 's'}`);
+  if (stats.uptime_sec !== undefined) parts.push(`up ${formatEta(stats.uptime_sec)}`);
+  let text = `node: ${parts.length > 0 ? parts.join(', ') : 'no figures'}\n`;
+  const background = stats.background;
+  if (background) {
+    const limits = [
+      background.max_concurrent_checksums === undefined ? null : `at most ${background.max_concurrent_checksums} at once`,
+      background.checksum_rate_mib_per_sec === undefined
+        ? null
+        : background.checksum_rate_mib_per_sec > 0
+          ? `rate cap ${background.checksum_rate_mib_per_sec} MiB/s`
+          : 'no rate cap',
+    ].filter((part) => part !== null);
+    const rate = stats.checksums && stats.checksums.rate_bytes_per_sec > 0 ? `; checksums read ${formatRate(stats.checksums.rate_bytes_per_sec)}` : '';
+    text += `background: ${background.running} running, ${background.queued} queued${limits.length > 0 ? ` (${limits.join(', ')})` : ''}${rate}\n`;
+  }
+  return text;
+}

@@ -1,0 +1,64 @@
+// `lvnode status`: the exact summary for a small node, from the listing RPCs' results alone.
+import { describe, expect, it } from 'vitest';
+import { checksumCell, chainOrder, renderStatus } from '../../src/cli/status.ts';
+import { baseChecksum, checksums, statusFixture } from './statusFixture.ts';
+
+const expected = `\
+ lvstore: lvs0
+    uuid: aaaaaaaa-0000-4000-8000-000000000000
+    base: disk0
+ cluster: 4.00 MiB
+capacity: 1008 MiB, 880 MiB free (12.7% used)
+   state: ONLINE
+
+    NAME       STATE   SIZE      ALLOC     TYPE   MODE  CHECKSUM
+    base       ONLINE  64.0 MiB  64.0 MiB  thick  ro    done 0xfedcba9876543210
+      snap     ONLINE  64.0 MiB  16.0 MiB  thick  ro    computing 25.0% 50.0 MiB/s ETA 2 min 05 s
+        clone  ONLINE  64.0 MiB  4.00 MiB  thin   rw    -
+    vol        ONLINE  16.0 MiB  16.0 MiB  thick  rw    -
+
+ lvstore: pool
+    uuid: bbbbbbbb-0000-4000-8000-000000000000
+    base: disk1
+ cluster: 1.00 MiB
+capacity: 100 MiB, 90.0 MiB free (10.0% used)
+   state: DAMAGED: journal write failed: EIO (changes are refused; reads go on)
+
+    NAME                               STATE     SIZE      ALLOC  TYPE  MODE  CHECKSUM
+    ghost (external snapshot Malloc3)  DEGRADED  10.0 MiB  0 B    thin  rw    -
+
+checksums running:
+    lvs0/snap  [######------------------]  25.0%  4/16 clusters  50.0 MiB/s  ETA 2 min 05 s
+
+copies:
+    shallow copy 1 → lvs0/dst  copying
+
+node: event-loop delay p99 1.25 ms, 2 connections, up 1 h 02 min
+background: 1 running, 0 queued (at most 2 at once, no rate cap); checksums read 50.0 MiB/s
+`;
+
+describe('renderStatus', () => {
+  it('draws each lvstore with its lvols as snapshot chains, checksums, copies and the node line', () => {
+    expect(renderStatus(statusFixture)).toBe(expected);
+  });
+
+  it('prints a stored checksum above 2^53 exactly, in hex', () => {
+    expect(baseChecksum > BigInt(Number.MAX_SAFE_INTEGER)).toBe(true);
+    expect(checksumCell(checksums[0]!)).toBe('done 0xfedcba9876543210');
+    // The same value as a decimal string (how some clients carry it) gives the same text.
+    expect(checksumCell({ ...checksums[0]!, checksum: baseChecksum.toString() })).toBe('done 0xfedcba9876543210');
+  });
+
+  it('says when there is nothing: no lvstores, no lvols, no running checksums', () => {
+    const text = renderStatus({ lvstores: [], lvols: [], checksums: [], stats: {}, copies: [] });
+    expect(text).toBe('no lvstores\n\nchecksums running: none\n\nnode: no figures\n');
+    const empty = renderStatus({ ...statusFixture, lvols: [], checksums: [], copies: [] });
+    expect(empty).toContain('   state: ONLINE\n\n    no lvols\n');
+    expect(empty).not.toContain('copies:');
+  });
+
+  it('orders lvols depth first, parents before their clones, siblings by name', () => {
+    const order = chainOrder(statusFixture.lvols.filter((lvol) => lvol.lvs.name === 'lvs0'));
+    expect(order.map(({ lvol, depth }) => `${depth}:${lvol.name}`)).toEqual(['0:base', '1:snap', '2:clone', '0:vol']);
+  });
+});

@@ -9,7 +9,10 @@ import { fail } from '../errors.ts';
 import { toJsonSafe } from './inspector.ts';
 import { nbdActorIdPrefix } from './nbdExports.ts';
 import type { StorageNode } from './node.ts';
+import type { MachineNode, MachineTransition } from './machineShape.ts';
 import { schedulerActorId } from './scheduler.ts';
+
+export type { MachineNode, MachineTransition };
 
 export type ActorKind = 'lvol' | 'scheduler' | 'copy' | 'nbd_export';
 
@@ -69,32 +72,6 @@ export function snapshotOf(actor: AnyActorRef): { value: unknown; status: unknow
 }
 
 // ---- machine definitions ----
-
-export interface MachineTransition {
-  /** The event type; `always` for eventless transitions, `xstate.done.actor.ID` for invoke results. */
-  readonly event: string;
-  /** Target state ids (`lvol.checksum.queued`); empty for a targetless (actions-only) transition. */
-  readonly targets: string[];
-  readonly guard?: string;
-  readonly actions: string[];
-  readonly reenter: boolean;
-}
-
-export interface MachineNode {
-  /** The state's id, as XState makes it: the machine id and the path, joined by dots. */
-  readonly id: string;
-  readonly key: string;
-  readonly type: 'atomic' | 'compound' | 'parallel' | 'final' | 'history';
-  /** The initial child's key, for compound states. */
-  readonly initial?: string;
-  readonly entry: string[];
-  readonly exit: string[];
-  /** Sources of invoked actors (e.g. `clusterStep`). */
-  readonly invoke: string[];
-  readonly description?: string;
-  readonly states: MachineNode[];
-  readonly transitions: MachineTransition[];
-}
 
 // The parts of XState's StateNode this walk reads (public, but typed loosely in its declarations).
 interface StateNodeLike {

@@ -16,6 +16,8 @@ import { SavedConfigWriter, readConfig, replayConfig, savedConfigName, writeFile
 import { createMethodTable } from '../transport/methods.ts';
 import { RpcStats } from '../transport/stats.ts';
 import { type SpdkSocketServer, claimSocketPath, startSpdkSocketServer } from '../transport/spdkSocket.ts';
+import { buildDashboard } from '../transport/dashboardAssets.ts';
+import { StaticFiles } from '../transport/httpStatic.ts';
 import { type RpcServer, type RpcServerLimits, startRpcServer } from '../transport/wsServer.ts';
 import { type NbdAddress, NbdServer, assertNbdAddressFree, formatNbdAddress, parseNbdListen } from '../transport/nbd/server.ts';
 
@@ -183,6 +185,16 @@ async function startLockedNode(
       throw error;
     }
   };
+  // The dashboard bundles while the bdevs attach; its first request waits for it.
+  const dashboard = new StaticFiles(async () => {
+    const files = await buildDashboard();
+    // Tells the page whether to ask for a token; the token itself is never served.
+    files.set('/config.json', { body: Buffer.from(JSON.stringify({ token_required: Boolean(options.token) })), contentType: 'application/json; charset=utf-8' });
+    return files;
+  });
+  void dashboard.loaded().then((failure) => {
+    if (failure) log('warn', 'dashboard not available', { error: failure.message });
+  });
   await startStep(() => attachBdevs(table, node, options, dataDir, writer));
   // Both transports run the same table; what clients ask for goes first: checksum steps back off
   // while requests keep coming.
@@ -198,6 +210,7 @@ async function startLockedNode(
       port,
       dispatcher: createDispatcher(table, { allowBatch: true, ...dispatcherHooks }),
       log: ({ level, msg, ...fields }) => log(level, msg, fields),
+      httpHandler: dashboard.handle,
       ...(options.token ? { token: options.token } : {}),
       ...(options.limits ? { limits: options.limits } : {}),
     }),
@@ -220,7 +233,8 @@ async function startLockedNode(
         }),
       )
     : undefined;
-  log('info', 'lvnode listening', { url, dataDir, ...(nbd ? { nbd: nbd.address } : {}), ...(spdkSocket ? { rpcSocket: spdkSocket.path } : {}) });
+  const dashboardUrl = `http://${host.includes(':') ? `[${host}]` : host}:${listening.address.port}/`;
+  log('info', 'lvnode listening', { url, dashboard: dashboardUrl, dataDir, ...(nbd ? { nbd: nbd.address } : {}), ...(spdkSocket ? { rpcSocket: spdkSocket.path } : {}) });
   return {
     node,
     server: listening,

@@ -2,9 +2,7 @@
 // machines it shows, and checksum status in bulk for viewers (the dashboard, `lvnode status`).
 import { z } from 'zod';
 import { describeMachine, findInspectable, listInspectable, machineOf, snapshotOf } from '../actors/inspectable.ts';
-import { nbdActorIdPrefix } from '../actors/nbdExports.ts';
 import type { StorageNode } from '../actors/node.ts';
-import { schedulerActorId } from '../actors/scheduler.ts';
 import { type Connection, type RpcMethod, defineMethod } from './methodTable.ts';
 import { checksumStatus, checksumValue, name, ok } from './schemas.ts';
 
@@ -77,10 +75,18 @@ export function observeMethods(node: StorageNode): Record<string, RpcMethod> {
         "An actor's state machine as XState defines it (states, parallel regions, transitions, guards, actions) and its current snapshot: what the dashboard draws as a statechart.",
       priority: 'foreground',
       params: z.strictObject({ actor_id: name }),
-      result: z.object({ actor_id: z.string(), kind: z.string(), label: z.string(), machine: z.unknown(), snapshot: z.unknown() }),
+      result: z.object({ actor_id: z.string(), session_id: z.string(), kind: z.string(), label: z.string(), machine: z.unknown(), snapshot: z.unknown() }),
       handler: (p) => {
         const found = findInspectable(node, p.actor_id);
-        return { actor_id: found.actor_id, kind: found.kind, label: found.label, machine: describeMachine(machineOf(found.actor)), snapshot: snapshotOf(found.actor) };
+        return {
+          actor_id: found.actor_id,
+          // The root actor's session: inspection records of it (not of its invoked children) carry this id.
+          session_id: found.actor.sessionId,
+          kind: found.kind,
+          label: found.label,
+          machine: describeMachine(machineOf(found.actor)),
+          snapshot: snapshotOf(found.actor),
+        };
       },
     }),
     node_get_checksums: defineMethod({
@@ -102,15 +108,13 @@ export function observeMethods(node: StorageNode): Record<string, RpcMethod> {
     }),
     inspect_subscribe: defineMethod({
       description:
-        'Stream XState inspection events (of every actor, or one: an lvol by UUID or alias, or `scheduler`) as `inspect_events` notifications.',
+        'Stream XState inspection events (of every actor, or one: an lvol by UUID or alias, `scheduler`, `copy-N`, `nbd:NAME`) as `inspect_events` notifications.',
       priority: 'foreground',
       params: z.strictObject({ actor_id: z.string().optional() }),
       result: ok,
       handler: (p, connection) => {
-        const actorId =
-          p.actor_id === undefined || p.actor_id === schedulerActorId || p.actor_id.startsWith(nbdActorIdPrefix)
-            ? p.actor_id
-            : node.resolveLvol(p.actor_id).lvol.id;
+        // Any inspectable actor by its id (an lvol also by alias); unknown ones are -19.
+        const actorId = p.actor_id === undefined ? undefined : findInspectable(node, p.actor_id).actor_id;
         const cancel = node.inspector.subscribe(actorId, (batch) => connection.notify('inspect_events', batch));
         replaceSubscription(inspectSubscriptions, connection, cancel);
         return true as const;

@@ -1,0 +1,118 @@
+// The Node view: node_get_stats every two seconds, as numbers and as charts of the last minutes.
+import { useEffect, useState } from 'preact/hooks';
+import { formatRate } from './format.ts';
+import { DashboardRpc, RpcError } from './rpc.ts';
+import { type MethodRate, type Sample, methodRates, pushSample, sparklinePoints } from './series.ts';
+import type { NodeStats } from './types.ts';
+
+const pollMs = 2000;
+const historyMax = 150; // five minutes at one sample per two seconds
+
+export function NodePanel({ rpc }: { rpc: DashboardRpc }) {
+  const [stats, setStats] = useState<NodeStats | null>(null);
+  const [rates, setRates] = useState<MethodRate[]>([]);
+  const [history, setHistory] = useState<Sample[]>([]);
+  const [error, setError] = useState<string | null>(null);
+  useEffect(() => {
+    let previous: { atMs: number; stats: NodeStats } | undefined;
+    let disposed = false;
+    const poll = async () => {
+      try {
+        const current = { atMs: Date.now(), stats: await rpc.call<NodeStats>('node_get_stats') };
+        if (disposed) return;
+        const perMethod = methodRates(previous, current);
+        setStats(current.stats);
+        setRates(perMethod);
+        if (previous) {
+          setHistory((old) =>
+            pushSample(
+              old,
+              {
+                atMs: current.atMs,
+                requestsPerSec: perMethod.reduce((sum, row) => sum + row.perSec, 0),
+                loopDelayP99Ms: current.stats.event_loop_delay_ms?.p99 ?? 0,
+                checksumBytesPerSec: current.stats.checksums.rate_bytes_per_sec,
+              },
+              historyMax,
+            ),
+          );
+        }
+        previous = current;
+        setError(null);
+      } catch (caught) {
+        if (!disposed) setError(caught instanceof RpcError ? caught.text : String(caught));
+      }
+    };
+    void poll();
+    const timer = setInterval(() => void poll(), pollMs);
+    return () => {
+      disposed = true;
+      clearInterval(timer);
+    };
+  }, [rpc]);
+
+  if (!stats) return <p class="muted">{error ?? 'Reading node_get_stats…'}</p>;
+  const latest = history[history.length - 1];
+  return (
+    <section class="node" aria-label="node">
+      {error ? <p class="error">{error}</p> : null}
+      <div class="cards">
+        <Card title="requests/s" value={latest ? latest.requestsPerSec.toFixed(1) : '…'} series={history.map((sample) => sample.requestsPerSec)} />
+        <Card title="event-loop delay p99" value={`${(stats.event_loop_delay_ms?.p99 ?? 0).toFixed(3)} ms`} series={history.map((sample) => sample.loopDelayP99Ms)} />
+        <Card title="checksum read rate" value={formatRate(stats.checksums.rate_bytes_per_sec)} series={history.map((sample) => sample.checksumBytesPerSec)} />
+        <Card title="connections" value={String(stats.connections ?? '–')} />
+        <Card
+          title="checksum walks"
+          value={`${stats.background.running} running · ${stats.background.queued} queued`}
+          detail={Object.entries(stats.checksums.by_state)
+            .map(([state, count]) => `${state} ${count}`)
+            .join(' · ')}
+        />
+        <Card
+          title="event loop"
+          value={`${Math.round((stats.event_loop_utilization ?? 0) * 100)}% busy`}
+          detail={`delay p50 ${(stats.event_loop_delay_ms?.p50 ?? 0).toFixed(3)} ms · max ${(stats.event_loop_delay_ms?.max ?? 0).toFixed(3)} ms · up ${stats.uptime_sec ?? 0} s`}
+        />
+      </div>
+      <table class="methods" aria-label="requests per method">
+        <thead>
+          <tr>
+            <th scope="col">method</th>
+            <th scope="col">req/s</th>
+            <th scope="col">calls</th>
+            <th scope="col">errors</th>
+            <th scope="col">p50 ms</th>
+            <th scope="col">p99 ms</th>
+          </tr>
+        </thead>
+        <tbody>
+          {rates.map((row) => (
+            <tr key={row.method}>
+              <th scope="row">{row.method}</th>
+              <td class="num">{row.perSec.toFixed(1)}</td>
+              <td class="num">{row.calls}</td>
+              <td class="num">{row.errors}</td>
+              <td class="num">{row.p50Ms.toFixed(3)}</td>
+              <td class="num">{row.p99Ms.toFixed(3)}</td>
+            </tr>
+          ))}
+        </tbody>
+      </table>
+    </section>
+  );
+}
+
+function Card({ title, value, detail, series }: { title: string; value: string; detail?: string; series?: number[] }) {
+  return (
+    <div class="card">
+      <h3>{title}</h3>
+      <p class="figure">{value}</p>
+      {detail ? <p class="muted">{detail}</p> : null}
+      {series && series.length > 1 ? (
+        <svg class="spark" width="220" height="40" viewBox="0 0 220 40" role="img" aria-label={`${title}, last ${series.length} samples`}>
+          <polyline points={sparklinePoints(series, 220, 38)} />
+        </svg>
+      ) : null}
+    </div>
+  );
+}

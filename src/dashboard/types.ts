@@ -1,0 +1,104 @@
+// What the dashboard reads from the node: the JSON-RPC results it uses, as the method table
+// publishes them (docs/rpc.md). Integers beyond 2^53 arrive as bigint (see rpc.ts).
+
+export interface BdevInfo {
+  name: string;
+  aliases: string[];
+  product_name: string;
+  block_size: number;
+  num_blocks: number | bigint;
+  uuid: string;
+  claimed: boolean;
+}
+
+export interface LvstoreInfo {
+  uuid: string;
+  name: string;
+  base_bdev: string;
+  total_data_clusters: number;
+  free_clusters: number;
+  block_size: number;
+  cluster_size: number;
+  metadata_error?: string;
+}
+
+export interface LvolInfo {
+  alias: string;
+  uuid: string;
+  name: string;
+  creation_time: string;
+  is_thin_provisioned: boolean;
+  is_snapshot: boolean;
+  is_clone: boolean;
+  is_esnap_clone: boolean;
+  is_degraded: boolean;
+  num_allocated_clusters: number;
+  num_clusters: number;
+  read_only: boolean;
+  /** The parent snapshot's UUID (or an external snapshot's id), null for none. */
+  parent: string | null;
+  lvs: { name: string; uuid: string };
+}
+
+export type ChecksumState = 'idle' | 'queued' | 'computing' | 'stopping' | 'storing' | 'aborted' | 'done' | 'failed';
+
+export interface ChecksumStatus {
+  state: ChecksumState;
+  mode: 'whole' | 'range' | null;
+  clusters_done: number;
+  clusters_total: number;
+  bytes_done: number;
+  rate_bytes_per_sec: number;
+  eta_sec: number | null;
+  queue_position: number | null;
+  will_resume: boolean;
+  started_at: string | null;
+  finished_at: string | null;
+  reason?: string;
+  error?: string;
+  resumable: boolean;
+}
+
+/** A node_get_checksums row, or a checksum notification's params (then `checksum` is absent). */
+export interface ChecksumRow extends ChecksumStatus {
+  uuid: string;
+  alias?: string;
+  checksum?: bigint | number | null;
+}
+
+export interface MethodStats {
+  calls: number;
+  errors: number;
+  latency_ms_p50: number;
+  latency_ms_p99: number;
+}
+
+export interface NodeStats {
+  uptime_sec?: number;
+  requests?: Record<string, MethodStats>;
+  event_loop_utilization?: number;
+  event_loop_delay_ms?: { p50: number; p99: number; max: number };
+  connections?: number;
+  checksums: { by_state: Record<string, number>; rate_bytes_per_sec: number };
+  background: { running: number; queued: number; bytes_per_sec: number };
+  inspect_subscribers?: number;
+}
+
+/** One inspection record of `inspect_events` (src/actors/inspector.ts). */
+export interface InspectionRecord {
+  seq: number;
+  type: 'actor' | 'event' | 'snapshot';
+  actor_id: string;
+  actor: string;
+  session_id: string;
+  at_ms: number;
+  event?: { type?: string } & Record<string, unknown>;
+  source?: string;
+  target?: string;
+  snapshot?: { value: unknown; status: unknown; context: unknown };
+}
+
+export interface InspectionBatch {
+  events: InspectionRecord[];
+  dropped: number;
+}

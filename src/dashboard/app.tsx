@@ -30,6 +30,13 @@ const emptyListing: Listing = { bdevs: [], lvstores: [], lvols: [], checksums: n
 const refreshDebounceMs = 120;
 const reconnectMs = 2000;
 
+/** #volumes, #node, #inspect or #inspect/<actor id>. */
+function routeOf(hash: string): { tab: Tab; actorId: string | null } {
+  const match = /^#inspect(?:\/(.+))?$/.exec(hash);
+  if (match) return { tab: 'inspector', actorId: match[1] ? decodeURIComponent(match[1]) : null };
+  return { tab: hash === '#node' ? 'node' : 'volumes', actorId: null };
+}
+
 function errorText(error: unknown): string {
   if (error instanceof RpcError) return error.text;
   return error instanceof Error ? error.message : String(error);
@@ -37,11 +44,18 @@ function errorText(error: unknown): string {
 
 export function App() {
   const [connection, setConnection] = useState<Connection>({ state: 'starting' });
-  const [tab, setTab] = useState<Tab>(() => (location.hash.startsWith('#inspect') ? 'inspector' : location.hash === '#node' ? 'node' : 'volumes'));
-  const [inspected, setInspected] = useState<string | null>(() => {
-    const match = /^#inspect\/(.+)$/.exec(location.hash);
-    return match ? decodeURIComponent(match[1]!) : null;
-  });
+  const [tab, setTab] = useState<Tab>(() => routeOf(location.hash).tab);
+  const [inspected, setInspected] = useState<string | null>(() => routeOf(location.hash).actorId);
+  // Links such as #inspect/<uuid> work from the address bar and from bookmarks.
+  useEffect(() => {
+    const onHash = () => {
+      const route = routeOf(location.hash);
+      setTab(route.tab);
+      if (route.actorId !== null) setInspected(route.actorId);
+    };
+    addEventListener('hashchange', onHash);
+    return () => removeEventListener('hashchange', onHash);
+  }, []);
   const tokenRequired = useRef(false);
 
   const connect = useCallback(async () => {

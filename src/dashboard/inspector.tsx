@@ -147,6 +147,8 @@ function ActorInspector({ rpc, actorId }: { rpc: DashboardRpc; actorId: string }
           if (disposed) return;
           machine = result.machine;
           rootSession = result.session_id;
+          // The root actor's own id is its lvol UUID: in the log it reads better as its machine.
+          logRef.current.names.set(rootSession, result.machine.id);
           chartNow = layoutMachine(result.machine);
           active = activeStateIds(result.machine, result.snapshot.value);
           setInspected(result);
@@ -275,7 +277,7 @@ function StatechartSvg({ chart, active, taken }: { chart: Chart; active: Readonl
           </g>
         ))}
         {chart.edges.map((edge) => (
-          <g key={edge.key} class={taken.has(edge.key) ? 'edge taken' : 'edge'} data-event={edge.event}>
+          <g key={edge.key} class={taken.has(edge.key) ? 'edge taken' : 'edge'} data-events={edge.events.join(' ')}>
             <path d={edge.path} marker-end="url(#arrow)" />
             <text x={edge.labelX} y={edge.labelY} text-anchor="middle" class="edge-label">
               {edge.label}

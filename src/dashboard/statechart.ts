@@ -25,11 +25,13 @@ export interface ChartBox {
   readonly depth: number;
 }
 
+/** One arrow per source → target pair: transitions between the same two states share it. */
 export interface ChartEdge {
   readonly key: string;
   readonly source: string;
   readonly target: string;
-  readonly event: string;
+  /** The event types of every transition drawn by this arrow. */
+  readonly events: string[];
   readonly label: string;
   /** SVG path data. */
   readonly path: string;
@@ -49,8 +51,8 @@ const noteHeight = 14;
 const charWidth = 7.2;
 const headerHeight = 26;
 const padding = 16;
-const rowGap = 26;
-const columnGap = 120;
+const rowGap = 40;
+const columnGap = 150;
 const regionGap = 14;
 
 interface Measured {
@@ -193,27 +195,34 @@ export function layoutMachine(machine: MachineNode): Chart {
   const boxes: ChartBox[] = [];
   place(measured, 0, 0, 0, boxes);
   const byId = new Map(boxes.map((box) => [box.id, box]));
-  const edges: ChartEdge[] = [];
-  const pairCount = new Map<string, number>();
+  const pairs = new Map<string, { source: ChartBox; target: ChartBox; events: string[]; labels: string[] }>();
   const visit = (node: MachineNode): void => {
-    node.transitions.forEach((transition, index) => {
+    for (const transition of node.transitions) {
       for (const target of transition.targets) {
         const from = byId.get(node.id);
         const to = byId.get(target);
         if (!from || !to) continue;
-        const pair = `${from.id}->${to.id}`;
-        const nth = pairCount.get(pair) ?? 0;
-        pairCount.set(pair, nth + 1);
-        edges.push({ key: `${node.id}#${index}->${target}`, source: from.id, target: to.id, event: transition.event, label: transitionLabel(transition), ...route(from, to, nth) });
+        const key = `${from.id}->${to.id}`;
+        let pair = pairs.get(key);
+        if (!pair) pairs.set(key, (pair = { source: from, target: to, events: [], labels: [] }));
+        pair.events.push(transition.event);
+        const label = transitionLabel(transition);
+        if (!pair.labels.includes(label)) pair.labels.push(label);
       }
-    });
+    }
     node.states.forEach(visit);
   };
   visit(machine);
+  // A pair drawn in both directions is bent apart, so the two arrows and labels do not overlap.
+  const edges: ChartEdge[] = [];
+  for (const [key, pair] of pairs) {
+    const reverse = pairs.has(`${pair.target.id}->${pair.source.id}`) && pair.source.id !== pair.target.id;
+    edges.push({ key, source: pair.source.id, target: pair.target.id, events: pair.events, label: pair.labels.join(' / '), ...route(pair.source, pair.target, reverse ? 1 : 0) });
+  }
   return { width: measured.width + 2, height: measured.height + 2, boxes, edges };
 }
 
-/** A curve from `from` to `to`; the nth edge of the same pair is bent further so labels do not overlap. */
+/** A curve from `from` to `to`; `nth` > 0 bends it further (the arrow back of a pair drawn both ways). */
 function route(from: ChartBox, to: ChartBox, nth: number): { path: string; labelX: number; labelY: number } {
   const bend = nth * 16;
   if (from.id === to.id) {
@@ -279,6 +288,6 @@ export function activeStateIds(machine: MachineNode, value: unknown): Set<string
 /** The edges an event of `eventType` may have taken from the states active before it. */
 export function takenEdges(chart: Chart, activeBefore: ReadonlySet<string>, eventType: string): Set<string> {
   const taken = new Set<string>();
-  for (const edge of chart.edges) if (edge.event === eventType && activeBefore.has(edge.source)) taken.add(edge.key);
+  for (const edge of chart.edges) if (edge.events.includes(eventType) && activeBefore.has(edge.source)) taken.add(edge.key);
   return taken;
 }

@@ -109,7 +109,7 @@ function Card({ title, value, detail, series }: { title: string; value: string; 
       <p class="figure">{value}</p>
       {detail ? <p class="muted">{detail}</p> : null}
       {series && series.length > 1 ? (
-        <svg class="spark" width="220" height="40" viewBox="0 0 220 40" role="img" aria-label={`${title}, last ${series.length} samples`}>
+        <svg class="spark" viewBox="0 0 220 40" preserveAspectRatio="none" role="img" aria-label={`${title}, last ${series.length} samples`}>
           <polyline points={sparklinePoints(series, 220, 38)} />
         </svg>
       ) : null}

@@ -36,6 +36,8 @@ export interface SpawnOptions {
   configFile?: string;
   /** Log threshold of the child (its JSON lines go to stderr). */
   logLevel?: 'debug' | 'info' | 'warn' | 'error';
+  /** More `lvnode serve` flags (e.g. `--token`). */
+  extraArgs?: string[];
 }
 
 const live = new Set<NodeProcess>();
@@ -44,6 +46,7 @@ const live = new Set<NodeProcess>();
 export async function spawnNode(options: SpawnOptions): Promise<NodeProcess> {
   const args = [binPath, 'serve', '--data-dir', options.dataDir, '--listen', '127.0.0.1:0', '--default-disk-size', options.diskSize ?? '256M'];
   if (options.configFile) args.push('--config', options.configFile);
+  if (options.extraArgs) args.push(...options.extraArgs);
   const child = spawn(process.execPath, args, {
     cwd: repoRoot,
     env: { ...process.env, LVNODE_LOG_LEVEL: options.logLevel ?? 'info' },

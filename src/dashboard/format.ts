@@ -62,9 +62,9 @@ export function formatU64(value: bigint | number | string): { hex: string; decim
 /** done / total as a percentage with one decimal ("37.5%"); 100% only when really done. */
 export function formatPercent(done: number, total: number): string {
   if (!(total > 0)) return '–';
-  const percent = Math.min(100, (done / total) * 100);
-  const text = percent >= 100 && done < total ? '99.9' : percent.toFixed(1);
-  return `${text}%`;
+  const text = Math.min(100, (done / total) * 100).toFixed(1);
+  // 99.96% rounds to "100.0": shown as 99.9 until the last cluster is really done.
+  return `${text === '100.0' && done < total ? '99.9' : text}%`;
 }
 
 /** A text progress bar for terminals: "[#########-----------]". */

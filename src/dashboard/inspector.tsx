@@ -23,6 +23,7 @@ interface Inspected {
 }
 
 const logRowsShown = 300;
+const actorListRefreshMs = 3000;
 const takenHighlightMs = 700;
 
 function errorText(error: unknown): string {
@@ -60,6 +61,9 @@ function ActorList({ rpc, selected, onPick }: { rpc: DashboardRpc; selected: str
     );
   useEffect(() => {
     void load();
+    // The states beside each name stay current without a click on Refresh.
+    const timer = setInterval(() => void load(), actorListRefreshMs);
+    return () => clearInterval(timer);
   }, [rpc]);
   const needle = filter.trim().toLowerCase();
   const shown = needle ? actors.filter((actor) => `${actor.label} ${actor.actor_id}`.toLowerCase().includes(needle)) : actors;
@@ -255,7 +259,7 @@ function ActorInspector({ rpc, actorId }: { rpc: DashboardRpc; actorId: string }
 function StatechartSvg({ chart, active, taken }: { chart: Chart; active: ReadonlySet<string>; taken: ReadonlySet<string> }) {
   return (
     <div class="chart-scroll">
-      <svg class="statechart" width={chart.width + 40} height={chart.height + 40} viewBox={`-20 -30 ${chart.width + 40} ${chart.height + 40}`} role="img" aria-label="statechart">
+      <svg class="statechart" width={chart.width + 160} height={chart.height + 40} viewBox={`-20 -30 ${chart.width + 160} ${chart.height + 40}`} role="img" aria-label="statechart">
         <defs>
           <marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse">
             <path d="M 0 0 L 10 5 L 0 10 z" />

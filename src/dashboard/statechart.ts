@@ -134,7 +134,7 @@ function allTransitions(node: MachineNode): MachineTransition[] {
 
 function measure(node: MachineNode, region: boolean, initial: boolean): Measured {
   const notes = notesOf(node);
-  const labelWidth = Math.max(node.key.length * charWidth + 28, ...notes.map((note) => note.length * 6.2 + 20));
+  const labelWidth = Math.max(node.key.length * charWidth + 28, ...notes.map((note) => note.length * 6.8 + 24));
   if (node.states.length === 0) {
     return { node, width: Math.max(92, labelWidth), height: atomicHeight + notes.length * noteHeight, region, initial, notes, children: [] };
   }

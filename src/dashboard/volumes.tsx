@@ -10,6 +10,8 @@ import type { ChecksumRow } from './types.ts';
 
 type ActionResult = { kind: 'pending' | 'ok' | 'error'; text: string };
 
+const rowsPerPage = 2000;
+
 function errorText(error: unknown): string {
   if (error instanceof RpcError) return `${error.text} (${error.code})`;
   return error instanceof Error ? error.message : String(error);
@@ -87,7 +89,10 @@ interface TableProps {
 function LvstoreTable({ store, checksums, collapsed, needle, results, act, toggle, onInspect }: TableProps) {
   const { lvstore } = store;
   const rows = useMemo(() => lvolRows(store, needle ? new Set() : collapsed), [store, collapsed, needle]);
-  const shown = needle ? rows.filter((row) => row.node.lvol.alias.toLowerCase().includes(needle)) : rows;
+  const matching = needle ? rows.filter((row) => row.node.lvol.alias.toLowerCase().includes(needle)) : rows;
+  // Thousands of rows render fine; a hundred thousand would not: draw in pages, filter for the rest.
+  const [limit, setLimit] = useState(rowsPerPage);
+  const shown = matching.length > limit ? matching.slice(0, limit) : matching;
   const usedClusters = lvstore.total_data_clusters - lvstore.free_clusters;
   return (
     <div class="lvstore" data-lvstore={lvstore.name}>
@@ -130,6 +135,14 @@ function LvstoreTable({ store, checksums, collapsed, needle, results, act, toggl
           </tbody>
         </table>
       )}
+      {matching.length > shown.length ? (
+        <p class="muted">
+          Showing {shown.length} of {matching.length} lvols.{' '}
+          <button type="button" class="secondary" onClick={() => setLimit(limit + rowsPerPage)}>
+            Show {Math.min(rowsPerPage, matching.length - shown.length)} more
+          </button>
+        </p>
+      ) : null}
     </div>
   );
 }

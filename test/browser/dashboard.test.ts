@@ -170,6 +170,33 @@ run('dashboard in Chromium', () => {
     await screenshot(page, 'inspector-stopped');
   });
 
+  it('inspector: follows a preemption by a priority operation (lvol.preempt in the log, the walk re-queued)', async () => {
+    const { uuid } = (await client.call<Array<{ uuid: string }>>('bdev_get_bdevs', { name: 'lvs0/bigsnap' }))[0]!;
+    const page = await open(`/#inspect/${uuid}`);
+    const computing = page.locator('g[data-state-id="lvol.checksum.computing"]');
+    await expect.poll(() => computing.count(), wait).toBe(1);
+    const notes: Array<{ type: string; uuid?: string; reason?: string }> = [];
+    const removeListener = client.on('notify', (params) => notes.push(params as (typeof notes)[number]));
+    await client.call('notify_subscribe', { types: ['checksum_preempted'] });
+    const registration = client.call('bdev_lvol_register_snapshot_checksum', { name: 'lvs0/bigsnap' }).catch((error: Error) => error);
+    await expect.poll(() => computing.getAttribute('data-active'), wait).toBe('true');
+    // bdev_lvol_clone is a priority operation on the snapshot: it preempts the walk instead of failing busy.
+    await client.call('bdev_lvol_clone', { snapshot_name: 'lvs0/bigsnap', clone_name: 'preempter' });
+    const preemptRow = page.locator('table.log tbody tr', { has: page.locator('td.event-type', { hasText: /^lvol\.preempt$/ }) });
+    await expect.poll(() => preemptRow.count(), wait).toBeGreaterThan(0);
+    await expect.poll(() => notes.some((note) => note.type === 'checksum_preempted' && note.uuid === uuid), wait).toBe(true);
+    // The walk goes on by itself after the clone: computing lights up again.
+    await expect.poll(() => checksumState('lvs0/bigsnap'), wait).toMatch(/queued|computing|done/);
+    await preemptRow.first().click();
+    expect(await page.getByTestId('snapshot-json').textContent()).toContain('"checksum": "stopping"');
+    await screenshot(page, 'inspector-preempted');
+    await client.call('bdev_lvol_stop_snapshot_checksum', { name: 'lvs0/bigsnap' }).catch(() => undefined);
+    await registration;
+    removeListener();
+    await client.call('notify_unsubscribe');
+    await client.call('bdev_lvol_delete', { name: 'lvs0/preempter' });
+  });
+
   it('inspector: pausing the log holds the rows shown while events keep coming', async () => {
     const page = await open('/#inspect');
     await page.getByRole('button', { name: /lvs0\/bigsnap/ }).click();

@@ -1,9 +1,15 @@
-// How the node's costs grow with the number of lvols (the scale issue): at each size, the create
-// rate (1 and 16 concurrent callers) beside the device's 4 KiB write + fdatasync rate, heap and
-// RSS per lvol, bdev_get_bdevs / bdev_lvol_get_lvols time beside JSON.stringify of the same result,
-// and the time to load the lvstore again (restart). In-process, on a sparse file in /tmp.
-// LVNODE_BENCH_SCALE_SIZES=1000,10000 picks the sizes.
-import { open, mkdtemp, rm } from 'node:fs/promises';
+// How the node's costs grow with the number of lvols (the scale issue). At each size: sequential
+// creates beside the device's 4 KiB write + fdatasync rate (alternating rounds, same run), creates
+// from 16 concurrent callers, heap and RSS per lvol, bdev_get_bdevs / bdev_lvol_get_lvols through
+// the JSON-RPC dispatcher (what a client waits for, serialization included) beside JSON.stringify
+// of the same result, with the longest event-loop stall during each, stop, and restart: to the
+// first answer, and to every lvol actor started. In-process, on a sparse file in /tmp.
+//
+// The lvols are a Longhorn-like mix: every tenth is a snapshot (its origin becomes its clone); a
+// third of the snapshots have a stored checksum (registered through RPC), a third a stopped walk's
+// saved position (committed through the lvstore, as the actor's stop would).
+// LVNODE_BENCH_SCALE_SIZES=1000,10000 picks the sizes; LVNODE_BENCH_SCALE_ROUNDS the rounds.
+import { mkdtemp, open, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import v8 from 'node:v8';
@@ -11,13 +17,15 @@ import { runInNewContext } from 'node:vm';
 import { StorageNode } from '../src/actors/node.ts';
 import { FileDevice } from '../src/device/fileDevice.ts';
 import { systemRuntime } from '../src/runtime.ts';
+import { createDispatcher, serializeResponse } from '../src/transport/jsonRpc.ts';
 import { stringifyJson } from '../src/transport/json64.ts';
 import { createMethodTable } from '../src/transport/methods.ts';
-import { fixed, printTable } from './support.ts';
+import { envInteger, fixed, median, printTable } from './support.ts';
 
 v8.setFlagsFromString('--expose-gc');
 const collect = runInNewContext('gc') as () => void;
 const noConnection = { id: 0, notify: () => false, onClose: () => {} };
+const sequentialPerRound = 400;
 
 function memory(): { heap: number; rss: number } {
   collect();
@@ -46,63 +54,201 @@ async function timedMs<T>(work: () => Promise<T> | T): Promise<{ ms: number; val
   return { ms: performance.now() - start, value };
 }
 
+/** Runs `work` while a chain of macrotasks measures the longest time the event loop was held. */
+async function withStallMs<T>(work: () => Promise<T>): Promise<{ ms: number; stallMs: number; value: T }> {
+  let stallMs = 0;
+  let last = performance.now();
+  let running = true;
+  const tick = (): void => {
+    const now = performance.now();
+    stallMs = Math.max(stallMs, now - last);
+    last = now;
+    if (running) setImmediate(tick);
+  };
+  setImmediate(tick);
+  const start = performance.now();
+  const value = await work();
+  const ms = performance.now() - start;
+  running = false;
+  stallMs = Math.max(stallMs, performance.now() - last);
+  return { ms, stallMs, value };
+}
+
+function range(values: readonly number[], digits: number): string {
+  return `${fixed(Math.min(...values), digits)}–${fixed(Math.max(...values), digits)}`;
+}
+
+type Call = (method: string, params: Record<string, unknown>) => Promise<unknown>;
+
+function nodeCalls(node: StorageNode): { call: Call; rpc: (method: string, params: Record<string, unknown>) => Promise<string> } {
+  const table = createMethodTable(node);
+  const dispatcher = createDispatcher(table, { allowBatch: false });
+  const call: Call = async (method, params) => table[method]!.handler(table[method]!.params.parse(params), noConnection);
+  // What a client waits for: dispatch, handler and the serialized reply.
+  const rpc = async (method: string, params: Record<string, unknown>): Promise<string> => {
+    const reply = await dispatcher.handleMessage({ jsonrpc: '2.0', id: 1, method, params }, noConnection);
+    return reply === undefined ? '' : serializeResponse(reply);
+  };
+  return { call, rpc };
+}
+
+/** Lvols `from`..`size`-1 from 16 callers: every tenth a snapshot of the lvol made before it. */
+async function createMix(node: StorageNode, call: Call, from: number, size: number): Promise<void> {
+  const entry = [...node.registry.lvstores.values()][0]!;
+  let next = from;
+  const one = async (index: number): Promise<void> => {
+    if (index % 10 !== 9) {
+      await call('bdev_lvol_create', { lvs_name: 'lvs', lvol_name: `c${index}`, size_in_mib: 16, thin_provision: true });
+      return;
+    }
+    // The origin (made by this caller just before) becomes the snapshot's clone.
+    const origin = `lvs/c${index - 1}`;
+    for (;;) {
+      try {
+        node.resolveLvol(origin);
+        break;
+      } catch {
+        await new Promise((resolve) => setImmediate(resolve)); // made by another caller, not yet durable
+      }
+    }
+    const id = (await call('bdev_lvol_snapshot', { lvol_name: origin, snapshot_name: `c${index}` })) as string;
+    const kind = Math.floor(index / 10) % 3;
+    if (kind === 0) await call('bdev_lvol_register_snapshot_checksum', { name: id });
+    if (kind === 1) {
+      const nowMs = Date.now();
+      await entry.store.saveChecksumProgress(id, {
+        runId: 1, mode: 'whole', clustersTotal: 16, clustersDone: 5, bytesDone: 5 * 1024 * 1024, nextClusterIndex: 5,
+        runningCrc: 0x1234_5678_9abc_def0n, rangeCrcs: new Map(), startedAtMs: nowMs - 1000, activeMs: 900, resumedAtMs: nowMs - 1000,
+        finishedAtMs: nowMs, reason: 'stopped', error: null,
+      });
+    }
+  };
+  await Promise.all(
+    Array.from({ length: 16 }, async () => {
+      for (let index = next++; index < size; index = next++) await one(index);
+    }),
+  );
+}
+
+interface SizeFigures {
+  fsync: number[];
+  sequential: number[];
+  concurrentRate: number;
+  heapKib: number;
+  rssKib: number;
+  bdevs: { ms: number; stallMs: number; stringifyMs: number; bytes: number };
+  lvols: { ms: number; stallMs: number; stringifyMs: number; bytes: number };
+  stopMs: number;
+  firstAnswerMs: number;
+  allStartedMs: number;
+  resolvable: string;
+}
+
+async function measureSize(size: number, rounds: number): Promise<SizeFigures> {
+  const dir = await mkdtemp(join(tmpdir(), 'lvnode-scale-'));
+  const path = join(dir, 'disk.img');
+  await FileDevice.createSparse(path, 16 * 1024 ** 3);
+  const node = new StorageNode(systemRuntime);
+  const { call, rpc } = nodeCalls(node);
+  await call('bdev_aio_create', { name: 'disk', filename: path, block_size: 512 });
+  await call('bdev_lvol_create_lvstore', { bdev_name: 'disk', lvs_name: 'lvs', cluster_sz: 1024 * 1024 });
+  const before = memory();
+  // Sequential creates and the fsync probe alternate, so each ratio compares the same minute.
+  const fsync: number[] = [];
+  const sequential: number[] = [];
+  const sequentialCount = Math.min(sequentialPerRound * rounds, Math.floor(size / 2));
+  const perRound = Math.floor(sequentialCount / rounds);
+  for (let round = 0; round < rounds; round++) {
+    fsync.push(await fsyncRate(dir));
+    const timed = await timedMs(async () => {
+      for (let index = round * perRound; index < (round + 1) * perRound; index++) {
+        await call('bdev_lvol_create', { lvs_name: 'lvs', lvol_name: `s${index}`, size_in_mib: 16, thin_provision: true });
+      }
+    });
+    sequential.push(perRound / (timed.ms / 1000));
+    if (process.env.LVNODE_BENCH_SCALE_VERBOSE) console.log(`  round ${round}: fsync ${fixed(fsync[round]!, 0)}/s, creates ${fixed(sequential[round]!, 0)}/s`);
+  }
+  const concurrent = await timedMs(() => createMix(node, call, perRound * rounds, size));
+  await node.actorStarter.idle();
+  const after = memory();
+  const listing = async (method: string) => {
+    const timed = await withStallMs(() => rpc(method, {}));
+    const result = (JSON.parse(timed.value) as { result: unknown }).result;
+    const stringify = await timedMs(() => stringifyJson(result).length);
+    return { ms: timed.ms, stallMs: timed.stallMs, stringifyMs: stringify.ms, bytes: timed.value.length };
+  };
+  const bdevs = await listing('bdev_get_bdevs');
+  const lvols = await listing('bdev_lvol_get_lvols');
+  const stop = await timedMs(() => node.shutdown());
+  // Restart: attach the file again; the lvstore loads with every lvol. A node replays its bdevs
+  // before it listens, so this call's end is when it would answer its first request.
+  const restarted = new StorageNode(systemRuntime);
+  const again = nodeCalls(restarted);
+  const restartStart = performance.now();
+  await again.call('bdev_aio_create', { name: 'disk', filename: path, block_size: 512 });
+  await again.rpc('bdev_lvol_get_lvstores', {});
+  const firstAnswerMs = performance.now() - restartStart;
+  // Resolvable at once, before the actors have all started: the last lvol by alias, every lvol by UUID.
+  const last = `lvs/c${size - 1}`;
+  const waiting = restarted.actorStarter.waitingCount;
+  let resolvable = restarted.resolveLvol(last).lvol.name === `c${size - 1}` ? 'yes' : 'NO';
+  await restarted.actorStarter.idle();
+  const allStartedMs = performance.now() - restartStart;
+  const ids = [...restarted.registry.allLvols()];
+  if (ids.length !== size || ids.some(({ actor }) => !actor.isStarted)) resolvable = `NO (${ids.length} of ${size})`;
+  resolvable += ` (${waiting} waiting at first answer)`;
+  await restarted.shutdown();
+  await rm(dir, { recursive: true, force: true });
+  return {
+    fsync,
+    sequential,
+    concurrentRate: (size - perRound * rounds) / (concurrent.ms / 1000),
+    heapKib: (after.heap - before.heap) / size / 1024,
+    rssKib: (after.rss - before.rss) / size / 1024,
+    bdevs,
+    lvols,
+    stopMs: stop.ms,
+    firstAnswerMs,
+    allStartedMs,
+    resolvable,
+  };
+}
+
 export async function scaleBenchmark(): Promise<void> {
   const sizes = (process.env.LVNODE_BENCH_SCALE_SIZES ?? '1000,10000').split(',').map(Number);
-  console.log(`\n== scale: ${sizes.join(' / ')} thin lvols (1 MiB clusters, file bdev, in-process) ==`);
-  const rows: string[][] = [];
+  const rounds = envInteger('LVNODE_BENCH_SCALE_ROUNDS', 3);
+  console.log(`\n== scale: ${sizes.join(' / ')} lvols (10% snapshots; 1 MiB clusters, file bdev, in-process; ${rounds} rounds of ${sequentialPerRound} sequential creates) ==`);
+  const createRows: string[][] = [];
+  const otherRows: string[][] = [];
   for (const size of sizes) {
-    const dir = await mkdtemp(join(tmpdir(), 'lvnode-scale-'));
-    const path = join(dir, 'disk.img');
-    await FileDevice.createSparse(path, 8 * 1024 ** 3);
-    const fsync = await fsyncRate(dir);
-    const node = new StorageNode(systemRuntime);
-    const table = createMethodTable(node);
-    const call = async (method: string, params: Record<string, unknown>) => table[method]!.handler(table[method]!.params.parse(params), noConnection);
-    await call('bdev_aio_create', { name: 'disk', filename: path, block_size: 512 });
-    await call('bdev_lvol_create_lvstore', { bdev_name: 'disk', lvs_name: 'lvs', cluster_sz: 1024 * 1024 });
-    const before = memory();
-    const sequentialCount = Math.min(500, size);
-    const sequential = await timedMs(async () => {
-      for (let index = 0; index < sequentialCount; index++) await call('bdev_lvol_create', { lvs_name: 'lvs', lvol_name: `s${index}`, size_in_mib: 16, thin_provision: true });
-    });
-    const concurrent = await timedMs(async () => {
-      let next = sequentialCount;
-      await Promise.all(
-        Array.from({ length: 16 }, async () => {
-          for (let index = next++; index < size; index = next++) await call('bdev_lvol_create', { lvs_name: 'lvs', lvol_name: `c${index}`, size_in_mib: 16, thin_provision: true });
-        }),
-      );
-    });
-    const after = memory();
-    const bdevs = await timedMs(() => call('bdev_get_bdevs', {}));
-    const bdevsJson = await timedMs(() => stringifyJson(bdevs.value).length);
-    const lvols = await timedMs(() => call('bdev_lvol_get_lvols', {}));
-    const lvolsJson = await timedMs(() => stringifyJson(lvols.value).length);
-    const stop = await timedMs(() => node.shutdown());
-    // Restart: attach the file again (the lvstore loads with every lvol and its actor).
-    const restarted = new StorageNode(systemRuntime);
-    const restartTable = createMethodTable(restarted);
-    const restart = await timedMs(async () =>
-      restartTable.bdev_aio_create!.handler(restartTable.bdev_aio_create!.params.parse({ name: 'disk', filename: path, block_size: 512 }), noConnection),
-    );
-    const resolvable = restarted.resolveLvol(`lvs/c${size - 1}`).lvol.name === `c${size - 1}`;
-    await restarted.shutdown();
-    await rm(dir, { recursive: true, force: true });
-    const sequentialRate = sequentialCount / (sequential.ms / 1000);
-    const concurrentRate = (size - sequentialCount) / (concurrent.ms / 1000);
-    rows.push([
+    const figures = await measureSize(size, rounds);
+    const ratios = figures.sequential.map((rate, index) => rate / figures.fsync[index]!);
+    const sequentialMedian = median(figures.sequential);
+    createRows.push([
       String(size),
-      `${fixed(sequentialRate, 0)} / ${fixed(concurrentRate, 0)} (${fixed(fsync, 0)})`,
-      `${fixed(sequentialRate / fsync, 2)}x / ${fixed(concurrentRate / sequentialRate, 1)}x`,
-      `${fixed((after.heap - before.heap) / size / 1024, 1)} / ${fixed((after.rss - before.rss) / size / 1024, 1)}`,
-      `${fixed(bdevs.ms, 0)} (${fixed(bdevsJson.ms, 0)})`,
-      `${fixed(lvols.ms, 0)} (${fixed(lvolsJson.ms, 0)})`,
-      fixed(stop.ms, 0),
-      `${fixed(restart.ms, 0)}${resolvable ? '' : ' (lvol missing!)'}`,
+      `${fixed(sequentialMedian, 0)} (${range(figures.sequential, 0)})`,
+      `${fixed(median(figures.fsync), 0)} (${range(figures.fsync, 0)})`,
+      `${fixed(median(ratios), 2)}x (${range(ratios, 2)})`,
+      fixed(figures.concurrentRate, 0),
+      `${fixed(figures.concurrentRate / sequentialMedian, 1)}x`,
+      `${fixed(figures.heapKib, 1)} / ${fixed(figures.rssKib, 1)}`,
+    ]);
+    const listed = (listing: SizeFigures['bdevs']) =>
+      `${fixed(listing.ms, 0)} (${fixed(listing.stringifyMs, 0)}) ${fixed(listing.stallMs, 1)} ms, ${fixed(listing.bytes / 1e6, 1)} MB`;
+    otherRows.push([
+      String(size),
+      listed(figures.bdevs),
+      listed(figures.lvols),
+      fixed(figures.stopMs, 0),
+      fixed(figures.firstAnswerMs, 0),
+      fixed(figures.allStartedMs, 0),
+      figures.resolvable,
     ]);
   }
+  printTable(['lvols', 'sequential creates/s (range)', 'fsync/s (range)', 'seq / fsync (range)', '16 callers /s', '16 / seq', 'KiB/lvol heap / RSS'], createRows);
+  console.log('');
   printTable(
-    ['lvols', 'creates/s 1 / 16 callers (fsync/s)', 'vs fsync / 16 vs 1', 'KiB per lvol heap / RSS', 'get_bdevs ms (stringify)', 'get_lvols ms (stringify)', 'stop ms', 'restart ms'],
-    rows,
+    ['lvols', 'get_bdevs ms (stringify) stall', 'get_lvols ms (stringify) stall', 'stop ms', 'restart: 1st answer ms', 'all actors ms', 'resolvable'],
+    otherRows,
   );
 }

@@ -51,6 +51,8 @@ export class ChecksumService {
   resumeInterrupted(entry: LvstoreEntry): number {
     let resumed = 0;
     for (const actor of entry.actors.values()) {
+      // Only an aborted walk can resume: the others' actors are left to start in their slice.
+      if (actor.checksumState !== 'aborted') continue;
       const status = actor.status();
       if (status.state === 'aborted' && resumesAfterRestart(status.reason) && actor.resumeInBackground()) resumed++;
     }
@@ -108,6 +110,11 @@ export class ChecksumService {
     const byState: Record<string, number> = {};
     let rate = 0;
     for (const { actor } of this.registry.allLvols()) {
+      if (!actor.isStarted) {
+        // Not started yet: idle, done or aborted, and not walking (no rate); counted without starting it.
+        byState[actor.checksumState] = (byState[actor.checksumState] ?? 0) + 1;
+        continue;
+      }
       const status = actor.status();
       byState[status.state] = (byState[status.state] ?? 0) + 1;
       if (status.state === 'computing') rate += status.rate_bytes_per_sec;

@@ -84,6 +84,92 @@ export interface LvolActorOptions {
   progressSaveIntervalMs?: number;
   /** The node-wide scheduler; without one every walk is admitted at once. */
   admission?: WalkAdmission;
+  /** Starts the XState actor in a later slice (the node's); without one it starts at once. */
+  starter?: LvolActorStarter;
+}
+
+/**
+ * Starts lvol actors in slices of a few milliseconds, each slice a macrotask of its own: a node
+ * loading 100,000 lvols answers requests while their actors start, and a create's actor starts
+ * while the next create's journal write is on the device instead of before the answer. Anything
+ * that needs the actor of an lvol still waiting here starts it at once (LvolActor.actor).
+ */
+export class LvolActorStarter {
+  // A Set keeps insertion order: actors start in the order their lvols were attached.
+  private readonly waiting = new Set<LvolActor>();
+  private scheduled = false;
+  private idleWaiters: Array<() => void> = [];
+
+  constructor(private readonly sliceMs = 2) {}
+
+  private paused = false;
+
+  enqueue(actor: LvolActor): void {
+    this.waiting.add(actor);
+    this.schedule();
+  }
+
+  private schedule(): void {
+    if (this.scheduled || this.paused || this.waiting.size === 0) return;
+    this.scheduled = true;
+    setImmediate(this.runSlice);
+  }
+
+  /** Holds the slices (tests look at a node whose actors wait); on-demand starts still happen. */
+  pause(): void {
+    this.paused = true;
+  }
+
+  resume(): void {
+    this.paused = false;
+    this.schedule();
+  }
+
+  /** The actor started on demand or was disposed: nothing left to do for it. */
+  forget(actor: LvolActor): void {
+    this.waiting.delete(actor);
+    if (this.waiting.size === 0) this.wakeIdle();
+  }
+
+  get waitingCount(): number {
+    return this.waiting.size;
+  }
+
+  /** Resolves once every actor enqueued so far has started (or was disposed). */
+  idle(): Promise<void> {
+    if (this.waiting.size === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  private readonly runSlice = (): void => {
+    this.scheduled = false;
+    if (this.paused) return;
+    const endMs = performance.now() + this.sliceMs;
+    // An lvol whose delete is being made durable has no record now, but gets it back if the
+    // delete fails: it waits for the outcome (dispose, or a later slice).
+    const later: LvolActor[] = [];
+    for (const actor of this.waiting) {
+      this.waiting.delete(actor);
+      if (actor.hasRecord) actor.startNow();
+      else later.push(actor);
+      if (performance.now() >= endMs) break;
+    }
+    const onlyLater = this.waiting.size === 0 && later.length > 0;
+    for (const actor of later) this.waiting.add(actor);
+    if (this.waiting.size > 0) {
+      this.scheduled = true;
+      if (onlyLater) setTimeout(this.runSlice, 1);
+      else setImmediate(this.runSlice);
+    } else {
+      this.wakeIdle();
+    }
+  };
+
+  private wakeIdle(): void {
+    const waiters = this.idleWaiters;
+    this.idleWaiters = [];
+    for (const wake of waiters) wake();
+  }
 }
 
 export function checksumStateOf(snapshot: LvolSnapshot): ChecksumState {
@@ -119,54 +205,97 @@ export class LvolActor {
     },
   });
 
-  readonly actor: Actor<typeof lvolMachine>;
+  // Undefined until the actor starts (see LvolActorStarter); `actor` starts it on demand.
+  private started: Actor<typeof lvolMachine> | undefined;
+  private disposed = false;
   private runCounter = 0;
-  private lastState: ChecksumState;
+  private lastState: ChecksumState = 'idle';
   private readonly admission: WalkAdmission;
   private readonly progressSaveIntervalMs: number;
   // Cluster reads in flight: the current step's, and the read-ahead of the next owned cluster.
   private readonly reads = new Set<ClusterRead>();
   private readAhead: ClusterRead | undefined;
-  private readonly meter: RateMeter;
+  private meter: RateMeter | undefined;
   private lastClustersDone = -1;
   private willResume = false;
   // The latest save of a stopped walk's position; stop and preempt answer after it is durable.
   private progressSaved: Promise<void> = Promise.resolve();
-
   private lastProgressSaveMs = 0;
+  /** When this lvol was attached: a walk found interrupted then is marked finished at that time. */
+  private readonly attachedAtMs: number;
+  private readonly starter: LvolActorStarter | undefined;
 
   constructor(
     readonly lvolId: string,
     private readonly store: Lvstore,
     private readonly runtime: Runtime,
-    inspector: InspectionHub,
+    private readonly inspector: InspectionHub,
     private readonly onChecksumChange: ChecksumListener,
     options: LvolActorOptions = {},
   ) {
     this.admission = options.admission ?? immediateAdmission;
     this.progressSaveIntervalMs = options.progressSaveIntervalMs ?? checksumProgressSaveIntervalMs;
-    this.meter = new RateMeter(runtime.nowMs());
-    this.actor = createActor(LvolActor.machine, {
-      id: lvolId,
-      input: {
-        lvolId,
-        checksumStored: store.lvol(lvolId).checksum !== null,
-        savedProgress: restoredProgress(store.lvol(lvolId).savedProgress, runtime.nowMs()),
-      },
-      inspect: inspector.observerFor(lvolId),
-    });
-    LvolActor.owners.set(this.actor.system, this);
-    this.lastState = checksumStateOf(this.actor.getSnapshot());
-    this.actor.subscribe({
-      next: (snapshot) => this.observe(snapshot),
-      // A root actor's unhandled error would crash Node: log and report it instead.
-      error: (error) => log('error', 'lvol actor failed', { lvol: lvolId, error: String(error) }),
-    });
-    this.actor.start();
+    this.attachedAtMs = runtime.nowMs();
+    this.starter = options.starter;
+    if (options.starter) options.starter.enqueue(this);
+    else this.startNow();
   }
 
+  /** The lvol's XState actor, started now if it was still waiting for its slice. */
+  get actor(): Actor<typeof lvolMachine> {
+    return this.started ?? this.startNow();
+  }
+
+  /** True once the XState actor runs (it always does after the starter's slices, or on demand). */
+  get isStarted(): boolean {
+    return this.started !== undefined;
+  }
+
+  /** False while the lvol's delete is in flight (its record is gone until the delete fails). */
+  get hasRecord(): boolean {
+    return this.store.record.lvols.has(this.lvolId);
+  }
+
+  /** Creates and starts the XState actor (idempotent; the starter and `actor` call it). */
+  startNow(): Actor<typeof lvolMachine> {
+    if (this.started) return this.started;
+    this.starter?.forget(this);
+    // Asked for while its delete is in flight: the actor starts as the lvol is then (nothing stored).
+    const lvol = this.store.record.lvols.get(this.lvolId);
+    const actor = createActor(LvolActor.machine, {
+      id: this.lvolId,
+      input: {
+        lvolId: this.lvolId,
+        checksumStored: (lvol?.checksum ?? null) !== null,
+        savedProgress: restoredProgress(lvol?.savedProgress ?? null, this.attachedAtMs),
+      },
+      inspect: this.inspector.observerFor(this.lvolId),
+    });
+    this.started = actor;
+    this.meter = new RateMeter(this.runtime.nowMs());
+    LvolActor.owners.set(actor.system, this);
+    this.lastState = checksumStateOf(actor.getSnapshot());
+    actor.subscribe({
+      next: (snapshot) => this.observe(snapshot),
+      // A root actor's unhandled error would crash Node: log and report it instead.
+      error: (error) => log('error', 'lvol actor failed', { lvol: this.lvolId, error: String(error) }),
+    });
+    actor.start();
+    if (this.disposed) actor.stop();
+    return actor;
+  }
+
+  /**
+   * The checksum state. An actor not started yet is in the state its machine starts in, read
+   * from the records as the machine's own first transitions would (aborted with a saved
+   * position, done with a stored value, else idle): no walk runs before the actor starts, so
+   * asking (a preemption, a shutdown touching every lvol) need not start it.
+   */
   get checksumState(): ChecksumState {
-    return checksumStateOf(this.actor.getSnapshot());
+    if (this.started) return checksumStateOf(this.started.getSnapshot());
+    const lvol = this.store.record.lvols.get(this.lvolId);
+    if (lvol?.savedProgress) return 'aborted';
+    return lvol?.checksum !== null && lvol?.checksum !== undefined ? 'done' : 'idle';
   }
 
   /** True while a cluster read is in flight (SPEC §6.8: nothing may stay held after a stop). */
@@ -175,7 +304,7 @@ export class LvolActor {
   }
 
   private admit(): void {
-    this.meter.reset(this.runtime.nowMs());
+    this.meter?.reset(this.runtime.nowMs());
     this.actor.send({ type: 'checksum.admit', atMs: this.runtime.nowMs() });
   }
 
@@ -188,7 +317,7 @@ export class LvolActor {
     const clustersDone = snapshot.context.progress?.clustersDone ?? 0;
     if (state === 'computing' && clustersDone !== this.lastClustersDone && this.lastClustersDone >= 0) {
       const bytes = (clustersDone - this.lastClustersDone) * this.store.clusterBytes;
-      this.meter.add(bytes, this.runtime.nowMs());
+      this.meter?.add(bytes, this.runtime.nowMs());
       this.admission.recordBytes(bytes);
     }
     this.lastClustersDone = clustersDone;
@@ -339,8 +468,9 @@ export class LvolActor {
    */
   resumeInBackground(): boolean {
     this.willResume = false;
+    if (this.checksumState !== 'aborted') return false;
     const progress = this.actor.getSnapshot().context.progress;
-    if (this.checksumState !== 'aborted' || progress === null) return false;
+    if (progress === null) return false;
     this.start(progress.mode, true);
     return true;
   }
@@ -415,7 +545,7 @@ export class LvolActor {
     // a resume would inflate); afterwards, the average over all the time spent computing.
     const rate =
       state === 'computing' || state === 'stopping'
-        ? this.meter.bytesPerSec(nowMs)
+        ? (this.meter?.bytesPerSec(nowMs) ?? 0)
         : activeMs > 0
           ? Math.round((progress.bytesDone * 1000) / activeMs)
           : 0;
@@ -441,8 +571,10 @@ export class LvolActor {
   /** Stops the actor for good (lvol deleted or lvstore unloaded); callers preempt first. */
   dispose(): void {
     this.willResume = false;
+    this.disposed = true;
     this.abortReads();
-    this.actor.stop();
+    this.started?.stop();
+    this.starter?.forget(this);
     this.admission.release(this.lvolId);
   }
 }

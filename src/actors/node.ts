@@ -23,7 +23,7 @@ import { DamagedLvstoreError, openLvstore } from '../store/load.ts';
 import type { ClearMethod, LvolRecord } from '../store/metadata.ts';
 import { ChecksumService } from './checksums.ts';
 import { InspectionHub } from './inspector.ts';
-import { LvolActor } from './lvolActor.ts';
+import { LvolActor, LvolActorStarter } from './lvolActor.ts';
 import { CopyService } from './copies.ts';
 import { type ClaimableBdev, LvolBdevs } from './lvolBdevs.ts';
 import { externalSourceByUuid, resolveExternalSource } from './externalSnapshots.ts';
@@ -98,6 +98,8 @@ export class StorageNode {
   readonly conflicting = new Map<string, string>();
   private readonly onBaseBdevsChanged: (config: SpdkConfig) => Promise<void>;
   private readonly changeNotices = new ChangeNotices((notice) => this.emit(notice));
+  /** Starts lvol actors in slices after the lvols are attached (SPEC §10: answer while 100,000 start). */
+  readonly actorStarter = new LvolActorStarter();
   private mallocCount = 0;
 
   constructor(
@@ -431,10 +433,14 @@ export class StorageNode {
 
   // ---- lvols ----
 
+  /** One options object for every lvol actor (an object per lvol would be garbage to collect). */
+  private get actorOptions(): { admission: BackgroundScheduler; starter: LvolActorStarter } {
+    return (this.sharedActorOptions ??= { admission: this.scheduler, starter: this.actorStarter });
+  }
+  private sharedActorOptions: { admission: BackgroundScheduler; starter: LvolActorStarter } | undefined;
+
   private attachActor(entry: LvstoreEntry, lvol: LvolRecord): LvolActor {
-    const actor = new LvolActor(lvol.id, entry.store, this.runtime, this.inspector, this.checksums.onChange, {
-      admission: this.scheduler,
-    });
+    const actor = new LvolActor(lvol.id, entry.store, this.runtime, this.inspector, this.checksums.onChange, this.actorOptions);
     entry.actors.set(lvol.id, actor);
     this.emit({ type: 'lvol_created', uuid: lvol.id, alias: `${entry.store.name}/${lvol.name}` });
     return actor;

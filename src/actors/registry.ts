@@ -85,7 +85,7 @@ export class Registry {
 
   *allLvols(): Generator<ResolvedLvol> {
     for (const entry of this.lvstores.values()) {
-      for (const lvol of entry.store.lvols()) {
+      for (const lvol of entry.store.record.lvols.values()) {
         const actor = entry.actors.get(lvol.id);
         if (actor) yield { entry, lvol, actor };
       }

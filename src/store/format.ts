@@ -157,17 +157,21 @@ function decodeClusterChecksums([length, indexText, valueText]: unknown[]): Clus
 // Typed arrays travel as base64 of their little-endian bytes, bigints as decimal strings, maps
 // as entry lists; each tagged so decoding is exact.
 function toPlain(value: unknown): unknown {
-  if (typeof value === 'bigint') return { $big: value.toString() };
+  // Plain loops, primitives first: every journal record and every checkpoint line passes here.
+  if (typeof value !== 'object' || value === null) return typeof value === 'bigint' ? { $big: value.toString() } : value;
+  if (Array.isArray(value)) {
+    const out = new Array<unknown>(value.length);
+    for (let index = 0; index < value.length; index++) out[index] = toPlain(value[index]);
+    return out;
+  }
   if (value instanceof ClusterMap) return { $cmap: encodeClusterMap(value) };
   if (value instanceof ClusterChecksums) return { $csum: encodeClusterChecksums(value) };
   if (value instanceof Uint32Array) return { $u32: Buffer.from(value.buffer, value.byteOffset, value.byteLength).toString('base64') };
   if (value instanceof BigUint64Array) return { $u64: Buffer.from(value.buffer, value.byteOffset, value.byteLength).toString('base64') };
   if (value instanceof Map) return { $map: [...value.entries()].map(([key, item]) => [toPlain(key), toPlain(item)]) };
-  if (Array.isArray(value)) return value.map(toPlain);
-  if (value !== null && typeof value === 'object') {
-    return Object.fromEntries(Object.entries(value).map(([key, item]) => [key, toPlain(item)]));
-  }
-  return value;
+  const out: Record<string, unknown> = {};
+  for (const key of Object.keys(value)) out[key] = toPlain((value as Record<string, unknown>)[key]);
+  return out;
 }
 
 function typedFromBase64<T>(text: string, bytesPerItem: number, make: (buffer: ArrayBuffer, length: number) => T): T {

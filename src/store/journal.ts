@@ -95,7 +95,12 @@ export class JournalMetadataLog implements MetadataLog {
     private readonly layout: MetadataLayout,
     private readonly record: () => LvstoreRecord,
     private position: JournalPosition,
-  ) {}
+  ) {
+    this.storeTag = storeTagOf(position.superBlock.lvstoreId);
+  }
+
+  /** The lvstore's tag in every record header (the lvstore id never changes). */
+  private readonly storeTag: number;
 
   /**
    * Formats a new lvstore: the first checkpoint into slot 0, then super block generation 1.
@@ -190,7 +195,7 @@ export class JournalMetadataLog implements MetadataLog {
     const changes = batch.flatMap((waiter) => waiter.changes);
     const freeing = changes.every(isFreeingChange);
     const seq = this.position.lastSeq + 1n;
-    const bytes = encodeRecord(seq, storeTagOf(this.position.superBlock.lvstoreId), changes, this.device.blockSizeBytes);
+    const bytes = encodeRecord(seq, this.storeTag, changes, this.device.blockSizeBytes);
     // What the next checkpoint could need: the last one plus what was journaled since (a change
     // grows the state by about its record's size, usually much less). Past the growth capacity,
     // the state is measured by checkpointing now, so it never outgrows its slot unnoticed.

@@ -1,0 +1,70 @@
+// Goal (issue 11, restart of 100,000 lvols): a loaded lvstore answers before its lvol actors have
+// all started. Lookups and listings work from the records at once; anything that needs a
+// waiting lvol's actor starts it then; the rest start in slices, each in the state it was in.
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { StorageNode } from '../../src/actors/node.ts';
+import { FileDevice } from '../../src/device/fileDevice.ts';
+import type { MethodTable } from '../../src/transport/methodTable.ts';
+import { call, nodeHarness } from './tableCalls.ts';
+
+const mib = 1024 * 1024;
+const harness = nodeHarness(1100);
+afterEach(() => harness.cleanup());
+
+async function attach(path: string): Promise<{ node: StorageNode; table: MethodTable }> {
+  const started = harness.newNode();
+  await call(started.table, 'bdev_aio_create', { name: 'disk', filename: path, block_size: 512 });
+  return started;
+}
+
+describe('lvol actors started in slices', () => {
+  it('resolves, lists and answers for every lvol before its actor starts, and starts each in its own state', async () => {
+    const dir = await harness.tempDir('lvnode-slices-');
+    const path = join(dir, 'disk.img');
+    await FileDevice.createSparse(path, 256 * mib);
+    let { node, table } = await attach(path);
+    await call(table, 'bdev_lvol_create_lvstore', { bdev_name: 'disk', lvs_name: 'lvs', cluster_sz: mib });
+    const count = 400;
+    for (let index = 0; index < count; index++) {
+      await call(table, 'bdev_lvol_create', { lvs_name: 'lvs', lvol_name: `v${index}`, size_in_mib: 2, thin_provision: true });
+    }
+    await call(table, 'node_lvol_write', { name: 'lvs/v7', offset: 0, fill_byte: 7, length: 4096 });
+    const snapshotId = await call<string>(table, 'bdev_lvol_snapshot', { lvol_name: 'lvs/v7', snapshot_name: 'snap' });
+    expect(await call(table, 'bdev_lvol_register_snapshot_checksum', { name: snapshotId })).toBe(true);
+    const stored = await call<unknown>(table, 'bdev_lvol_get_snapshot_checksum', { name: snapshotId });
+    await node.shutdown();
+
+    // The slices are held, to look at the node as it is before they run.
+    ({ node, table } = harness.newNode());
+    node.actorStarter.pause();
+    await call(table, 'bdev_aio_create', { name: 'disk', filename: path, block_size: 512 });
+    expect(node.actorStarter.waitingCount).toBe(count + 1);
+    expect(node.resolveLvol(`lvs/v${count - 1}`).lvol.name).toBe(`v${count - 1}`);
+    const bdevs = await call<Array<{ aliases: string[] }>>(table, 'bdev_get_bdevs', {});
+    expect(bdevs.filter((bdev) => bdev.aliases[0]?.startsWith('lvs/'))).toHaveLength(count + 1);
+    expect(await call<unknown[]>(table, 'bdev_lvol_get_lvols', {})).toHaveLength(count + 1);
+    // Counting states does not start anyone: the waiting snapshot counts as done.
+    const stats = node.checksums.stats();
+    expect(stats.by_state).toEqual({ idle: count, done: 1 });
+    expect(node.actorStarter.waitingCount).toBe(count + 1);
+    // The checksum status needs the actor: it starts now, in the state the records say.
+    const status = await call<{ state: string }>(table, 'bdev_lvol_get_checksum_status', { name: 'lvs/snap' });
+    expect(status.state).toBe('done');
+    expect(node.resolveLvol('lvs/snap').actor.isStarted).toBe(true);
+    expect(node.actorStarter.waitingCount).toBe(count);
+    expect(await call(table, 'bdev_lvol_get_snapshot_checksum', { name: snapshotId })).toEqual(stored);
+
+    // A delete of a waiting lvol, and a create while others wait, are both fine.
+    await call(table, 'bdev_lvol_delete', { name: 'lvs/v3' });
+    await call(table, 'bdev_lvol_create', { lvs_name: 'lvs', lvol_name: 'late', size_in_mib: 2, thin_provision: true });
+    expect(node.actorStarter.waitingCount).toBe(count);
+    node.actorStarter.resume();
+    await node.actorStarter.idle();
+    const all = [...node.registry.allLvols()];
+    expect(all).toHaveLength(count + 1);
+    expect(all.every(({ actor }) => actor.isStarted)).toBe(true);
+    expect(all.find(({ lvol }) => lvol.name === 'v3')).toBeUndefined();
+    expect(node.resolveLvol('lvs/late').actor.checksumState).toBe('idle');
+  });
+});

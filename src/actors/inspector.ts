@@ -21,7 +21,7 @@ export interface InspectionRecord {
   event?: unknown;
   source?: string | undefined;
   target?: string | undefined;
-  snapshot?: unknown;
+  snapshot?: { value: unknown; status: unknown; context: unknown };
 }
 
 /** Delivers one batch; returns false when the receiver is falling behind (the batch was dropped). */

@@ -54,7 +54,7 @@ export function appendBatch(log: EventLog, records: readonly InspectionRecord[],
     }
     if (!log.names.has(record.session_id)) log.names.set(record.session_id, record.actor);
     if (record.type === 'event') {
-      const eventType = typeof record.event?.type === 'string' ? record.event.type : '(unknown)';
+      const eventType = eventTypeOf(record.event) ?? '(unknown)';
       const targetSession = record.target ?? record.session_id;
       const row: LogRow = {
         seq: record.seq,
@@ -89,6 +89,12 @@ export function appendBatch(log: EventLog, records: readonly InspectionRecord[],
     log.trimmed += cut;
   }
   return log;
+}
+
+/** The `type` of an inspected event (a record's `event` is any JSON-able value). */
+export function eventTypeOf(event: unknown): string | undefined {
+  const type = (event as { type?: unknown } | null | undefined)?.type;
+  return typeof type === 'string' ? type : undefined;
 }
 
 /** Rows whose event type contains `filter` (case-insensitive); all when it is empty. */

@@ -1,7 +1,7 @@
 // The Inspector view: pick an actor, see its machine as a statechart with the active states lit
 // as events arrive, and a live event log (inspect_subscribe) with the snapshot after each event.
 import { useEffect, useMemo, useRef, useState } from 'preact/hooks';
-import { appendBatch, emptyLog, type EventLog, type LogRow, filterRows, formatStateValue } from './eventLog.ts';
+import { appendBatch, emptyLog, type EventLog, eventTypeOf, type LogRow, filterRows, formatStateValue } from './eventLog.ts';
 import { DashboardRpc, RpcError } from './rpc.ts';
 import { type Chart, type MachineNode, activeStateIds, layoutMachine, takenEdges } from './statechart.ts';
 import type { InspectionBatch } from './types.ts';
@@ -121,7 +121,7 @@ function ActorInspector({ rpc, actorId }: { rpc: DashboardRpc; actorId: string }
       if (machine && chartNow) {
         for (const record of batch.events) {
           if (record.session_id !== rootSession) continue;
-          if (record.type === 'event') lastEvent = typeof record.event?.type === 'string' ? record.event.type : null;
+          if (record.type === 'event') lastEvent = eventTypeOf(record.event) ?? null;
           if (record.type === 'snapshot' && record.snapshot) {
             const before = active;
             active = activeStateIds(machine, record.snapshot.value);

@@ -1,5 +1,10 @@
 // What the dashboard reads from the node: the JSON-RPC results it uses, as the method table
-// publishes them (docs/rpc.md). Integers beyond 2^53 arrive as bigint (see rpc.ts).
+// publishes them (docs/rpc.md). Integers beyond 2^53 arrive as bigint (see rpc.ts). Types the
+// node declares are imported from it (type-only: nothing of the node is bundled).
+import type { ChecksumState, ChecksumStatus } from '../actors/lvolActor.ts';
+import type { InspectionRecord } from '../actors/inspector.ts';
+
+export type { ChecksumState, ChecksumStatus, InspectionRecord };
 
 export interface BdevInfo {
   name: string;
@@ -40,25 +45,6 @@ export interface LvolInfo {
   lvs: { name: string; uuid: string };
 }
 
-export type ChecksumState = 'idle' | 'queued' | 'computing' | 'stopping' | 'storing' | 'aborted' | 'done' | 'failed';
-
-export interface ChecksumStatus {
-  state: ChecksumState;
-  mode: 'whole' | 'range' | null;
-  clusters_done: number;
-  clusters_total: number;
-  bytes_done: number;
-  rate_bytes_per_sec: number;
-  eta_sec: number | null;
-  queue_position: number | null;
-  will_resume: boolean;
-  started_at: string | null;
-  finished_at: string | null;
-  reason?: string;
-  error?: string;
-  resumable: boolean;
-}
-
 /** A node_get_checksums row, or a checksum notification's params (then `checksum` is absent). */
 export interface ChecksumRow extends ChecksumStatus {
   uuid: string;
@@ -82,20 +68,6 @@ export interface NodeStats {
   checksums: { by_state: Record<string, number>; rate_bytes_per_sec: number };
   background: { running: number; queued: number; bytes_per_sec: number };
   inspect_subscribers?: number;
-}
-
-/** One inspection record of `inspect_events` (src/actors/inspector.ts). */
-export interface InspectionRecord {
-  seq: number;
-  type: 'actor' | 'event' | 'snapshot';
-  actor_id: string;
-  actor: string;
-  session_id: string;
-  at_ms: number;
-  event?: { type?: string } & Record<string, unknown>;
-  source?: string;
-  target?: string;
-  snapshot?: { value: unknown; status: unknown; context: unknown };
 }
 
 export interface InspectionBatch {

@@ -268,12 +268,13 @@ run('dashboard with --token', () => {
     expect(await page.locator('tr[data-alias]').count()).toBe(0);
     // The page's own origin cannot open the WebSocket without the token either.
     const bare = await page.evaluate(
-      () =>
+      (host) =>
         new Promise<string>((resolve) => {
-          const socket = new WebSocket(`ws://${location.host}/`);
+          const socket = new WebSocket(`ws://${host}/`);
           socket.onopen = () => resolve('open');
           socket.onerror = () => resolve('refused');
         }),
+      new URL(httpUrl).host,
     );
     expect(bare).toBe('refused');
     await screenshot(page, 'token-asked');

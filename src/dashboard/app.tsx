@@ -4,7 +4,7 @@ import { useCallback, useEffect, useRef, useState } from 'preact/hooks';
 import { fetchPageConfig, takeTokenFromUrl, tokenStorageKey } from './connection.ts';
 import { InspectorView } from './inspector.tsx';
 import { NodePanel } from './nodePanel.tsx';
-import { DashboardRpc, RpcError, socketUrl } from './rpc.ts';
+import { DashboardRpc, RpcCallError, socketUrl } from './rpc.ts';
 import { mergeChecksum, needsValue } from './tree.ts';
 import type { BdevInfo, ChecksumRow, LvolInfo, LvstoreInfo } from './types.ts';
 import { VolumesView } from './volumes.tsx';
@@ -38,7 +38,7 @@ function routeOf(hash: string): { tab: Tab; actorId: string | null } {
 }
 
 function errorText(error: unknown): string {
-  if (error instanceof RpcError) return error.text;
+  if (error instanceof RpcCallError) return error.text;
   return error instanceof Error ? error.message : String(error);
 }
 

@@ -2,7 +2,7 @@
 // as events arrive, and a live event log (inspect_subscribe) with the snapshot after each event.
 import { useEffect, useMemo, useRef, useState } from 'preact/hooks';
 import { appendBatch, emptyLog, type EventLog, eventTypeOf, type LogRow, filterRows, formatStateValue } from './eventLog.ts';
-import { DashboardRpc, RpcError } from './rpc.ts';
+import { DashboardRpc, RpcCallError } from './rpc.ts';
 import { type Chart, type MachineNode, activeStateIds, layoutMachine, takenEdges } from './statechart.ts';
 import type { InspectionBatch } from './types.ts';
 
@@ -27,7 +27,7 @@ const actorListRefreshMs = 3000;
 const takenHighlightMs = 700;
 
 function errorText(error: unknown): string {
-  if (error instanceof RpcError) return error.text;
+  if (error instanceof RpcCallError) return error.text;
   return error instanceof Error ? error.message : String(error);
 }
 

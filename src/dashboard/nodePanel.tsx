@@ -1,7 +1,7 @@
 // The Node view: node_get_stats every two seconds, as numbers and as charts of the last minutes.
 import { useEffect, useState } from 'preact/hooks';
 import { formatRate } from './format.ts';
-import { DashboardRpc, RpcError } from './rpc.ts';
+import { DashboardRpc, RpcCallError } from './rpc.ts';
 import { type MethodRate, type Sample, methodRates, pushSample, sparklinePoints } from './series.ts';
 import type { NodeStats } from './types.ts';
 
@@ -40,7 +40,7 @@ export function NodePanel({ rpc }: { rpc: DashboardRpc }) {
         previous = current;
         setError(null);
       } catch (caught) {
-        if (!disposed) setError(caught instanceof RpcError ? caught.text : String(caught));
+        if (!disposed) setError(caught instanceof RpcCallError ? caught.text : String(caught));
       }
     };
     void poll();

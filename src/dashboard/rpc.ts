@@ -1,26 +1,9 @@
-// The dashboard's JSON-RPC client over the node's WebSocket (same origin, SPEC §3.1).
-//
-// Exact 64-bit integers: checksums beyond 2^53 arrive as bare JSON integers, which the browser's
-// JSON.parse would round; the node's own exact parser (no Node APIs) reads them as bigints.
-import { parseJson } from '../transport/jsonParse.ts';
+// The dashboard's JSON-RPC client over the node's WebSocket (same origin, SPEC §3.1): the browser
+// WebSocket around the shared client core (src/transport/rpcCalls.ts), which reads checksums
+// beyond 2^53 exactly (the browser's JSON.parse would round them).
+import { RpcCallError, RpcCalls } from '../transport/rpcCalls.ts';
 
-export class RpcError extends Error {
-  constructor(
-    readonly code: number,
-    message: string,
-    readonly data: unknown,
-  ) {
-    super(message);
-  }
-
-  /** "message (detail)" as the page shows it. */
-  get text(): string {
-    const detail = (this.data as { detail?: unknown } | undefined)?.detail;
-    return typeof detail === 'string' && detail !== this.message ? `${this.message}: ${detail}` : this.message;
-  }
-}
-
-type Pending = { resolve: (value: unknown) => void; reject: (error: Error) => void };
+export { RpcCallError };
 
 /** The WebSocket URL of the node that served this page, with the token as a query parameter. */
 export function socketUrl(location: { protocol: string; host: string }, token: string | null): string {
@@ -29,16 +12,17 @@ export function socketUrl(location: { protocol: string; host: string }, token: s
 }
 
 export class DashboardRpc {
-  private nextId = 1;
-  private readonly pending = new Map<number, Pending>();
-  private readonly handlers = new Map<string, Set<(params: unknown) => void>>();
+  private readonly calls: RpcCalls;
 
   private constructor(private readonly socket: WebSocket) {
-    socket.addEventListener('message', (event) => this.onMessage(String(event.data)));
-    socket.addEventListener('close', () => {
-      for (const pending of this.pending.values()) pending.reject(new Error('connection to the node closed'));
-      this.pending.clear();
+    this.calls = new RpcCalls((text, failed) => {
+      if (socket.readyState === WebSocket.OPEN) socket.send(text);
+      else failed(new Error('not connected to the node'));
     });
+    socket.addEventListener('message', (event) => {
+      if (typeof event.data === 'string') this.calls.receive(event.data);
+    });
+    socket.addEventListener('close', () => this.calls.closed(new Error('connection to the node closed')));
   }
 
   /** Opens the socket; rejects when the node refuses it (wrong token, not running). */
@@ -50,10 +34,6 @@ export class DashboardRpc {
     });
   }
 
-  get open(): boolean {
-    return this.socket.readyState === WebSocket.OPEN;
-  }
-
   onClose(handler: () => void): void {
     this.socket.addEventListener('close', handler, { once: true });
   }
@@ -63,40 +43,11 @@ export class DashboardRpc {
   }
 
   call<T = unknown>(method: string, params: Record<string, unknown> = {}): Promise<T> {
-    const id = this.nextId++;
-    return new Promise<T>((resolve, reject) => {
-      if (!this.open) {
-        reject(new Error('not connected to the node'));
-        return;
-      }
-      this.pending.set(id, { resolve: resolve as (value: unknown) => void, reject });
-      this.socket.send(JSON.stringify({ jsonrpc: '2.0', id, method, params }));
-    });
+    return this.calls.call<T>(method, params);
   }
 
   /** Calls `handler` for each notification named `method`; returns the remover. */
   on(method: string, handler: (params: unknown) => void): () => void {
-    let set = this.handlers.get(method);
-    if (!set) this.handlers.set(method, (set = new Set()));
-    set.add(handler);
-    return () => set.delete(handler);
-  }
-
-  private onMessage(text: string): void {
-    let message: { id?: number; method?: string; params?: unknown; result?: unknown; error?: { code: number; message: string; data?: unknown } };
-    try {
-      message = parseJson(text) as typeof message;
-    } catch {
-      return;
-    }
-    if (message.method !== undefined && message.id === undefined) {
-      for (const handler of this.handlers.get(message.method) ?? []) handler(message.params);
-      return;
-    }
-    const pending = this.pending.get(Number(message.id));
-    if (!pending) return;
-    this.pending.delete(Number(message.id));
-    if (message.error) pending.reject(new RpcError(message.error.code, message.error.message, message.error.data));
-    else pending.resolve(message.result);
+    return this.calls.on(method, handler);
   }
 }

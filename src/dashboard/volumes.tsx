@@ -4,7 +4,7 @@ import { memo } from 'preact/compat';
 import { useCallback, useMemo, useRef, useState } from 'preact/hooks';
 import type { Listing } from './app.tsx';
 import { formatBytes, formatEta, formatPercent, formatRate, formatU64 } from './format.ts';
-import { DashboardRpc, RpcError } from './rpc.ts';
+import { DashboardRpc, RpcCallError } from './rpc.ts';
 import { type LvolRow, type LvstoreNode, buildTree, checksumActions, lvolRows } from './tree.ts';
 import type { ChecksumRow } from './types.ts';
 
@@ -13,7 +13,7 @@ type ActionResult = { kind: 'pending' | 'ok' | 'error'; text: string };
 const rowsPerPage = 2000;
 
 function errorText(error: unknown): string {
-  if (error instanceof RpcError) return `${error.text} (${error.code})`;
+  if (error instanceof RpcCallError) return `${error.text} (${error.code})`;
   return error instanceof Error ? error.message : String(error);
 }
 

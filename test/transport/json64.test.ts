@@ -1,7 +1,7 @@
 // Exact 64-bit JSON: parsing, writing, and the zod u64 helpers.
 import { describe, expect, it } from 'vitest';
 import { z } from 'zod';
-import { jsonExactIntegerDigitsMax } from '../../src/transport/jsonParse.ts';
+import { jsonExactIntegerDigitsMax } from '../../src/transport/jsonText.ts';
 import { parseJson, stringifyJson, u64, u64AsNumber, u64Max } from '../../src/transport/json64.ts';
 
 describe('parseJson', () => {

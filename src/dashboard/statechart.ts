@@ -54,6 +54,8 @@ const padding = 16;
 const rowGap = 40;
 const columnGap = 150;
 const regionGap = 14;
+const laneTop = 14;
+const laneGap = 12;
 
 interface Measured {
   readonly node: MachineNode;
@@ -90,21 +92,27 @@ function notesOf(node: MachineNode): string[] {
   return notes;
 }
 
-/** Rank of each child: its distance from the initial child over transitions between siblings. */
+/**
+ * The column of each child: the longest path to it from the initial child over the transitions
+ * between siblings, once the transitions that go back (to a state still on the depth-first path,
+ * such as a restart from `aborted` to `queued`) are set aside. The usual run then reads left to
+ * right — idle, queued, computing, stopping or storing, then aborted, done or failed — and only
+ * restarts arc back. Eventless (`always`) transitions are followed last.
+ */
 export function childRanks(parent: MachineNode): Map<string, number> {
-  const childOf = new Map<string, MachineNode>();
   const owner = (id: string): MachineNode | undefined => {
     for (const child of parent.states) if (id === child.id || id.startsWith(`${child.id}.`)) return child;
     return undefined;
   };
-  for (const child of parent.states) childOf.set(child.id, child);
-  const next = new Map<string, Set<string>>();
+  const next = new Map<string, string[]>();
   for (const child of parent.states) {
-    const targets = new Set<string>();
-    for (const transition of allTransitions(child)) {
+    const transitions = allTransitions(child);
+    const ordered = [...transitions.filter((transition) => transition.event !== 'always'), ...transitions.filter((transition) => transition.event === 'always')];
+    const targets: string[] = [];
+    for (const transition of ordered) {
       for (const target of transition.targets) {
         const sibling = owner(target);
-        if (sibling && sibling.id !== child.id) targets.add(sibling.id);
+        if (sibling && sibling.id !== child.id && !targets.includes(sibling.id)) targets.push(sibling.id);
       }
     }
     next.set(child.id, targets);
@@ -112,15 +120,36 @@ export function childRanks(parent: MachineNode): Map<string, number> {
   const ranks = new Map<string, number>();
   const start = parent.states.find((child) => child.key === parent.initial) ?? parent.states[0];
   if (!start) return ranks;
-  ranks.set(start.id, 0);
-  const queue = [start.id];
-  while (queue.length > 0) {
-    const id = queue.shift()!;
-    for (const target of next.get(id) ?? []) {
-      if (ranks.has(target)) continue;
-      ranks.set(target, ranks.get(id)! + 1);
-      queue.push(target);
+  // Depth-first from the initial child (iteratively): edges to a state on the path are back edges.
+  const onPath = new Set<string>();
+  const finished: string[] = [];
+  const forward = new Map<string, string[]>();
+  const stack: Array<{ id: string; index: number }> = [{ id: start.id, index: 0 }];
+  onPath.add(start.id);
+  const seen = new Set<string>([start.id]);
+  while (stack.length > 0) {
+    const top = stack[stack.length - 1]!;
+    const targets = next.get(top.id) ?? [];
+    if (top.index >= targets.length) {
+      stack.pop();
+      onPath.delete(top.id);
+      finished.push(top.id);
+      continue;
     }
+    const target = targets[top.index++]!;
+    if (onPath.has(target)) continue; // a back edge: drawn, but not ranked on
+    (forward.get(top.id) ?? forward.set(top.id, []).get(top.id)!).push(target);
+    if (!seen.has(target)) {
+      seen.add(target);
+      onPath.add(target);
+      stack.push({ id: target, index: 0 });
+    }
+  }
+  // Longest path over what is left (a DAG), in topological order (reverse finishing order).
+  ranks.set(start.id, 0);
+  for (const id of finished.reverse()) {
+    const rank = ranks.get(id) ?? 0;
+    for (const target of forward.get(id) ?? []) ranks.set(target, Math.max(ranks.get(target) ?? 0, rank + 1));
   }
   let last = Math.max(0, ...ranks.values());
   for (const child of parent.states) if (!ranks.has(child.id)) ranks.set(child.id, ++last);
@@ -130,6 +159,32 @@ export function childRanks(parent: MachineNode): Map<string, number> {
 /** A state's own transitions and those of its descendants (they leave it too). */
 function allTransitions(node: MachineNode): MachineTransition[] {
   return [...node.transitions, ...node.states.flatMap(allTransitions)];
+}
+
+/** The sibling of `parent` that holds state `id` (the state itself or an ancestor of it). */
+function siblingOf(parent: MachineNode, id: string): MachineNode | undefined {
+  for (const child of parent.states) if (id === child.id || id.startsWith(`${child.id}.`)) return child;
+  return undefined;
+}
+
+/**
+ * The children's source → target pairs drawn in lanes below them: those that do not go to the
+ * next column (they would cross the boxes between), shortest first (the innermost lane).
+ */
+export function laneEdges(parent: MachineNode, ranks: ReadonlyMap<string, number>): Array<{ source: string; target: string }> {
+  const pairs: Array<{ source: string; target: string; span: number }> = [];
+  for (const child of parent.states) {
+    for (const transition of allTransitions(child)) {
+      for (const id of transition.targets) {
+        const target = siblingOf(parent, id);
+        if (!target || target.id === child.id) continue;
+        const span = ranks.get(target.id)! - ranks.get(child.id)!;
+        if (span === 1) continue;
+        if (!pairs.some((pair) => pair.source === child.id && pair.target === target.id)) pairs.push({ source: child.id, target: target.id, span: Math.abs(span) });
+      }
+    }
+  }
+  return pairs.sort((a, b) => a.span - b.span).map(({ source, target }) => ({ source, target }));
 }
 
 function measure(node: MachineNode, region: boolean, initial: boolean): Measured {
@@ -169,7 +224,10 @@ function measure(node: MachineNode, region: boolean, initial: boolean): Measured
     x += columnWidth + columnGap;
   }
   const width = Math.max(labelWidth, x - columnGap + padding);
-  return { node, width, height: contentHeight + padding + 18, region, initial, notes, children };
+  // Room below the children for the arrows that skip a column or go back (see laneEdges).
+  const lanes = laneEdges(node, ranks).length;
+  const laneRoom = lanes > 0 ? laneTop + lanes * laneGap : 0;
+  return { node, width, height: contentHeight + laneRoom + padding + 18, region, initial, notes, children };
 }
 
 function place(measured: Measured, x: number, y: number, depth: number, out: ChartBox[]): void {
@@ -213,11 +271,28 @@ export function layoutMachine(machine: MachineNode): Chart {
     node.states.forEach(visit);
   };
   visit(machine);
-  // A pair drawn in both directions is bent apart, so the two arrows and labels do not overlap.
+  // Arrows that skip a column or go back run in lanes below their siblings, so they cross no box.
+  const lanes = new Map<string, { laneY: number; index: number }>();
+  const nodesById = new Map<string, MachineNode>();
+  const index = (node: MachineNode): void => {
+    nodesById.set(node.id, node);
+    node.states.forEach(index);
+  };
+  index(machine);
+  for (const node of nodesById.values()) {
+    if (node.states.length === 0 || node.type === 'parallel') continue;
+    const childBottom = Math.max(...node.states.map((child) => byId.get(child.id)!.y + byId.get(child.id)!.height));
+    laneEdges(node, childRanks(node)).forEach((pair, lane) => {
+      lanes.set(`${pair.source}->${pair.target}`, { laneY: childBottom + laneTop + lane * laneGap, index: lane });
+    });
+  }
   const edges: ChartEdge[] = [];
   for (const [key, pair] of pairs) {
+    const lane = lanes.get(key);
+    // A pair drawn in both directions is bent apart, so the two arrows and labels do not overlap.
     const reverse = pairs.has(`${pair.target.id}->${pair.source.id}`) && pair.source.id !== pair.target.id;
-    edges.push({ key, source: pair.source.id, target: pair.target.id, events: pair.events, label: pair.labels.join(' / '), ...route(pair.source, pair.target, reverse ? 1 : 0) });
+    const geometry = lane ? laneRoute(pair.source, pair.target, lane.laneY, lane.index) : route(pair.source, pair.target, reverse ? 1 : 0);
+    edges.push({ key, source: pair.source.id, target: pair.target.id, events: pair.events, label: pair.labels.join(' / '), ...geometry });
   }
   return { width: measured.width + 2, height: measured.height + 2, boxes, edges };
 }
@@ -253,6 +328,27 @@ function route(from: ChartBox, to: ChartBox, nth: number): { path: string; label
   const ty = to.y + to.height / 2;
   const out = 34 + bend;
   return { path: `M ${sx} ${sy} C ${sx + out} ${sy}, ${tx + out} ${ty}, ${tx} ${ty}`, ...midpoint(sx, sy, sx + out, sy, tx + out, ty, tx, ty) };
+}
+
+/** Down from the source's bottom to a lane, along it, and up into the target's bottom. */
+function laneRoute(from: ChartBox, to: ChartBox, laneY: number, index: number): { path: string; labelX: number; labelY: number } {
+  // Arrows leaving or entering the same box spread along its bottom edge.
+  const spread = ((index % 5) - 2) * 9;
+  const sx = from.x + from.width / 2 + spread;
+  const tx = to.x + to.width / 2 - spread;
+  const sy = from.y + from.height;
+  const ty = to.y + to.height;
+  const r = 6;
+  const toward = tx > sx ? 1 : -1;
+  const path = [
+    `M ${sx} ${sy}`,
+    `L ${sx} ${laneY - r}`,
+    `Q ${sx} ${laneY} ${sx + toward * r} ${laneY}`,
+    `L ${tx - toward * r} ${laneY}`,
+    `Q ${tx} ${laneY} ${tx} ${laneY - r}`,
+    `L ${tx} ${ty}`,
+  ].join(' ');
+  return { path, labelX: (sx + tx) / 2, labelY: laneY - 3 };
 }
 
 /** The point at t = 0.5 of a cubic Bézier, where the label goes. */

@@ -44,12 +44,12 @@ describe('layoutMachine', () => {
     expect(box('lvol.io').y).toBeGreaterThanOrEqual(box('lvol.checksum').y + box('lvol.checksum').height);
   });
 
-  it('orders columns by distance from the initial state, so the walk reads left to right', () => {
+  it('orders columns along the run, so the walk reads left to right and only restarts arc back', () => {
     const ranks = childRanks(lvol.states[0]!);
-    expect(ranks.get('lvol.checksum.idle')).toBe(0);
-    expect(ranks.get('lvol.checksum.queued')).toBe(1);
-    expect(ranks.get('lvol.checksum.computing')).toBe(2);
-    expect(ranks.get('lvol.checksum.stopping')).toBe(3);
+    const rank = (key: string) => ranks.get(`lvol.checksum.${key}`);
+    expect([rank('idle'), rank('queued'), rank('computing'), rank('stopping'), rank('storing')]).toEqual([0, 1, 2, 3, 3]);
+    expect([rank('aborted'), rank('done'), rank('failed')]).toEqual([4, 4, 4]);
+    expect(childRanks(lvol.states[1]!).get('lvol.io.reading')).toBe(1);
     expect(box('lvol.checksum.idle').x).toBeLessThan(box('lvol.checksum.queued').x);
     expect(box('lvol.checksum.queued').x).toBeLessThan(box('lvol.checksum.computing').x);
     expect(box('lvol.checksum.computing').x).toBeLessThan(box('lvol.checksum.stopping').x);
@@ -72,7 +72,22 @@ describe('layoutMachine', () => {
       node.states.forEach(walk);
     };
     walk(lvol);
-    for (const edge of chart.edges) expect(edge.path).toMatch(/^M [-\d.]+ [-\d.]+ C /);
+    for (const edge of chart.edges) expect(edge.path).toMatch(/^M [-\d.]+ [-\d.]+ [CL] /);
+  });
+
+  it('runs arrows that skip a column or go back in lanes below the boxes, inside the region', () => {
+    const region = box('lvol.checksum');
+    const children = chart.boxes.filter((candidate) => candidate.id.startsWith('lvol.checksum.'));
+    const bottom = Math.max(...children.map((candidate) => candidate.y + candidate.height));
+    const back = chart.edges.find((edge) => edge.source === 'lvol.checksum.aborted' && edge.target === 'lvol.checksum.queued')!;
+    const laneY = Number(/L [-\d.]+ ([-\d.]+) Q/.exec(back.path)![1]) + 6;
+    expect(laneY).toBeGreaterThan(bottom);
+    expect(laneY).toBeLessThan(region.y + region.height);
+    // Each lane is used once: no two lane arrows share a horizontal line.
+    const laneYs = chart.edges.filter((edge) => edge.path.includes(' Q ')).map((edge) => /L [-\d.]+ ([-\d.]+) Q/.exec(edge.path)![1]);
+    expect(new Set(laneYs).size).toBe(laneYs.length);
+    // Arrows to the next column stay direct curves.
+    expect(chart.edges.find((edge) => edge.source === 'lvol.checksum.queued' && edge.target === 'lvol.checksum.computing')!.path).toContain(' C ');
   });
 
   it('lays out the other machines of the node too', () => {

@@ -7,7 +7,7 @@ import { progressNotifyIntervalMs } from '../constants.ts';
 import { StorageError, fail } from '../errors.ts';
 import type { ChecksumMode } from '../machines/lvolMachine.ts';
 import type { Runtime } from '../runtime.ts';
-import { type ChecksumState, type ChecksumStatus, resumesAfterRestart } from './lvolActor.ts';
+import type { ChecksumState, ChecksumStatus } from './lvolActor.ts';
 import type { PriorityRouter } from './priority.ts';
 import type { LvstoreEntry, Registry } from './registry.ts';
 
@@ -51,10 +51,8 @@ export class ChecksumService {
   resumeInterrupted(entry: LvstoreEntry): number {
     let resumed = 0;
     for (const actor of entry.actors.values()) {
-      // Only an aborted walk can resume: the others' actors are left to start in their slice.
-      if (actor.checksumState !== 'aborted') continue;
-      const status = actor.status();
-      if (status.state === 'aborted' && resumesAfterRestart(status.reason) && actor.resumeInBackground()) resumed++;
+      // Decided from the records: the actors of walks that do not resume start in their slice.
+      if (actor.resumesAfterLoad && actor.resumeInBackground()) resumed++;
     }
     return resumed;
   }

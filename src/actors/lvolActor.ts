@@ -241,6 +241,16 @@ export class LvolActor {
     else this.startNow();
   }
 
+  /**
+   * Whether this lvol's walk resumes by itself after a load (SPEC §6.6), read from the records
+   * while the actor waits for its slice: a saved position without a reason was still running.
+   */
+  get resumesAfterLoad(): boolean {
+    if (this.started) return this.checksumState === 'aborted' && resumesAfterRestart(this.status().reason);
+    const saved = this.store.record.lvols.get(this.lvolId)?.savedProgress;
+    return saved !== null && saved !== undefined && (saved.reason === null || resumesAfterRestart(saved.reason));
+  }
+
   /** The lvol's XState actor, started now if it was still waiting for its slice. */
   get actor(): Actor<typeof lvolMachine> {
     return this.started ?? this.startNow();

@@ -189,8 +189,9 @@ export class StorageNode {
     this.emit({ type: 'lvstore_created', uuid: store.id, name: store.name });
     log('info', 'lvstore loaded', { lvstore: store.name, uuid: store.id, bdev: bdev.name, lvols: store.lvols().length, checksumsResumed: resumed });
     // An lvol may carry an lvstore of its own (nested): SPDK examines lvol bdevs too.
-    for (const lvol of store.lvols()) {
-      if (lvol.clusterMap.count === 0 && lvol.parentId === null && lvol.externalParent === null) continue; // reads as zeros: nothing there
+    // An lvol that reads as zeros holds no lvstore: only the others are read.
+    const candidates = [...store.record.lvols.values()].filter((lvol) => !store.readsAsZeros(lvol.id));
+    for (const lvol of candidates) {
       try {
         await this.examine(this.lvolBdevs.of(entry, lvol.id));
       } catch (error) {

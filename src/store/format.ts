@@ -181,17 +181,41 @@ function typedFromBase64<T>(text: string, bytesPerItem: number, make: (buffer: A
   return make(copy, bytes.length / bytesPerItem);
 }
 
+/**
+ * Undoes toPlain on freshly parsed JSON, in place: arrays and plain objects are reused (a load
+ * decodes every lvol of the store, and rebuilding each object was most of its garbage).
+ */
 function fromPlain(value: unknown): unknown {
-  if (Array.isArray(value)) return value.map(fromPlain);
   if (value === null || typeof value !== 'object') return value;
+  if (Array.isArray(value)) {
+    for (let index = 0; index < value.length; index++) {
+      const item: unknown = value[index];
+      if (item !== null && typeof item === 'object') value[index] = fromPlain(item);
+    }
+    return value;
+  }
   const object = value as Record<string, unknown>;
+  const keys = Object.keys(object);
+  if (keys.length === 1 && keys[0]!.startsWith('$')) {
+    const tagged = decodeTagged(object);
+    if (tagged !== undefined) return tagged;
+  }
+  for (const key of keys) {
+    const item = object[key];
+    if (item !== null && typeof item === 'object') object[key] = fromPlain(item);
+  }
+  return object;
+}
+
+/** A tagged value ({$big}, {$cmap}, …), or undefined when the object is not one. */
+function decodeTagged(object: Record<string, unknown>): unknown {
   if (typeof object.$big === 'string') return BigInt(object.$big);
   if (Array.isArray(object.$cmap)) return decodeClusterMap(object.$cmap);
   if (Array.isArray(object.$csum)) return decodeClusterChecksums(object.$csum);
   if (typeof object.$u32 === 'string') return typedFromBase64(object.$u32, 4, (buffer, length) => new Uint32Array(buffer, 0, length));
   if (typeof object.$u64 === 'string') return typedFromBase64(object.$u64, 8, (buffer, length) => new BigUint64Array(buffer, 0, length));
   if (Array.isArray(object.$map)) return new Map((object.$map as unknown[][]).map(([key, item]) => [fromPlain(key), fromPlain(item)]));
-  return Object.fromEntries(Object.entries(object).map(([key, item]) => [key, fromPlain(item)]));
+  return undefined;
 }
 
 export function encodePayload(value: unknown): Buffer {

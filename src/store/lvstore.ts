@@ -274,6 +274,17 @@ export class Lvstore {
     return (this.childIndex.get(id) ?? []).map((childId) => this.record.lvols.get(childId)!);
   }
 
+  /**
+   * True when nobody in the lvol's chain owns a cluster and no external snapshot is under it:
+   * every byte reads as zero (a load need not read it to look for a nested lvstore).
+   */
+  readsAsZeros(id: string): boolean {
+    for (let lvol = this.record.lvols.get(id); lvol; lvol = lvol.parentId === null ? undefined : this.record.lvols.get(lvol.parentId)) {
+      if (lvol.clusterMap.count > 0 || lvol.externalParent !== null) return false;
+    }
+    return true;
+  }
+
   /** Clusters the lvol itself owns (the sparse map keeps the count: O(1)). */
   ownedClusterCount(id: string): number {
     return this.lvol(id).clusterMap.count;

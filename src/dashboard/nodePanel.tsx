@@ -74,6 +74,7 @@ export function NodePanel({ rpc }: { rpc: DashboardRpc }) {
           detail={`delay p50 ${(stats.event_loop_delay_ms?.p50 ?? 0).toFixed(3)} ms · max ${(stats.event_loop_delay_ms?.max ?? 0).toFixed(3)} ms · up ${stats.uptime_sec ?? 0} s`}
         />
       </div>
+      <BackgroundOptions rpc={rpc} />
       <table class="methods" aria-label="requests per method">
         <thead>
           <tr>
@@ -114,5 +115,59 @@ function Card({ title, value, detail, series }: { title: string; value: string; 
         </svg>
       ) : null}
     </div>
+  );
+}
+
+interface Options {
+  max_concurrent_checksums: number;
+  checksum_rate_mib_per_sec: number;
+}
+
+/** The scheduler's settings (SPEC §6.6): how many walks at once, and their read rate cap. */
+function BackgroundOptions({ rpc }: { rpc: DashboardRpc }) {
+  const [options, setOptions] = useState<Options | null>(null);
+  const [concurrency, setConcurrency] = useState('');
+  const [rate, setRate] = useState('');
+  const [result, setResult] = useState<{ kind: 'ok' | 'error'; text: string } | null>(null);
+  const load = () =>
+    rpc.call<Options>('node_get_background_options').then((current) => {
+      setOptions(current);
+      setConcurrency(String(current.max_concurrent_checksums));
+      setRate(String(current.checksum_rate_mib_per_sec));
+    });
+  useEffect(() => {
+    void load().catch(() => undefined);
+  }, [rpc]);
+  if (!options) return null;
+  return (
+    <form
+      class="card background-options"
+      noValidate
+      aria-label="background options"
+      onSubmit={(event) => {
+        event.preventDefault();
+        rpc.call('node_set_background_options', { max_concurrent_checksums: Number(concurrency), checksum_rate_mib_per_sec: Number(rate) }).then(
+          () => {
+            setResult({ kind: 'ok', text: 'saved (kept across restarts)' });
+            void load();
+          },
+          (caught: unknown) => setResult({ kind: 'error', text: caught instanceof RpcCallError ? caught.text : String(caught) }),
+        );
+      }}
+    >
+      <h3>background checksums</h3>
+      <label>
+        at most <input type="number" min="1" step="1" aria-label="Concurrent checksums" value={concurrency} onInput={(event) => setConcurrency((event.target as HTMLInputElement).value)} /> at once
+      </label>{' '}
+      <label>
+        read rate cap <input type="number" min="0" step="any" aria-label="Checksum rate cap in MiB/s" value={rate} onInput={(event) => setRate((event.target as HTMLInputElement).value)} /> MiB/s (0 = none)
+      </label>{' '}
+      <button type="submit">Apply</button>
+      {result ? (
+        <span class={`result ${result.kind}`} role={result.kind === 'error' ? 'alert' : 'status'}>
+          {result.text}
+        </span>
+      ) : null}
+    </form>
   );
 }

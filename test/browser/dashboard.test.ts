@@ -223,6 +223,17 @@ run('dashboard in Chromium', () => {
     await expect.poll(() => page.locator('svg.spark').count(), wait).toBeGreaterThan(0);
     const calls = Number(await methods.locator('tr', { hasText: 'node_get_stats' }).locator('td').nth(1).textContent());
     await expect.poll(async () => Number(await methods.locator('tr', { hasText: 'node_get_stats' }).locator('td').nth(1).textContent()), wait).toBeGreaterThan(calls);
+    // The scheduler's options can be read and set from the panel; a bad value shows the node's error.
+    const form = page.getByRole('form', { name: 'background options' });
+    await expect.poll(() => page.getByLabel('Checksum rate cap in MiB/s').inputValue(), wait).toBe('8');
+    await page.getByLabel('Concurrent checksums').fill('0');
+    await form.getByRole('button', { name: 'Apply' }).click();
+    await expect.poll(() => form.getByRole('alert').textContent(), wait).toContain('Invalid params');
+    expect((await client.call<{ max_concurrent_checksums: number }>('node_get_background_options')).max_concurrent_checksums).toBe(2);
+    await page.getByLabel('Concurrent checksums').fill('3');
+    await form.getByRole('button', { name: 'Apply' }).click();
+    await expect.poll(() => form.getByRole('status').textContent(), wait).toContain('saved');
+    expect((await client.call<{ max_concurrent_checksums: number }>('node_get_background_options')).max_concurrent_checksums).toBe(3);
     await screenshot(page, 'node');
   });
 

@@ -6,6 +6,34 @@ export { parseJson, stringifyJson };
 
 export const u64Max = (1n << 64n) - 1n;
 
+/** JSON text written ahead of time (a long listing, in slices): a reply embeds it as it is. */
+export class SerializedJson {
+  constructor(readonly text: string) {}
+}
+
+/** Arrays at least this long are written in slices by `stringifyJsonInSlices`. */
+export const sliceSerializeItemsMin = 512;
+
+/**
+ * The JSON of `array`, as `stringifyJson` writes it, an element at a time with a turn of the
+ * event loop whenever `sliceMs` have passed: a 100,000-row listing (~100 MB) is never written in
+ * one go. The caller must not change the array meanwhile (a listing's rows are its own).
+ */
+export async function stringifyJsonInSlices(array: readonly unknown[], sliceMs = 2): Promise<SerializedJson> {
+  const parts: string[] = [];
+  let since = performance.now();
+  for (let index = 0; index < array.length; index++) {
+    const item = array[index];
+    // As JSON.stringify writes an array: members without a JSON form become null.
+    parts.push(item === undefined || typeof item === 'function' || typeof item === 'symbol' ? 'null' : stringifyJson(item));
+    if (performance.now() - since >= sliceMs) {
+      await new Promise((resolve) => setImmediate(resolve));
+      since = performance.now();
+    }
+  }
+  return new SerializedJson(`[${parts.join(',')}]`);
+}
+
 const integerInputMessage = 'expected a non-negative integer';
 
 /** Checks the range and exactness shared by `u64` and `u64AsNumber`; NEVER on failure. */

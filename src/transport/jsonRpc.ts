@@ -2,7 +2,7 @@
 import { rpcBatchLengthMax } from '../constants.ts';
 import { RpcFrameworkError, rpcError, toRpcError, toSpdkRpcError } from './errorMapping.ts';
 import type { RpcErrorObject } from './errorMapping.ts';
-import { stringifyJson } from './json64.ts';
+import { SerializedJson, sliceSerializeItemsMin, stringifyJson, stringifyJsonInSlices } from './json64.ts';
 import type { Connection, MethodTable, RpcMethod } from './methodTable.ts';
 
 /** `bigint` ids come from json64 when a client uses an id beyond 2^53. */
@@ -160,7 +160,7 @@ export function createDispatcher(table: MethodTable, options: DispatcherOptions)
       options.onStart?.(method);
       const result = await invoke(method, request.params, connection);
       reportCall(name, startMs, true);
-      return answer(success(target.id, result));
+      return answer(success(target.id, await sliceLongResult(result)));
     } catch (error) {
       reportCall(name, startMs, false);
       return answer(errorResponse(target.id, mapError(error, name)));
@@ -222,8 +222,26 @@ export function serializeResponse(response: JsonRpcResponse | JsonRpcResponse[])
   return serializeOne(response);
 }
 
+/**
+ * A long array result (a listing of 100,000 lvols) is written to JSON now, in slices, so that
+ * the reply's serialization does not hold the event loop; if that fails, the value stays as it
+ * was and serializeOne reports the failure.
+ */
+async function sliceLongResult(result: unknown): Promise<unknown> {
+  if (!Array.isArray(result) || result.length < sliceSerializeItemsMin) return result;
+  try {
+    return await stringifyJsonInSlices(result);
+  } catch {
+    return result;
+  }
+}
+
 function serializeOne(response: JsonRpcResponse): string {
   try {
+    if ('result' in response && response.result instanceof SerializedJson) {
+      // The envelope around text written ahead (jsonrpc, id, result: the order stringifyJson writes).
+      return `{"jsonrpc":"2.0","id":${stringifyJson(response.id)},"result":${response.result.text}}`;
+    }
     return stringifyJson(response);
   } catch (error) {
     return stringifyJson(errorResponse(response.id, toRpcError(error)));

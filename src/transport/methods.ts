@@ -30,7 +30,7 @@ import { type MethodTable, type RpcMethod, defineMethod } from './methodTable.ts
 import type { RpcStats } from './stats.ts';
 import { observeMethods } from './observeMethods.ts';
 import { checksumStatus, checksumValue, name, ok } from './schemas.ts';
-import { bdevInfos, bdevView, lvolInfo, lvolView, lvstoreInfo, lvstoreView } from './views.ts';
+import { allBdevInfos, bdevInfos, bdevView, lvolInfos, lvolView, lvstoreInfo, lvstoreView } from './views.ts';
 
 const byName = z.strictObject({ name });
 // Control characters (NUL, newlines, C1) and bidirectional overrides make names that print as
@@ -184,7 +184,8 @@ function bdevMethods(node: StorageNode): Record<string, RpcMethod> {
       params: z.strictObject({ name: name.optional(), timeout: u64AsNumber.optional() }),
       result: z.array(bdevView),
       handler: async (p) => {
-        if (p.name !== undefined && p.timeout) await waitForBdev(node, p.name, p.timeout);
+        if (p.name === undefined) return allBdevInfos(node);
+        if (p.timeout) await waitForBdev(node, p.name, p.timeout);
         return bdevInfos(node, p.name);
       },
     }),
@@ -358,7 +359,7 @@ function lvolMethods(node: StorageNode): Record<string, RpcMethod> {
           p.lvs_uuid === undefined && p.lvs_name === undefined
             ? [...node.registry.lvstores.values()]
             : [node.registry.lvstore({ uuid: p.lvs_uuid, lvs_name: p.lvs_name })];
-        return selected.flatMap((entry) => entry.store.lvols().map((lvol) => lvolInfo(entry, lvol)));
+        return lvolInfos(node, selected);
       },
     }),
     bdev_lvol_get_fragmap: defineMethod({

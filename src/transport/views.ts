@@ -3,6 +3,7 @@ import { z } from 'zod';
 import { fail } from '../errors.ts';
 import type { StorageNode } from '../actors/node.ts';
 import type { BaseBdev, LvstoreEntry } from '../actors/registry.ts';
+import { loopYielder } from '../store/format.ts';
 import { rfc3339Seconds } from '../store/lvstore.ts';
 import type { LvolRecord } from '../store/metadata.ts';
 
@@ -83,6 +84,16 @@ export type LvolView = z.output<typeof lvolView>;
 
 const noRateLimits = { rw_ios_per_sec: 0, rw_mbytes_per_sec: 0, r_mbytes_per_sec: 0, w_mbytes_per_sec: 0 };
 
+// An lvol's I/O types are one of two answers: made once, not per row of a 100,000-lvol listing.
+const lvolIoTypesReadOnly = Object.freeze(supportedIoTypes(['read', 'reset', 'flush', 'seek_hole', 'seek_data']));
+const lvolIoTypesWritable = Object.freeze(supportedIoTypes(['read', 'reset', 'flush', 'seek_hole', 'seek_data', 'write', 'unmap', 'write_zeroes']));
+
+/**
+ * A listing builds its rows in slices of this many milliseconds, each slice a macrotask of its own
+ * (SPEC §10: no request holds the event loop for more than a few milliseconds).
+ */
+const listingSliceMs = 2;
+
 export function baseBdevInfo(bdev: BaseBdev): BdevView {
   const writable = bdev.readOnly ? [] : ['write', 'unmap', 'write_zeroes'];
   const info: BdevView = {
@@ -123,7 +134,6 @@ export function lvolBdevInfo(entry: LvstoreEntry, lvol: LvolRecord, claimedBy: s
   const store = entry.store;
   const clones = store.clonesOf(lvol.id).map((clone) => clone.name);
   const parent = lvol.parentId ? store.lvol(lvol.parentId) : undefined;
-  const writable = lvol.readOnly ? [] : ['write', 'unmap', 'write_zeroes'];
   return {
     name: lvol.id,
     aliases: [`${store.name}/${lvol.name}`],
@@ -136,7 +146,7 @@ export function lvolBdevInfo(entry: LvstoreEntry, lvol: LvolRecord, claimedBy: s
     claimed: claimedBy !== null,
     ...(claimedBy !== null ? { claim_type: 'exclusive_write' } : {}),
     zoned: false,
-    supported_io_types: supportedIoTypes(['read', 'reset', 'flush', 'seek_hole', 'seek_data', ...writable]),
+    supported_io_types: lvol.readOnly ? lvolIoTypesReadOnly : lvolIoTypesWritable,
     driver_specific: {
       lvol: {
         lvol_store_uuid: store.id,
@@ -170,6 +180,50 @@ export function bdevInfos(node: StorageNode, name: string | undefined): BdevView
     if (!entry.store.isDegraded(lvol.id)) out.push(lvolBdevInfo(entry, lvol, node.lvolClaimedBy(lvol.id)));
   }
   return out;
+}
+
+/**
+ * The lvols of `entries` as rows made by `row`, built in slices with a turn of the event loop
+ * between them. The lvols are those present when the listing began, in the lvstore's order; each
+ * row shows its lvol as it is when the row is made, and one deleted (or whose lvstore went away)
+ * before its row is left out, as is one whose creation is not yet durable (no actor yet).
+ */
+async function rowsInSlices<T>(
+  node: StorageNode,
+  entries: readonly LvstoreEntry[],
+  row: (entry: LvstoreEntry, lvol: LvolRecord) => T | undefined,
+  out: T[],
+): Promise<T[]> {
+  const pause = loopYielder(listingSliceMs);
+  const listed = entries.map((entry) => ({ entry, ids: [...entry.store.record.lvols.keys()] }));
+  for (const { entry, ids } of listed) {
+    for (const id of ids) {
+      const lvol = entry.store.record.lvols.get(id);
+      if (lvol && entry.actors.has(id) && node.registry.lvstores.get(entry.store.id) === entry) {
+        const made = row(entry, lvol);
+        if (made !== undefined) out.push(made);
+      }
+      const turn = pause();
+      if (turn) await turn;
+    }
+  }
+  return out;
+}
+
+/** bdev_get_bdevs without a name: every bdev, lvol rows built in slices (see rowsInSlices). */
+export function allBdevInfos(node: StorageNode): Promise<BdevView[]> {
+  const out = [...node.registry.bdevs.values()].map(baseBdevInfo);
+  return rowsInSlices(
+    node,
+    [...node.registry.lvstores.values()],
+    (entry, lvol) => (entry.store.isDegraded(lvol.id) ? undefined : lvolBdevInfo(entry, lvol, node.lvolClaimedBy(lvol.id))),
+    out,
+  );
+}
+
+/** bdev_lvol_get_lvols: the lvols of `entries`, built in slices (see rowsInSlices). */
+export function lvolInfos(node: StorageNode, entries: readonly LvstoreEntry[]): Promise<LvolView[]> {
+  return rowsInSlices(node, entries, lvolInfo, []);
 }
 
 export function lvstoreInfo(entry: LvstoreEntry): LvstoreView {

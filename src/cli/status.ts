@@ -59,11 +59,13 @@ export interface StatusInput {
   checksums: ChecksumEntryView[];
   stats: NodeStatsView;
   copies: CopyView[];
+  /** Bdevs whose lvstore the node did not load (damaged metadata, or a name/UUID clash). */
+  unloaded?: Array<{ bdev_name: string; reason: string; detail: string }>;
 }
 
 /** Fetches what `renderStatus` draws: a fixed number of calls, whatever the lvol count. */
 export async function collectStatus(client: RpcClient): Promise<StatusInput> {
-  const [lvstores, lvols, checksums, stats, actors] = await Promise.all([
+  const [lvstores, lvols, checksums, stats, actors, unloaded] = await Promise.all([
     client.call<LvstoreView[]>('bdev_lvol_get_lvstores'),
     client.call<LvolView[]>('bdev_lvol_get_lvols'),
     client.call<ChecksumEntryView[]>('node_get_checksums'),
@@ -71,9 +73,10 @@ export async function collectStatus(client: RpcClient): Promise<StatusInput> {
     // Copies are listed among the inspectable actors (limit 0: no lvols). Without them (an older
     // node) the summary still shows everything else.
     client.call<{ actors: Array<{ kind: string; label: string; value: unknown }> }>('inspect_get_actors', { limit: 0 }).catch(() => ({ actors: [] })),
+    client.call<NonNullable<StatusInput['unloaded']>>('node_get_unloaded_lvstores').catch(() => []),
   ]);
   const copies = actors.actors.filter((actor) => actor.kind === 'copy').map((actor) => ({ label: actor.label, state: stateText(actor.value) }));
-  return { lvstores, lvols, checksums, stats, copies };
+  return { lvstores, lvols, checksums, stats, copies, unloaded };
 }
 
 /** An XState state value as text: "copying", or "a.b" for nested ones. */
@@ -104,6 +107,9 @@ export function renderStatus(input: StatusInput): string {
   const stores = [...input.lvstores].sort((a, b) => a.name.localeCompare(b.name));
   if (stores.length === 0) sections.push('no lvstores\n');
   for (const store of stores) sections.push(renderLvstore(store, lvolsByStore.get(store.uuid) ?? [], checksumByUuid));
+  for (const entry of input.unloaded ?? []) {
+    sections.push(field('bdev', entry.bdev_name) + field('state', `NOT LOADED (${entry.reason === 'damaged' ? 'DAMAGED' : 'CONFLICT'}): ${entry.detail}`));
+  }
   sections.push(renderRunning(input.checksums));
   if (input.copies.length > 0) sections.push(renderCopies(input.copies));
   sections.push(renderNode(input.stats));

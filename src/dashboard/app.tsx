@@ -6,7 +6,7 @@ import { InspectorView } from './inspector.tsx';
 import { NodePanel } from './nodePanel.tsx';
 import { DashboardRpc, RpcCallError, socketUrl } from './rpc.ts';
 import { mergeChecksum, needsValue } from './tree.ts';
-import type { BdevInfo, ChecksumRow, LvolInfo, LvstoreInfo } from './types.ts';
+import type { BdevInfo, ChecksumRow, LvolInfo, LvstoreInfo, UnloadedLvstore } from './types.ts';
 import { VolumesView } from './volumes.tsx';
 
 type Tab = 'volumes' | 'inspector' | 'node';
@@ -23,10 +23,11 @@ export interface Listing {
   lvstores: LvstoreInfo[];
   lvols: LvolInfo[];
   checksums: Map<string, ChecksumRow>;
+  unloaded: UnloadedLvstore[];
   loadedAtMs: number;
 }
 
-const emptyListing: Listing = { bdevs: [], lvstores: [], lvols: [], checksums: new Map(), loadedAtMs: 0 };
+const emptyListing: Listing = { bdevs: [], lvstores: [], lvols: [], checksums: new Map(), unloaded: [], loadedAtMs: 0 };
 const refreshDebounceMs = 120;
 const reconnectMs = 2000;
 
@@ -189,14 +190,15 @@ function useListing(rpc: DashboardRpc): { listing: Listing; error: string | null
       }
       running = true;
       try {
-        const [bdevs, lvstores, lvols, checksumRows] = await Promise.all([
+        const [bdevs, lvstores, lvols, checksumRows, unloaded] = await Promise.all([
           rpc.call<BdevInfo[]>('bdev_get_bdevs'),
           rpc.call<LvstoreInfo[]>('bdev_lvol_get_lvstores'),
           rpc.call<LvolInfo[]>('bdev_lvol_get_lvols'),
           rpc.call<ChecksumRow[]>('node_get_checksums'),
+          rpc.call<UnloadedLvstore[]>('node_get_unloaded_lvstores'),
         ]);
         if (disposed) return;
-        setListing({ bdevs, lvstores, lvols, checksums: new Map(checksumRows.map((row) => [row.uuid, row])), loadedAtMs: Date.now() });
+        setListing({ bdevs, lvstores, lvols, checksums: new Map(checksumRows.map((row) => [row.uuid, row])), unloaded, loadedAtMs: Date.now() });
         setError(null);
       } catch (caught) {
         if (!disposed) setError(errorText(caught));

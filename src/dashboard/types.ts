@@ -74,3 +74,10 @@ export interface InspectionBatch {
   events: InspectionRecord[];
   dropped: number;
 }
+
+/** node_get_unloaded_lvstores: a bdev whose lvstore was not loaded, and why. */
+export interface UnloadedLvstore {
+  bdev_name: string;
+  reason: 'damaged' | 'conflict';
+  detail: string;
+}

@@ -49,6 +49,7 @@ export function VolumesView({ rpc, listing, error, onInspect }: { rpc: Dashboard
   const inspect = useCallback((actorId: string) => inspectRef.current(actorId), []);
 
   const needle = filter.trim().toLowerCase();
+  const unloadedByBdev = useMemo(() => new Map(listing.unloaded.map((entry) => [entry.bdev_name, entry])), [listing.unloaded]);
   return (
     <section class="volumes" aria-label="volumes">
       <div class="toolbar">
@@ -64,8 +65,13 @@ export function VolumesView({ rpc, listing, error, onInspect }: { rpc: Dashboard
           <h2>
             <span class="kind">{bdev.lvolAlias ? 'lvol bdev' : bdev.productName}</span> {bdev.lvolAlias ?? bdev.name}{' '}
             <span class="muted">{formatBytes(bdev.sizeBytes)}</span>
-            {bdev.lvstores.length === 0 ? <span class="muted"> · no lvstore</span> : null}
+            {bdev.lvstores.length === 0 && !unloadedByBdev.has(bdev.name) ? <span class="muted"> · no lvstore</span> : null}
           </h2>
+          {unloadedByBdev.has(bdev.name) ? (
+            <p class="error" role="alert">
+              lvstore not loaded ({unloadedByBdev.get(bdev.name)!.reason}): {unloadedByBdev.get(bdev.name)!.detail}
+            </p>
+          ) : null}
           {bdev.lvstores.map((store) => (
             <LvstoreTable key={store.lvstore.uuid} store={store} checksums={listing.checksums} collapsed={collapsed} needle={needle} results={results} act={act} toggle={toggle} onInspect={inspect} />
           ))}

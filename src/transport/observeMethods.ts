@@ -89,6 +89,17 @@ export function observeMethods(node: StorageNode): Record<string, RpcMethod> {
         };
       },
     }),
+    node_get_unloaded_lvstores: defineMethod({
+      description:
+        'Bdevs that hold an lvstore the node did not load: damaged metadata (reported, never repaired silently) or a name/UUID already in use. No SPDK listing shows these.',
+      priority: 'foreground',
+      params: z.strictObject({}),
+      result: z.array(z.object({ bdev_name: z.string(), reason: z.enum(['damaged', 'conflict']), detail: z.string() })),
+      handler: () => [
+        ...[...node.damaged].map(([bdevName, error]) => ({ bdev_name: bdevName, reason: 'damaged' as const, detail: error.detail ?? error.message })),
+        ...[...node.conflicting].map(([bdevName, detail]) => ({ bdev_name: bdevName, reason: 'conflict' as const, detail })),
+      ],
+    }),
     node_get_checksums: defineMethod({
       description:
         'Checksum status of every lvol whose checksum is not idle (queued, computing, stopped, done, failed), with the stored value when there is one: one call instead of one status call per snapshot.',

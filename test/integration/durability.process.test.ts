@@ -394,6 +394,13 @@ describe('damaged metadata', () => {
       expect(view).toMatchObject({ claimed: false });
     }
     expect(await lvstoreNames(client)).toEqual(['lvs0']);
+    // No SPDK listing shows them; node_get_unloaded_lvstores (the dashboard, lvnode status) does.
+    const unloaded = await client.call<Array<{ bdev_name: string; reason: string; detail: string }>>('node_get_unloaded_lvstores');
+    expect(unloaded.map((entry) => [entry.bdev_name, entry.reason]).sort()).toEqual([
+      ['crc', 'damaged'],
+      ['short', 'damaged'],
+    ]);
+    expect(unloaded.find((entry) => entry.bdev_name === 'crc')!.detail).toMatch(/CRC mismatch/);
     expect(await rpcError(client.call('bdev_lvol_create', { lvs_name: 'lvs-crc', lvol_name: 'x', size_in_mib: 1 }))).toMatchObject({ code: -19 });
     expect((await readBytes(client, 'lvs0/healthy', 4 * kib, healthy.length)).equals(healthy)).toBe(true);
     await client.call('bdev_lvol_create', { lvs_name: 'lvs0', lvol_name: 'still-works', size_in_mib: 4, thin_provision: true });

@@ -174,6 +174,7 @@ export function applyChange(store: LvstoreRecord, change: MetadataChange): void 
     case 'lvol.create':
       if (store.lvols.has(change.id)) throw new Error(`metadata change creates lvol ${change.id}, which exists`);
       store.lvols.set(change.id, createLvolRecord(change));
+      numberNewLvol(store, store.lvols.get(change.id)!);
       return;
     case 'lvol.delete':
       lvolOf(store, change.id);
@@ -330,7 +331,7 @@ export function captureUndo(store: LvstoreRecord, change: MetadataChange): () =>
     case 'lvol.create':
       return () => void store.lvols.delete(change.id);
     case 'lvol.delete':
-      return captureMembership(store);
+      return captureRemoval(store, change.id);
     case 'lvol.rename': {
       const lvol = lvolOf(store, change.id);
       const name = lvol.name;
@@ -391,10 +392,10 @@ export function captureUndo(store: LvstoreRecord, change: MetadataChange): () =>
         rangeChecksums: clone.rangeChecksums,
         savedProgress: clone.savedProgress,
       };
-      const membership = captureMembership(store);
+      const removal = captureRemoval(store, change.id);
       return () => {
         Object.assign(clone, before);
-        membership();
+        removal();
       };
     }
     case 'checksum.store':
@@ -407,11 +408,45 @@ export function captureUndo(store: LvstoreRecord, change: MetadataChange): () =>
   }
 }
 
-/** Restores which lvols exist, in their order (listings follow the map's order). */
-function captureMembership(store: LvstoreRecord): () => void {
-  const entries = [...store.lvols];
+/**
+ * Each lvol's place in its store's map, which is creation order (listings and checkpoints follow
+ * it). Numbered once, the first time an lvol of the store is removed, then as lvols are created;
+ * an undone removal puts its lvol back in its place by this number.
+ */
+interface LvolOrder {
+  next: number;
+  readonly of: WeakMap<LvolRecord, number>;
+}
+const lvolOrders = new WeakMap<LvstoreRecord, LvolOrder>();
+
+function orderOf(store: LvstoreRecord): LvolOrder {
+  let order = lvolOrders.get(store);
+  if (!order) {
+    order = { next: 0, of: new WeakMap() };
+    for (const lvol of store.lvols.values()) order.of.set(lvol, order.next++);
+    lvolOrders.set(store, order);
+  }
+  return order;
+}
+
+function numberNewLvol(store: LvstoreRecord, lvol: LvolRecord): void {
+  const order = lvolOrders.get(store);
+  if (order) order.of.set(lvol, order.next++);
+}
+
+/**
+ * Puts the lvol `id` back where it was, should its removal be undone. O(1) to take (a delete of
+ * one of 100,000 lvols copies nothing); the undo, which is rare, reorders the map in O(n log n).
+ */
+function captureRemoval(store: LvstoreRecord, id: string): () => void {
+  const lvol = lvolOf(store, id);
+  const order = orderOf(store);
   return () => {
+    store.lvols.set(id, lvol);
+    const place = (record: LvolRecord): number => order.of.get(record) ?? Number.POSITIVE_INFINITY;
+    // Later changes are undone first, so only this lvol can be out of place (it went in last).
+    const entries = [...store.lvols].sort(([, a], [, b]) => (place(a) === place(b) ? 0 : place(a) < place(b) ? -1 : 1));
     store.lvols.clear();
-    for (const [id, lvol] of entries) store.lvols.set(id, lvol);
+    for (const [entryId, record] of entries) store.lvols.set(entryId, record);
   };
 }

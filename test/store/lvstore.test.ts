@@ -1259,3 +1259,41 @@ describe('name and clone indexes', () => {
     expect(store.findLvolByName('b')?.id).toBe(a.id);
   });
 });
+
+describe('undone deletes', () => {
+  it('put the lvol back in its place in the listing order, also after creates and a merge that failed with it', async () => {
+    // Goal (scale issue): a delete saves only the lvol it removes, not the whole membership, and
+    // an undo still restores the exact order (listings and checkpoints follow it).
+    let failNext = false;
+    const log = {
+      append: async () => {
+        if (failNext) throw new StorageError('EIO', { detail: 'injected' });
+      },
+      close: async () => {},
+    };
+    const store = await Lvstore.create(new MemoryDevice(deviceBytes, blockBytes), { name: 'lvs', clusterBytes, clearMethod: 'none' }, log, seededRuntime(10));
+    for (const name of ['a', 'b', 'c', 'd']) await store.createLvol({ name, clusterCount: 2, thin: true });
+    const names = () => store.lvols().map((lvol) => lvol.name);
+    await store.deleteLvol(store.findLvolByName('a')!.id);
+    await store.createLvol({ name: 'e', clusterCount: 2, thin: true });
+    expect(names()).toEqual(['b', 'c', 'd', 'e']);
+    failNext = true;
+    // A delete in the middle, then a create and a delete applied after it, all failing together.
+    const deletes = Promise.all([
+      errnoOf(() => store.deleteLvol(store.findLvolByName('c')!.id)),
+      errnoOf(() => store.createLvol({ name: 'f', clusterCount: 1, thin: true })),
+      errnoOf(() => store.deleteLvol(store.findLvolByName('b')!.id)),
+    ]);
+    expect(await deletes).toEqual(['EIO', 'EIO', 'EIO']);
+    expect(names()).toEqual(['b', 'c', 'd', 'e']);
+    // A merge (snapshot with one clone deleted) that fails: the snapshot comes back in its place.
+    failNext = false;
+    const d = store.findLvolByName('d')!;
+    const snap = await store.snapshot(d.id, 'snap', {});
+    await store.createLvol({ name: 'g', clusterCount: 2, thin: true });
+    failNext = true;
+    expect(await errnoOf(() => store.deleteLvol(snap.id))).toBe('EIO');
+    expect(names()).toEqual(['b', 'c', 'd', 'e', 'snap', 'g']);
+    expect(store.lvol(d.id).parentId).toBe(snap.id);
+  });
+});

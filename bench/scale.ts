@@ -2,8 +2,8 @@
 // creates beside the device's 4 KiB write + fdatasync rate (alternating rounds, same run), creates
 // from 16 concurrent callers, heap and RSS per lvol, bdev_get_bdevs / bdev_lvol_get_lvols through
 // the JSON-RPC dispatcher (what a client waits for, serialization included) beside JSON.stringify
-// of the same result, with the longest event-loop stall during each, stop, and restart: to the
-// first answer, and to every lvol actor started. In-process, on a sparse file in /tmp.
+// of the same result, with the longest event-loop stall during each, sequential deletes, stop,
+// and restart: to the first answer, and to every lvol actor started. In-process, on a sparse file in /tmp.
 //
 // After the sequential rounds, 16 callers create plain lvols (the group-commit figure), then the
 // rest are a Longhorn-like mix from 16 callers: every tenth is a snapshot (its origin becomes its clone); a
@@ -98,7 +98,7 @@ async function createMix(node: StorageNode, call: Call, from: number, size: numb
   const entry = [...node.registry.lvstores.values()][0]!;
   let next = from;
   const one = async (index: number): Promise<void> => {
-    if (index % 10 !== 9) {
+    if (index % 10 !== 9 || index - 1 < from) {
       await call('bdev_lvol_create', { lvs_name: 'lvs', lvol_name: `c${index}`, size_in_mib: 16, thin_provision: true });
       return;
     }
@@ -142,6 +142,8 @@ interface SizeFigures {
   bdevs: { ms: number; stallMs: number; stringifyMs: number; bytes: number };
   lvols: { ms: number; stallMs: number; stringifyMs: number; bytes: number };
   stopMs: number;
+  /** Milliseconds per sequential delete. */
+  deleteMs: number;
   firstAnswerMs: number;
   allStartedMs: number;
   resolvable: string;
@@ -197,9 +199,15 @@ async function measureSize(size: number, rounds: number): Promise<SizeFigures> {
   };
   const bdevs = await listing('bdev_get_bdevs');
   const lvols = await listing('bdev_lvol_get_lvols');
+  // Deletes one after another (plain lvols made by the 16 callers): each should cost the same at any size.
+  const deleteCount = Math.min(200, plainCount);
+  const deletes = await timedMs(async () => {
+    for (let index = plainFrom; index < plainFrom + deleteCount; index++) await call('bdev_lvol_delete', { name: `lvs/p${index}` });
+  });
   const stop = await timedMs(() => node.shutdown());
   // Restart: attach the file again; the lvstore loads with every lvol. A node replays its bdevs
   // before it listens, so this call's end is when it would answer its first request.
+  const remaining = size - deleteCount;
   // A restarted node is a fresh process: the old node's heap is collected first.
   collect();
   const restarted = new StorageNode(systemRuntime);
@@ -215,7 +223,7 @@ async function measureSize(size: number, rounds: number): Promise<SizeFigures> {
   await restarted.actorStarter.idle();
   const allStartedMs = performance.now() - restartStart;
   const ids = [...restarted.registry.allLvols()];
-  if (ids.length !== size || ids.some(({ actor }) => !actor.isStarted)) resolvable = `NO (${ids.length} of ${size})`;
+  if (ids.length !== remaining || ids.some(({ actor }) => !actor.isStarted)) resolvable = `NO (${ids.length} of ${remaining})`;
   resolvable += ` (${waiting} waiting at first answer)`;
   await restarted.shutdown();
   await rm(dir, { recursive: true, force: true });
@@ -229,6 +237,7 @@ async function measureSize(size: number, rounds: number): Promise<SizeFigures> {
     bdevs,
     lvols,
     stopMs: stop.ms,
+    deleteMs: deletes.ms / deleteCount,
     firstAnswerMs,
     allStartedMs,
     resolvable,
@@ -261,6 +270,7 @@ export async function scaleBenchmark(): Promise<void> {
       String(size),
       listed(figures.bdevs),
       listed(figures.lvols),
+      fixed(figures.deleteMs, 2),
       fixed(figures.stopMs, 0),
       fixed(figures.firstAnswerMs, 0),
       fixed(figures.allStartedMs, 0),
@@ -270,7 +280,7 @@ export async function scaleBenchmark(): Promise<void> {
   printTable(['lvols', 'sequential creates/s (range)', 'fsync/s (range)', 'seq / fsync (range)', '16 callers /s', '16 / seq', 'mix, 16 callers /s', 'KiB/lvol heap / RSS'], createRows);
   console.log('');
   printTable(
-    ['lvols', 'get_bdevs ms (stringify) stall', 'get_lvols ms (stringify) stall', 'stop ms', 'restart: 1st answer ms', 'all actors ms', 'resolvable'],
+    ['lvols', 'get_bdevs ms (stringify) stall', 'get_lvols ms (stringify) stall', 'ms per delete', 'stop ms', 'restart: 1st answer ms', 'all actors ms', 'resolvable'],
     otherRows,
   );
 }

@@ -148,23 +148,46 @@ export class Lvstore {
     this.nameIndexStale = false;
   }
 
-  /** Keeps the indexes true across one change: called before and after `applyChange`. */
-  private indexChange(change: MetadataChange, phase: 'before' | 'after'): void {
-    if (phase === 'before') {
-      if (change.type === 'lvol.delete' || change.type === 'lvol.merge' || change.type === 'lvol.rename') {
-        const lvol = this.record.lvols.get(change.id);
-        if (lvol && this.nameIndex.get(lvol.name) === lvol.id) this.nameIndex.delete(lvol.name);
-      }
-      return;
+  /**
+   * Keeps the indexes true across one change: called before `applyChange`, it returns the parents
+   * of the lvols whose parent the change sets; `indexAfter` then moves just those in the parent
+   * -> clones index (a delete of one of 100,000 lvols must not rebuild it). Clone lists stay in
+   * the map's order, as a rebuild makes them: a create or a snapshot appends its new lvol, which
+   * is the newest. A merge or set_parent moves an older lvol: the index is rebuilt when next asked.
+   */
+  private indexBefore(change: MetadataChange): Array<[id: string, parentId: string | null]> {
+    if (change.type === 'lvol.delete' || change.type === 'lvol.merge' || change.type === 'lvol.rename') {
+      const lvol = this.record.lvols.get(change.id);
+      if (lvol && this.nameIndex.get(lvol.name) === lvol.id) this.nameIndex.delete(lvol.name);
     }
+    const moved =
+      change.type === 'lvol.snapshot' ? [change.id, change.snapshotId]
+      : change.type === 'lvol.create' || change.type === 'lvol.delete' ? [change.id]
+      : [];
+    return moved.map((id) => [id, this.record.lvols.get(id)?.parentId ?? null]);
+  }
+
+  private indexAfter(change: MetadataChange, before: ReadonlyArray<[id: string, parentId: string | null]>): void {
     if (change.type === 'lvol.create' || change.type === 'lvol.rename') this.nameIndex.set(change.name, change.id);
-    const relations =
-      (change.type === 'lvol.create' && change.parentId !== null) ||
-      change.type === 'lvol.delete' ||
-      change.type === 'lvol.merge' ||
-      change.type === 'lvol.snapshot' ||
-      change.type === 'lvol.set_parent';
-    if (relations) this.childIndex = null;
+    if (change.type === 'lvol.merge' || change.type === 'lvol.set_parent') this.childIndex = null;
+    const index = this.childIndex;
+    if (index === null) return;
+    for (const [id, oldParent] of before) {
+      const newParent = this.record.lvols.get(id)?.parentId ?? null;
+      if (newParent === oldParent && this.record.lvols.has(id)) continue;
+      if (oldParent !== null) {
+        const siblings = index.get(oldParent);
+        const at = siblings?.indexOf(id) ?? -1;
+        if (siblings && at >= 0) siblings.splice(at, 1);
+        if (siblings?.length === 0) index.delete(oldParent);
+      }
+      if (newParent !== null && this.record.lvols.has(id)) {
+        const siblings = index.get(newParent);
+        if (siblings) siblings.push(id);
+        else index.set(newParent, [id]);
+      }
+      if (!this.record.lvols.has(id)) index.delete(id);
+    }
   }
 
   /** Creates a new lvstore on `device`, clearing it first unless the clear method is `none`. */
@@ -311,9 +334,9 @@ export class Lvstore {
     try {
       for (const change of changes) {
         entry.undo.push(captureUndo(this.record, change));
-        this.indexChange(change, 'before');
+        const before = this.indexBefore(change);
         applyChange(this.record, change);
-        this.indexChange(change, 'after');
+        this.indexAfter(change, before);
       }
     } catch (error) {
       undoCommit(entry, this.allocator);

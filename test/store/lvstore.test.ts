@@ -1297,3 +1297,28 @@ describe('undone deletes', () => {
     expect(store.lvol(d.id).parentId).toBe(snap.id);
   });
 });
+
+describe('the parent -> clones index', () => {
+  it('kept up by creates, snapshots, clones, deletes and merges, equals a scan of the records in their order', async () => {
+    // Goal (scale issue): a delete updates the index instead of dropping it (a rebuild scans every
+    // lvol), and the clone lists stay what a rebuild would give, order included.
+    const { store } = await newStore({ clearMethod: 'none', seed: 12 });
+    let state = 12345;
+    const random = (below: number): number => {
+      state = (Math.imul(state, 1103515245) + 12345) >>> 0;
+      return state % below;
+    };
+    const scan = (id: string) => store.lvols().filter((lvol) => lvol.parentId === id).map((lvol) => lvol.id);
+    let made = 0;
+    for (let step = 0; step < 300; step++) {
+      const lvols = store.lvols();
+      const pick = lvols[random(Math.max(1, lvols.length))];
+      const choice = random(5);
+      if (choice === 0 || !pick) await store.createLvol({ name: `l${made++}`, clusterCount: 2, thin: true });
+      else if (choice === 1 && !pick.readOnly) await store.snapshot(pick.id, `s${made++}`, {});
+      else if (choice === 2 && pick.readOnly) await store.clone(pick.id, `c${made++}`);
+      else if (choice >= 3 && store.clonesOf(pick.id).length <= 1) await store.deleteLvol(pick.id);
+      for (const lvol of store.lvols()) expect(store.clonesOf(lvol.id).map((clone) => clone.id)).toEqual(scan(lvol.id));
+    }
+  });
+});

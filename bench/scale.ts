@@ -2,7 +2,8 @@
 // creates beside the device's 4 KiB write + fdatasync rate (alternating rounds, same run), creates
 // from 16 concurrent callers, heap and RSS per lvol, bdev_get_bdevs / bdev_lvol_get_lvols through
 // the JSON-RPC dispatcher (what a client waits for, serialization included) beside JSON.stringify
-// of the same result, with the longest event-loop stall during each, sequential deletes, stop,
+// of the same result, with the longest event-loop stall during each (the reply encoded whole, as
+// ws.send(string) does, and in the pieces serializeResponseChunks gives), sequential deletes, stop,
 // and restart: to the first answer, and to every lvol actor started. In-process, on a sparse file in /tmp.
 //
 // After the sequential rounds, 16 callers create plain lvols (the group-commit figure), then the
@@ -18,7 +19,7 @@ import { runInNewContext } from 'node:vm';
 import { StorageNode } from '../src/actors/node.ts';
 import { FileDevice } from '../src/device/fileDevice.ts';
 import { systemRuntime } from '../src/runtime.ts';
-import { createDispatcher, serializeResponse } from '../src/transport/jsonRpc.ts';
+import { createDispatcher, serializeResponse, serializeResponseChunks } from '../src/transport/jsonRpc.ts';
 import { stringifyJson } from '../src/transport/json64.ts';
 import { createMethodTable } from '../src/transport/methods.ts';
 import { envInteger, fixed, median, printTable } from './support.ts';
@@ -81,14 +82,27 @@ function range(values: readonly number[], digits: number): string {
 
 type Call = (method: string, params: Record<string, unknown>) => Promise<unknown>;
 
-function nodeCalls(node: StorageNode): { call: Call; rpc: (method: string, params: Record<string, unknown>) => Promise<string> } {
+function nodeCalls(node: StorageNode): { call: Call; rpc: (method: string, params: Record<string, unknown>, chunked?: boolean) => Promise<string> } {
   const table = createMethodTable(node);
   const dispatcher = createDispatcher(table, { allowBatch: false });
   const call: Call = async (method, params) => table[method]!.handler(table[method]!.params.parse(params), noConnection);
   // What a client waits for: dispatch, handler and the serialized reply.
-  const rpc = async (method: string, params: Record<string, unknown>): Promise<string> => {
+  // `chunked`: the reply's pieces encoded one per turn, as a transport that sends a message in
+  // parts would; otherwise the joined text encoded in one go, as ws.send(string) does today.
+  const rpc = async (method: string, params: Record<string, unknown>, chunked = false): Promise<string> => {
     const reply = await dispatcher.handleMessage({ jsonrpc: '2.0', id: 1, method, params }, noConnection);
-    return reply === undefined ? '' : serializeResponse(reply);
+    if (reply === undefined) return '';
+    if (!chunked) {
+      const text = serializeResponse(reply);
+      Buffer.from(text, 'utf8');
+      return text;
+    }
+    const chunks = serializeResponseChunks(reply);
+    for (const chunk of chunks) {
+      Buffer.from(chunk, 'utf8');
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    return chunks.join('');
   };
   return { call, rpc };
 }
@@ -139,8 +153,8 @@ interface SizeFigures {
   mixRate: number;
   heapKib: number;
   rssKib: number;
-  bdevs: { ms: number; stallMs: number; stringifyMs: number; bytes: number };
-  lvols: { ms: number; stallMs: number; stringifyMs: number; bytes: number };
+  bdevs: { ms: number; stallMs: number; chunkedStallMs: number; stringifyMs: number; bytes: number };
+  lvols: { ms: number; stallMs: number; chunkedStallMs: number; stringifyMs: number; bytes: number };
   stopMs: number;
   /** Milliseconds per sequential delete. */
   deleteMs: number;
@@ -193,9 +207,11 @@ async function measureSize(size: number, rounds: number): Promise<SizeFigures> {
     // Garbage of the creates is collected first: the stall measured is the listing's own.
     collect();
     const timed = await withStallMs(() => rpc(method, {}));
+    collect();
+    const chunked = await withStallMs(() => rpc(method, {}, true));
     const result = (JSON.parse(timed.value) as { result: unknown }).result;
     const stringify = await timedMs(() => stringifyJson(result).length);
-    return { ms: timed.ms, stallMs: timed.stallMs, stringifyMs: stringify.ms, bytes: timed.value.length };
+    return { ms: timed.ms, stallMs: timed.stallMs, chunkedStallMs: chunked.stallMs, stringifyMs: stringify.ms, bytes: timed.value.length };
   };
   const bdevs = await listing('bdev_get_bdevs');
   const lvols = await listing('bdev_lvol_get_lvols');
@@ -265,7 +281,7 @@ export async function scaleBenchmark(): Promise<void> {
       `${fixed(figures.heapKib, 1)} / ${fixed(figures.rssKib, 1)}`,
     ]);
     const listed = (listing: SizeFigures['bdevs']) =>
-      `${fixed(listing.ms, 0)} (${fixed(listing.stringifyMs, 0)}) ${fixed(listing.stallMs, 1)} ms, ${fixed(listing.bytes / 1e6, 1)} MB`;
+      `${fixed(listing.ms, 0)} (${fixed(listing.stringifyMs, 0)}) ${fixed(listing.stallMs, 1)} / ${fixed(listing.chunkedStallMs, 1)} ms, ${fixed(listing.bytes / 1e6, 1)} MB`;
     otherRows.push([
       String(size),
       listed(figures.bdevs),
@@ -280,7 +296,7 @@ export async function scaleBenchmark(): Promise<void> {
   printTable(['lvols', 'sequential creates/s (range)', 'fsync/s (range)', 'seq / fsync (range)', '16 callers /s', '16 / seq', 'mix, 16 callers /s', 'KiB/lvol heap / RSS'], createRows);
   console.log('');
   printTable(
-    ['lvols', 'get_bdevs ms (stringify) stall', 'get_lvols ms (stringify) stall', 'ms per delete', 'stop ms', 'restart: 1st answer ms', 'all actors ms', 'resolvable'],
+    ['lvols', 'get_bdevs ms (stringify) stall whole / chunked', 'get_lvols ms (stringify) stall whole / chunked', 'ms per delete', 'stop ms', 'restart: 1st answer ms', 'all actors ms', 'resolvable'],
     otherRows,
   );
 }

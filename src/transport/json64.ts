@@ -6,9 +6,17 @@ export { parseJson, stringifyJson };
 
 export const u64Max = (1n << 64n) - 1n;
 
-/** JSON text written ahead of time (a long listing, in slices): a reply embeds it as it is. */
+/**
+ * JSON text written ahead of time (a long listing, in slices): a reply embeds it as it is. The
+ * pieces are what each slice wrote; a transport that can send a message in parts (WebSocket
+ * fragments, a stream socket) can send them one by one instead of the joined text.
+ */
 export class SerializedJson {
-  constructor(readonly text: string) {}
+  constructor(readonly chunks: readonly string[]) {}
+
+  get text(): string {
+    return this.chunks.join('');
+  }
 }
 
 /** Arrays at least this long are written in slices by `stringifyJsonInSlices`. */
@@ -20,18 +28,29 @@ export const sliceSerializeItemsMin = 512;
  * one go. The caller must not change the array meanwhile (a listing's rows are its own).
  */
 export async function stringifyJsonInSlices(array: readonly unknown[], sliceMs = 2): Promise<SerializedJson> {
-  const parts: string[] = [];
+  const chunks: string[] = [];
+  let parts: string[] = [];
+  let written = 0;
+  const endChunk = (): void => {
+    // A chunk holds one slice's elements, with the comma that separates it from the one before.
+    chunks.push((written === 0 ? '[' : ',') + parts.join(','));
+    written += parts.length;
+    parts = [];
+  };
   let since = performance.now();
   for (let index = 0; index < array.length; index++) {
     const item = array[index];
     // As JSON.stringify writes an array: members without a JSON form become null.
     parts.push(item === undefined || typeof item === 'function' || typeof item === 'symbol' ? 'null' : stringifyJson(item));
     if (performance.now() - since >= sliceMs) {
+      endChunk();
       await new Promise((resolve) => setImmediate(resolve));
       since = performance.now();
     }
   }
-  return new SerializedJson(`[${parts.join(',')}]`);
+  if (parts.length > 0 || written === 0) endChunk();
+  chunks.push(']');
+  return new SerializedJson(chunks);
 }
 
 const integerInputMessage = 'expected a non-negative integer';

@@ -236,12 +236,26 @@ async function sliceLongResult(result: unknown): Promise<unknown> {
   }
 }
 
+/** The envelope around a result written ahead (jsonrpc, id, result: the order stringifyJson writes). */
+function envelopeHead(id: JsonRpcId): string {
+  return `{"jsonrpc":"2.0","id":${stringifyJson(id)},"result":`;
+}
+
+/**
+ * The reply as pieces whose concatenation is `serializeResponse(response)`: a long result written
+ * in slices comes as its slices' pieces (each a few hundred KB), so a transport that sends them
+ * one at a time never encodes the whole reply in one go; anything else is one piece.
+ */
+export function serializeResponseChunks(response: JsonRpcResponse | JsonRpcResponse[]): string[] {
+  if (!Array.isArray(response) && 'result' in response && response.result instanceof SerializedJson) {
+    return [envelopeHead(response.id), ...response.result.chunks, '}'];
+  }
+  return [serializeResponse(response)];
+}
+
 function serializeOne(response: JsonRpcResponse): string {
   try {
-    if ('result' in response && response.result instanceof SerializedJson) {
-      // The envelope around text written ahead (jsonrpc, id, result: the order stringifyJson writes).
-      return `{"jsonrpc":"2.0","id":${stringifyJson(response.id)},"result":${response.result.text}}`;
-    }
+    if ('result' in response && response.result instanceof SerializedJson) return `${envelopeHead(response.id)}${response.result.text}}`;
     return stringifyJson(response);
   } catch (error) {
     return stringifyJson(errorResponse(response.id, toRpcError(error)));

@@ -2,7 +2,7 @@
 // event loop between them, and the reply text is exactly what writing it in one go gives.
 import { describe, expect, it } from 'vitest';
 import { z } from 'zod';
-import { createDispatcher, serializeResponse } from '../../src/transport/jsonRpc.ts';
+import { createDispatcher, serializeResponse, serializeResponseChunks } from '../../src/transport/jsonRpc.ts';
 import { SerializedJson, sliceSerializeItemsMin, stringifyJson, stringifyJsonInSlices } from '../../src/transport/json64.ts';
 import { defineMethod } from '../../src/transport/methodTable.ts';
 
@@ -32,6 +32,10 @@ describe('replies written in slices', () => {
     counting = false;
     expect(written).toBeInstanceOf(SerializedJson);
     expect(written.text).toBe(stringifyJson(array));
+    expect(written.chunks.length).toBeGreaterThan(array.length / 2);
+    // Slices of any size give the same text; so does an empty array.
+    expect((await stringifyJsonInSlices(array, 1000)).text).toBe(stringifyJson(array));
+    expect((await stringifyJsonInSlices([], 0)).text).toBe('[]');
     expect(turns).toBeGreaterThanOrEqual(array.length - 1);
   });
 
@@ -44,6 +48,7 @@ describe('replies written in slices', () => {
     for (const id of [7, 'x"y', 2n ** 60n, null]) {
       const reply = await dispatcher.handleMessage({ jsonrpc: '2.0', id, method: 'long', params: {} }, connection);
       expect(serializeResponse(reply!)).toBe(stringifyJson({ jsonrpc: '2.0', id, result }));
+      expect(serializeResponseChunks(reply!).join('')).toBe(stringifyJson({ jsonrpc: '2.0', id, result }));
     }
     const batch = await dispatcher.handleMessage(
       [

@@ -82,29 +82,35 @@ function range(values: readonly number[], digits: number): string {
 
 type Call = (method: string, params: Record<string, unknown>) => Promise<unknown>;
 
-function nodeCalls(node: StorageNode): { call: Call; rpc: (method: string, params: Record<string, unknown>, chunked?: boolean) => Promise<string> } {
+function nodeCalls(node: StorageNode): {
+  call: Call;
+  rpc: (method: string, params: Record<string, unknown>) => Promise<string>;
+  rpcChunks: (method: string, params: Record<string, unknown>) => Promise<string[]>;
+} {
   const table = createMethodTable(node);
   const dispatcher = createDispatcher(table, { allowBatch: false });
   const call: Call = async (method, params) => table[method]!.handler(table[method]!.params.parse(params), noConnection);
   // What a client waits for: dispatch, handler and the serialized reply.
-  // `chunked`: the reply's pieces encoded one per turn, as a transport that sends a message in
-  // parts would; otherwise the joined text encoded in one go, as ws.send(string) does today.
-  const rpc = async (method: string, params: Record<string, unknown>, chunked = false): Promise<string> => {
+  // The reply encoded in one go, as ws.send(string) does today.
+  const rpc = async (method: string, params: Record<string, unknown>): Promise<string> => {
     const reply = await dispatcher.handleMessage({ jsonrpc: '2.0', id: 1, method, params }, noConnection);
     if (reply === undefined) return '';
-    if (!chunked) {
-      const text = serializeResponse(reply);
-      Buffer.from(text, 'utf8');
-      return text;
-    }
+    const text = serializeResponse(reply);
+    Buffer.from(text, 'utf8');
+    return text;
+  };
+  // The reply's pieces encoded one per turn, as a transport that sends a message in parts would.
+  const rpcChunks = async (method: string, params: Record<string, unknown>): Promise<string[]> => {
+    const reply = await dispatcher.handleMessage({ jsonrpc: '2.0', id: 1, method, params }, noConnection);
+    if (reply === undefined) return [];
     const chunks = serializeResponseChunks(reply);
     for (const chunk of chunks) {
       Buffer.from(chunk, 'utf8');
       await new Promise((resolve) => setImmediate(resolve));
     }
-    return chunks.join('');
+    return chunks;
   };
-  return { call, rpc };
+  return { call, rpc, rpcChunks };
 }
 
 /** Lvols `from`..`size`-1 from 16 callers: every tenth a snapshot of the lvol made before it. */
@@ -168,7 +174,7 @@ async function measureSize(size: number, rounds: number): Promise<SizeFigures> {
   const path = join(dir, 'disk.img');
   await FileDevice.createSparse(path, 16 * 1024 ** 3);
   const node = new StorageNode(systemRuntime);
-  const { call, rpc } = nodeCalls(node);
+  const { call, rpc, rpcChunks } = nodeCalls(node);
   await call('bdev_aio_create', { name: 'disk', filename: path, block_size: 512 });
   await call('bdev_lvol_create_lvstore', { bdev_name: 'disk', lvs_name: 'lvs', cluster_sz: 1024 * 1024 });
   const before = memory();
@@ -208,7 +214,7 @@ async function measureSize(size: number, rounds: number): Promise<SizeFigures> {
     collect();
     const timed = await withStallMs(() => rpc(method, {}));
     collect();
-    const chunked = await withStallMs(() => rpc(method, {}, true));
+    const chunked = await withStallMs(() => rpcChunks(method, {}));
     const result = (JSON.parse(timed.value) as { result: unknown }).result;
     const stringify = await timedMs(() => stringifyJson(result).length);
     return { ms: timed.ms, stallMs: timed.stallMs, chunkedStallMs: chunked.stallMs, stringifyMs: stringify.ms, bytes: timed.value.length };

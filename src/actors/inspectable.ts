@@ -9,6 +9,7 @@ import { fail } from '../errors.ts';
 import { toJsonSafe } from './inspector.ts';
 import { nbdActorIdPrefix } from './nbdExports.ts';
 import type { StorageNode } from './node.ts';
+import type { ResolvedLvol } from './registry.ts';
 import type { MachineNode, MachineTransition } from './machineShape.ts';
 import { schedulerActorId } from './scheduler.ts';
 
@@ -22,20 +23,23 @@ export interface InspectableActor {
   readonly kind: ActorKind;
   /** What a person calls it: `lvs/lvol`, the export name, the copy's source and destination. */
   readonly label: string;
+  /** The running actor (reading it starts an lvol actor still waiting for its start slice). */
   readonly actor: AnyActorRef;
+  /** Its state value, read without starting anything. */
+  value(): unknown;
 }
 
 const copyActorIdPrefix = 'copy-';
 
 /** Every actor of the node, non-lvol ones first; `limit` bounds the lvols listed. */
 export function listInspectable(node: StorageNode, limit = Number.POSITIVE_INFINITY): { actors: InspectableActor[]; lvols_total: number } {
-  const actors: InspectableActor[] = [{ actor_id: schedulerActorId, kind: 'scheduler', label: 'background scheduler', actor: node.scheduler.actor }];
+  const actors: InspectableActor[] = [machineActor(schedulerActorId, 'scheduler', 'background scheduler', node.scheduler.actor)];
   for (const operation of node.copies.operationList()) actors.push(copyActor(operation));
-  for (const entry of node.nbd.list()) actors.push({ actor_id: `${nbdActorIdPrefix}${entry.exportName}`, kind: 'nbd_export', label: `NBD export ${entry.exportName}`, actor: entry.actor });
+  for (const entry of node.nbd.list()) actors.push(machineActor(`${nbdActorIdPrefix}${entry.exportName}`, 'nbd_export', `NBD export ${entry.exportName}`, entry.actor));
   let lvolsTotal = 0;
   for (const resolved of node.registry.allLvols()) {
     if (lvolsTotal++ >= limit) continue;
-    actors.push({ actor_id: resolved.lvol.id, kind: 'lvol', label: `${resolved.entry.store.name}/${resolved.lvol.name}`, actor: resolved.actor.actor });
+    actors.push(lvolActor(resolved));
   }
   return { actors, lvols_total: lvolsTotal };
 }
@@ -46,22 +50,38 @@ export function findInspectable(node: StorageNode, actorId: string): Inspectable
   if (actorId.startsWith(nbdActorIdPrefix)) {
     const exportName = actorId.slice(nbdActorIdPrefix.length);
     const entry = node.nbd.lookup(exportName) ?? fail('ENODEV', `no NBD export ${exportName}`);
-    return { actor_id: actorId, kind: 'nbd_export', label: `NBD export ${exportName}`, actor: entry.actor };
+    return machineActor(actorId, 'nbd_export', `NBD export ${exportName}`, entry.actor);
   }
   if (actorId.startsWith(copyActorIdPrefix)) {
     const operation = node.copies.operationList().find((candidate) => `${copyActorIdPrefix}${candidate.operationId}` === actorId);
     if (operation) return copyActor(operation);
   }
-  const resolved = node.resolveLvol(actorId);
-  return { actor_id: resolved.lvol.id, kind: 'lvol', label: `${resolved.entry.store.name}/${resolved.lvol.name}`, actor: resolved.actor.actor };
+  return lvolActor(node.resolveLvol(actorId));
+}
+
+function machineActor(actorId: string, kind: ActorKind, label: string, actor: AnyActorRef): InspectableActor {
+  return { actor_id: actorId, kind, label, actor, value: () => snapshotOf(actor).value };
 }
 
 function copyActor(operation: ReturnType<StorageNode['copies']['operationList']>[number]): InspectableActor {
+  return machineActor(`${copyActorIdPrefix}${operation.operationId}`, 'copy', `${operation.request.kind} copy ${operation.operationId} → ${operation.request.target.name}`, operation.actor);
+}
+
+/**
+ * An lvol's actor. After a restart its XState actor may still wait for its start slice: listing
+ * it must not start it (100,000 at once would take seconds), so until then its state value is
+ * what the machine's first transitions give from the records (the checksum state; io idle).
+ */
+function lvolActor(resolved: ResolvedLvol): InspectableActor {
+  const lvol = resolved.actor;
   return {
-    actor_id: `${copyActorIdPrefix}${operation.operationId}`,
-    kind: 'copy',
-    label: `${operation.request.kind} copy ${operation.operationId} → ${operation.request.target.name}`,
-    actor: operation.actor,
+    actor_id: resolved.lvol.id,
+    kind: 'lvol',
+    label: `${resolved.entry.store.name}/${resolved.lvol.name}`,
+    get actor() {
+      return lvol.actor;
+    },
+    value: () => (lvol.isStarted ? snapshotOf(lvol.actor).value : { checksum: lvol.checksumState, io: 'idle' }),
   };
 }
 

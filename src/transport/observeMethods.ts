@@ -65,7 +65,7 @@ export function observeMethods(node: StorageNode): Record<string, RpcMethod> {
       handler: (p) => {
         const { actors, lvols_total } = listInspectable(node, p.limit ?? 1000);
         return {
-          actors: actors.map(({ actor_id, kind, label, actor }) => ({ actor_id, kind, label, value: snapshotOf(actor).value })),
+          actors: actors.map((actor) => ({ actor_id: actor.actor_id, kind: actor.kind, label: actor.label, value: actor.value() })),
           lvols_total,
         };
       },
@@ -110,8 +110,10 @@ export function observeMethods(node: StorageNode): Record<string, RpcMethod> {
         const out = [];
         for (const { entry, lvol, actor } of node.registry.allLvols()) {
           if (p.lvs_name !== undefined && entry.store.name !== p.lvs_name) continue;
+          // Idle lvols (most of them) are skipped without starting an actor still waiting for its
+          // start slice after a restart; the status of the others needs their actor.
+          if (actor.checksumState === 'idle' && lvol.checksum === null) continue;
           const status = actor.status();
-          if (status.state === 'idle' && lvol.checksum === null) continue;
           out.push({ ...status, uuid: lvol.id, alias: `${entry.store.name}/${lvol.name}`, checksum: lvol.checksum });
         }
         return out;

@@ -48,6 +48,13 @@ describe('lvol actors started in slices', () => {
     const stats = node.checksums.stats();
     expect(stats.by_state).toEqual({ idle: count, done: 1 });
     expect(node.actorStarter.waitingCount).toBe(count + 1);
+    // Listing actors for the inspector, and the bulk checksum status, start no idle lvol's actor.
+    const listed = await call<{ actors: Array<{ label: string; value: unknown }> }>(table, 'inspect_get_actors', { limit: count + 1 });
+    expect(listed.actors.find((actor) => actor.label === 'lvs/snap')!.value).toEqual({ checksum: 'done', io: 'idle' });
+    expect(listed.actors.find((actor) => actor.label === 'lvs/v0')!.value).toEqual({ checksum: 'idle', io: 'idle' });
+    expect(node.actorStarter.waitingCount).toBe(count + 1);
+    expect(await call<Array<{ state: string }>>(table, 'node_get_checksums')).toHaveLength(1);
+    expect(node.actorStarter.waitingCount).toBe(count);
     // The checksum status needs the actor: it starts now, in the state the records say.
     const status = await call<{ state: string }>(table, 'bdev_lvol_get_checksum_status', { name: 'lvs/snap' });
     expect(status.state).toBe('done');

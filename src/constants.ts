@@ -131,3 +131,7 @@ assert.ok(ioBytesMax <= payloadBytesInFlightPerConnectionMax && payloadBytesInFl
 assert.ok(nbdPayloadBytesMax <= nbdPayloadBytesInFlightPerConnectionMax && nbdPayloadBytesInFlightPerConnectionMax <= nbdPayloadBytesInFlightNodeMax);
 assert.ok(nbdPreferredBlockBytes >= Math.max(...blockSizesAllowed) && nbdPreferredBlockBytes <= nbdPayloadBytesMax, 'NBD block sizes are ordered');
 assert.ok(nbdOptionBytesMax >= nbdStringBytesMax + 8, 'an option can carry a maximal export name');
+
+// A reply written in pieces (a long listing) holds the event loop at most this long per turn, on
+// both transports (SPEC §10).
+export const replySliceMs = 2;

@@ -7,6 +7,7 @@ import { type Server, type Socket, connect, createServer } from 'node:net';
 import {
   clientBufferedBytesMax,
   rpcFrameBytesInFlightNodeMax,
+  replySliceMs,
   rpcFrameBytesInFlightPerConnectionMax,
   rpcFrameBytesMax,
   rpcInFlightPerConnectionMax,
@@ -14,7 +15,7 @@ import {
 import { ByteBudget } from './byteBudget.ts';
 import { rpcError } from './errorMapping.ts';
 import { parseJson } from './json64.ts';
-import { type Dispatcher, errorResponse, serializeResponse } from './jsonRpc.ts';
+import { type Dispatcher, errorResponse, serializeResponse, serializeResponseChunks } from './jsonRpc.ts';
 import type { Connection } from './methodTable.ts';
 import type { LogRecord } from './wsServer.ts';
 
@@ -24,6 +25,8 @@ export interface SpdkSocketLimits {
   inFlightPerConnectionMax: number;
   valueBytesInFlightPerConnectionMax: number;
   valueBytesInFlightNodeMax: number;
+  /** How long writing a reply in pieces may hold the event loop before the next turn. */
+  replySliceMs: number;
 }
 
 export interface SpdkSocketServerOptions {
@@ -129,6 +132,7 @@ export async function startSpdkSocketServer(options: SpdkSocketServerOptions): P
     inFlightPerConnectionMax: rpcInFlightPerConnectionMax,
     valueBytesInFlightPerConnectionMax: rpcFrameBytesInFlightPerConnectionMax,
     valueBytesInFlightNodeMax: rpcFrameBytesInFlightNodeMax,
+    replySliceMs,
     ...options.limits,
   };
   const log = options.log ?? ((record: LogRecord) => process.stderr.write(`${JSON.stringify(record)}\n`));
@@ -292,6 +296,40 @@ class SpdkConnection implements Connection {
     if (this.inputEnded && !this.isClosed && this.inFlight === 0 && this.queue.length === 0) this.socket.end();
   }
 
+  // A long reply (a listing written in slices) is written a few milliseconds of pieces per turn;
+  // replies that complete meanwhile wait, so two replies' bytes never mix on the stream.
+  private writingPieces = false;
+  private readonly writesWaiting: Array<() => void> = [];
+
+  /** Writes one reply; `finish` once it is all handed to the socket (the slot is held until then). */
+  private writeReply(pieces: readonly string[], finish: () => void): void {
+    if (this.writingPieces) {
+      this.writesWaiting.push(() => this.writeReply(pieces, finish));
+      return;
+    }
+    if (this.isClosed) return finish();
+    this.writingPieces = pieces.length > 1;
+    let index = 0;
+    const writeSome = (): void => {
+      const startedMs = performance.now();
+      let flushed = true;
+      do {
+        flushed = this.socket.write(pieces[index++]!);
+      } while (index < pieces.length && performance.now() - startedMs < this.limits.replySliceMs);
+      if (index < pieces.length && !this.isClosed) {
+        setImmediate(writeSome);
+        return;
+      }
+      // A client that stops reading stalls itself: the slot waits for the socket to drain.
+      if (flushed || this.isClosed) finish();
+      else this.drainWaiters.push(finish);
+      if (!this.writingPieces) return;
+      this.writingPieces = false;
+      for (const waiting of this.writesWaiting.splice(0)) waiting();
+    };
+    writeSome();
+  }
+
   private dispatch(value: Buffer, release: () => void): void {
     let message: unknown;
     try {
@@ -311,10 +349,8 @@ class SpdkConnection implements Connection {
       .handleMessage(message, this)
       .then((reply) => {
         if (reply === undefined || this.isClosed) return finish();
-        const text = `${serializeResponse(reply)}\n`;
-        // The slot is held until the reply is written: a client that stops reading stalls itself.
-        if (this.socket.write(text)) finish();
-        else this.drainWaiters.push(finish);
+        const pieces = serializeResponseChunks(reply);
+        this.writeReply([...pieces.slice(0, -1), `${pieces[pieces.length - 1]!}\n`], finish);
       })
       .catch((error: unknown) => {
         finish();

@@ -16,11 +16,12 @@ import {
   rpcFrameBytesInFlightPerConnectionMax,
   rpcFrameBytesMax,
   rpcInFlightPerConnectionMax,
+  replySliceMs,
 } from '../constants.ts';
 import { ByteBudget } from './byteBudget.ts';
 import { rpcError, toRpcError } from './errorMapping.ts';
 import { parseJson, stringifyJson } from './json64.ts';
-import { errorResponse, serializeResponse } from './jsonRpc.ts';
+import { errorResponse, serializeResponse, serializeResponseChunks } from './jsonRpc.ts';
 import type { Dispatcher } from './jsonRpc.ts';
 import type { Connection } from './methodTable.ts';
 
@@ -32,6 +33,8 @@ export interface RpcServerLimits {
   frameBytesInFlightPerConnectionMax: number;
   frameBytesInFlightNodeMax: number;
   heartbeatIntervalMs: number;
+  /** How long sending a reply in pieces may hold the event loop before the next turn. */
+  replySliceMs: number;
 }
 
 /** One structured log record; written to stderr as a JSON line unless a `log` option is given. */
@@ -54,6 +57,7 @@ export interface RpcServer {
   close(): Promise<void>;
   connectionCount(): number;
 }
+
 
 // WebSocket close codes (RFC 6455 §7.4.1).
 const closeGoingAway = 1001;
@@ -90,6 +94,7 @@ export async function startRpcServer(options: RpcServerOptions): Promise<RpcServ
     frameBytesInFlightPerConnectionMax: rpcFrameBytesInFlightPerConnectionMax,
     frameBytesInFlightNodeMax: rpcFrameBytesInFlightNodeMax,
     heartbeatIntervalMs,
+    replySliceMs,
     ...options.limits,
   };
   const log = options.log ?? writeLogLine;
@@ -348,6 +353,7 @@ class RpcConnection implements Connection {
   private ponged = true;
   /** Frames received and not yet admitted by the byte budgets, in arrival order. */
   private readonly frames: Array<{ data: RawData; isBinary: boolean; bytes: number }> = [];
+  private readonly replySliceMs: number;
   private waitingForBudget = false;
   private readonly frameBudget: ByteBudget;
 
@@ -364,6 +370,7 @@ class RpcConnection implements Connection {
     this.id = id;
     this.dispatcher = dispatcher;
     this.inFlightMax = limits.inFlightPerConnectionMax;
+    this.replySliceMs = limits.replySliceMs;
     this.log = log;
     this.closed = new Promise((resolve) => {
       ws.on('close', (code, reason) => {
@@ -509,7 +516,7 @@ class RpcConnection implements Connection {
     };
     this.dispatcher
       .handleMessage(message, this)
-      .then((reply) => (reply === undefined ? release() : this.send(serializeResponse(reply), release)))
+      .then((reply) => (reply === undefined ? release() : this.sendPieces(serializeResponseChunks(reply), release)))
       .catch((error: unknown) => {
         release();
         this.log({ level: 'error', msg: 'ws dispatch failed', connection: this.id, error: errorText(error) });
@@ -533,10 +540,56 @@ class RpcConnection implements Connection {
     this.send(text);
   }
 
-  /** Never throws: sending to a closed socket just reports the failure to `written`. */
+  // A reply given in pieces (a long listing, written in slices) goes out as one WebSocket message
+  // of several frames, with a turn of the event loop between frames so that encoding 100 MB never
+  // holds it in one go. No other message may be sent between a message's frames (RFC 6455 §5.4),
+  // so sends made meanwhile (other replies, notifications) wait here, in order.
+  private fragmenting = false;
+  private readonly sendsWaiting: Array<() => void> = [];
+
+  /** Sends one message; never throws. */
   private send(text: string, written?: () => void): void {
+    if (this.fragmenting) {
+      this.sendsWaiting.push(() => this.send(text, written));
+      return;
+    }
+    this.sendFrame(text, true, written);
+  }
+
+  /** Sends `pieces` as the frames of one message, a few milliseconds of them per turn. */
+  private sendPieces(pieces: readonly string[], written?: () => void): void {
+    if (pieces.length === 1) {
+      this.send(pieces[0]!, written);
+      return;
+    }
+    if (this.fragmenting) {
+      this.sendsWaiting.push(() => this.sendPieces(pieces, written));
+      return;
+    }
+    this.fragmenting = true;
+    let index = 0;
+    const sendSome = (): void => {
+      // At least one frame per turn, then as many as fit in the slice.
+      const startedMs = performance.now();
+      do {
+        if (index < pieces.length - 1) this.sendFrame(pieces[index++]!, false);
+      } while (index < pieces.length - 1 && performance.now() - startedMs < this.replySliceMs);
+      if (index < pieces.length - 1 && !this.isClosed) {
+        setImmediate(sendSome);
+        return;
+      }
+      this.sendFrame(pieces[pieces.length - 1]!, true, written);
+      this.fragmenting = false;
+      // In arrival order; one that is itself in pieces queues the ones after it again.
+      for (const waiting of this.sendsWaiting.splice(0)) waiting();
+    };
+    sendSome();
+  }
+
+  /** Never throws: sending to a closed socket just reports the failure to `written`. */
+  private sendFrame(text: string, fin: boolean, written?: () => void): void {
     try {
-      this.ws.send(text, { binary: false, compress: false, fin: true }, () => written?.());
+      this.ws.send(text, { binary: false, compress: false, fin }, () => written?.());
     } catch {
       written?.(); // only a socket still CONNECTING throws, which a server socket never is
     }

@@ -13,6 +13,7 @@ import { type MethodTable, defineMethod } from '../../src/transport/methodTable.
 import { JsonValueSplitter, type SpdkSocketServer, startSpdkSocketServer } from '../../src/transport/spdkSocket.ts';
 import { SpdkSocketClient } from '../spdkSocketClient.ts';
 
+const longRows = Array.from({ length: 20_000 }, (_, index) => ({ index, name: `lvol-${index}`, pad: 'x'.repeat(200) }));
 const gates = new Map<string, () => void>();
 const gate = (key: string) => new Promise<void>((resolve) => gates.set(key, resolve));
 
@@ -30,6 +31,13 @@ const table: MethodTable = {
     params: z.strictObject({ value: u64 }),
     result: z.object({ value: z.bigint() }),
     handler: ({ value }) => ({ value }),
+  }),
+  long: defineMethod({
+    description: 'a listing long enough to be written in pieces',
+    priority: 'foreground',
+    params: z.strictObject({}),
+    result: z.array(z.unknown()),
+    handler: () => longRows,
   }),
   no_params: defineMethod({
     description: 'takes nothing',
@@ -110,6 +118,22 @@ describe('SPDK Unix-socket framing', () => {
     await spdk.reply(slow);
     expect(spdk.rawReplies[0]).toBe(`{"jsonrpc":"2.0","id":${String(fast)},"result":{"value":18446744073709551615}}`);
     expect(spdk.rawReplies[1]).toBe(`{"jsonrpc":"2.0","id":${String(slow)},"result":"slow a"}`);
+  });
+
+  it('writes a long reply in pieces with turns between them, and no other reply comes between its pieces', { timeout: 20_000 }, async () => {
+    // A turn after every piece, so that the other replies surely complete while it is written.
+    const path = await start({ replySliceMs: 0 });
+    const spdk = await client(path);
+    const long = spdk.send('long');
+    // Asked once the long reply has begun to arrive: they complete while it is still written.
+    await new Promise((resolve) => spdk.socket.once('data', resolve));
+    const echoes = Array.from({ length: 30 }, (_, n) => spdk.send('echo_u64', { value: BigInt(n) }));
+    const reply = (await spdk.reply(long)) as { result: Array<{ index: number }> };
+    expect(reply.result).toHaveLength(longRows.length);
+    expect(reply.result[19_999]).toEqual(longRows[19_999]);
+    for (const [n, id] of echoes.entries()) expect(await spdk.reply(id)).toEqual({ jsonrpc: '2.0', id, result: { value: n } });
+    // Every reply is one whole line of JSON.
+    expect(spdk.rawReplies).toHaveLength(31);
   });
 
   it('accepts params absent or null; answers no-id and null-id requests only on error', async () => {

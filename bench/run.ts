@@ -9,6 +9,7 @@ import { metadataWritePath } from './metadataWritePath.ts';
 import { nbdBenchmark } from './nbd.ts';
 import { preemptionLatency } from './preemptionLatency.ts';
 import { scaleBenchmark } from './scale.ts';
+import { wireListing } from './wireListing.ts';
 import { benchClusterBytes, fixed } from './support.ts';
 
 // The node logs every bdev and lvstore it creates; the figures are what this run is for.
@@ -25,6 +26,7 @@ const benchmarks: ReadonlyArray<{ name: string; run: () => Promise<void> }> = [
   { name: 'metadataWritePath', run: metadataWritePath },
   { name: 'nbd', run: nbdBenchmark },
   { name: 'scale', run: scaleBenchmark },
+  { name: 'wireListing', run: wireListing },
 ];
 
 async function main(): Promise<void> {

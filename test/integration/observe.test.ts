@@ -1,27 +1,20 @@
 // The RPCs viewers are built on (SPEC §8): actors and their machines, bulk checksum status, and
 // change notifications for what a listing shows.
 import { afterEach, describe, expect, it } from 'vitest';
-import { StorageNode } from '../../src/actors/node.ts';
+import type { StorageNode } from '../../src/actors/node.ts';
 import type { MachineNode } from '../../src/actors/inspectable.ts';
 import { MemoryDevice } from '../../src/device/memoryDevice.ts';
 import { lvolMachine } from '../../src/machines/lvolMachine.ts';
-import { seededRuntime } from '../../src/runtime.ts';
-import { createMethodTable } from '../../src/transport/methods.ts';
 import type { MethodTable } from '../../src/transport/methodTable.ts';
-import { call, errnoOf } from './tableCalls.ts';
+import { call, errnoOf, nodeHarness } from './tableCalls.ts';
 
 const clusterBytes = 64 * 1024;
-const nodes: StorageNode[] = [];
-
-afterEach(async () => {
-  for (const node of nodes.splice(0)) await node.shutdown();
-});
+const harness = nodeHarness(31);
+afterEach(() => harness.cleanup());
 
 async function oneStore(): Promise<{ node: StorageNode; table: MethodTable }> {
-  const node = new StorageNode(seededRuntime(31));
-  nodes.push(node);
+  const { node, table } = harness.newNode();
   await node.attachBaseDevice('m0', new MemoryDevice(32 * 1024 * 1024, 512));
-  const table = createMethodTable(node);
   await call(table, 'bdev_lvol_create_lvstore', { bdev_name: 'm0', lvs_name: 'lvs', cluster_sz: clusterBytes, clear_method: 'unmap' });
   await call(table, 'bdev_lvol_create', { lvs_name: 'lvs', lvol_name: 'vol', size_in_mib: 1, thin_provision: true });
   await node.writeLvol('lvs/vol', 0, Buffer.alloc(clusterBytes, 7));

@@ -29,6 +29,8 @@ export interface Listing {
 
 const emptyListing: Listing = { bdevs: [], lvstores: [], lvols: [], checksums: new Map(), unloaded: [], loadedAtMs: 0 };
 const refreshDebounceMs = 120;
+// Writes change allocated clusters all the time: their counts refresh at most once a second.
+const allocationRefreshMs = 1000;
 const reconnectMs = 2000;
 
 /** #volumes, #node, #inspect or #inspect/<actor id>. */
@@ -210,9 +212,19 @@ function useListing(rpc: DashboardRpc): { listing: Listing; error: string | null
         }
       }
     };
-    const schedule = () => {
+    let dueAtMs = Number.POSITIVE_INFINITY;
+    // A refresh within `delayMs`; an earlier one already due stays (lifecycle changes come
+    // quickly, allocation counts at most once a second).
+    const schedule = (delayMs = refreshDebounceMs) => {
+      const atMs = Date.now() + delayMs;
+      if (timer !== undefined && dueAtMs <= atMs) return;
       clearTimeout(timer);
-      timer = setTimeout(() => void load(), refreshDebounceMs);
+      dueAtMs = atMs;
+      timer = setTimeout(() => {
+        timer = undefined;
+        dueAtMs = Number.POSITIVE_INFINITY;
+        void load();
+      }, delayMs);
     };
     const removeNotify = rpc.on('notify', (params) => {
       const event = params as ChecksumRow & { type: string };
@@ -223,7 +235,8 @@ function useListing(rpc: DashboardRpc): { listing: Listing; error: string | null
         return;
       }
       if (event.type === 'checksum_preempted' || event.type.startsWith('copy_')) return;
-      schedule(); // bdev, lvstore or lvol created, deleted or changed
+      if (event.type === 'lvol_changed' && (event as { change?: string }).change === 'clusters') schedule(allocationRefreshMs);
+      else schedule(); // bdev, lvstore or lvol created, deleted or changed
     });
     void rpc.call('notify_subscribe').then(() => load(), (caught: unknown) => setError(errorText(caught)));
     return () => {

@@ -87,6 +87,10 @@ run('dashboard in Chromium', () => {
     page.on('framenavigated', (frame) => reloads.push(frame.url()));
     await client.call('bdev_lvol_create', { lvs_name: 'lvs0', lvol_name: 'temp', size_in_mib: 8, thin_provision: true });
     await expect.poll(() => row(page, 'lvs0/temp').count(), wait).toBe(1);
+    expect(await row(page, 'lvs0/temp').locator('td').nth(1).textContent()).toMatch(/^0 \/ 2/);
+    // A write allocates a cluster: the count follows (allocation notices are coalesced per second).
+    await client.call('node_lvol_write', { name: 'lvs0/temp', offset: 0, data: Buffer.alloc(4096, 1).toString('base64') });
+    await expect.poll(() => row(page, 'lvs0/temp').locator('td').nth(1).textContent(), wait).toMatch(/^1 \/ 2/);
     await client.call('bdev_lvol_rename', { old_name: 'lvs0/temp', new_name: 'renamed' });
     await expect.poll(() => row(page, 'lvs0/renamed').count(), wait).toBe(1);
     expect(await row(page, 'lvs0/temp').count()).toBe(0);

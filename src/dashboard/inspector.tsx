@@ -257,9 +257,25 @@ function ActorInspector({ rpc, actorId }: { rpc: DashboardRpc; actorId: string }
 }
 
 function StatechartSvg({ chart, active, taken }: { chart: Chart; active: ReadonlySet<string>; taken: ReadonlySet<string> }) {
+  // Fitted to the panel's width by default (the whole machine at a glance); actual size scrolls.
+  const [actualSize, setActualSize] = useState(false);
+  const width = chart.width + 160;
+  const height = chart.height + 40;
   return (
     <div class="chart-scroll">
-      <svg class="statechart" width={chart.width + 160} height={chart.height + 40} viewBox={`-20 -30 ${chart.width + 160} ${chart.height + 40}`} role="img" aria-label="statechart">
+      <button type="button" class="secondary chart-zoom" onClick={() => setActualSize(!actualSize)}>
+        {actualSize ? 'Fit to width' : 'Actual size'}
+      </button>
+      <svg
+        class="statechart"
+        width={actualSize ? width : '100%'}
+        height={actualSize ? height : undefined}
+        style={actualSize ? undefined : { maxWidth: `${width}px` }}
+        viewBox={`-20 -30 ${width} ${height}`}
+        preserveAspectRatio="xMinYMin meet"
+        role="img"
+        aria-label="statechart"
+      >
         <defs>
           <marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse">
             <path d="M 0 0 L 10 5 L 0 10 z" />

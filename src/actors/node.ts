@@ -5,11 +5,7 @@
 // step), do their work and re-queue what they preempted. Everything else never waits for a
 // checksum. Checksum operations live in ./checksums.ts, the background scheduler in ./scheduler.ts.
 import { EventEmitter } from 'node:events';
-import { stat } from 'node:fs/promises';
-import { resolve as resolvePath } from 'node:path';
 import type { BlockDevice } from '../device/blockDevice.ts';
-import { FileDevice } from '../device/fileDevice.ts';
-import { FileLockedError } from '../device/fileLock.ts';
 import { MemoryDevice } from '../device/memoryDevice.ts';
 import type { IoQueueStats } from '../device/ioQueue.ts';
 import { QueuedDevice } from '../device/queuedDevice.ts';
@@ -21,6 +17,7 @@ import { metadataLayout } from '../store/format.ts';
 import { JournalMetadataLog } from '../store/journal.ts';
 import { DamagedLvstoreError, openLvstore } from '../store/load.ts';
 import type { ClearMethod, LvolRecord } from '../store/metadata.ts';
+import { type BdevConfigEntry, type SpdkConfig, assertBdevNameFree, bdevConfig, openAioDevice } from './baseBdevs.ts';
 import { ChecksumService } from './checksums.ts';
 import { InspectionHub } from './inspector.ts';
 import { LvolActor, LvolActorStarter } from './lvolActor.ts';
@@ -52,18 +49,9 @@ export interface NodeEvent {
   [key: string]: unknown;
 }
 
+export type { BdevConfigEntry, SpdkConfig };
+
 export type LvstoreSelector = { uuid?: string | undefined; lvs_name?: string | undefined };
-
-/** One base-bdev creation call, in SPDK config form (what save_config lists and --config replays). */
-export interface BdevConfigEntry {
-  method: 'bdev_aio_create' | 'bdev_malloc_create';
-  params: Record<string, unknown>;
-}
-
-/** SPDK's save_config shape, bdev subsystem only. */
-export interface SpdkConfig {
-  subsystems: Array<{ subsystem: 'bdev'; config: BdevConfigEntry[] }>;
-}
 
 export interface StorageNodeOptions {
   inspector?: InspectionHub;
@@ -121,21 +109,7 @@ export class StorageNode {
 
   /** The base bdevs as SPDK config calls, in creation order (save_config). */
   saveConfig(): SpdkConfig {
-    return { subsystems: [{ subsystem: 'bdev', config: this.bdevConfigEntries() }] };
-  }
-
-  private bdevConfigEntries(): BdevConfigEntry[] {
-    return [...this.registry.bdevs.values()].filter((bdev) => !bdev.external).map((bdev): BdevConfigEntry =>
-      bdev.kind === 'aio'
-        ? {
-            method: 'bdev_aio_create',
-            params: { name: bdev.name, filename: bdev.filename, block_size: bdev.device.blockSizeBytes, readonly: bdev.readOnly, uuid: bdev.uuid },
-          }
-        : {
-            method: 'bdev_malloc_create',
-            params: { name: bdev.name, num_blocks: bdev.device.sizeBytes / bdev.device.blockSizeBytes, block_size: bdev.device.blockSizeBytes, uuid: bdev.uuid },
-          },
-    );
+    return bdevConfig(this.registry);
   }
 
   private emit(event: NodeEvent): void {
@@ -202,27 +176,11 @@ export class StorageNode {
     }
   }
 
-  private assertBdevNameFree(name: string): void {
-    validateName('bdev', name);
-    if (this.registry.bdevNameTaken(name)) fail('EEXIST', `bdev ${name} already exists`);
-  }
-
-  /**
-   * One file, one bdev: two handles writing one lvstore would corrupt it. Files are compared by
-   * device and inode, so a hard link or a symlink to an attached file is the same file.
-   */
-  private assertFileFree(filename: string, fileId?: string): void {
-    for (const other of this.registry.bdevs.values()) {
-      const same = other.filename === filename || (fileId !== undefined && other.device.fileId === fileId);
-      if (same) fail('EEXIST', `${filename} is already attached as bdev ${other.name} (${other.filename})`);
-    }
-  }
-
   createMallocBdev(options: { name?: string; numBlocks: number; blockSize: number; uuid?: string }): Promise<string> {
     // SPDK's default names: Malloc0, Malloc1, … counting every malloc bdev made, skipping taken names.
     let name = options.name;
     while (name === undefined || (options.name === undefined && this.registry.bdevNameTaken(name))) name = `Malloc${this.mallocCount++}`;
-    this.assertBdevNameFree(name);
+    assertBdevNameFree(this.registry, name);
     if (options.numBlocks < 1) fail('EINVAL', 'num_blocks must be at least 1');
     const device = new QueuedDevice(new MemoryDevice(options.numBlocks * options.blockSize, options.blockSize));
     const uuid = options.uuid ?? this.runtime.uuid();
@@ -234,51 +192,19 @@ export class StorageNode {
    * embedding lvnode, and for tests that put a simulated, fault-injecting device under a node.
    */
   attachBaseDevice(name: string, device: BlockDevice): Promise<string> {
-    this.assertBdevNameFree(name);
+    assertBdevNameFree(this.registry, name);
     return this.addBaseBdev({ name, uuid: this.runtime.uuid(), kind: 'malloc', device: new QueuedDevice(device), readOnly: false, claimedBy: null, external: true });
   }
 
   async createAioBdev(request: { name: string; filename: string; blockSize: number; readOnly: boolean; uuid?: string }): Promise<string> {
-    this.assertBdevNameFree(request.name);
-    // Kept absolute, so the saved config means the same file whatever directory the node starts in.
-    const options = { ...request, filename: resolvePath(request.filename) };
-    let identity: string;
-    try {
-      const info = await stat(options.filename, { bigint: true });
-      identity = `${info.dev}:${info.ino}`;
-    } catch {
-      fail('ENOENT', `file ${options.filename} does not exist`);
-    }
-    // Before opening: a second open of an attached file would already collide with our own lock.
-    this.assertFileFree(options.filename, identity);
-    let device: BlockDevice;
-    try {
-      device = new QueuedDevice(await FileDevice.open(options.filename, options.blockSize, { readOnly: options.readOnly }));
-    } catch (error) {
-      // Another node holds the file (SPEC §9): say who.
-      if (error instanceof FileLockedError) fail('EBUSY', `${error.message}; a file is served by one node at a time`);
-      fail('EINVAL', `cannot open ${options.filename}: ${error instanceof Error ? error.message : String(error)}`);
-    }
-    if (device.sizeBytes < options.blockSize) {
-      await device.close();
-      fail('EINVAL', `${options.filename} is smaller than one ${options.blockSize}-byte block`);
-    }
-    // The name or the file may have been taken while the file was opening.
-    try {
-      this.assertBdevNameFree(options.name);
-      this.assertFileFree(options.filename, device.fileId);
-    } catch (error) {
-      await device.close();
-      throw error;
-    }
-    const uuid = options.uuid ?? this.runtime.uuid();
+    const { device, filename } = await openAioDevice(this.registry, request);
     return this.addBaseBdev({
-      name: options.name,
-      uuid,
+      name: request.name,
+      uuid: request.uuid ?? this.runtime.uuid(),
       kind: 'aio',
       device,
-      filename: options.filename,
-      readOnly: options.readOnly,
+      filename,
+      readOnly: request.readOnly,
       claimedBy: null,
     });
   }

@@ -50,7 +50,7 @@ export async function listingCost(): Promise<void> {
   const node = new StorageNode(systemRuntime);
   const device = new MemoryDevice(256 * 1024 * 1024, 512);
   await node.attachBaseDevice('m0', device);
-  await node.createLvstore({ bdevName: 'm0', lvsName: 'lvs', clusterBytes, clearMethod: 'none' });
+  await node.lvstores.create({ bdevName: 'm0', lvsName: 'lvs', clusterBytes, clearMethod: 'none' });
   for (let index = 0; index < 100; index++) await node.createLvol({ selector: { lvs_name: 'lvs' }, name: `small${index}`, sizeMib: 4, thin: true });
   const without = { lvols: await listingMs(node, 'bdev_lvol_get_lvols'), bdevs: await listingMs(node, 'bdev_get_bdevs'), ...(await loadCost(device, node)) };
   // Memory: a small thin lvol with four clusters written, then the huge one with four (the data

@@ -3,28 +3,27 @@
 // Priority operations (SPEC §6.5) go through the priority router (./priority.ts): they hold the
 // lvols they touch, validate, preempt any checksum running on them (waiting at most one cluster
 // step), do their work and re-queue what they preempted. Everything else never waits for a
-// checksum. Checksum operations live in ./checksums.ts, the background scheduler in ./scheduler.ts.
+// checksum. Checksum operations live in ./checksums.ts, the background scheduler in ./scheduler.ts,
+// lvstores coming and going in ./lvstores.ts, opening base bdevs in ./baseBdevs.ts.
 import { EventEmitter } from 'node:events';
 import type { BlockDevice } from '../device/blockDevice.ts';
 import { MemoryDevice } from '../device/memoryDevice.ts';
 import type { IoQueueStats } from '../device/ioQueue.ts';
 import { QueuedDevice } from '../device/queuedDevice.ts';
-import { StorageError, fail } from '../errors.ts';
+import { fail } from '../errors.ts';
 import { log } from '../log.ts';
 import type { Runtime } from '../runtime.ts';
-import { Lvstore, sizeMibToClusterCount, validateName } from '../store/lvstore.ts';
-import { metadataLayout } from '../store/format.ts';
-import { JournalMetadataLog } from '../store/journal.ts';
-import { DamagedLvstoreError, openLvstore } from '../store/load.ts';
+import { sizeMibToClusterCount, validateName } from '../store/lvstore.ts';
+import type { DamagedLvstoreError } from '../store/load.ts';
 import type { ClearMethod, LvolRecord } from '../store/metadata.ts';
 import { type BdevConfigEntry, type SpdkConfig, assertBdevNameFree, bdevConfig, openAioDevice } from './baseBdevs.ts';
 import { ChecksumService } from './checksums.ts';
 import { InspectionHub } from './inspector.ts';
 import { LvolActor, LvolActorStarter } from './lvolActor.ts';
 import { CopyService } from './copies.ts';
-import { type ClaimableBdev, LvolBdevs } from './lvolBdevs.ts';
-import { externalSourceByUuid, resolveExternalSource } from './externalSnapshots.ts';
-import { ChangeNotices } from './changeNotices.ts';
+import { LvolBdevs } from './lvolBdevs.ts';
+import { resolveExternalSource } from './externalSnapshots.ts';
+import { type LvstoreSelector, LvstoreLifecycle } from './lvstores.ts';
 import { NbdExports } from './nbdExports.ts';
 import { PriorityRouter } from './priority.ts';
 import { type BackgroundOptions, BackgroundScheduler } from './scheduler.ts';
@@ -51,7 +50,7 @@ export interface NodeEvent {
 
 export type { BdevConfigEntry, SpdkConfig };
 
-export type LvstoreSelector = { uuid?: string | undefined; lvs_name?: string | undefined };
+export type { LvstoreSelector };
 
 export interface StorageNodeOptions {
   inspector?: InspectionHub;
@@ -80,12 +79,13 @@ export class StorageNode {
   /** Lvols with an lvstore nested on them (SPDK's nested lvstores): their claims and devices. */
   readonly lvolBdevs: LvolBdevs;
 
+  /** Lvstores coming and going: examine, create, grow, rename, delete, unload. */
+  readonly lvstores: LvstoreLifecycle;
   /** Bdevs whose lvstore metadata failed to load: reported, never overwritten silently. */
-  readonly damaged = new Map<string, DamagedLvstoreError>();
+  readonly damaged: Map<string, DamagedLvstoreError>;
   /** Bdevs holding a healthy lvstore whose name or UUID clashes with a loaded one: not loaded. */
-  readonly conflicting = new Map<string, string>();
+  readonly conflicting: Map<string, string>;
   private readonly onBaseBdevsChanged: (config: SpdkConfig) => Promise<void>;
-  private readonly changeNotices = new ChangeNotices((notice) => this.emit(notice));
   /** Starts lvol actors in slices after the lvols are attached (SPEC §10: answer while 100,000 start). */
   readonly actorStarter = new LvolActorStarter();
   private mallocCount = 0;
@@ -105,6 +105,20 @@ export class StorageNode {
     this.copies = new CopyService(this.registry, this.router, this.scheduler, this.inspector, runtime, (status, what) =>
       this.emit({ type: what === 'state' ? 'copy_state' : 'copy_progress', ...status }),
     );
+    this.actorOptions = { admission: this.scheduler, starter: this.actorStarter };
+    this.lvstores = new LvstoreLifecycle({
+      registry: this.registry,
+      runtime,
+      router: this.router,
+      checksums: this.checksums,
+      nbd: this.nbd,
+      copies: this.copies,
+      lvolBdevs: this.lvolBdevs,
+      attachActor: (entry, lvol) => this.attachActor(entry, lvol),
+      emit: (event) => this.emit(event),
+    });
+    this.damaged = this.lvstores.damaged;
+    this.conflicting = this.lvstores.conflicting;
   }
 
   /** The base bdevs as SPDK config calls, in creation order (save_config). */
@@ -116,12 +130,6 @@ export class StorageNode {
     this.events.emit('event', event);
   }
 
-  /** Wires a loaded or created lvstore to the node: external snapshots, change notifications. */
-  private watchStore(store: Lvstore): void {
-    store.externalSource = (uuid) => externalSourceByUuid(this.registry, uuid);
-    store.onCommitted = (changes) => this.changeNotices.committed(store.id, changes);
-  }
-
   // ---- base bdevs ----
 
   private async addBaseBdev(bdev: BaseBdev): Promise<string> {
@@ -129,51 +137,8 @@ export class StorageNode {
     this.emit({ type: 'bdev_created', name: bdev.name, kind: bdev.kind });
     log('info', 'bdev created', { bdev: bdev.name, kind: bdev.kind, sizeBytes: bdev.device.sizeBytes });
     await this.onBaseBdevsChanged(this.saveConfig());
-    await this.examine(bdev);
+    await this.lvstores.examine(bdev);
     return bdev.name;
-  }
-
-  /** Looks for an lvstore on a newly attached bdev and loads it with every lvol (SPDK's examine). */
-  private async examine(bdev: ClaimableBdev): Promise<void> {
-    let store: Lvstore | undefined;
-    try {
-      store = await openLvstore(bdev.device, this.runtime);
-    } catch (error) {
-      if (!(error instanceof DamagedLvstoreError)) throw error;
-      this.damaged.set(bdev.name, error);
-      log('error', 'lvstore metadata is damaged; the bdev is left unclaimed and untouched', { bdev: bdev.name, error: error.message });
-      return;
-    }
-    if (!store) return;
-    if (this.registry.lvstoreByName(store.name) || this.registry.lvstores.has(store.id)) {
-      // Healthy metadata, but its name or UUID is taken (a copy of a device, or a foreign store):
-      // said as that, not as damage, and kept from being overwritten all the same.
-      const taken = this.registry.lvstoreByName(store.name) ? `name ${store.name}` : `UUID ${store.id}`;
-      const detail = `bdev ${bdev.name} holds lvstore ${store.name} (${store.id}), but an lvstore with the same ${taken} is already loaded`;
-      this.conflicting.set(bdev.name, detail);
-      log('error', 'lvstore not loaded: its name or UUID is already in use', { bdev: bdev.name, detail });
-      return;
-    }
-    bdev.claimedBy = store.id;
-    const entry: LvstoreEntry = { store, bdevName: bdev.name, actors: new Map() };
-    this.watchStore(store);
-    this.registry.lvstores.set(store.id, entry);
-    for (const lvol of store.lvols()) this.attachActor(entry, lvol);
-    const resumed = this.checksums.resumeInterrupted(entry);
-    this.emit({ type: 'lvstore_created', uuid: store.id, name: store.name });
-    log('info', 'lvstore loaded', { lvstore: store.name, uuid: store.id, bdev: bdev.name, lvols: store.lvols().length, checksumsResumed: resumed });
-    // An lvol may carry an lvstore of its own (nested): SPDK examines lvol bdevs too.
-    // An lvol that reads as zeros holds no lvstore: only the others are read.
-    const candidates = [...store.record.lvols.values()].filter((lvol) => !store.readsAsZeros(lvol.id));
-    for (const lvol of candidates) {
-      try {
-        await this.examine(this.lvolBdevs.of(entry, lvol.id));
-      } catch (error) {
-        // An lvol that cannot be read now (a degraded esnap clone) carries no lvstore we can load.
-        this.lvolBdevs.forget(lvol.id);
-        log('warn', 'lvol not examined for a nested lvstore: it cannot be read', { lvol: lvol.id, error: String(error) });
-      }
-    }
   }
 
   createMallocBdev(options: { name?: string; numBlocks: number; blockSize: number; uuid?: string }): Promise<string> {
@@ -218,7 +183,7 @@ export class StorageNode {
     const claimer = bdev.claimedBy ? this.registry.lvstores.get(bdev.claimedBy) : undefined;
     // As SPDK: deleting the base bdev of an lvstore hot-removes it — the lvstore and its lvols are
     // unloaded (closed, not erased: a file bdev attached again brings them back).
-    if (claimer) await this.unloadLvstore(claimer, `bdev_${kind}_delete`);
+    if (claimer) await this.lvstores.unload(claimer, `bdev_${kind}_delete`);
     await this.copies.stopInvolving({ baseBdev: name }, `bdev_${kind}_delete`);
     this.registry.bdevs.delete(name);
     this.damaged.delete(name);
@@ -236,135 +201,10 @@ export class StorageNode {
     return this.lvolBdevs.claimedBy(lvolId);
   }
 
-  async createLvstore(options: { bdevName: string; lvsName: string; clusterBytes: number; clearMethod: ClearMethod }): Promise<string> {
-    const bdev = this.lvolBdevs.claimable(options.bdevName);
-    if (bdev.claimedBy) fail('EBUSY', `bdev ${bdev.name} is already claimed by lvstore ${bdev.claimedBy}`);
-    if (bdev.readOnly) fail('EPERM', `bdev ${bdev.name} is read-only`);
-    this.nbd.assertNotExported(bdev.name);
-    const conflict = this.conflicting.get(bdev.name);
-    if (conflict) fail('EEXIST', `${conflict}; refusing to overwrite it (rename or delete the loaded one, then re-attach this bdev)`);
-    const damage = this.damaged.get(bdev.name);
-    if (damage) throw new StorageError('EIO', { wire: 'internal', detail: `${damage.detail}; refusing to overwrite it (to reuse the device, erase its first blocks outside lvnode)` });
-    validateName('lvstore', options.lvsName);
-    if (this.registry.lvstoreByName(options.lvsName)) fail('EEXIST', `lvstore ${options.lvsName} already exists`);
-    // Claim before the first await so a concurrent create cannot take the same bdev.
-    bdev.claimedBy = 'pending';
-    try {
-      const store = await Lvstore.create(
-        bdev.device,
-        { name: options.lvsName, clusterBytes: options.clusterBytes, clearMethod: options.clearMethod },
-        (record) => JournalMetadataLog.format(bdev.device, metadataLayout(record.firstDataCluster * record.clusterBytes, record.blockBytes), record),
-        this.runtime,
-      );
-      if (this.registry.lvstoreByName(options.lvsName)) fail('EEXIST', `lvstore ${options.lvsName} already exists`);
-      bdev.claimedBy = store.id;
-      this.watchStore(store);
-      this.registry.lvstores.set(store.id, { store, bdevName: bdev.name, actors: new Map() });
-      this.emit({ type: 'lvstore_created', uuid: store.id, name: store.name });
-      log('info', 'lvstore created', { lvstore: store.name, uuid: store.id, bdev: bdev.name });
-      return store.id;
-    } catch (error) {
-      bdev.claimedBy = null;
-      throw error;
-    }
-  }
-
-  /**
-   * Unloads an lvstore (its base bdev goes away): lvstores nested on its lvols first, copies and
-   * checksum walks stopped between clusters, then its lvols disappear and the store is closed.
-   * Refused while one of its lvols is exported over NBD.
-   */
-  private async unloadLvstore(entry: LvstoreEntry, operation: string): Promise<void> {
-    // Refused before anything is unloaded: no lvstore of the tree may have an exported lvol.
-    const tree = this.lvstoresOn(entry);
-    for (const member of tree) this.nbd.assertLvstoreNotExported(member);
-    for (const member of tree.reverse()) await this.unloadOne(member, operation);
-  }
-
-  /** `entry` and every lvstore nested on its lvols, at any depth, parents first. */
-  private lvstoresOn(entry: LvstoreEntry): LvstoreEntry[] {
-    const out = [entry];
-    for (let index = 0; index < out.length; index++) {
-      for (const lvolId of out[index]!.actors.keys()) {
-        const nested = this.lvolClaimedBy(lvolId);
-        const nestedEntry = nested ? this.registry.lvstores.get(nested) : undefined;
-        if (nestedEntry) out.push(nestedEntry);
-      }
-    }
-    return out;
-  }
-
-  private async unloadOne(entry: LvstoreEntry, operation: string): Promise<void> {
-    await this.copies.stopInvolving({ lvolIds: [...entry.actors.keys()] }, operation);
-    await this.router.run({
-      operation,
-      touched: () => [...entry.actors.keys()],
-      requeue: false,
-      work: async () => {
-        for (const actor of entry.actors.values()) actor.dispose();
-        entry.actors.clear();
-        for (const lvol of entry.store.lvols()) this.lvolBdevs.forget(lvol.id);
-        this.registry.lvstores.delete(entry.store.id);
-        await entry.store.close();
-        const bdev = this.lvolBdevs.underlying(entry.bdevName);
-        if (bdev) bdev.claimedBy = null;
-      },
-    });
-    this.emit({ type: 'lvstore_deleted', uuid: entry.store.id, name: entry.store.name, unloaded: true });
-    log('info', 'lvstore unloaded: its base bdev was deleted', { lvstore: entry.store.name, uuid: entry.store.id, bdev: entry.bdevName });
-  }
-
-  /** bdev_lvol_grow_lvstore: the base bdev's file grew; the lvstore takes the new clusters in. */
-  async growLvstore(selector: LvstoreSelector): Promise<void> {
-    const entry = this.registry.lvstore(selector);
-    const bdev = this.lvolBdevs.underlying(entry.bdevName);
-    await bdev?.device.refreshSize?.();
-    const { clusterTotal, added } = await entry.store.grow();
-    if (added > 0) log('info', 'lvstore grown', { lvstore: entry.store.name, clusterTotal, added });
-  }
-
-  async deleteLvstore(selector: LvstoreSelector): Promise<void> {
-    const entry = this.registry.lvstore(selector);
-    await this.router.run({
-      operation: 'bdev_lvol_delete_lvstore',
-      touched: () => [...entry.actors.keys()],
-      validate: () => {
-        this.nbd.assertLvstoreNotExported(entry);
-        for (const lvolId of entry.actors.keys()) {
-          const nested = this.lvolClaimedBy(lvolId);
-          if (nested) fail('EBUSY', `lvol ${lvolId} carries lvstore ${nested}; delete that lvstore first`);
-        }
-      },
-      requeue: false,
-      work: async () => {
-        await this.copies.stopInvolving({ lvolIds: [...entry.actors.keys()] }, 'bdev_lvol_delete_lvstore');
-        for (const lvolId of entry.actors.keys()) this.lvolBdevs.forget(lvolId);
-        for (const actor of entry.actors.values()) actor.dispose();
-        entry.actors.clear();
-        this.registry.lvstores.delete(entry.store.id);
-        await entry.store.destroy();
-        const bdev = this.lvolBdevs.underlying(entry.bdevName);
-        if (bdev) bdev.claimedBy = null;
-      },
-    });
-    this.emit({ type: 'lvstore_deleted', uuid: entry.store.id, name: entry.store.name });
-    log('info', 'lvstore deleted', { lvstore: entry.store.name, uuid: entry.store.id });
-  }
-
-  async renameLvstore(oldName: string, newName: string): Promise<void> {
-    const entry = this.registry.lvstoreByName(oldName) ?? fail('ENODEV', `lvstore ${oldName} does not exist`);
-    if (oldName === newName) return;
-    if (this.registry.lvstoreByName(newName)) fail('EEXIST', `lvstore ${newName} already exists`);
-    await entry.store.rename(newName);
-  }
-
   // ---- lvols ----
 
   /** One options object for every lvol actor (an object per lvol would be garbage to collect). */
-  private get actorOptions(): { admission: BackgroundScheduler; starter: LvolActorStarter } {
-    return (this.sharedActorOptions ??= { admission: this.scheduler, starter: this.actorStarter });
-  }
-  private sharedActorOptions: { admission: BackgroundScheduler; starter: LvolActorStarter } | undefined;
+  private readonly actorOptions: { admission: BackgroundScheduler; starter: LvolActorStarter };
 
   private attachActor(entry: LvstoreEntry, lvol: LvolRecord): LvolActor {
     const actor = new LvolActor(lvol.id, entry.store, this.runtime, this.inspector, this.checksums.onChange, this.actorOptions);
@@ -621,7 +461,7 @@ export class StorageNode {
     this.registry.lvstores.clear();
     this.registry.bdevs.clear();
     this.scheduler.stop();
-    this.changeNotices.dispose();
+    this.lvstores.dispose();
   }
 }
 

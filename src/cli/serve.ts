@@ -69,7 +69,7 @@ async function createDefaultDisk(node: StorageNode, dataDir: string, sizeBytes: 
   await FileDevice.createSparse(path, sizeBytes);
   await node.createAioBdev({ name: 'disk0', filename: path, blockSize: 512, readOnly: false });
   if (!node.registry.bdev('disk0').claimedBy && !node.damaged.has('disk0')) {
-    await node.createLvstore({ bdevName: 'disk0', lvsName: 'lvs0', clusterBytes: clusterSizeBytesDefault, clearMethod: 'unmap' });
+    await node.lvstores.create({ bdevName: 'disk0', lvsName: 'lvs0', clusterBytes: clusterSizeBytesDefault, clearMethod: 'unmap' });
   }
 }
 

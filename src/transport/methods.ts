@@ -199,7 +199,7 @@ function lvstoreMethods(node: StorageNode): Record<string, RpcMethod> {
       priority: 'foreground',
       params: z.strictObject(lvstoreSelector).refine(oneLvstore, oneLvstoreMessage),
       result: ok,
-      handler: async (p) => (await node.growLvstore({ uuid: p.uuid, lvs_name: p.lvs_name }), true as const),
+      handler: async (p) => (await node.lvstores.grow({ uuid: p.uuid, lvs_name: p.lvs_name }), true as const),
     }),
     bdev_lvol_create_lvstore: defineMethod({
       description: 'Create an lvstore on a bdev (claims it). clear_method none leaves old bytes in place.',
@@ -214,7 +214,7 @@ function lvstoreMethods(node: StorageNode): Record<string, RpcMethod> {
       }),
       result: uuidResult,
       handler: (p) =>
-        node.createLvstore({
+        node.lvstores.create({
           bdevName: p.bdev_name,
           lvsName: p.lvs_name,
           clusterBytes: p.cluster_sz ?? clusterSizeBytesDefault,
@@ -226,7 +226,7 @@ function lvstoreMethods(node: StorageNode): Record<string, RpcMethod> {
       priority: 'priority',
       params: z.strictObject(lvstoreSelector).refine(oneLvstore, oneLvstoreMessage),
       result: ok,
-      handler: async (p) => (await node.deleteLvstore(p), true as const),
+      handler: async (p) => (await node.lvstores.delete(p), true as const),
     }),
     bdev_lvol_get_lvstores: defineMethod({
       description: 'List lvstores, or one by uuid or lvs_name.',
@@ -243,7 +243,7 @@ function lvstoreMethods(node: StorageNode): Record<string, RpcMethod> {
       priority: 'foreground',
       params: z.strictObject({ old_name: name, new_name: newName }),
       result: ok,
-      handler: async (p) => (await node.renameLvstore(p.old_name, p.new_name), true as const),
+      handler: async (p) => (await node.lvstores.rename(p.old_name, p.new_name), true as const),
     }),
   };
 }

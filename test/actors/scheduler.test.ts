@@ -23,7 +23,7 @@ async function nodeWithSnapshots(count: number, options: { maxConcurrent?: numbe
   });
   nodes.push(node);
   await node.createMallocBdev({ name: 'm0', numBlocks: (64 * 1024 * 1024) / 512, blockSize: 512 });
-  await node.createLvstore({ bdevName: 'm0', lvsName: 'lvs', clusterBytes, clearMethod: 'none' });
+  await node.lvstores.create({ bdevName: 'm0', lvsName: 'lvs', clusterBytes, clearMethod: 'none' });
   const expected = new Map<string, bigint>();
   for (let index = 0; index < count; index++) {
     await node.createLvol({ selector: { lvs_name: 'lvs' }, name: `vol${index}`, sizeMib: 1, thin: true });

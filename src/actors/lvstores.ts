@@ -1,0 +1,228 @@
+// The lifecycle of lvstores on the node: examine a bdev (load what is on it, nested lvstores on
+// its lvols too), create, grow, rename, delete, and unload when the base bdev goes away.
+//
+// Loaded stores are wired to the node here (external snapshots, change notifications). Damaged
+// or clashing metadata is remembered per bdev and never overwritten. Lvols' own operations stay
+// in node.ts; this part only attaches their actors when a store loads and drops them when it goes.
+import { StorageError, fail } from '../errors.ts';
+import { log } from '../log.ts';
+import type { Runtime } from '../runtime.ts';
+import { metadataLayout } from '../store/format.ts';
+import { JournalMetadataLog } from '../store/journal.ts';
+import { DamagedLvstoreError, openLvstore } from '../store/load.ts';
+import { Lvstore, validateName } from '../store/lvstore.ts';
+import type { ClearMethod, LvolRecord } from '../store/metadata.ts';
+import { ChangeNotices } from './changeNotices.ts';
+import type { ChecksumService } from './checksums.ts';
+import type { CopyService } from './copies.ts';
+import { externalSourceByUuid } from './externalSnapshots.ts';
+import type { ClaimableBdev, LvolBdevs } from './lvolBdevs.ts';
+import type { NbdExports } from './nbdExports.ts';
+import type { NodeEvent } from './node.ts';
+import type { PriorityRouter } from './priority.ts';
+import type { LvstoreEntry, Registry } from './registry.ts';
+
+export type LvstoreSelector = { uuid?: string | undefined; lvs_name?: string | undefined };
+
+/** What the lifecycle needs of the node. */
+export interface LvstoreHost {
+  readonly registry: Registry;
+  readonly runtime: Runtime;
+  readonly router: PriorityRouter;
+  readonly checksums: ChecksumService;
+  readonly nbd: NbdExports;
+  readonly copies: CopyService;
+  readonly lvolBdevs: LvolBdevs;
+  /** Makes the actor of one lvol of a store that just loaded. */
+  attachActor(entry: LvstoreEntry, lvol: LvolRecord): void;
+  emit(event: NodeEvent): void;
+}
+
+export class LvstoreLifecycle {
+  /** Bdevs whose lvstore metadata failed to load: reported, never overwritten silently. */
+  readonly damaged = new Map<string, DamagedLvstoreError>();
+  /** Bdevs holding a healthy lvstore whose name or UUID clashes with a loaded one: not loaded. */
+  readonly conflicting = new Map<string, string>();
+  private readonly changeNotices: ChangeNotices;
+
+  constructor(private readonly host: LvstoreHost) {
+    this.changeNotices = new ChangeNotices((notice) => host.emit(notice));
+  }
+
+  /** Looks for an lvstore on a newly attached bdev and loads it with every lvol (SPDK's examine). */
+  async examine(bdev: ClaimableBdev): Promise<void> {
+    const { registry, runtime, checksums, lvolBdevs } = this.host;
+    let store: Lvstore | undefined;
+    try {
+      store = await openLvstore(bdev.device, runtime);
+    } catch (error) {
+      if (!(error instanceof DamagedLvstoreError)) throw error;
+      this.damaged.set(bdev.name, error);
+      log('error', 'lvstore metadata is damaged; the bdev is left unclaimed and untouched', { bdev: bdev.name, error: error.message });
+      return;
+    }
+    if (!store) return;
+    if (registry.lvstoreByName(store.name) || registry.lvstores.has(store.id)) {
+      // Healthy metadata, but its name or UUID is taken (a copy of a device, or a foreign store):
+      // said as that, not as damage, and kept from being overwritten all the same.
+      const taken = registry.lvstoreByName(store.name) ? `name ${store.name}` : `UUID ${store.id}`;
+      const detail = `bdev ${bdev.name} holds lvstore ${store.name} (${store.id}), but an lvstore with the same ${taken} is already loaded`;
+      this.conflicting.set(bdev.name, detail);
+      log('error', 'lvstore not loaded: its name or UUID is already in use', { bdev: bdev.name, detail });
+      return;
+    }
+    bdev.claimedBy = store.id;
+    const entry: LvstoreEntry = { store, bdevName: bdev.name, actors: new Map() };
+    this.watch(store);
+    registry.lvstores.set(store.id, entry);
+    for (const lvol of store.lvols()) this.host.attachActor(entry, lvol);
+    const resumed = checksums.resumeInterrupted(entry);
+    this.host.emit({ type: 'lvstore_created', uuid: store.id, name: store.name });
+    log('info', 'lvstore loaded', { lvstore: store.name, uuid: store.id, bdev: bdev.name, lvols: store.lvols().length, checksumsResumed: resumed });
+    // An lvol may carry an lvstore of its own (nested): SPDK examines lvol bdevs too.
+    // An lvol that reads as zeros holds no lvstore: only the others are read.
+    const candidates = [...store.record.lvols.values()].filter((lvol) => !store.readsAsZeros(lvol.id));
+    for (const lvol of candidates) {
+      try {
+        await this.examine(lvolBdevs.of(entry, lvol.id));
+      } catch (error) {
+        // An lvol that cannot be read now (a degraded esnap clone) carries no lvstore we can load.
+        lvolBdevs.forget(lvol.id);
+        log('warn', 'lvol not examined for a nested lvstore: it cannot be read', { lvol: lvol.id, error: String(error) });
+      }
+    }
+  }
+
+  async create(options: { bdevName: string; lvsName: string; clusterBytes: number; clearMethod: ClearMethod }): Promise<string> {
+    const { registry, runtime } = this.host;
+    const bdev = this.host.lvolBdevs.claimable(options.bdevName);
+    if (bdev.claimedBy) fail('EBUSY', `bdev ${bdev.name} is already claimed by lvstore ${bdev.claimedBy}`);
+    if (bdev.readOnly) fail('EPERM', `bdev ${bdev.name} is read-only`);
+    this.host.nbd.assertNotExported(bdev.name);
+    const conflict = this.conflicting.get(bdev.name);
+    if (conflict) fail('EEXIST', `${conflict}; refusing to overwrite it (rename or delete the loaded one, then re-attach this bdev)`);
+    const damage = this.damaged.get(bdev.name);
+    if (damage) throw new StorageError('EIO', { wire: 'internal', detail: `${damage.detail}; refusing to overwrite it (to reuse the device, erase its first blocks outside lvnode)` });
+    validateName('lvstore', options.lvsName);
+    if (registry.lvstoreByName(options.lvsName)) fail('EEXIST', `lvstore ${options.lvsName} already exists`);
+    // Claim before the first await so a concurrent create cannot take the same bdev.
+    bdev.claimedBy = 'pending';
+    try {
+      const store = await Lvstore.create(
+        bdev.device,
+        { name: options.lvsName, clusterBytes: options.clusterBytes, clearMethod: options.clearMethod },
+        (record) => JournalMetadataLog.format(bdev.device, metadataLayout(record.firstDataCluster * record.clusterBytes, record.blockBytes), record),
+        runtime,
+      );
+      if (registry.lvstoreByName(options.lvsName)) fail('EEXIST', `lvstore ${options.lvsName} already exists`);
+      bdev.claimedBy = store.id;
+      this.watch(store);
+      registry.lvstores.set(store.id, { store, bdevName: bdev.name, actors: new Map() });
+      this.host.emit({ type: 'lvstore_created', uuid: store.id, name: store.name });
+      log('info', 'lvstore created', { lvstore: store.name, uuid: store.id, bdev: bdev.name });
+      return store.id;
+    } catch (error) {
+      bdev.claimedBy = null;
+      throw error;
+    }
+  }
+
+  /** bdev_lvol_grow_lvstore: the base bdev's file grew; the lvstore takes the new clusters in. */
+  async grow(selector: LvstoreSelector): Promise<void> {
+    const entry = this.host.registry.lvstore(selector);
+    await this.host.lvolBdevs.underlying(entry.bdevName)?.device.refreshSize?.();
+    const { clusterTotal, added } = await entry.store.grow();
+    if (added > 0) log('info', 'lvstore grown', { lvstore: entry.store.name, clusterTotal, added });
+  }
+
+  async rename(oldName: string, newName: string): Promise<void> {
+    const { registry } = this.host;
+    const entry = registry.lvstoreByName(oldName) ?? fail('ENODEV', `lvstore ${oldName} does not exist`);
+    if (oldName === newName) return;
+    if (registry.lvstoreByName(newName)) fail('EEXIST', `lvstore ${newName} already exists`);
+    await entry.store.rename(newName);
+  }
+
+  async delete(selector: LvstoreSelector): Promise<void> {
+    const entry = this.host.registry.lvstore(selector);
+    const operation = 'bdev_lvol_delete_lvstore';
+    await this.host.router.run({
+      operation,
+      touched: () => [...entry.actors.keys()],
+      validate: () => {
+        this.host.nbd.assertLvstoreNotExported(entry);
+        for (const lvolId of entry.actors.keys()) {
+          const nested = this.host.lvolBdevs.claimedBy(lvolId);
+          if (nested) fail('EBUSY', `lvol ${lvolId} carries lvstore ${nested}; delete that lvstore first`);
+        }
+      },
+      requeue: false,
+      work: () => this.drop(entry, operation, 'destroy'),
+    });
+    this.host.emit({ type: 'lvstore_deleted', uuid: entry.store.id, name: entry.store.name });
+    log('info', 'lvstore deleted', { lvstore: entry.store.name, uuid: entry.store.id });
+  }
+
+  /**
+   * Unloads an lvstore (its base bdev goes away): lvstores nested on its lvols first, copies and
+   * checksum walks stopped between clusters, then its lvols disappear and the store is closed.
+   * Refused, before anything is unloaded, while an lvol of any store of the tree is exported.
+   */
+  async unload(entry: LvstoreEntry, operation: string): Promise<void> {
+    const tree = this.treeOf(entry);
+    for (const member of tree) this.host.nbd.assertLvstoreNotExported(member);
+    for (const member of tree.reverse()) {
+      await this.host.router.run({
+        operation,
+        touched: () => [...member.actors.keys()],
+        requeue: false,
+        work: () => this.drop(member, operation, 'close'),
+      });
+      this.host.emit({ type: 'lvstore_deleted', uuid: member.store.id, name: member.store.name, unloaded: true });
+      log('info', 'lvstore unloaded: its base bdev was deleted', { lvstore: member.store.name, uuid: member.store.id, bdev: member.bdevName });
+    }
+  }
+
+  /** Drops pending change notices (the node is closing). */
+  dispose(): void {
+    this.changeNotices.dispose();
+  }
+
+  /** Wires a loaded or created lvstore to the node: external snapshots, change notifications. */
+  private watch(store: Lvstore): void {
+    store.externalSource = (uuid) => externalSourceByUuid(this.host.registry, uuid);
+    store.onCommitted = (changes) => this.changeNotices.committed(store.id, changes);
+  }
+
+  /** `entry` and every lvstore nested on its lvols, at any depth, parents first. */
+  private treeOf(entry: LvstoreEntry): LvstoreEntry[] {
+    const out = [entry];
+    for (let index = 0; index < out.length; index++) {
+      for (const lvolId of out[index]!.actors.keys()) {
+        const nested = this.host.lvolBdevs.claimedBy(lvolId);
+        const nestedEntry = nested ? this.host.registry.lvstores.get(nested) : undefined;
+        if (nestedEntry) out.push(nestedEntry);
+      }
+    }
+    return out;
+  }
+
+  /**
+   * An lvstore leaves the node (under the priority router's lock): copies from or to its lvols
+   * end, their actors go, and the store is closed (unload) or erased (delete); its bdev is free.
+   */
+  private async drop(entry: LvstoreEntry, operation: string, how: 'close' | 'destroy'): Promise<void> {
+    const { registry, copies, checksums, lvolBdevs } = this.host;
+    await copies.stopInvolving({ lvolIds: [...entry.actors.keys()] }, operation);
+    for (const [lvolId, actor] of entry.actors) {
+      actor.dispose();
+      checksums.forget(lvolId);
+      lvolBdevs.forget(lvolId);
+    }
+    entry.actors.clear();
+    registry.lvstores.delete(entry.store.id);
+    await (how === 'destroy' ? entry.store.destroy() : entry.store.close());
+    const bdev = lvolBdevs.underlying(entry.bdevName);
+    if (bdev) bdev.claimedBy = null;
+  }
+}

@@ -25,14 +25,25 @@ export interface EventLog {
   /** Rows dropped by the node (it counted them) plus rows cut here to stay within `rowsMax`. */
   droppedByNode: number;
   trimmed: number;
-  /** The latest snapshot of each session (what the statechart highlights). */
-  readonly latest: Map<string, { value: unknown; status: unknown; context: unknown }>;
+  /** Sessions whose names are kept however many others come and go (the inspected root actor). */
+  readonly pinned: Set<string>;
 }
 
 export const rowsMaxDefault = 2000;
+/**
+ * Every cluster step of a walk is an invoked actor with a session of its own: names are kept for
+ * the most recent ones only, so a long walk cannot grow the page's memory without bound.
+ */
+export const namesMax = 4096;
 
 export function emptyLog(): EventLog {
-  return { rows: [], names: new Map(), droppedByNode: 0, trimmed: 0, latest: new Map() };
+  return { rows: [], names: new Map(), droppedByNode: 0, trimmed: 0, pinned: new Set() };
+}
+
+/** Names a session for good (rows name it so even after thousands of other sessions). */
+export function pinName(log: EventLog, session: string, name: string): void {
+  log.names.set(session, name);
+  log.pinned.add(session);
 }
 
 /** Appends one batch in place; returns the log for chaining. Keeps at most `rowsMax` rows. */
@@ -74,13 +85,19 @@ export function appendBatch(log: EventLog, records: readonly InspectionRecord[],
       continue;
     }
     if (record.type === 'snapshot' && record.snapshot) {
-      log.latest.set(record.session_id, record.snapshot);
       const list = waiting.get(record.session_id);
       const row = list?.shift();
       if (row) {
         row.value = record.snapshot.value;
         row.snapshot = record.snapshot;
       }
+    }
+  }
+  if (log.names.size > namesMax) {
+    // The oldest first (a Map iterates in insertion order), down to half, pinned ones kept.
+    for (const session of log.names.keys()) {
+      if (log.names.size <= namesMax / 2) break;
+      if (!log.pinned.has(session)) log.names.delete(session);
     }
   }
   if (log.rows.length > rowsMax) {

@@ -1,7 +1,7 @@
 // The Inspector view: pick an actor, see its machine as a statechart with the active states lit
 // as events arrive, and a live event log (inspect_subscribe) with the snapshot after each event.
 import { useEffect, useMemo, useRef, useState } from 'preact/hooks';
-import { appendBatch, emptyLog, type EventLog, eventTypeOf, type LogRow, filterRows, formatStateValue } from './eventLog.ts';
+import { appendBatch, emptyLog, type EventLog, eventTypeOf, type LogRow, filterRows, formatStateValue, pinName } from './eventLog.ts';
 import { DashboardRpc, RpcCallError } from './rpc.ts';
 import { type Chart, type MachineNode, activeStateIds, layoutMachine, takenEdges } from './statechart.ts';
 import type { InspectionBatch } from './types.ts';
@@ -152,7 +152,7 @@ function ActorInspector({ rpc, actorId }: { rpc: DashboardRpc; actorId: string }
           machine = result.machine;
           rootSession = result.session_id;
           // The root actor's own id is its lvol UUID: in the log it reads better as its machine.
-          logRef.current.names.set(rootSession, result.machine.id);
+          pinName(logRef.current, rootSession, result.machine.id);
           chartNow = layoutMachine(result.machine);
           active = activeStateIds(result.machine, result.snapshot.value);
           setInspected(result);

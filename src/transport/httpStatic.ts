@@ -55,7 +55,13 @@ export class StaticFiles {
   readonly handle = (req: IncomingMessage, res: ServerResponse): boolean => {
     const path = pathOf(req.url);
     if (path === undefined) return false;
-    void this.ready.then(() => this.answer(req, res, path));
+    void this.ready
+      .then(() => this.answer(req, res, path))
+      .catch(() => {
+        // The answer runs after the server's own try/catch: a failure here must not become an
+        // unhandled rejection (which would end the node); the client just loses this response.
+        res.destroy();
+      });
     return true;
   };
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { appendBatch, emptyLog, filterRows, formatStateValue } from '../../src/dashboard/eventLog.ts';
+import { appendBatch, emptyLog, filterRows, formatStateValue, namesMax, pinName } from '../../src/dashboard/eventLog.ts';
 import { methodRates, pushSample, sparklinePoints } from '../../src/dashboard/series.ts';
 import { takeTokenFromUrl } from '../../src/dashboard/connection.ts';
 import type { InspectionRecord, NodeStats } from '../../src/dashboard/types.ts';
@@ -25,7 +25,18 @@ describe('event log', () => {
     appendBatch(log, [{ ...base, seq: 5, type: 'snapshot', actor: 'L1', session_id: 'x:1', snapshot: { value: { checksum: 'aborted', io: 'idle' }, status: 'active', context: {} } }], 3);
     expect(formatStateValue(log.rows[1]!.value)).toBe('checksum.aborted · io.idle');
     expect(log.droppedByNode).toBe(3);
-    expect(log.latest.get('x:1')!.value).toEqual({ checksum: 'aborted', io: 'idle' });
+  });
+
+  it('keeps the names of recent sessions only, and pinned ones always: a long walk stays bounded', () => {
+    const log = emptyLog();
+    pinName(log, 'root', 'lvol');
+    const steps: InspectionRecord[] = Array.from({ length: namesMax * 3 }, (_, index) => ({ ...base, seq: index, type: 'actor', actor: 'clusterStep', session_id: `step:${index}` }));
+    appendBatch(log, steps, 0);
+    expect(log.names.size).toBeLessThanOrEqual(namesMax);
+    expect(log.names.get('root')).toBe('lvol');
+    expect(log.names.has(`step:${namesMax * 3 - 1}`)).toBe(true);
+    appendBatch(log, [{ ...base, seq: 1e6, type: 'event', actor: 'lvol', session_id: 'root', event: { type: 'checksum.stop' }, target: 'root' }], 0);
+    expect(log.rows[0]!.target).toBe('lvol');
   });
 
   it('keeps at most rowsMax rows and counts the ones cut', () => {

@@ -353,7 +353,12 @@ export class Lvstore {
       const index = this.notDurable.indexOf(entry);
       if (index >= 0) this.notDurable.splice(index, 1);
     }
-    this.onCommitted(changes);
+    try {
+      this.onCommitted(changes);
+    } catch (error) {
+      // The changes are durable: a listener's failure must not make the operation look failed.
+      log('error', 'lvstore commit listener failed', { lvstore: this.record.name, error: String(error) });
+    }
   }
 
   /** Undoes `entry` and every commit applied after it, newest first. */

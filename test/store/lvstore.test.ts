@@ -1322,3 +1322,19 @@ describe('the parent -> clones index', () => {
     }
   });
 });
+
+describe('commit listener', () => {
+  it('hears every durable commit, and its failure does not fail the operation that committed', async () => {
+    const { store } = await newStore();
+    const heard: string[] = [];
+    store.onCommitted = (changes) => heard.push(...changes.map((change) => change.type));
+    const lvol = await store.createLvol({ name: 'a', clusterCount: 2, thin: true });
+    await store.renameLvol(lvol.id, 'b');
+    expect(heard).toEqual(['lvol.create', 'lvol.rename']);
+    store.onCommitted = () => {
+      throw new Error('listener bug');
+    };
+    await store.renameLvol(lvol.id, 'c');
+    expect(store.lvols().map((record) => record.name)).toEqual(['c']);
+  });
+});

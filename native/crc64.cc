@@ -1,4 +1,5 @@
-// Node-API addon lvnode_crc64: CRC-64/GO-ISO kernels for JS, and low-priority threads that pread and CRC file ranges.
+// Node-API addon lvnode_crc64: CRC-64/GO-ISO kernels for JS, low-priority threads that pread and CRC file ranges,
+// flock, and a durable write (native/durable_write.cc).
 //
 // The JS event loop only sees results: background jobs run FIFO on a small pool of std::threads set
 // to SCHED_IDLE (or nice 19), and completions come back through one threadsafe function per env,
@@ -28,6 +29,7 @@
 #include <vector>
 
 #include "crc64_kernels.h"
+#include "durable_write.h"
 
 namespace {
 
@@ -837,6 +839,7 @@ NAPI_MODULE_INIT() {
       {"cancel", jsCancel},
       {"backgroundStats", jsBackgroundStats},
       {"flockExclusive", jsFlockExclusive},
+      {"writeDurable", lvnode::jsWriteDurable},
   };
   for (const Method& method : methods) {
     napi_value fn;

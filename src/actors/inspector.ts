@@ -1,10 +1,14 @@
 // Fans XState inspection events of every lvol actor out to subscribers, with a bounded queue each.
 //
-// Every root actor is created with `inspect: hub.observerFor(lvolId)`. Events are turned into
+// The node's few long-lived actors (scheduler, copies, NBD exports) are created with
+// `inspect: hub.observerFor(id)`. Lvols, 100,000 of them, are `track`ed instead: XState builds an
+// inspection event for every transition of an actor that has any observer, so an lvol's actor is
+// observed only while somebody watches it (a subscription to it or to all, or a raw observer).
+// Events are turned into
 // plain JSON-able records only when someone subscribes, queued per subscriber up to a limit
 // (beyond it they are dropped and counted, never buffered without bound) and flushed in batches
 // on the next macrotask.
-import type { InspectionEvent } from 'xstate';
+import type { AnyActorRef, InspectionEvent, Observer, Subscription as XstateSubscription } from 'xstate';
 import { inspectQueueLengthMax } from '../constants.ts';
 
 export interface InspectionRecord {
@@ -35,10 +39,23 @@ interface Subscription {
   scheduled: boolean;
 }
 
+type InspectOption = Observer<InspectionEvent> | ((event: InspectionEvent) => void);
+
+/** A tracked root actor created while nobody watched it: attached on demand, detached after. */
+interface Tracked {
+  readonly actor: AnyActorRef;
+  attached: XstateSubscription | undefined;
+}
+
 export class InspectionHub {
   private readonly subscriptions = new Set<Subscription>();
   private readonly observers: Array<(event: InspectionEvent) => void> = [];
   private seq = 0;
+  /** Tracked actors that are not observed from birth, by id. */
+  private readonly tracked = new Map<string, Tracked>();
+  /** Subscriptions to every actor, and to one actor by id. */
+  private watchingAll = 0;
+  private readonly watchingOne = new Map<string, number>();
 
   constructor(private readonly queueLengthMax = inspectQueueLengthMax) {}
 
@@ -53,22 +70,80 @@ export class InspectionHub {
     };
   }
 
+  /**
+   * Creates root actor `actorId` through `create` and keeps it inspectable. Watched now, it is
+   * created observed, as with `observerFor` (its first records included). Otherwise it is
+   * created with no observer and attached by the first subscription that wants it, then detached
+   * when the last one goes. Returns the actor and the call that forgets it (when it stops).
+   */
+  track<T extends AnyActorRef>(actorId: string, create: (inspect: InspectOption | undefined) => T): { actor: T; untrack: () => void } {
+    if (this.wants(actorId)) return { actor: create(this.observerFor(actorId)), untrack: () => {} };
+    const actor = create(undefined);
+    const entry: Tracked = { actor, attached: undefined };
+    this.tracked.set(actorId, entry);
+    return {
+      actor,
+      untrack: () => {
+        this.detach(entry);
+        if (this.tracked.get(actorId) === entry) this.tracked.delete(actorId);
+      },
+    };
+  }
+
+  /** Tracked actors observed now, for tests and stats. */
+  get attachedCount(): number {
+    let count = 0;
+    for (const entry of this.tracked.values()) if (entry.attached) count++;
+    return count;
+  }
+
   /** Passes every raw inspection event to `observer` too (e.g. @statelyai/inspect). */
   addObserver(observer: (event: InspectionEvent) => void): void {
     this.observers.push(observer);
+    for (const [actorId, entry] of this.tracked) this.attach(actorId, entry);
   }
 
   /** Streams events of every actor, or only of lvol `actorId`. Returns the unsubscribe function. */
   subscribe(actorId: string | undefined, sink: InspectionSink): () => void {
     const subscription: Subscription = { actorId, sink, queue: [], dropped: 0, scheduled: false };
     this.subscriptions.add(subscription);
+    if (actorId === undefined) {
+      this.watchingAll++;
+      for (const [id, entry] of this.tracked) this.attach(id, entry);
+    } else {
+      this.watchingOne.set(actorId, (this.watchingOne.get(actorId) ?? 0) + 1);
+      const entry = this.tracked.get(actorId);
+      if (entry) this.attach(actorId, entry);
+    }
     return () => {
-      this.subscriptions.delete(subscription);
+      if (!this.subscriptions.delete(subscription)) return;
+      if (actorId === undefined) {
+        if (--this.watchingAll === 0) for (const [id, entry] of this.tracked) if (!this.wants(id)) this.detach(entry);
+      } else {
+        const count = (this.watchingOne.get(actorId) ?? 1) - 1;
+        if (count > 0) this.watchingOne.set(actorId, count);
+        else this.watchingOne.delete(actorId);
+        const entry = this.tracked.get(actorId);
+        if (entry && !this.wants(actorId)) this.detach(entry);
+      }
     };
   }
 
   get subscriberCount(): number {
     return this.subscriptions.size;
+  }
+
+  private wants(actorId: string): boolean {
+    return this.observers.length > 0 || this.watchingAll > 0 || this.watchingOne.has(actorId);
+  }
+
+  private attach(actorId: string, entry: Tracked): void {
+    entry.attached ??= entry.actor.system.inspect(this.observerFor(actorId));
+  }
+
+  private detach(entry: Tracked): void {
+    entry.attached?.unsubscribe();
+    entry.attached = undefined;
   }
 
   private enqueue(subscription: Subscription, record: InspectionRecord): void {

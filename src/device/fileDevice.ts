@@ -9,6 +9,12 @@ import { constants as fsConstants, read as fsRead, write as fsWrite } from 'node
 import { type FileHandle, open, stat } from 'node:fs/promises';
 import { type BlockDevice, assertAlignedRange, zeroChunk, zeroChunkBytes } from './blockDevice.ts';
 import { lockExclusive } from './fileLock.ts';
+import { addon } from '../addon.ts';
+
+type WriteDurableCall = (fd: number, data: Uint8Array, position: number, done: (error: NodeJS.ErrnoException | null) => void) => void;
+/** pwrite + fdatasync in one thread-pool job (native/durable_write.cc); null without the addon. */
+const nativeWriteDurable: WriteDurableCall | null =
+  typeof addon?.writeDurable === 'function' ? (addon.writeDurable as WriteDurableCall) : null;
 
 function readAt(fd: number, target: Buffer, at: number, length: number, position: number): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -122,6 +128,22 @@ export class FileDevice implements BlockDevice {
       while (done < data.length) {
         done += await writeAt(this.fdNumber, data, done, data.length - done, offsetBytes + done);
       }
+    } finally {
+      this.leave();
+    }
+  }
+
+  /** `write` then `flush`; with the native addon both in one trip to a pool thread. */
+  async writeDurable(offsetBytes: number, data: Uint8Array): Promise<void> {
+    if (!nativeWriteDurable) {
+      await this.write(offsetBytes, data);
+      await this.flush();
+      return;
+    }
+    assertAlignedRange(this, offsetBytes, data.length);
+    this.enter();
+    try {
+      await new Promise<void>((resolve, reject) => nativeWriteDurable(this.fdNumber, data, offsetBytes, (error) => (error ? reject(error) : resolve())));
     } finally {
       this.leave();
     }

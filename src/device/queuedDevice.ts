@@ -1,5 +1,5 @@
 // Puts a device behind its I/O queue: the node attaches every bdev this way (foreground first).
-import type { BlockDevice } from './blockDevice.ts';
+import { type BlockDevice, writeDurable } from './blockDevice.ts';
 import { IoQueue } from './ioQueue.ts';
 
 export class QueuedDevice implements BlockDevice {
@@ -38,6 +38,10 @@ export class QueuedDevice implements BlockDevice {
 
   write(offsetBytes: number, data: Uint8Array): Promise<void> {
     return this.queue.run('foreground', () => this.inner.write(offsetBytes, data));
+  }
+
+  writeDurable(offsetBytes: number, data: Uint8Array): Promise<void> {
+    return this.queue.run('foreground', () => writeDurable(this.inner, offsetBytes, data));
   }
 
   discard(offsetBytes: number, lengthBytes: number): Promise<void> {

@@ -8,7 +8,7 @@
 // while a write is in flight are grouped into the next record (group commit).
 import assert from 'node:assert/strict';
 import { crc64 } from '../checksum/crc64.ts';
-import { type BlockDevice, zeroChunk, zeroChunkBytes } from '../device/blockDevice.ts';
+import { type BlockDevice, writeDurable, zeroChunk, zeroChunkBytes } from '../device/blockDevice.ts';
 import { StorageError, fromDeviceError } from '../errors.ts';
 import { log } from '../log.ts';
 import {
@@ -207,8 +207,7 @@ export class JournalMetadataLog implements MetadataLog {
       await this.checkpoint(seq, freeing ? this.layout.checkpointBytes : this.growthCapacityBytes);
       return;
     }
-    await this.device.write(this.layout.journalOffset + this.position.tailBytes, bytes);
-    await this.device.flush();
+    await writeDurable(this.device, this.layout.journalOffset + this.position.tailBytes, bytes);
     this.counters.bytesWritten += bytes.length;
     this.counters.recordsWritten++;
     this.counters.flushes++;
@@ -250,8 +249,7 @@ export class JournalMetadataLog implements MetadataLog {
       throw this.full;
     }
     const slot: 0 | 1 = this.position.superBlock.checkpointSlot === 0 ? 1 : 0;
-    await this.device.write(this.layout.checkpointOffsets[slot], image);
-    await this.device.flush();
+    await writeDurable(this.device, this.layout.checkpointOffsets[slot], image);
     const superBlock: SuperBlock = {
       ...this.position.superBlock,
       generation: this.position.superBlock.generation + 1n,
@@ -262,8 +260,7 @@ export class JournalMetadataLog implements MetadataLog {
       checkpointSeq: seq,
     };
     const superSlot: 0 | 1 = this.position.superSlot === 0 ? 1 : 0;
-    await this.device.write(this.layout.superOffsets[superSlot], encodeSuperBlock(superBlock, this.layout.slotBytes));
-    await this.device.flush();
+    await writeDurable(this.device, this.layout.superOffsets[superSlot], encodeSuperBlock(superBlock, this.layout.slotBytes));
     this.counters.bytesWritten += image.length + this.layout.slotBytes;
     this.counters.checkpoints++;
     this.counters.flushes += 2;

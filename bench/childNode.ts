@@ -14,6 +14,35 @@ const binPath = fileURLToPath(new URL('../bin/lvnode.mjs', import.meta.url));
 const readyPattern = /lvnode serving JSON-RPC at (ws:\/\/\S+)/;
 const nbdPattern = /lvnode serving NBD at (\S+)/;
 
+/**
+ * `lvnode serve` in its own process with its data in `dataDir` (its embedded default disk sparse,
+ * `defaultDiskSize`), on a loopback port; resolves with the URL once it serves.
+ */
+export async function startServeProcess(dataDir: string, defaultDiskSize = '64G'): Promise<{ child: ChildProcess; url: string }> {
+  const child = spawn(process.execPath, [binPath, 'serve', '--data-dir', dataDir, '--listen', '127.0.0.1:0', '--default-disk-size', defaultDiskSize], {
+    env: { ...process.env, LVNODE_LOG_LEVEL: 'warn' },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const url = await new Promise<string>((resolve, reject) => {
+    let out = '';
+    child.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
+      out += chunk;
+      const match = readyPattern.exec(out);
+      if (match) resolve(match[1]!);
+    });
+    child.once('exit', (code) => reject(new Error(`bench node exited (${code}) before it was ready`)));
+  });
+  return { child, url };
+}
+
+/** Sends SIGTERM and resolves once the process has exited. */
+export async function stopProcess(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  child.kill('SIGTERM');
+  await exited;
+}
+
 export interface ChildBench {
   readonly client: RpcClient;
   readonly url: string;

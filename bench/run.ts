@@ -9,6 +9,7 @@ import { metadataWritePath } from './metadataWritePath.ts';
 import { nbdBenchmark } from './nbd.ts';
 import { preemptionLatency } from './preemptionLatency.ts';
 import { scaleBenchmark } from './scale.ts';
+import { wireCreates } from './wireCreates.ts';
 import { wireListing } from './wireListing.ts';
 import { benchClusterBytes, fixed } from './support.ts';
 
@@ -27,6 +28,7 @@ const benchmarks: ReadonlyArray<{ name: string; run: () => Promise<void> }> = [
   { name: 'nbd', run: nbdBenchmark },
   { name: 'scale', run: scaleBenchmark },
   { name: 'wireListing', run: wireListing },
+  { name: 'wireCreates', run: wireCreates },
 ];
 
 async function main(): Promise<void> {

@@ -1,9 +1,11 @@
 // Shared pieces of the benchmarks: a temp node on a pre-filled file bdev, timing statistics and tables.
 import { randomFillSync } from 'node:crypto';
+import { closeSync, fdatasync, openSync, write as fsWrite } from 'node:fs';
 import { type FileHandle, mkdtemp, open, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
+import { addon } from '../src/addon.ts';
 import { RpcClient } from '../src/cli/rpcClient.ts';
 import { type RunningNode, startNode } from '../src/cli/serve.ts';
 import { mibBytes } from '../src/constants.ts';
@@ -155,6 +157,34 @@ export function envInteger(name: string, fallback: number): number {
   const value = Number(text);
   if (!Number.isInteger(value) || value <= 0) throw new Error(`${name} must be a positive integer, got ${text}`);
   return value;
+}
+
+type DurableCall = (fd: number, data: Uint8Array, position: number, done: (error: Error | null) => void) => void;
+
+/**
+ * The yardstick of the create rate: 4 KiB write + fdatasync per second on a file in `dir`, through
+ * Node's callback fs as a Node program does it without blocking its event loop (two trips to a
+ * pool thread). With `oneTrip`, the same pair through the node's native durable write (one trip,
+ * what a journal append costs at best); undefined when the addon is not built.
+ */
+export async function fsyncRate(dir: string, options: { ms?: number; oneTrip?: boolean } = {}): Promise<number | undefined> {
+  const durable = options.oneTrip ? (addon?.writeDurable as DurableCall | undefined) : undefined;
+  if (options.oneTrip && !durable) return undefined;
+  const fd = openSync(join(dir, options.oneTrip ? 'fsync-one-trip.probe' : 'fsync.probe'), 'w+');
+  const block = Buffer.alloc(4096, 1);
+  const pair = (position: number) =>
+    new Promise<void>((resolve, reject) => {
+      if (durable) return durable(fd, block, position, (error) => (error ? reject(error) : resolve()));
+      fsWrite(fd, block, 0, block.length, position, (error) => (error ? reject(error) : fdatasync(fd, (synced) => (synced ? reject(synced) : resolve()))));
+    });
+  try {
+    const start = performance.now();
+    let count = 0;
+    while (performance.now() - start < (options.ms ?? 1000)) await pair((count++ % 256) * 4096);
+    return count / ((performance.now() - start) / 1000);
+  } finally {
+    closeSync(fd);
+  }
 }
 
 export function sleepMs(ms: number): Promise<void> {

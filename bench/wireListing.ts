@@ -5,39 +5,19 @@
 // The node runs in its own process (`lvnode serve` on a sparse file); its own event-loop delay
 // histogram (node_get_stats, reset before each phase) gives the stall, so the client's parsing of
 // a 90 MB reply in this process does not count. Sizes: LVNODE_BENCH_WIRE_SIZES (default 10000,100000).
-import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
 import { RpcClient } from '../src/cli/rpcClient.ts';
+import { startServeProcess, stopProcess } from './childNode.ts';
 import { fixed, median } from './support.ts';
 
-const binPath = fileURLToPath(new URL('../bin/lvnode.mjs', import.meta.url));
-const readyPattern = /lvnode serving JSON-RPC at (ws:\/\/\S+)/;
 const rounds = 3;
 const callers = 16;
 
 interface Stats {
   event_loop_delay_ms: { max: number };
-}
-
-async function startNode(dataDir: string): Promise<{ child: ChildProcess; url: string }> {
-  const child = spawn(process.execPath, [binPath, 'serve', '--data-dir', dataDir, '--listen', '127.0.0.1:0', '--default-disk-size', '64G'], {
-    env: { ...process.env, LVNODE_LOG_LEVEL: 'warn' },
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  const url = await new Promise<string>((resolve, reject) => {
-    let out = '';
-    child.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
-      out += chunk;
-      const match = readyPattern.exec(out);
-      if (match) resolve(match[1]!);
-    });
-    child.once('exit', (code) => reject(new Error(`bench node exited (${code}) before it was ready`)));
-  });
-  return { child, url };
 }
 
 /** The node's longest event-loop stall while `work` runs (its histogram reset just before). */
@@ -93,7 +73,7 @@ export async function wireListing(): Promise<void> {
   const sizes = (process.env.LVNODE_BENCH_WIRE_SIZES ?? '10000,100000').split(',').map(Number);
   console.log(`\nwireListing: longest event-loop stall of the node answering a full listing over WebSocket, vs idle (median of ${rounds})`);
   const dir = await mkdtemp(join(tmpdir(), 'lvnode-wire-'));
-  const { child, url } = await startNode(join(dir, 'data'));
+  const { child, url } = await startServeProcess(join(dir, 'data'));
   const clients: RpcClient[] = [];
   try {
     for (let index = 0; index < callers; index++) clients.push(await RpcClient.connect(url));
@@ -104,9 +84,7 @@ export async function wireListing(): Promise<void> {
     }
   } finally {
     await Promise.all(clients.map((client) => client.close()));
-    const exited = new Promise((resolve) => child.once('exit', resolve));
-    child.kill('SIGTERM');
-    await exited;
+    await stopProcess(child);
     await rm(dir, { recursive: true, force: true });
   }
 }

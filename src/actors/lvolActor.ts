@@ -189,7 +189,7 @@ interface PersistedLvol {
   historyValue: object;
 }
 const restingSnapshots = new Map<boolean, PersistedLvol>();
-function restingSnapshot(input: LvolInput): Snapshot<unknown> | undefined {
+export function restingSnapshot(input: LvolInput): Snapshot<unknown> | undefined {
   if (input.savedProgress !== null) return undefined;
   let template = restingSnapshots.get(input.checksumStored);
   if (!template) {

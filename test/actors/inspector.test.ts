@@ -75,6 +75,53 @@ describe('InspectionHub', () => {
     expect(hub.subscriberCount).toBe(0);
   });
 
+  it('observes a tracked actor only while someone watches it: attached by a later subscription, detached after the last', async () => {
+    // Goal: 100,000 idle lvols cost XState no inspection events, yet any of them can be inspected at once.
+    const hub = new InspectionHub();
+    const { actor, untrack } = hub.track('t', (inspect) => createActor(toggle, { id: 't', ...(inspect ? { inspect } : {}) }));
+    actor.start();
+    expect(hub.attachedCount).toBe(0);
+    const batches: Array<{ events: InspectionRecord[] }> = [];
+    const cancelOne = hub.subscribe('t', (batch) => (batches.push(batch), true));
+    const cancelOther = hub.subscribe('other', () => true);
+    expect(hub.attachedCount).toBe(1);
+    actor.send({ type: 'flip' });
+    await macrotask();
+    const values = batches.flatMap((batch) => batch.events).filter((event) => event.type === 'snapshot').map((event) => (event.snapshot as { value: string }).value);
+    expect(values).toEqual(['on']);
+    cancelOne();
+    expect(hub.attachedCount).toBe(0);
+    const all: InspectionRecord[] = [];
+    const cancelAll = hub.subscribe(undefined, (batch) => (all.push(...batch.events), true));
+    expect(hub.attachedCount).toBe(1);
+    cancelAll();
+    cancelAll(); // twice is harmless
+    cancelOther();
+    expect(hub.attachedCount).toBe(0);
+    actor.send({ type: 'flip' });
+    await macrotask();
+    expect(all).toEqual([]);
+    untrack();
+    hub.subscribe(undefined, () => true);
+    expect(hub.attachedCount).toBe(0); // forgotten: a stopped actor is never attached again
+  });
+
+  it('creates a tracked actor observed from birth while it is watched, its actor record included', async () => {
+    // Goal: an inspector open while lvols are created sees each from its first event, as before.
+    const hub = new InspectionHub();
+    const events: InspectionRecord[] = [];
+    hub.subscribe(undefined, (batch) => (events.push(...batch.events), true));
+    const { actor } = hub.track('born', (inspect) => createActor(toggle, { id: 'born', ...(inspect ? { inspect } : {}) }));
+    actor.start();
+    await macrotask();
+    expect(events[0]).toMatchObject({ type: 'actor', actor_id: 'born' });
+    const raw: string[] = [];
+    hub.addObserver((event) => raw.push(event.type));
+    const late = hub.track('late', (inspect) => createActor(toggle, { id: 'late', ...(inspect ? { inspect } : {}) }));
+    late.actor.start();
+    expect(raw[0]).toBe('@xstate.actor');
+  });
+
   it('summarises contexts: bigints stay exact, maps and typed arrays become sizes', () => {
     expect(toJsonSafe({ crc: 2n ** 64n - 1n, map: new Map([[1, 2n]]), typed: new Uint32Array(9), list: Array.from({ length: 40 }, (_, i) => i) })).toEqual({
       crc: 2n ** 64n - 1n,

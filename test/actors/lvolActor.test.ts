@@ -2,8 +2,10 @@
 // yields to priority operations, and leaves nothing behind when stopped.
 import { describe, expect, it } from 'vitest';
 import { InspectionHub } from '../../src/actors/inspector.ts';
-import { LvolActor } from '../../src/actors/lvolActor.ts';
+import { createActor } from 'xstate';
+import { LvolActor, restingSnapshot } from '../../src/actors/lvolActor.ts';
 import { crc64, crc64Combine } from '../../src/checksum/crc64.ts';
+import { lvolMachine } from '../../src/machines/lvolMachine.ts';
 import { SimulatedDevice } from '../../src/device/simulatedDevice.ts';
 import { StorageError } from '../../src/errors.ts';
 import { seededRuntime } from '../../src/runtime.ts';
@@ -115,5 +117,30 @@ describe('LvolActor checksum', () => {
     const { store, lvolId } = await snapshotWithData(2);
     const actor = new LvolActor(lvolId, store, seededRuntime(1), new InspectionHub(), () => {});
     await expect(actor.register('whole', false)).rejects.toMatchObject({ errno: 'EPERM' });
+  });
+});
+
+describe('LvolActor start from a resting snapshot', () => {
+  it.each([false, true])('restores exactly the state the machine computes itself (checksum stored: %s), and runs from it', (checksumStored) => {
+    // Goal: the cheap start is the same actor: same state, context and behaviour as a computed one.
+    const input = { lvolId: 'lvol-1', checksumStored, savedProgress: null };
+    const computed = createActor(lvolMachine, { input }).start();
+    const restored = createActor(lvolMachine, { input, snapshot: restingSnapshot(input) }).start();
+    expect(restored.getSnapshot().value).toEqual(computed.getSnapshot().value);
+    expect(restored.getSnapshot().context).toEqual(computed.getSnapshot().context);
+    expect(restored.getSnapshot().value).toEqual({ checksum: checksumStored ? 'done' : 'idle', io: 'idle' });
+    const start = { type: 'checksum.start', runId: 1, mode: 'whole', clustersTotal: 4, atMs: 0, resume: false } as const;
+    computed.send(start);
+    restored.send(start);
+    expect(restored.getSnapshot().value).toEqual(computed.getSnapshot().value);
+    expect(restored.getSnapshot().context).toEqual(computed.getSnapshot().context);
+    // Each restore is its own copy: one actor's run does not leak into the next one's start.
+    const next = createActor(lvolMachine, { input: { ...input, lvolId: 'lvol-2' }, snapshot: restingSnapshot({ ...input, lvolId: 'lvol-2' }) }).start();
+    expect(next.getSnapshot().context).toMatchObject({ lvolId: 'lvol-2', progress: null });
+    expect(next.getSnapshot().value).toEqual({ checksum: checksumStored ? 'done' : 'idle', io: 'idle' });
+  });
+
+  it('computes the state itself for an lvol with a saved walk position', () => {
+    expect(restingSnapshot({ lvolId: 'x', checksumStored: false, savedProgress: { reason: 'stopped' } as never })).toBeUndefined();
   });
 });

@@ -4,13 +4,16 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { mibBytes } from '../../src/constants.ts';
-import { readBytes } from '../../src/device/blockDevice.ts';
+import { addon } from '../../src/addon.ts';
+import { readBytes, writeDurable } from '../../src/device/blockDevice.ts';
 import { FileDevice } from '../../src/device/fileDevice.ts';
 import { fileLocksAvailable } from '../../src/device/fileLock.ts';
 import { MemoryDevice } from '../../src/device/memoryDevice.ts';
 import { SimulatedDevice, SimulatedIoError } from '../../src/device/simulatedDevice.ts';
 
 const blockBytes = 512;
+type WriteDurableCall = (fd: number, data: Uint8Array, position: number, done: (error: unknown) => void) => void;
+const nativeWriteDurable = (addon?.writeDurable as WriteDurableCall | undefined) ?? null;
 
 function pattern(lengthBytes: number, seed: number): Buffer {
   const out = Buffer.alloc(lengthBytes);
@@ -134,6 +137,33 @@ describe('FileDevice', () => {
     await expect(device.write(100, Buffer.alloc(4096))).rejects.toThrow('not block aligned');
   });
 
+  it('writes durably in one request: the bytes read back, also from the file; refused outside the device, on a read-only file and after close', async () => {
+    // Goal: the journal's write + flush as one call (one pool trip with the addon) keeps what write and flush promise.
+    const path = join(directory, 'durable.img');
+    await FileDevice.createSparse(path, mibBytes);
+    const device = await openDevice(path);
+    const data = pattern(3 * blockBytes, 8);
+    await device.writeDurable(4 * blockBytes, data);
+    expect((await readBytes(device, 4 * blockBytes, data.length)).equals(data)).toBe(true);
+    expect((await readFile(path)).subarray(4 * blockBytes, 7 * blockBytes).equals(data)).toBe(true);
+    await expect(device.writeDurable(mibBytes, data)).rejects.toThrow('past the end');
+    await expect(device.writeDurable(100, data)).rejects.toThrow('not block aligned');
+    const readOnlyPath = join(directory, 'durable-ro.img');
+    await FileDevice.createSparse(readOnlyPath, mibBytes);
+    const readOnly = await openDevice(readOnlyPath, { readOnly: true });
+    await expect(readOnly.writeDurable(0, pattern(blockBytes, 9))).rejects.toMatchObject({ code: 'EBADF' });
+    await device.close();
+    await expect(device.writeDurable(0, data)).rejects.toMatchObject({ code: 'EBADF' });
+  });
+
+  it.skipIf(!nativeWriteDurable)('native writeDurable reports a failed write as a Node-style error (code, errno, syscall)', async () => {
+    // Goal: the addon's errors map like fs errors (fromDeviceError reads .code).
+    const error = await new Promise<unknown>((resolve) => nativeWriteDurable!(1_000_000, Buffer.alloc(512), 0, resolve));
+    expect(error).toMatchObject({ code: 'EBADF', errno: -9, syscall: 'write' });
+    expect(() => nativeWriteDurable!(-1, Buffer.alloc(512), 0, () => {})).toThrow('fd');
+    expect(() => nativeWriteDurable!(0, 'text' as unknown as Buffer, 0, () => {})).toThrow('Uint8Array');
+  });
+
   it('refuses writes through a read-only handle', async () => {
     // Goal: a read-only aio bdev cannot change its file.
     const path = join(directory, 'ro.img');
@@ -141,6 +171,28 @@ describe('FileDevice', () => {
     const device = await openDevice(path, { readOnly: true });
     await expect(device.write(0, pattern(blockBytes, 6))).rejects.toThrow();
     expect((await readBytes(device, 0, blockBytes)).equals(Buffer.alloc(blockBytes))).toBe(true);
+  });
+});
+
+describe('writeDurable on a device without its own', () => {
+  it('writes, then flushes, in that order, and fails if the write fails without flushing', async () => {
+    // Goal: every device can take a journal append; the fallback is exactly the pair it replaces.
+    const calls: string[] = [];
+    const device = new MemoryDevice(mibBytes, blockBytes);
+    const write = device.write.bind(device);
+    device.write = async (offset, data) => {
+      calls.push('write');
+      await write(offset, data);
+    };
+    device.flush = async () => {
+      calls.push('flush');
+    };
+    await writeDurable(device, 0, pattern(blockBytes, 10));
+    expect(calls).toEqual(['write', 'flush']);
+    expect((await readBytes(device, 0, blockBytes)).equals(pattern(blockBytes, 10))).toBe(true);
+    calls.length = 0;
+    await expect(writeDurable(device, 3, pattern(blockBytes, 10))).rejects.toThrow('not block aligned');
+    expect(calls).toEqual(['write']);
   });
 });
 

@@ -254,6 +254,7 @@ export class LvolActor {
   // Cluster reads in flight: the current step's, and the read-ahead of the next owned cluster.
   private readonly reads = new Set<ClusterRead>();
   private readAhead: ClusterRead | undefined;
+  /** The walk's rate; made when a walk is first admitted. */
   private meter: RateMeter | undefined;
   private lastClustersDone = -1;
   private willResume = false;
@@ -323,7 +324,6 @@ export class LvolActor {
     );
     this.untrack = untrack;
     this.started = actor;
-    this.meter = new RateMeter(this.runtime.nowMs());
     LvolActor.owners.set(actor.system, this);
     this.lastState = checksumStateOf(actor.getSnapshot());
     actor.subscribe({
@@ -355,7 +355,9 @@ export class LvolActor {
   }
 
   private admit(): void {
-    this.meter?.reset(this.runtime.nowMs());
+    // Made at the first walk: most lvols never walk, and the meter's buckets are ~0.5 KiB.
+    if (this.meter) this.meter.reset(this.runtime.nowMs());
+    else this.meter = new RateMeter(this.runtime.nowMs());
     this.actor.send({ type: 'checksum.admit', atMs: this.runtime.nowMs() });
   }
 

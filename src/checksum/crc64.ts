@@ -5,6 +5,7 @@
 // lvnode computes each cluster's CRC on its own (which range checksums need anyway) and folds it
 // into the running value with `crc64Combine`, so a computation can stop and resume at any cluster.
 import { createCRC64 } from 'hash-wasm';
+import { nativeCrc } from './native.ts';
 
 /** Reflected form of the polynomial x^64 + x^4 + x^3 + x + 1 (0x1B). */
 export const crc64IsoPolynomialReflected = 0xd800000000000000n;
@@ -16,6 +17,9 @@ const hasher = await createCRC64(crc64IsoPolynomialReflected.toString(16));
 
 /** CRC-64/GO-ISO of `data` alone (init and final XOR all ones). The empty input gives 0. */
 export function crc64(data: Uint8Array): bigint {
+  // The addon's kernels, when built: for a journal record's few hundred bytes the WASM call's
+  // init/update/digest cost ~1.6 µs, the native call a fraction of that.
+  if (nativeCrc) return nativeCrc.crc64(0n, data);
   hasher.init();
   hasher.update(data);
   const digest = hasher.digest('binary');

@@ -119,15 +119,15 @@ export async function wireCreates(): Promise<void> {
       const seqRatios = results.map((round) => round.sequential / round.fsync);
       const oneTripRatios = results.filter((round) => round.oneTrip !== undefined).map((round) => round.sequential / round.oneTrip!);
       const concurrentRatios = results.map((round) => round.concurrent / round.sequential);
-      const column = (values: number[], digits: number) => `${fixed(median(values), digits)} (${range(values, digits)})`;
+      const column = (values: number[], digits: number, suffix = '') => `${fixed(median(values), digits)}${suffix} (${range(values, digits)})`;
       rows.push([
         String(size),
         column(results.map((round) => round.sequential), 0),
         column(results.map((round) => round.fsync), 0),
-        `${column(seqRatios, 2)}x`,
-        oneTripRatios.length > 0 ? `${column(oneTripRatios, 2)}x` : 'no addon',
+        column(seqRatios, 2, 'x'),
+        oneTripRatios.length > 0 ? column(oneTripRatios, 2, 'x') : 'no addon',
         column(results.map((round) => round.concurrent), 0),
-        `${column(concurrentRatios, 1)}x`,
+        column(concurrentRatios, 1, 'x'),
         column(results.map((round) => round.deletes), 0),
         fixed(fillRate, 0),
         fixed(rssKib, 1),

@@ -1,5 +1,6 @@
 // The shape of the one method table: every RPC's name, zod params/result, priority and handler.
 import type { z } from 'zod';
+import type { SerializedJson } from './json64.ts';
 
 /** What a handler may know of the connection that called it (for subscriptions). */
 export interface Connection {
@@ -21,7 +22,8 @@ export interface RpcMethod<P extends z.ZodType = z.ZodType, R extends z.ZodType 
   readonly priority: MethodPriority;
   readonly params: P;
   readonly result: R;
-  handler(params: z.output<P>, connection: Connection): Promise<z.input<R>> | z.input<R>;
+  /** The result, or a long one already written as JSON text while it was made (a 100,000-row listing). */
+  handler(params: z.output<P>, connection: Connection): Promise<z.input<R> | SerializedJson> | z.input<R> | SerializedJson;
 }
 
 export type MethodTable = Readonly<Record<string, RpcMethod>>;

@@ -6,6 +6,7 @@ import type { BaseBdev, LvstoreEntry } from '../actors/registry.ts';
 import { loopYielder } from '../store/format.ts';
 import { rfc3339Seconds } from '../store/lvstore.ts';
 import type { LvolRecord } from '../store/metadata.ts';
+import { JsonArrayWriter, type SerializedJson, sliceSerializeItemsMin } from './json64.ts';
 
 const ioTypeKeys = [
   'read',
@@ -187,42 +188,50 @@ export function bdevInfos(node: StorageNode, name: string | undefined): BdevView
  * between them. The lvols are those present when the listing began, in the lvstore's order; each
  * row shows its lvol as it is when the row is made, and one deleted (or whose lvstore went away)
  * before its row is left out, as is one whose creation is not yet durable (no actor yet).
+ *
+ * A long listing (sliceSerializeItemsMin rows or more) is written to JSON as its rows are made,
+ * so no row outlives its own slice: 100,000 row objects kept until the end were copied by every
+ * scavenge meanwhile (the longest stalls of a listing). It is then the result's JSON text.
  */
 async function rowsInSlices<T>(
   node: StorageNode,
   entries: readonly LvstoreEntry[],
   row: (entry: LvstoreEntry, lvol: LvolRecord) => T | undefined,
-  out: T[],
-): Promise<T[]> {
+  first: readonly T[],
+): Promise<T[] | SerializedJson> {
   const pause = loopYielder(listingSliceMs);
   const listed = entries.map((entry) => ({ entry, ids: [...entry.store.record.lvols.keys()] }));
+  const total = listed.reduce((sum, { ids }) => sum + ids.length, first.length);
+  const rows: T[] = [];
+  const writer = total >= sliceSerializeItemsMin ? new JsonArrayWriter() : undefined;
+  const add = writer ? (made: T) => writer.add(made) : (made: T) => rows.push(made);
+  for (const made of first) add(made);
   for (const { entry, ids } of listed) {
     for (const id of ids) {
       const lvol = entry.store.record.lvols.get(id);
       if (lvol && entry.actors.has(id) && node.registry.lvstores.get(entry.store.id) === entry) {
         const made = row(entry, lvol);
-        if (made !== undefined) out.push(made);
+        if (made !== undefined) add(made);
       }
       const turn = pause();
       if (turn) await turn;
     }
   }
-  return out;
+  return writer ? writer.finish() : rows;
 }
 
 /** bdev_get_bdevs without a name: every bdev, lvol rows built in slices (see rowsInSlices). */
-export function allBdevInfos(node: StorageNode): Promise<BdevView[]> {
-  const out = [...node.registry.bdevs.values()].map(baseBdevInfo);
+export function allBdevInfos(node: StorageNode): Promise<BdevView[] | SerializedJson> {
   return rowsInSlices(
     node,
     [...node.registry.lvstores.values()],
     (entry, lvol) => (entry.store.isDegraded(lvol.id) ? undefined : lvolBdevInfo(entry, lvol, node.lvolClaimedBy(lvol.id))),
-    out,
+    [...node.registry.bdevs.values()].map(baseBdevInfo),
   );
 }
 
 /** bdev_lvol_get_lvols: the lvols of `entries`, built in slices (see rowsInSlices). */
-export function lvolInfos(node: StorageNode, entries: readonly LvstoreEntry[]): Promise<LvolView[]> {
+export function lvolInfos(node: StorageNode, entries: readonly LvstoreEntry[]): Promise<LvolView[] | SerializedJson> {
   return rowsInSlices(node, entries, lvolInfo, []);
 }
 

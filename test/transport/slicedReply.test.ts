@@ -3,7 +3,7 @@
 import { describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { createDispatcher, serializeResponse, serializeResponseChunks } from '../../src/transport/jsonRpc.ts';
-import { SerializedJson, sliceSerializeItemsMin, stringifyJson, stringifyJsonInSlices } from '../../src/transport/json64.ts';
+import { JsonArrayWriter, SerializedJson, sliceSerializeItemsMin, stringifyJson, stringifyJsonInSlices } from '../../src/transport/json64.ts';
 import { defineMethod } from '../../src/transport/methodTable.ts';
 
 const connection = { id: 0, notify: () => false, onClose: () => {} };
@@ -32,11 +32,23 @@ describe('replies written in slices', () => {
     counting = false;
     expect(written).toBeInstanceOf(SerializedJson);
     expect(written.text).toBe(stringifyJson(array));
-    expect(written.chunks.length).toBeGreaterThan(array.length / 2);
     // Slices of any size give the same text; so does an empty array.
     expect((await stringifyJsonInSlices(array, 1000)).text).toBe(stringifyJson(array));
     expect((await stringifyJsonInSlices([], 0)).text).toBe('[]');
     expect(turns).toBeGreaterThanOrEqual(array.length - 1);
+  });
+
+  it('writes element by element into a few large chunks (kept out of the young generation), the same text as one stringify', () => {
+    const array = rows(3000);
+    const writer = new JsonArrayWriter();
+    for (const item of array) writer.add(item);
+    expect(writer.length).toBe(3000);
+    const written = writer.finish();
+    expect(written.text).toBe(stringifyJson(array));
+    expect(written.chunks.length).toBeGreaterThan(2);
+    // Every chunk but the closing bracket and the last is at least 256 K characters.
+    for (const chunk of written.chunks.slice(0, -2)) expect(chunk.length).toBeGreaterThanOrEqual(256 * 1024);
+    expect(new JsonArrayWriter().finish().text).toBe('[]');
   });
 
   it('answers a long array result with the envelope and text of a reply written in one go', async () => {

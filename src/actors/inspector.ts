@@ -39,6 +39,8 @@ interface Subscription {
   scheduled: boolean;
 }
 
+const reconcileSliceMs = 2;
+
 type InspectOption = Observer<InspectionEvent> | ((event: InspectionEvent) => void);
 
 /** A tracked root actor created while nobody watched it: attached on demand, detached after. */
@@ -100,7 +102,7 @@ export class InspectionHub {
   /** Passes every raw inspection event to `observer` too (e.g. @statelyai/inspect). */
   addObserver(observer: (event: InspectionEvent) => void): void {
     this.observers.push(observer);
-    for (const [actorId, entry] of this.tracked) this.attach(actorId, entry);
+    this.reconcileAll();
   }
 
   /** Streams events of every actor, or only of lvol `actorId`. Returns the unsubscribe function. */
@@ -109,7 +111,7 @@ export class InspectionHub {
     this.subscriptions.add(subscription);
     if (actorId === undefined) {
       this.watchingAll++;
-      for (const [id, entry] of this.tracked) this.attach(id, entry);
+      this.reconcileAll();
     } else {
       this.watchingOne.set(actorId, (this.watchingOne.get(actorId) ?? 0) + 1);
       const entry = this.tracked.get(actorId);
@@ -118,7 +120,7 @@ export class InspectionHub {
     return () => {
       if (!this.subscriptions.delete(subscription)) return;
       if (actorId === undefined) {
-        if (--this.watchingAll === 0) for (const [id, entry] of this.tracked) if (!this.wants(id)) this.detach(entry);
+        if (--this.watchingAll === 0) this.reconcileAll();
       } else {
         const count = (this.watchingOne.get(actorId) ?? 1) - 1;
         if (count > 0) this.watchingOne.set(actorId, count);
@@ -135,6 +137,43 @@ export class InspectionHub {
 
   private wants(actorId: string): boolean {
     return this.observers.length > 0 || this.watchingAll > 0 || this.watchingOne.has(actorId);
+  }
+
+  private reconciling = false;
+  private reconcileAgain = false;
+
+  /**
+   * Attaches every tracked actor that is wanted and detaches every other, in slices of a couple
+   * of milliseconds: at 100,000 lvols one pass is ~150 ms. The first slice runs now; an actor
+   * reached later is observed from then on. A change meanwhile starts another pass after this one.
+   */
+  private reconcileAll(): void {
+    if (this.reconciling) {
+      this.reconcileAgain = true;
+      return;
+    }
+    this.reconciling = true;
+    const entries = this.tracked.entries(); // live: entries added meanwhile are reached too
+    const slice = (): void => {
+      const endMs = performance.now() + reconcileSliceMs;
+      for (let count = 1; ; count++) {
+        const next = entries.next();
+        if (next.done) {
+          this.reconciling = false;
+          if (this.reconcileAgain) {
+            this.reconcileAgain = false;
+            this.reconcileAll();
+          }
+          return;
+        }
+        const [actorId, entry] = next.value;
+        if (this.wants(actorId)) this.attach(actorId, entry);
+        else this.detach(entry);
+        if (count % 64 === 0 && performance.now() >= endMs) break;
+      }
+      setImmediate(slice);
+    };
+    slice();
   }
 
   private attach(actorId: string, entry: Tracked): void {

@@ -106,6 +106,26 @@ describe('InspectionHub', () => {
     expect(hub.attachedCount).toBe(0); // forgotten: a stopped actor is never attached again
   });
 
+  it('attaches and detaches many tracked actors in slices, and ends as the last change says', async () => {
+    // Goal: subscribing to every actor at 100,000 lvols never holds the event loop for the whole pass.
+    const hub = new InspectionHub();
+    const count = 6000;
+    for (let index = 0; index < count; index++) hub.track(`m${index}`, (inspect) => createActor(toggle, { id: `m${index}`, ...(inspect ? { inspect } : {}) })).actor.start();
+    const settled = async (expected: number) => {
+      for (let turn = 0; turn < 1000 && hub.attachedCount !== expected; turn++) await macrotask();
+      return hub.attachedCount;
+    };
+    const cancel = hub.subscribe(undefined, () => true);
+    expect(hub.attachedCount).toBeGreaterThan(0);
+    expect(await settled(count)).toBe(count);
+    // Unsubscribe, then subscribe again before the detaching pass is over: all attached at the end.
+    cancel();
+    const again = hub.subscribe(undefined, () => true);
+    expect(await settled(count)).toBe(count);
+    again();
+    expect(await settled(0)).toBe(0);
+  });
+
   it('creates a tracked actor observed from birth while it is watched, its actor record included', async () => {
     // Goal: an inspector open while lvols are created sees each from its first event, as before.
     const hub = new InspectionHub();

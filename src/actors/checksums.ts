@@ -103,20 +103,20 @@ export class ChecksumService {
     return this.registry.lvol(name).actor.status();
   }
 
-  /** Checksum walks by state and their combined rate, for node_get_stats. */
-  stats(): { by_state: Record<string, number>; rate_bytes_per_sec: number } {
+  /**
+   * Checksum walks by state and their combined rate, for node_get_stats (which the dashboard asks
+   * every 2 s): in slices, reading each lvol's state without building its status (only a
+   * computing walk has a rate) and without starting an actor still waiting for its slice.
+   */
+  async stats(): Promise<{ by_state: Record<string, number>; rate_bytes_per_sec: number }> {
     const byState: Record<string, number> = {};
     let rate = 0;
-    for (const { actor } of this.registry.allLvols()) {
-      if (!actor.isStarted) {
-        // Not started yet: idle, done or aborted, and not walking (no rate); counted without starting it.
-        byState[actor.checksumState] = (byState[actor.checksumState] ?? 0) + 1;
-        continue;
-      }
-      const status = actor.status();
-      byState[status.state] = (byState[status.state] ?? 0) + 1;
-      if (status.state === 'computing') rate += status.rate_bytes_per_sec;
-    }
+    await this.registry.forEachLvolInSlices(({ actor }) => {
+      const state = actor.checksumState;
+      byState[state] = (byState[state] ?? 0) + 1;
+      if (state === 'computing') rate += actor.status().rate_bytes_per_sec;
+    });
     return { by_state: byState, rate_bytes_per_sec: rate };
   }
+
 }

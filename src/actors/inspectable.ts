@@ -31,22 +31,30 @@ export interface InspectableActor {
 
 const copyActorIdPrefix = 'copy-';
 
-/** Every actor of the node, non-lvol ones first; `limit` bounds the lvols listed. */
-export function listInspectable(node: StorageNode, limit = Number.POSITIVE_INFINITY): { actors: InspectableActor[]; lvols_total: number } {
+/** The node's own actors: the scheduler, copies and NBD exports. */
+function nodeActors(node: StorageNode): InspectableActor[] {
   const actors: InspectableActor[] = [machineActor(schedulerActorId, 'scheduler', 'background scheduler', node.scheduler.actor)];
   for (const operation of node.copies.operationList()) actors.push(copyActor(operation));
   for (const entry of node.nbd.list()) actors.push(machineActor(`${nbdActorIdPrefix}${entry.exportName}`, 'nbd_export', `NBD export ${entry.exportName}`, entry.actor));
-  let lvolsTotal = 0;
-  for (const resolved of node.registry.allLvols()) {
-    if (lvolsTotal++ >= limit) continue;
-    actors.push(lvolActor(resolved));
+  return actors;
+}
+
+/** Every actor of the node, non-lvol ones first; `limit` bounds the lvols listed (visited in slices). */
+export async function listInspectable(node: StorageNode, limit = Number.POSITIVE_INFINITY): Promise<{ actors: InspectableActor[]; lvols_total: number }> {
+  const actors = nodeActors(node);
+  let listed = 0;
+  if (limit > 0) {
+    await node.registry.forEachLvolInSlices((resolved) => {
+      actors.push(lvolActor(resolved));
+      return ++listed < limit;
+    });
   }
-  return { actors, lvols_total: lvolsTotal };
+  return { actors, lvols_total: node.registry.lvolCount };
 }
 
 /** One actor by the id the inspector stream uses, or an lvol by alias; -19 when there is none. */
 export function findInspectable(node: StorageNode, actorId: string): InspectableActor {
-  if (actorId === schedulerActorId) return listInspectable(node, 0).actors[0]!;
+  if (actorId === schedulerActorId) return nodeActors(node)[0]!;
   if (actorId.startsWith(nbdActorIdPrefix)) {
     const exportName = actorId.slice(nbdActorIdPrefix.length);
     const entry = node.nbd.lookup(exportName) ?? fail('ENODEV', `no NBD export ${exportName}`);

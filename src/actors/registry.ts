@@ -1,6 +1,7 @@
 // Names to objects: base bdevs by name, lvstores by UUID or name, lvols by UUID or `lvs/lvol` alias.
 import type { BlockDevice } from '../device/blockDevice.ts';
 import { fail } from '../errors.ts';
+import { loopYielder } from '../store/format.ts';
 import type { Lvstore } from '../store/lvstore.ts';
 import type { LvolRecord } from '../store/metadata.ts';
 import type { LvolActor } from './lvolActor.ts';
@@ -81,6 +82,39 @@ export class Registry {
     if (this.bdevs.has(name)) return true;
     for (const entry of this.lvstores.values()) if (entry.actors.has(name)) return true;
     return false;
+  }
+
+  /** How many lvols have an actor: what allLvols yields, counted without visiting them. */
+  get lvolCount(): number {
+    let count = 0;
+    for (const entry of this.lvstores.values()) count += entry.actors.size;
+    return count;
+  }
+
+  /**
+   * Visits every lvol as allLvols does, with a turn of the event loop whenever `sliceMs` have
+   * passed: one pass over 100,000 lvols is ~100 ms, longer than a request may hold the loop
+   * (SPEC §10). An lvol deleted before its turn is not visited. `visit` returns false to stop.
+   */
+  async forEachLvolInSlices(visit: (resolved: ResolvedLvol) => boolean | void, sliceMs = 2): Promise<void> {
+    const pause = loopYielder(sliceMs);
+    let visited = 0;
+    for (const entry of [...this.lvstores.values()]) {
+      const lvols = entry.store.record.lvols;
+      // Map iteration is live: lvols created meanwhile are visited, deleted ones skipped.
+      for (const [id, actor] of entry.actors) {
+        const lvol = lvols.get(id);
+        if (lvol && visit({ entry, lvol, actor }) === false) return;
+        // The clock is read every 64 lvols: reading it per lvol was a quarter of a pass.
+        if (++visited % 64 === 0) {
+          const turn = pause();
+          if (turn) {
+            await turn;
+            if (this.lvstores.get(entry.store.id) !== entry) break; // the lvstore went away meanwhile
+          }
+        }
+      }
+    }
   }
 
   *allLvols(): Generator<ResolvedLvol> {

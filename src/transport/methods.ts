@@ -630,10 +630,11 @@ export function createMethodTable(node: StorageNode, transport?: TransportStats)
       devices: z.record(z.string(), z.object({ foreground_in_flight: z.number(), background_in_flight: z.number(), background_waiting: z.number() })),
       crc: z.looseObject({ implementation: z.enum(['native', 'fallback']) }),
     }),
-    handler: (p) => {
+    handler: async (p) => {
+      const checksums = await node.checksums.stats();
       const view = {
         ...(transport ? { ...transport.rpc.view(), connections: transport.connectionCount() } : {}),
-        checksums: node.checksums.stats(),
+        checksums,
         background: node.scheduler.stats(),
         devices: node.deviceQueueStats(),
         crc: crcInfo(),

@@ -45,7 +45,7 @@ describe('lvol actors started in slices', () => {
     expect(bdevs.filter((bdev) => bdev.aliases[0]?.startsWith('lvs/'))).toHaveLength(count + 1);
     expect(await call<unknown[]>(table, 'bdev_lvol_get_lvols', {})).toHaveLength(count + 1);
     // Counting states does not start anyone: the waiting snapshot counts as done.
-    const stats = node.checksums.stats();
+    const stats = await node.checksums.stats();
     expect(stats.by_state).toEqual({ idle: count, done: 1 });
     expect(node.actorStarter.waitingCount).toBe(count + 1);
     // Listing actors for the inspector, and the bulk checksum status, start no idle lvol's actor.
@@ -73,5 +73,47 @@ describe('lvol actors started in slices', () => {
     expect(all.every(({ actor }) => actor.isStarted)).toBe(true);
     expect(all.find(({ lvol }) => lvol.name === 'v3')).toBeUndefined();
     expect(node.resolveLvol('lvs/late').actor.checksumState).toBe('idle');
+  });
+
+  it('visits every lvol in slices for the node-wide RPCs, once each, and can stop early', async () => {
+    // Goal: node_get_stats (the dashboard asks every 2 s), node_get_checksums and inspect_get_actors
+    // never hold the event loop for a pass over every lvol (~45 ms at 100,000).
+    const dir = await harness.tempDir('lvnode-pass-');
+    const path = join(dir, 'disk.img');
+    await FileDevice.createSparse(path, 256 * mib);
+    const { node, table } = await attach(path);
+    await call(table, 'bdev_lvol_create_lvstore', { bdev_name: 'disk', lvs_name: 'lvs', cluster_sz: mib });
+    const count = 300;
+    for (let index = 0; index < count; index++) {
+      await call(table, 'bdev_lvol_create', { lvs_name: 'lvs', lvol_name: `p${index}`, size_in_mib: 2, thin_provision: true });
+    }
+    let turns = 0;
+    let counting = true;
+    const tick = (): void => {
+      turns++;
+      if (counting) setImmediate(tick);
+    };
+    setImmediate(tick);
+    const seen: string[] = [];
+    const last = node.resolveLvol(`lvs/p${count - 1}`).lvol.id;
+    await call(table, 'bdev_lvol_delete', { name: `lvs/p${count - 1}` });
+    // Slices of 0 ms: a turn after every 64 lvols.
+    await node.registry.forEachLvolInSlices(({ lvol }) => void seen.push(lvol.name), 0);
+    counting = false;
+    expect(turns).toBeGreaterThanOrEqual(3);
+    expect(new Set(seen).size).toBe(seen.length);
+    expect(seen).not.toContain(`p${count - 1}`);
+    expect(seen).toHaveLength(count - 1);
+    expect(node.registry.lvolCount).toBe(count - 1);
+    expect(() => node.resolveLvol(last)).toThrow();
+    // Stopping early.
+    let visits = 0;
+    await node.registry.forEachLvolInSlices(() => ++visits < 10);
+    expect(visits).toBe(10);
+    const stats = await call<{ checksums: { by_state: Record<string, number> } }>(table, 'node_get_stats', {});
+    expect(stats.checksums.by_state).toEqual({ idle: count - 1 });
+    const actors = await call<{ actors: unknown[]; lvols_total: number }>(table, 'inspect_get_actors', { limit: 5 });
+    expect(actors.lvols_total).toBe(count - 1);
+    expect(actors.actors.filter((actor) => (actor as { kind: string }).kind === 'lvol')).toHaveLength(5);
   });
 });

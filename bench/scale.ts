@@ -1,17 +1,19 @@
-// How the node's costs grow with the number of lvols (the scale issue). At each size: sequential
-// creates beside the device's 4 KiB write + fdatasync rate (alternating rounds, same run), creates
-// from 16 concurrent callers, heap and RSS per lvol, bdev_get_bdevs / bdev_lvol_get_lvols through
-// the JSON-RPC dispatcher (what a client waits for, serialization included) beside JSON.stringify
-// of the same result, with the longest event-loop stall during each (the reply encoded whole, as
-// ws.send(string) does, and in the pieces serializeResponseChunks gives), sequential deletes, stop,
-// and restart: to the first answer, and to every lvol actor started. In-process, on a sparse file in /tmp.
-//
-// After the sequential rounds, 16 callers create plain lvols (the group-commit figure), then the
-// rest are a Longhorn-like mix from 16 callers: every tenth is a snapshot (its origin becomes its clone); a
-// third of the snapshots have a stored checksum (registered through RPC), a third a stopped walk's
-// saved position (committed through the lvstore, as the actor's stop would).
+// How the node's costs grow with the number of lvols (the scale issue), in-process on a sparse file
+// in /tmp. At each size, the store is filled first (a Longhorn-like mix from 16 callers: every
+// tenth lvol a snapshot whose origin becomes its clone; a third of the snapshots with a stored
+// checksum registered through RPC, a third with a stopped walk's saved position, committed
+// through the lvstore as the actor's stop would). Then, at that size, rounds of: the device's
+// 4 KiB write + fdatasync rate (Node's callback fs, and in one pool trip through the native
+// durable write), 400 sequential creates, 1,600 creates from 16 callers, and the deletes of the
+// round's lvols (the sequential ones one after another: ms per delete), so each round starts at
+// the same size. Then heap and RSS per lvol, bdev_get_bdevs / bdev_lvol_get_lvols through the
+// JSON-RPC dispatcher (what a client waits for, serialization included) beside JSON.stringify of
+// the same result, with the longest event-loop stall during each (the reply encoded whole, as
+// ws.send(string) does, and in the pieces serializeResponseChunks gives), stop, and restart: to
+// the first answer, and to every lvol actor started. A warm-up of 500 creates and deletes comes
+// before anything is timed. `npm run bench -- wireCreates` measures creates over the wire.
 // LVNODE_BENCH_SCALE_SIZES=1000,10000 picks the sizes; LVNODE_BENCH_SCALE_ROUNDS the rounds.
-import { mkdtemp, open, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import v8 from 'node:v8';
@@ -22,32 +24,18 @@ import { systemRuntime } from '../src/runtime.ts';
 import { createDispatcher, serializeResponse, serializeResponseChunks } from '../src/transport/jsonRpc.ts';
 import { stringifyJson } from '../src/transport/json64.ts';
 import { createMethodTable } from '../src/transport/methods.ts';
-import { envInteger, fixed, median, printTable } from './support.ts';
+import { envInteger, fixed, fsyncRate, median, printTable } from './support.ts';
 
 v8.setFlagsFromString('--expose-gc');
 const collect = runInNewContext('gc') as () => void;
 const noConnection = { id: 0, notify: () => false, onClose: () => {} };
 const sequentialPerRound = 400;
+const concurrentPerRound = 1600;
 
 function memory(): { heap: number; rss: number } {
   collect();
   const usage = process.memoryUsage();
   return { heap: usage.heapUsed + usage.arrayBuffers, rss: usage.rss };
-}
-
-/** 4 KiB write + fdatasync per second on the same file system (the create rate's yardstick). */
-async function fsyncRate(dir: string): Promise<number> {
-  const handle = await open(join(dir, 'fsync.probe'), 'w');
-  const block = Buffer.alloc(4096, 1);
-  const start = performance.now();
-  let count = 0;
-  while (performance.now() - start < 1000) {
-    await handle.write(block, 0, block.length, (count % 256) * 4096);
-    await handle.datasync();
-    count++;
-  }
-  await handle.close();
-  return count / ((performance.now() - start) / 1000);
 }
 
 async function timedMs<T>(work: () => Promise<T> | T): Promise<{ ms: number; value: T }> {
@@ -153,20 +141,37 @@ async function createMix(node: StorageNode, call: Call, from: number, size: numb
 
 interface SizeFigures {
   fsync: number[];
+  /** The same write + fdatasync in one pool trip (native durable write); empty without the addon. */
+  oneTrip: number[];
   sequential: number[];
-  concurrentRate: number;
-  /** The mix (snapshots, checksum registrations, saved positions) from 16 callers, lvols per second. */
+  concurrent: number[];
+  /** The fill: the mix (snapshots, checksum registrations, saved positions) from 16 callers, lvols per second. */
   mixRate: number;
   heapKib: number;
   rssKib: number;
   bdevs: { ms: number; stallMs: number; chunkedStallMs: number; stringifyMs: number; bytes: number };
   lvols: { ms: number; stallMs: number; chunkedStallMs: number; stringifyMs: number; bytes: number };
   stopMs: number;
-  /** Milliseconds per sequential delete. */
-  deleteMs: number;
+  /** Milliseconds per sequential delete, at size. */
+  deleteMs: number[];
   firstAnswerMs: number;
   allStartedMs: number;
   resolvable: string;
+}
+
+const create = (call: Call, name: string) => call('bdev_lvol_create', { lvs_name: 'lvs', lvol_name: name, size_in_mib: 16, thin_provision: true });
+
+/** `count` calls from `callers` callers at once, each one call at a time; calls per second. */
+async function rate(callers: number, count: number, work: (index: number) => Promise<unknown>): Promise<number> {
+  let next = 0;
+  const timed = await timedMs(() =>
+    Promise.all(
+      Array.from({ length: callers }, async () => {
+        for (let index = next++; index < count; index = next++) await work(index);
+      }),
+    ),
+  );
+  return count / (timed.ms / 1000);
 }
 
 async function measureSize(size: number, rounds: number): Promise<SizeFigures> {
@@ -177,38 +182,36 @@ async function measureSize(size: number, rounds: number): Promise<SizeFigures> {
   const { call, rpc, rpcChunks } = nodeCalls(node);
   await call('bdev_aio_create', { name: 'disk', filename: path, block_size: 512 });
   await call('bdev_lvol_create_lvstore', { bdev_name: 'disk', lvs_name: 'lvs', cluster_sz: 1024 * 1024 });
+  // Warm-up: the create and delete paths compiled before anything is timed, then gone again.
+  for (let index = 0; index < 500; index++) await create(call, `warm${index}`);
+  await rate(16, 500, (index) => call('bdev_lvol_delete', { name: `lvs/warm${index}` }));
+  await node.actorStarter.idle();
   const before = memory();
-  // Sequential creates and the fsync probe alternate, so each ratio compares the same minute.
-  const fsync: number[] = [];
-  const sequential: number[] = [];
-  const sequentialCount = Math.min(sequentialPerRound * rounds, Math.floor(size / 2));
-  const perRound = Math.floor(sequentialCount / rounds);
-  for (let round = 0; round < rounds; round++) {
-    fsync.push(await fsyncRate(dir));
-    const timed = await timedMs(async () => {
-      for (let index = round * perRound; index < (round + 1) * perRound; index++) {
-        await call('bdev_lvol_create', { lvs_name: 'lvs', lvol_name: `s${index}`, size_in_mib: 16, thin_provision: true });
-      }
-    });
-    sequential.push(perRound / (timed.ms / 1000));
-    if (process.env.LVNODE_BENCH_SCALE_VERBOSE) console.log(`  round ${round}: fsync ${fixed(fsync[round]!, 0)}/s, creates ${fixed(sequential[round]!, 0)}/s`);
-  }
-  // 16 callers of plain creates (the group-commit figure), then the mix for the rest.
-  const plainFrom = perRound * rounds;
-  const plainCount = Math.min(16 * 250, Math.floor((size - plainFrom) / 2));
-  const concurrent = await timedMs(async () => {
-    let next = plainFrom;
-    await Promise.all(
-      Array.from({ length: 16 }, async () => {
-        for (let index = next++; index < plainFrom + plainCount; index = next++) {
-          await call('bdev_lvol_create', { lvs_name: 'lvs', lvol_name: `p${index}`, size_in_mib: 16, thin_provision: true });
-        }
-      }),
-    );
-  });
-  const mix = await timedMs(() => createMix(node, call, plainFrom + plainCount, size));
+  const mix = await timedMs(() => createMix(node, call, 0, size));
   await node.actorStarter.idle();
   const after = memory();
+  // At size: the probes and the creates alternate, so each ratio compares the same minute.
+  const fsync: number[] = [];
+  const oneTrip: number[] = [];
+  const sequential: number[] = [];
+  const concurrent: number[] = [];
+  const deleteMs: number[] = [];
+  for (let round = 0; round < rounds; round++) {
+    fsync.push((await fsyncRate(dir))!);
+    const fast = await fsyncRate(dir, { oneTrip: true });
+    if (fast !== undefined) oneTrip.push(fast);
+    sequential.push(await rate(1, sequentialPerRound, (index) => create(call, `r${round}s${index}`)));
+    concurrent.push(await rate(16, concurrentPerRound, (index) => create(call, `r${round}c${index}`)));
+    await node.actorStarter.idle();
+    const deletes = await timedMs(async () => {
+      for (let index = 0; index < sequentialPerRound; index++) await call('bdev_lvol_delete', { name: `lvs/r${round}s${index}` });
+    });
+    deleteMs.push(deletes.ms / sequentialPerRound);
+    await rate(16, concurrentPerRound, (index) => call('bdev_lvol_delete', { name: `lvs/r${round}c${index}` }));
+    if (process.env.LVNODE_BENCH_SCALE_VERBOSE) {
+      console.log(`  round ${round}: fsync ${fixed(fsync[round]!, 0)}/s, one trip ${fixed(fast ?? 0, 0)}/s, creates ${fixed(sequential[round]!, 0)}/s, 16 callers ${fixed(concurrent[round]!, 0)}/s`);
+    }
+  }
   const listing = async (method: string) => {
     // Garbage of the creates is collected first: the stall measured is the listing's own.
     collect();
@@ -221,15 +224,10 @@ async function measureSize(size: number, rounds: number): Promise<SizeFigures> {
   };
   const bdevs = await listing('bdev_get_bdevs');
   const lvols = await listing('bdev_lvol_get_lvols');
-  // Deletes one after another (plain lvols made by the 16 callers): each should cost the same at any size.
-  const deleteCount = Math.min(200, plainCount);
-  const deletes = await timedMs(async () => {
-    for (let index = plainFrom; index < plainFrom + deleteCount; index++) await call('bdev_lvol_delete', { name: `lvs/p${index}` });
-  });
   const stop = await timedMs(() => node.shutdown());
   // Restart: attach the file again; the lvstore loads with every lvol. A node replays its bdevs
   // before it listens, so this call's end is when it would answer its first request.
-  const remaining = size - deleteCount;
+  const remaining = size;
   // A restarted node is a fresh process: the old node's heap is collected first.
   collect();
   const restarted = new StorageNode(systemRuntime);
@@ -251,15 +249,16 @@ async function measureSize(size: number, rounds: number): Promise<SizeFigures> {
   await rm(dir, { recursive: true, force: true });
   return {
     fsync,
+    oneTrip,
     sequential,
-    concurrentRate: plainCount / (concurrent.ms / 1000),
-    mixRate: (size - plainFrom - plainCount) / (mix.ms / 1000),
+    concurrent,
+    mixRate: size / (mix.ms / 1000),
     heapKib: (after.heap - before.heap) / size / 1024,
     rssKib: (after.rss - before.rss) / size / 1024,
     bdevs,
     lvols,
     stopMs: stop.ms,
-    deleteMs: deletes.ms / deleteCount,
+    deleteMs,
     firstAnswerMs,
     allStartedMs,
     resolvable,
@@ -269,20 +268,24 @@ async function measureSize(size: number, rounds: number): Promise<SizeFigures> {
 export async function scaleBenchmark(): Promise<void> {
   const sizes = (process.env.LVNODE_BENCH_SCALE_SIZES ?? '1000,10000').split(',').map(Number);
   const rounds = envInteger('LVNODE_BENCH_SCALE_ROUNDS', 3);
-  console.log(`\n== scale: ${sizes.join(' / ')} lvols (10% snapshots; 1 MiB clusters, file bdev, in-process; ${rounds} rounds of ${sequentialPerRound} sequential creates) ==`);
+  console.log(
+    `\n== scale: ${sizes.join(' / ')} lvols (10% snapshots; 1 MiB clusters, file bdev, in-process; at each size ${rounds} rounds of ${sequentialPerRound} sequential and ${concurrentPerRound} concurrent creates) ==`,
+  );
   const createRows: string[][] = [];
   const otherRows: string[][] = [];
   for (const size of sizes) {
     const figures = await measureSize(size, rounds);
-    const ratios = figures.sequential.map((rate, index) => rate / figures.fsync[index]!);
-    const sequentialMedian = median(figures.sequential);
+    const column = (values: number[], digits: number, suffix = '') =>
+      values.length === 0 ? 'no addon' : `${fixed(median(values), digits)}${suffix} (${range(values, digits)})`;
+    const perRound = (values: number[], against: number[]) => values.map((value, index) => value / against[index]!);
     createRows.push([
       String(size),
-      `${fixed(sequentialMedian, 0)} (${range(figures.sequential, 0)})`,
-      `${fixed(median(figures.fsync), 0)} (${range(figures.fsync, 0)})`,
-      `${fixed(median(ratios), 2)}x (${range(ratios, 2)})`,
-      fixed(figures.concurrentRate, 0),
-      `${fixed(figures.concurrentRate / sequentialMedian, 1)}x`,
+      column(figures.sequential, 0),
+      column(figures.fsync, 0),
+      column(perRound(figures.sequential, figures.fsync), 2, 'x'),
+      column(figures.oneTrip.length > 0 ? perRound(figures.sequential, figures.oneTrip) : [], 2, 'x'),
+      column(figures.concurrent, 0),
+      column(perRound(figures.concurrent, figures.sequential), 1, 'x'),
       fixed(figures.mixRate, 0),
       `${fixed(figures.heapKib, 1)} / ${fixed(figures.rssKib, 1)}`,
     ]);
@@ -292,14 +295,17 @@ export async function scaleBenchmark(): Promise<void> {
       String(size),
       listed(figures.bdevs),
       listed(figures.lvols),
-      fixed(figures.deleteMs, 2),
+      `${fixed(median(figures.deleteMs), 2)} (${range(figures.deleteMs, 2)})`,
       fixed(figures.stopMs, 0),
       fixed(figures.firstAnswerMs, 0),
       fixed(figures.allStartedMs, 0),
       figures.resolvable,
     ]);
   }
-  printTable(['lvols', 'sequential creates/s (range)', 'fsync/s (range)', 'seq / fsync (range)', '16 callers /s', '16 / seq', 'mix, 16 callers /s', 'KiB/lvol heap / RSS'], createRows);
+  printTable(
+    ['lvols', 'sequential creates/s', 'write+fdatasync/s', 'seq / fsync', 'seq / one-trip fsync', '16 callers creates/s', '16 / seq', 'fill (mix, 16) /s', 'KiB/lvol heap / RSS'],
+    createRows,
+  );
   console.log('');
   printTable(
     ['lvols', 'get_bdevs ms (stringify) stall whole / chunked', 'get_lvols ms (stringify) stall whole / chunked', 'ms per delete', 'stop ms', 'restart: 1st answer ms', 'all actors ms', 'resolvable'],

@@ -74,7 +74,8 @@ export class InspectionHub {
 
   /**
    * Creates root actor `actorId` through `create` and keeps it inspectable. Watched now, it is
-   * created observed, as with `observerFor` (its first records included). Otherwise it is
+   * created observed, as with `observerFor` (its first records included), and stays so: XState
+   * cannot take an `inspect` option back (the hub drops its events unwatched). Otherwise it is
    * created with no observer and attached by the first subscription that wants it, then detached
    * when the last one goes. Returns the actor and the call that forgets it (when it stops).
    */
@@ -92,7 +93,7 @@ export class InspectionHub {
     };
   }
 
-  /** Tracked actors observed now, for tests and stats. */
+  /** Tracked actors observed now (for tests). */
   get attachedCount(): number {
     let count = 0;
     for (const entry of this.tracked.values()) if (entry.attached) count++;

@@ -48,10 +48,6 @@ export class JsonArrayWriter {
     if (this.partChars >= chunkCharsMin) this.endChunk();
   }
 
-  get length(): number {
-    return this.written + this.parts.length;
-  }
-
   finish(): SerializedJson {
     this.endChunk();
     if (this.written === 0) this.chunks.push('[');

@@ -165,22 +165,15 @@ export function lvolBdevInfo(entry: LvstoreEntry, lvol: LvolRecord, claimedBy: s
   };
 }
 
-/** bdev_get_bdevs: every bdev, or the one called `name` (a base bdev name, lvol UUID or alias). */
-export function bdevInfos(node: StorageNode, name: string | undefined): BdevView[] {
-  if (name !== undefined) {
-    const base = node.registry.bdevs.get(name) ?? [...node.registry.bdevs.values()].find((bdev) => bdev.uuid === name);
-    if (base) return [baseBdevInfo(base)];
-    const { entry, lvol } = node.resolveLvol(name);
-    // As SPDK: a degraded lvol (its external snapshot is missing) is listed by
-    // bdev_lvol_get_lvols, but is no bdev until the external snapshot comes back.
-    if (entry.store.isDegraded(lvol.id)) fail('ENODEV', `lvol ${name} is degraded: its external snapshot is not attached`);
-    return [lvolBdevInfo(entry, lvol, node.lvolClaimedBy(lvol.id))];
-  }
-  const out = [...node.registry.bdevs.values()].map(baseBdevInfo);
-  for (const { entry, lvol } of node.registry.allLvols()) {
-    if (!entry.store.isDegraded(lvol.id)) out.push(lvolBdevInfo(entry, lvol, node.lvolClaimedBy(lvol.id)));
-  }
-  return out;
+/** bdev_get_bdevs {name}: the bdev called `name` (a base bdev name, lvol UUID or alias); the whole list is allBdevInfos. */
+export function bdevInfos(node: StorageNode, name: string): BdevView[] {
+  const base = node.registry.bdevs.get(name) ?? [...node.registry.bdevs.values()].find((bdev) => bdev.uuid === name);
+  if (base) return [baseBdevInfo(base)];
+  const { entry, lvol } = node.resolveLvol(name);
+  // As SPDK: a degraded lvol (its external snapshot is missing) is listed by
+  // bdev_lvol_get_lvols, but is no bdev until the external snapshot comes back.
+  if (entry.store.isDegraded(lvol.id)) fail('ENODEV', `lvol ${name} is degraded: its external snapshot is not attached`);
+  return [lvolBdevInfo(entry, lvol, node.lvolClaimedBy(lvol.id))];
 }
 
 /**

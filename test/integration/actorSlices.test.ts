@@ -6,6 +6,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import type { StorageNode } from '../../src/actors/node.ts';
 import { FileDevice } from '../../src/device/fileDevice.ts';
 import type { MethodTable } from '../../src/transport/methodTable.ts';
+import { countEventLoopTurns } from '../eventLoopTurns.ts';
 import { call, nodeHarness } from './tableCalls.ts';
 
 const mib = 1024 * 1024;
@@ -87,20 +88,13 @@ describe('lvol actors started in slices', () => {
     for (let index = 0; index < count; index++) {
       await call(table, 'bdev_lvol_create', { lvs_name: 'lvs', lvol_name: `p${index}`, size_in_mib: 2, thin_provision: true });
     }
-    let turns = 0;
-    let counting = true;
-    const tick = (): void => {
-      turns++;
-      if (counting) setImmediate(tick);
-    };
-    setImmediate(tick);
+    const turns = countEventLoopTurns();
     const seen: string[] = [];
     const last = node.resolveLvol(`lvs/p${count - 1}`).lvol.id;
     await call(table, 'bdev_lvol_delete', { name: `lvs/p${count - 1}` });
     // Slices of 0 ms: a turn after every 64 lvols.
     await node.registry.forEachLvolInSlices(({ lvol }) => void seen.push(lvol.name), 0);
-    counting = false;
-    expect(turns).toBeGreaterThanOrEqual(3);
+    expect(turns.stop()).toBeGreaterThanOrEqual(3);
     expect(new Set(seen).size).toBe(seen.length);
     expect(seen).not.toContain(`p${count - 1}`);
     expect(seen).toHaveLength(count - 1);

@@ -11,6 +11,7 @@ import { openLvstore } from '../../src/store/load.ts';
 import { Lvstore } from '../../src/store/lvstore.ts';
 import { MemoryMetadataLog } from '../../src/store/metadata.ts';
 import { storeState } from './helpers.ts';
+import { countEventLoopTurns } from '../eventLoopTurns.ts';
 
 const clusterBytes = 64 * 1024;
 
@@ -66,17 +67,9 @@ describe('checkpoint encoding', () => {
   it('gives the event loop turns while it encodes a large store', async () => {
     const store = await Lvstore.create(new MemoryDevice(64 * 1024 * 1024, 512), { name: 'lvs', clusterBytes, clearMethod: 'none' }, new MemoryMetadataLog(), seededRuntime(7));
     for (let index = 0; index < 8000; index++) await store.createLvol({ name: `v${index}`, clusterCount: 1, thin: true });
-    let turns = 0;
-    let encoding = true;
-    const tick = (): void => {
-      if (!encoding) return;
-      turns++;
-      setImmediate(tick);
-    };
-    setImmediate(tick);
+    const turns = countEventLoopTurns();
     const image = await encodeCheckpoint(snapshotRecord(store.record), 1n, 512);
-    encoding = false;
+    expect(turns.stop()).toBeGreaterThan(1);
     expect(image.length).toBeGreaterThan(8000 * 100);
-    expect(turns).toBeGreaterThan(1);
   });
 });

@@ -5,6 +5,7 @@ import { z } from 'zod';
 import { createDispatcher, serializeResponse, serializeResponseChunks } from '../../src/transport/jsonRpc.ts';
 import { JsonArrayWriter, SerializedJson, sliceSerializeItemsMin, stringifyJson, stringifyJsonInSlices } from '../../src/transport/json64.ts';
 import { defineMethod } from '../../src/transport/methodTable.ts';
+import { countEventLoopTurns } from '../eventLoopTurns.ts';
 
 const connection = { id: 0, notify: () => false, onClose: () => {} };
 
@@ -20,29 +21,22 @@ function rows(count: number): unknown[] {
 describe('replies written in slices', () => {
   it('gives the same text as one stringify, and lets the event loop turn between elements', async () => {
     const array = [...rows(50), undefined, () => 1];
-    let turns = 0;
-    let counting = true;
-    const count = (): void => {
-      turns++;
-      if (counting) setImmediate(count);
-    };
-    setImmediate(count);
+    const turns = countEventLoopTurns();
     // sliceMs 0: a turn after every element.
     const written = await stringifyJsonInSlices(array, 0);
-    counting = false;
+    const turnsWhileWriting = turns.stop();
     expect(written).toBeInstanceOf(SerializedJson);
     expect(written.text).toBe(stringifyJson(array));
     // Slices of any size give the same text; so does an empty array.
     expect((await stringifyJsonInSlices(array, 1000)).text).toBe(stringifyJson(array));
     expect((await stringifyJsonInSlices([], 0)).text).toBe('[]');
-    expect(turns).toBeGreaterThanOrEqual(array.length - 1);
+    expect(turnsWhileWriting).toBeGreaterThanOrEqual(array.length - 1);
   });
 
   it('writes element by element into a few large chunks (kept out of the young generation), the same text as one stringify', () => {
     const array = rows(3000);
     const writer = new JsonArrayWriter();
     for (const item of array) writer.add(item);
-    expect(writer.length).toBe(3000);
     const written = writer.finish();
     expect(written.text).toBe(stringifyJson(array));
     expect(written.chunks.length).toBeGreaterThan(2);

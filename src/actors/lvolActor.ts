@@ -381,6 +381,9 @@ export class LvolActor {
     this.lastClustersDone = clustersDone;
     const previous = this.lastState;
     this.lastState = state;
+    // Nothing to tell: the first snapshot, as the actor starts, repeats its state, and only a
+    // running walk makes progress (every new or restarted lvol told its idleness otherwise).
+    if (state === previous && state !== 'computing') return;
     // A stopped or preempted walk's position is saved so it can resume, also after a restart.
     // It is appended before anything the stop made way for (a delete runs after `settled()`).
     // A running walk's position is saved every few seconds, so a crash costs little of it.

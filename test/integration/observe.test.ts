@@ -115,3 +115,27 @@ describe('change notifications', () => {
     ]);
   });
 });
+
+describe('checksum notifications', () => {
+  it('say nothing when an idle actor starts, then follow a walk: its states, and progress only while computing', async () => {
+    const { node, table } = await oneStore();
+    const seen: Array<{ type: string; uuid?: string; state?: string; previous?: string }> = [];
+    node.events.on('event', (event) => seen.push(event as (typeof seen)[number]));
+    const id = await call<string>(table, 'bdev_lvol_create', { lvs_name: 'lvs', lvol_name: 'fresh', size_in_mib: 4, thin_provision: true });
+    for (let cluster = 0; cluster < 48; cluster++) await node.writeLvol('lvs/fresh', cluster * clusterBytes, Buffer.alloc(clusterBytes, cluster + 1));
+    await node.actorStarter.idle();
+    expect(node.resolveLvol(id).actor.isStarted).toBe(true);
+    // Its actor has started (the starter's slices ran): an idle lvol has nothing to report.
+    expect(seen.filter((event) => event.uuid === id && event.type.startsWith('checksum_'))).toEqual([]);
+    await call(table, 'bdev_lvol_snapshot', { lvol_name: 'lvs/fresh', snapshot_name: 'walked' });
+    const snapshotId = node.resolveLvol('lvs/walked').lvol.id;
+    await call(table, 'bdev_lvol_register_snapshot_checksum', { name: 'lvs/walked' });
+    const walk = seen.filter((event) => event.uuid === snapshotId && event.type.startsWith('checksum_'));
+    const states = walk.filter((event) => event.type === 'checksum_state').map((event) => event.state);
+    expect(states.at(-1)).toBe('done');
+    expect(states).toContain('computing');
+    const progress = walk.filter((event) => event.type === 'checksum_progress');
+    expect(progress.length).toBeGreaterThan(0);
+    expect(progress.every((event) => event.state === 'computing')).toBe(true);
+  });
+});

@@ -82,6 +82,7 @@ async function serve(args: string[]): Promise<number> {
   // Loaded here, not at the top: `lvnode rpc` needs none of the node (xstate, zod, WASM CRC), and
   // loading it cost every CLI call about 0.3 s.
   const { formatNbdAddress, serveDefaults, startNode } = await import('./serve.ts');
+  outliveOutputReaders();
   const running = await startNode({
     dataDir: values['data-dir'] ?? process.env.LVNODE_DATA_DIR ?? serveDefaults.dataDir,
     listen: values.listen ?? serveDefaults.listen,
@@ -111,6 +112,16 @@ async function serve(args: string[]): Promise<number> {
   // exit is bounded: leave within a second whatever still holds on.
   setTimeout(() => process.exit(0), 1000).unref();
   return 0;
+}
+
+/**
+ * The node outlives whoever reads its output. Once a supervisor's log pipe (or `| tee`) closes,
+ * a write fails with EPIPE and the stream emits 'error', which unhandled killed the node at its
+ * next log line, mid-operation or mid-shutdown. From then on lines are lost; the node, its data
+ * and its clients are not.
+ */
+function outliveOutputReaders(): void {
+  for (const stream of [process.stdout, process.stderr]) stream.on('error', () => {});
 }
 
 /**

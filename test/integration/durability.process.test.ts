@@ -470,6 +470,29 @@ describe('clean shutdown', () => {
   });
 });
 
+describe('a node whose output nobody reads any more', () => {
+  it('keeps serving when its stdout and stderr pipes close, and still shuts down cleanly on SIGTERM', async () => {
+    // Goal: a supervisor's log pipe (or `lvnode serve | tee`) going away loses log lines, not the
+    // node: writes fail with EPIPE, and an unhandled stream error used to kill it mid-shutdown.
+    const node = await spawnNode({ dataDir, logLevel: 'info' });
+    const client = await node.connect();
+    node.child.stdout!.destroy();
+    node.child.stderr!.destroy();
+    // Each of these logs a line at info (now into a closed pipe), then answers.
+    await client.call('bdev_malloc_create', { name: 'm0', num_blocks: 2048, block_size: 512 });
+    await client.call('bdev_malloc_delete', { name: 'm0' });
+    const id = await client.call<string>('bdev_lvol_create', { lvs_name: 'lvs0', lvol_name: 'kept', size_in_mib: 4, thin_provision: true });
+    // A write error surfaces a turn after the write: the node must still be there to answer this.
+    await client.call('node_get_stats');
+    expect(node.child.exitCode).toBeNull();
+    const exit = await node.terminate();
+    expect(exit).toMatchObject({ code: 0, signal: null });
+    const again = await spawnNode({ dataDir });
+    const restarted = await again.connect();
+    expect((await restarted.call<Array<{ uuid: string }>>('bdev_get_bdevs', { name: 'lvs0/kept' }))[0]!.uuid).toBe(id);
+  });
+});
+
 describe('one node per data directory and per file', () => {
   it('refuses a second node on a data directory, naming the first; a second data dir cannot attach the first node’s file', async () => {
     // Goal (hostile finding 5): two nodes on one data directory both acknowledged lvols and one

@@ -47,6 +47,18 @@ export class LvolBdevs {
     return claim === 'pending' ? null : claim;
   }
 
+  /**
+   * The lvstores nested on lvols of `entry`, with the lvol each is on: a pass over the lvol views
+   * made (one per nested lvstore, nearly always none), not over the lvstore's lvols.
+   */
+  nestedOn(entry: LvstoreEntry): Array<{ lvolId: string; lvstoreId: string }> {
+    const out: Array<{ lvolId: string; lvstoreId: string }> = [];
+    for (const [lvolId, bdev] of this.byLvol) {
+      if (bdev.claimedBy !== null && bdev.claimedBy !== 'pending' && entry.actors.has(lvolId)) out.push({ lvolId, lvstoreId: bdev.claimedBy });
+    }
+    return out;
+  }
+
   assertNotClaimed(lvolId: string, name: string): void {
     const nested = this.claimedBy(lvolId);
     if (nested) fail('EBUSY', `${name} is claimed by lvstore ${nested}`);

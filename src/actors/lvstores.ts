@@ -7,7 +7,7 @@
 import { StorageError, fail } from '../errors.ts';
 import { log } from '../log.ts';
 import type { Runtime } from '../runtime.ts';
-import { metadataLayout } from '../store/format.ts';
+import { loopYielder, metadataLayout } from '../store/format.ts';
 import { JournalMetadataLog } from '../store/journal.ts';
 import { DamagedLvstoreError, openLvstore } from '../store/load.ts';
 import { Lvstore, validateName } from '../store/lvstore.ts';
@@ -148,13 +148,12 @@ export class LvstoreLifecycle {
     const operation = 'bdev_lvol_delete_lvstore';
     await this.host.router.run({
       operation,
+      whole: true,
       touched: () => [...entry.actors.keys()],
       validate: () => {
         this.host.nbd.assertLvstoreNotExported(entry);
-        for (const lvolId of entry.actors.keys()) {
-          const nested = this.host.lvolBdevs.claimedBy(lvolId);
-          if (nested) fail('EBUSY', `lvol ${lvolId} carries lvstore ${nested}; delete that lvstore first`);
-        }
+        const [nested] = this.host.lvolBdevs.nestedOn(entry);
+        if (nested) fail('EBUSY', `lvol ${nested.lvolId} carries lvstore ${nested.lvstoreId}; delete that lvstore first`);
       },
       requeue: false,
       work: () => this.drop(entry, operation, 'destroy'),
@@ -174,6 +173,7 @@ export class LvstoreLifecycle {
     for (const member of tree.reverse()) {
       await this.host.router.run({
         operation,
+        whole: true,
         touched: () => [...member.actors.keys()],
         requeue: false,
         work: () => this.drop(member, operation, 'close'),
@@ -198,9 +198,8 @@ export class LvstoreLifecycle {
   private treeOf(entry: LvstoreEntry): LvstoreEntry[] {
     const out = [entry];
     for (let index = 0; index < out.length; index++) {
-      for (const lvolId of out[index]!.actors.keys()) {
-        const nested = this.host.lvolBdevs.claimedBy(lvolId);
-        const nestedEntry = nested ? this.host.registry.lvstores.get(nested) : undefined;
+      for (const { lvstoreId } of this.host.lvolBdevs.nestedOn(out[index]!)) {
+        const nestedEntry = this.host.registry.lvstores.get(lvstoreId);
         if (nestedEntry) out.push(nestedEntry);
       }
     }
@@ -214,13 +213,18 @@ export class LvstoreLifecycle {
   private async drop(entry: LvstoreEntry, operation: string, how: 'close' | 'destroy'): Promise<void> {
     const { registry, copies, checksums, lvolBdevs } = this.host;
     await copies.stopInvolving({ lvolIds: [...entry.actors.keys()] }, operation);
+    // Out of the registry first: from here on requests find no such lvstore, rather than lvols
+    // whose actors are going, while those go in slices (100,000 stops held the loop ~0.6 s).
+    registry.lvstores.delete(entry.store.id);
+    const pause = loopYielder(2);
+    let disposed = 0;
     for (const [lvolId, actor] of entry.actors) {
       actor.dispose();
       checksums.forget(lvolId);
       lvolBdevs.forget(lvolId);
+      if (++disposed % 64 === 0) await pause();
     }
     entry.actors.clear();
-    registry.lvstores.delete(entry.store.id);
     await (how === 'destroy' ? entry.store.destroy() : entry.store.close());
     const bdev = lvolBdevs.underlying(entry.bdevName);
     if (bdev) bdev.claimedBy = null;

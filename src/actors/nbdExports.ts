@@ -253,7 +253,11 @@ export class NbdExports {
 
   /** Refuses (EBUSY) to delete an lvstore while one of its lvols is exported. */
   assertLvstoreNotExported(entry: LvstoreEntry): void {
-    for (const lvol of entry.store.lvols()) this.assertNotExported(lvol.id, `${entry.store.name}/${lvol.name}`);
+    // A pass over the exports (a few), not over the lvstore's lvols (100,000 names were ~60 ms).
+    for (const found of this.exports.values()) {
+      const lvol = entry.store.record.lvols.get(found.target.bdevId);
+      if (lvol) this.assertNotExported(lvol.id, `${entry.store.name}/${lvol.name}`);
+    }
   }
 
   private exportOf(bdevId: string): NbdExport | undefined {

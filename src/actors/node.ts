@@ -430,6 +430,7 @@ export class StorageNode {
   async preemptAll(operation: string): Promise<void> {
     await this.router.run({
       operation,
+      whole: true,
       touched: () => [...this.registry.allLvols()].map(({ lvol }) => lvol.id),
       requeue: false,
       work: async () => {},
@@ -444,6 +445,7 @@ export class StorageNode {
     const allIds = () => [...this.registry.allLvols()].map(({ lvol }) => lvol.id);
     await this.router.run({
       operation: 'shutdown',
+      whole: true,
       touched: allIds,
       requeue: false,
       work: async () => {

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { FileDevice } from '../src/device/fileDevice.ts';
 import { systemRuntime } from '../src/runtime.ts';
-import { encodeCheckpoint, metadataLayout, snapshotRecord } from '../src/store/format.ts';
+import { RecordCapture, encodeCheckpoint, metadataLayout } from '../src/store/format.ts';
 import { JournalMetadataLog } from '../src/store/journal.ts';
 import { Lvstore } from '../src/store/lvstore.ts';
 import { envInteger, fixed, median, printTable } from './support.ts';
@@ -61,7 +61,7 @@ export async function metadataWritePath(): Promise<void> {
     const sequential = await allocate(store, lvol.id, allocations, 1, 0);
     const grouped = await allocate(store, lvol.id, allocations / 2, 16, allocations);
     // What one allocation would cost if it rewrote all metadata: the size of a checkpoint now.
-    const fullRewriteBytes = (await encodeCheckpoint(snapshotRecord(store.record), 0n, 512)).length;
+    const fullRewriteBytes = (await encodeCheckpoint(new RecordCapture(store.record), 0n, 512)).length;
     const rows = [sequential, grouped].map((run, index) => {
       const count = index === 0 ? allocations : allocations / 2;
       return [

@@ -15,9 +15,9 @@ import {
   type MetadataLayout,
   type SuperBlock,
   encodeCheckpoint,
+  RecordCapture,
   encodeRecord,
   encodeSuperBlock,
-  snapshotRecord,
   storeTagOf,
 } from './format.ts';
 import { type LvstoreRecord, type MetadataChange, type MetadataLog, type MetadataLogStats, isFreeingChange } from './metadata.ts';
@@ -227,6 +227,13 @@ export class JournalMetadataLog implements MetadataLog {
     log('info', 'lvstore metadata written again after a failure: the lvstore accepts changes', { lvstore: this.position.superBlock.lvstoreId });
   }
 
+  /** The state a checkpoint is being encoded from, while it is (changes copy what they modify). */
+  private capture: RecordCapture | undefined;
+
+  beforeChange(change: MetadataChange): void {
+    this.capture?.beforeChange(change);
+  }
+
   /** Checkpoints the current state now (benchmarks and tests measure what a full journal does). */
   forceCheckpoint(): Promise<void> {
     if (this.failed) return Promise.reject(this.failed);
@@ -243,7 +250,15 @@ export class JournalMetadataLog implements MetadataLog {
    * turns for the event loop; an image larger than `limitBytes` is refused before any write.
    */
   private async checkpoint(seq: bigint, limitBytes = this.layout.checkpointBytes): Promise<void> {
-    const image = await encodeCheckpoint(snapshotRecord(this.record()), seq, this.device.blockSizeBytes);
+    // Captured now, synchronously: what is applied from here on is not in it (see beforeChange).
+    const capture = new RecordCapture(this.record());
+    this.capture = capture;
+    let image: Buffer;
+    try {
+      image = await encodeCheckpoint(capture, seq, this.device.blockSizeBytes);
+    } finally {
+      this.capture = undefined;
+    }
     if (image.length > limitBytes) {
       this.full = new MetadataFullError(image.length, limitBytes);
       throw this.full;

@@ -333,6 +333,7 @@ export class Lvstore {
     const entry: PendingCommit = { undo: [], allocated, undone: false, changes };
     try {
       for (const change of changes) {
+        this.log.beforeChange?.(change);
         entry.undo.push(captureUndo(this.record, change));
         const before = this.indexBefore(change);
         applyChange(this.record, change);

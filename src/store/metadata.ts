@@ -276,6 +276,11 @@ export interface MetadataLog {
   failure?(): string | null;
   /** Writes a checkpoint now (benchmarks and tests: what a full journal would do). */
   forceCheckpoint?(): Promise<void>;
+  /**
+   * Told of each change just before it is applied to the records: a checkpoint being encoded
+   * keeps a copy of what the change modifies (it must not see changes made after it began).
+   */
+  beforeChange?(change: MetadataChange): void;
 }
 
 /**

@@ -434,6 +434,19 @@ function orderOf(store: LvstoreRecord): LvolOrder {
   return order;
 }
 
+/**
+ * Where `lvol` stands in its lvstore's creation order (the order of `store.lvols`, which an undone
+ * delete restores): indexes that keep lvols in map order insert by it.
+ */
+export function creationRank(store: LvstoreRecord, lvol: LvolRecord): number {
+  return orderOf(store).of.get(lvol) ?? Number.POSITIVE_INFINITY;
+}
+
+/** Numbers a loaded lvstore's lvols now (O(lvols), ~15 ms at 100,000), not at its first delete. */
+export function numberLvols(store: LvstoreRecord): void {
+  orderOf(store);
+}
+
 function numberNewLvol(store: LvstoreRecord, lvol: LvolRecord): void {
   const order = lvolOrders.get(store);
   if (order) order.of.set(lvol, order.next++);

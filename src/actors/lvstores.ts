@@ -213,9 +213,21 @@ export class LvstoreLifecycle {
   private async drop(entry: LvstoreEntry, operation: string, how: 'close' | 'destroy'): Promise<void> {
     const { registry, copies, checksums, lvolBdevs } = this.host;
     await copies.stopInvolving({ lvolIds: [...entry.actors.keys()] }, operation);
-    // Out of the registry first: from here on requests find no such lvstore, rather than lvols
-    // whose actors are going, while those go in slices (100,000 stops held the loop ~0.6 s).
+    // Out of the registry first: from here on requests find no such lvstore, rather than one
+    // whose metadata is being erased or whose actors are going.
+    const before = [...registry.lvstores.entries()];
     registry.lvstores.delete(entry.store.id);
+    try {
+      await (how === 'destroy' ? entry.store.destroy() : entry.store.close());
+    } catch (error) {
+      // Failed means unchanged: the lvstore is back where it was, with its actors (SPEC §9).
+      const now = new Map(registry.lvstores);
+      registry.lvstores.clear();
+      for (const [id, kept] of before) if (kept === entry || now.has(id)) registry.lvstores.set(id, kept);
+      for (const [id, kept] of now) if (!registry.lvstores.has(id)) registry.lvstores.set(id, kept);
+      throw error;
+    }
+    // In slices: 100,000 actor stops held the loop ~0.6 s.
     const pause = loopYielder(2);
     let disposed = 0;
     for (const [lvolId, actor] of entry.actors) {
@@ -225,7 +237,6 @@ export class LvstoreLifecycle {
       if (++disposed % 64 === 0) await pause();
     }
     entry.actors.clear();
-    await (how === 'destroy' ? entry.store.destroy() : entry.store.close());
     const bdev = lvolBdevs.underlying(entry.bdevName);
     if (bdev) bdev.claimedBy = null;
   }

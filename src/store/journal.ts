@@ -294,13 +294,36 @@ export class JournalMetadataLog implements MetadataLog {
     this.closed = true;
   }
 
-  /** Erases both super blocks so the device no longer holds an lvstore (bdev_lvol_delete_lvstore). */
+  /**
+   * Erases both super blocks so the device no longer holds an lvstore (bdev_lvol_delete_lvstore).
+   * The older one goes first, flushed, then the current one: a crash or a failure in between
+   * leaves the current super block, so the lvstore as it last was. (Both at once could leave only
+   * the current one blank on the device, and a load would take the older generation: a state
+   * that was not the latest.) If the older one cannot be written, nothing that matters changed
+   * and the log takes changes again; if the current one cannot, what it holds is uncertain and
+   * the log is failed, as after a journal write error (a delete rewrites it, or a restart).
+   */
   async erase(): Promise<void> {
     await this.settle();
     this.closed = true;
     const blank = Buffer.alloc(this.layout.slotBytes);
-    for (const offset of this.layout.superOffsets) await this.device.write(offset, blank);
-    await this.device.flush();
+    const current = this.position.superSlot;
+    try {
+      await writeDurable(this.device, this.layout.superOffsets[current === 0 ? 1 : 0], blank);
+    } catch (error) {
+      this.closed = false;
+      throw fromDeviceError(error, 'erasing the lvstore metadata failed; the lvstore is unchanged');
+    }
+    try {
+      await writeDurable(this.device, this.layout.superOffsets[current], blank);
+    } catch (error) {
+      this.closed = false;
+      this.failed = fromDeviceError(
+        error,
+        'erasing the lvstore metadata failed half way; the lvstore refuses changes until a delete succeeds in rewriting its metadata or the node restarts',
+      );
+      throw this.failed;
+    }
   }
 
   stats(): MetadataLogStats {

@@ -14,6 +14,7 @@ import { seededRuntime } from '../../src/runtime.ts';
 import { createMethodTable } from '../../src/transport/methods.ts';
 import type { MethodTable } from '../../src/transport/methodTable.ts';
 import { seededRandom } from '../seededRandom.ts';
+import { errnoOf } from './tableCalls.ts';
 
 const clusterBytes = 64 * 1024;
 const deviceBytes = 32 * 1024 * 1024;
@@ -144,6 +145,50 @@ describe('failed means unchanged, under device faults', () => {
     // The sequence must exercise both outcomes, or it proves nothing.
     expect(counts.refused, `seed ${seed}`).toBeGreaterThan(0);
     expect(counts.acknowledged, `seed ${seed}`).toBeGreaterThan(0);
+  });
+});
+
+describe('an lvstore delete the device refuses', () => {
+  it('leaves the lvstore loaded and as it was, in memory and on the device, whichever super block write failed', async () => {
+    // Goal: bdev_lvol_delete_lvstore used to drop the lvstore from the node before erasing it, so
+    // a failed erase made it vanish until a restart brought it back; and it blanked both super
+    // blocks before one flush, so a crash could leave only the older generation to load.
+    const device = new SimulatedDevice(deviceBytes, 512);
+    let { node, table } = await startNode(persistent(device), 77);
+    await call(table, 'bdev_lvol_create_lvstore', { bdev_name: 'sim0', lvs_name: 'lvs', cluster_sz: clusterBytes, clear_method: 'none' });
+    await call(table, 'bdev_lvol_create', { lvs_name: 'lvs', lvol_name: 'a', size_in_mib: 1, thin_provision: true });
+    await call(table, 'node_lvol_write', { name: 'lvs/a', offset: 0, fill_byte: 9, length: 4096 });
+    const before = await visibleState(node, table);
+
+    // The first write (the older super block) fails: nothing that matters changed, and the
+    // lvstore goes on taking changes.
+    device.setFaults({ failWriteAt: 1 });
+    expect(await errnoOf(call(table, 'bdev_lvol_delete_lvstore', { lvs_name: 'lvs' }))).toBe('EIO');
+    device.setFaults({});
+    expect(await visibleState(node, table)).toBe(before);
+    await call(table, 'bdev_lvol_create', { lvs_name: 'lvs', lvol_name: 'b', size_in_mib: 1, thin_provision: true });
+    const withB = await visibleState(node, table);
+    await node.preemptAll('shutdown');
+    ({ node, table } = await startNode(persistent(device), 78));
+    expect(await visibleState(node, table)).toBe(withB);
+
+    // The second (the current super block) fails: still loaded as it was, refusing changes as
+    // after any metadata write error; the device still holds it.
+    device.setFaults({ failWriteAt: 2 });
+    expect(await errnoOf(call(table, 'bdev_lvol_delete_lvstore', { lvs_name: 'lvs' }))).toBe('EIO');
+    device.setFaults({});
+    expect(await visibleState(node, table)).toBe(withB);
+    expect(await errnoOf(call(table, 'bdev_lvol_create', { lvs_name: 'lvs', lvol_name: 'c', size_in_mib: 1, thin_provision: true }))).toBe('EIO');
+    await node.preemptAll('shutdown');
+    ({ node, table } = await startNode(persistent(device), 79));
+    expect(await visibleState(node, table)).toBe(withB);
+
+    // Without faults it goes, and stays gone.
+    await call(table, 'bdev_lvol_delete_lvstore', { lvs_name: 'lvs' });
+    expect(await call(table, 'bdev_lvol_get_lvstores', {})).toEqual([]);
+    await node.preemptAll('shutdown');
+    ({ node, table } = await startNode(persistent(device), 80));
+    expect(await call(table, 'bdev_lvol_get_lvstores', {})).toEqual([]);
   });
 });
 

@@ -241,8 +241,22 @@ async function status(args: string[]): Promise<number> {
   }
 }
 
+/**
+ * `lvnode status | head`: once the reader has what it wanted and closes the pipe, the rest of
+ * the output is not wanted. That is not an error to report with a stack trace (Node ignores
+ * SIGPIPE, so a write fails with EPIPE instead): the command stops there, exit 0.
+ */
+function stopWhenOutputClosed(): void {
+  process.stdout.on('error', (error: NodeJS.ErrnoException) => {
+    if (error.code !== 'EPIPE') throw error;
+    process.exit(0);
+  });
+}
+
 export async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
+  // The node itself outlives its output's reader instead (see serve).
+  if (command !== 'serve') stopWhenOutputClosed();
   // `lvnode serve --help` and friends: usage, not a parser error about an unknown option.
   if (command !== undefined && (rest.includes('--help') || rest.includes('-h'))) {
     process.stdout.write(`${usage}\n`);

@@ -66,6 +66,17 @@ describe('lvnode CLI against a node', () => {
     await rm(dataDir, { recursive: true, force: true });
   });
 
+  it('stops quietly, exit 0, when the reader of its output closes early (lvnode status | head)', async () => {
+    const child = spawn(process.execPath, [binPath, 'status', '--url', url], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
+    // The reader goes away before the first line arrives: every write now fails with EPIPE.
+    child.stdout.destroy();
+    const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+    expect(stderr).toBe('');
+    expect(code).toBe(0);
+  });
+
   it('off a terminal, register prints only the result', async () => {
     const run = await runCli(['rpc', '--url', url, 'bdev_lvol_register_snapshot_checksum', '{"name":"lvs0/snap"}']);
     expect(run).toEqual({ code: 0, stdout: 'true\n', stderr: '' });

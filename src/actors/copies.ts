@@ -192,7 +192,7 @@ export class CopyService {
       operation: `bdev_lvol_start_${kind === 'range' ? 'range_shallow' : kind}_copy`,
       touched: () => [lvol.id],
       validate: () => {
-        if (!entry.store.lvols().includes(lvol)) fail('ENODEV', `lvol ${sourceName} does not exist`);
+        if (entry.store.record.lvols.get(lvol.id) !== lvol) fail('ENODEV', `lvol ${sourceName} does not exist`);
         if (!lvol.readOnly) fail('EPERM', `${sourceName} is not read-only: only a snapshot or read-only lvol can be copied`);
         const target = this.targetFor(destinationName, lvol.id);
         const sourceBytes = lvol.clusterMap.length * entry.store.clusterBytes;

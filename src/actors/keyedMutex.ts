@@ -11,8 +11,9 @@ export class KeyedMutex {
   private whole: Promise<void> | undefined;
 
   /**
-   * Runs `work` holding every key. All tails are set in one synchronous pass, so two sections
-   * never wait on each other in a cycle; keys are still taken in sorted order for readers.
+   * Runs `work` holding every key. All of its keys are taken in one synchronous pass, so two
+   * sections never wait on each other in a cycle (the sort only makes the order deterministic).
+   * Not to be called from inside a `runWhole` section: it would wait for that section to end.
    */
   async run<T>(keys: Iterable<string>, work: () => Promise<T>): Promise<T> {
     while (this.whole) await this.whole;

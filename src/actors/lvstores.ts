@@ -78,7 +78,7 @@ export class LvstoreLifecycle {
     for (const lvol of store.lvols()) this.host.attachActor(entry, lvol);
     const resumed = checksums.resumeInterrupted(entry);
     this.host.emit({ type: 'lvstore_created', uuid: store.id, name: store.name });
-    log('info', 'lvstore loaded', { lvstore: store.name, uuid: store.id, bdev: bdev.name, lvols: store.lvols().length, checksumsResumed: resumed });
+    log('info', 'lvstore loaded', { lvstore: store.name, uuid: store.id, bdev: bdev.name, lvols: store.record.lvols.size, checksumsResumed: resumed });
     // An lvol may carry an lvstore of its own (nested): SPDK examines lvol bdevs too.
     // An lvol that reads as zeros holds no lvstore: only the others are read.
     const candidates = [...store.record.lvols.values()].filter((lvol) => !store.readsAsZeros(lvol.id));

@@ -14,8 +14,8 @@ import { log } from '../log.ts';
 import {
   type MetadataLayout,
   type SuperBlock,
-  encodeCheckpoint,
   RecordCapture,
+  encodeCheckpoint,
   encodeRecord,
   encodeSuperBlock,
   storeTagOf,

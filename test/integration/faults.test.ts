@@ -73,6 +73,13 @@ async function startNode(device: BlockDevice, seed: number): Promise<{ node: Sto
   return { node, table: createMethodTable(node) };
 }
 
+/** A node on `device` with a new lvstore `lvs` on it. */
+async function nodeWithLvstore(device: SimulatedDevice, seed: number): Promise<{ node: StorageNode; table: MethodTable }> {
+  const started = await startNode(persistent(device), seed);
+  await call(started.table, 'bdev_lvol_create_lvstore', { bdev_name: 'sim0', lvs_name: 'lvs', cluster_sz: clusterBytes, clear_method: 'none' });
+  return started;
+}
+
 type Operation = { method: string; params: Record<string, unknown> };
 
 /** One random RPC among those that change metadata or data, on names that may or may not exist. */
@@ -101,8 +108,7 @@ function randomOperation(next: () => number, names: string[]): Operation {
 async function runSeed(seed: number): Promise<{ refused: number; acknowledged: number; faulted: number }> {
   const next = seededRandom(seed);
   const device = new SimulatedDevice(deviceBytes, 512);
-  let { node, table } = await startNode(persistent(device), seed);
-  await call(table, 'bdev_lvol_create_lvstore', { bdev_name: 'sim0', lvs_name: 'lvs', cluster_sz: clusterBytes, clear_method: 'none' });
+  let { node, table } = await nodeWithLvstore(device, seed);
   let acknowledged = await visibleState(node, table);
   const counts = { refused: 0, acknowledged: 0, faulted: 0 };
   for (let step = 0; step < operationsPerSeed; step++) {
@@ -154,8 +160,7 @@ describe('an lvstore delete the device refuses', () => {
     // a failed erase made it vanish until a restart brought it back; and it blanked both super
     // blocks before one flush, so a crash could leave only the older generation to load.
     const device = new SimulatedDevice(deviceBytes, 512);
-    let { node, table } = await startNode(persistent(device), 77);
-    await call(table, 'bdev_lvol_create_lvstore', { bdev_name: 'sim0', lvs_name: 'lvs', cluster_sz: clusterBytes, clear_method: 'none' });
+    let { node, table } = await nodeWithLvstore(device, 77);
     await call(table, 'bdev_lvol_create', { lvs_name: 'lvs', lvol_name: 'a', size_in_mib: 1, thin_provision: true });
     await call(table, 'node_lvol_write', { name: 'lvs/a', offset: 0, fill_byte: 9, length: 4096 });
     const before = await visibleState(node, table);
@@ -197,8 +202,7 @@ describe('a full metadata area', () => {
     // Goal: metadata that does not fit is refused before anything is written, and the lvstore is
     // not bricked by it: the log goes on, deletes work, and a restart shows what was acknowledged.
     const device = new SimulatedDevice(deviceBytes, 512);
-    let { node, table } = await startNode(persistent(device), 77);
-    await call(table, 'bdev_lvol_create_lvstore', { bdev_name: 'sim0', lvs_name: 'lvs', cluster_sz: clusterBytes, clear_method: 'none' });
+    let { node, table } = await nodeWithLvstore(device, 77);
     await call(table, 'bdev_lvol_create', { lvs_name: 'lvs', lvol_name: 'big', size_in_mib: 1, thin_provision: true });
     const value = 'x'.repeat(60 * 1024);
     let refusal: unknown;
@@ -228,8 +232,7 @@ describe('commits waiting for the same failed write', () => {
     // on an earlier one (an xattr on an lvol still being created). When the write fails, both are
     // refused and the node shows exactly what it showed before either.
     const device = new SimulatedDevice(deviceBytes, 512);
-    const { node, table } = await startNode(persistent(device), 91);
-    await call(table, 'bdev_lvol_create_lvstore', { bdev_name: 'sim0', lvs_name: 'lvs', cluster_sz: clusterBytes, clear_method: 'none' });
+    const { node, table } = await nodeWithLvstore(device, 91);
     await call(table, 'bdev_lvol_create', { lvs_name: 'lvs', lvol_name: 'base', size_in_mib: 1, thin_provision: false });
     const before = await visibleState(node, table);
     device.setFaults({ failWriteAt: 1 });
@@ -250,8 +253,7 @@ describe('a store whose metadata write failed', () => {
     // rewrites the whole state as a new checkpoint, after which the store takes changes again, and
     // a restart shows exactly what was acknowledged.
     const device = new SimulatedDevice(deviceBytes, 512);
-    let { node, table } = await startNode(persistent(device), 101);
-    await call(table, 'bdev_lvol_create_lvstore', { bdev_name: 'sim0', lvs_name: 'lvs', cluster_sz: clusterBytes, clear_method: 'none' });
+    let { node, table } = await nodeWithLvstore(device, 101);
     await call(table, 'bdev_lvol_create', { lvs_name: 'lvs', lvol_name: 'keep', size_in_mib: 1, thin_provision: false });
     await call(table, 'bdev_lvol_create', { lvs_name: 'lvs', lvol_name: 'spare', size_in_mib: 1, thin_provision: true });
     await call(table, 'node_lvol_write', { name: 'lvs/keep', offset: 0, fill_byte: 0x5a, length: clusterBytes });
@@ -283,8 +285,7 @@ describe('a store whose metadata write failed', () => {
 
   it('stays failed when the delete cannot be written either, changing nothing', async () => {
     const device = new SimulatedDevice(deviceBytes, 512);
-    const { node, table } = await startNode(persistent(device), 103);
-    await call(table, 'bdev_lvol_create_lvstore', { bdev_name: 'sim0', lvs_name: 'lvs', cluster_sz: clusterBytes, clear_method: 'none' });
+    const { node, table } = await nodeWithLvstore(device, 103);
     await call(table, 'bdev_lvol_create', { lvs_name: 'lvs', lvol_name: 'a', size_in_mib: 1, thin_provision: true });
     device.setFaults({ failWriteAt: 1, failWriteCode: 'EIO', failWritesFromThenOn: true });
     await expect(call(table, 'bdev_lvol_create', { lvs_name: 'lvs', lvol_name: 'b', size_in_mib: 1, thin_provision: true })).rejects.toBeInstanceOf(StorageError);
@@ -297,8 +298,7 @@ describe('a store whose metadata write failed', () => {
 describe('a thin lvol of 2^40 clusters (hostile finding 2)', () => {
   it('is accepted, costs what it owns, lists, checksums, deletes and reloads; bounded windows refuse huge ranges', async () => {
     const device = new SimulatedDevice(deviceBytes, 512);
-    let { node, table } = await startNode(persistent(device), 111);
-    await call(table, 'bdev_lvol_create_lvstore', { bdev_name: 'sim0', lvs_name: 'lvs', cluster_sz: clusterBytes, clear_method: 'none' });
+    let { node, table } = await nodeWithLvstore(device, 111);
     // 2^40 clusters of 64 KiB: 2^56 bytes, 2^36 MiB, on a 32 MiB store (thin overcommit, as SPDK).
     await call(table, 'bdev_lvol_create', { lvs_name: 'lvs', lvol_name: 'huge', size_in_mib: 2 ** 36, thin_provision: true });
     // The hostile resize: 1,000,000,000 MiB answers true and costs nothing more.

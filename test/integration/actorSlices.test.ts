@@ -20,17 +20,27 @@ async function attach(path: string): Promise<{ node: StorageNode; table: MethodT
   return started;
 }
 
+async function sparseDisk(prefix: string): Promise<string> {
+  const path = join(await harness.tempDir(prefix), 'disk.img');
+  await FileDevice.createSparse(path, 256 * mib);
+  return path;
+}
+
+/** A node on the file at `path` with lvstore `lvs` holding `count` thin lvols `${prefix}N`. */
+async function storeWithLvols(path: string, prefix: string, count: number): Promise<{ node: StorageNode; table: MethodTable }> {
+  const started = await attach(path);
+  await call(started.table, 'bdev_lvol_create_lvstore', { bdev_name: 'disk', lvs_name: 'lvs', cluster_sz: mib });
+  for (let index = 0; index < count; index++) {
+    await call(started.table, 'bdev_lvol_create', { lvs_name: 'lvs', lvol_name: `${prefix}${index}`, size_in_mib: 2, thin_provision: true });
+  }
+  return started;
+}
+
 describe('lvol actors started in slices', () => {
   it('resolves, lists and answers for every lvol before its actor starts, and starts each in its own state', async () => {
-    const dir = await harness.tempDir('lvnode-slices-');
-    const path = join(dir, 'disk.img');
-    await FileDevice.createSparse(path, 256 * mib);
-    let { node, table } = await attach(path);
-    await call(table, 'bdev_lvol_create_lvstore', { bdev_name: 'disk', lvs_name: 'lvs', cluster_sz: mib });
     const count = 400;
-    for (let index = 0; index < count; index++) {
-      await call(table, 'bdev_lvol_create', { lvs_name: 'lvs', lvol_name: `v${index}`, size_in_mib: 2, thin_provision: true });
-    }
+    const path = await sparseDisk('lvnode-slices-');
+    let { node, table } = await storeWithLvols(path, 'v', count);
     await call(table, 'node_lvol_write', { name: 'lvs/v7', offset: 0, fill_byte: 7, length: 4096 });
     const snapshotId = await call<string>(table, 'bdev_lvol_snapshot', { lvol_name: 'lvs/v7', snapshot_name: 'snap' });
     expect(await call(table, 'bdev_lvol_register_snapshot_checksum', { name: snapshotId })).toBe(true);
@@ -80,15 +90,8 @@ describe('lvol actors started in slices', () => {
   it('visits every lvol in slices for the node-wide RPCs, once each, and can stop early', async () => {
     // Goal: node_get_stats (the dashboard asks every 2 s), node_get_checksums and inspect_get_actors
     // never hold the event loop for a pass over every lvol (~45 ms at 100,000).
-    const dir = await harness.tempDir('lvnode-pass-');
-    const path = join(dir, 'disk.img');
-    await FileDevice.createSparse(path, 256 * mib);
-    const { node, table } = await attach(path);
-    await call(table, 'bdev_lvol_create_lvstore', { bdev_name: 'disk', lvs_name: 'lvs', cluster_sz: mib });
     const count = 300;
-    for (let index = 0; index < count; index++) {
-      await call(table, 'bdev_lvol_create', { lvs_name: 'lvs', lvol_name: `p${index}`, size_in_mib: 2, thin_provision: true });
-    }
+    const { node, table } = await storeWithLvols(await sparseDisk('lvnode-pass-'), 'p', count);
     const turns = countEventLoopTurns();
     const seen: string[] = [];
     const last = node.resolveLvol(`lvs/p${count - 1}`).lvol.id;

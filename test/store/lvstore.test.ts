@@ -1284,25 +1284,31 @@ describe('cluster sizes as SPDK takes them', () => {
   });
 });
 
+/** A store whose metadata appends fail with EIO while `failAppends(true)` holds. */
+async function storeWithFailableLog(seed: number): Promise<{ store: Lvstore; failAppends: (fail: boolean) => void }> {
+  let failing = false;
+  const log = {
+    append: async () => {
+      if (failing) throw new StorageError('EIO', { detail: 'injected' });
+    },
+    close: async () => {},
+  };
+  const store = await Lvstore.create(new MemoryDevice(deviceBytes, blockBytes), { name: 'lvs', clusterBytes, clearMethod: 'none' }, log, seededRuntime(seed));
+  return { store, failAppends: (fail) => (failing = fail) };
+}
+
 describe('name and clone indexes', () => {
   it('stay exact across creates, renames, snapshots, deletes and undone (failed) changes', async () => {
     // Goal (scale issue): lookups by name and by parent are indexed, never wrong after an undo.
-    let failNext = false;
-    const log = {
-      append: async () => {
-        if (failNext) throw new StorageError('EIO', { detail: 'injected' });
-      },
-      close: async () => {},
-    };
-    const store = await Lvstore.create(new MemoryDevice(deviceBytes, blockBytes), { name: 'lvs', clusterBytes, clearMethod: 'none' }, log, seededRuntime(9));
+    const { store, failAppends } = await storeWithFailableLog(9);
     const a = await store.createLvol({ name: 'a', clusterCount: 2, thin: true });
     await store.renameLvol(a.id, 'b');
     expect(store.findLvolByName('a')).toBeUndefined();
     expect(store.findLvolByName('b')?.id).toBe(a.id);
-    failNext = true;
+    failAppends(true);
     expect(await errnoOf(() => store.renameLvol(a.id, 'c'))).toBe('EIO');
     expect(await errnoOf(() => store.createLvol({ name: 'd', clusterCount: 1, thin: true }))).toBe('EIO');
-    failNext = false;
+    failAppends(false);
     expect(store.findLvolByName('b')?.id).toBe(a.id);
     expect(store.findLvolByName('c')).toBeUndefined();
     expect(store.findLvolByName('d')).toBeUndefined();
@@ -1322,20 +1328,13 @@ describe('undone deletes', () => {
   it('put the lvol back in its place in the listing order, also after creates and a merge that failed with it', async () => {
     // Goal (scale issue): a delete saves only the lvol it removes, not the whole membership, and
     // an undo still restores the exact order (listings and checkpoints follow it).
-    let failNext = false;
-    const log = {
-      append: async () => {
-        if (failNext) throw new StorageError('EIO', { detail: 'injected' });
-      },
-      close: async () => {},
-    };
-    const store = await Lvstore.create(new MemoryDevice(deviceBytes, blockBytes), { name: 'lvs', clusterBytes, clearMethod: 'none' }, log, seededRuntime(10));
+    const { store, failAppends } = await storeWithFailableLog(10);
     for (const name of ['a', 'b', 'c', 'd']) await store.createLvol({ name, clusterCount: 2, thin: true });
     const names = () => store.lvols().map((lvol) => lvol.name);
     await store.deleteLvol(store.findLvolByName('a')!.id);
     await store.createLvol({ name: 'e', clusterCount: 2, thin: true });
     expect(names()).toEqual(['b', 'c', 'd', 'e']);
-    failNext = true;
+    failAppends(true);
     // A delete in the middle, then a create and a delete applied after it, all failing together.
     const deletes = Promise.all([
       errnoOf(() => store.deleteLvol(store.findLvolByName('c')!.id)),
@@ -1345,11 +1344,11 @@ describe('undone deletes', () => {
     expect(await deletes).toEqual(['EIO', 'EIO', 'EIO']);
     expect(names()).toEqual(['b', 'c', 'd', 'e']);
     // A merge (snapshot with one clone deleted) that fails: the snapshot comes back in its place.
-    failNext = false;
+    failAppends(false);
     const d = store.findLvolByName('d')!;
     const snap = await store.snapshot(d.id, 'snap', {});
     await store.createLvol({ name: 'g', clusterCount: 2, thin: true });
-    failNext = true;
+    failAppends(true);
     expect(await errnoOf(() => store.deleteLvol(snap.id))).toBe('EIO');
     expect(names()).toEqual(['b', 'c', 'd', 'e', 'snap', 'g']);
     expect(store.lvol(d.id).parentId).toBe(snap.id);

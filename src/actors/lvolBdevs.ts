@@ -53,8 +53,9 @@ export class LvolBdevs {
    */
   nestedOn(entry: LvstoreEntry): Array<{ lvolId: string; lvstoreId: string }> {
     const out: Array<{ lvolId: string; lvstoreId: string }> = [];
-    for (const [lvolId, bdev] of this.byLvol) {
-      if (bdev.claimedBy !== null && bdev.claimedBy !== 'pending' && entry.actors.has(lvolId)) out.push({ lvolId, lvstoreId: bdev.claimedBy });
+    for (const lvolId of this.byLvol.keys()) {
+      const lvstoreId = this.claimedBy(lvolId);
+      if (lvstoreId && entry.actors.has(lvolId)) out.push({ lvolId, lvstoreId });
     }
     return out;
   }

@@ -1,7 +1,7 @@
 // The lvstore's on-device format: layout of the metadata area, super blocks, checkpoints and
 // journal records, each with a magic, a version and a CRC (docs/format.md has the byte tables).
 import { crc64, crc64Combine } from '../checksum/crc64.ts';
-import { type ClearMethod, type LvolRecord, type LvstoreRecord, type MetadataChange } from './metadata.ts';
+import { type ClearMethod, type LvolRecord, type LvstoreRecord, type MetadataChange, modifiedLvolIds } from './metadata.ts';
 import { ClusterChecksums, ClusterMap } from './sparseArray.ts';
 
 export const formatVersion = 1;
@@ -253,14 +253,6 @@ export function loopYielder(budgetMs = 4): () => Promise<void> | undefined {
       }),
     );
   };
-}
-
-/** The lvol ids a change modifies in place (a created lvol is new: nothing to keep of it). */
-function modifiedLvolIds(change: MetadataChange): string[] {
-  if (change.type === 'lvstore.rename' || change.type === 'lvstore.grow' || change.type === 'lvol.create') return [];
-  if (change.type === 'lvol.snapshot') return [change.id, change.snapshotId];
-  if (change.type === 'lvol.merge') return [change.id, change.cloneId];
-  return [change.id];
 }
 
 /** An lvol as it is now: the fields changes modify in place (cluster map, xattrs) are copied. */

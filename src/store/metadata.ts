@@ -435,6 +435,17 @@ function orderOf(store: LvstoreRecord): LvolOrder {
 }
 
 /**
+ * The lvols `change` modifies in place when applied (see applyChange): a created one is new, an
+ * lvstore change touches none. A checkpoint being encoded copies these first (RecordCapture).
+ */
+export function modifiedLvolIds(change: MetadataChange): string[] {
+  if (change.type === 'lvstore.rename' || change.type === 'lvstore.grow' || change.type === 'lvol.create') return [];
+  if (change.type === 'lvol.snapshot') return [change.id, change.snapshotId];
+  if (change.type === 'lvol.merge') return [change.id, change.cloneId];
+  return [change.id];
+}
+
+/**
  * Where `lvol` stands in its lvstore's creation order (the order of `store.lvols`, which an undone
  * delete restores): indexes that keep lvols in map order insert by it.
  */
@@ -458,10 +469,9 @@ function numberNewLvol(store: LvstoreRecord, lvol: LvolRecord): void {
  */
 function captureRemoval(store: LvstoreRecord, id: string): () => void {
   const lvol = lvolOf(store, id);
-  const order = orderOf(store);
   return () => {
     store.lvols.set(id, lvol);
-    const place = (record: LvolRecord): number => order.of.get(record) ?? Number.POSITIVE_INFINITY;
+    const place = (record: LvolRecord): number => creationRank(store, record);
     // Later changes are undone first, so only this lvol can be out of place (it went in last).
     const entries = [...store.lvols].sort(([, a], [, b]) => (place(a) === place(b) ? 0 : place(a) < place(b) ? -1 : 1));
     store.lvols.clear();

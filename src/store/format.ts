@@ -398,6 +398,7 @@ export async function decodeCheckpoint(bytes: Buffer): Promise<Decoded<{ record:
     // Fields added within a format version default to "absent".
     lvol.savedProgress ??= null;
     lvol.externalParent ??= null;
+    lvol.readThroughClusters ??= null;
     // Checkpoints written before sparse arrays hold dense ones.
     if ((lvol.clusterMap as unknown) instanceof Uint32Array) lvol.clusterMap = ClusterMap.fromDense(lvol.clusterMap as unknown as Uint32Array);
     if ((lvol.rangeChecksums as unknown) instanceof BigUint64Array) {

@@ -36,6 +36,7 @@ import {
   applyChange,
   captureUndo,
   creationRank,
+  mergeAdoptions,
   numberLvols,
 } from './metadata.ts';
 import type { ClusterChecksums } from './sparseArray.ts';
@@ -99,6 +100,10 @@ function undoCommit(entry: PendingCommit, allocator: ClusterAllocator): void {
   for (const undo of [...entry.undo].reverse()) undo();
   allocator.release(entry.allocated);
 }
+
+/** `ownerBelow` answers besides a physical cluster (> 0): zeros, or the chain's external snapshot. */
+const readsZeros = 0;
+const readsExternal = -1;
 
 /** A bdev outside the lvstore that an esnap clone reads through to (SPDK's external snapshot). */
 export interface ExternalSource {
@@ -573,10 +578,9 @@ export class Lvstore {
         // The clone is held too: its writes must not land in clusters it adopts before the merge
         // is durable (after a crash those clusters would belong to this snapshot again).
         await this.gate(clone.id).withExclusive(async () => {
-          const cloneMap = clone.clusterMap;
-          for (const [index, physicalCluster] of lvol.clusterMap.entries()) {
-            if (index >= cloneMap.length || cloneMap.get(index) !== 0) freed.push(physicalCluster);
-          }
+          const adopted = new Set<number>();
+          for (const [, physicalCluster] of mergeAdoptions(lvol, clone)) adopted.add(physicalCluster);
+          for (const [, physicalCluster] of lvol.clusterMap.entries()) if (!adopted.has(physicalCluster)) freed.push(physicalCluster);
           await this.commit([{ type: 'lvol.merge', id, cloneId: clone.id }]);
         });
       } else {
@@ -696,7 +700,9 @@ export class Lvstore {
       }
       ancestor = ancestor.parentId ? this.record.lvols.get(ancestor.parentId) : undefined;
     }
-    return targets.sort((a, b) => a - b);
+    // Only what the lvol reads through to: an ancestor's cluster past a read-through limit (or
+    // past a smaller ancestor) reads as zeros here and needs no copy.
+    return targets.filter((clusterIndex) => this.ownerBelow(lvol, clusterIndex) !== readsZeros).sort((a, b) => a - b);
   }
 
   /** How many clusters inflate or decouple would allocate, without listing them for inflate. */
@@ -729,9 +735,7 @@ export class Lvstore {
       const buffer = Buffer.alloc(this.clusterBytes);
       try {
         for (const [position, clusterIndex] of targets.entries()) {
-          const below = this.ownerBelow(lvol, clusterIndex);
-          if (below === 0) await this.readExternal(lvol, clusterIndex * this.clusterBytes, buffer);
-          else await this.device.readInto(buffer, clusterIndexToOffsetBytes(below, this.clusterBytes));
+          await this.readSource(lvol, this.ownerBelow(lvol, clusterIndex), clusterIndex * this.clusterBytes, buffer);
           await this.device.write(clusterIndexToOffsetBytes(physical[position]!, this.clusterBytes), buffer);
         }
       } catch (error) {
@@ -792,20 +796,34 @@ export class Lvstore {
 
   // ---- data path ----
 
-  /** Physical cluster owning `clusterIndex` below `lvol` in its parent chain, or 0 for zeros. */
+  /**
+   * What a cluster `lvol` does not own reads as: the physical cluster of the ancestor that owns it
+   * (> 0), the chain's external snapshot (`readsExternal`), or zeros (`readsZeros`). Zeros where
+   * an lvol of the chain stops reading through (its read-through limit) or an ancestor is
+   * smaller than the index: a grown clone reads zeros there even over an external snapshot.
+   */
   private ownerBelow(lvol: LvolRecord, clusterIndex: number): number {
-    let ancestor = lvol.parentId ? this.record.lvols.get(lvol.parentId) : undefined;
-    while (ancestor) {
-      if (clusterIndex >= ancestor.clusterMap.length) return 0;
-      const physicalCluster = ancestor.clusterMap.get(clusterIndex);
+    for (let member = lvol; ; ) {
+      if (member.readThroughClusters !== null && clusterIndex >= member.readThroughClusters) return readsZeros;
+      if (member.parentId === null) return member.externalParent === null ? readsZeros : readsExternal;
+      const parent = this.record.lvols.get(member.parentId);
+      if (!parent || clusterIndex >= parent.clusterMap.length) return readsZeros;
+      const physicalCluster = parent.clusterMap.get(clusterIndex);
       if (physicalCluster !== 0) return physicalCluster;
-      ancestor = ancestor.parentId ? this.record.lvols.get(ancestor.parentId) : undefined;
+      member = parent;
     }
-    return 0;
   }
 
+  /** `ownerBelow`, unless the lvol owns the cluster itself. */
   private owner(lvol: LvolRecord, clusterIndex: number): number {
     return lvol.clusterMap.get(clusterIndex) || this.ownerBelow(lvol, clusterIndex);
+  }
+
+  /** Fills `target` with what `source` (an `owner` answer) holds at `offsetBytes` of the lvol. */
+  private async readSource(lvol: LvolRecord, source: number, offsetBytes: number, target: Buffer): Promise<void> {
+    if (source > 0) await this.device.readInto(target, clusterIndexToOffsetBytes(source, this.clusterBytes) + (offsetBytes % this.clusterBytes));
+    else if (source === readsExternal) await this.readExternal(lvol, offsetBytes, target);
+    else target.fill(0);
   }
 
   private assertIoRange(lvol: LvolRecord, offsetBytes: number, lengthBytes: number): void {
@@ -861,9 +879,7 @@ export class Lvstore {
   private async readVisible(lvol: LvolRecord, offsetBytes: number, target: Buffer): Promise<void> {
     await this.forEachSegment(offsetBytes, target.length, async (clusterIndex, inner, rangeOffset, length) => {
       const slice = target.subarray(rangeOffset, rangeOffset + length);
-      const physicalCluster = this.owner(lvol, clusterIndex);
-      if (physicalCluster === 0) await this.readExternal(lvol, clusterIndex * this.clusterBytes + inner, slice);
-      else await this.device.readInto(slice, clusterIndexToOffsetBytes(physicalCluster, this.clusterBytes) + inner);
+      await this.readSource(lvol, this.owner(lvol, clusterIndex), clusterIndex * this.clusterBytes + inner, slice);
     });
   }
 
@@ -1033,9 +1049,7 @@ export class Lvstore {
         content = overlay.data;
       } else {
         const buffer = Buffer.alloc(this.clusterBytes);
-        const below = this.ownerBelow(lvol, clusterIndex);
-        if (below !== 0) await this.device.readInto(buffer, clusterIndexToOffsetBytes(below, this.clusterBytes));
-        else await this.readExternal(lvol, clusterIndex * this.clusterBytes, buffer);
+        await this.readSource(lvol, this.ownerBelow(lvol, clusterIndex), clusterIndex * this.clusterBytes, buffer);
         if (overlay) buffer.set(overlay.data, overlay.innerOffsetBytes);
         content = buffer;
       }
@@ -1139,7 +1153,10 @@ export class Lvstore {
     const end = offsetBytes + lengthBytes;
     // Clusters an external snapshot covers read as its data: they are never holes.
     const externalClusters = this.externalClusters(lvol);
-    const visible = (clusterIndex: number): boolean => clusterIndex < externalClusters || this.owner(lvol, clusterIndex) !== 0;
+    const visible = (clusterIndex: number): boolean => {
+      const source = this.owner(lvol, clusterIndex);
+      return source > 0 || (source === readsExternal && clusterIndex < externalClusters);
+    };
     for (let position = offsetBytes; position < end && out.length < maxExtents; ) {
       const clusterIndex = Math.floor(position / this.clusterBytes);
       const allocated = visible(clusterIndex);

@@ -22,6 +22,14 @@ export interface LvolRecord {
    * the chain reads through to where nobody in the chain owns a cluster. Null for most lvols.
    */
   externalParent: string | null;
+  /**
+   * How many leading clusters read through to what lies below this lvol (its parent chain, or
+   * its external snapshot) where it owns nothing; above it, clusters it does not own read as
+   * zeros. Null: no limit of its own (its parent's size still bounds what shows through).
+   * Set where a change would otherwise let a larger ancestor show through: a resize (the grown
+   * part reads zeros, even where a parent has data) and a merge onto a larger grandparent.
+   */
+  readThroughClusters: number | null;
   clearMethod: ClearMethod;
   xattrs: Map<string, string>;
   readonly createdAtMs: number;
@@ -143,6 +151,7 @@ export function createLvolRecord(change: Extract<MetadataChange, { type: 'lvol.c
     snapshot: change.snapshot,
     parentId: change.parentId,
     externalParent: change.externalParent ?? null,
+    readThroughClusters: null,
     clearMethod: change.clearMethod,
     xattrs: new Map(Object.entries(change.xattrs)),
     createdAtMs: change.createdAtMs,
@@ -150,6 +159,31 @@ export function createLvolRecord(change: Extract<MetadataChange, { type: 'lvol.c
     rangeChecksums: null,
     savedProgress: null,
   };
+}
+
+/** The smaller of two read-through limits, null being no limit. */
+function minLimit(a: number | null, b: number | null): number | null {
+  if (a === null) return b;
+  if (b === null) return a;
+  return Math.min(a, b);
+}
+
+/** Whether anything lies below the lvol for its unowned clusters to read through to. */
+function hasBelow(lvol: LvolRecord): boolean {
+  return lvol.parentId !== null || lvol.externalParent !== null;
+}
+
+/**
+ * The clusters a clone adopts when its parent `parent` is deleted into it (lvol.merge): those the
+ * parent owns where the clone owns nothing and reads through to the parent. A parent cluster
+ * the clone cannot see (past its read-through limit) is not adopted: it would appear in the
+ * clone. The rest of the parent's clusters are freed.
+ */
+export function* mergeAdoptions(parent: LvolRecord, clone: LvolRecord): Generator<[clusterIndex: number, physicalCluster: number]> {
+  const end = Math.min(clone.clusterMap.length, clone.readThroughClusters ?? Number.POSITIVE_INFINITY);
+  for (const [index, physicalCluster] of parent.clusterMap.entries(0, end)) {
+    if (clone.clusterMap.get(index) === 0) yield [index, physicalCluster];
+  }
 }
 
 function lvolOf(store: LvstoreRecord, id: string): LvolRecord {
@@ -185,9 +219,13 @@ export function applyChange(store: LvstoreRecord, change: MetadataChange): void 
       return;
     case 'lvol.resize': {
       const lvol = lvolOf(store, change.id);
+      const oldCount = lvol.clusterMap.length;
       const resized = lvol.clusterMap.resized(change.clusterCount);
       applyRuns(resized, change.allocations);
       lvol.clusterMap = resized;
+      // What grows reads zeros, and what shrinks then grows again too: nothing at or above the
+      // old size may show a parent's bytes through (SPEC §9: a resize changes nothing below it).
+      if (hasBelow(lvol)) lvol.readThroughClusters = minLimit(lvol.readThroughClusters, Math.min(oldCount, change.clusterCount));
       return;
     }
     case 'lvol.set_read_only':
@@ -201,6 +239,8 @@ export function applyChange(store: LvstoreRecord, change: MetadataChange): void 
       lvol.parentId = change.parentId;
       if (change.thin !== undefined) lvol.thin = change.thin;
       if (change.externalParent !== undefined) lvol.externalParent = change.externalParent;
+      // A new parent (of the lvol's size, checked before) or none: everything reads through it.
+      lvol.readThroughClusters = null;
       return;
     }
     case 'cluster.allocate':
@@ -217,7 +257,9 @@ export function applyChange(store: LvstoreRecord, change: MetadataChange): void 
       snapshot.clusterMap = lvol.clusterMap;
       snapshot.parentId = lvol.parentId;
       snapshot.externalParent = lvol.externalParent;
+      snapshot.readThroughClusters = lvol.readThroughClusters;
       lvol.externalParent = null;
+      lvol.readThroughClusters = null;
       lvol.clusterMap = new ClusterMap(lvol.clusterMap.length);
       lvol.parentId = snapshot.id;
       lvol.thin = true;
@@ -228,12 +270,14 @@ export function applyChange(store: LvstoreRecord, change: MetadataChange): void 
       const clone = lvolOf(store, change.cloneId);
       // A new map (the old one stays intact for undo), at a cost in what the two own.
       const merged = clone.clusterMap.copy();
-      for (const [index, physicalCluster] of parent.clusterMap.entries(0, clone.clusterMap.length)) {
-        if (merged.get(index) === 0) merged.set(index, physicalCluster);
-      }
+      for (const [index, physicalCluster] of mergeAdoptions(parent, clone)) merged.set(index, physicalCluster);
+      // The clone now reads through to the grandparent: where it saw zeros because the parent
+      // was smaller or limited, it must still see zeros, not the grandparent's bytes.
+      const limit = minLimit(minLimit(clone.readThroughClusters, parent.clusterMap.length), parent.readThroughClusters);
       clone.clusterMap = merged;
       clone.parentId = parent.parentId;
       clone.externalParent = parent.externalParent;
+      clone.readThroughClusters = hasBelow(clone) ? limit : null;
       // The clone now owns other clusters: its stored checksums no longer describe it (SPDK drops them).
       clone.checksum = null;
       clone.rangeChecksums = null;
@@ -345,8 +389,8 @@ export function captureUndo(store: LvstoreRecord, change: MetadataChange): () =>
     case 'lvol.resize': {
       // applyChange replaces the map with a new one, so the old one is intact.
       const lvol = lvolOf(store, change.id);
-      const clusterMap = lvol.clusterMap;
-      return () => void (lvol.clusterMap = clusterMap);
+      const { clusterMap, readThroughClusters } = lvol;
+      return () => Object.assign(lvol, { clusterMap, readThroughClusters });
     }
     case 'lvol.set_read_only': {
       const lvol = lvolOf(store, change.id);
@@ -361,8 +405,8 @@ export function captureUndo(store: LvstoreRecord, change: MetadataChange): () =>
     }
     case 'lvol.set_parent': {
       const lvol = lvolOf(store, change.id);
-      const { parentId, thin, externalParent } = lvol;
-      return () => Object.assign(lvol, { parentId, thin, externalParent });
+      const { parentId, thin, externalParent, readThroughClusters } = lvol;
+      return () => Object.assign(lvol, { parentId, thin, externalParent, readThroughClusters });
     }
     case 'cluster.allocate': {
       const clusterMap = lvolOf(store, change.id).clusterMap;
@@ -379,8 +423,8 @@ export function captureUndo(store: LvstoreRecord, change: MetadataChange): () =>
     case 'lvol.snapshot': {
       const lvol = lvolOf(store, change.id);
       const snapshot = lvolOf(store, change.snapshotId);
-      const before = { clusterMap: lvol.clusterMap, parentId: lvol.parentId, thin: lvol.thin, externalParent: lvol.externalParent };
-      const snapshotBefore = { clusterMap: snapshot.clusterMap, parentId: snapshot.parentId, externalParent: snapshot.externalParent };
+      const before = { clusterMap: lvol.clusterMap, parentId: lvol.parentId, thin: lvol.thin, externalParent: lvol.externalParent, readThroughClusters: lvol.readThroughClusters };
+      const snapshotBefore = { clusterMap: snapshot.clusterMap, parentId: snapshot.parentId, externalParent: snapshot.externalParent, readThroughClusters: snapshot.readThroughClusters };
       return () => {
         Object.assign(lvol, before);
         Object.assign(snapshot, snapshotBefore);
@@ -393,6 +437,7 @@ export function captureUndo(store: LvstoreRecord, change: MetadataChange): () =>
         clusterMap: clone.clusterMap,
         parentId: clone.parentId,
         externalParent: clone.externalParent,
+        readThroughClusters: clone.readThroughClusters,
         checksum: clone.checksum,
         rangeChecksums: clone.rangeChecksums,
         savedProgress: clone.savedProgress,

@@ -132,3 +132,31 @@ describe('checkpoint encoding', () => {
     expect(image.length).toBeGreaterThan(8000 * 100);
   });
 });
+
+describe('read-through limits survive a reload', () => {
+  it('reloads a grown clone and a merge onto a larger grandparent reading the same bytes, from the journal and from a checkpoint', async () => {
+    // Goal: the zeros a resize or merge left (an lvol's read-through limit) are metadata: a replay
+    // of the journal and a checkpoint both bring them back, or the old bytes below show again.
+    const device = new MemoryDevice(64 * 1024 * 1024, 512);
+    const store = await journaledStore(device);
+    const lvol = await store.createLvol({ name: 'a', clusterCount: 8, thin: false });
+    await store.write(lvol.id, 0, Buffer.alloc(8 * clusterBytes, 0xaa));
+    await store.snapshot(lvol.id, 's1', {});
+    await store.resize(lvol.id, 2);
+    const s2 = await store.snapshot(lvol.id, 's2', {});
+    await store.resize(lvol.id, 8);
+    await store.deleteLvol(s2.id);
+    const expected = await store.read(lvol.id, 0, 8 * clusterBytes);
+    expect(expected.subarray(2 * clusterBytes).every((byte) => byte === 0)).toBe(true);
+    await store.close();
+    const replayed = await openLvstore(device, seededRuntime(6));
+    assert.ok(replayed);
+    expect((await replayed.read(lvol.id, 0, 8 * clusterBytes)).equals(expected)).toBe(true);
+    await replayed.forceCheckpoint();
+    await replayed.close();
+    const fromCheckpoint = await openLvstore(device, seededRuntime(7));
+    assert.ok(fromCheckpoint);
+    expect((await fromCheckpoint.read(lvol.id, 0, 8 * clusterBytes)).equals(expected)).toBe(true);
+    await fromCheckpoint.close();
+  });
+});

@@ -444,6 +444,50 @@ describe('delete', () => {
     expectClusterAccounting(store);
   });
 
+  it('keeps zeros where a grown clone read past its smaller parent, when that parent merges into it', async () => {
+    // Goal (the first bug of issue 19): A of 0xAA → S1; A shrunk → S2; A grown back reads zeros
+    // past S2's size. Deleting S2 merges it into A and re-parents A onto the larger S1, whose 0xAA
+    // must not show through.
+    const { store } = await newStore();
+    const lvol = await store.createLvol({ name: 'a', clusterCount: 8, thin: false });
+    await store.write(lvol.id, 0, Buffer.alloc(8 * clusterBytes, 0xaa));
+    await store.snapshot(lvol.id, 's1', {});
+    await store.resize(lvol.id, 2);
+    const s2 = await store.snapshot(lvol.id, 's2', {});
+    await store.resize(lvol.id, 8);
+    const expected = Buffer.alloc(8 * clusterBytes);
+    expected.fill(0xaa, 0, 2 * clusterBytes);
+    expect((await readAll(store, lvol.id)).equals(expected)).toBe(true);
+    await store.deleteLvol(s2.id);
+    expect((await readAll(store, lvol.id)).equals(expected)).toBe(true);
+    expectClusterAccounting(store);
+  });
+
+  it('keeps zeros in a clone shrunk and grown again, and through a snapshot and merge of it', async () => {
+    // Goal: a resize changes nothing below the smaller size and reads zeros above the old one,
+    // even where the clone's parent has data there.
+    const { store } = await newStore();
+    const base = await store.createLvol({ name: 'base', clusterCount: 6, thin: true });
+    await store.write(base.id, 0, Buffer.alloc(6 * clusterBytes, 0x5c));
+    const snap = await store.snapshot(base.id, 'snap', {});
+    const clone = await store.clone(snap.id, 'clone');
+    await store.write(clone.id, clusterBytes, Buffer.alloc(blockBytes, 0x11));
+    await store.resize(clone.id, 2);
+    await store.resize(clone.id, 6);
+    const expected = Buffer.alloc(6 * clusterBytes);
+    expected.fill(0x5c, 0, 2 * clusterBytes);
+    expected.fill(0x11, clusterBytes, clusterBytes + blockBytes);
+    expect((await readAll(store, clone.id)).equals(expected)).toBe(true);
+    const mid = await store.snapshot(clone.id, 'mid', {});
+    expect((await readAll(store, mid.id)).equals(expected)).toBe(true);
+    expect((await readAll(store, clone.id)).equals(expected)).toBe(true);
+    await store.deleteLvol(mid.id);
+    expect((await readAll(store, clone.id)).equals(expected)).toBe(true);
+    await store.copyUpFromParent(clone.id, 'decouple');
+    expect((await readAll(store, clone.id)).equals(expected)).toBe(true);
+    expectClusterAccounting(store);
+  });
+
   it("drops a snapshot clone's stored checksum when its parent snapshot merges into it", async () => {
     // Goal: reference §3.4 — the clone now owns other clusters, so its checksums no longer describe it.
     const { store } = await newStore();
@@ -1166,7 +1210,19 @@ describe('randomized comparison with a model of visible bytes', () => {
         }
       } else if (roll < 0.84 && writable.length > 0) {
         await runBatch();
-      } else if (roll < 0.87) {
+      } else if (roll < 0.9 && writable.length > 0) {
+        // Resizes make clones larger or smaller than their parents, and snapshots of those make
+        // chains of lvols of different sizes: the merge of a smaller snapshot into a grown clone
+        // must not let a larger grandparent show through where the clone read zeros.
+        const lvol = pick(writable)!;
+        const oldCount = lvol.bytes.length / clusterBytes;
+        const clusterCount = Math.max(1, oldCount + int(7) - 3);
+        history.push(`resize ${lvol.name} ${oldCount} -> ${clusterCount}`);
+        await store.resize(idOf(lvol.name), clusterCount);
+        const bytes = Buffer.alloc(clusterCount * clusterBytes);
+        lvol.bytes.copy(bytes, 0, 0, Math.min(bytes.length, lvol.bytes.length));
+        lvol.bytes = bytes;
+      } else if (roll < 0.92) {
         const lvol = pick(lvolsWhere((candidate) => candidate.parent !== null));
         if (!lvol) return;
         const mode = random() < 0.5 ? 'inflate' : 'decouple';

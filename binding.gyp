@@ -5,7 +5,7 @@
   "targets": [
     {
       "target_name": "lvnode_crc64",
-      "sources": ["native/crc64.cc", "native/crc64_kernels.cc", "native/durable_write.cc"],
+      "sources": ["native/crc64.cc", "native/crc64_kernels.cc", "native/durable_write.cc", "native/node_error.cc", "native/zero_range.cc"],
       "defines": ["NAPI_VERSION=8", "_FILE_OFFSET_BITS=64"],
       "cflags": ["-O3", "-Wall", "-Wextra"],
       "cflags_cc": ["-O3", "-std=c++17", "-Wall", "-Wextra"],

@@ -1,5 +1,5 @@
 // Node-API addon lvnode_crc64: CRC-64/GO-ISO kernels for JS, low-priority threads that pread and CRC file ranges,
-// flock, and a durable write (native/durable_write.cc).
+// flock, a durable write (native/durable_write.cc) and zeroing without data writes (native/zero_range.cc).
 //
 // The JS event loop only sees results: background jobs run FIFO on a small pool of std::threads set
 // to SCHED_IDLE (or nice 19), and completions come back through one threadsafe function per env,
@@ -30,10 +30,13 @@
 
 #include "crc64_kernels.h"
 #include "durable_write.h"
+#include "node_error.h"
+#include "zero_range.h"
 
 namespace {
 
 using lvnode::CrcKernel;
+using lvnode::makeErrnoError;
 
 // File jobs read in pieces this size into a per-thread buffer, so each piece is still in cache when
 // it is CRC'd. Buffer jobs CRC in slices this size too, to notice a shutdown between slices.
@@ -292,21 +295,6 @@ napi_value makeNumber(napi_env env, double value) {
   napi_value result = nullptr;
   napi_create_double(env, value, &result);
   return result;
-}
-
-/** An Error shaped like Node's fs errors: code 'EIO', errno -5, syscall 'pread'. */
-napi_value makeErrnoError(napi_env env, int error, const char* syscallName) {
-  // libuv's error numbers are negated errno on Unix, which is also what Node puts in err.errno.
-  const char* code = uv_err_name(-error);
-  const char* text = uv_strerror(-error);
-  std::string message = std::string(code) + ": " + text + ", " + syscallName;
-  napi_value errorObject = nullptr;
-  napi_create_error(env, makeString(env, code), makeString(env, message.c_str()), &errorObject);
-  if (errorObject != nullptr) {
-    setNamed(env, errorObject, "errno", makeNumber(env, -error));
-    setNamed(env, errorObject, "syscall", makeString(env, syscallName));
-  }
-  return errorObject;
 }
 
 void logException(napi_env env, napi_value exception) {
@@ -840,6 +828,7 @@ NAPI_MODULE_INIT() {
       {"backgroundStats", jsBackgroundStats},
       {"flockExclusive", jsFlockExclusive},
       {"writeDurable", lvnode::jsWriteDurable},
+      {"zeroRange", lvnode::jsZeroRange},
   };
   for (const Method& method : methods) {
     napi_value fn;

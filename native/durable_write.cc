@@ -7,12 +7,11 @@
 // too (fdatasync is per file, not per range), so callers may rely on it as they did on flush().
 #include "durable_write.h"
 
-#include <uv.h>
+#include "node_error.h"
 
 #include <cerrno>
 #include <cmath>
 #include <cstdint>
-#include <string>
 #include <unistd.h>
 
 namespace lvnode {
@@ -71,48 +70,18 @@ void execute(napi_env /*env*/, void* data) {
   }
 }
 
-napi_value makeError(napi_env env, int error, const char* syscallName) {
-  // Shaped like Node's fs errors: code 'EIO', errno -5, syscall 'fdatasync'.
-  const char* code = uv_err_name(-error);
-  std::string message = std::string(code) + ": " + uv_strerror(-error) + ", " + syscallName;
-  napi_value codeValue = nullptr, messageValue = nullptr, errorObject = nullptr, errnoValue = nullptr, syscallValue = nullptr;
-  napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &codeValue);
-  napi_create_string_utf8(env, message.c_str(), NAPI_AUTO_LENGTH, &messageValue);
-  napi_create_error(env, codeValue, messageValue, &errorObject);
-  if (errorObject != nullptr) {
-    napi_create_int32(env, -error, &errnoValue);
-    napi_create_string_utf8(env, syscallName, NAPI_AUTO_LENGTH, &syscallValue);
-    napi_set_named_property(env, errorObject, "errno", errnoValue);
-    napi_set_named_property(env, errorObject, "syscall", syscallValue);
-  }
-  return errorObject;
-}
-
 void complete(napi_env env, napi_status status, void* data) {
   auto* job = static_cast<DurableWrite*>(data);
-  napi_value callback = nullptr, global = nullptr, argument = nullptr;
+  napi_value callback = nullptr, argument = nullptr;
   napi_get_reference_value(env, job->callback, &callback);
-  napi_get_global(env, &global);
-  if (status == napi_cancelled) argument = makeError(env, ECANCELED, "write");
-  else if (job->error != 0) argument = makeError(env, job->error, job->failedCall);
+  if (status == napi_cancelled) argument = makeErrnoError(env, ECANCELED, "write");
+  else if (job->error != 0) argument = makeErrnoError(env, job->error, job->failedCall);
   else napi_get_null(env, &argument);
   napi_delete_reference(env, job->callback);
   napi_delete_reference(env, job->keepAlive);
   napi_delete_async_work(env, job->work);
   delete job;
-  if (callback != nullptr) {
-    // A throwing callback is the caller's bug: Node reports it as an uncaught exception.
-    napi_value ignored;
-    if (napi_call_function(env, global, callback, 1, &argument, &ignored) != napi_ok) {
-      bool pending = false;
-      napi_is_exception_pending(env, &pending);
-      if (pending) {
-        napi_value exception;
-        napi_get_and_clear_last_exception(env, &exception);
-        napi_fatal_exception(env, exception);
-      }
-    }
-  }
+  callCompletion(env, callback, 1, &argument);
 }
 
 }  // namespace

@@ -1,7 +1,8 @@
 // One cluster's CRC for a checksum walk, computed off the event loop wherever the device allows.
 //
-// Native path (the addon is loaded and the device is a file): the read and the CRC both run on
-// the addon's low-priority background threads; the event loop only receives the value. Otherwise
+// Native path (the addon is loaded and the device is a file that lends its descriptor through
+// withFd): the read and the CRC both run on the addon's low-priority background threads; the
+// event loop only receives the value. Otherwise
 // the bytes are read through Node in pieces and CRC'd by the addon's thread pool (memory devices)
 // or by the TypeScript/WASM fallback on the event loop. Either way the request waits in the
 // device's background class, behind foreground I/O (SPEC §6.6).
@@ -70,9 +71,13 @@ export async function crcDeviceRange(
   signal?: AbortSignal,
 ): Promise<bigint> {
   const native = nativeCrc;
-  const fd = device.fd;
-  if (native && fd !== undefined) {
-    return runBackground(device, () => nativeJob(native, (done) => native.submitFileCrc(fd, offsetBytes, lengthBytes, done), signal), signal);
+  // The addon's threads pread the descriptor after this call returns: borrow it (withFd), so the
+  // device's close waits for the job and a job that would start after close is refused, rather
+  // than read a closed descriptor or another file that got its number.
+  const borrowFd = device.withFd?.bind(device);
+  if (native && borrowFd) {
+    const readAndCrc = (fd: number) => nativeJob(native, (done) => native.submitFileCrc(fd, offsetBytes, lengthBytes, done), signal);
+    return runBackground(device, () => borrowFd(readAndCrc), signal);
   }
   const buffer = clusterBuffers.acquire(Math.min(lengthBytes, checksumChunkBytesMax));
   try {

@@ -37,7 +37,11 @@ export interface NativeCrc {
   configureBackground(options: { threads: number; policy: BackgroundPolicy }): { threads: number; policy: BackgroundPolicy };
   /**
    * CRC of `lengthBytes` of `fd` from `offsetBytes`, read on a background thread; bytes past EOF
-   * count as zeros. Keep `fd` open until `done` runs. Returns the job id for cancel().
+   * count as zeros. Returns the job id for cancel(). `fd` must stay open until `done` runs (or
+   * cancel() returned true): a device's descriptor is borrowed for that long through its
+   * `withFd` (BlockDevice), never read from `device.fd` and used after the call returns, or a
+   * close racing the job closes it under the thread, and the number may be reused by another file
+   * whose bytes the job would then CRC.
    */
   submitFileCrc(fd: number, offsetBytes: number, lengthBytes: number, done: CrcDone): number;
   /** CRC of `data` on a background thread; do not transfer or detach its buffer before `done` runs. */

@@ -20,8 +20,18 @@ export interface BlockDevice {
   /** Re-reads the size of what backs the device (a file that grew); devices of fixed size leave it out. */
   refreshSize?(): Promise<number>;
   close(): Promise<void>;
-  /** An OS file descriptor the native checksum reader may pread, when the device is a file. */
+  /**
+   * The OS file descriptor, when the device is a file (its presence says "a file"). Work that
+   * outlives the current call borrows it through `withFd` instead: after close the number may
+   * belong to another file.
+   */
   readonly fd?: number | undefined;
+  /**
+   * Runs `work` with the descriptor held open: close() waits until `work`'s promise settles, and
+   * once close() began `work` is refused (a StorageError with code 'EBADF') without being called.
+   * The native checksum reader preads through it on its own threads. Files only.
+   */
+  withFd?<T>(work: (fd: number) => Promise<T>): Promise<T>;
   /** For files: `device:inode`, the same whatever path opened it (one file, one bdev). */
   readonly fileId?: string | undefined;
   /**

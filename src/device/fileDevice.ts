@@ -4,12 +4,15 @@
 // a FileHandle call allocates a promise request with its stat arrays and a result object each
 // time, measurably more CPU per 4 KiB request. What FileHandle gave for free is kept here: close
 // waits for the reads and writes in flight, so none can land on a descriptor number reused by
-// another file, and I/O after close is refused.
+// another file, and I/O after close is refused. Work outside this class that uses the descriptor
+// (the native checksum reader's pread on its own threads) borrows it through withFd() and is
+// waited for the same way.
 import { constants as fsConstants, read as fsRead, write as fsWrite } from 'node:fs';
 import { type FileHandle, open, stat } from 'node:fs/promises';
 import { type BlockDevice, assertAlignedRange, zeroChunk, zeroChunkBytes } from './blockDevice.ts';
 import { lockExclusive } from './fileLock.ts';
 import { addon } from '../addon.ts';
+import { StorageError } from '../errors.ts';
 
 type WriteDurableCall = (fd: number, data: Uint8Array, position: number, done: (error: NodeJS.ErrnoException | null) => void) => void;
 /** pwrite + fdatasync in one thread-pool job (native/durable_write.cc); null without the addon. */
@@ -28,8 +31,54 @@ function writeAt(fd: number, data: Uint8Array, at: number, length: number, posit
   });
 }
 
-function closedError(path: string): NodeJS.ErrnoException {
-  return Object.assign(new Error(`EBADF: file device ${path} is closed`), { code: 'EBADF', errno: -9, syscall: 'read' });
+/** How a range was zeroed without writing it (native/zero_range.cc). */
+export type ZeroRangeMethod = 'punch-hole' | 'zero-range' | 'blkzeroout';
+type ZeroRangeCall = (
+  fd: number,
+  offsetBytes: number,
+  lengthBytes: number,
+  done: (error: NodeJS.ErrnoException | null, method: ZeroRangeMethod | null) => void,
+) => void;
+/**
+ * fallocate(PUNCH_HOLE), else fallocate(ZERO_RANGE), or ioctl(BLKZEROOUT) on a block device, in one
+ * thread-pool job; null without the addon. Exported for tests and benchmarks.
+ */
+export const nativeZeroRange: ZeroRangeCall | null = typeof addon?.zeroRange === 'function' ? (addon.zeroRange as ZeroRangeCall) : null;
+
+/** zeroRange's answers that mean "not here" (file system, kernel or device): write zeros instead. */
+const zeroRangeUnsupported: ReadonlySet<string | undefined> = new Set(['ENOTSUP', 'EOPNOTSUPP', 'ENOSYS', 'ENOTTY', 'EINVAL']);
+/** Of those, the ones that will not change for this file: stop asking. EINVAL may be this range's alignment only. */
+const zeroRangeNeverHere: ReadonlySet<string | undefined> = new Set(['ENOTSUP', 'EOPNOTSUPP', 'ENOSYS', 'ENOTTY']);
+
+/**
+ * How a FileDevice clears a range: 'native' asks the addon to free or unmap it (no data written)
+ * and writes zeros only where that is refused; 'writes' always writes zeros, as without the addon.
+ */
+export type ZeroingMode = 'native' | 'writes';
+
+/** The default zeroing: native when the addon is built, unless env LVNODE_ZEROING=writes forces the fallback. */
+function defaultZeroing(): ZeroingMode {
+  return nativeZeroRange && process.env.LVNODE_ZEROING !== 'writes' ? 'native' : 'writes';
+}
+
+function zeroRangeAt(fd: number, offsetBytes: number, lengthBytes: number): Promise<ZeroRangeMethod> {
+  return new Promise((resolve, reject) => {
+    nativeZeroRange!(fd, offsetBytes, lengthBytes, (error, method) => (error ? reject(error) : resolve(method!)));
+  });
+}
+
+/**
+ * I/O on a device whose close() has begun: refused before it touches the descriptor, whose number
+ * may already belong to another file. A StorageError (EIO on the wire, like any device failure)
+ * that also carries Node's `code: 'EBADF'` for callers that test fs errors.
+ */
+export class DeviceClosedError extends StorageError {
+  readonly code = 'EBADF';
+
+  constructor(readonly path: string) {
+    super('EIO', { wire: 'internal', detail: `EBADF: file device ${path} is closed` });
+    this.name = 'DeviceClosedError';
+  }
 }
 
 export class FileDevice implements BlockDevice {
@@ -39,6 +88,7 @@ export class FileDevice implements BlockDevice {
   private ioInFlight = 0;
   private closing = false;
   private idle: (() => void) | undefined;
+  private closed: Promise<void> | undefined;
 
   private constructor(
     readonly path: string,
@@ -50,15 +100,24 @@ export class FileDevice implements BlockDevice {
     readonly fileId: string,
     /** Whether this node holds the file's exclusive lock (false only without the native addon). */
     readonly locked: boolean,
+    /** A block special file (a disk, a partition, a loop device) rather than a regular file. */
+    readonly isBlockDevice: boolean,
+    /** How discard() clears ranges; 'native' drops to 'writes' for good once the file system refuses. */
+    private zeroingMode: ZeroingMode,
   ) {
     this.fdNumber = handle.fd;
   }
 
   /**
-   * Opens an existing regular file. Its size is rounded down to whole blocks; a missing file or a
-   * directory is refused with a Node error the caller turns into a clear message.
+   * Opens an existing regular file or block device. Its size is rounded down to whole blocks; a
+   * missing file or a directory is refused with a Node error the caller turns into a clear message.
+   * `zeroing` chooses how discard() clears (default: native with the addon, see defaultZeroing).
    */
-  static async open(path: string, blockSizeBytes: number, options: { readOnly?: boolean } = {}): Promise<FileDevice> {
+  static async open(
+    path: string,
+    blockSizeBytes: number,
+    options: { readOnly?: boolean; zeroing?: ZeroingMode } = {},
+  ): Promise<FileDevice> {
     const info = await stat(path);
     if (!info.isFile() && !info.isBlockDevice()) throw new Error(`${path} is not a regular file or block device`);
     const flags = options.readOnly ? fsConstants.O_RDONLY : fsConstants.O_RDWR;
@@ -68,7 +127,9 @@ export class FileDevice implements BlockDevice {
       const opened = await handle.stat({ bigint: true });
       const locked = lockExclusive(handle.fd, path, opened.ino);
       const sizeBytes = Math.floor(Number(opened.size) / blockSizeBytes) * blockSizeBytes;
-      return new FileDevice(path, handle, sizeBytes, blockSizeBytes, options.readOnly ?? false, `${opened.dev}:${opened.ino}`, locked);
+      const zeroing = options.zeroing === 'writes' || !nativeZeroRange ? 'writes' : (options.zeroing ?? defaultZeroing());
+      const identity = `${opened.dev}:${opened.ino}`;
+      return new FileDevice(path, handle, sizeBytes, blockSizeBytes, options.readOnly ?? false, identity, locked, opened.isBlockDevice(), zeroing);
     } catch (error) {
       await handle.close();
       throw error;
@@ -86,8 +147,32 @@ export class FileDevice implements BlockDevice {
     }
   }
 
+  /**
+   * The descriptor number, for checks such as "is this a file". Work that outlives the current
+   * call must borrow it through withFd(): once close() ran, the number may name another file.
+   */
   get fd(): number {
     return this.handle.fd;
+  }
+
+  /** How discard() clears ranges now. */
+  get zeroing(): ZeroingMode {
+    return this.zeroingMode;
+  }
+
+  /**
+   * Runs `work` with the descriptor, counted as I/O in flight: close() waits until the promise
+   * `work` returns settles, so nothing `work` started (a pread on a native thread) can outlive the
+   * descriptor or read a file that later got its number. Once close() began, `work` is not called
+   * and DeviceClosedError is thrown. `work` must settle only when it no longer uses the descriptor.
+   */
+  async withFd<T>(work: (fd: number) => Promise<T>): Promise<T> {
+    this.enter();
+    try {
+      return await work(this.fdNumber);
+    } finally {
+      this.leave();
+    }
   }
 
   get sizeBytes(): number {
@@ -150,7 +235,7 @@ export class FileDevice implements BlockDevice {
   }
 
   private enter(): void {
-    if (this.closing) throw closedError(this.path);
+    if (this.closing) throw new DeviceClosedError(this.path);
     this.ioInFlight++;
   }
 
@@ -158,12 +243,35 @@ export class FileDevice implements BlockDevice {
     if (--this.ioInFlight === 0) this.idle?.();
   }
 
+  /**
+   * Makes the range read as zeros. With the addon the file system frees or unmaps it (a hole
+   * punch: no data written, its blocks given back) or the block device zeroes it; where that is
+   * refused, zeros are written in 1 MiB chunks.
+   *
+   * Durability, whichever way it was done: like a write, a discard is durable only once flush()
+   * (fdatasync of this file) returned after it, and flush() does make it durable; writeDurable()
+   * (pwrite + fdatasync) of anything in the same file covers it too. A hole punch or zero-range
+   * changes which blocks back the range, metadata fdatasync must commit (ext4 ties it to the
+   * inode's datasync transaction, XFS logs it as a non-timestamp change); BLKZEROOUT completes on
+   * the device and the flush empties its cache. native/zero_range.cc has the details. So "discard a
+   * cluster, then commit the journal record that hands it to a new owner" never shows the
+   * cluster's old bytes after a crash that follows the commit; before the commit, old bytes or zeros.
+   */
   async discard(offsetBytes: number, lengthBytes: number): Promise<void> {
     assertAlignedRange(this, offsetBytes, lengthBytes);
-    if (offsetBytes === 0 && lengthBytes === this.sizeBytes) {
-      // Node has no hole punching; for the whole file, truncating to zero and back frees every block.
-      await this.handle.truncate(0);
-      await this.handle.truncate(this.sizeBytes);
+    if (lengthBytes === 0) return;
+    if (this.zeroingMode === 'native' && (await this.zeroNatively(offsetBytes, lengthBytes))) return;
+    if (offsetBytes === 0 && lengthBytes === this.sizeBytes && !this.isBlockDevice) {
+      // Without hole punching, truncating to zero and back frees every block. A crash between the
+      // two leaves an empty file: only the fallback (no addon, or a file system without fallocate
+      // modes) takes this path.
+      this.enter();
+      try {
+        await this.handle.truncate(0);
+        await this.handle.truncate(this.sizeBytes);
+      } finally {
+        this.leave();
+      }
       return;
     }
     for (let offset = offsetBytes; offset < offsetBytes + lengthBytes; offset += zeroChunkBytes) {
@@ -172,11 +280,41 @@ export class FileDevice implements BlockDevice {
     }
   }
 
-  async flush(): Promise<void> {
-    await this.handle.datasync();
+  /** True when the addon zeroed the range; false when this file or range needs zeros written. */
+  private async zeroNatively(offsetBytes: number, lengthBytes: number): Promise<boolean> {
+    this.enter();
+    try {
+      await zeroRangeAt(this.fdNumber, offsetBytes, lengthBytes);
+      return true;
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (!zeroRangeUnsupported.has(code)) throw error;
+      if (zeroRangeNeverHere.has(code)) this.zeroingMode = 'writes';
+      return false;
+    } finally {
+      this.leave();
+    }
   }
 
-  async close(): Promise<void> {
+  async flush(): Promise<void> {
+    this.enter();
+    try {
+      await this.handle.datasync();
+    } finally {
+      this.leave();
+    }
+  }
+
+  /**
+   * Refuses new I/O, waits for every read, write, discard, flush and withFd() work in flight, then
+   * closes the descriptor. Calling it again returns the same promise.
+   */
+  close(): Promise<void> {
+    this.closed ??= this.closeOnce();
+    return this.closed;
+  }
+
+  private async closeOnce(): Promise<void> {
     this.closing = true;
     if (this.ioInFlight > 0) await new Promise<void>((resolve) => (this.idle = resolve));
     await this.handle.close();

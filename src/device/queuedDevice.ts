@@ -4,12 +4,15 @@ import { IoQueue } from './ioQueue.ts';
 
 export class QueuedDevice implements BlockDevice {
   readonly queue: IoQueue;
+  /** The inner device's, when it has one (files): borrowing the descriptor is not queued I/O. */
+  readonly withFd?: <T>(work: (fd: number) => Promise<T>) => Promise<T>;
 
   constructor(
     readonly inner: BlockDevice,
     queue: IoQueue = new IoQueue(),
   ) {
     this.queue = queue;
+    if (inner.withFd) this.withFd = (work) => inner.withFd!(work);
   }
 
   get kind(): BlockDevice['kind'] {

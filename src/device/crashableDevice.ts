@@ -41,6 +41,11 @@ export class CrashableDevice implements BlockDevice {
     this.crashAtWrite = writeNumber;
   }
 
+  /** From now on every I/O fails: the process using the device is gone, and so is its I/O. */
+  halt(): void {
+    this.crashed = true;
+  }
+
   get hasCrashed(): boolean {
     return this.crashed;
   }
@@ -87,20 +92,29 @@ export class CrashableDevice implements BlockDevice {
   async close(): Promise<void> {}
 
   /**
-   * The device as found after power returns: what was flushed, plus — with `keepUnflushed` — a
-   * seeded choice of unflushed writes, each kept whole, dropped, or torn at a block boundary.
+   * The device as the next process finds it after this one was killed (`kill -9`): every byte
+   * written is there (the kernel kept it), and what was not flushed is still not durable, so a
+   * later power loss can still lose it. This device is halted: the dead process's I/O never lands.
    */
-  async afterPowerLoss(keepUnflushed?: { seed: number }): Promise<CrashableDevice> {
+  async afterProcessCrash(): Promise<CrashableDevice> {
+    this.halt();
     const next = new CrashableDevice(this.sizeBytes, this.blockSizeBytes);
-    const buffer = Buffer.alloc(copyChunkBytes);
-    for (let offset = 0; offset < this.sizeBytes; offset += copyChunkBytes) {
-      const chunk = buffer.subarray(0, Math.min(copyChunkBytes, this.sizeBytes - offset));
-      await this.durable.readInto(chunk, offset);
-      if (!chunk.equals(zeros.subarray(0, chunk.length))) {
-        await next.live.write(offset, chunk);
-        await next.durable.write(offset, chunk);
-      }
-    }
+    await copyWritten(this.live, next.live);
+    await copyWritten(this.durable, next.durable);
+    next.unflushed = [...this.unflushed];
+    return next;
+  }
+
+  /**
+   * The device as found after power returns: what was flushed, plus — with `keepUnflushed` — a
+   * seeded choice of unflushed writes, each kept whole, dropped, or torn at block boundaries:
+   * `tear: 'prefix'` (default) keeps its first blocks, `tear: 'blocks'` any subset of its blocks
+   * (a disk persists each sector on its own).
+   */
+  async afterPowerLoss(keepUnflushed?: { seed: number; tear?: 'prefix' | 'blocks' }): Promise<CrashableDevice> {
+    const next = new CrashableDevice(this.sizeBytes, this.blockSizeBytes);
+    await copyWritten(this.durable, next.live);
+    await copyWritten(this.durable, next.durable);
     if (keepUnflushed) {
       let state = keepUnflushed.seed >>> 0 || 1;
       const random = () => ((state = (Math.imul(state, 1103515245) + 12345) >>> 0) / 2 ** 32);
@@ -108,13 +122,35 @@ export class CrashableDevice implements BlockDevice {
         const choice = random();
         if (choice < 1 / 3) continue;
         const blocks = write.data.length / this.blockSizeBytes;
-        const keptBlocks = choice < 2 / 3 ? Math.floor(random() * blocks) : blocks;
-        const kept = write.data.subarray(0, keptBlocks * this.blockSizeBytes);
-        if (kept.length === 0) continue;
-        await next.live.write(write.offsetBytes, kept);
-        await next.durable.write(write.offsetBytes, kept);
+        if (choice >= 2 / 3) {
+          await next.keep(write.offsetBytes, write.data);
+        } else if (keepUnflushed.tear === 'blocks') {
+          for (let block = 0; block < blocks; block++) {
+            const start = block * this.blockSizeBytes;
+            if (random() < 0.5) await next.keep(write.offsetBytes + start, write.data.subarray(start, start + this.blockSizeBytes));
+          }
+        } else {
+          const keptBlocks = Math.floor(random() * blocks);
+          if (keptBlocks > 0) await next.keep(write.offsetBytes, write.data.subarray(0, keptBlocks * this.blockSizeBytes));
+        }
       }
     }
     return next;
+  }
+
+  /** Puts bytes on the device as durable, as found after a restart. */
+  private async keep(offsetBytes: number, data: Buffer): Promise<void> {
+    await this.live.write(offsetBytes, data);
+    await this.durable.write(offsetBytes, data);
+  }
+}
+
+/** Copies every chunk of `from` that holds a non-zero byte into `to` (both start as zeros). */
+async function copyWritten(from: MemoryDevice, to: MemoryDevice): Promise<void> {
+  const buffer = Buffer.alloc(copyChunkBytes);
+  for (let offset = 0; offset < from.sizeBytes; offset += copyChunkBytes) {
+    const chunk = buffer.subarray(0, Math.min(copyChunkBytes, from.sizeBytes - offset));
+    await from.readInto(chunk, offset);
+    if (!chunk.equals(zeros.subarray(0, chunk.length))) await to.write(offset, chunk);
   }
 }

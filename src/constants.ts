@@ -135,3 +135,11 @@ assert.ok(nbdOptionBytesMax >= nbdStringBytesMax + 8, 'an option can carry a max
 // A reply written in pieces (a long listing) holds the event loop at most this long per turn, on
 // both transports (SPEC §10).
 export const replySliceMs = 2;
+
+/**
+ * Copy-on-write and copy-up (inflate, decouple) move a cluster in chunks of this size through a
+ * small set of buffers per lvstore, so a first write to a 1 GiB cluster does not allocate 1 GiB,
+ * and 16 in flight per NBD connection cannot pin 16 of them (issue 19).
+ */
+export const copyChunkBytes = mibBytes;
+export const copyBuffersPerLvstore = 8;

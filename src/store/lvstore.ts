@@ -23,6 +23,7 @@ import { StorageError, fail, fromDeviceError } from '../errors.ts';
 import { log } from '../log.ts';
 import type { Runtime } from '../runtime.ts';
 import { ClusterAllocator } from './clusterAllocator.ts';
+import { CopyBuffers } from './copyBuffers.ts';
 import { IoGate } from './ioGate.ts';
 import {
   type ClearMethod,
@@ -101,6 +102,12 @@ function undoCommit(entry: PendingCommit, allocator: ClusterAllocator): void {
   allocator.release(entry.allocated);
 }
 
+/** Bytes a write puts into one cluster it does not own yet, at `innerOffsetBytes` in the cluster. */
+interface ClusterOverlay {
+  readonly innerOffsetBytes: number;
+  readonly data: Uint8Array;
+}
+
 /** `ownerBelow` answers besides a physical cluster (> 0): zeros, or the chain's external snapshot. */
 const readsZeros = 0;
 const readsExternal = -1;
@@ -127,6 +134,8 @@ export class Lvstore {
   // Allocation of one logical cluster of one lvol runs alone: concurrent first writes must not
   // both allocate it.
   private readonly allocating = new Map<string, Promise<void>>();
+  // Copies of clusters (copy on write, inflate, decouple) go through these, a chunk at a time.
+  private readonly copyBuffers = new CopyBuffers();
 
   private constructor(
     readonly device: BlockDevice,
@@ -471,6 +480,7 @@ export class Lvstore {
       fail('ENOSPC', `${options.clusterCount} clusters exceed the lvstore's ${this.allocator.dataClusterTotal}`);
     }
     const physical = options.thin ? [] : this.allocator.allocate(options.clusterCount);
+    await this.zeroNewClusters(physical);
     const id = this.runtime.uuid();
     await this.commit([
       {
@@ -596,6 +606,54 @@ export class Lvstore {
   }
 
   /**
+   * Makes clusters just taken from the allocator read as zeros before a commit hands them to an
+   * lvol (thick create, thick grow). Zeroing at allocation, not only at free, is what keeps a
+   * crash from showing one lvol's old bytes to another: a delete's clearing may never have run,
+   * and an allocation whose record never committed leaves its data behind. The journal's flush
+   * of the commit that follows makes the zeros durable with it (same device). On a file the
+   * device punches holes (no data written) where it can.
+   */
+  private async zeroNewClusters(physicalClusters: readonly number[]): Promise<void> {
+    try {
+      for (const [, physicalCluster, count = 1] of allocationRuns(0, physicalClusters)) {
+        await this.device.discard(clusterIndexToOffsetBytes(physicalCluster, this.clusterBytes), count * this.clusterBytes);
+      }
+    } catch (error) {
+      this.allocator.release(physicalClusters);
+      throw fromDeviceError(error, 'zeroing new clusters failed');
+    }
+  }
+
+  /**
+   * Writes physical cluster `target` with what `lvol` reads at `clusterIndex` from below (an
+   * ancestor's cluster, the external snapshot, or zeros), `overlay` on top. Zeros are made by a
+   * discard and only the overlay is written; a source is copied a chunk at a time through the
+   * lvstore's copy buffers, so no cluster-sized buffer is ever allocated.
+   */
+  private async fillCluster(lvol: LvolRecord, clusterIndex: number, target: number, overlay: ClusterOverlay | undefined): Promise<void> {
+    const targetOffset = clusterIndexToOffsetBytes(target, this.clusterBytes);
+    if (overlay && overlay.data.length === this.clusterBytes) return this.device.write(targetOffset, overlay.data);
+    const source = this.ownerBelow(lvol, clusterIndex);
+    if (source === readsZeros) {
+      await this.device.discard(targetOffset, this.clusterBytes);
+      if (overlay) await this.device.write(targetOffset + overlay.innerOffsetBytes, overlay.data);
+      return;
+    }
+    await this.copyBuffers.with(async (buffer) => {
+      for (let done = 0; done < this.clusterBytes; done += buffer.length) {
+        const piece = buffer.subarray(0, Math.min(buffer.length, this.clusterBytes - done));
+        await this.readSource(lvol, source, clusterIndex * this.clusterBytes + done, piece);
+        if (overlay) {
+          const from = Math.max(overlay.innerOffsetBytes, done);
+          const to = Math.min(overlay.innerOffsetBytes + overlay.data.length, done + piece.length);
+          if (from < to) piece.set(overlay.data.subarray(from - overlay.innerOffsetBytes, to - overlay.innerOffsetBytes), from - done);
+        }
+        await this.device.write(targetOffset + done, piece);
+      }
+    });
+  }
+
+  /**
    * Clears clusters a committed operation freed. The operation is already durable, so a device
    * error here must not make it look refused: it is logged, and the clusters are still freed (a
    * new owner writes a cluster whole before it can read it; only clear_method's promise of
@@ -629,6 +687,7 @@ export class Lvstore {
       this.assertStillPresent(lvol);
       const oldCount = lvol.clusterMap.length;
       const grown = clusterCount > oldCount && !lvol.thin ? this.allocator.allocate(clusterCount - oldCount) : [];
+      await this.zeroNewClusters(grown);
       const freed = [...lvol.clusterMap.entries(Math.min(clusterCount, oldCount))].map(([, physicalCluster]) => physicalCluster);
       await this.commit([
         {
@@ -732,12 +791,8 @@ export class Lvstore {
       this.checkCopyUp(id, mode);
       const targets = this.copyUpTargets(lvol, mode);
       const physical = this.allocator.allocate(targets.length);
-      const buffer = Buffer.alloc(this.clusterBytes);
       try {
-        for (const [position, clusterIndex] of targets.entries()) {
-          await this.readSource(lvol, this.ownerBelow(lvol, clusterIndex), clusterIndex * this.clusterBytes, buffer);
-          await this.device.write(clusterIndexToOffsetBytes(physical[position]!, this.clusterBytes), buffer);
-        }
+        for (const [position, clusterIndex] of targets.entries()) await this.fillCluster(lvol, clusterIndex, physical[position]!, undefined);
       } catch (error) {
         this.allocator.release(physical);
         throw fromDeviceError(error, `copying clusters into ${lvol.name} failed`);
@@ -989,41 +1044,69 @@ export class Lvstore {
     this.assertStillPresent(lvol);
     if (lvol.readOnly) fail('EPERM', `${lvol.name} is read-only`);
     this.assertIoRange(lvol, offsetBytes, data.length);
+    // Every cluster the write must allocate is reserved before a byte is written: a write the
+    // lvstore has no room for is refused whole (-28) and changes nothing (NBD would allow a
+    // partial write; a client retrying after freeing space must not find half of it applied).
+    const reserved = this.reserveFor(lvol, [{ offsetBytes, lengthBytes: data.length }]);
+    try {
+      await this.writeRange(lvol, offsetBytes, data, reserved);
+    } finally {
+      // Reserved for clusters a concurrent write allocated first: back to the allocator.
+      this.allocator.release(reserved.splice(0));
+    }
+  }
+
+  /** Writes `data` into the lvol's clusters, allocating from `reserved` those it does not own yet. */
+  private async writeRange(lvol: LvolRecord, offsetBytes: number, data: Uint8Array, reserved: number[]): Promise<void> {
     await this.forEachSegment(offsetBytes, data.length, async (clusterIndex, inner, rangeOffset, length) => {
-      const piece = data.subarray(rangeOffset, rangeOffset + length);
-      const physicalCluster = lvol.clusterMap.get(clusterIndex);
-      if (physicalCluster !== 0) {
-        // The mapping may come from an allocation whose journal record is still being flushed:
-        // this write is acknowledged only once that record is durable, or a crash could lose it.
-        const allocation = this.allocating.get(`${lvol.id}:${clusterIndex}`);
-        await this.device.write(clusterIndexToOffsetBytes(physicalCluster, this.clusterBytes) + inner, piece);
-        if (allocation) await allocation;
-      } else {
-        await this.allocateCluster(lvol, clusterIndex, { innerOffsetBytes: inner, data: piece });
+        const piece = data.subarray(rangeOffset, rangeOffset + length);
+        const physicalCluster = lvol.clusterMap.get(clusterIndex);
+        if (physicalCluster !== 0) {
+          // The mapping may come from an allocation whose journal record is still being flushed:
+          // this write is acknowledged only once that record is durable, or a crash could lose it.
+          const allocation = this.allocating.get(`${lvol.id}:${clusterIndex}`);
+          await this.device.write(clusterIndexToOffsetBytes(physicalCluster, this.clusterBytes) + inner, piece);
+          if (allocation) await allocation;
+        } else {
+          await this.allocateCluster(lvol, clusterIndex, { innerOffsetBytes: inner, data: piece }, reserved);
+        }
+      });
+  }
+
+  /** Takes from the allocator a cluster for each one of the range the lvol does not own yet, or throws ENOSPC taking none. */
+  private reserveFor(lvol: LvolRecord, ranges: ReadonlyArray<{ offsetBytes: number; lengthBytes: number }>): number[] {
+    let needed = 0;
+    for (const { offsetBytes, lengthBytes } of ranges) {
+      if (lengthBytes === 0) continue;
+      const last = Math.floor((offsetBytes + lengthBytes - 1) / this.clusterBytes);
+      for (let clusterIndex = Math.floor(offsetBytes / this.clusterBytes); clusterIndex <= last; clusterIndex++) {
+        if (lvol.clusterMap.get(clusterIndex) === 0 && !this.allocating.has(`${lvol.id}:${clusterIndex}`)) needed++;
       }
-    });
+    }
+    if (needed === 0) return [];
+    if (needed > this.allocator.free) {
+      fail('ENOSPC', `the write needs ${needed} new clusters and ${this.allocator.free} are free`);
+    }
+    return this.allocator.allocate(needed);
   }
 
   /**
    * Gives `lvol` its own copy of `clusterIndex`: what it sees now (parent chain or zeros) with
-   * `overlay` on top, written to a fresh cluster before the allocation is committed.
+   * `overlay` on top, written to a cluster from `reserved` (or a fresh one) before the allocation
+   * is committed.
    */
-  private async allocateCluster(
-    lvol: LvolRecord,
-    clusterIndex: number,
-    overlay: { innerOffsetBytes: number; data: Uint8Array } | undefined,
-  ): Promise<void> {
+  private async allocateCluster(lvol: LvolRecord, clusterIndex: number, overlay: ClusterOverlay, reserved: number[]): Promise<void> {
     const key = `${lvol.id}:${clusterIndex}`;
     for (let pending = this.allocating.get(key); pending; pending = this.allocating.get(key)) await pending;
     const existing = lvol.clusterMap.get(clusterIndex);
     if (existing !== 0) {
-      if (overlay) {
-        const offset = clusterIndexToOffsetBytes(existing, this.clusterBytes) + overlay.innerOffsetBytes;
-        await this.device.write(offset, overlay.data);
-      }
+      await this.device.write(clusterIndexToOffsetBytes(existing, this.clusterBytes) + overlay.innerOffsetBytes, overlay.data);
       return;
     }
-    const work = this.copyIntoNewCluster(lvol, clusterIndex, overlay);
+    // Reserved up front; only a write that found another's allocation of this cluster in flight,
+    // which then failed, gets here without one.
+    const physicalCluster = reserved.pop() ?? this.allocator.allocate(1)[0]!;
+    const work = this.copyIntoNewCluster(lvol, clusterIndex, overlay, physicalCluster);
     const settled = work.then(
       () => undefined,
       () => undefined,
@@ -1036,25 +1119,10 @@ export class Lvstore {
     }
   }
 
-  private async copyIntoNewCluster(
-    lvol: LvolRecord,
-    clusterIndex: number,
-    overlay: { innerOffsetBytes: number; data: Uint8Array } | undefined,
-  ): Promise<void> {
-    const [physicalCluster] = this.allocator.allocate(1);
-    assert.ok(physicalCluster !== undefined);
+  private async copyIntoNewCluster(lvol: LvolRecord, clusterIndex: number, overlay: ClusterOverlay, physicalCluster: number): Promise<void> {
     try {
-      let content: Uint8Array;
-      if (overlay && overlay.data.length === this.clusterBytes) {
-        content = overlay.data;
-      } else {
-        const buffer = Buffer.alloc(this.clusterBytes);
-        await this.readSource(lvol, this.ownerBelow(lvol, clusterIndex), clusterIndex * this.clusterBytes, buffer);
-        if (overlay) buffer.set(overlay.data, overlay.innerOffsetBytes);
-        content = buffer;
-      }
       // Data first, then the metadata that publishes it: a crash in between leaks nothing visible.
-      await this.device.write(clusterIndexToOffsetBytes(physicalCluster, this.clusterBytes), content);
+      await this.fillCluster(lvol, clusterIndex, physicalCluster, overlay);
     } catch (error) {
       this.allocator.release([physicalCluster]);
       throw error;
@@ -1074,14 +1142,29 @@ export class Lvstore {
     const lvol = this.lvol(id);
     if (lvol.readOnly) fail('EPERM', `${lvol.name} is read-only`);
     this.assertIoRange(lvol, offsetBytes, lengthBytes);
-    for (const extent of this.extents(id, offsetBytes, lengthBytes, Number.POSITIVE_INFINITY)) {
-      if (extent.allocated) {
-        for (let done = 0; done < extent.lengthBytes; done += zeroChunkBytes) {
-          const piece = Math.min(zeroChunkBytes, extent.lengthBytes - done);
-          await this.write(id, extent.offsetBytes + done, zeroChunk.subarray(0, piece));
+    await this.gate(id)
+      .withShared(async () => {
+        this.assertStillPresent(lvol);
+        if (lvol.readOnly) fail('EPERM', `${lvol.name} is read-only`);
+        this.assertIoRange(lvol, offsetBytes, lengthBytes);
+        const extents = this.extents(id, offsetBytes, lengthBytes, Number.POSITIVE_INFINITY).filter((extent) => extent.allocated);
+        // Refused whole, as a write: every cluster it must allocate is reserved first.
+        const reserved = this.reserveFor(lvol, extents);
+        try {
+          for (const extent of extents) {
+            for (let done = 0; done < extent.lengthBytes; done += zeroChunkBytes) {
+              const piece = Math.min(zeroChunkBytes, extent.lengthBytes - done);
+              await this.writeRange(lvol, extent.offsetBytes + done, zeroChunk.subarray(0, piece), reserved);
+            }
+          }
+        } finally {
+          this.allocator.release(reserved.splice(0));
         }
-      }
-    }
+      })
+      .catch((error: unknown) => {
+        if (error instanceof StorageError && error.errno === 'ENOSPC') throw new StorageError('ENOSPC', { detail: error.detail ?? 'no free cluster' });
+        throw fromDeviceError(error, `write zeroes to lvol ${lvol.name} failed`);
+      });
   }
 
   /**

@@ -1,7 +1,7 @@
 // The lvstore layer on its own: provisioning, the data path, snapshots, clones, merges and the
 // other SPDK lvol operations (SPEC §2, reference §8 and §3.4), checked against the bytes read back.
 import { describe, expect, it } from 'vitest';
-import { lvolSizeBytesMax, mibBytes } from '../../src/constants.ts';
+import { copyBuffersPerLvstore, lvolSizeBytesMax, mibBytes } from '../../src/constants.ts';
 import { MemoryDevice } from '../../src/device/memoryDevice.ts';
 import { SimulatedDevice } from '../../src/device/simulatedDevice.ts';
 import { StorageError } from '../../src/errors.ts';
@@ -84,6 +84,34 @@ describe('lvol provisioning', () => {
     // A resize past the bound is refused at once, before anything grows.
     expect(await errnoOf(() => store.resize(big.id, lvolSizeBytesMax / clusterBytes + 1))).toBe('EINVAL');
     expect(storeState(store)).toEqual(before);
+  });
+
+  it('refuses a write needing more clusters than are free whole: not one byte of it lands', async () => {
+    // Goal (issue 19, bug 4): 7 free clusters and a 9-cluster write used to answer ENOSPC with 7
+    // clusters holding its bytes. Clusters are reserved before any byte is written. Write zeroes
+    // over clusters a parent owns is refused the same way.
+    const { store } = await newStore();
+    await store.createLvol({ name: 'filler', clusterCount: 240 - 12, thin: false });
+    const origin = await store.createLvol({ name: 'origin', clusterCount: 5, thin: false });
+    await store.write(origin.id, 0, Buffer.alloc(5 * clusterBytes, 0x33));
+    const snapshot = await store.snapshot(origin.id, 'snap', {});
+    const clone = await store.clone(snapshot.id, 'clone');
+    const thin = await store.createLvol({ name: 'thin', clusterCount: 20, thin: true });
+    expect(store.info().freeClusters).toBe(7);
+    const before = storeState(store);
+    expect(await errnoOf(() => store.write(thin.id, 0, patternBytes(9 * clusterBytes, 3)))).toBe('ENOSPC');
+    expect(storeState(store)).toEqual(before);
+    expect((await readAll(store, thin.id)).equals(Buffer.alloc(20 * clusterBytes))).toBe(true);
+    // Origin's copy on write takes 3 of the 7, leaving 4; zeroes over the clone's 5 need 5.
+    await store.write(origin.id, 0, Buffer.alloc(3 * clusterBytes, 0x44));
+    const beforeZeroes = storeState(store);
+    expect(await errnoOf(() => store.writeZeroes(clone.id, 0, 5 * clusterBytes))).toBe('ENOSPC');
+    expect(storeState(store)).toEqual(beforeZeroes);
+    expect((await readAll(store, clone.id)).equals(Buffer.alloc(5 * clusterBytes, 0x33))).toBe(true);
+    // What fits still goes through.
+    await store.write(thin.id, 0, patternBytes(4 * clusterBytes, 4));
+    expect(store.info().freeClusters).toBe(0);
+    expectClusterAccounting(store);
   });
 
   it('refuses an lvol larger than the free space with ENOSPC and changes nothing', async () => {
@@ -215,20 +243,6 @@ describe('lvstore clear method', () => {
     return { device, old };
   }
 
-  it("leaves a device's old bytes visible to a thick lvol with clear method 'none'", async () => {
-    // Goal: 'none' does not clear the device, as SPDK: a thick lvol reads whatever its clusters held.
-    const { device, old } = await prefilledDevice();
-    const { store } = await newStore({ device, clearMethod: 'none' });
-    const lvol = await store.createLvol({ name: 'thick', clusterCount: 3, thin: false });
-    const all = await readAll(store, lvol.id);
-    for (let clusterIndex = 0; clusterIndex < 3; clusterIndex++) {
-      const physicalCluster = lvol.clusterMap.get(clusterIndex);
-      const expected = old.subarray(physicalCluster * clusterBytes, (physicalCluster + 1) * clusterBytes);
-      expect(all.subarray(clusterIndex * clusterBytes, (clusterIndex + 1) * clusterBytes).equals(expected)).toBe(true);
-    }
-    expect(all.equals(Buffer.alloc(all.length))).toBe(false);
-  });
-
   it("still shows zeros around a partial write to a thin lvol with clear method 'none'", async () => {
     // Goal: a thin cluster is zero-filled when first allocated, so old device bytes never leak into it.
     const { device } = await prefilledDevice();
@@ -242,9 +256,10 @@ describe('lvstore clear method', () => {
     expect((await readAll(store, lvol.id)).equals(expected)).toBe(true);
   });
 
-  for (const clearMethod of ['unmap', 'write_zeroes'] as const) {
+  for (const clearMethod of ['unmap', 'write_zeroes', 'none'] as const) {
     it(`makes a thick lvol read zeros on a pre-filled device with clear method '${clearMethod}'`, async () => {
-      // Goal: clearing lvstores make fresh thick lvols read as zeros, whatever the device held.
+      // Goal: clusters are zeroed when allocated, so a fresh thick lvol reads zeros whatever the
+      // device held, even where the lvstore was created without clearing it ('none').
       const { device } = await prefilledDevice();
       const { store } = await newStore({ device, clearMethod });
       const lvol = await store.createLvol({ name: 'thick', clusterCount: 3, thin: false });
@@ -252,20 +267,57 @@ describe('lvstore clear method', () => {
     });
   }
 
-  it("clears a deleted lvol's clusters before a thick lvol reuses them, unless the clear method is 'none'", async () => {
-    // Goal: freed clusters are unmapped on delete, so data never leaks into the next owner.
-    for (const clearMethod of ['unmap', 'none'] as const) {
+  it("never shows a deleted lvol's bytes to the thick lvol that reuses its clusters, whatever the clear method", async () => {
+    // Goal: a cluster reaches a new owner only as zeros. With 'none' nothing clears it on delete,
+    // so only the zeroing at allocation stands between the two lvols.
+    for (const clearMethod of ['unmap', 'write_zeroes', 'none'] as const) {
       const { store } = await newStore({ clearMethod });
       const first = await store.createLvol({ name: 'first', clusterCount: 2, thin: false });
-      const data = patternBytes(2 * clusterBytes, 9);
-      await store.write(first.id, 0, data);
+      await store.write(first.id, 0, patternBytes(2 * clusterBytes, 9));
       const physical = [...first.clusterMap.dense()];
       await store.deleteLvol(first.id);
       const second = await store.createLvol({ name: 'second', clusterCount: 2, thin: false });
       expect([...second.clusterMap.dense()]).toEqual(physical);
-      const expected = clearMethod === 'none' ? data : Buffer.alloc(2 * clusterBytes);
-      expect((await readAll(store, second.id)).equals(expected), clearMethod).toBe(true);
+      expect((await readAll(store, second.id)).equals(Buffer.alloc(2 * clusterBytes)), clearMethod).toBe(true);
     }
+  });
+
+  it("zeroes clusters when a thick lvol grows into a deleted lvol's clusters", async () => {
+    // Goal: a thick grow allocates too, and its new tail reads zeros, not the old owner's bytes.
+    const { store } = await newStore({ clearMethod: 'none' });
+    const keeper = await store.createLvol({ name: 'keeper', clusterCount: 1, thin: false });
+    const first = await store.createLvol({ name: 'first', clusterCount: 3, thin: false });
+    await store.write(first.id, 0, patternBytes(3 * clusterBytes, 10));
+    await store.deleteLvol(first.id);
+    await store.resize(keeper.id, 4);
+    expect((await readAll(store, keeper.id)).equals(Buffer.alloc(4 * clusterBytes))).toBe(true);
+  });
+});
+
+describe('copy on write of large clusters', () => {
+  it('copies a 4 MiB cluster a chunk at a time through a bounded set of buffers, bytes exact', async () => {
+    // Goal: a first write to a cluster a parent owns copies it in 1 MiB chunks (the overlay spans
+    // chunk boundaries), and 16 at once allocate at most the lvstore's 8 copy buffers, never a
+    // cluster-sized buffer each.
+    const bigCluster = 4 * mibBytes;
+    const device = new MemoryDevice(160 * mibBytes, blockBytes);
+    const store = await Lvstore.create(device, { name: 'big', clusterBytes: bigCluster, clearMethod: 'unmap' }, new MemoryMetadataLog(), seededRuntime(3));
+    const origin = await store.createLvol({ name: 'origin', clusterCount: 16, thin: true });
+    const base = patternBytes(16 * bigCluster, 21);
+    await store.write(origin.id, 0, base);
+    await store.snapshot(origin.id, 'snap', {});
+    const expected = Buffer.from(base);
+    const writes: Promise<void>[] = [];
+    for (let clusterIndex = 0; clusterIndex < 16; clusterIndex++) {
+      const offset = clusterIndex * bigCluster + mibBytes - 8 * blockBytes + clusterIndex * blockBytes;
+      const data = patternBytes(mibBytes + 16 * blockBytes, 100 + clusterIndex);
+      data.copy(expected, offset);
+      writes.push(store.write(origin.id, offset, data));
+    }
+    await Promise.all(writes);
+    expect((await store.read(origin.id, 0, 16 * bigCluster)).equals(expected)).toBe(true);
+    expect(store['copyBuffers'].allocatedCount).toBeLessThanOrEqual(copyBuffersPerLvstore);
+    expect(store['copyBuffers'].allocatedCount).toBeGreaterThan(0);
   });
 });
 

@@ -33,7 +33,7 @@ function writeAt(fd: number, data: Uint8Array, at: number, length: number, posit
 
 /** How a range was zeroed without writing it (native/zero_range.cc). */
 export type ZeroRangeMethod = 'punch-hole' | 'zero-range' | 'blkzeroout';
-type ZeroRangeCall = (
+export type ZeroRangeCall = (
   fd: number,
   offsetBytes: number,
   lengthBytes: number,
@@ -51,19 +51,19 @@ const zeroRangeUnsupported: ReadonlySet<string | undefined> = new Set(['ENOTSUP'
 const zeroRangeNeverHere: ReadonlySet<string | undefined> = new Set(['ENOTSUP', 'EOPNOTSUPP', 'ENOSYS', 'ENOTTY']);
 
 /**
- * How a FileDevice clears a range: 'native' asks the addon to free or unmap it (no data written)
- * and writes zeros only where that is refused; 'writes' always writes zeros, as without the addon.
+ * How a FileDevice clears a range now: 'native' asks zeroRange to free or unmap it (no data
+ * written); 'writes' writes zeros, as without the addon.
  */
 export type ZeroingMode = 'native' | 'writes';
 
-/** The default zeroing: native when the addon is built, unless env LVNODE_ZEROING=writes forces the fallback. */
-function defaultZeroing(): ZeroingMode {
-  return nativeZeroRange && process.env.LVNODE_ZEROING !== 'writes' ? 'native' : 'writes';
+/** The addon's zeroRange, or null (write zeros) without it or when env LVNODE_ZEROING=writes forces the fallback. */
+function defaultZeroRange(): ZeroRangeCall | null {
+  return process.env.LVNODE_ZEROING === 'writes' ? null : nativeZeroRange;
 }
 
-function zeroRangeAt(fd: number, offsetBytes: number, lengthBytes: number): Promise<ZeroRangeMethod> {
+function zeroRangeAt(call: ZeroRangeCall, fd: number, offsetBytes: number, lengthBytes: number): Promise<ZeroRangeMethod> {
   return new Promise((resolve, reject) => {
-    nativeZeroRange!(fd, offsetBytes, lengthBytes, (error, method) => (error ? reject(error) : resolve(method!)));
+    call(fd, offsetBytes, lengthBytes, (error, method) => (error ? reject(error) : resolve(method!)));
   });
 }
 
@@ -102,8 +102,8 @@ export class FileDevice implements BlockDevice {
     readonly locked: boolean,
     /** A block special file (a disk, a partition, a loop device) rather than a regular file. */
     readonly isBlockDevice: boolean,
-    /** How discard() clears ranges; 'native' drops to 'writes' for good once the file system refuses. */
-    private zeroingMode: ZeroingMode,
+    /** What discard() clears ranges with; null (write zeros) for good once the file system refuses. */
+    private zeroRange: ZeroRangeCall | null,
   ) {
     this.fdNumber = handle.fd;
   }
@@ -111,12 +111,14 @@ export class FileDevice implements BlockDevice {
   /**
    * Opens an existing regular file or block device. Its size is rounded down to whole blocks; a
    * missing file or a directory is refused with a Node error the caller turns into a clear message.
-   * `zeroing` chooses how discard() clears (default: native with the addon, see defaultZeroing).
+   * `zeroRange` is what discard() clears with: the addon's by default (see defaultZeroRange), null
+   * to write zeros, or a stand-in (tests inject one that refuses, as a file system without
+   * fallocate modes does).
    */
   static async open(
     path: string,
     blockSizeBytes: number,
-    options: { readOnly?: boolean; zeroing?: ZeroingMode } = {},
+    options: { readOnly?: boolean; zeroRange?: ZeroRangeCall | null } = {},
   ): Promise<FileDevice> {
     const info = await stat(path);
     if (!info.isFile() && !info.isBlockDevice()) throw new Error(`${path} is not a regular file or block device`);
@@ -127,9 +129,9 @@ export class FileDevice implements BlockDevice {
       const opened = await handle.stat({ bigint: true });
       const locked = lockExclusive(handle.fd, path, opened.ino);
       const sizeBytes = Math.floor(Number(opened.size) / blockSizeBytes) * blockSizeBytes;
-      const zeroing = options.zeroing === 'writes' || !nativeZeroRange ? 'writes' : (options.zeroing ?? defaultZeroing());
+      const zeroRange = options.zeroRange === undefined ? defaultZeroRange() : options.zeroRange;
       const identity = `${opened.dev}:${opened.ino}`;
-      return new FileDevice(path, handle, sizeBytes, blockSizeBytes, options.readOnly ?? false, identity, locked, opened.isBlockDevice(), zeroing);
+      return new FileDevice(path, handle, sizeBytes, blockSizeBytes, options.readOnly ?? false, identity, locked, opened.isBlockDevice(), zeroRange);
     } catch (error) {
       await handle.close();
       throw error;
@@ -157,7 +159,7 @@ export class FileDevice implements BlockDevice {
 
   /** How discard() clears ranges now. */
   get zeroing(): ZeroingMode {
-    return this.zeroingMode;
+    return this.zeroRange ? 'native' : 'writes';
   }
 
   /**
@@ -209,12 +211,17 @@ export class FileDevice implements BlockDevice {
     assertAlignedRange(this, offsetBytes, data.length);
     this.enter();
     try {
-      let done = 0;
-      while (done < data.length) {
-        done += await writeAt(this.fdNumber, data, done, data.length - done, offsetBytes + done);
-      }
+      await this.writeAll(offsetBytes, data);
     } finally {
       this.leave();
+    }
+  }
+
+  /** Writes all of `data`; the caller checked the range and counts the I/O in flight. */
+  private async writeAll(offsetBytes: number, data: Uint8Array): Promise<void> {
+    let done = 0;
+    while (done < data.length) {
+      done += await writeAt(this.fdNumber, data, done, data.length - done, offsetBytes + done);
     }
   }
 
@@ -260,39 +267,37 @@ export class FileDevice implements BlockDevice {
   async discard(offsetBytes: number, lengthBytes: number): Promise<void> {
     assertAlignedRange(this, offsetBytes, lengthBytes);
     if (lengthBytes === 0) return;
-    if (this.zeroingMode === 'native' && (await this.zeroNatively(offsetBytes, lengthBytes))) return;
-    if (offsetBytes === 0 && lengthBytes === this.sizeBytes && !this.isBlockDevice) {
-      // Without hole punching, truncating to zero and back frees every block. A crash between the
-      // two leaves an empty file: only the fallback (no addon, or a file system without fallocate
-      // modes) takes this path.
-      this.enter();
-      try {
+    // One I/O in flight for the whole discard: a close that begins mid-way waits for all of it
+    // rather than refusing its remaining zero chunks.
+    this.enter();
+    try {
+      if (this.zeroRange && (await this.zeroNatively(this.zeroRange, offsetBytes, lengthBytes))) return;
+      if (offsetBytes === 0 && lengthBytes === this.sizeBytes && !this.isBlockDevice) {
+        // Without hole punching, truncating to zero and back frees every block. A crash between
+        // the two leaves an empty file: only the fallback (no addon, or a file system without
+        // fallocate modes) takes this path.
         await this.handle.truncate(0);
         await this.handle.truncate(this.sizeBytes);
-      } finally {
-        this.leave();
+        return;
       }
-      return;
-    }
-    for (let offset = offsetBytes; offset < offsetBytes + lengthBytes; offset += zeroChunkBytes) {
-      const length = Math.min(zeroChunkBytes, offsetBytes + lengthBytes - offset);
-      await this.write(offset, zeroChunk.subarray(0, length));
+      for (let offset = offsetBytes; offset < offsetBytes + lengthBytes; offset += zeroChunkBytes) {
+        await this.writeAll(offset, zeroChunk.subarray(0, Math.min(zeroChunkBytes, offsetBytes + lengthBytes - offset)));
+      }
+    } finally {
+      this.leave();
     }
   }
 
-  /** True when the addon zeroed the range; false when this file or range needs zeros written. */
-  private async zeroNatively(offsetBytes: number, lengthBytes: number): Promise<boolean> {
-    this.enter();
+  /** True when `call` zeroed the range; false when this file or range needs zeros written. */
+  private async zeroNatively(call: ZeroRangeCall, offsetBytes: number, lengthBytes: number): Promise<boolean> {
     try {
-      await zeroRangeAt(this.fdNumber, offsetBytes, lengthBytes);
+      await zeroRangeAt(call, this.fdNumber, offsetBytes, lengthBytes);
       return true;
     } catch (error) {
       const code = (error as NodeJS.ErrnoException).code;
       if (!zeroRangeUnsupported.has(code)) throw error;
-      if (zeroRangeNeverHere.has(code)) this.zeroingMode = 'writes';
+      if (zeroRangeNeverHere.has(code)) this.zeroRange = null;
       return false;
-    } finally {
-      this.leave();
     }
   }
 

@@ -11,6 +11,7 @@ import { preemptionLatency } from './preemptionLatency.ts';
 import { scaleBenchmark } from './scale.ts';
 import { wireCreates } from './wireCreates.ts';
 import { wireListing } from './wireListing.ts';
+import { zeroing } from './zeroing.ts';
 import { benchClusterBytes, fixed } from './support.ts';
 
 // The node logs every bdev and lvstore it creates; the figures are what this run is for.
@@ -29,6 +30,7 @@ const benchmarks: ReadonlyArray<{ name: string; run: () => Promise<void> }> = [
   { name: 'scale', run: scaleBenchmark },
   { name: 'wireListing', run: wireListing },
   { name: 'wireCreates', run: wireCreates },
+  { name: 'zeroing', run: zeroing },
 ];
 
 async function main(): Promise<void> {

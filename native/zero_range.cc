@@ -1,4 +1,4 @@
-// zeroRange(fd, offsetBytes, lengthBytes, done): makes the range read as zeros without writing its
+// zeroRange(fd, offsetBytes, lengthBytes, done[, keepAllocated]): makes the range read as zeros without writing its
 // bytes, in one job on libuv's thread pool (as writeDurable does), so clearing a 4 MiB cluster
 // costs a metadata change instead of 4 MiB of writes.
 //
@@ -9,7 +9,9 @@
 //                 the range must be 512-byte aligned, else EINVAL.
 // When neither applies, done gets the errno (EOPNOTSUPP, ENOSYS, ENOTTY, EINVAL) and the caller
 // writes zeros instead (FileDevice.discard). done's second argument names what was used:
-// 'punch-hole', 'zero-range' or 'blkzeroout'.
+// 'punch-hole', 'zero-range' or 'blkzeroout'. With keepAllocated true a file gets ZERO_RANGE only:
+// its blocks stay reserved (a later write cannot fail for space, nor pay to allocate again), and
+// a file system without it answers EOPNOTSUPP (writing zeros keeps the allocation too).
 //
 // Durability: none of these is durable on return, exactly like a write. fdatasync of the same
 // file afterwards makes it so, on the file systems lvnode runs on:
@@ -61,6 +63,7 @@ struct ZeroRange {
   int fd = -1;
   int64_t offsetBytes = 0;
   int64_t lengthBytes = 0;
+  bool keepAllocated = false;    // files: ZERO_RANGE only, never a hole
   const char* method = nullptr;  // what zeroed the range, on success
   int error = 0;
   const char* failedCall = nullptr;
@@ -96,13 +99,15 @@ void zeroFile(ZeroRange* job) {
   const off_t offset = static_cast<off_t>(job->offsetBytes);
   const off_t length = static_cast<off_t>(job->lengthBytes);
   int result;
-  while ((result = fallocate(job->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length)) != 0 && errno == EINTR) {
+  if (!job->keepAllocated) {
+    while ((result = fallocate(job->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length)) != 0 && errno == EINTR) {
+    }
+    if (result == 0) {
+      job->method = "punch-hole";
+      return;
+    }
+    if (errno != EOPNOTSUPP && errno != ENOSYS) return fail(job, errno, "fallocate");
   }
-  if (result == 0) {
-    job->method = "punch-hole";
-    return;
-  }
-  if (errno != EOPNOTSUPP && errno != ENOSYS) return fail(job, errno, "fallocate");
   while ((result = fallocate(job->fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offset, length)) != 0 && errno == EINTR) {
   }
   if (result == 0) {
@@ -163,11 +168,20 @@ void complete(napi_env env, napi_status status, void* data) {
 }  // namespace
 
 napi_value jsZeroRange(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
-  napi_value argv[4];
+  size_t argc = 5;
+  napi_value argv[5];
   if (napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr) != napi_ok || argc < 4) {
-    napi_throw_type_error(env, nullptr, "zeroRange(fd, offsetBytes, lengthBytes, done)");
+    napi_throw_type_error(env, nullptr, "zeroRange(fd, offsetBytes, lengthBytes, done[, keepAllocated])");
     return nullptr;
+  }
+  bool keepAllocated = false;
+  if (argc >= 5) {
+    napi_valuetype flagType;
+    if (napi_typeof(env, argv[4], &flagType) != napi_ok || (flagType != napi_boolean && flagType != napi_undefined)) {
+      napi_throw_type_error(env, nullptr, "keepAllocated must be a boolean");
+      return nullptr;
+    }
+    if (flagType == napi_boolean) napi_get_value_bool(env, argv[4], &keepAllocated);
   }
   double fd = 0, offsetBytes = 0, lengthBytes = 0;
   if (!integerArgument(env, argv[0], "fd", 0, kMaxFd, &fd) || !integerArgument(env, argv[1], "offsetBytes", 0, kMaxSafeInteger, &offsetBytes) ||
@@ -183,6 +197,7 @@ napi_value jsZeroRange(napi_env env, napi_callback_info info) {
   job->fd = static_cast<int>(fd);
   job->offsetBytes = static_cast<int64_t>(offsetBytes);
   job->lengthBytes = static_cast<int64_t>(lengthBytes);
+  job->keepAllocated = keepAllocated;
   napi_value resourceName = nullptr;
   napi_create_string_utf8(env, "lvnode.zeroRange", NAPI_AUTO_LENGTH, &resourceName);
   if (napi_create_reference(env, argv[3], 1, &job->callback) != napi_ok ||

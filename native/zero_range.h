@@ -6,7 +6,7 @@
 
 namespace lvnode {
 
-/** JS: zeroRange(fd, offsetBytes, lengthBytes, done(error | null, method | null)). */
+/** JS: zeroRange(fd, offsetBytes, lengthBytes, done(error | null, method | null)[, keepAllocated]). */
 napi_value jsZeroRange(napi_env env, napi_callback_info info);
 
 }  // namespace lvnode

@@ -38,10 +38,12 @@ export type ZeroRangeCall = (
   offsetBytes: number,
   lengthBytes: number,
   done: (error: NodeJS.ErrnoException | null, method: ZeroRangeMethod | null) => void,
+  keepAllocated?: boolean,
 ) => void;
 /**
  * fallocate(PUNCH_HOLE), else fallocate(ZERO_RANGE), or ioctl(BLKZEROOUT) on a block device, in one
- * thread-pool job; null without the addon. Exported for tests and benchmarks.
+ * thread-pool job; null without the addon. `keepAllocated` asks a file for ZERO_RANGE only (its
+ * blocks stay reserved). Exported for tests and benchmarks.
  */
 export const nativeZeroRange: ZeroRangeCall | null = typeof addon?.zeroRange === 'function' ? (addon.zeroRange as ZeroRangeCall) : null;
 

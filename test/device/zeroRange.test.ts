@@ -62,6 +62,23 @@ describe.skipIf(!nativeZeroRange)('native zeroRange', () => {
     }
   });
 
+  it('with keepAllocated, zeroes by ZERO_RANGE: the range reads zeros and keeps its blocks', async () => {
+    const path = join(directory, 'file.img');
+    const base = pattern(8 * mib, 10);
+    await writeFile(path, base);
+    const fd = openSync(path, 'r+');
+    try {
+      const blocksBefore = fstatSync(fd).blocks;
+      const outcome = await new Promise<ZeroOutcome>((resolve) => nativeZeroRange!(fd, mib, 4 * mib, (error, method) => resolve({ error, method }), true));
+      if (outcome.error?.code === 'ENOTSUP') return; // a file system without ZERO_RANGE (tmpfs): nothing more to see
+      expect(outcome).toEqual({ error: null, method: 'zero-range' });
+      expect(fstatSync(fd).blocks).toBe(blocksBefore);
+      expect(readFileSync(path).equals(zeroedModel(base, [[mib, 4 * mib]]))).toBe(true);
+    } finally {
+      closeSync(fd);
+    }
+  });
+
   it('refuses bad arguments at the call: TypeError for wrong types, RangeError for negative, fractional, empty or overflowing ranges', () => {
     const done = (): void => undefined;
     const call = nativeZeroRange as unknown as (...args: unknown[]) => void;
@@ -75,6 +92,7 @@ describe.skipIf(!nativeZeroRange)('native zeroRange', () => {
     expect(() => call(3, 0, 0, done)).toThrow(/lengthBytes must be an integer in 1 \.\./);
     expect(() => call(3, 0, Number.NaN, done)).toThrow(RangeError);
     expect(() => call(3, 2 ** 52, 2 ** 52, done)).toThrow(RangeError);
+    expect(() => call(3, 0, 512, done, 'yes')).toThrow(/keepAllocated must be a boolean/);
   });
 
   it('reports refusals like fs errors: a closed descriptor, a read-only one, and "not supported" for a pipe', async () => {

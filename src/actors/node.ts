@@ -10,13 +10,13 @@ import type { BlockDevice } from '../device/blockDevice.ts';
 import { MemoryDevice } from '../device/memoryDevice.ts';
 import type { IoQueueStats } from '../device/ioQueue.ts';
 import { QueuedDevice } from '../device/queuedDevice.ts';
-import { fail } from '../errors.ts';
+import { fail, fromDeviceError } from '../errors.ts';
 import { log } from '../log.ts';
 import type { Runtime } from '../runtime.ts';
 import { sizeMibToClusterCount, validateName } from '../store/lvstore.ts';
 import type { DamagedLvstoreError } from '../store/load.ts';
 import type { ClearMethod, LvolRecord } from '../store/metadata.ts';
-import { type BdevConfigEntry, type SpdkConfig, assertBdevNameFree, bdevConfig, openAioDevice } from './baseBdevs.ts';
+import { type BdevConfigEntry, BdevListChanges, type SpdkConfig, assertBdevNameFree, bdevConfig, openAioDevice } from './baseBdevs.ts';
 import { ChecksumService } from './checksums.ts';
 import { InspectionHub } from './inspector.ts';
 import { LvolActor, LvolActorStarter } from './lvolActor.ts';
@@ -86,6 +86,8 @@ export class StorageNode {
   /** Bdevs holding a healthy lvstore whose name or UUID clashes with a loaded one: not loaded. */
   readonly conflicting: Map<string, string>;
   private readonly onBaseBdevsChanged: (config: SpdkConfig) => Promise<void>;
+  /** Base-bdev creations and deletions, one at a time: each saves the list, then applies it. */
+  private readonly bdevListChanges = new BdevListChanges();
   /** Starts lvol actors in slices after the lvols are attached (SPEC §10: answer while 100,000 start). */
   readonly actorStarter = new LvolActorStarter();
   private mallocCount = 0;
@@ -132,11 +134,34 @@ export class StorageNode {
 
   // ---- base bdevs ----
 
+  /**
+   * Saves the bdev list (SPDK config form) through `onBaseBdevsChanged`. A list that cannot be
+   * saved fails the change before it is made: -28 when the file system is full.
+   */
+  private async saveBdevList(config: SpdkConfig, what: string): Promise<void> {
+    try {
+      await this.onBaseBdevsChanged(config);
+    } catch (error) {
+      throw fromDeviceError(error, `${what}: the bdev list could not be saved, so nothing changed`);
+    }
+  }
+
   private async addBaseBdev(bdev: BaseBdev): Promise<string> {
-    this.registry.bdevs.set(bdev.name, bdev);
+    try {
+      await this.bdevListChanges.run(async () => {
+        assertBdevNameFree(this.registry, bdev.name);
+        // Saved first, registered after: a bdev the saved list does not name would be gone after
+        // a restart, and its lvstore with it; a failed save leaves the node as it was.
+        if (!bdev.external) await this.saveBdevList(bdevConfig(this.registry, { adding: bdev }), `bdev ${bdev.name} not created`);
+        this.registry.bdevs.set(bdev.name, bdev);
+      });
+    } catch (error) {
+      // Not ours to close when the embedder attached it; a file we opened is released (its lock too).
+      if (!bdev.external) await bdev.device.close().catch(() => undefined);
+      throw error;
+    }
     this.emit({ type: 'bdev_created', name: bdev.name, kind: bdev.kind });
     log('info', 'bdev created', { bdev: bdev.name, kind: bdev.kind, sizeBytes: bdev.device.sizeBytes });
-    await this.onBaseBdevsChanged(this.saveConfig());
     await this.lvstores.examine(bdev);
     return bdev.name;
   }
@@ -174,22 +199,45 @@ export class StorageNode {
     });
   }
 
+  /**
+   * Deletes a base bdev. The new list is saved first: a delete that cannot be recorded is refused
+   * (-28 on a full file system) with the bdev, its lvstore and the saved list as they were, so the
+   * node and a restart never disagree about it. Should the lvstore then fail to unload, the bdev
+   * stays and goes back into the saved list.
+   */
   async deleteBaseBdev(nameOrUuid: string, kind: BaseBdev['kind']): Promise<void> {
     const bdev = this.registry.bdev(nameOrUuid);
     const name = bdev.name;
     if (bdev.kind !== kind) fail('ENODEV', `bdev ${name} is not a ${kind} bdev`);
-    if (bdev.claimedBy === 'pending') fail('EBUSY', `bdev ${name} is getting an lvstore`);
-    this.nbd.assertNotExported(name);
-    const claimer = bdev.claimedBy ? this.registry.lvstores.get(bdev.claimedBy) : undefined;
-    // As SPDK: deleting the base bdev of an lvstore hot-removes it — the lvstore and its lvols are
-    // unloaded (closed, not erased: a file bdev attached again brings them back).
-    if (claimer) await this.lvstores.unload(claimer, `bdev_${kind}_delete`);
-    await this.copies.stopInvolving({ baseBdev: name }, `bdev_${kind}_delete`);
-    this.registry.bdevs.delete(name);
-    this.damaged.delete(name);
-    this.conflicting.delete(name);
+    const operation = `bdev_${kind}_delete`;
+    await this.bdevListChanges.run(async () => {
+      if (this.registry.bdevs.get(name) !== bdev) fail('ENODEV', `bdev ${name} does not exist`);
+      if (bdev.claimedBy === 'pending') fail('EBUSY', `bdev ${name} is getting an lvstore`);
+      this.nbd.assertNotExported(name);
+      const claimer = bdev.claimedBy ? this.registry.lvstores.get(bdev.claimedBy) : undefined;
+      if (claimer) this.lvstores.assertUnloadable(claimer);
+      if (!bdev.external) await this.saveBdevList(bdevConfig(this.registry, { removing: name }), `bdev ${name} not deleted`);
+      // As SPDK: deleting the base bdev of an lvstore hot-removes it — the lvstore and its lvols
+      // are unloaded (closed, not erased: a file bdev attached again brings them back).
+      try {
+        if (claimer) await this.lvstores.unload(claimer, operation);
+      } catch (error) {
+        if (!bdev.external) {
+          await this.onBaseBdevsChanged(this.saveConfig()).catch((saveError: unknown) =>
+            log('error', 'bdev kept (its lvstore did not unload) but the bdev list could not be saved again: it lacks this bdev until the next save', {
+              bdev: name,
+              error: String(saveError),
+            }),
+          );
+        }
+        throw error;
+      }
+      await this.copies.stopInvolving({ baseBdev: name }, operation);
+      this.registry.bdevs.delete(name);
+      this.damaged.delete(name);
+      this.conflicting.delete(name);
+    });
     await bdev.device.close();
-    await this.onBaseBdevsChanged(this.saveConfig());
     this.emit({ type: 'bdev_deleted', name });
     log('info', 'bdev deleted', { bdev: name });
   }
@@ -333,7 +381,7 @@ export class StorageNode {
   }
 
   getXattr(name: string, xattrName: string): string {
-    const { entry, lvol } = this.registry.lvol(name);
+    const { entry, lvol } = this.registry.durableLvol(name);
     return entry.store.getXattr(lvol.id, xattrName);
   }
 
@@ -422,6 +470,11 @@ export class StorageNode {
     return this.registry.lvol(name);
   }
 
+  /** `resolveLvol` for readers: by durable name, giving the durable record (no change in flight seen). */
+  resolveLvolDurable(name: string): ResolvedLvol {
+    return this.registry.durableLvol(name);
+  }
+
   /**
    * Stops every running walk at its next cluster boundary (saving its position); the register
    * callers get EINTR naming `operation`. Used first thing on shutdown, while their connections
@@ -437,8 +490,21 @@ export class StorageNode {
     });
   }
 
-  /** Clean shutdown: stop every walk at its next cluster boundary, then close stores and devices. */
-  async shutdown(): Promise<void> {
+  /**
+   * Clean shutdown: stop every walk at its next cluster boundary, then close stores and devices.
+   * A store or device that cannot be closed or flushed is logged and reported in the result (data
+   * written since its last flush may be lost), and the others are closed all the same.
+   */
+  async shutdown(): Promise<ShutdownFailure[]> {
+    const failures: ShutdownFailure[] = [];
+    const attempt = async (failure: Omit<ShutdownFailure, 'error'>, step: () => Promise<void>) => {
+      try {
+        await step();
+      } catch (error) {
+        failures.push({ ...failure, error: error instanceof Error ? error.message : String(error) });
+        log('error', 'shutdown could not flush or close a device; data written since its last flush may be lost', { ...failure, error: String(error) });
+      }
+    };
     // NBD clients finish their in-flight requests and are disconnected before stores close.
     await this.nbd.stopAll('shutdown');
     await this.copies.stopAll('shutdown');
@@ -452,11 +518,11 @@ export class StorageNode {
         // Newest first: a nested lvstore closes before the lvstore it lives on.
         for (const entry of [...this.registry.lvstores.values()].reverse()) {
           for (const actor of entry.actors.values()) actor.dispose();
-          await entry.store.close();
+          await attempt({ bdev: entry.bdevName, lvstore: entry.store.name, step: 'close lvstore' }, () => entry.store.close());
         }
         for (const bdev of this.registry.bdevs.values()) {
-          await bdev.device.flush().catch(() => undefined);
-          await bdev.device.close().catch(() => undefined);
+          await attempt({ bdev: bdev.name, step: 'flush' }, () => bdev.device.flush());
+          await attempt({ bdev: bdev.name, step: 'close' }, () => bdev.device.close());
         }
       },
     });
@@ -464,6 +530,15 @@ export class StorageNode {
     this.registry.bdevs.clear();
     this.scheduler.stop();
     this.lvstores.dispose();
+    return failures;
   }
+}
+
+/** A store or device that shutdown could not close or flush. */
+export interface ShutdownFailure {
+  bdev: string;
+  lvstore?: string;
+  step: 'close lvstore' | 'flush' | 'close';
+  error: string;
 }
 

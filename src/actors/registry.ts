@@ -77,6 +77,30 @@ export class Registry {
     return fail('ENODEV', `lvol ${name} does not exist`);
   }
 
+  /**
+   * `lvol` for readers: the alias is matched against durable names (a rename in flight is not
+   * seen, and one that fails never was), and the record returned is the durable one.
+   */
+  durableLvol(name: string): ResolvedLvol {
+    const slash = name.indexOf('/');
+    if (slash >= 0) {
+      const lvsName = name.slice(0, slash);
+      for (const entry of this.lvstores.values()) {
+        if (entry.store.durableName !== lvsName) continue;
+        const lvol = entry.store.durableLvolByName(name.slice(slash + 1));
+        const actor = lvol ? entry.actors.get(lvol.id) : undefined;
+        if (lvol && actor) return { entry, lvol, actor };
+      }
+    } else {
+      for (const entry of this.lvstores.values()) {
+        const actor = entry.actors.get(name);
+        const lvol = actor ? entry.store.durableLvol(name) : undefined;
+        if (actor && lvol) return { entry, lvol, actor };
+      }
+    }
+    return fail('ENODEV', `lvol ${name} does not exist`);
+  }
+
   /** True when `name` is taken by any bdev: base bdevs and lvol UUIDs share one namespace. */
   bdevNameTaken(name: string): boolean {
     if (this.bdevs.has(name)) return true;

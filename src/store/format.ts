@@ -1,7 +1,7 @@
 // The lvstore's on-device format: layout of the metadata area, super blocks, checkpoints and
 // journal records, each with a magic, a version and a CRC (docs/format.md has the byte tables).
 import { crc64, crc64Combine } from '../checksum/crc64.ts';
-import { type ClearMethod, type LvolRecord, type LvstoreRecord, type MetadataChange, modifiedLvolIds } from './metadata.ts';
+import { type ClearMethod, type LvolRecord, type LvstoreRecord, type MetadataChange, copyLvol, modifiedLvolIds } from './metadata.ts';
 import { ClusterChecksums, ClusterMap } from './sparseArray.ts';
 
 export const formatVersion = 1;
@@ -253,11 +253,6 @@ export function loopYielder(budgetMs = 4): () => Promise<void> | undefined {
       }),
     );
   };
-}
-
-/** An lvol as it is now: the fields changes modify in place (cluster map, xattrs) are copied. */
-function copyLvol(lvol: LvolRecord): LvolRecord {
-  return { ...lvol, clusterMap: lvol.clusterMap.snapshot(), xattrs: new Map(lvol.xattrs) };
 }
 
 /**

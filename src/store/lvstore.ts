@@ -25,6 +25,7 @@ import type { Runtime } from '../runtime.ts';
 import { ClusterAllocator } from './clusterAllocator.ts';
 import { CopyBuffers } from './copyBuffers.ts';
 import { IoGate } from './ioGate.ts';
+import { type PendingCommit, PendingCommits } from './pendingCommits.ts';
 import {
   type ClearMethod,
   type LvolRecord,
@@ -35,7 +36,6 @@ import {
   type SavedChecksumProgress,
   allocationRuns,
   applyChange,
-  captureUndo,
   creationRank,
   mergeAdoptions,
   numberLvols,
@@ -88,20 +88,6 @@ export function validateName(kind: string, name: string): void {
   if (name.includes('/')) fail('EINVAL', `${kind} name must not contain '/'`);
 }
 
-interface PendingCommit {
-  readonly changes: readonly MetadataChange[];
-  readonly undo: Array<() => void>;
-  readonly allocated: readonly number[];
-  undone: boolean;
-}
-
-function undoCommit(entry: PendingCommit, allocator: ClusterAllocator): void {
-  if (entry.undone) return;
-  entry.undone = true;
-  for (const undo of [...entry.undo].reverse()) undo();
-  allocator.release(entry.allocated);
-}
-
 /** Bytes a write puts into one cluster it does not own yet, at `innerOffsetBytes` in the cluster. */
 interface ClusterOverlay {
   readonly innerOffsetBytes: number;
@@ -127,8 +113,8 @@ export class Lvstore {
   onCommitted: (changes: readonly MetadataChange[]) => void = () => {};
 
   readonly allocator: ClusterAllocator;
-  // Commits applied to the records but not yet durable, in the order they were applied.
-  private readonly notDurable: PendingCommit[] = [];
+  // Commits applied to the records but not yet durable, with the clean state they replaced.
+  private readonly pending: PendingCommits;
   // Owned clusters per lvol, for listings; see ownedClusterCount.
   private readonly gates = new Map<string, IoGate>();
   // Allocation of one logical cluster of one lvol runs alone: concurrent first writes must not
@@ -144,6 +130,7 @@ export class Lvstore {
     private readonly runtime: Runtime,
   ) {
     this.allocator = new ClusterAllocator(record.firstDataCluster, record.clusterTotal);
+    this.pending = new PendingCommits(record);
     for (const lvol of record.lvols.values()) {
       lvol.clusterMap.forEachNonZero((_, physicalCluster) => this.allocator.markUsed(physicalCluster));
     }
@@ -304,6 +291,76 @@ export class Lvstore {
     return [...this.record.lvols.values()];
   }
 
+  // ---- the durable state, for readers (SPEC §9: no reader sees a change that is later undone) ----
+  //
+  // Operations validate against the records as changed (the active state), so that concurrent
+  // ones share a flush; listings and lookups made for clients read these instead. They differ
+  // only while a journal append is in flight, and only in the lvols it touches.
+
+  /** `info()` as durable metadata has it: the name, and free clusters counting what pending commits took. */
+  durableInfo(): LvstoreInfo {
+    const info = this.info();
+    if (this.pending.count === 0) return info;
+    return { ...info, name: this.pending.durableStore().name, freeClusters: info.freeClusters + this.pending.allocatedCount };
+  }
+
+  /** The lvol as durable metadata has it; undefined if it does not exist there (created, not yet durable). */
+  durableLvol(id: string): LvolRecord | undefined {
+    return this.pending.durableLvol(id);
+  }
+
+  durableLvolOrFail(id: string): LvolRecord {
+    return this.durableLvol(id) ?? fail('ENODEV', `lvol ${id} is not in lvstore ${this.durableName}`);
+  }
+
+  /** The lvstore's name as durable metadata has it. */
+  get durableName(): string {
+    return this.pending.count === 0 ? this.record.name : this.pending.durableStore().name;
+  }
+
+  /** The lvol durably called `name`: a rename in flight is not seen, a delete in flight not yet. */
+  durableLvolByName(name: string): LvolRecord | undefined {
+    const live = this.findLvolByName(name);
+    if (this.pending.count === 0) return live;
+    const durable = live ? this.pending.durableLvol(live.id) : undefined;
+    if (durable?.name === name) return durable;
+    for (const lvol of this.pending.durableTouched()) if (lvol.name === name && this.pending.durableLvol(lvol.id) === lvol) return lvol;
+    return undefined;
+  }
+
+  /** Ids of the lvols in durable metadata, in the lvstore's order (a delete in flight still listed). */
+  durableLvolIds(): string[] {
+    const ids = [...this.record.lvols.keys()];
+    if (this.pending.count === 0) return ids;
+    const present = new Set(ids);
+    const out = ids.filter((id) => this.pending.durableLvol(id) !== undefined);
+    let added = false;
+    for (const lvol of this.pending.durableTouched()) {
+      if (!present.has(lvol.id) && this.pending.durableLvol(lvol.id) === lvol) {
+        out.push(lvol.id);
+        added = true;
+      }
+    }
+    if (added) out.sort((a, b) => this.durableRank(a) - this.durableRank(b));
+    return out;
+  }
+
+  private durableRank(id: string): number {
+    const lvol = this.record.lvols.get(id) ?? this.pending.savedObject(id);
+    return lvol ? creationRank(this.record, lvol) : Number.POSITIVE_INFINITY;
+  }
+
+  /** The durable clones of `id` (a clone made or re-parented in flight is not one yet). */
+  durableClonesOf(id: string): LvolRecord[] {
+    const clones = this.clonesOf(id).map((clone) => this.pending.durableLvol(clone.id)).filter((clone): clone is LvolRecord => clone?.parentId === id);
+    if (this.pending.count === 0) return clones;
+    const seen = new Set(clones.map((clone) => clone.id));
+    for (const lvol of this.pending.durableTouched()) {
+      if (lvol.parentId === id && !seen.has(lvol.id) && this.pending.durableLvol(lvol.id) === lvol) clones.push(lvol);
+    }
+    return clones.sort((a, b) => this.durableRank(a.id) - this.durableRank(b.id));
+  }
+
   lvol(id: string): LvolRecord {
     return this.record.lvols.get(id) ?? fail('ENODEV', `lvol ${id} is not in lvstore ${this.record.name}`);
   }
@@ -363,29 +420,27 @@ export class Lvstore {
    * every later one too, so on the first failure all of them are undone, newest first.
    */
   private async commit(changes: MetadataChange[], allocated: readonly number[] = []): Promise<void> {
-    const entry: PendingCommit = { undo: [], allocated, undone: false, changes };
+    const entry = this.pending.begin(changes, allocated);
     try {
       for (const change of changes) {
         this.log.beforeChange?.(change);
-        entry.undo.push(captureUndo(this.record, change));
+        this.pending.save(entry, change);
         const before = this.indexBefore(change);
         applyChange(this.record, change);
         this.indexAfter(change, before);
       }
     } catch (error) {
-      undoCommit(entry, this.allocator);
-      this.indexesStale();
+      this.restoreFrom(entry);
       throw error;
     }
-    this.notDurable.push(entry);
+    this.pending.push(entry);
     try {
       await this.log.append(changes);
     } catch (error) {
-      this.undoFrom(entry);
+      this.restoreFrom(entry);
       throw error;
     } finally {
-      const index = this.notDurable.indexOf(entry);
-      if (index >= 0) this.notDurable.splice(index, 1);
+      this.pending.settle(entry);
     }
     try {
       this.onCommitted(changes);
@@ -395,14 +450,9 @@ export class Lvstore {
     }
   }
 
-  /** Undoes `entry` and every commit applied after it, newest first. */
-  private undoFrom(entry: PendingCommit): void {
-    const index = this.notDurable.indexOf(entry);
-    if (index < 0) return;
-    const undone = this.notDurable.splice(index);
-    for (const pending of undone.reverse()) {
-      undoCommit(pending, this.allocator);
-    }
+  /** Restores the records as they were before `entry` and every commit applied after it. */
+  private restoreFrom(entry: PendingCommit): void {
+    this.allocator.release(this.pending.restoreFrom(entry));
     this.indexesStale();
   }
 
@@ -719,8 +769,9 @@ export class Lvstore {
     await this.commit([{ type: 'lvol.set_xattr', id, name, value }]);
   }
 
+  /** An xattr as durable metadata has it (a client reads; a set in flight is not seen yet). */
   getXattr(id: string, name: string): string {
-    const lvol = this.lvol(id);
+    const lvol = this.durableLvolOrFail(id);
     const value = lvol.xattrs.get(name);
     if (value !== undefined) return value;
     // SPDK keeps the creation time as an xattr of every lvol and snapshot.
@@ -1275,7 +1326,7 @@ export class Lvstore {
 
   /** Bitmap of owned clusters in a byte range (bdev_lvol_get_fragmap), bit i = cluster i, LSB first. */
   fragmap(id: string, offsetBytes: number, sizeBytes: number): { clusterCount: number; allocated: number; bitmap: Buffer } {
-    const lvol = this.lvol(id);
+    const lvol = this.durableLvolOrFail(id);
     const lvolBytes = lvol.clusterMap.length * this.clusterBytes;
     const length = sizeBytes === 0 ? lvolBytes - offsetBytes : sizeBytes;
     if (offsetBytes % this.clusterBytes !== 0 || length % this.clusterBytes !== 0 || offsetBytes + length > lvolBytes || length < 0) {

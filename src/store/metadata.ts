@@ -363,102 +363,6 @@ export class MemoryMetadataLog implements MetadataLog {
 }
 
 /**
- * Returns what puts the records back exactly as they are now, should `change` be applied and then
- * fail to become durable. Taken before the change is applied; it saves only what the change
- * will touch (a field, one map entry, one cluster slot), so the common changes cost O(1).
- */
-export function captureUndo(store: LvstoreRecord, change: MetadataChange): () => void {
-  switch (change.type) {
-    case 'lvstore.rename': {
-      const name = store.name;
-      return () => void (store.name = name);
-    }
-    case 'lvstore.grow': {
-      const clusterTotal = store.clusterTotal;
-      return () => void (store.clusterTotal = clusterTotal);
-    }
-    case 'lvol.create':
-      return () => void store.lvols.delete(change.id);
-    case 'lvol.delete':
-      return captureRemoval(store, change.id);
-    case 'lvol.rename': {
-      const lvol = lvolOf(store, change.id);
-      const name = lvol.name;
-      return () => void (lvol.name = name);
-    }
-    case 'lvol.resize': {
-      // applyChange replaces the map with a new one, so the old one is intact.
-      const lvol = lvolOf(store, change.id);
-      const { clusterMap, readThroughClusters } = lvol;
-      return () => Object.assign(lvol, { clusterMap, readThroughClusters });
-    }
-    case 'lvol.set_read_only': {
-      const lvol = lvolOf(store, change.id);
-      const readOnly = lvol.readOnly;
-      return () => void (lvol.readOnly = readOnly);
-    }
-    case 'lvol.set_xattr': {
-      const lvol = lvolOf(store, change.id);
-      const had = lvol.xattrs.has(change.name);
-      const value = lvol.xattrs.get(change.name);
-      return () => void (had ? lvol.xattrs.set(change.name, value!) : lvol.xattrs.delete(change.name));
-    }
-    case 'lvol.set_parent': {
-      const lvol = lvolOf(store, change.id);
-      const { parentId, thin, externalParent, readThroughClusters } = lvol;
-      return () => Object.assign(lvol, { parentId, thin, externalParent, readThroughClusters });
-    }
-    case 'cluster.allocate': {
-      const clusterMap = lvolOf(store, change.id).clusterMap;
-      const previous = clusterMap.get(change.clusterIndex);
-      return () => clusterMap.set(change.clusterIndex, previous);
-    }
-    case 'cluster.release': {
-      const clusterMap = lvolOf(store, change.id).clusterMap;
-      const previous = change.clusterIndices.map((clusterIndex) => [clusterIndex, clusterMap.get(clusterIndex)] as const);
-      return () => {
-        for (const [clusterIndex, physicalCluster] of previous) clusterMap.set(clusterIndex, physicalCluster);
-      };
-    }
-    case 'lvol.snapshot': {
-      const lvol = lvolOf(store, change.id);
-      const snapshot = lvolOf(store, change.snapshotId);
-      const before = { clusterMap: lvol.clusterMap, parentId: lvol.parentId, thin: lvol.thin, externalParent: lvol.externalParent, readThroughClusters: lvol.readThroughClusters };
-      const snapshotBefore = { clusterMap: snapshot.clusterMap, parentId: snapshot.parentId, externalParent: snapshot.externalParent, readThroughClusters: snapshot.readThroughClusters };
-      return () => {
-        Object.assign(lvol, before);
-        Object.assign(snapshot, snapshotBefore);
-      };
-    }
-    case 'lvol.merge': {
-      // applyChange gives the clone a new map, so the old one is intact.
-      const clone = lvolOf(store, change.cloneId);
-      const before = {
-        clusterMap: clone.clusterMap,
-        parentId: clone.parentId,
-        externalParent: clone.externalParent,
-        readThroughClusters: clone.readThroughClusters,
-        checksum: clone.checksum,
-        rangeChecksums: clone.rangeChecksums,
-        savedProgress: clone.savedProgress,
-      };
-      const removal = captureRemoval(store, change.id);
-      return () => {
-        Object.assign(clone, before);
-        removal();
-      };
-    }
-    case 'checksum.store':
-    case 'checksum.invalidate':
-    case 'checksum.progress': {
-      const lvol = lvolOf(store, change.id);
-      const before = { checksum: lvol.checksum, rangeChecksums: lvol.rangeChecksums, savedProgress: lvol.savedProgress };
-      return () => Object.assign(lvol, before);
-    }
-  }
-}
-
-/**
  * Each lvol's place in its store's map, which is creation order (listings and checkpoints follow
  * it). Numbered once, the first time an lvol of the store is removed, then as lvols are created;
  * an undone removal puts its lvol back in its place by this number.
@@ -477,6 +381,14 @@ function orderOf(store: LvstoreRecord): LvolOrder {
     lvolOrders.set(store, order);
   }
   return order;
+}
+
+/**
+ * An lvol as it is now, at O(pages of its map): the fields changes modify in place (cluster map,
+ * copy on write; xattrs) are copied, the rest are replaced whole by changes and shared.
+ */
+export function copyLvol(lvol: LvolRecord): LvolRecord {
+  return { ...lvol, clusterMap: lvol.clusterMap.snapshot(), xattrs: new Map(lvol.xattrs) };
 }
 
 /**
@@ -506,20 +418,4 @@ export function numberLvols(store: LvstoreRecord): void {
 function numberNewLvol(store: LvstoreRecord, lvol: LvolRecord): void {
   const order = lvolOrders.get(store);
   if (order) order.of.set(lvol, order.next++);
-}
-
-/**
- * Puts the lvol `id` back where it was, should its removal be undone. O(1) to take (a delete of
- * one of 100,000 lvols copies nothing); the undo, which is rare, reorders the map in O(n log n).
- */
-function captureRemoval(store: LvstoreRecord, id: string): () => void {
-  const lvol = lvolOf(store, id);
-  return () => {
-    store.lvols.set(id, lvol);
-    const place = (record: LvolRecord): number => creationRank(store, record);
-    // Later changes are undone first, so only this lvol can be out of place (it went in last).
-    const entries = [...store.lvols].sort(([, a], [, b]) => (place(a) === place(b) ? 0 : place(a) < place(b) ? -1 : 1));
-    store.lvols.clear();
-    for (const [entryId, record] of entries) store.lvols.set(entryId, record);
-  };
 }

@@ -202,7 +202,9 @@ function lvstoreMethods(node: StorageNode): Record<string, RpcMethod> {
       handler: async (p) => (await node.lvstores.grow({ uuid: p.uuid, lvs_name: p.lvs_name }), true as const),
     }),
     bdev_lvol_create_lvstore: defineMethod({
-      description: 'Create an lvstore on a bdev (claims it). clear_method none leaves old bytes in place.',
+      description:
+        'Create an lvstore on a bdev (claims it). clear_method none leaves old bytes in place. A bdev that holds an lvstore ' +
+        '(loaded, not loaded, damaged, or SPDK\'s) is refused naming it; lvnode\'s "overwrite": true replaces one that is not loaded.',
       priority: 'foreground',
       params: z.strictObject({
         bdev_name: name,
@@ -211,6 +213,8 @@ function lvstoreMethods(node: StorageNode): Record<string, RpcMethod> {
         clear_method: clearMethod.optional(),
         num_md_pages_per_cluster_ratio: u64AsNumber.optional(),
         md_page_size: u64AsNumber.optional(),
+        // lvnode's own: SPDK has no such parameter (its examine loads what it can and claims it).
+        overwrite: z.boolean().optional(),
       }),
       result: uuidResult,
       handler: (p) =>
@@ -219,6 +223,7 @@ function lvstoreMethods(node: StorageNode): Record<string, RpcMethod> {
           lvsName: p.lvs_name,
           clusterBytes: p.cluster_sz ?? clusterSizeBytesDefault,
           clearMethod: p.clear_method ?? 'unmap',
+          overwrite: p.overwrite ?? false,
         }),
     }),
     bdev_lvol_delete_lvstore: defineMethod({
@@ -368,7 +373,7 @@ function lvolMethods(node: StorageNode): Record<string, RpcMethod> {
       params: z.strictObject({ name, offset: u64AsNumber.optional(), size: u64AsNumber.optional() }),
       result: z.object({ cluster_size: z.number(), num_clusters: z.number(), num_allocated_clusters: z.number(), fragmap: z.string() }),
       handler: (p) => {
-        const { entry, lvol } = node.resolveLvol(p.name);
+        const { entry, lvol } = node.resolveLvolDurable(p.name);
         const map = entry.store.fragmap(lvol.id, p.offset ?? 0, p.size ?? 0);
         return {
           cluster_size: entry.store.clusterBytes,

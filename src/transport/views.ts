@@ -132,12 +132,13 @@ function externalName(_entry: LvstoreEntry, uuid: string): string {
 
 /** `claimedBy`: the lvstore nested on this lvol, if any. */
 export function lvolBdevInfo(entry: LvstoreEntry, lvol: LvolRecord, claimedBy: string | null = null): BdevView {
+  // `lvol` is the durable record (a reader's view), and so are its parent and clones here.
   const store = entry.store;
-  const clones = store.clonesOf(lvol.id).map((clone) => clone.name);
-  const parent = lvol.parentId ? store.lvol(lvol.parentId) : undefined;
+  const clones = store.durableClonesOf(lvol.id).map((clone) => clone.name);
+  const parent = lvol.parentId ? store.durableLvol(lvol.parentId) : undefined;
   return {
     name: lvol.id,
-    aliases: [`${store.name}/${lvol.name}`],
+    aliases: [`${store.durableName}/${lvol.name}`],
     product_name: 'Logical Volume',
     block_size: store.record.blockBytes,
     num_blocks: exactProduct(lvol.clusterMap.length, store.clusterBytes / store.record.blockBytes),
@@ -153,7 +154,7 @@ export function lvolBdevInfo(entry: LvstoreEntry, lvol: LvolRecord, claimedBy: s
         lvol_store_uuid: store.id,
         base_bdev: entry.bdevName,
         thin_provision: lvol.thin,
-        num_allocated_clusters: store.ownedClusterCount(lvol.id),
+        num_allocated_clusters: lvol.clusterMap.count,
         snapshot: lvol.snapshot,
         clone: parent !== undefined,
         ...(parent ? { base_snapshot: parent.name } : {}),
@@ -169,7 +170,7 @@ export function lvolBdevInfo(entry: LvstoreEntry, lvol: LvolRecord, claimedBy: s
 export function bdevInfos(node: StorageNode, name: string): BdevView[] {
   const base = node.registry.bdevs.get(name) ?? [...node.registry.bdevs.values()].find((bdev) => bdev.uuid === name);
   if (base) return [baseBdevInfo(base)];
-  const { entry, lvol } = node.resolveLvol(name);
+  const { entry, lvol } = node.resolveLvolDurable(name);
   // As SPDK: a degraded lvol (its external snapshot is missing) is listed by
   // bdev_lvol_get_lvols, but is no bdev until the external snapshot comes back.
   if (entry.store.isDegraded(lvol.id)) fail('ENODEV', `lvol ${name} is degraded: its external snapshot is not attached`);
@@ -193,7 +194,8 @@ async function rowsInSlices<T>(
   first: readonly T[],
 ): Promise<T[] | SerializedJson> {
   const pause = loopYielder(listingSliceMs);
-  const listed = entries.map((entry) => ({ entry, ids: [...entry.store.record.lvols.keys()] }));
+  // Durable metadata only: an lvol whose create, delete or change is in flight shows as before it.
+  const listed = entries.map((entry) => ({ entry, ids: entry.store.durableLvolIds() }));
   const total = listed.reduce((sum, { ids }) => sum + ids.length, first.length);
   const rows: T[] = [];
   const writer = total >= sliceSerializeItemsMin ? new JsonArrayWriter() : undefined;
@@ -201,7 +203,7 @@ async function rowsInSlices<T>(
   for (const made of first) add(made);
   for (const { entry, ids } of listed) {
     for (const id of ids) {
-      const lvol = entry.store.record.lvols.get(id);
+      const lvol = entry.store.durableLvol(id);
       if (lvol && entry.actors.has(id) && node.registry.lvstores.get(entry.store.id) === entry) {
         const made = row(entry, lvol);
         if (made !== undefined) add(made);
@@ -229,7 +231,7 @@ export function lvolInfos(node: StorageNode, entries: readonly LvstoreEntry[]): 
 }
 
 export function lvstoreInfo(entry: LvstoreEntry): LvstoreView {
-  const info = entry.store.info();
+  const info = entry.store.durableInfo();
   return {
     uuid: info.id,
     name: info.name,
@@ -245,7 +247,7 @@ export function lvstoreInfo(entry: LvstoreEntry): LvstoreView {
 export function lvolInfo(entry: LvstoreEntry, lvol: LvolRecord): LvolView {
   const store = entry.store;
   return {
-    alias: `${store.name}/${lvol.name}`,
+    alias: `${store.durableName}/${lvol.name}`,
     uuid: lvol.id,
     name: lvol.name,
     creation_time: rfc3339Seconds(lvol.createdAtMs),
@@ -254,11 +256,11 @@ export function lvolInfo(entry: LvstoreEntry, lvol: LvolRecord): LvolView {
     is_clone: lvol.parentId !== null,
     is_esnap_clone: lvol.externalParent !== null,
     is_degraded: store.isDegraded(lvol.id),
-    num_allocated_clusters: store.ownedClusterCount(lvol.id),
+    num_allocated_clusters: lvol.clusterMap.count,
     num_clusters: lvol.clusterMap.length,
     read_only: lvol.readOnly,
     parent: lvol.parentId,
-    lvs: { name: store.name, uuid: store.id },
+    lvs: { name: store.durableName, uuid: store.id },
   };
 }
 

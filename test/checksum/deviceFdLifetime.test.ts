@@ -10,7 +10,7 @@ import { crcDeviceRange } from '../../src/checksum/clusterCrc.ts';
 import { crc64, crc64Combine } from '../../src/checksum/crc64.ts';
 import { nativeCrc } from '../../src/checksum/native.ts';
 import type { BlockDevice } from '../../src/device/blockDevice.ts';
-import { FileDevice } from '../../src/device/fileDevice.ts';
+import { DeviceClosedError, FileDevice } from '../../src/device/fileDevice.ts';
 import { QueuedDevice } from '../../src/device/queuedDevice.ts';
 import { StorageError } from '../../src/errors.ts';
 
@@ -31,12 +31,14 @@ function writeSparseWithTail(path: string, tail: Buffer): void {
   }
 }
 
-/** CRC of zeros then `tail`, computed in TypeScript from the bytes we wrote: the oracle is not the native reader. */
-function expectedCrc(tail: Buffer): bigint {
-  const zeroPiece = Buffer.alloc(mib);
-  const zeroPieceCrc = crc64(zeroPiece);
+/**
+ * CRC of the last `lengthBytes` of such a file (zeros, then `tail`), computed in TypeScript from the
+ * bytes we wrote: the oracle is not the reader under test.
+ */
+function expectedCrc(tail: Buffer, lengthBytes = fileBytes): bigint {
+  const zeroPieceCrc = crc64(Buffer.alloc(mib));
   let crc = 0n;
-  for (let done = 0; done < fileBytes - tail.length; done += mib) crc = crc64Combine(crc, zeroPieceCrc, mib);
+  for (let done = 0; done < lengthBytes - tail.length; done += mib) crc = crc64Combine(crc, zeroPieceCrc, mib);
   return crc64Combine(crc, crc64(tail), tail.length);
 }
 
@@ -56,6 +58,48 @@ async function untilJobTaken(): Promise<void> {
   }
   throw new Error('the checksum job never started');
 }
+
+describe('checksum reads through Node (no addon, or a device that lends no descriptor) and FileDevice.close', () => {
+  it('a walk racing close either finishes with its own file\'s CRC or is refused between pieces, never reads another file', async () => {
+    const directory = await mkdtemp(join(tmpdir(), 'lvnode-fd-lifetime-node-'));
+    try {
+      const rangeBytes = 32 * mib;
+      const tailA = randomBytes(tailBytes);
+      const tailB = randomBytes(tailBytes);
+      writeSparseWithTail(join(directory, 'a.img'), tailA);
+      writeSparseWithTail(join(directory, 'b.img'), tailB);
+      const file = await FileDevice.open(join(directory, 'a.img'), blockBytes, { readOnly: true });
+      // Only the BlockDevice basics: no fd, no withFd, so the walk reads piece by piece through readInto.
+      const plain: BlockDevice = {
+        kind: 'file',
+        sizeBytes: file.sizeBytes,
+        blockSizeBytes: file.blockSizeBytes,
+        readInto: (target, offsetBytes) => file.readInto(target, offsetBytes),
+        write: (offsetBytes, data) => file.write(offsetBytes, data),
+        discard: (offsetBytes, lengthBytes) => file.discard(offsetBytes, lengthBytes),
+        flush: () => file.flush(),
+        close: () => file.close(),
+      };
+      const read = settle(crcDeviceRange(plain, fileBytes - rangeBytes, rangeBytes));
+      await new Promise((resolve) => setImmediate(resolve));
+      await plain.close();
+      const otherFd = openSync(join(directory, 'b.img'), 'r');
+      try {
+        const outcome = await read;
+        if ('crc' in outcome) {
+          expect(outcome.crc).not.toBe(expectedCrc(tailB, rangeBytes));
+          expect(outcome.crc).toBe(expectedCrc(tailA, rangeBytes));
+        } else {
+          expect(outcome.error).toBeInstanceOf(DeviceClosedError);
+        }
+      } finally {
+        closeSync(otherFd);
+      }
+    } finally {
+      await rm(directory, { recursive: true, force: true });
+    }
+  });
+});
 
 describe.skipIf(!nativeCrc)('native checksum reads and FileDevice.close', () => {
   let directory = '';

@@ -4,13 +4,14 @@
 // Loaded stores are wired to the node here (external snapshots, change notifications). Damaged
 // or clashing metadata is remembered per bdev and never overwritten. Lvols' own operations stay
 // in node.ts; this part only attaches their actors when a store loads and drops them when it goes.
-import { StorageError, fail } from '../errors.ts';
+import { StorageError, fail, fromDeviceError } from '../errors.ts';
 import { log } from '../log.ts';
 import type { Runtime } from '../runtime.ts';
 import { loopYielder, metadataLayout } from '../store/format.ts';
 import { JournalMetadataLog } from '../store/journal.ts';
 import { DamagedLvstoreError, openLvstore } from '../store/load.ts';
 import { Lvstore, validateName } from '../store/lvstore.ts';
+import { type LvstoreProbe, describeProbe, probeLvstore } from '../store/probe.ts';
 import type { ClearMethod, LvolRecord } from '../store/metadata.ts';
 import { ChangeNotices } from './changeNotices.ts';
 import type { ChecksumService } from './checksums.ts';
@@ -93,21 +94,25 @@ export class LvstoreLifecycle {
     }
   }
 
-  async create(options: { bdevName: string; lvsName: string; clusterBytes: number; clearMethod: ClearMethod }): Promise<string> {
+  /**
+   * bdev_lvol_create_lvstore. A bdev that holds an lvstore is refused naming it, whatever the
+   * node knows of it — loaded (claimed), not loaded for a name clash, damaged, or only found on
+   * the device now (written by another node, or never examined) — unless the caller said
+   * `overwrite`; a loaded one is never overwritten (delete it instead).
+   */
+  async create(options: { bdevName: string; lvsName: string; clusterBytes: number; clearMethod: ClearMethod; overwrite?: boolean }): Promise<string> {
     const { registry, runtime } = this.host;
     const bdev = this.host.lvolBdevs.claimable(options.bdevName);
-    if (bdev.claimedBy) fail('EBUSY', `bdev ${bdev.name} is already claimed by lvstore ${bdev.claimedBy}`);
+    if (bdev.claimedBy) throw this.claimedError(bdev.name, bdev.claimedBy);
     if (bdev.readOnly) fail('EPERM', `bdev ${bdev.name} is read-only`);
     this.host.nbd.assertNotExported(bdev.name);
-    const conflict = this.conflicting.get(bdev.name);
-    if (conflict) fail('EEXIST', `${conflict}; refusing to overwrite it (rename or delete the loaded one, then re-attach this bdev)`);
-    const damage = this.damaged.get(bdev.name);
-    if (damage) throw new StorageError('EIO', { wire: 'internal', detail: `${damage.detail}; refusing to overwrite it (to reuse the device, erase its first blocks outside lvnode)` });
+    if (!options.overwrite) this.assertNotKnownToHoldLvstore(bdev.name);
     validateName('lvstore', options.lvsName);
     if (registry.lvstoreByName(options.lvsName)) fail('EEXIST', `lvstore ${options.lvsName} already exists`);
     // Claim before the first await so a concurrent create cannot take the same bdev.
     bdev.claimedBy = 'pending';
     try {
+      if (!options.overwrite) await this.assertHoldsNoLvstore(bdev);
       const store = await Lvstore.create(
         bdev.device,
         { name: options.lvsName, clusterBytes: options.clusterBytes, clearMethod: options.clearMethod },
@@ -116,15 +121,83 @@ export class LvstoreLifecycle {
       );
       if (registry.lvstoreByName(options.lvsName)) fail('EEXIST', `lvstore ${options.lvsName} already exists`);
       bdev.claimedBy = store.id;
+      // What was there is gone: the bdev is no longer an unloaded lvstore.
+      this.damaged.delete(bdev.name);
+      this.conflicting.delete(bdev.name);
       this.watch(store);
       registry.lvstores.set(store.id, { store, bdevName: bdev.name, actors: new Map() });
       this.host.emit({ type: 'lvstore_created', uuid: store.id, name: store.name });
-      log('info', 'lvstore created', { lvstore: store.name, uuid: store.id, bdev: bdev.name });
+      log('info', 'lvstore created', { lvstore: store.name, uuid: store.id, bdev: bdev.name, ...(options.overwrite ? { overwrite: true } : {}) });
       return store.id;
     } catch (error) {
       bdev.claimedBy = null;
       throw error;
     }
+  }
+
+  /**
+   * A claimed bdev, as SPDK's clients know it: -1 "Operation not permitted" on SPDK's socket
+   * (spdk_tgt answers so: "bdev already claimed"), -16 on WebSocket; `data.lvstore` names the
+   * claimer, and marks the refusal for the SPDK mapping (transport/errorMapping.ts).
+   */
+  private claimedError(bdevName: string, claimedBy: string): StorageError {
+    if (claimedBy === 'pending') {
+      return new StorageError('EBUSY', { detail: `bdev ${bdevName} is getting an lvstore`, data: { bdev: bdevName, lvstore: { state: 'being created' } } });
+    }
+    const name = this.host.registry.lvstores.get(claimedBy)?.store.name;
+    return new StorageError('EBUSY', {
+      detail: `bdev ${bdevName} is already claimed by lvstore ${name ?? claimedBy} (${claimedBy})`,
+      data: { bdev: bdevName, lvstore: { state: 'loaded', uuid: claimedBy, ...(name === undefined ? {} : { name }) } },
+    });
+  }
+
+  /** What examine found and did not load: a name clash, or damage. */
+  private assertNotKnownToHoldLvstore(bdevName: string): void {
+    const hint = 'pass "overwrite": true to replace it';
+    const conflict = this.conflicting.get(bdevName);
+    if (conflict) {
+      throw new StorageError('EEXIST', {
+        detail: `${conflict}; refusing to overwrite it (rename or delete the loaded one, then re-attach this bdev; or ${hint})`,
+        data: { bdev: bdevName, lvstore: { state: 'name or UUID clash' } },
+      });
+    }
+    const damage = this.damaged.get(bdevName);
+    if (damage) {
+      throw new StorageError('EIO', {
+        wire: 'internal',
+        detail: `${damage.detail}; refusing to overwrite it (${hint})`,
+        data: { bdev: bdevName, lvstore: { state: 'damaged' } },
+      });
+    }
+  }
+
+  /**
+   * The device itself, read now: examine may not have run (a start that failed halfway used to
+   * leave such a bdev attached and unclaimed), or another node may have written it since.
+   */
+  private async assertHoldsNoLvstore(bdev: ClaimableBdev): Promise<void> {
+    let probe: LvstoreProbe;
+    try {
+      probe = await probeLvstore(bdev.device);
+    } catch (error) {
+      throw fromDeviceError(error, `bdev ${bdev.name} could not be read to check it holds no lvstore`);
+    }
+    if (probe.kind === 'none') return;
+    const hint = 'refusing to overwrite it (pass "overwrite": true to replace it)';
+    if (probe.kind === 'lvnode-damaged') {
+      // As examine reports damage it found (assertNotKnownToHoldLvstore).
+      throw new StorageError('EIO', {
+        wire: 'internal',
+        detail: `bdev ${bdev.name} holds ${describeProbe(probe)}; ${hint}`,
+        data: { bdev: bdev.name, lvstore: { state: 'damaged' } },
+      });
+    }
+    const state = probe.kind === 'spdk' ? 'spdk' : 'not loaded';
+    const named = { ...(probe.uuid ? { uuid: probe.uuid } : {}), ...(probe.name ? { name: probe.name } : {}) };
+    throw new StorageError('EEXIST', {
+      detail: `bdev ${bdev.name} holds ${describeProbe(probe)}; ${hint}`,
+      data: { bdev: bdev.name, lvstore: { state, ...named } },
+    });
   }
 
   /** bdev_lvol_grow_lvstore: the base bdev's file grew; the lvstore takes the new clusters in. */
@@ -168,8 +241,8 @@ export class LvstoreLifecycle {
    * Refused, before anything is unloaded, while an lvol of any store of the tree is exported.
    */
   async unload(entry: LvstoreEntry, operation: string): Promise<void> {
+    this.assertUnloadable(entry);
     const tree = this.treeOf(entry);
-    for (const member of tree) this.host.nbd.assertLvstoreNotExported(member);
     for (const member of tree.reverse()) {
       await this.host.router.run({
         operation,
@@ -181,6 +254,11 @@ export class LvstoreLifecycle {
       this.host.emit({ type: 'lvstore_deleted', uuid: member.store.id, name: member.store.name, unloaded: true });
       log('info', 'lvstore unloaded: its base bdev was deleted', { lvstore: member.store.name, uuid: member.store.id, bdev: member.bdevName });
     }
+  }
+
+  /** Throws what `unload` would refuse with (an lvol of the tree exported), before anything changes. */
+  assertUnloadable(entry: LvstoreEntry): void {
+    for (const member of this.treeOf(entry)) this.host.nbd.assertLvstoreNotExported(member);
   }
 
   /** Drops pending change notices (the node is closing). */

@@ -1,6 +1,6 @@
 // The one place where errors become JSON-RPC error objects (SPEC §4).
 import type { z } from 'zod';
-import { Errno, isStorageError, strerror } from '../errors.ts';
+import { Errno, fromDeviceError, isStorageError, strerror } from '../errors.ts';
 import type { StorageError } from '../errors.ts';
 
 export interface RpcErrorObject {
@@ -86,6 +86,12 @@ function storageErrorToRpcError(error: StorageError): RpcErrorObject {
  */
 export function toRpcError(error: unknown, method?: string): RpcErrorObject {
   if (isStorageError(error)) return storageErrorToRpcError(error);
+  if (isFileSystemError(error)) {
+    // A file-system error that reached the edge unwrapped: still a bug worth its stack, but the
+    // client hears what happened (ENOSPC is -28 wherever it comes from, SPEC §4), not "Internal error".
+    logUnhandledError(error, method);
+    return storageErrorToRpcError(fromDeviceError(error, 'file system'));
+  }
   if (error instanceof RpcFrameworkError) {
     const { code, message, data } = error;
     return data === undefined ? { code, message } : { code, message, data };
@@ -97,6 +103,11 @@ export function toRpcError(error: unknown, method?: string): RpcErrorObject {
 /** A framework error object without going through an exception. */
 export function rpcError(kind: RpcErrorCodeName, data?: Record<string, unknown>): RpcErrorObject {
   return toRpcError(new RpcFrameworkError(kind, data));
+}
+
+/** A Node.js system call failure (`fs`, `net`): it carries an errno name (`ENOSPC`) and the call. */
+function isFileSystemError(error: unknown): error is NodeJS.ErrnoException {
+  return error instanceof Error && typeof (error as NodeJS.ErrnoException).code === 'string' && typeof (error as NodeJS.ErrnoException).syscall === 'string';
 }
 
 function logUnhandledError(error: unknown, method: string | undefined): void {
@@ -153,7 +164,9 @@ const spdkFrameworkMessage: Partial<Record<number, string>> = {
  * - params that do not decode: -32603 "spdk_json_decode_object failed" (SPDK's strict decoder);
  * - an errno the thrower marked synchronous (`wire: 'errno'`): -errno + strerror, as WebSocket;
  * - an operation failure (`wire: 'internal'`): -32602 + strerror for the methods SPDK answers so,
- *   else -32603 + strerror.
+ *   else -32603 + strerror;
+ * - bdev_lvol_create_lvstore on a bdev that holds an lvstore (`data.lvstore`): -1 "Operation not
+ *   permitted", what spdk_tgt answers for a claimed bdev.
  * `data` (lvnode's detail) is kept: SPDK's clients read code and message only.
  */
 export function toSpdkRpcError(error: unknown, method?: string): RpcErrorObject {
@@ -164,6 +177,11 @@ export function toSpdkRpcError(error: unknown, method?: string): RpcErrorObject 
   if (error instanceof RpcFrameworkError) {
     const message = spdkFrameworkMessage[error.code];
     return message === undefined ? mapped : { ...mapped, message };
+  }
+  if (method === 'bdev_lvol_create_lvstore' && isStorageError(error) && error.data?.lvstore !== undefined) {
+    // The bdev holds an lvstore (loaded, clashing, damaged, or found on the device): SPDK would
+    // have claimed it at examine, and spdk_tgt answers create_lvstore on a claimed bdev so.
+    return { ...mapped, code: -Errno.EPERM, message: strerror.EPERM };
   }
   if (isStorageError(error) && error.wire === 'internal' && method !== undefined && spdkFailureAsInvalidParams.has(method)) {
     return { ...mapped, code: rpcErrorCode.invalidParams };

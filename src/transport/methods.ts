@@ -203,8 +203,10 @@ function lvstoreMethods(node: StorageNode): Record<string, RpcMethod> {
     }),
     bdev_lvol_create_lvstore: defineMethod({
       description:
-        'Create an lvstore on a bdev (claims it). clear_method none leaves old bytes in place. A bdev that holds an lvstore ' +
-        '(loaded, not loaded, damaged, or SPDK\'s) is refused naming it; lvnode\'s "overwrite": true replaces one that is not loaded.',
+        'Create an lvstore on a bdev (claims it). clear_method none leaves old bytes in place. A bdev that holds an lvstore is ' +
+        'refused, `data.lvstore` naming it: loaded -16, damaged -32603, any other (a name clash, one written after attach, ' +
+        'SPDK\'s) -17; on SPDK\'s socket all are -1 "Operation not permitted", SPDK\'s answer for a claimed bdev. lvnode\'s ' +
+        '`"overwrite": true` replaces any but a loaded one (delete that with bdev_lvol_delete_lvstore).',
       priority: 'foreground',
       params: z.strictObject({
         bdev_name: name,

@@ -133,6 +133,52 @@ function row(label: string, sample: Sample, digits: number, goal: string): strin
   return [label, fixed(median(sample.lvnode), digits), spread(sample.lvnode, digits), fixed(median(sample.qemu), digits), spread(sample.qemu, digits), `${fixed(ratio, 2)}x`, goal];
 }
 
+/**
+ * What zeroing at allocation costs (issue 19): a thick create zeroes its clusters before the
+ * commit that hands them over, and a first write to a thin cluster zeroes the rest of it. Thick
+ * creates of 256 MiB (64 clusters), timed over the wire; 4 KiB writes one cluster apart to a thin
+ * lvol, first writes (each allocates and zeroes a cluster) against overwrites of the same blocks.
+ */
+async function allocationCosts(client: RpcClient, lvsName: string, socketPath: string, runs: number): Promise<void> {
+  const createMs: number[] = [];
+  for (let index = 0; index < Math.max(5, runs * 3); index++) {
+    const startMs = performance.now();
+    await client.call('bdev_lvol_create', { lvs_name: lvsName, lvol_name: `thick${index}`, size_in_mib: 256, thin_provision: false });
+    createMs.push(performance.now() - startMs);
+    await client.call('bdev_lvol_delete', { name: `${lvsName}/thick${index}` });
+  }
+  const clusters = 128;
+  const first: number[] = [];
+  const again: number[] = [];
+  for (let index = 0; index < runs; index++) {
+    const name = `thin${index}`;
+    await client.call('bdev_lvol_create', { lvs_name: lvsName, lvol_name: name, size_in_mib: (clusters * benchClusterBytes) / mibBytes, thin_provision: true });
+    await client.call('nbd_start_export', { bdev_name: `${lvsName}/${name}`, export_name: name });
+    const uri = unixUri(name, socketPath);
+    const args = ['bench', '-f', 'raw', '-c', String(clusters), '-d', '1', '-s', '4096', '-S', String(benchClusterBytes), '-w', uri];
+    first.push(await completedRate(args, clusters));
+    again.push(await completedRate(args, clusters));
+    await client.call('nbd_stop_export', { export_name: name });
+    await client.call('bdev_lvol_delete', { name: `${lvsName}/${name}` });
+  }
+  console.log('  allocation: what zeroing new clusters costs (4 MiB clusters)');
+  printTable(
+    ['', 'median', 'spread', 'baseline', 'spread', 'ratio'],
+    [
+      ['thick create 256 MiB, ms', fixed(median(createMs), 1), spread(createMs, 1), '', '', ''],
+      [`first write to a thin cluster, writes/s (vs overwrite)`, fixed(median(first), 0), spread(first, 0), fixed(median(again), 0), spread(again, 0), `${fixed(median(first) / median(again), 2)}x`],
+    ],
+  );
+}
+
+/** Requests per second from a `qemu-img bench` run's own timing ("Run completed in X seconds"). */
+async function completedRate(args: readonly string[], count: number): Promise<number> {
+  const out = await run('qemu-img', args);
+  const match = /Run completed in ([\d.]+) seconds/.exec(out);
+  if (!match) throw new Error(`unexpected qemu-img bench output: ${out}`);
+  return count / Number(match[1]);
+}
+
 export async function nbdBenchmark(): Promise<void> {
   console.log('\nnbd: lvnode NBD export vs qemu-nbd on a plain file (same run)');
   const missing = tools.filter((tool) => spawnSync(tool, ['--version'], { stdio: 'ignore' }).error !== undefined);
@@ -220,6 +266,7 @@ export async function nbdBenchmark(): Promise<void> {
       [['seq read MB/s', fixed(median(idle), 0), spread(idle, 0), fixed(median(loaded), 0), spread(loaded, 0), `${fixed(median(loaded) / median(idle), 2)}x`, '≥0.8']],
     );
     console.log(`  checksum bytes read meanwhile: ${fixed(stats.background.bytes_total / mibBytes, 0)} MiB`);
+    await allocationCosts(client, bench.lvsName, bench.nbdAddress!, runs);
   } finally {
     if (qemu && qemu.exitCode === null) {
       const exited = new Promise((resolve) => qemu!.once('exit', resolve));

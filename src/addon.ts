@@ -1,5 +1,6 @@
 // lvnode's native addon (native/, built at install into build/Release/): loaded once, here, for
-// every layer that uses it (the CRC in src/checksum, file locks in src/device).
+// every layer that uses it (the CRC in src/checksum; file locks, durable writes and zeroing in
+// src/device).
 import { createRequire } from 'node:module';
 
 const addonFile = 'build/Release/lvnode_crc64.node';

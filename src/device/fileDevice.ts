@@ -86,7 +86,7 @@ export class DeviceClosedError extends StorageError {
 export class FileDevice implements BlockDevice {
   readonly kind: BlockDevice['kind'] = 'file';
   private readonly fdNumber: number;
-  /** Reads and writes issued on the descriptor and not yet finished; close waits for them. */
+  /** Reads, writes, discards, flushes and withFd() borrows not yet finished; close waits for them. */
   private ioInFlight = 0;
   private closing = false;
   private idle: (() => void) | undefined;

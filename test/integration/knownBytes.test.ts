@@ -1,8 +1,8 @@
 // Goal: the checks a new user would run from outside: a snapshot of a thick lvol on a file whose
-// bytes are known (lvstore clear_method none keeps them) has the checksum computed outside
+// bytes are known (written into the file's data clusters from outside) has the checksum computed outside
 // lvnode over those bytes; and `lvnode demo` runs the SPEC §6.9 story to a matching checksum.
 import { spawn } from 'node:child_process';
-import { writeFile } from 'node:fs/promises';
+import { open, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createCRC64 } from 'hash-wasm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -35,6 +35,15 @@ describe('checks from outside', () => {
     const [store] = await client.call<Array<{ total_data_clusters: number }>>('bdev_lvol_get_lvstores', { lvs_name: 'kn' });
     const clusters = store!.total_data_clusters;
     await client.call('bdev_lvol_create', { lvs_name: 'kn', lvol_name: 'thick', size_in_mib: clusters * 4, thin_provision: false, clear_method: 'none' });
+    // The create zeroed its clusters (a new owner never sees old bytes); the known bytes go back
+    // into every data cluster from outside, through the file itself (the node caches nothing).
+    const file = await open(path, 'r+');
+    try {
+      for (let index = 16 - clusters; index < 16; index++) await file.write(cluster, 0, cluster.length, index * cluster.length);
+      await file.datasync();
+    } finally {
+      await file.close();
+    }
     await client.call('bdev_lvol_snapshot', { lvol_name: 'kn/thick', snapshot_name: 'snap' });
     expect(await client.call('bdev_lvol_register_snapshot_checksum', { name: 'kn/snap' })).toBe(true);
     const { checksum } = await client.call<{ checksum: bigint }>('bdev_lvol_get_snapshot_checksum', { name: 'kn/snap' });

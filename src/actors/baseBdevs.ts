@@ -9,7 +9,7 @@ import { FileLockedError } from '../device/fileLock.ts';
 import { QueuedDevice } from '../device/queuedDevice.ts';
 import { fail } from '../errors.ts';
 import { validateName } from '../store/lvstore.ts';
-import type { Registry } from './registry.ts';
+import type { BaseBdev, Registry } from './registry.ts';
 
 /** One base-bdev creation call, in SPDK config form (what save_config lists and --config replays). */
 export interface BdevConfigEntry {
@@ -22,9 +22,15 @@ export interface SpdkConfig {
   subsystems: Array<{ subsystem: 'bdev'; config: BdevConfigEntry[] }>;
 }
 
-/** The base bdevs as SPDK config calls, in creation order (devices attached by an embedder are not saved). */
-export function bdevConfig(registry: Registry): SpdkConfig {
-  const config = [...registry.bdevs.values()].filter((bdev) => !bdev.external).map((bdev): BdevConfigEntry =>
+/**
+ * The base bdevs as SPDK config calls, in creation order (devices attached by an embedder are not
+ * saved). `change` gives the list as it will be once a bdev is added or removed: what is saved
+ * before the node changes (a change whose list cannot be saved is not made).
+ */
+export function bdevConfig(registry: Registry, change: { adding?: BaseBdev; removing?: string } = {}): SpdkConfig {
+  const bdevs = [...registry.bdevs.values()].filter((bdev) => bdev.name !== change.removing);
+  if (change.adding) bdevs.push(change.adding);
+  const config = bdevs.filter((bdev) => !bdev.external).map((bdev): BdevConfigEntry =>
     bdev.kind === 'aio'
       ? {
           method: 'bdev_aio_create',
@@ -36,6 +42,20 @@ export function bdevConfig(registry: Registry): SpdkConfig {
         },
   );
   return { subsystems: [{ subsystem: 'bdev', config }] };
+}
+
+/**
+ * One base-bdev list change at a time: each saves the list it computes and then applies it, so
+ * two concurrent creates cannot each save a list without the other's bdev.
+ */
+export class BdevListChanges {
+  private tail: Promise<unknown> = Promise.resolve();
+
+  run<T>(change: () => Promise<T>): Promise<T> {
+    const result = this.tail.then(change);
+    this.tail = result.catch(() => undefined);
+    return result;
+  }
 }
 
 export function assertBdevNameFree(registry: Registry, name: string): void {

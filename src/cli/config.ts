@@ -1,5 +1,5 @@
 // The node's bdev list on disk (SPDK save_config form) and replaying such configs at start.
-import { open, readFile, rename } from 'node:fs/promises';
+import { open, readFile, rename, unlink } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import type { SpdkConfig, StorageNode } from '../actors/node.ts';
 import { log } from '../log.ts';
@@ -11,17 +11,26 @@ const configMethods: ReadonlySet<string> = new Set(['bdev_aio_create', 'bdev_mal
 // Config calls run through the method table like RPCs, but on behalf of no connection.
 const noConnection = { id: 0, notify: () => false, onClose: () => {} };
 
-/** Writes the file so that a crash leaves the old or the new version: temp file, fsync, rename, fsync dir. */
+/**
+ * Writes the file so that a crash leaves the old or the new version: temp file, fsync, rename,
+ * fsync dir. A write that fails (ENOSPC) leaves the old file as it was and removes the temp file,
+ * which would otherwise hold on to the last free blocks.
+ */
 export async function writeFileAtomically(path: string, text: string): Promise<void> {
   const temporary = `${path}.tmp`;
-  const file = await open(temporary, 'w');
   try {
-    await file.writeFile(text);
-    await file.sync();
-  } finally {
-    await file.close();
+    const file = await open(temporary, 'w');
+    try {
+      await file.writeFile(text);
+      await file.sync();
+    } finally {
+      await file.close();
+    }
+    await rename(temporary, path);
+  } catch (error) {
+    await unlink(temporary).catch(() => undefined);
+    throw withPath(error, path);
   }
-  await rename(temporary, path);
   const directory = await open(dirname(path), 'r');
   try {
     await directory.sync();
@@ -30,14 +39,29 @@ export async function writeFileAtomically(path: string, text: string): Promise<v
   }
 }
 
+/** The same error (its `code` kept, ENOSPC stays ENOSPC), saying which file it was about. */
+function withPath(error: unknown, path: string): unknown {
+  if (!(error instanceof Error)) return error;
+  const { code, errno, syscall } = error as NodeJS.ErrnoException;
+  return Object.assign(new Error(`cannot write ${path}: ${error.message}`, { cause: error }), { code, errno, syscall });
+}
+
 export async function readConfig(path: string): Promise<ConfigCall[] | undefined> {
-  let text: string;
+  const text = await readConfigText(path);
+  return text === undefined ? undefined : parseConfig(text);
+}
+
+/** The file's text, or undefined when there is none. */
+export async function readConfigText(path: string): Promise<string | undefined> {
   try {
-    text = await readFile(path, 'utf8');
+    return await readFile(path, 'utf8');
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw error;
   }
+}
+
+export function parseConfig(text: string): ConfigCall[] {
   const parsed = JSON.parse(text) as { subsystems?: Array<{ subsystem?: string; config?: Array<{ method: string; params: unknown }> }> };
   return (parsed.subsystems ?? []).filter((subsystem) => subsystem.subsystem === 'bdev').flatMap((subsystem) => subsystem.config ?? []);
 }
@@ -78,12 +102,15 @@ export async function replayConfig(table: MethodTable, node: StorageNode, calls:
  *
  * The saved bdevs that are not attached (yet, or at all in this run, e.g. a file that is missing
  * for now) stay in the saved config: a start that cannot attach one must not forget it. An entry
- * leaves the list once a bdev of that name is attached; from then on the node's own list rules.
+ * leaves the list once a list naming a bdev of that name is saved; from then on the node's own
+ * list rules.
  */
 export class SavedConfigWriter {
   private readonly unattached = new Map<string, ConfigCall>();
   private queue: Promise<void> = Promise.resolve();
   private held: { config: SpdkConfig | undefined } | undefined;
+  /** The file's text as read at start: a list that says the same is not written again. */
+  private savedText: string | undefined;
 
   constructor(private readonly path: string) {}
 
@@ -92,13 +119,17 @@ export class SavedConfigWriter {
     this.held = { config: undefined };
   }
 
+  /** Saves the newest list remembered since `hold`, unless the file already says exactly that. */
   release(): Promise<void> {
     const config = this.held?.config;
     this.held = undefined;
-    return config ? this.write(config) : Promise.resolve();
+    if (!config || this.textOf(config).text === this.savedText) return Promise.resolve();
+    return this.write(config);
   }
 
-  keep(calls: readonly ConfigCall[]): void {
+  /** The saved calls, as read at start (`text` is the file's text). */
+  keep(calls: readonly ConfigCall[], text?: string): void {
+    this.savedText = text;
     for (const call of calls) {
       const name = bdevNameOf(call);
       if (name !== undefined && configMethods.has(call.method)) this.unattached.set(name, call);
@@ -110,14 +141,22 @@ export class SavedConfigWriter {
       this.held.config = config;
       return Promise.resolve();
     }
-    const attached = config.subsystems.flatMap((subsystem) => subsystem.config);
-    for (const call of attached) this.unattached.delete(String(call.params.name));
-    const merged = { subsystems: [{ subsystem: 'bdev', config: [...attached, ...this.unattached.values()] }] };
-    const text = `${JSON.stringify(merged, null, 2)}\n`;
-    const written = this.queue.then(() => writeFileAtomically(this.path, text));
+    const { text, attachedNames } = this.textOf(config);
+    const written = this.queue.then(async () => {
+      await writeFileAtomically(this.path, text);
+      // Only once saved: a list that failed to save must not make the file forget a bdev.
+      for (const name of attachedNames) this.unattached.delete(name);
+      this.savedText = text;
+    });
     this.queue = written.catch(() => undefined);
     return written;
   }
+
+  private textOf(config: SpdkConfig): { text: string; attachedNames: Set<string> } {
+    const attached = config.subsystems.flatMap((subsystem) => subsystem.config);
+    const attachedNames = new Set(attached.map((call) => String(call.params.name)));
+    const kept = [...this.unattached].filter(([name]) => !attachedNames.has(name)).map(([, call]) => call);
+    const merged = { subsystems: [{ subsystem: 'bdev', config: [...attached, ...kept] }] };
+    return { text: `${JSON.stringify(merged, null, 2)}\n`, attachedNames };
+  }
 }
-
-

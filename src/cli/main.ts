@@ -106,12 +106,20 @@ async function serve(args: string[]): Promise<number> {
     process.once('SIGTERM', () => stop('SIGTERM'));
     watchLauncher(() => stop('npm (the launcher) exited'));
   });
-  await running.close();
-  // Everything is flushed and closed. A library timer may still hold the event loop (the
-  // @statelyai/inspect adapter keeps retrying its relay every 5 s even after stop()), so the
-  // exit is bounded: leave within a second whatever still holds on.
-  setTimeout(() => process.exit(0), 1000).unref();
-  return 0;
+  // A device that could not be flushed or closed may have lost writes: said, and the exit code
+  // tells the service manager (the node's own log lines name each device).
+  const exitCode = await running.close().then(
+    () => 0,
+    (error: unknown) => {
+      process.stderr.write(`lvnode serve: ${error instanceof Error ? error.message : String(error)}\n`);
+      return 1;
+    },
+  );
+  // A library timer may still hold the event loop (the @statelyai/inspect adapter keeps retrying
+  // its relay every 5 s even after stop()), so the exit is bounded: leave within a second
+  // whatever still holds on.
+  setTimeout(() => process.exit(exitCode), 1000).unref();
+  return exitCode;
 }
 
 /**

@@ -4,7 +4,7 @@ import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
 import { clusterSizeBytesDefault, diskSizeBytesDefault, listenDefault } from '../constants.ts';
 import { FileDevice } from '../device/fileDevice.ts';
-import { StorageNode } from '../actors/node.ts';
+import { type ShutdownFailure, StorageNode } from '../actors/node.ts';
 import { type BackgroundOptions, defaultBackgroundOptions, validateBackgroundOptions } from '../actors/scheduler.ts';
 import { configureBackgroundThreads, crcInfo } from '../checksum/clusterCrc.ts';
 import { log } from '../log.ts';
@@ -12,7 +12,7 @@ import { type Runtime, systemRuntime } from '../runtime.ts';
 import { createDispatcher } from '../transport/jsonRpc.ts';
 import type { MethodTable } from '../transport/methodTable.ts';
 import { type DataDirLock, lockDataDir } from './dataDirLock.ts';
-import { SavedConfigWriter, readConfig, replayConfig, savedConfigName, writeFileAtomically } from './config.ts';
+import { SavedConfigWriter, parseConfig, readConfig, readConfigText, replayConfig, savedConfigName, writeFileAtomically } from './config.ts';
 import { createMethodTable } from '../transport/methods.ts';
 import { RpcStats } from '../transport/stats.ts';
 import { type SpdkSocketServer, claimSocketPath, startSpdkSocketServer } from '../transport/spdkSocket.ts';
@@ -50,6 +50,7 @@ export interface RunningNode {
   readonly nbdAddress: NbdAddress | undefined;
   /** SPDK's Unix socket, when `rpcSocket` was given. */
   readonly spdkSocket: SpdkSocketServer | undefined;
+  /** Stops everything; rejects with ShutdownIncompleteError (after closing the rest) when a device could not be flushed or closed. */
   close(): Promise<void>;
 }
 
@@ -73,20 +74,31 @@ async function createDefaultDisk(node: StorageNode, dataDir: string, sizeBytes: 
   }
 }
 
-/** Re-attaches the saved bdevs (their lvstores load as they attach), or creates the default. */
+/**
+ * Re-attaches the saved bdevs (their lvstores load as they attach), or creates the default.
+ * Loading what exists needs no free space: the saved list is not rewritten while it is replayed
+ * (it already names these bdevs), and a list that cannot be saved at the end is logged, not fatal.
+ */
 async function attachBdevs(table: MethodTable, node: StorageNode, options: ServeOptions, dataDir: string, writer: SavedConfigWriter): Promise<void> {
-  const saved = await readConfig(join(dataDir, savedConfigName));
-  if (saved) {
-    writer.keep(saved);
+  const savedText = await readConfigText(join(dataDir, savedConfigName));
+  // Held either way: the replay saves nothing; the first start saves once disk0 carries lvs0, so
+  // a first start that fails or is killed halfway is simply a first start again next time (it
+  // re-uses disk0.img and what is on it).
+  writer.hold();
+  if (savedText !== undefined) {
+    const saved = parseConfig(savedText);
+    writer.keep(saved, savedText);
     await replayConfig(table, node, saved, savedConfigName);
-  } else {
-    // The bdev list is saved only once disk0 carries lvs0: a first start that fails or is killed
-    // halfway is simply a first start again next time (it re-uses disk0.img and what is on it).
-    writer.hold();
+  } else if (options.defaultDiskBytes > 0) {
     // --default-disk-size 0: start with no bdev at all (as spdk_tgt does; SPDK's own tests expect it).
-    if (options.defaultDiskBytes > 0) await createDefaultDisk(node, dataDir, options.defaultDiskBytes);
-    await writer.release();
+    await createDefaultDisk(node, dataDir, options.defaultDiskBytes);
   }
+  await writer.release().catch((error: unknown) =>
+    log('error', 'the bdev list could not be saved; serving what is attached (a later bdev change saves it again)', {
+      path: join(dataDir, savedConfigName),
+      error: String(error),
+    }),
+  );
   if (options.configFile) {
     const calls = await readConfig(resolve(options.configFile));
     if (!calls) throw new Error(`--config ${options.configFile}: no such file`);
@@ -250,12 +262,23 @@ async function startLockedNode(
       await nbd?.close();
       await spdkSocket?.close();
       await listening.close();
-      await node.shutdown();
+      const failures = await node.shutdown();
       detachStately();
       rpcStats.close();
       await dataDirLock.release();
+      // Everything else is closed; what could not be flushed is the caller's to hear (exit code).
+      if (failures.length > 0) throw new ShutdownIncompleteError(failures);
     },
   };
+}
+
+/** Shutdown closed everything it could, but some store or device could not be flushed or closed. */
+export class ShutdownIncompleteError extends Error {
+  constructor(readonly failures: readonly ShutdownFailure[]) {
+    const what = failures.map((failure) => `bdev ${failure.bdev}${failure.lvstore ? ` (lvstore ${failure.lvstore})` : ''}: ${failure.step} failed: ${failure.error}`);
+    super(`shutdown could not flush or close ${failures.length} device(s); data written since their last flush may be lost: ${what.join('; ')}`);
+    this.name = 'ShutdownIncompleteError';
+  }
 }
 
 export const serveDefaults = {

@@ -24,10 +24,26 @@
 //
 // `npm test` runs a few short seeds; LVNODE_TORTURE_MINUTES=N runs seeds for N minutes;
 // LVNODE_TORTURE_SEED=S reruns one seed. A failure prints the seed and every step before it.
+import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { seededRandom } from '../seededRandom.ts';
-import { type Context, mibBytes } from './torture/actions.ts';
+import {
+  type Context,
+  type Step,
+  clone,
+  crash,
+  crashDuring,
+  createLvol,
+  deleteLvol,
+  mibBytes,
+  nbdFlush,
+  nbdWrite,
+  pattern,
+  resize,
+  snapshot,
+} from './torture/actions.ts';
 import { checkEverything } from './torture/checks.ts';
+import { crc64GoIso } from './torture/crc64.ts';
 import { TortureNode } from './torture/harness.ts';
 import { Model } from './torture/model.ts';
 import { randomStep } from './torture/workload.ts';
@@ -73,6 +89,42 @@ async function runSeed(seed: number, limits: { steps: number; deadlineMs?: numbe
   }
 }
 
+type ScriptStep = (ctx: Context) => Promise<string | Step>;
+
+/** Runs fixed steps with every check after each; a failure names the steps taken. */
+async function runScript(seed: number, script: ScriptStep[]): Promise<Context> {
+  const ctx = await newContext(seed);
+  const steps: string[] = [];
+  try {
+    for (const run of script) {
+      const outcome = await run(ctx);
+      const step = typeof outcome === 'string' ? { description: outcome, check: 'step' as const } : outcome;
+      steps.push(step.description);
+      await checkEverything(ctx, step.check);
+    }
+    return ctx;
+  } catch (error) {
+    throw new Error(`${error instanceof Error ? error.message : String(error)}\nsteps:\n${steps.join('\n')}`, { cause: error });
+  } finally {
+    await ctx.node.close();
+  }
+}
+
+describe("the test's own CRC-64/GO-ISO (the checksum oracle)", () => {
+  it('gives the known answers of test/fixtures/crc64.json, single and chained', () => {
+    type Part = { ascii?: string; byte?: number; count?: number };
+    const fixture = JSON.parse(readFileSync(new URL('../fixtures/crc64.json', import.meta.url), 'utf8')) as {
+      single: Array<Part & { crc: string }>;
+      chained: Array<{ parts: Part[]; crc: string }>;
+    };
+    const bytesOf = (part: Part) => (part.ascii !== undefined ? Buffer.from(part.ascii, 'ascii') : Buffer.alloc(part.count!, part.byte!));
+    for (const known of fixture.single) expect(crc64GoIso(bytesOf(known)), JSON.stringify(known)).toBe(BigInt(known.crc));
+    for (const known of fixture.chained) {
+      expect(known.parts.reduce((seed, part) => crc64GoIso(bytesOf(part), seed), 0n)).toBe(BigInt(known.crc));
+    }
+  });
+});
+
 const minutes = Number(process.env.LVNODE_TORTURE_MINUTES ?? 0);
 const oneSeed = process.env.LVNODE_TORTURE_SEED;
 
@@ -96,4 +148,97 @@ describe('the data path against a byte model (seeded random workload with crashe
     }
     console.log(`torture totals: ${JSON.stringify(totals)}`);
   }, minutes * 60_000 + 120_000);
+});
+
+describe('known sequences (issue 19), checked against the same model', () => {
+  it('a merge keeps the zeros a volume read past its smaller parent (A → S1, shrink, → S2, grow, delete S2)', async () => {
+    await runScript(101, [
+      (ctx) => createLvol(ctx, 'a', 4, false, 'unmap'),
+      (ctx) => nbdWrite(ctx, 'a', 'write', 0, pattern(ctx, 4 * mibBytes), false),
+      (ctx) => snapshot(ctx, 'a', 's1'),
+      (ctx) => resize(ctx, 'a', 1),
+      (ctx) => snapshot(ctx, 'a', 's2'),
+      (ctx) => resize(ctx, 'a', 4),
+      (ctx) => deleteLvol(ctx, 's2'),
+    ]);
+  });
+
+  it('a merge keeps the zeros of a parent that was shrunk and grown before it was snapshotted', async () => {
+    await runScript(102, [
+      (ctx) => createLvol(ctx, 'a', 4, false, 'unmap'),
+      (ctx) => nbdWrite(ctx, 'a', 'write', 0, pattern(ctx, 4 * mibBytes), false),
+      (ctx) => snapshot(ctx, 'a', 's1'),
+      (ctx) => resize(ctx, 'a', 1),
+      (ctx) => resize(ctx, 'a', 4),
+      (ctx) => snapshot(ctx, 'a', 's2'),
+      (ctx) => deleteLvol(ctx, 's2'),
+      (ctx) => deleteLvol(ctx, 's1'),
+    ]);
+  });
+
+  it('a clone shrunk then grown reads zeros above its smaller size, also after its parent merges into it', async () => {
+    await runScript(103, [
+      (ctx) => createLvol(ctx, 'a', 4, false, 'write_zeroes'),
+      (ctx) => nbdWrite(ctx, 'a', 'write', 0, pattern(ctx, 4 * mibBytes), true),
+      (ctx) => snapshot(ctx, 'a', 's'),
+      (ctx) => deleteLvol(ctx, 'a'),
+      (ctx) => clone(ctx, 's', 'c'),
+      (ctx) => resize(ctx, 'c', 1),
+      (ctx) => resize(ctx, 'c', 4),
+      (ctx) => nbdWrite(ctx, 'c', 'write', 3 * mibBytes, pattern(ctx, 128 * 1024), false),
+      (ctx) => deleteLvol(ctx, 's'),
+    ]);
+  });
+
+  it.each([
+    ['kill -9', 'process'],
+    ['power loss', 'power'],
+  ] as const)('a thick lvol created after a %s in the middle of a big delete reads zeros, and no cluster leaks', async (_name, kind) => {
+    // The crash lands at each of the delete's first device writes in turn (its commit, then the clearing).
+    for (let writeNumber = 1; writeNumber <= 8; writeNumber++) {
+      const ctx = await runScript(110 + writeNumber, [
+        (ctx) => createLvol(ctx, 'big', 6, true, 'unmap'),
+        (ctx) => nbdWrite(ctx, 'big', 'write', 0, pattern(ctx, 6 * mibBytes), false),
+        (ctx) => nbdFlush(ctx, 'big'),
+        (ctx) => crashDuring(ctx, writeNumber, kind, () => deleteLvol(ctx, 'big')),
+        async (ctx) => (ctx.model.volumes.has('big') ? deleteLvol(ctx, 'big') : 'big is gone'),
+        (ctx) => createLvol(ctx, 'fresh', 6, true, 'unmap'),
+      ]);
+      expect(ctx.model.volumes.has('fresh')).toBe(true);
+    }
+  });
+
+  it.each([
+    ['kill -9', 'process'],
+    ['power loss', 'power'],
+  ] as const)('a first write whose allocation never commits (%s) leaves no bytes for the next thick lvol', async (_name, kind) => {
+    for (let writeNumber = 1; writeNumber <= 4; writeNumber++) {
+      const ctx = await runScript(120 + writeNumber, [
+        (ctx) => createLvol(ctx, 'thin', 6, false, 'unmap'),
+        (ctx) => crashDuring(ctx, writeNumber, kind, () => nbdWrite(ctx, 'thin', 'write', 0, pattern(ctx, 6 * mibBytes), false)),
+        (ctx) => deleteLvol(ctx, 'thin'),
+        (ctx) => createLvol(ctx, 'fresh', 6, true, 'unmap'),
+      ]);
+      expect(ctx.model.volumes.has('fresh')).toBe(true);
+    }
+  });
+
+  it('a write refused with ENOSPC changes nothing (9 clusters needed, 7 free)', async () => {
+    const clusterBytesOf = 128 * 1024;
+    const ctx = await runScript(130, [
+      // 56 data clusters: 48 to a thick lvol, one to a first write, 7 left.
+      (ctx) => createLvol(ctx, 'thick', 6, true, 'unmap'),
+      (ctx) => createLvol(ctx, 'thin', 2, false, 'unmap'),
+      (ctx) => nbdWrite(ctx, 'thin', 'write', 0, pattern(ctx, clusterBytesOf), false),
+      async (ctx) => {
+        expect(ctx.freeClusters, 'the set-up leaves 7 free clusters').toBe(7);
+        return 'free clusters: 7';
+      },
+      (ctx) => nbdWrite(ctx, 'thin', 'write', clusterBytesOf, pattern(ctx, 9 * clusterBytesOf), false),
+      (ctx) => nbdWrite(ctx, 'thin', 'write', clusterBytesOf - 4096, pattern(ctx, 9 * clusterBytesOf), true),
+      (ctx) => nbdWrite(ctx, 'thin', 'zeroes', clusterBytesOf, Buffer.alloc(9 * clusterBytesOf), false),
+    ]);
+    expect(ctx.counts['write ENOSPC']).toBe(2);
+    expect(ctx.freeClusters).toBe(7);
+  });
 });

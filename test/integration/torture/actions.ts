@@ -4,7 +4,7 @@
 import { command, commandFlag, nbdErrno } from '../../../src/transport/nbd/protocol.ts';
 import { crc64GoIso } from './crc64.ts';
 import { type Answer, type LvolListing, TortureNode, lvsName } from './harness.ts';
-import type { Model } from './model.ts';
+import type { CheckKind, Model } from './model.ts';
 
 export const mibBytes = 1024 * 1024;
 
@@ -48,6 +48,12 @@ function kib(bytes: number): string {
   return bytes % 1024 === 0 ? `${bytes / 1024}K` : `${bytes}B`;
 }
 
+/** A step's description, and how to check after it: as usual, or after a restart. */
+export interface Step {
+  description: string;
+  check: CheckKind;
+}
+
 function crashed(ctx: Context): boolean {
   return ctx.node.device.hasCrashed;
 }
@@ -61,6 +67,27 @@ function expectAnswer(ctx: Context, what: string, answer: Answer, allowed: reado
   if (crashed(ctx)) return `cut by the crash (${answer.errno})`;
   if (allowed.includes(answer.errno)) return answer.errno;
   throw new Error(`${what} refused with ${answer.errno} (${answer.message}); the model expected ${allowed.join('|')}`);
+}
+
+// ---- crashes ----
+
+/** Crashes the node (kill -9 or power loss) and restarts it on what the device kept. */
+export async function crash(ctx: Context, kind: 'process' | 'power'): Promise<Step> {
+  await ctx.node.crash(kind, Math.floor(ctx.next() * 2 ** 31));
+  count(ctx, kind === 'process' ? 'kill -9' : 'power loss');
+  return { description: kind === 'process' ? 'kill -9' : 'power loss', check: kind === 'process' ? 'processCrash' : 'powerLoss' };
+}
+
+/**
+ * Runs `inner` with the device set to crash at its Nth write from now (the node sees EIO there
+ * and after), then crashes the node if it has not yet, and restarts it.
+ */
+export async function crashDuring(ctx: Context, writeNumber: number, kind: 'process' | 'power', inner: () => Promise<string>): Promise<Step> {
+  ctx.node.device.crashAt(writeNumber);
+  const description = await inner();
+  const when = ctx.node.device.hasCrashed ? `at write #${writeNumber}` : 'after it';
+  const crashed = await crash(ctx, kind);
+  return { description: `${description}; ${crashed.description} ${when}`, check: crashed.check };
 }
 
 // ---- NBD data path ----
@@ -102,6 +129,7 @@ async function settleWrite(ctx: Context, name: string, kind: WriteKind, offsetBy
     const touched = Math.ceil((offsetBytes + data.length) / ctx.model.clusterBytes) - Math.floor(offsetBytes / ctx.model.clusterBytes);
     const { free_clusters: free } = await ctx.node.lvstore();
     if (free >= touched) throw new Error(`${kind} ${name} refused with ENOSPC though ${free} clusters are free and it touches ${touched}`);
+    ctx.model.remember(`the refused ${kind} to ${name} @${kib(offsetBytes)}`, data);
     count(ctx, `${kind} ENOSPC`);
     return 'ENOSPC (changes nothing)';
   }
@@ -199,7 +227,7 @@ export async function deleteLvol(ctx: Context, name: string): Promise<string> {
 export async function resize(ctx: Context, name: string, sizeMib: number): Promise<string> {
   const volume = ctx.model.volume(name);
   const oldMib = volume.bytes.length / mibBytes;
-  const thin = ctx.listing.get(name)?.is_thin_provisioned ?? true;
+  const thin = (await ctx.node.lvols()).find((lvol) => lvol.name === name)?.is_thin_provisioned ?? true;
   await ctx.node.disconnect(name);
   const answer = await ctx.node.call('bdev_lvol_resize', { name: `${lvsName}/${name}`, size_in_mib: sizeMib });
   const what = `resize ${name} ${oldMib}M → ${sizeMib}M${thin ? '' : ' (thick)'}`;

@@ -45,8 +45,13 @@ function copyCandidates(map: Map<number, Buffer[]>, fromBlock = 0, toBlock = Num
   return out;
 }
 
+/** How many gone contents (deleted volumes, refused writes) are kept to name a stray block's origin. */
+const rememberedMax = 8;
+
 export class Model {
   readonly volumes = new Map<string, VolumeModel>();
+  /** Contents no volume should show any more, newest last: only to explain a failure. */
+  private readonly remembered: Array<{ label: string; bytes: Buffer }> = [];
 
   constructor(readonly clusterBytes: number) {}
 
@@ -94,6 +99,7 @@ export class Model {
   /** A write cut by a crash: each block holds its old content or the new one. */
   interruptedWrite(name: string, offsetBytes: number, data: Buffer): void {
     const volume = this.volume(name);
+    this.remember(`the write to ${name} @${offsetBytes} a crash cut`, data);
     for (let position = 0; position < data.length; position += blockBytes) {
       const block = (offsetBytes + position) / blockBytes;
       addCandidate(volume.uncertain, block, Buffer.from(data.subarray(position, position + blockBytes)), this.blockOf(volume, block));
@@ -150,6 +156,7 @@ export class Model {
   /** Delete; with one clone it merges into it. Either way every remaining volume reads as before. */
   delete(name: string): void {
     const volume = this.volume(name);
+    this.remember(`deleted ${name}`, volume.bytes);
     for (const child of this.children(name)) child.parent = volume.parent;
     this.volumes.delete(name);
   }
@@ -243,13 +250,20 @@ export class Model {
     if (!same) actual.copy(volume.bytes);
   }
 
+  /** Keeps bytes that must never be read again (a refused write's, a deleted volume's) to name them in a failure. */
+  remember(label: string, bytes: Buffer): void {
+    this.remembered.push({ label, bytes });
+    if (this.remembered.length > rememberedMax) this.remembered.shift();
+  }
+
   /** Where a block's content appears in the model (to say whose bytes a wrong block holds). */
   whereIs(content: Buffer): string[] {
     const out: string[] = [];
     if (content.equals(zeroBlock)) return ['zeros'];
-    for (const volume of this.volumes.values()) {
-      for (let block = 0; block < volume.bytes.length / blockBytes && out.length < 4; block++) {
-        if (this.blockOf(volume, block).equals(content)) out.push(`${volume.name} block ${block}`);
+    const sources = [...[...this.volumes.values()].map((volume) => ({ label: volume.name, bytes: volume.bytes })), ...this.remembered];
+    for (const { label, bytes } of sources) {
+      for (let block = 0; block < bytes.length / blockBytes && out.length < 4; block++) {
+        if (bytes.subarray(block * blockBytes, (block + 1) * blockBytes).equals(content)) out.push(`${label} block ${block}`);
       }
     }
     return out;

@@ -2,10 +2,12 @@
 // (resizes within snapshot chains, merges, thick creates after crashes, a nearly full lvstore).
 import {
   type Context,
+  type Step,
   checksum,
   clone,
   copyUp,
-  count,
+  crash,
+  crashDuring,
   createLvol,
   deleteLvol,
   mibBytes,
@@ -18,13 +20,8 @@ import {
   setParent,
   snapshot,
 } from './actions.ts';
-import type { CheckKind, VolumeModel } from './model.ts';
+import type { VolumeModel } from './model.ts';
 import { blockBytes } from './model.ts';
-
-export interface Step {
-  description: string;
-  check: CheckKind;
-}
 
 const volumesMax = 9;
 const sizeMibMax = 4;
@@ -102,12 +99,21 @@ async function randomDelete(ctx: Context): Promise<string> {
   return deleteLvol(ctx, target.name);
 }
 
-async function randomResize(ctx: Context): Promise<string> {
-  const volume = pick(ctx, writable(ctx));
+async function randomResize(ctx: Context, volume = pick(ctx, writable(ctx))): Promise<string> {
   const oldMib = volume.bytes.length / mibBytes;
   // Shrinking within a snapshot chain, then growing again, is where reads past an old size go wrong.
   const sizeMib = oldMib > 1 && chance(ctx, 0.5) ? 1 + int(ctx, oldMib - 1) : 1 + int(ctx, sizeMibMax);
   return resize(ctx, volume.name, sizeMib);
+}
+
+/**
+ * Snapshot, then resize: repeated on one volume this builds chains of snapshots of different
+ * sizes, where a merge must keep the zeros a volume read past a smaller parent.
+ */
+async function snapshotAndResize(ctx: Context): Promise<string> {
+  const volume = pick(ctx, writable(ctx));
+  const taken = await snapshot(ctx, volume.name, freshName(ctx, 's'));
+  return `${taken}; ${await randomResize(ctx, volume)}`;
 }
 
 async function randomSetParent(ctx: Context): Promise<string> {
@@ -117,33 +123,20 @@ async function randomSetParent(ctx: Context): Promise<string> {
   return setParent(ctx, volume.name, parent.name);
 }
 
-/** Crashes the node (kill -9 or power loss) and restarts it on what the device kept. */
-export async function crash(ctx: Context, kind: 'process' | 'power'): Promise<void> {
-  await ctx.node.crash(kind, int(ctx, 2 ** 31));
-  count(ctx, kind === 'process' ? 'kill -9' : 'power loss');
-}
-
 /** One step among those that change what a crash can cut, with the crash set at its Nth write. */
-async function crashDuring(ctx: Context): Promise<Step> {
+async function randomCrashDuring(ctx: Context): Promise<Step> {
   const kind = chance(ctx, 0.5) ? 'process' : 'power';
   const writeNumber = 1 + int(ctx, 30);
   const all = [...ctx.model.volumes.values()];
-  let inner: () => Promise<string>;
   const roll = ctx.next();
   if (all.length > 0 && roll < 0.4) {
     // The biggest owner first: a delete that frees many clusters is cut while it clears them.
     const biggest = [...all].sort((a, b) => b.bytes.length - a.bytes.length)[0]!;
-    inner = () => deleteLvol(ctx, chance(ctx, 0.6) ? biggest.name : pick(ctx, all).name);
-  } else if (writable(ctx).length > 0 && roll < 0.75) {
-    inner = () => (chance(ctx, 0.5) ? randomWrite(ctx) : randomBurst(ctx));
-  } else {
-    inner = () => randomMetadataStep(ctx);
+    const target = chance(ctx, 0.6) ? biggest.name : pick(ctx, all).name;
+    return crashDuring(ctx, writeNumber, kind, () => deleteLvol(ctx, target));
   }
-  ctx.node.device.crashAt(writeNumber);
-  const description = await inner();
-  const when = ctx.node.device.hasCrashed ? `at write #${writeNumber}` : 'after it';
-  await crash(ctx, kind);
-  return { description: `${description}; ${kind === 'process' ? 'kill -9' : 'power loss'} ${when}`, check: kind === 'process' ? 'processCrash' : 'powerLoss' };
+  if (writable(ctx).length > 0 && roll < 0.75) return crashDuring(ctx, writeNumber, kind, () => (chance(ctx, 0.5) ? randomWrite(ctx) : randomBurst(ctx)));
+  return crashDuring(ctx, writeNumber, kind, () => randomMetadataStep(ctx));
 }
 
 async function randomMetadataStep(ctx: Context): Promise<string> {
@@ -173,6 +166,7 @@ function choices(ctx: Context): Choice[] {
     [volumes === 0 ? 50 : room ? 4 : 0, () => createLvol(ctx, freshName(ctx, 'v'), 1 + int(ctx, sizeMibMax - 1), false, chance(ctx, 0.5) ? 'unmap' : 'write_zeroes')],
     [room ? 3 : 0, () => thickCreateIntoFreeSpace(ctx)],
     [hasWritable && room ? 8 : 0, () => snapshot(ctx, pick(ctx, writable(ctx)).name, freshName(ctx, 's'))],
+    [hasWritable && room ? 6 : 0, () => snapshotAndResize(ctx)],
     [hasSnapshots && room ? 4 : 0, () => clone(ctx, pick(ctx, snapshots(ctx)).name, freshName(ctx, 'c'))],
     [volumes > 0 ? 4 + (room ? 0 : 10) + (full ? 8 : 0) : 0, () => randomDelete(ctx)],
     [hasWritable ? 9 : 0, () => randomResize(ctx)],
@@ -180,7 +174,7 @@ function choices(ctx: Context): Choice[] {
     [hasWritable && hasSnapshots ? 4 : 0, () => randomSetParent(ctx)],
     [hasSnapshots ? 2 : 0, () => checksum(ctx, pick(ctx, snapshots(ctx)).name, chance(ctx, 0.5) ? 'whole' : 'range', chance(ctx, 0.5))],
     [3, () => crashBetweenSteps(ctx)],
-    [5, () => crashDuring(ctx)],
+    [5, () => randomCrashDuring(ctx)],
   ];
 }
 
@@ -191,9 +185,8 @@ async function unaligned(ctx: Context): Promise<string> {
 }
 
 async function crashBetweenSteps(ctx: Context): Promise<Step> {
-  const kind = chance(ctx, 0.5) ? 'process' : 'power';
-  await crash(ctx, kind);
-  return { description: kind === 'process' ? 'kill -9 between steps' : 'power loss between steps', check: kind === 'process' ? 'processCrash' : 'powerLoss' };
+  const step = await crash(ctx, chance(ctx, 0.5) ? 'process' : 'power');
+  return { ...step, description: `${step.description} between steps` };
 }
 
 /** Runs one random step; after a crash, often a thick create next (it must read zeros). */

@@ -26,7 +26,6 @@
 // LVNODE_TORTURE_SEED=S reruns one seed. A failure prints the seed and every step before it.
 import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { seededRandom } from '../seededRandom.ts';
 import {
   type Context,
   type Step,
@@ -38,14 +37,13 @@ import {
   mibBytes,
   nbdFlush,
   nbdWrite,
+  newContext as newTortureContext,
   pattern,
   resize,
   snapshot,
 } from './torture/actions.ts';
 import { checkEverything } from './torture/checks.ts';
 import { crc64GoIso } from './torture/crc64.ts';
-import { TortureNode } from './torture/harness.ts';
-import { Model } from './torture/model.ts';
 import { randomStep } from './torture/workload.ts';
 
 // 8 MiB: 1 MiB of metadata and 56 data clusters of 128 KiB, so volumes of 1-4 MiB fill it often.
@@ -58,9 +56,8 @@ const logLevel = process.env.LVNODE_LOG_LEVEL;
 beforeAll(() => void (process.env.LVNODE_LOG_LEVEL = 'silent'));
 afterAll(() => void (logLevel === undefined ? delete process.env.LVNODE_LOG_LEVEL : (process.env.LVNODE_LOG_LEVEL = logLevel)));
 
-export async function newContext(seed: number): Promise<Context> {
-  const node = await TortureNode.create({ seed, deviceBytes, clusterBytes });
-  return { seed, next: seededRandom(seed), node, model: new Model(clusterBytes), resolvers: [], listing: new Map(), freeClusters: 0, totalClusters: 0, counts: {}, names: 0, checks: 0 };
+function newContext(seed: number): Promise<Context> {
+  return newTortureContext(seed, { deviceBytes, clusterBytes });
 }
 
 /** Runs a seed for `steps` steps or until `deadlineMs`; throws with the seed and the steps taken. */

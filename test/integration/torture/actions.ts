@@ -4,7 +4,8 @@
 import { command, commandFlag, nbdErrno } from '../../../src/transport/nbd/protocol.ts';
 import { crc64GoIso } from './crc64.ts';
 import { type Answer, type LvolListing, TortureNode, lvsName } from './harness.ts';
-import type { CheckKind, Model } from './model.ts';
+import { seededRandom } from '../../seededRandom.ts';
+import { type CheckKind, Model } from './model.ts';
 
 export const mibBytes = 1024 * 1024;
 
@@ -25,6 +26,13 @@ export interface Context {
   names: number;
   /** Checks made so far (each reads one writable volume over NBD, in turn). */
   checks: number;
+}
+
+/** A node with an empty lvstore on a fresh crash-simulating device, and an empty model. */
+export async function newContext(seed: number, layout: { deviceBytes: number; clusterBytes: number }): Promise<Context> {
+  const node = await TortureNode.create({ seed, ...layout });
+  const model = new Model(layout.clusterBytes);
+  return { seed, next: seededRandom(seed), node, model, resolvers: [], listing: new Map(), freeClusters: 0, totalClusters: 0, counts: {}, names: 0, checks: 0 };
 }
 
 export function count(ctx: Context, what: string): void {

@@ -20,6 +20,8 @@ export class CrashableDevice implements BlockDevice {
   private readonly live: MemoryDevice;
   private readonly durable: MemoryDevice;
   private unflushed: PendingWrite[] = [];
+  /** The flushes being applied to the durable copy, one after another. */
+  private applying: Promise<void> = Promise.resolve();
   private writeCount = 0;
   private crashAtWrite: number | undefined;
   private crashed = false;
@@ -85,7 +87,14 @@ export class CrashableDevice implements BlockDevice {
     this.check();
     const pending = this.unflushed;
     this.unflushed = [];
-    for (const write of pending) await this.durable.write(write.offsetBytes, write.data);
+    // Flushes land in the order they were asked for, each after the one before: a later flush's
+    // writes never reach the durable copy before an earlier flush's older writes to the same
+    // blocks (which would bring old bytes back after a power loss).
+    const applied = this.applying.then(async () => {
+      for (const write of pending) await this.durable.write(write.offsetBytes, write.data);
+    });
+    this.applying = applied.catch(() => undefined);
+    await applied;
     this.flushCount++;
   }
 

@@ -58,6 +58,21 @@ describe('CrashableDevice after a power loss', () => {
     }
   });
 
+  it('applies concurrent flushes in order: a block keeps its last flushed content', async () => {
+    // Goal: two flushes in flight must not let the earlier one's older write land last.
+    const device = new CrashableDevice(1024 * 1024, blockBytes);
+    for (let round = 0; round < 20; round++) {
+      // The earlier flush has more writes ahead of its write to block 0 than the later one.
+      for (let extra = 0; extra < round % 5; extra++) await device.write(blockBytes * (extra + 1), filled(1, 0x60));
+      await device.write(0, filled(1, 0x10 + round));
+      const first = device.flush();
+      await device.write(0, filled(1, 0x90 + round));
+      const second = device.flush();
+      await Promise.all([first, second]);
+      expect(await readBlocks(await device.afterPowerLoss(), 0, 1), `round ${round}`).toEqual(filled(1, 0x90 + round));
+    }
+  });
+
   it("tears a write at any block with tear: 'blocks', not only a prefix", async () => {
     // Over a few seeds some torn write must keep a block without the one before it.
     let nonPrefix = false;

@@ -65,19 +65,22 @@ async function runSeed(seed: number, limits: { steps: number; deadlineMs?: numbe
   const ctx = await newContext(seed);
   const steps: string[] = [];
   let check: 'step' | 'processCrash' | 'powerLoss' = 'step';
+  let phase = 'in the check before the first step';
   try {
     await checkEverything(ctx, 'step');
     while (steps.length < limits.steps && (limits.deadlineMs === undefined || Date.now() < limits.deadlineMs)) {
+      phase = `during step #${steps.length + 1}`;
       const step = await randomStep(ctx, check !== 'step');
       steps.push(`#${steps.length + 1} ${step.description}`);
       check = step.check;
+      phase = `in the check after step #${steps.length}`;
       await checkEverything(ctx, check);
     }
     return ctx.counts;
   } catch (error) {
     const message = error instanceof Error ? error.message : String(error);
     throw new Error(
-      `torture seed ${seed} failed at step #${steps.length + 1} (after it, or during it if it is not listed): ${message}\n` +
+      `torture seed ${seed} failed ${phase}: ${message}\n` +
         `rerun: LVNODE_TORTURE_SEED=${seed} npx vitest run test/integration/torture.test.ts\nsteps:\n${steps.join('\n')}`,
       { cause: error },
     );

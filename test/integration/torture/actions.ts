@@ -242,10 +242,10 @@ export async function resize(ctx: Context, name: string, sizeMib: number): Promi
   const outcome = expectAnswer(ctx, what, answer, sizeMib > oldMib && !thin ? ['ok', 'ENOSPC'] : ['ok']);
   const clusters = (sizeMib * mibBytes) / ctx.model.clusterBytes;
   if (answer.ok) {
-    ctx.model.resize(name, sizeMib * mibBytes);
+    ctx.model.resize(name, sizeMib * mibBytes, !thin);
     count(ctx, sizeMib < oldMib ? 'shrink' : 'grow');
   } else if (crashed(ctx)) {
-    ctx.resolvers.push((listing) => listing.get(name)?.num_clusters === clusters && ctx.model.resize(name, sizeMib * mibBytes));
+    ctx.resolvers.push((listing) => listing.get(name)?.num_clusters === clusters && ctx.model.resize(name, sizeMib * mibBytes, !thin));
   }
   return `${what} → ${outcome}`;
 }
@@ -261,20 +261,25 @@ export async function copyUp(ctx: Context, name: string, mode: 'inflate' | 'deco
     ctx.model.detachParent(name, mode);
     count(ctx, mode);
   } else if (crashed(ctx)) {
-    // Only the parent link tells whether it happened; the bytes are the same either way.
-    ctx.resolvers.push((listing) => listing.get(name)?.parent === null && ctx.model.detachParent(name, 'decouple'));
+    // Only the parent link tells whether it happened; the bytes are the same either way. An
+    // inflate of a volume without a parent may or may not have allocated everything.
+    const hadParent = volume.parent !== null;
+    ctx.resolvers.push((listing) => listing.get(name)?.parent === null && ctx.model.detachParent(name, mode, hadParent));
   }
   return `${mode} ${name} (parent ${volume.parent ?? 'none'}) → ${outcome}`;
 }
 
-/** The clusters an lvol owns, from bdev_lvol_get_fragmap; fails if the model knows of one it lacks. */
+/** The clusters an lvol owns, from bdev_lvol_get_fragmap; fails unless the model's bounds hold them. */
 export async function ownedClusters(ctx: Context, name: string): Promise<Set<number>> {
   const map = await ctx.node.must<{ fragmap: string; num_clusters: number }>('bdev_lvol_get_fragmap', { name: `${lvsName}/${name}` });
   const bitmap = Buffer.from(map.fragmap, 'base64');
   const owned = new Set<number>();
   for (let cluster = 0; cluster < map.num_clusters; cluster++) if (bitmap[cluster >> 3]! & (1 << (cluster & 7))) owned.add(cluster);
-  const missing = [...ctx.model.volume(name).mustOwn].filter((cluster) => !owned.has(cluster));
+  const volume = ctx.model.volume(name);
+  const missing = [...volume.mustOwn].filter((cluster) => !owned.has(cluster));
   if (missing.length > 0) throw new Error(`${name} does not own clusters ${missing.join(',')} it wrote (fragmap ${[...owned].join(',')})`);
+  const extra = [...owned].filter((cluster) => !volume.mayOwn.has(cluster));
+  if (extra.length > 0) throw new Error(`${name} owns clusters ${extra.join(',')} it never wrote, inherited or was given`);
   return owned;
 }
 

@@ -6,8 +6,10 @@
 //   cut by a crash). The next check sees what the node returns, and the model takes it.
 // - `volatile`: other contents a power loss may leave (written since the last FLUSH that covers
 //   the block). A FLUSH or a FUA write removes them; a power loss collapses them to what is read.
-// `mustOwn` is a lower bound of the clusters the volume owns (written since it last got a new
-// parent or was snapshotted), for set_parent and the checksum.
+// `mustOwn` and `mayOwn` bound the clusters the volume owns (bdev_lvol_get_fragmap): at least
+// those it wrote since it last got a new parent or was snapshotted (set_parent and the checksum
+// rely on them); at most those it wrote, was given by a thick create, grow, inflate or decouple,
+// or inherited in a merge.
 
 export const blockBytes = 512;
 const zeroBlock = Buffer.alloc(blockBytes);
@@ -20,6 +22,7 @@ export interface VolumeModel {
   volatile: Map<number, Buffer[]>;
   uncertain: Map<number, Buffer[]>;
   mustOwn: Set<number>;
+  mayOwn: Set<number>;
 }
 
 export type CheckKind = 'step' | 'processCrash' | 'powerLoss';
@@ -78,8 +81,17 @@ export class Model {
 
   /** A new lvol: zeros (thin or thick, crash or not: never another volume's old bytes). */
   create(name: string, sizeBytes: number, thick: boolean): void {
-    const volume: VolumeModel = { name, snapshot: false, parent: null, bytes: Buffer.alloc(sizeBytes), volatile: new Map(), uncertain: new Map(), mustOwn: new Set() };
-    if (thick) for (let cluster = 0; cluster < sizeBytes / this.clusterBytes; cluster++) volume.mustOwn.add(cluster);
+    const volume: VolumeModel = {
+      name,
+      snapshot: false,
+      parent: null,
+      bytes: Buffer.alloc(sizeBytes),
+      volatile: new Map(),
+      uncertain: new Map(),
+      mustOwn: new Set(),
+      mayOwn: new Set(),
+    };
+    if (thick) this.ownAll(volume, 0, sizeBytes / this.clusterBytes, true);
     this.volumes.set(name, volume);
   }
 
@@ -93,7 +105,10 @@ export class Model {
       else addCandidate(volume.volatile, block, Buffer.from(old), data.subarray(position, position + blockBytes));
     }
     data.copy(volume.bytes, offsetBytes);
-    if (options.allocates) this.forClusters(offsetBytes, data.length, (cluster) => volume.mustOwn.add(cluster));
+    this.forClusters(offsetBytes, data.length, (cluster) => {
+      volume.mayOwn.add(cluster);
+      if (options.allocates) volume.mustOwn.add(cluster);
+    });
   }
 
   /** A write cut by a crash: each block holds its old content or the new one. */
@@ -104,6 +119,7 @@ export class Model {
       const block = (offsetBytes + position) / blockBytes;
       addCandidate(volume.uncertain, block, Buffer.from(data.subarray(position, position + blockBytes)), this.blockOf(volume, block));
     }
+    this.forClusters(offsetBytes, data.length, (cluster) => volume.mayOwn.add(cluster));
   }
 
   /** TRIM: unspecified until written again, but only the old content, the parent chain's, or zeros. */
@@ -135,9 +151,11 @@ export class Model {
       volatile: copyCandidates(volume.volatile),
       uncertain: new Map(),
       mustOwn: volume.mustOwn,
+      mayOwn: volume.mayOwn,
     });
     volume.parent = snapshotName;
     volume.mustOwn = new Set();
+    volume.mayOwn = new Set();
   }
 
   clone(snapshotName: string, cloneName: string): void {
@@ -150,6 +168,7 @@ export class Model {
       volatile: copyCandidates(snapshot.volatile),
       uncertain: new Map(),
       mustOwn: new Set(),
+      mayOwn: new Set(),
     });
   }
 
@@ -157,27 +176,45 @@ export class Model {
   delete(name: string): void {
     const volume = this.volume(name);
     this.remember(`deleted ${name}`, volume.bytes);
-    for (const child of this.children(name)) child.parent = volume.parent;
+    for (const child of this.children(name)) {
+      child.parent = volume.parent;
+      for (const cluster of volume.mayOwn) if (cluster < this.clusterCount(child)) child.mayOwn.add(cluster);
+    }
     this.volumes.delete(name);
   }
 
-  /** Bytes below min(old, new) stay; bytes above the old size read zeros. */
-  resize(name: string, sizeBytes: number): void {
+  /** Bytes below min(old, new) stay; bytes above the old size read zeros. A thick volume owns what it grew. */
+  resize(name: string, sizeBytes: number, thick: boolean): void {
     const volume = this.volume(name);
+    if (thick && sizeBytes > volume.bytes.length) this.ownAll(volume, volume.bytes.length / this.clusterBytes, sizeBytes / this.clusterBytes, false);
     const bytes = Buffer.alloc(sizeBytes);
     volume.bytes.copy(bytes, 0, 0, Math.min(sizeBytes, volume.bytes.length));
     const keptBlocks = Math.min(sizeBytes, volume.bytes.length) / blockBytes;
     volume.bytes = bytes;
     volume.volatile = copyCandidates(volume.volatile, 0, keptBlocks);
     volume.uncertain = copyCandidates(volume.uncertain, 0, keptBlocks);
-    for (const cluster of volume.mustOwn) if (cluster >= sizeBytes / this.clusterBytes) volume.mustOwn.delete(cluster);
+    for (const owned of [volume.mustOwn, volume.mayOwn]) for (const cluster of owned) if (cluster >= sizeBytes / this.clusterBytes) owned.delete(cluster);
   }
 
-  /** Inflate and decouple: the bytes stay; the parent goes. */
-  detachParent(name: string, mode: 'inflate' | 'decouple'): void {
+  /**
+   * Inflate and decouple: the bytes stay; the parent goes. Inflate owns every cluster, decouple
+   * what its ancestors may own. `known: false` when a crash leaves open whether it happened.
+   */
+  detachParent(name: string, mode: 'inflate' | 'decouple', known = true): void {
     const volume = this.volume(name);
-    volume.parent = null;
-    if (mode === 'inflate') for (let cluster = 0; cluster < this.clusterCount(volume); cluster++) volume.mustOwn.add(cluster);
+    if (mode === 'inflate') {
+      this.ownAll(volume, 0, this.clusterCount(volume), known);
+    } else {
+      for (const ancestor of this.chain(name).slice(1)) for (const cluster of ancestor.mayOwn) if (cluster < this.clusterCount(volume)) volume.mayOwn.add(cluster);
+    }
+    if (known) volume.parent = null;
+  }
+
+  private ownAll(volume: VolumeModel, fromCluster: number, toCluster: number, surely: boolean): void {
+    for (let cluster = fromCluster; cluster < toCluster; cluster++) {
+      volume.mayOwn.add(cluster);
+      if (surely) volume.mustOwn.add(cluster);
+    }
   }
 
   /** set_parent: the clusters the volume owns keep their bytes; the rest read the new parent's. */

@@ -68,9 +68,13 @@ export const clientBufferedBytesMax = 4 * mibBytes;
 // On shutdown, connections get this long to finish the close handshake before they are cut.
 export const rpcCloseGraceMs = 1000;
 
-// NBD data path (SPEC §7). The listener is off unless --nbd-listen is given (then this address
-// when no value follows). Every number a client controls has a bound here.
-export const nbdListenDefault = '127.0.0.1:10809';
+// NBD data path (SPEC §7). The listener is off unless --nbd-listen is given; without a value it is
+// this Unix socket in the data directory, mode 0600 (as SPDK's RPC socket): only the node's user
+// reaches it. Every number a client controls has a bound here.
+export const nbdSocketNameDefault = 'nbd.sock';
+// The longest Unix socket path Linux binds (sun_path is 108 bytes with its NUL); longer paths
+// would be cut or refused with a bare EINVAL, so they are refused at start with the reason.
+export const unixSocketPathBytesMax = 107;
 // The largest READ/WRITE payload, advertised as the maximum block size (NBD_INFO_BLOCK_SIZE):
 // the protocol's interoperable 2^25.
 export const nbdPayloadBytesMax = 32 * mibBytes;
@@ -84,10 +88,26 @@ export const nbdPayloadBytesInFlightNodeMax = 256 * mibBytes;
 export const nbdConnectionsMax = 256;
 export const nbdInFlightPerConnectionMax = 256;
 // Handshake: option data longer than this is discarded unread and refused (NBD_REP_ERR_TOO_BIG);
-// a client gets this many options and this long to reach the transmission phase.
+// a client gets this many options and this long to reach the transmission phase (TLS included).
+// A real client needs a few round trips (milliseconds); the limit is what an idle connection can
+// hold a slot for (qemu-nbd's --handshake-limit is 10 s).
 export const nbdOptionBytesMax = 16 * kibBytes;
 export const nbdHandshakeOptionsMax = 256;
-export const nbdHandshakeTimeoutMs = 30_000;
+export const nbdHandshakeTimeoutMs = 5000;
+// Connections still in the handshake (not yet serving an export). At this many, a new connection
+// first drops the one that got least far (no client flags, then pre-option or pre-TLS, then
+// mid-TLS), longest idle first: a flood of connections that never finish cannot keep a client
+// that does from connecting. Clients already serving an export are never dropped for a newcomer.
+export const nbdHandshakingConnectionsMax = 64;
+// Dropped handshakes are logged at most once per this interval (a flood would otherwise flood the log).
+export const nbdDropLogIntervalMs = 10_000;
+// TLS-PSK key file (--nbd-tls-psk, psktool's "identity:hexkey" lines as qemu-nbd and nbdkit read
+// them): its size, an identity's length (OpenSSL's PSK_MAX_IDENTITY_LEN is larger), and a key's
+// length (keys under 128 bits are refused; psktool makes 256-bit keys; OpenSSL takes up to 256 bytes).
+export const nbdPskFileBytesMax = mibBytes;
+export const nbdPskIdentityBytesMax = 128;
+export const nbdPskKeyBytesMin = 16;
+export const nbdPskKeyBytesMax = 256;
 // NBD strings (export names, error messages) are at most 4096 bytes (proto.md).
 export const nbdStringBytesMax = 4096;
 // Extents in one NBD_CMD_BLOCK_STATUS reply (the protocol asks for at most 2^20).
@@ -131,6 +151,8 @@ assert.ok(ioBytesMax <= payloadBytesInFlightPerConnectionMax && payloadBytesInFl
 assert.ok(nbdPayloadBytesMax <= nbdPayloadBytesInFlightPerConnectionMax && nbdPayloadBytesInFlightPerConnectionMax <= nbdPayloadBytesInFlightNodeMax);
 assert.ok(nbdPreferredBlockBytes >= Math.max(...blockSizesAllowed) && nbdPreferredBlockBytes <= nbdPayloadBytesMax, 'NBD block sizes are ordered');
 assert.ok(nbdOptionBytesMax >= nbdStringBytesMax + 8, 'an option can carry a maximal export name');
+assert.ok(nbdHandshakingConnectionsMax < nbdConnectionsMax, 'handshakes cannot take every connection slot');
+assert.ok(nbdPskKeyBytesMin <= nbdPskKeyBytesMax);
 
 // A reply written in pieces (a long listing) holds the event loop at most this long per turn, on
 // both transports (SPEC §10).

@@ -1,8 +1,9 @@
 // `lvnode demo`: the SPEC §6.9 scenario against a running node, narrated, with progress bars.
 import { parseArgs } from 'node:util';
 import { crc64, crc64Combine } from '../checksum/crc64.ts';
-import { listenDefault, mibBytes } from '../constants.ts';
-import { RpcCallError, RpcClient } from './rpcClient.ts';
+import { mibBytes } from '../constants.ts';
+import { connectToNode, nodeConnectionOptions } from './nodeConnection.ts';
+import { RpcCallError, type RpcClient } from './rpcClient.ts';
 
 interface Status {
   state: string;
@@ -51,15 +52,13 @@ function describeOutcome(outcome: unknown): string {
 export async function runDemo(args: string[]): Promise<number> {
   const { values } = parseArgs({
     args,
-    options: { url: { type: 'string' }, token: { type: 'string' }, 'size-mib': { type: 'string' }, lvs: { type: 'string' } },
+    options: { ...nodeConnectionOptions, 'size-mib': { type: 'string' }, lvs: { type: 'string' } },
     strict: true,
   });
-  const url = values.url ?? process.env.LVNODE_URL ?? `ws://${listenDefault}/`;
-  const token = values.token ?? process.env.LVNODE_TOKEN;
   const sizeMib = Number(values['size-mib'] ?? 256);
   const lvs = values.lvs ?? 'lvs0';
-  const a = await RpcClient.connect(url, { token });
-  const b = await RpcClient.connect(url, { token });
+  const a = await connectToNode(values);
+  const b = await connectToNode(values);
   const suffix = Date.now().toString(36);
   const volume = `demo-${suffix}`;
   const snapshot = `demo-snap-${suffix}`;

@@ -1,6 +1,7 @@
 // The `lvnode` command: serve, rpc, status, demo.
 import { parseArgs } from 'node:util';
-import { listenDefault, nbdListenDefault } from '../constants.ts';
+import { join } from 'node:path';
+import { listenDefault, nbdSocketNameDefault } from '../constants.ts';
 import { stringifyJson, parseJson } from '../transport/json64.ts';
 import { checksumRegisterMethods, watchChecksum } from './checksumProgress.ts';
 import { ProgressLine } from './progress.ts';
@@ -11,7 +12,9 @@ const usage = `lvnode — a storage node where every logical volume is an XState
 
 Usage:
   lvnode serve [--data-dir DIR] [--listen HOST:PORT] [--token TOKEN] [--default-disk-size SIZE|0] [--config FILE]
-               [--nbd-listen [HOST:PORT|/path/to/socket]] (default off; ${nbdListenDefault} without a value)
+               [--nbd-listen [HOST:PORT|/path/to/socket]] (default off; DATA-DIR/${nbdSocketNameDefault}, mode 0600, without a value)
+               [--nbd-tls-psk FILE] (TLS-PSK keys, psktool's "identity:hexkey" lines; required for TCP)
+               [--nbd-insecure-tcp] (TCP without TLS, for a trusted network only)
                [--rpc-socket PATH] (SPDK's JSON-RPC on a Unix socket, e.g. /var/tmp/spdk.sock)
                [--inspect stately[=URL]] [--max-frame-bytes N] [--max-connections N]
                [--max-in-flight N] [--heartbeat-ms N]
@@ -40,13 +43,16 @@ function positiveInteger(text: string | undefined, flag: string): number | undef
 }
 
 /**
- * `--nbd-listen` may stand alone (SPEC §1): then it means the default address. parseArgs wants a
- * value for a string option, so a bare flag (last, or followed by another flag) gets it here.
+ * `--nbd-listen` may stand alone (SPEC §1): then it means the Unix socket in the data directory.
+ * parseArgs wants a value for a string option, so a bare flag (last, or followed by another flag)
+ * gets this marker, replaced once the data directory is known. No argument can hold a NUL.
  */
+const nbdListenInDataDir = '\0data-dir';
+
 function withNbdListenDefault(args: string[]): string[] {
   return args.flatMap((arg, index) => {
     const next = args[index + 1];
-    return arg === '--nbd-listen' && (next === undefined || next.startsWith('--')) ? [arg, nbdListenDefault] : [arg];
+    return arg === '--nbd-listen' && (next === undefined || next.startsWith('--')) ? [arg, nbdListenInDataDir] : [arg];
   });
 }
 
@@ -65,6 +71,8 @@ async function serve(args: string[]): Promise<number> {
       'max-in-flight': { type: 'string' },
       'heartbeat-ms': { type: 'string' },
       'nbd-listen': { type: 'string' },
+      'nbd-tls-psk': { type: 'string' },
+      'nbd-insecure-tcp': { type: 'boolean' },
       'rpc-socket': { type: 'string' },
     },
     strict: true,
@@ -81,21 +89,25 @@ async function serve(args: string[]): Promise<number> {
   );
   // Loaded here, not at the top: `lvnode rpc` needs none of the node (xstate, zod, WASM CRC), and
   // loading it cost every CLI call about 0.3 s.
-  const { formatNbdAddress, serveDefaults, startNode } = await import('./serve.ts');
+  const { describeNbdListener, serveDefaults, startNode } = await import('./serve.ts');
   outliveOutputReaders();
+  const dataDir = values['data-dir'] ?? process.env.LVNODE_DATA_DIR ?? serveDefaults.dataDir;
+  const nbdListen = values['nbd-listen'];
   const running = await startNode({
-    dataDir: values['data-dir'] ?? process.env.LVNODE_DATA_DIR ?? serveDefaults.dataDir,
+    dataDir,
     listen: values.listen ?? serveDefaults.listen,
     configFile: values.config,
     token: values.token ?? process.env.LVNODE_TOKEN,
     defaultDiskBytes: values['default-disk-size'] ? parseSize(values['default-disk-size']) : serveDefaults.defaultDiskBytes,
     statelyInspectUrl: inspect === undefined ? undefined : (inspect.split('=')[1] ?? 'ws://localhost:8080'),
     limits,
-    nbdListen: values['nbd-listen'],
+    nbdListen: nbdListen === nbdListenInDataDir ? join(dataDir, nbdSocketNameDefault) : nbdListen,
+    nbdTlsPskFile: values['nbd-tls-psk'],
+    nbdInsecureTcp: values['nbd-insecure-tcp'] ?? false,
     rpcSocket: values['rpc-socket'] ?? process.env.LVNODE_RPC_SOCKET,
   });
   process.stdout.write(`lvnode serving JSON-RPC at ${running.url}\n`);
-  if (running.nbdAddress) process.stdout.write(`lvnode serving NBD at ${formatNbdAddress(running.nbdAddress)}\n`);
+  if (running.nbd) process.stdout.write(`lvnode serving NBD at ${describeNbdListener(running.nbd)}\n`);
   if (running.spdkSocket) process.stdout.write(`lvnode serving SPDK JSON-RPC at ${running.spdkSocket.path}\n`);
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {

@@ -19,9 +19,9 @@ import { type SpdkSocketServer, claimSocketPath, startSpdkSocketServer } from '.
 import { buildDashboard } from '../transport/dashboardAssets.ts';
 import { StaticFiles } from '../transport/httpStatic.ts';
 import { type RpcServer, type RpcServerLimits, startRpcServer } from '../transport/wsServer.ts';
-import { type NbdAddress, NbdServer, assertNbdAddressFree, formatNbdAddress, parseNbdListen } from '../transport/nbd/server.ts';
+import { type NbdAddress, type NbdListenerConfig, NbdServer, assertNbdAddressFree, describeNbdListener, formatNbdAddress, resolveNbdListener } from '../transport/nbd/server.ts';
 
-export { formatNbdAddress };
+export { describeNbdListener, formatNbdAddress };
 
 export interface ServeOptions {
   dataDir: string;
@@ -35,6 +35,10 @@ export interface ServeOptions {
   limits?: Partial<RpcServerLimits>;
   /** Serve NBD (SPEC §7) on `HOST:PORT` (port 0 picks one) or a Unix socket path; off when undefined. */
   nbdListen?: string | undefined;
+  /** TLS-PSK key file for the NBD listener (psktool's lines); TCP needs it unless `nbdInsecureTcp`. */
+  nbdTlsPskFile?: string | undefined;
+  /** NBD over TCP without TLS, for a trusted network (--nbd-insecure-tcp): a warning at every start. */
+  nbdInsecureTcp?: boolean | undefined;
   /** Serve SPDK's own JSON-RPC framing and error codes (SPEC §3.2) on this Unix socket path too. */
   rpcSocket?: string | undefined;
   runtime?: Runtime;
@@ -147,7 +151,8 @@ async function attachStatelyInspector(node: StorageNode, url: string): Promise<(
 
 export async function startNode(options: ServeOptions): Promise<RunningNode> {
   const { host, port } = parseListen(options.listen);
-  const nbdAddress = options.nbdListen === undefined ? undefined : parseNbdListen(options.nbdListen);
+  const nbdListener = await resolveNbdListener({ listen: options.nbdListen, tlsPskFile: options.nbdTlsPskFile, insecureTcp: options.nbdInsecureTcp });
+  const nbdAddress = nbdListener?.address;
   const dataDir = resolve(options.dataDir);
   // A busy port fails the start before anything is created (not after the default disk is made).
   if (port !== 0) await assertPortFree(host, port);
@@ -158,7 +163,7 @@ export async function startNode(options: ServeOptions): Promise<RunningNode> {
   // First of all: a second node on this data directory must stop before it touches anything.
   const dataDirLock = await lockDataDir(dataDir);
   try {
-    return await startLockedNode(options, dataDir, host, port, nbdAddress, dataDirLock);
+    return await startLockedNode(options, dataDir, host, port, nbdListener, dataDirLock);
   } catch (error) {
     await dataDirLock.release();
     throw error;
@@ -170,7 +175,7 @@ async function startLockedNode(
   dataDir: string,
   host: string,
   port: number,
-  nbdAddress: NbdAddress | undefined,
+  nbdListener: NbdListenerConfig | undefined,
   dataDirLock: DataDirLock,
 ): Promise<RunningNode> {
   const writer = new SavedConfigWriter(join(dataDir, savedConfigName));
@@ -230,8 +235,8 @@ async function startLockedNode(
   opened.push(() => listening.close());
   server = listening;
   const url = `ws://${host.includes(':') ? `[${host}]` : host}:${listening.address.port}/`;
-  const nbd = nbdAddress
-    ? await startStep(() => NbdServer.listen({ address: nbdAddress, exports: node.nbd, noteForeground: () => node.scheduler.noteForeground() }))
+  const nbd = nbdListener
+    ? await startStep(() => NbdServer.listen({ ...nbdListener, exports: node.nbd, noteForeground: () => node.scheduler.noteForeground() }))
     : undefined;
   if (nbd) opened.push(() => nbd.close());
   // SPDK's clients (rpc.py, go-spdk-helper) on their own socket: the same table and handlers,

@@ -2,7 +2,8 @@
 // to back, with no delimiter (SPDK's clients send tab-indented, multi-line JSON), answered by one
 // JSON object plus "\n" each, in completion order. The method table and dispatcher are the
 // WebSocket server's; only the framing and the error flavor (SPDK's codes) differ.
-import { chmod, lstat, unlink } from 'node:fs/promises';
+import { chmod, lstat, realpath, stat, unlink } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import { type Server, type Socket, connect, createServer } from 'node:net';
 import {
   clientBufferedBytesMax,
@@ -45,10 +46,12 @@ export interface SpdkSocketServer {
 
 /**
  * Makes `path` free for a new socket: absent, or a socket nobody answers on (left by a node that
- * died). A live socket (another lvnode, or SPDK itself) and anything that is not a socket are
- * refused, never removed.
+ * died). A live socket (another lvnode, or SPDK itself), anything that is not a socket, and a
+ * socket another user made are refused, never removed. The directory must be safe first (see
+ * assertSocketDirectorySafe).
  */
 export async function claimSocketPath(path: string): Promise<void> {
+  await assertSocketDirectorySafe(path);
   let stats;
   try {
     stats = await lstat(path);
@@ -57,6 +60,10 @@ export async function claimSocketPath(path: string): Promise<void> {
     throw error;
   }
   if (!stats.isSocket()) throw new Error(`--rpc-socket ${path} exists and is not a socket; refusing to replace it`);
+  const uid = process.geteuid?.();
+  if (uid !== undefined && stats.uid !== uid) {
+    throw new Error(`--rpc-socket ${path} exists and belongs to uid ${stats.uid}, not to this node's user; refusing to talk to it or remove it`);
+  }
   const live = await new Promise<boolean>((resolve) => {
     const probe = connect(path);
     probe.once('connect', () => {
@@ -67,6 +74,43 @@ export async function claimSocketPath(path: string): Promise<void> {
   });
   if (live) throw new Error(`--rpc-socket ${path} is in use: a running process (another lvnode, or SPDK) answers on it`);
   await unlink(path);
+}
+
+/**
+ * Whoever can connect to the socket can run any RPC as the node's user (root), so its file is
+ * 0600 and owned by that user. That is only worth something if no one else can replace the file:
+ * every directory from the socket's up to `/` must belong to root or to the node's user and must
+ * not be writable by group or others — except with the sticky bit (/tmp, /var/tmp, where SPDK
+ * puts its own spdk.sock), which keeps others from removing or renaming the node's entries. The
+ * socket path is always given explicitly (--rpc-socket, LVNODE_RPC_SOCKET), so such a shared
+ * sticky directory is the operator's choice; a squatter's file there is refused by the owner
+ * check in claimSocketPath. A directory that does not exist yet is left to listen() to report.
+ */
+export async function assertSocketDirectorySafe(path: string): Promise<void> {
+  let directory: string;
+  try {
+    directory = await realpath(dirname(path));
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw error;
+  }
+  const uid = process.geteuid?.();
+  for (;;) {
+    const info = await stat(directory);
+    const mode = (info.mode & 0o7777).toString(8).padStart(4, '0');
+    if (uid !== undefined && info.uid !== 0 && info.uid !== uid) {
+      throw new Error(`refusing --rpc-socket ${path}: ${directory} belongs to uid ${info.uid}, who could replace the socket; use a directory of root or of the node's user`);
+    }
+    if ((info.mode & 0o022) !== 0 && (info.mode & 0o1000) === 0) {
+      throw new Error(
+        `refusing --rpc-socket ${path}: ${directory} is writable by group or others (mode ${mode}) without the sticky bit, so another user could replace the socket; ` +
+          'use a directory only the node\'s user can write (the data directory) or a sticky one such as /var/tmp',
+      );
+    }
+    const parent = dirname(directory);
+    if (parent === directory) return;
+    directory = parent;
+  }
 }
 
 /**

@@ -1,5 +1,5 @@
 // The WebSocket JSON-RPC server (SPEC §3.1): auth, limits, heartbeat, and one Connection per socket.
-import { createHash, timingSafeEqual } from 'node:crypto';
+import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
 import { STATUS_CODES, createServer } from 'node:http';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { BlockList } from 'node:net';
@@ -8,6 +8,8 @@ import type { Duplex } from 'node:stream';
 import { WebSocket, WebSocketServer } from 'ws';
 import type { RawData } from 'ws';
 import {
+  authChallengeCharsMax,
+  authChallengeCharsMin,
   clientBufferedBytesMax,
   heartbeatIntervalMs,
   rpcCloseGraceMs,
@@ -43,8 +45,10 @@ export type LogRecord = { level: 'info' | 'warn' | 'error'; msg: string } & Reco
 export interface RpcServerOptions {
   host: string;
   port: number;
-  /** When set, every upgrade must present it (Authorization: Bearer, or ?token=). */
+  /** Every upgrade must present it (Authorization: Bearer, or ?token=). Required unless `insecureNoAuth`. */
   token?: string;
+  /** No credential at all: loopback only, and only when asked for by name (--insecure-no-auth). */
+  insecureNoAuth?: boolean;
   dispatcher: Dispatcher;
   /** Plain HTTP requests (e.g. the dashboard at /); returns true when it answered the request. */
   httpHandler?: (req: IncomingMessage, res: ServerResponse) => boolean;
@@ -80,10 +84,13 @@ export function isLoopbackHost(host: string): boolean {
 }
 
 /**
- * Listens on `host:port` and serves JSON-RPC over WebSocket. Refuses (throws) to listen on a
- * non-loopback address without a token, as anyone who can reach it could then run any RPC.
+ * Listens on `host:port` and serves JSON-RPC over WebSocket. A credential is required unless
+ * `insecureNoAuth` says otherwise, and that is refused (throws) on a non-loopback address: anyone
+ * who can connect can run any RPC, and the node runs as root.
  */
 export async function startRpcServer(options: RpcServerOptions): Promise<RpcServer> {
+  if (options.token && options.insecureNoAuth) throw new Error('a token and --insecure-no-auth contradict each other; give one');
+  if (!options.token && !options.insecureNoAuth) throw new Error('the RPC server needs a token (or, on loopback only, --insecure-no-auth)');
   if (!options.token && !isLoopbackHost(options.host)) {
     throw new Error(`refusing to listen on non-loopback address ${options.host} without a token (--token or LVNODE_TOKEN)`);
   }
@@ -162,7 +169,7 @@ function onUpgrade(state: ServerState, req: IncomingMessage, socket: Duplex, hea
       : upgradeRefusal(req, options.token, connections.size, limits.connectionsMax);
     if (refusal !== undefined) {
       log({ level: 'warn', msg: 'ws upgrade refused', status: refusal.status, reason: refusal.reason, remote: remoteOf(req) });
-      refuseUpgrade(socket, refusal.status);
+      refuseUpgrade(socket, refusal);
       return;
     }
     // Without verifyClient, ws completes (or aborts) the handshake synchronously, so the
@@ -224,7 +231,7 @@ function answerPlainHttp(
     res.writeHead(426, { 'Content-Type': 'text/plain; charset=utf-8', Upgrade: 'websocket', Connection: 'close' });
     res.end(body);
   } catch (error) {
-    log({ level: 'error', msg: 'http handler failed', url: req.url ?? '', error: errorText(error) });
+    log({ level: 'error', msg: 'http handler failed', url: withoutQuery(req.url), error: errorText(error) });
     if (!res.headersSent) res.writeHead(500);
     res.end();
   }
@@ -236,6 +243,8 @@ function answerPlainHttp(
 interface Refusal {
   status: number;
   reason: string;
+  /** Extra response headers (the token proof of a 401). */
+  headers?: Record<string, string>;
 }
 
 function upgradeRefusal(
@@ -245,7 +254,7 @@ function upgradeRefusal(
   connectionsMax: number,
 ): Refusal | undefined {
   if (token) {
-    if (!presentsToken(req, token)) return { status: 401, reason: 'missing or wrong token' };
+    if (!presentsToken(req, token)) return { status: 401, reason: 'missing or wrong token', headers: proofHeaders(req, token) };
   } else {
     const problem = browserOriginProblem(req);
     if (problem !== undefined) return { status: 403, reason: problem };
@@ -264,11 +273,47 @@ function presentsToken(req: IncomingMessage, token: string): boolean {
   return candidates.map((candidate) => secretsEqual(candidate, token)).includes(true);
 }
 
-/** Constant-time comparison; hashing first makes the lengths equal, as timingSafeEqual requires. */
-function secretsEqual(presented: string, expected: string): boolean {
+/**
+ * Constant-time comparison. timingSafeEqual wants equal lengths, and comparing the tokens' own
+ * bytes would make the length of the expected one show in the time taken (or an early return):
+ * their SHA-256 digests are always 32 bytes.
+ */
+export function secretsEqual(presented: string, expected: string): boolean {
   const presentedDigest = createHash('sha256').update(presented).digest();
   const expectedDigest = createHash('sha256').update(expected).digest();
   return timingSafeEqual(presentedDigest, expectedDigest);
+}
+
+/** The header a client sends, without a token, to ask the node to prove it knows the token. */
+export const tokenChallengeHeader = 'lvnode-token-challenge';
+/** The 401's answer to it: `tokenProof(token, challenge, address, port)` in base64url. */
+export const tokenProofHeader = 'lvnode-token-proof';
+
+/**
+ * What a node that knows `token` answers to `challenge` when reached at `address:port` (its own
+ * side of the connection). A client that found the token in the data directory checks this
+ * before it sends the token: a process squatting the port (the node is down, or the URL names
+ * another port) cannot compute it, and relaying the challenge to the real node gives the real
+ * node's address and port, not the one the client reached.
+ */
+export function tokenProof(token: string, challenge: string, address: string, port: number): string {
+  return createHmac('sha256', token).update(`lvnode token proof v1\n${challenge}\n${canonicalAddress(address)}\n${port}`).digest('base64url');
+}
+
+/** An IPv4 peer of a dual-stack socket shows as ::ffff:a.b.c.d on one side and a.b.c.d on the other. */
+function canonicalAddress(address: string): string {
+  const lower = address.toLowerCase();
+  return lower.startsWith('::ffff:') && lower.includes('.') ? lower.slice('::ffff:'.length) : lower;
+}
+
+const challengePattern = new RegExp(`^[A-Za-z0-9_-]{${authChallengeCharsMin},${authChallengeCharsMax}}$`);
+
+function proofHeaders(req: IncomingMessage, token: string): Record<string, string> | undefined {
+  const challenge = req.headers[tokenChallengeHeader];
+  const { localAddress, localPort } = req.socket;
+  if (typeof challenge !== 'string' || !challengePattern.test(challenge)) return undefined;
+  if (localAddress === undefined || localPort === undefined) return undefined;
+  return { [tokenProofHeader]: tokenProof(token, challenge, localAddress, localPort) };
 }
 
 /**
@@ -300,15 +345,21 @@ function requestUrl(req: IncomingMessage): URL | undefined {
 }
 
 /** Answers a refused upgrade with a bare HTTP status and closes the socket (as ws does). */
-function refuseUpgrade(socket: Duplex, status: number): void {
+function refuseUpgrade(socket: Duplex, refusal: Refusal): void {
   if (socket.destroyed) return;
-  const text = STATUS_CODES[status] ?? 'Error';
-  const wwwAuthenticate = status === 401 ? 'WWW-Authenticate: Bearer\r\n' : '';
+  const text = STATUS_CODES[refusal.status] ?? 'Error';
+  const headers = { ...(refusal.status === 401 ? { 'WWW-Authenticate': 'Bearer' } : {}), ...refusal.headers };
+  const headerLines = Object.entries(headers).map(([name, value]) => `${name}: ${value}\r\n`).join('');
   socket.once('finish', () => socket.destroy());
   socket.end(
-    `HTTP/1.1 ${status} ${text}\r\nConnection: close\r\nContent-Type: text/plain\r\n` +
-      `Content-Length: ${Buffer.byteLength(text)}\r\n${wwwAuthenticate}\r\n${text}`,
+    `HTTP/1.1 ${refusal.status} ${text}\r\nConnection: close\r\nContent-Type: text/plain\r\n` +
+      `Content-Length: ${Buffer.byteLength(text)}\r\n${headerLines}\r\n${text}`,
   );
+}
+
+/** A request's path for a log line: the query is cut, as it may carry `?token=`. */
+function withoutQuery(url: string | undefined): string {
+  return (url ?? '').split('?', 1)[0]!;
 }
 
 function remoteOf(req: IncomingMessage): string {

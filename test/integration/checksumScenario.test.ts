@@ -52,7 +52,7 @@ async function freshSnapshot(lvolName: string, snapshotName: string): Promise<st
 }
 
 beforeAll(async () => {
-  node = await startTestNode({ nbdListen: '127.0.0.1:0' });
+  node = await startTestNode({ nbdListen: '127.0.0.1:0', nbdInsecureTcp: true });
   a = await node.connect();
   b = await node.connect();
   written = Array.from({ length: (lvolMib * mib) / clusterBytes }, () => randomFillSync(Buffer.alloc(clusterBytes)));

@@ -13,10 +13,13 @@ export interface TestNode {
 }
 
 /**
- * `nbdListen`: serve NBD too (`127.0.0.1:0` picks a free port; see `running.nbdAddress`).
+ * `nbdListen`: serve NBD too (`127.0.0.1:0` picks a free port; see `running.nbdAddress`). TCP needs
+ * `nbdTlsPskFile` or, for tests of the protocol rather than of access, `nbdInsecureTcp: true`.
  * `rpcSocket`: serve SPDK's Unix-socket JSON-RPC too, at `<dataDir>/spdk.sock` (`running.spdkSocket.path`).
  */
-export async function startTestNode(options: { diskBytes?: number; token?: string; nbdListen?: string; rpcSocket?: boolean } = {}): Promise<TestNode> {
+export async function startTestNode(
+  options: { diskBytes?: number; token?: string; nbdListen?: string; nbdTlsPskFile?: string; nbdInsecureTcp?: boolean; rpcSocket?: boolean } = {},
+): Promise<TestNode> {
   const dataDir = await mkdtemp(join(tmpdir(), 'lvnode-test-'));
   const running = await startNode({
     dataDir,
@@ -24,6 +27,8 @@ export async function startTestNode(options: { diskBytes?: number; token?: strin
     defaultDiskBytes: options.diskBytes ?? 2 * 1024 * 1024 * 1024,
     token: options.token,
     nbdListen: options.nbdListen,
+    nbdTlsPskFile: options.nbdTlsPskFile,
+    nbdInsecureTcp: options.nbdInsecureTcp,
     rpcSocket: options.rpcSocket ? join(dataDir, 'spdk.sock') : undefined,
   });
   const clients: RpcClient[] = [];

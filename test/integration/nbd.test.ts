@@ -47,7 +47,7 @@ function parseMap(text: string): Array<[number, number, number]> {
 describe.skipIf(skipReason !== undefined)('NBD with real clients', () => {
   beforeAll(async () => {
     dir = await mkdtemp(join(tmpdir(), 'lvnode-nbd-'));
-    node = await startTestNode({ diskBytes: 1024 * mib, nbdListen: '127.0.0.1:0' });
+    node = await startTestNode({ diskBytes: 1024 * mib, nbdListen: '127.0.0.1:0', nbdInsecureTcp: true });
     rpc = await node.connect();
     address = node.running.nbdAddress!;
   });
@@ -207,7 +207,7 @@ describe.skipIf(skipReason !== undefined)('the NBD listener', () => {
     const socketDir = await mkdtemp(join(tmpdir(), 'lvnode-nbd-sock-'));
     const socketPath = join(socketDir, 'nbd.sock');
     const unixNode = await startTestNode({ diskBytes: 64 * mib, nbdListen: socketPath });
-    const tcpNode = await startTestNode({ diskBytes: 64 * mib, nbdListen: '127.0.0.1:0' });
+    const tcpNode = await startTestNode({ diskBytes: 64 * mib, nbdListen: '127.0.0.1:0', nbdInsecureTcp: true });
     try {
       const client = await unixNode.connect();
       await client.call('bdev_malloc_create', { name: 'm', num_blocks: 8192, block_size: 512 });
@@ -215,7 +215,7 @@ describe.skipIf(skipReason !== undefined)('the NBD listener', () => {
       const info = JSON.parse(await runToolOk('nbdinfo', ['--json', nbdUri(unixNode.running.nbdAddress!, 'm')])).exports[0];
       expect(info).toMatchObject({ 'export-size': 4 * mib, is_read_only: false });
       const busy = formatNbdAddress(tcpNode.running.nbdAddress!);
-      await expect(startNode({ dataDir: join(socketDir, 'other'), listen: '127.0.0.1:0', defaultDiskBytes: 64 * mib, nbdListen: busy })).rejects.toThrow(
+      await expect(startNode({ dataDir: join(socketDir, 'other'), listen: '127.0.0.1:0', defaultDiskBytes: 64 * mib, nbdListen: busy, nbdInsecureTcp: true })).rejects.toThrow(
         `cannot listen for NBD on ${busy}: EADDRINUSE`,
       );
     } finally {

@@ -58,7 +58,7 @@ describe('READ replies from reused buffers', () => {
   const regions = 128;
 
   beforeAll(async () => {
-    node = await startTestNode({ diskBytes: 256 * mib, nbdListen: '127.0.0.1:0' });
+    node = await startTestNode({ diskBytes: 256 * mib, nbdListen: '127.0.0.1:0', nbdInsecureTcp: true });
     rpc = await node.connect();
     address = node.running.nbdAddress!;
     await rpc.call('bdev_lvol_create', { lvs_name: 'lvs0', lvol_name: 'vol', size_in_mib: 64, thin_provision: false });
@@ -145,7 +145,7 @@ describe('WRITE input through the reused read buffer', () => {
   let address: NbdAddress;
 
   beforeAll(async () => {
-    node = await startTestNode({ diskBytes: 256 * mib, nbdListen: '127.0.0.1:0' });
+    node = await startTestNode({ diskBytes: 256 * mib, nbdListen: '127.0.0.1:0', nbdInsecureTcp: true });
     rpc = await node.connect();
     address = node.running.nbdAddress!;
     await rpc.call('bdev_lvol_create', { lvs_name: 'lvs0', lvol_name: 'w', size_in_mib: 64, thin_provision: true });

@@ -36,7 +36,7 @@ async function until(condition: () => boolean): Promise<void> {
 }
 
 beforeAll(async () => {
-  node = await startTestNode({ diskBytes: 512 * mib, nbdListen: '127.0.0.1:0' });
+  node = await startTestNode({ diskBytes: 512 * mib, nbdListen: '127.0.0.1:0', nbdInsecureTcp: true });
   rpc = await node.connect();
   address = node.running.nbdAddress!;
   await rpc.call('bdev_lvol_create', { lvs_name: 'lvs0', lvol_name: 'vol', size_in_mib: 64, thin_provision: false });

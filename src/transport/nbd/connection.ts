@@ -14,6 +14,7 @@
 // connection holds at most that many reply buffers. Replies are written whole from one buffer of
 // the server's pool (header, then data read straight behind it).
 import type { Socket } from 'node:net';
+import { TLSSocket, type TLSSocketOptions } from 'node:tls';
 import {
   nbdBlockStatusExtentsMax,
   nbdHandshakeOptionsMax,
@@ -30,6 +31,7 @@ import type { NbdClient, NbdExport, NbdExports } from '../../actors/nbdExports.t
 import { ByteBudget } from '../byteBudget.ts';
 import { BufferPool } from './bufferPool.ts';
 import { readIntoBuffer } from './socketReadBuffer.ts';
+import type { NbdTls } from './tlsPsk.ts';
 import {
   type RequestHeader,
   baseAllocation,
@@ -85,7 +87,33 @@ export interface NbdConnectionContext {
   noteForeground(): void;
   /** True while the server shuts down: options are answered NBD_REP_ERR_SHUTDOWN. */
   shuttingDown(): boolean;
+  /**
+   * TLS-PSK of the listener, if any. Then TLS is forced (proto.md's FORCEDTLS): until the client
+   * has sent NBD_OPT_STARTTLS and finished the TLS handshake, every option but STARTTLS and ABORT
+   * is answered NBD_REP_ERR_TLS_REQD, and NBD_OPT_EXPORT_NAME (which cannot fail) closes.
+   */
+  readonly tls: NbdTls | undefined;
 }
+
+/**
+ * How far a connection's handshake got, lowest first: when handshake slots run out, the server
+ * drops the connection that got least far (and of those the longest idle) to admit a new one.
+ */
+export const handshakeProgress = {
+  /** Greeted; no client flags yet. */
+  greeted: 0,
+  /** Client flags, but no option yet (no TLS listener) or no NBD_OPT_STARTTLS yet (TLS listener). */
+  preOption: 1,
+  /** STARTTLS acknowledged, TLS handshake running. */
+  tlsHandshake: 2,
+  /** Negotiating options: over TLS (the client proved it holds a key), or on a listener without TLS. */
+  negotiating: 3,
+  /** Serving an export: never dropped for a newcomer. */
+  transmission: 4,
+} as const;
+
+// Orders connections by when they last sent something (no clock: only the order matters).
+let activityCounter = 0;
 
 // The id the one metadata context we serve gets in NBD_OPT_SET_META_CONTEXT replies.
 const allocationContextId = 1;
@@ -119,6 +147,8 @@ interface Payload {
 }
 
 type Phase = 'clientFlags' | 'options' | 'transmission';
+/** TLS on this connection: not asked for, handshake running, or up. */
+type TlsState = 'none' | 'handshaking' | 'up';
 
 interface PendingWrite {
   readonly request: RequestHeader;
@@ -223,6 +253,11 @@ export class NbdConnection implements NbdClient {
   /** The export and whether base:allocation was selected for it (NBD_OPT_SET_META_CONTEXT). */
   private metaContext: { exportName: string; allocation: boolean } | undefined;
   private handshakeTimer: NodeJS.Timeout | undefined;
+  private tlsState: TlsState = 'none';
+  /** When the client last sent something, as an order (see activityCounter). */
+  private lastActivity = ++activityCounter;
+  /** The socket all I/O goes through: the accepted one, or the TLS socket wrapping it after STARTTLS. */
+  private socket: Socket;
 
   // Transmission phase.
   private export: NbdExport | undefined;
@@ -249,27 +284,63 @@ export class NbdConnection implements NbdClient {
 
   constructor(
     readonly id: number,
-    private readonly socket: Socket,
+    socket: Socket,
     private readonly context: NbdConnectionContext,
     private readonly onClosed: (connection: NbdConnection) => void,
   ) {
+    this.socket = socket;
     socket.setNoDelay(true);
     // The server accepts sockets paused: reading starts here, into a buffer of the connection's
-    // own when this Node allows it (no allocation per read), else by 'data' events.
-    if (!readIntoBuffer(socket, Buffer.allocUnsafeSlow(socketReadBufferBytes), (bytes, buffer) => this.onRead(bytes, buffer))) {
-      socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    }
+    // own when this Node allows it (no allocation per read), else by 'data' events. A socket that
+    // may be handed to TLS is read by events: TLS then reads the handle itself.
+    const ownBuffer =
+      context.tls === undefined && readIntoBuffer(socket, Buffer.allocUnsafeSlow(socketReadBufferBytes), (bytes, buffer) => this.onRead(bytes, buffer));
+    if (!ownBuffer) socket.on('data', this.onData);
+    this.listenTo(socket);
     socket.resume();
-    socket.on('drain', () => this.unstall());
-    socket.on('error', (error) => log('debug', 'nbd connection error', { connection: id, error: error.message }));
-    socket.on('close', () => this.onClose());
     this.handshakeTimer = setTimeout(() => this.hardClose('handshake not finished in time'), nbdHandshakeTimeoutMs);
     this.handshakeTimer.unref();
     socket.write(encodeGreeting());
   }
 
+  private listenTo(socket: Socket): void {
+    socket.on('drain', this.onDrain);
+    socket.on('error', this.onError);
+    socket.on('close', this.onSocketClose);
+  }
+
+  private readonly onDrain = (): void => this.unstall();
+  private readonly onError = (error: Error): void => log('debug', 'nbd connection error', { connection: this.id, error: error.message });
+  private readonly onSocketClose = (): void => this.onClose();
+
   get inTransmission(): boolean {
     return this.phase === 'transmission';
+  }
+
+  /** How far the handshake got (see handshakeProgress). */
+  get progress(): number {
+    if (this.phase === 'transmission') return handshakeProgress.transmission;
+    if (this.phase === 'clientFlags') return handshakeProgress.greeted;
+    if (this.context.tls === undefined) return this.optionCount === 0 ? handshakeProgress.preOption : handshakeProgress.negotiating;
+    if (this.tlsState === 'none') return handshakeProgress.preOption;
+    return this.tlsState === 'handshaking' ? handshakeProgress.tlsHandshake : handshakeProgress.negotiating;
+  }
+
+  /** Orders connections by their last input: lower was idle longer. */
+  get lastActivityOrder(): number {
+    return this.lastActivity;
+  }
+
+  /** True once the client holds a key of the listener (TLS is up), or when the listener has no TLS. */
+  get authenticated(): boolean {
+    return this.context.tls === undefined || this.tlsState === 'up';
+  }
+
+  /** Dropped to admit a new connection while handshake slots are full (logged by the server, in sum). */
+  dropForNewcomer(): void {
+    if (this.closed) return;
+    log('debug', 'nbd handshake dropped for a new connection', { connection: this.id, progress: this.progress });
+    this.socket.destroy();
   }
 
   /** The most payload bytes this connection ever had reserved at once. */
@@ -296,15 +367,17 @@ export class NbdConnection implements NbdClient {
     this.socket.destroy();
   }
 
-  private onData(chunk: Buffer): void {
+  private readonly onData = (chunk: Buffer): void => {
     if (this.closed) return;
+    if (this.phase !== 'transmission') this.lastActivity = ++activityCounter;
     this.input.push(chunk);
     this.pump();
-  }
+  };
 
   /** `bytes` were read into the front of `buffer`, which the next read overwrites. */
   private onRead(bytes: number, buffer: Buffer): boolean {
     if (this.closed) return false;
+    if (this.phase !== 'transmission') this.lastActivity = ++activityCounter;
     this.input.pushTransient(buffer.subarray(0, bytes));
     this.pump();
     // What could not be acted on yet (a partial header, input behind a stall) is copied out.
@@ -414,7 +487,12 @@ export class NbdConnection implements NbdClient {
         return false;
       }
       this.discardBytes = lengthBytes;
-      this.afterDiscard = () => this.replyOption(encodeOptionError(optionType, optionReply.errTooBig, `option data over ${nbdOptionBytesMax} bytes`));
+      this.afterDiscard = () =>
+        this.replyOption(
+          this.tlsRequired() && optionType !== option.startTls && optionType !== option.abort
+            ? encodeOptionError(optionType, optionReply.errTlsReqd, tlsRequiredMessage)
+            : encodeOptionError(optionType, optionReply.errTooBig, `option data over ${nbdOptionBytesMax} bytes`),
+        );
       return true;
     }
     if (this.input.lengthBytes < optionHeaderBytes + lengthBytes) return false;
@@ -437,10 +515,22 @@ export class NbdConnection implements NbdClient {
     for (const reply of replies) this.socket.write(reply);
   }
 
+  /** TLS is forced on this listener and not up yet. */
+  private tlsRequired(): boolean {
+    return this.context.tls !== undefined && this.tlsState !== 'up';
+  }
+
   private handleOption(optionType: number, data: Buffer): void {
     if (this.context.shuttingDown() && optionType !== option.abort) {
       if (optionType === option.exportName) this.hardClose('server shutting down');
       else this.replyOption(encodeOptionError(optionType, optionReply.errShutdown, 'the node is shutting down'));
+      return;
+    }
+    if (optionType === option.startTls) return this.optionStartTls(data);
+    if (this.tlsRequired() && optionType !== option.abort) {
+      // proto.md, FORCEDTLS: NBD_OPT_EXPORT_NAME cannot be answered with an error, so it closes.
+      if (optionType === option.exportName) this.hardClose('NBD_OPT_EXPORT_NAME before TLS');
+      else this.replyOption(encodeOptionError(optionType, optionReply.errTlsReqd, tlsRequiredMessage));
       return;
     }
     switch (optionType) {
@@ -462,9 +552,70 @@ export class NbdConnection implements NbdClient {
       case option.setMetaContext:
         return this.optionMetaContext(optionType, data);
       default:
-        // NBD_OPT_STARTTLS included: this server speaks no TLS (loopback and Unix sockets).
         this.replyOption(encodeOptionError(optionType, optionReply.errUnsup, `option ${optionName(optionType)} is not supported`));
     }
+  }
+
+  private optionStartTls(data: Buffer): void {
+    const tls = this.context.tls;
+    if (tls === undefined) {
+      // proto.md, NOTLS mode: a listener without a key file (a Unix socket, or --nbd-insecure-tcp).
+      this.replyOption(encodeOptionError(option.startTls, optionReply.errUnsup, 'this listener has no TLS (start the node with --nbd-tls-psk)'));
+      return;
+    }
+    if (this.tlsState !== 'none') {
+      this.replyOption(encodeOptionError(option.startTls, optionReply.errInvalid, 'TLS is already negotiated'));
+      return;
+    }
+    if (data.length > 0) {
+      this.replyOption(encodeOptionError(option.startTls, optionReply.errInvalid, 'NBD_OPT_STARTTLS takes no data'));
+      return;
+    }
+    // The client must wait for the ACK before it starts TLS: bytes already here would be plain
+    // text that TLS never sees.
+    if (this.input.lengthBytes > 0) {
+      this.hardClose('data after NBD_OPT_STARTTLS before its reply');
+      return;
+    }
+    this.replyOption(encodeOptionReply(option.startTls, optionReply.ack));
+    // proto.md: nothing negotiated before STARTTLS survives it.
+    this.structured = false;
+    this.metaContext = undefined;
+    this.upgradeToTls(tls);
+  }
+
+  /**
+   * Hands the socket to TLS (synchronously after the ACK, so the client's first TLS bytes reach
+   * TLS, not the plain-text reader); from here every byte in either direction is TLS. A failed
+   * TLS handshake (a wrong key, an unknown identity, garbage) closes the connection.
+   */
+  private upgradeToTls(tls: NbdTls): void {
+    const plain = this.socket;
+    plain.off('data', this.onData);
+    plain.off('drain', this.onDrain);
+    plain.off('close', this.onSocketClose);
+    const options: TLSSocketOptions & { pskCallback: NbdTls['pskCallback'] } = {
+      isServer: true,
+      secureContext: tls.secureContext,
+      requestCert: false,
+      rejectUnauthorized: false,
+      pskCallback: tls.pskCallback,
+    };
+    const secure = new TLSSocket(plain, options);
+    this.socket = secure;
+    this.tlsState = 'handshaking';
+    secure.once('secure', () => {
+      this.tlsState = 'up';
+      this.lastActivity = ++activityCounter;
+      log('debug', 'nbd TLS up', { connection: this.id, protocol: secure.getProtocol(), cipher: secure.getCipher().name });
+    });
+    secure.once('error', (error) => {
+      if (this.tlsState === 'handshaking') log('warn', 'nbd TLS handshake failed', { connection: this.id, remote: plain.remoteAddress, error: error.message });
+    });
+    this.listenTo(secure);
+    // The plain socket's own close (the peer or a destroy) also ends the connection.
+    plain.once('close', this.onSocketClose);
+    secure.on('data', this.onData);
   }
 
   private transmissionFlags(found: NbdExport): number {
@@ -923,6 +1074,8 @@ export class NbdConnection implements NbdClient {
 }
 
 function noop(): void {}
+
+const tlsRequiredMessage = 'TLS is required: send NBD_OPT_STARTTLS first';
 
 /** A StorageError as an NBD error value; anything else is a bug, logged, and EIO to the client. */
 function toFailure(error: unknown, request: RequestHeader): Failure {

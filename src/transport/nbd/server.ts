@@ -1,12 +1,29 @@
 // The NBD listener (SPEC §7): a TCP or Unix socket whose connections speak NBD to the node's exports.
-import { chmod, lstat, unlink } from 'node:fs/promises';
+//
+// Who may connect: a Unix socket is mode 0600 (the node's user only, as SPDK's RPC socket); a TCP
+// listener forces TLS-PSK (NBD_OPT_STARTTLS) unless it was explicitly opened to a trusted network
+// (insecureTcp). Connection slots cannot be hoarded: a handshake gets nbdHandshakeTimeoutMs, and
+// when nbdHandshakingConnectionsMax connections are still in the handshake, a new one first drops
+// the one that got least far, longest idle first.
+import { chmodSync } from 'node:fs';
+import { lstat, unlink } from 'node:fs/promises';
 import { type Server, type Socket, connect, createServer } from 'node:net';
-import { mibBytes, nbdConnectionsMax, nbdPayloadBytesInFlightNodeMax } from '../../constants.ts';
+import { resolve as resolvePath } from 'node:path';
+import { isMainThread } from 'node:worker_threads';
+import {
+  mibBytes,
+  nbdConnectionsMax,
+  nbdDropLogIntervalMs,
+  nbdHandshakingConnectionsMax,
+  nbdPayloadBytesInFlightNodeMax,
+  unixSocketPathBytesMax,
+} from '../../constants.ts';
 import { log } from '../../log.ts';
 import type { NbdExports } from '../../actors/nbdExports.ts';
 import { ByteBudget } from '../byteBudget.ts';
 import { BufferPool } from './bufferPool.ts';
-import { NbdConnection, replyHeadroomBytes } from './connection.ts';
+import { NbdConnection, handshakeProgress, replyHeadroomBytes } from './connection.ts';
+import { type NbdTls, readPskKeyFile } from './tlsPsk.ts';
 
 export type NbdAddress = { readonly kind: 'tcp'; readonly host: string; readonly port: number } | { readonly kind: 'unix'; readonly path: string };
 
@@ -18,8 +35,55 @@ export function parseNbdListen(text: string): NbdAddress {
     if (port > 65_535) throw new Error(`--nbd-listen: port ${port} is out of range`);
     return { kind: 'tcp', host: match[1]!.replace(/^\[(.*)\]$/, '$1'), port };
   }
-  if (text.includes('/')) return { kind: 'unix', path: text };
+  if (text.includes('/')) {
+    const path = resolvePath(text);
+    if (Buffer.byteLength(path) > unixSocketPathBytesMax) throw new Error(`--nbd-listen: socket path ${path} is longer than ${unixSocketPathBytesMax} bytes (a Unix socket's limit)`);
+    return { kind: 'unix', path };
+  }
   throw new Error(`--nbd-listen wants HOST:PORT or a Unix socket path, got ${text}`);
+}
+
+/** Where and how the node listens for NBD: the address, and TLS or the explicit lack of it. */
+export interface NbdListenerConfig {
+  readonly address: NbdAddress;
+  readonly tls: NbdTls | undefined;
+  readonly insecureTcp: boolean;
+}
+
+/**
+ * The listener the flags ask for, refused (before anything is created) when it would be open to
+ * more than they say: TCP needs a TLS-PSK key file, or --nbd-insecure-tcp for a trusted network.
+ */
+export async function resolveNbdListener(options: {
+  listen: string | undefined;
+  tlsPskFile?: string | undefined;
+  insecureTcp?: boolean | undefined;
+}): Promise<NbdListenerConfig | undefined> {
+  const insecureTcp = options.insecureTcp === true;
+  if (options.listen === undefined) {
+    if (insecureTcp || options.tlsPskFile !== undefined) throw new Error('--nbd-tls-psk and --nbd-insecure-tcp need --nbd-listen');
+    return undefined;
+  }
+  const address = parseNbdListen(options.listen);
+  if (insecureTcp && options.tlsPskFile !== undefined) throw new Error('--nbd-insecure-tcp and --nbd-tls-psk contradict each other: give one');
+  if (insecureTcp && address.kind !== 'tcp') throw new Error('--nbd-insecure-tcp is for a TCP --nbd-listen (a Unix socket is mode 0600 anyway)');
+  if (address.kind === 'tcp' && !insecureTcp && options.tlsPskFile === undefined) {
+    throw new Error(
+      `--nbd-listen ${options.listen} is TCP, which every local user (and every host that can reach it) can connect to: ` +
+        'give --nbd-tls-psk FILE (TLS-PSK keys, "identity:hexkey" lines as psktool writes), ' +
+        'use a Unix socket (--nbd-listen without a value), or, on a trusted network only, --nbd-insecure-tcp',
+    );
+  }
+  const tls = options.tlsPskFile === undefined ? undefined : await readPskKeyFile(resolvePath(options.tlsPskFile));
+  return { address, tls, insecureTcp };
+}
+
+/** How a listener is reached, for the start-up line: the address and who may connect. */
+export function describeNbdListener(config: { address: NbdAddress; tls: NbdTls | undefined }): string {
+  const where = formatNbdAddress(config.address);
+  if (config.tls) return `${where} (TLS-PSK required, keys from ${config.tls.keyFile})`;
+  if (config.address.kind === 'unix') return `${where} (mode 0600: this user only; nbd+unix:///EXPORT?socket=${config.address.path})`;
+  return `${where} (no TLS: anyone who can reach it reads and writes every export)`;
 }
 
 export function formatNbdAddress(address: NbdAddress): string {
@@ -27,11 +91,12 @@ export function formatNbdAddress(address: NbdAddress): string {
   return `${address.host.includes(':') ? `[${address.host}]` : address.host}:${address.port}`;
 }
 
-/** An NBD URI for an export, as qemu and libnbd take it. */
-export function nbdUri(address: NbdAddress, exportName: string): string {
+/** An NBD URI for an export, as qemu and libnbd take it (`nbds` when TLS is used). */
+export function nbdUri(address: NbdAddress, exportName: string, options: { tls?: boolean } = {}): string {
   const name = encodeURI(exportName);
-  if (address.kind === 'unix') return `nbd+unix:///${name}?socket=${encodeURIComponent(address.path)}`;
-  return `nbd://${formatNbdAddress(address)}/${name}`;
+  const scheme = options.tls ? 'nbds' : 'nbd';
+  if (address.kind === 'unix') return `${scheme}+unix:///${name}?socket=${encodeURIComponent(address.path)}`;
+  return `${scheme}://${formatNbdAddress(address)}/${name}`;
 }
 
 /**
@@ -65,6 +130,27 @@ export async function assertNbdAddressFree(address: NbdAddress): Promise<void> {
   await unlink(address.path);
 }
 
+/**
+ * Listens on a Unix socket that only this user can connect to. The socket file is created with
+ * mode 0600 (umask 0177 around the synchronous bind), so there is no moment when others could
+ * connect; where the umask cannot be changed (a worker thread) it is chmod-ed right after the bind,
+ * before any connection is accepted.
+ */
+function listenPrivately(server: Server, path: string, onListening: () => void): void {
+  if (isMainThread) {
+    const previous = process.umask(0o177);
+    try {
+      server.listen({ path, exclusive: true }, onListening);
+    } finally {
+      process.umask(previous);
+    }
+  } else {
+    server.listen({ path, exclusive: true }, onListening);
+  }
+  // A failed bind (reported as the server's 'error' event) created nothing to chmod.
+  if (server.listening) chmodSync(path, 0o600);
+}
+
 export class NbdServer {
   private readonly connections = new Set<NbdConnection>();
   private readonly nodeBudget = new ByteBudget(nbdPayloadBytesInFlightNodeMax);
@@ -74,18 +160,33 @@ export class NbdServer {
   private nextConnectionId = 1;
   private closing = false;
   private closedConnectionPeakBytes = 0;
+  /** Handshakes dropped for newcomers and refused connections since the last log line about them. */
+  private dropped = { handshakes: 0, refused: 0, loggedAtMs: Number.NEGATIVE_INFINITY };
 
   private constructor(
     private readonly server: Server,
     readonly address: NbdAddress,
     private readonly exports: NbdExports,
+    readonly tls: NbdTls | undefined,
   ) {}
 
-  /** Listens on `address` (port 0 picks a free port) and serves `exports`. */
-  static async listen(options: { address: NbdAddress; exports: NbdExports; noteForeground: () => void }): Promise<NbdServer> {
-    // Accepted paused: the connection installs its read buffer before the first read.
+  /**
+   * Listens on `address` (port 0 picks a free port) and serves `exports`. TCP needs `tls` (forced
+   * on every connection) or `insecureTcp: true`, said explicitly; a Unix socket is made mode 0600.
+   */
+  static async listen(options: {
+    address: NbdAddress;
+    exports: NbdExports;
+    noteForeground: () => void;
+    tls?: NbdTls | undefined;
+    insecureTcp?: boolean;
+  }): Promise<NbdServer> {
+    if (options.address.kind === 'tcp' && options.tls === undefined && options.insecureTcp !== true) {
+      throw new Error(`NBD over TCP (${formatNbdAddress(options.address)}) needs TLS-PSK or an explicit insecureTcp`);
+    }
+    // Accepted paused: the connection installs its read buffer before the first read. No
+    // maxConnections: Node would refuse the newest connection, where accept() drops a stale one.
     const server = createServer({ noDelay: true, allowHalfOpen: false, pauseOnConnect: true });
-    server.maxConnections = nbdConnectionsMax;
     const bound = await new Promise<NbdAddress>((resolve, reject) => {
       server.once('error', reject);
       const onListening = () => {
@@ -98,15 +199,19 @@ export class NbdServer {
         }
       };
       if (options.address.kind === 'tcp') server.listen({ host: options.address.host, port: options.address.port, exclusive: true }, onListening);
-      else server.listen({ path: options.address.path, exclusive: true }, onListening);
+      else listenPrivately(server, options.address.path, onListening);
     });
-    // Only this user may reach the exports through the socket file.
-    if (bound.kind === 'unix') await chmod(bound.path, 0o600);
-    const nbd = new NbdServer(server, bound, options.exports);
+    const nbd = new NbdServer(server, bound, options.exports, options.tls);
     server.on('connection', (socket) => nbd.accept(socket, options.noteForeground));
     server.on('error', (error) => log('error', 'nbd listener error', { error: error.message }));
     options.exports.setListening(formatNbdAddress(bound));
-    log('info', 'nbd listening', { address: formatNbdAddress(bound) });
+    log('info', 'nbd listening', { address: describeNbdListener({ address: bound, tls: options.tls }) });
+    if (bound.kind === 'tcp' && options.tls === undefined) {
+      // Said at every start, as long as the flag stays.
+      log('warn', 'NBD over TCP without TLS (--nbd-insecure-tcp): anyone who can reach this address reads and writes every export', {
+        address: formatNbdAddress(bound),
+      });
+    }
     return nbd;
   }
 
@@ -121,21 +226,84 @@ export class NbdServer {
     return { inUseBytes: this.nodeBudget.inUseBytes, peakBytes: this.nodeBudget.peakBytes, connectionPeakBytes };
   }
 
+  /** Connections now, by how far their handshake got (tests, stats). */
+  connectionsByProgress(): Record<keyof typeof handshakeProgress, number> {
+    const counts = { greeted: 0, preOption: 0, tlsHandshake: 0, negotiating: 0, transmission: 0 };
+    const names = Object.keys(handshakeProgress) as Array<keyof typeof handshakeProgress>;
+    for (const connection of this.connections) counts[names[connection.progress]!]++;
+    return counts;
+  }
+
   private accept(socket: Socket, noteForeground: () => void): void {
-    if (this.closing) {
+    if (this.closing || !this.makeRoom()) {
       socket.destroy();
       return;
     }
     const connection = new NbdConnection(
       this.nextConnectionId++,
       socket,
-      { exports: this.exports, nodeBudget: this.nodeBudget, replyBuffers: this.replyBuffers, noteForeground, shuttingDown: () => this.closing },
+      {
+        exports: this.exports,
+        nodeBudget: this.nodeBudget,
+        replyBuffers: this.replyBuffers,
+        noteForeground,
+        shuttingDown: () => this.closing,
+        tls: this.tls,
+      },
       (closed) => {
         this.connections.delete(closed);
         this.closedConnectionPeakBytes = Math.max(this.closedConnectionPeakBytes, closed.payloadPeakBytes);
       },
     );
     this.connections.add(connection);
+  }
+
+  /**
+   * Makes room for one more connection; false when there is none. While fewer than
+   * nbdHandshakingConnectionsMax connections are in the handshake and the node is under
+   * nbdConnectionsMax, nothing happens. Otherwise the handshake that got least far is dropped
+   * (no client flags, then no option or no STARTTLS, then mid-TLS; of equals the longest idle):
+   * a flood of connections that never finish only ever displaces itself, while a client that
+   * does finish moves past them. Clients that proved their key, and clients serving an export,
+   * are never dropped; with none to drop and every slot taken, the newcomer is refused.
+   */
+  private makeRoom(): boolean {
+    let handshaking = 0;
+    let victim: NbdConnection | undefined;
+    for (const connection of this.connections) {
+      if (connection.inTransmission) continue;
+      handshaking++;
+      // Over TLS the client holds a key: it is not a stranger's to displace.
+      if (this.tls !== undefined && connection.authenticated) continue;
+      if (victim === undefined || connection.progress < victim.progress || (connection.progress === victim.progress && connection.lastActivityOrder < victim.lastActivityOrder)) {
+        victim = connection;
+      }
+    }
+    const full = this.connections.size >= nbdConnectionsMax;
+    if (handshaking < nbdHandshakingConnectionsMax && !full) return true;
+    if (victim !== undefined) {
+      victim.dropForNewcomer();
+      // Its close event comes later: it no longer counts.
+      this.connections.delete(victim);
+      this.noteDropped('handshakes');
+      return true;
+    }
+    if (!full) return true;
+    this.noteDropped('refused');
+    return false;
+  }
+
+  /** A flood must not flood the log: one line per nbdDropLogIntervalMs, with the counts. */
+  private noteDropped(what: 'handshakes' | 'refused'): void {
+    this.dropped[what]++;
+    const nowMs = Date.now();
+    if (nowMs - this.dropped.loggedAtMs < nbdDropLogIntervalMs) return;
+    log('warn', 'nbd connection slots are full: dropping handshakes that got least far', {
+      handshakesDropped: this.dropped.handshakes,
+      connectionsRefused: this.dropped.refused,
+      address: formatNbdAddress(this.address),
+    });
+    this.dropped = { handshakes: 0, refused: 0, loggedAtMs: nowMs };
   }
 
   /**

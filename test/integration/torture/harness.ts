@@ -61,8 +61,10 @@ export class TortureNode {
     const node = new StorageNode(seededRuntime(seed));
     // The device outlives the node: closing it must not lose the bytes (CrashableDevice.close keeps them).
     await node.attachBaseDevice(bdevName, device);
+    // A test of the data path, not of who may connect: plain TCP on loopback, said explicitly.
     const nbd = await NbdServer.listen({
       address: { kind: 'tcp', host: '127.0.0.1', port: 0 },
+      insecureTcp: true,
       exports: node.nbd,
       noteForeground: () => node.scheduler.noteForeground(),
     });

@@ -51,6 +51,9 @@ export const ioBytesMax = 64 * mibBytes;
 export const payloadBytesInFlightPerConnectionMax = 128 * mibBytes;
 export const payloadBytesInFlightNodeMax = 512 * mibBytes;
 
+// Where the node keeps its files unless --data-dir or LVNODE_DATA_DIR say otherwise (SPEC §1).
+export const dataDirDefault = 'data';
+
 // JSON-RPC over WebSocket (SPEC §3.1).
 export const listenDefault = '127.0.0.1:5260';
 export const rpcFrameBytesMax = mibBytes;
@@ -67,6 +70,21 @@ export const heartbeatIntervalMs = 30_000;
 export const clientBufferedBytesMax = 4 * mibBytes;
 // On shutdown, connections get this long to finish the close handshake before they are cut.
 export const rpcCloseGraceMs = 1000;
+
+// Access to the WebSocket/HTTP endpoint (SPEC §3.1): the token the node makes on first start is
+// this many random bytes (256 bits, base64url: 43 characters). A token from --token, LVNODE_TOKEN
+// or the token file is at most this long, and its file is read up to a few bytes more (a newline).
+export const authTokenRandomBytes = 32;
+export const authTokenCharsMin = 1;
+export const authTokenCharsMax = 256;
+export const authTokenFileBytesMax = authTokenCharsMax + 16;
+// A client that found the token in the data directory first asks the node to prove it knows it
+// (an HMAC over a fresh challenge and the address the client reached) before sending it, so a
+// process squatting the port never receives it. The challenge is base64url, within these lengths.
+export const authChallengeCharsMin = 22;
+export const authChallengeCharsMax = 128;
+assert.ok(Math.ceil((authTokenRandomBytes * 4) / 3) <= authTokenCharsMax, "the node's own token fits the token limit");
+assert.ok(authChallengeCharsMin <= authChallengeCharsMax);
 
 // NBD data path (SPEC §7). The listener is off unless --nbd-listen is given; without a value it is
 // this Unix socket in the data directory, mode 0600 (as SPDK's RPC socket): only the node's user

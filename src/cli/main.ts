@@ -1,29 +1,35 @@
 // The `lvnode` command: serve, rpc, status, demo.
 import { parseArgs } from 'node:util';
 import { join } from 'node:path';
-import { listenDefault, nbdSocketNameDefault } from '../constants.ts';
+import { nbdSocketNameDefault } from '../constants.ts';
 import { stringifyJson, parseJson } from '../transport/json64.ts';
 import { checksumRegisterMethods, watchChecksum } from './checksumProgress.ts';
 import { ProgressLine } from './progress.ts';
-import { RpcCallError, RpcClient } from './rpcClient.ts';
+import { connectToNode, nodeConnectionOptions } from './nodeConnection.ts';
+import { RpcCallError, type RpcClient } from './rpcClient.ts';
 import { collectStatus, renderStatus } from './status.ts';
 
 const usage = `lvnode — a storage node where every logical volume is an XState actor
 
 Usage:
   lvnode serve [--data-dir DIR] [--listen HOST:PORT] [--token TOKEN] [--default-disk-size SIZE|0] [--config FILE]
+               [--insecure-no-auth] (no credential at all, loopback only; by default clients need the
+               token the node keeps in DATA-DIR/lvnode.token, or the one given with --token)
                [--nbd-listen [HOST:PORT|/path/to/socket]] (default off; DATA-DIR/${nbdSocketNameDefault}, mode 0600, without a value)
                [--nbd-tls-psk FILE] (TLS-PSK keys, psktool's "identity:hexkey" lines; required for TCP)
                [--nbd-insecure-tcp] (TCP without TLS, for a trusted network only)
                [--rpc-socket PATH] (SPDK's JSON-RPC on a Unix socket, e.g. /var/tmp/spdk.sock)
                [--inspect stately[=URL]] [--max-frame-bytes N] [--max-connections N]
                [--max-in-flight N] [--heartbeat-ms N]
-  lvnode rpc METHOD [JSON-PARAMS] [--url URL] [--token TOKEN] [--no-progress]
+  lvnode rpc METHOD [JSON-PARAMS] [--url URL] [--token TOKEN] [--data-dir DIR] [--no-progress]
                (bdev_lvol_register_snapshot_checksum and _range_checksums draw a progress bar on
                stderr when it is a terminal; Ctrl-C leaves the checksum running in the node)
-  lvnode status [--url URL] [--token TOKEN]
+  lvnode status [--url URL] [--token TOKEN] [--data-dir DIR]
                (lvstores, their lvols as snapshot chains, checksums, copies and the node's health)
-  lvnode demo [--url URL] [--token TOKEN] [--size-mib N]
+  lvnode demo [--url URL] [--token TOKEN] [--data-dir DIR] [--size-mib N]
+
+The client commands send --token, else LVNODE_TOKEN, else the node's own token when they can read
+DATA-DIR/lvnode.token (--data-dir, LVNODE_DATA_DIR, ./data), after the node proved it knows it.
 
 Environment: LVNODE_DATA_DIR, LVNODE_TOKEN, LVNODE_URL, LVNODE_RPC_SOCKET, LVNODE_LOG_LEVEL (debug|info|warn|error|silent).`;
 
@@ -64,6 +70,7 @@ async function serve(args: string[]): Promise<number> {
       listen: { type: 'string' },
       config: { type: 'string' },
       token: { type: 'string' },
+      'insecure-no-auth': { type: 'boolean' },
       'default-disk-size': { type: 'string' },
       inspect: { type: 'string' },
       'max-frame-bytes': { type: 'string' },
@@ -89,7 +96,7 @@ async function serve(args: string[]): Promise<number> {
   );
   // Loaded here, not at the top: `lvnode rpc` needs none of the node (xstate, zod, WASM CRC), and
   // loading it cost every CLI call about 0.3 s.
-  const { describeNbdListener, serveDefaults, startNode } = await import('./serve.ts');
+  const { accessLines, describeNbdListener, serveDefaults, startNode } = await import('./serve.ts');
   outliveOutputReaders();
   const dataDir = values['data-dir'] ?? process.env.LVNODE_DATA_DIR ?? serveDefaults.dataDir;
   const nbdListen = values['nbd-listen'];
@@ -98,6 +105,7 @@ async function serve(args: string[]): Promise<number> {
     listen: values.listen ?? serveDefaults.listen,
     configFile: values.config,
     token: values.token ?? process.env.LVNODE_TOKEN,
+    insecureNoAuth: values['insecure-no-auth'] ?? false,
     defaultDiskBytes: values['default-disk-size'] ? parseSize(values['default-disk-size']) : serveDefaults.defaultDiskBytes,
     statelyInspectUrl: inspect === undefined ? undefined : (inspect.split('=')[1] ?? 'ws://localhost:8080'),
     limits,
@@ -107,6 +115,7 @@ async function serve(args: string[]): Promise<number> {
     rpcSocket: values['rpc-socket'] ?? process.env.LVNODE_RPC_SOCKET,
   });
   process.stdout.write(`lvnode serving JSON-RPC at ${running.url}\n`);
+  for (const line of accessLines(running)) process.stdout.write(line);
   if (running.nbd) process.stdout.write(`lvnode serving NBD at ${describeNbdListener(running.nbd)}\n`);
   if (running.spdkSocket) process.stdout.write(`lvnode serving SPDK JSON-RPC at ${running.spdkSocket.path}\n`);
   await new Promise<void>((resolve) => {
@@ -166,7 +175,7 @@ const launcherPollMs = 500;
 async function rpc(args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args,
-    options: { url: { type: 'string' }, token: { type: 'string' }, 'no-progress': { type: 'boolean' } },
+    options: { ...nodeConnectionOptions, 'no-progress': { type: 'boolean' } },
     allowPositionals: true,
     strict: true,
   });
@@ -174,7 +183,7 @@ async function rpc(args: string[]): Promise<number> {
   if (!method) throw new Error('lvnode rpc METHOD [JSON-PARAMS]');
   const params = paramsText === undefined ? {} : parseJson(paramsText);
   if (typeof params !== 'object' || params === null || Array.isArray(params)) throw new Error('JSON-PARAMS must be an object');
-  const client = await connectClient(values);
+  const client = await connectToNode(values);
   try {
     if (checksumRegisterMethods.has(method)) {
       return await registerChecksum(client, method, params as Record<string, unknown>, { progress: !values['no-progress'] && process.stderr.isTTY === true });
@@ -183,12 +192,6 @@ async function rpc(args: string[]): Promise<number> {
   } finally {
     await client.close();
   }
-}
-
-function connectClient(values: { url?: string | undefined; token?: string | undefined }): Promise<RpcClient> {
-  return RpcClient.connect(values.url ?? process.env.LVNODE_URL ?? `ws://${listenDefault}/`, {
-    token: values.token ?? process.env.LVNODE_TOKEN,
-  });
 }
 
 type Outcome = { ok: true; result: unknown } | { ok: false; error: unknown };
@@ -249,10 +252,10 @@ const sigintExitCode = 130;
 async function status(args: string[]): Promise<number> {
   const { values } = parseArgs({
     args,
-    options: { url: { type: 'string' }, token: { type: 'string' } },
+    options: nodeConnectionOptions,
     strict: true,
   });
-  const client = await connectClient(values);
+  const client = await connectToNode(values);
   try {
     process.stdout.write(renderStatus(await collectStatus(client)));
     return 0;

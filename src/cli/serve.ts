@@ -1,8 +1,8 @@
 // `lvnode serve`: composes devices, the node, the method table and the WebSocket server.
-import { mkdir, readFile } from 'node:fs/promises';
+import { mkdir, readFile, stat } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
-import { clusterSizeBytesDefault, diskSizeBytesDefault, listenDefault } from '../constants.ts';
+import { clusterSizeBytesDefault, dataDirDefault, diskSizeBytesDefault, listenDefault } from '../constants.ts';
 import { FileDevice } from '../device/fileDevice.ts';
 import { type ShutdownFailure, StorageNode } from '../actors/node.ts';
 import { type BackgroundOptions, defaultBackgroundOptions, validateBackgroundOptions } from '../actors/scheduler.ts';
@@ -12,13 +12,14 @@ import { type Runtime, systemRuntime } from '../runtime.ts';
 import { createDispatcher } from '../transport/jsonRpc.ts';
 import type { MethodTable } from '../transport/methodTable.ts';
 import { type DataDirLock, lockDataDir } from './dataDirLock.ts';
+import { loadOrCreateNodeToken, tokenProblem } from './nodeToken.ts';
 import { SavedConfigWriter, parseConfig, readConfig, readConfigText, replayConfig, savedConfigName, writeFileAtomically } from './config.ts';
 import { createMethodTable } from '../transport/methods.ts';
 import { RpcStats } from '../transport/stats.ts';
 import { type SpdkSocketServer, claimSocketPath, startSpdkSocketServer } from '../transport/spdkSocket.ts';
 import { buildDashboard } from '../transport/dashboardAssets.ts';
 import { StaticFiles } from '../transport/httpStatic.ts';
-import { type RpcServer, type RpcServerLimits, startRpcServer } from '../transport/wsServer.ts';
+import { type RpcServer, type RpcServerLimits, isLoopbackHost, startRpcServer } from '../transport/wsServer.ts';
 import { type NbdAddress, type NbdListenerConfig, NbdServer, assertNbdAddressFree, describeNbdListener, formatNbdAddress, resolveNbdListener } from '../transport/nbd/server.ts';
 
 export { describeNbdListener, formatNbdAddress };
@@ -28,7 +29,10 @@ export interface ServeOptions {
   listen: string;
   /** An SPDK-style JSON config whose bdev calls are replayed at start (after the saved ones). */
   configFile?: string | undefined;
+  /** The credential clients must present (--token, LVNODE_TOKEN); else the data directory's token file. */
   token?: string | undefined;
+  /** No credential at all (--insecure-no-auth): loopback only, a warning at every start. */
+  insecureNoAuth?: boolean | undefined;
   defaultDiskBytes: number;
   /** Attach @statelyai/inspect, sending to this relay URL. */
   statelyInspectUrl?: string | undefined;
@@ -44,10 +48,19 @@ export interface ServeOptions {
   runtime?: Runtime;
 }
 
+/** How clients authenticate to the WebSocket endpoint (SPEC §3.1), as the node started. */
+export type NodeAuth =
+  | { readonly kind: 'token'; readonly token: string; readonly source: 'file'; readonly path: string; readonly created: boolean }
+  | { readonly kind: 'token'; readonly token: string; readonly source: 'option' }
+  | { readonly kind: 'none' };
+
 export interface RunningNode {
   readonly node: StorageNode;
   readonly server: RpcServer;
   readonly url: string;
+  /** The dashboard's address, without the token. */
+  readonly dashboardUrl: string;
+  readonly auth: NodeAuth;
   /** The NBD listener, when `nbdListen` was given. */
   readonly nbd: NbdServer | undefined;
   /** Where NBD clients connect (the actual port when 0 was asked for). */
@@ -151,6 +164,7 @@ async function attachStatelyInspector(node: StorageNode, url: string): Promise<(
 
 export async function startNode(options: ServeOptions): Promise<RunningNode> {
   const { host, port } = parseListen(options.listen);
+  assertAuthOptions(options, host);
   const nbdListener = await resolveNbdListener({ listen: options.nbdListen, tlsPskFile: options.nbdTlsPskFile, insecureTcp: options.nbdInsecureTcp });
   const nbdAddress = nbdListener?.address;
   const dataDir = resolve(options.dataDir);
@@ -159,7 +173,8 @@ export async function startNode(options: ServeOptions): Promise<RunningNode> {
   if (nbdAddress && !(nbdAddress.kind === 'tcp' && nbdAddress.port === 0)) await assertNbdAddressFree(nbdAddress);
   // A live SPDK socket (another node, or SPDK) fails the start before anything is created.
   if (options.rpcSocket) await claimSocketPath(resolve(options.rpcSocket));
-  await mkdir(dataDir, { recursive: true });
+  // Owner-only when made here: its disk images and files are the node's user's alone.
+  await mkdir(dataDir, { recursive: true, mode: 0o700 });
   // First of all: a second node on this data directory must stop before it touches anything.
   const dataDirLock = await lockDataDir(dataDir);
   try {
@@ -178,6 +193,9 @@ async function startLockedNode(
   nbdListener: NbdListenerConfig | undefined,
   dataDirLock: DataDirLock,
 ): Promise<RunningNode> {
+  // Before anything is made: a first start that cannot create its token leaves nothing behind.
+  const auth = await resolveAuth(options, dataDir);
+  await warnIfDataDirShared(dataDir);
   const writer = new SavedConfigWriter(join(dataDir, savedConfigName));
   const backgroundPath = join(dataDir, backgroundOptionsName);
   const threads = configureBackgroundThreads();
@@ -206,7 +224,7 @@ async function startLockedNode(
   const dashboard = new StaticFiles(async () => {
     const files = await buildDashboard();
     // Tells the page whether to ask for a token; the token itself is never served.
-    files.set('/config.json', { body: Buffer.from(JSON.stringify({ token_required: Boolean(options.token) })), contentType: 'application/json; charset=utf-8' });
+    files.set('/config.json', { body: Buffer.from(JSON.stringify({ token_required: auth.kind === 'token' })), contentType: 'application/json; charset=utf-8' });
     return files;
   });
   void dashboard.loaded().then((failure) => {
@@ -228,7 +246,7 @@ async function startLockedNode(
       dispatcher: createDispatcher(table, { allowBatch: true, ...dispatcherHooks }),
       log: ({ level, msg, ...fields }) => log(level, msg, fields),
       httpHandler: dashboard.handle,
-      ...(options.token ? { token: options.token } : {}),
+      ...(auth.kind === 'token' ? { token: auth.token } : { insecureNoAuth: true }),
       ...(options.limits ? { limits: options.limits } : {}),
     }),
   );
@@ -251,11 +269,15 @@ async function startLockedNode(
       )
     : undefined;
   const dashboardUrl = `http://${host.includes(':') ? `[${host}]` : host}:${listening.address.port}/`;
-  log('info', 'lvnode listening', { url, dashboard: dashboardUrl, dataDir, ...(nbd ? { nbd: nbd.address } : {}), ...(spdkSocket ? { rpcSocket: spdkSocket.path } : {}) });
+  // The token itself is never logged: `lvnode serve` prints the dashboard's link with it once.
+  log('info', 'lvnode listening', { url, dashboard: dashboardUrl, auth: authText(auth), dataDir, ...(nbd ? { nbd: nbd.address } : {}), ...(spdkSocket ? { rpcSocket: spdkSocket.path } : {}) });
+  if (auth.kind === 'none') log('warn', insecureNoAuthWarning, { url });
   return {
     node,
     server: listening,
     url,
+    dashboardUrl,
+    auth,
     nbd,
     nbdAddress: nbd?.address,
     spdkSocket,
@@ -277,6 +299,62 @@ async function startLockedNode(
   };
 }
 
+/** Refuses contradicting or unsafe auth options before anything is created. Never names the token. */
+function assertAuthOptions(options: ServeOptions, host: string): void {
+  if (options.token !== undefined && options.insecureNoAuth) {
+    throw new Error('--insecure-no-auth and a token (--token or LVNODE_TOKEN) contradict each other; give one');
+  }
+  if (options.token !== undefined) {
+    const problem = tokenProblem(options.token);
+    if (problem !== undefined) throw new Error(`--token (or LVNODE_TOKEN) is not usable: ${problem}`);
+  }
+  if (options.insecureNoAuth && !isLoopbackHost(host)) {
+    throw new Error(`--insecure-no-auth is refused on ${host}, which is not a loopback address: anyone who reaches it could drive the node; use a token`);
+  }
+}
+
+/** The given token, or none when asked for by name, or the data directory's (made on first start). */
+async function resolveAuth(options: ServeOptions, dataDir: string): Promise<NodeAuth> {
+  if (options.insecureNoAuth) return { kind: 'none' };
+  if (options.token !== undefined) return { kind: 'token', token: options.token, source: 'option' };
+  const { token, path, created } = await loadOrCreateNodeToken(dataDir);
+  if (created) log('info', 'created the access token file (mode 0600); clients that can read it find it there', { path });
+  return { kind: 'token', token, source: 'file', path, created };
+}
+
+function authText(auth: NodeAuth): string {
+  if (auth.kind === 'none') return 'none (--insecure-no-auth)';
+  return auth.source === 'file' ? `token in ${auth.path}` : 'token from --token or LVNODE_TOKEN';
+}
+
+/**
+ * What `lvnode serve` prints once it listens: the dashboard's link, carrying the node's own token
+ * (as Jupyter does; the page takes it out of the address bar and keeps it for the tab). This is
+ * the only place the token is ever printed; a token given with --token is not repeated.
+ */
+export function accessLines(running: RunningNode): string[] {
+  const { auth, dashboardUrl } = running;
+  if (auth.kind === 'none') return [`lvnode dashboard at ${dashboardUrl}\n`, `WARNING: ${insecureNoAuthWarning}\n`];
+  if (auth.source === 'option') return [`lvnode dashboard at ${dashboardUrl} (it asks for the token given with --token or LVNODE_TOKEN)\n`];
+  return [`lvnode dashboard at ${dashboardUrl}?token=${encodeURIComponent(auth.token)} (token file: ${auth.path})\n`];
+}
+
+export const insecureNoAuthWarning =
+  'running WITHOUT authentication (--insecure-no-auth): every local user and every local process, web pages aside, can drive this node with its user\'s rights';
+
+/**
+ * Other users that can enter the data directory can read (and, when writable, change) its disk
+ * images and files without asking the node. Said at every start; not fatal, and nothing is changed.
+ */
+async function warnIfDataDirShared(dataDir: string): Promise<void> {
+  const info = await stat(dataDir);
+  if ((info.mode & 0o077) === 0) return;
+  log('warn', 'the data directory is open to other users: they can read its disk images directly; chmod 700 it', {
+    dataDir,
+    mode: (info.mode & 0o777).toString(8).padStart(3, '0'),
+  });
+}
+
 /** Shutdown closed everything it could, but some store or device could not be flushed or closed. */
 export class ShutdownIncompleteError extends Error {
   constructor(readonly failures: readonly ShutdownFailure[]) {
@@ -287,7 +365,7 @@ export class ShutdownIncompleteError extends Error {
 }
 
 export const serveDefaults = {
-  dataDir: 'data',
+  dataDir: dataDirDefault,
   listen: listenDefault,
   defaultDiskBytes: diskSizeBytesDefault,
 };

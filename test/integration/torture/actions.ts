@@ -119,10 +119,24 @@ export async function nbdWrite(ctx: Context, name: string, kind: WriteKind, offs
   return `${what} → ${await settleWrite(ctx, name, kind, offsetBytes, data, fua, error)}`;
 }
 
-async function settleWrite(ctx: Context, name: string, kind: WriteKind, offsetBytes: number, data: Buffer, fua: boolean, error: number): Promise<string> {
+/**
+ * Applies an answered request to the model. `snapshotTaken`: a snapshot of the volume was taken
+ * while it was in flight, so the write went to one or the other (the snapshot may show it).
+ */
+async function settleWrite(
+  ctx: Context,
+  name: string,
+  kind: WriteKind,
+  offsetBytes: number,
+  data: Buffer,
+  fua: boolean,
+  error: number,
+  snapshotTaken?: string,
+): Promise<string> {
   if (error === 0) {
     if (kind === 'trim') ctx.model.trim(name, offsetBytes, data.length);
-    else ctx.model.write(name, offsetBytes, data, { fua, allocates: kind === 'write' });
+    else ctx.model.write(name, offsetBytes, data, { fua, allocates: kind === 'write' && snapshotTaken === undefined });
+    if (snapshotTaken !== undefined) ctx.model.interruptedWrite(snapshotTaken, offsetBytes, data);
     count(ctx, kind);
     return 'ok';
   }
@@ -153,6 +167,28 @@ export async function nbdBurst(ctx: Context, writes: Array<{ name: string; offse
     outcomes.push(`${write.name} @${kib(write.offsetBytes)}+${kib(write.data.length)}${write.fua ? ' fua' : ''} → ${outcome}`);
   }
   return `burst [${outcomes.join('; ')}]`;
+}
+
+/**
+ * A snapshot taken while writes to the volume are in flight: the snapshot is a point in time
+ * (each block as before or after each write, never anything else) and the volume gets every
+ * acknowledged write.
+ */
+export async function snapshotUnderWrites(ctx: Context, name: string, snapshotName: string, writes: Array<{ offsetBytes: number; data: Buffer; fua: boolean }>): Promise<string> {
+  const requests = writes.map((write) => nbdRequest(ctx, name, 'write', write.offsetBytes, write.data, write.fua));
+  const answer = await ctx.node.call('bdev_lvol_snapshot', { lvol_name: `${lvsName}/${name}`, snapshot_name: snapshotName });
+  const errors = await Promise.all(requests);
+  const outcome = expectAnswer(ctx, `snapshot ${name} under writes`, answer, ['ok']);
+  // The snapshot first, of the bytes before the writes; then each write, to the volume for sure
+  // and perhaps to the snapshot.
+  if (answer.ok) ctx.model.snapshot(name, snapshotName);
+  const outcomes: string[] = [];
+  for (const [index, write] of writes.entries()) {
+    const settled = await settleWrite(ctx, name, 'write', write.offsetBytes, write.data, write.fua, errors[index]!, answer.ok ? snapshotName : undefined);
+    outcomes.push(`@${kib(write.offsetBytes)}+${kib(write.data.length)}${write.fua ? ' fua' : ''} → ${settled}`);
+  }
+  if (answer.ok) count(ctx, 'snapshot under writes');
+  return `snapshot ${name} as ${snapshotName} under writes [${outcomes.join('; ')}] → ${outcome}`;
 }
 
 /** A request off the block grid: refused with EINVAL, changing nothing. */

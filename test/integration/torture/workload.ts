@@ -19,6 +19,7 @@ import {
   resize,
   setParent,
   snapshot,
+  snapshotUnderWrites,
 } from './actions.ts';
 import type { VolumeModel } from './model.ts';
 import { blockBytes } from './model.ts';
@@ -106,6 +107,19 @@ async function randomResize(ctx: Context, volume = pick(ctx, writable(ctx))): Pr
   return resize(ctx, volume.name, sizeMib);
 }
 
+/** Writes to one volume in flight while it is snapshotted (ranges that do not overlap). */
+async function randomSnapshotUnderWrites(ctx: Context): Promise<string> {
+  const volume = pick(ctx, writable(ctx));
+  const writes: Array<{ offsetBytes: number; data: Buffer; fua: boolean }> = [];
+  for (let attempt = 0; attempt < 5; attempt++) {
+    const { offsetBytes, lengthBytes } = randomRange(ctx, volume);
+    if (!writes.some((other) => offsetBytes < other.offsetBytes + other.data.length && other.offsetBytes < offsetBytes + lengthBytes)) {
+      writes.push({ offsetBytes, data: pattern(ctx, lengthBytes), fua: chance(ctx, 0.2) });
+    }
+  }
+  return snapshotUnderWrites(ctx, volume.name, freshName(ctx, 's'), writes);
+}
+
 /**
  * Snapshot, then resize: repeated on one volume this builds chains of snapshots of different
  * sizes, where a merge must keep the zeros a volume read past a smaller parent.
@@ -167,6 +181,7 @@ function choices(ctx: Context): Choice[] {
     [room ? 3 : 0, () => thickCreateIntoFreeSpace(ctx)],
     [hasWritable && room ? 8 : 0, () => snapshot(ctx, pick(ctx, writable(ctx)).name, freshName(ctx, 's'))],
     [hasWritable && room ? 6 : 0, () => snapshotAndResize(ctx)],
+    [hasWritable && room ? 3 : 0, () => randomSnapshotUnderWrites(ctx)],
     [hasSnapshots && room ? 4 : 0, () => clone(ctx, pick(ctx, snapshots(ctx)).name, freshName(ctx, 'c'))],
     [volumes > 0 ? 4 + (room ? 0 : 10) + (full ? 8 : 0) : 0, () => randomDelete(ctx)],
     [hasWritable ? 9 : 0, () => randomResize(ctx)],

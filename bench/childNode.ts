@@ -12,27 +12,30 @@ import { benchClusterBytes, writePatternFile } from './support.ts';
 
 const binPath = fileURLToPath(new URL('../bin/lvnode.mjs', import.meta.url));
 const readyPattern = /lvnode serving JSON-RPC at (ws:\/\/\S+)/;
+// Printed right after it: the dashboard's link, carrying the token the node made in its data directory.
+const tokenPattern = /lvnode dashboard at \S+\?token=(\S+)/;
 const nbdPattern = /lvnode serving NBD at (\S+)/;
 
 /**
  * `lvnode serve` in its own process with its data in `dataDir` (its embedded default disk sparse,
- * `defaultDiskSize`), on a loopback port; resolves with the URL once it serves.
+ * `defaultDiskSize`), on a loopback port; resolves with the URL and the token once it serves.
  */
-export async function startServeProcess(dataDir: string, defaultDiskSize = '64G'): Promise<{ child: ChildProcess; url: string }> {
+export async function startServeProcess(dataDir: string, defaultDiskSize = '64G'): Promise<{ child: ChildProcess; url: string; token: string }> {
   const child = spawn(process.execPath, [binPath, 'serve', '--data-dir', dataDir, '--listen', '127.0.0.1:0', '--default-disk-size', defaultDiskSize], {
     env: { ...process.env, LVNODE_LOG_LEVEL: 'warn' },
     stdio: ['ignore', 'pipe', 'inherit'],
   });
-  const url = await new Promise<string>((resolve, reject) => {
+  const [url, token] = await new Promise<[string, string]>((resolve, reject) => {
     let out = '';
     child.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
       out += chunk;
       const match = readyPattern.exec(out);
-      if (match) resolve(match[1]!);
+      const token = tokenPattern.exec(out);
+      if (match && token) resolve([match[1]!, decodeURIComponent(token[1]!)]);
     });
     child.once('exit', (code) => reject(new Error(`bench node exited (${code}) before it was ready`)));
   });
-  return { child, url };
+  return { child, url, token };
 }
 
 /** Sends SIGTERM and resolves once the process has exited. */
@@ -89,20 +92,21 @@ export async function spawnBenchNode(options: {
       stdio: ['ignore', 'pipe', 'inherit'],
     });
     let nbdAddress: string | undefined;
-    const url = await new Promise<string>((resolve, reject) => {
+    const [url, token] = await new Promise<[string, string]>((resolve, reject) => {
       let out = '';
       child!.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
         out += chunk;
         const match = readyPattern.exec(out);
+        const token = tokenPattern.exec(out);
         const nbd = nbdPattern.exec(out);
         if (nbd) nbdAddress = nbd[1];
-        // The NBD line follows the JSON-RPC one when NBD was asked for.
-        if (match && (!options.nbdListen || nbd)) resolve(match[1]!);
+        // The dashboard's and then the NBD line follow the JSON-RPC one (NBD's when asked for).
+        if (match && token && (!options.nbdListen || nbd)) resolve([match[1]!, decodeURIComponent(token[1]!)]);
       });
       child!.once('exit', (code) => reject(new Error(`bench node exited (${code}) before it was ready`)));
     });
     const connect = async () => {
-      const client = await RpcClient.connect(url);
+      const client = await RpcClient.connect(url, { token });
       clients.push(client);
       return client;
     };

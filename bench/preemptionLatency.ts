@@ -7,6 +7,7 @@ import { type NodeGCPerformanceDetail, type PerformanceEntry, PerformanceObserve
 import { RpcCallError, RpcClient } from '../src/cli/rpcClient.ts';
 import {
   type BenchNode,
+  benchToken,
   envInteger,
   fixed,
   median,
@@ -138,7 +139,7 @@ export async function preemptionLatency(): Promise<void> {
   const bench = await startBenchNode(sizeMib);
   let second: RpcClient | undefined;
   try {
-    second = await RpcClient.connect(bench.running.url);
+    second = await RpcClient.connect(bench.running.url, { token: benchToken(bench.running) });
     const snapshotName = await takeSnapshot(bench);
     const clusterCount = ownedClusterOffsets(bench, snapshotName).length;
     const stepMs = await measureStepMs(bench, snapshotName, clusterCount);

@@ -55,6 +55,11 @@ async function writeFully(handle: FileHandle, data: Buffer, offsetBytes: number)
   }
 }
 
+/** The token a client of `running` presents (the one the node made in its data directory). */
+export function benchToken(running: RunningNode): string | undefined {
+  return running.auth.kind === 'token' ? running.auth.token : undefined;
+}
+
 /**
  * A temp dir with a pre-filled file of `sizeMib`, a node serving on a loopback port, the file as
  * aio bdev, an lvstore with clear_method none (it keeps the file's bytes) and a thick lvol over
@@ -76,7 +81,7 @@ export async function startBenchNode(sizeMib: number): Promise<BenchNode> {
   try {
     await writePatternFile(filePath, sizeMib, benchClusterBytes);
     running = await startNode({ dataDir: join(dir, 'data'), listen: '127.0.0.1:0', defaultDiskBytes: embeddedDiskBytes });
-    client = await RpcClient.connect(running.url);
+    client = await RpcClient.connect(running.url, { token: benchToken(running) });
     await client.call('bdev_aio_create', { name: 'bench_aio', filename: filePath, block_size: 512 });
     await client.call('bdev_lvol_create_lvstore', {
       bdev_name: 'bench_aio',

@@ -101,7 +101,7 @@ export async function wireCreates(): Promise<void> {
   const clients: RpcClient[] = [];
   const rows: string[][] = [];
   try {
-    for (let index = 0; index < callers; index++) clients.push(await RpcClient.connect(node.url));
+    for (let index = 0; index < callers; index++) clients.push(await RpcClient.connect(node.url, { token: node.token }));
     // Warm-up (the node's code paths compiled before anything is timed), then gone again.
     for (let index = 0; index < 500; index++) await create(clients[0]!, `warm${index}`);
     await callsPerSecond(clients, 500, (client, index) => client.call('bdev_lvol_delete', { name: `${lvsName}/warm${index}` }));
@@ -144,7 +144,7 @@ export async function wireCreates(): Promise<void> {
     const stopMs = performance.now() - stopStart;
     const restartStart = performance.now();
     node = await startServeProcess(dataDir);
-    const client = await RpcClient.connect(node.url);
+    const client = await RpcClient.connect(node.url, { token: node.token });
     clients.push(client);
     await client.call('bdev_lvol_get_lvstores');
     const firstAnswerMs = performance.now() - restartStart;

@@ -73,10 +73,10 @@ export async function wireListing(): Promise<void> {
   const sizes = (process.env.LVNODE_BENCH_WIRE_SIZES ?? '10000,100000').split(',').map(Number);
   console.log(`\nwireListing: longest event-loop stall of the node answering a full listing over WebSocket, vs idle (median of ${rounds})`);
   const dir = await mkdtemp(join(tmpdir(), 'lvnode-wire-'));
-  const { child, url } = await startServeProcess(join(dir, 'data'));
+  const { child, url, token } = await startServeProcess(join(dir, 'data'));
   const clients: RpcClient[] = [];
   try {
-    for (let index = 0; index < callers; index++) clients.push(await RpcClient.connect(url));
+    for (let index = 0; index < callers; index++) clients.push(await RpcClient.connect(url, { token }));
     let created = 0;
     for (const size of sizes.sort((a, b) => a - b)) {
       await measure(size, clients, created);

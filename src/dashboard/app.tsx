@@ -160,7 +160,10 @@ function TokenForm({ error, onToken }: { error: string | null; onToken: (token: 
       }}
     >
       <h1>lvnode</h1>
-      <p>This node was started with <code>--token</code>. Enter the token to connect.</p>
+      <p>
+        This node wants its access token. Open the link <code>lvnode serve</code> printed at start (it carries the token), or enter
+        the token from the node's <code>lvnode.token</code> file or its <code>--token</code>.
+      </p>
       <label>
         Token <input type="password" name="token" autoComplete="off" value={value} onInput={(event) => setValue((event.target as HTMLInputElement).value)} />
       </label>

@@ -6,7 +6,7 @@
 export const tokenStorageKey = 'lvnode.token';
 
 export interface PageConfig {
-  /** The node was started with --token: the WebSocket refuses connections without it. */
+  /** The node wants a token (its own, or --token's; false only under --insecure-no-auth): the WebSocket refuses connections without it. */
   token_required: boolean;
 }
 

@@ -51,8 +51,9 @@ run('dashboard in Chromium', () => {
     if (dataDir) await rm(dataDir, { recursive: true, force: true });
   });
 
+  /** Opens the page as the link the node printed does: with its token, which the page keeps. */
   async function open(path = '/'): Promise<Page> {
-    const page = await openPage(browser, `${httpUrl}${path.replace(/^\//, '')}`, pageErrors);
+    const page = await openPage(browser, `${httpUrl}?token=${encodeURIComponent(node.token!)}${path.replace(/^\//, '')}`, pageErrors);
     pages.push(page);
     return page;
   }

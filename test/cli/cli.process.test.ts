@@ -67,7 +67,7 @@ describe('lvnode CLI against a node', () => {
   });
 
   it('stops quietly, exit 0, when the reader of its output closes early (lvnode status | head)', async () => {
-    const child = spawn(process.execPath, [binPath, 'status', '--url', url], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [binPath, 'status', '--url', url, '--data-dir', dataDir], { stdio: ['ignore', 'pipe', 'pipe'] });
     let stderr = '';
     child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
     // The reader goes away before the first line arrives: every write now fails with EPIPE.
@@ -78,12 +78,12 @@ describe('lvnode CLI against a node', () => {
   });
 
   it('off a terminal, register prints only the result', async () => {
-    const run = await runCli(['rpc', '--url', url, 'bdev_lvol_register_snapshot_checksum', '{"name":"lvs0/snap"}']);
+    const run = await runCli(['rpc', '--url', url, '--data-dir', dataDir, 'bdev_lvol_register_snapshot_checksum', '{"name":"lvs0/snap"}']);
     expect(run).toEqual({ code: 0, stdout: 'true\n', stderr: '' });
   });
 
   it('off a terminal, a register error prints as before with exit 1', async () => {
-    const run = await runCli(['rpc', '--url', url, 'bdev_lvol_register_snapshot_checksum', '{"name":"lvs0/nope"}']);
+    const run = await runCli(['rpc', '--url', url, '--data-dir', dataDir, 'bdev_lvol_register_snapshot_checksum', '{"name":"lvs0/nope"}']);
     expect(run.code).toBe(1);
     expect(run.stdout).toBe('');
     expect(JSON.parse(run.stderr)).toMatchObject({ code: -19, message: 'No such device' });
@@ -91,7 +91,7 @@ describe('lvnode CLI against a node', () => {
 
   it('status lists the lvols created by RPC as a chain, with the exact stored checksum', async () => {
     const { checksum } = await client.call<{ checksum: bigint | number }>('bdev_lvol_get_snapshot_checksum', { name: 'lvs0/snap' });
-    const run = await runCli(['status', '--url', url]);
+    const run = await runCli(['status', '--url', url, '--data-dir', dataDir]);
     expect(run.code).toBe(0);
     expect(run.stderr).toBe('');
     const lines = run.stdout.split('\n');
@@ -111,7 +111,7 @@ describe('lvnode CLI against a node', () => {
     await client.call('bdev_lvol_create', { lvs_name: 'lvs0', lvol_name: 'slow', size_in_mib: 64 });
     await client.call('bdev_lvol_snapshot', { lvol_name: 'lvs0/slow', snapshot_name: 'slowsnap' });
     await client.call('node_set_background_options', { checksum_rate_mib_per_sec: 32 });
-    const run = await runCliOnTty(['rpc', '--url', url, 'bdev_lvol_register_snapshot_checksum', '{"name":"lvs0/slowsnap"}']);
+    const run = await runCliOnTty(['rpc', '--url', url, '--data-dir', dataDir, 'bdev_lvol_register_snapshot_checksum', '{"name":"lvs0/slowsnap"}']);
     expect(run.code).toBe(0);
     const frame = /\r\x1b\[Klvs0\/slowsnap {2}\[[#-]{24}\] {2}\d+\.\d% {2}\d+\/16 clusters {2}[0-9.]+ [KMG]iB\/s {2}ETA /;
     const frameAt = run.output.search(frame);
@@ -124,7 +124,7 @@ describe('lvnode CLI against a node', () => {
   it('Ctrl-C while waiting exits 130 and leaves the checksum running in the node', async () => {
     // Still capped at 32 MiB/s from the test above (or set here when that one was skipped).
     await client.call('node_set_background_options', { checksum_rate_mib_per_sec: 32 });
-    const child = spawn(process.execPath, [binPath, 'rpc', '--url', url, 'bdev_lvol_register_snapshot_checksum', '{"name":"lvs0/slowsnap"}'], {
+    const child = spawn(process.execPath, [binPath, 'rpc', '--url', url, '--data-dir', dataDir, 'bdev_lvol_register_snapshot_checksum', '{"name":"lvs0/slowsnap"}'], {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let stdout = '';

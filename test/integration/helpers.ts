@@ -16,9 +16,11 @@ export interface TestNode {
  * `nbdListen`: serve NBD too (`127.0.0.1:0` picks a free port; see `running.nbdAddress`). TCP needs
  * `nbdTlsPskFile` or, for tests of the protocol rather than of access, `nbdInsecureTcp: true`.
  * `rpcSocket`: serve SPDK's Unix-socket JSON-RPC too, at `<dataDir>/spdk.sock` (`running.spdkSocket.path`).
+ * Auth is the default's (the token file the node makes in its data directory) unless `token` or
+ * `insecureNoAuth` say otherwise; `connect()` presents what the node wants (`nodeToken(running)`).
  */
 export async function startTestNode(
-  options: { diskBytes?: number; token?: string; nbdListen?: string; nbdTlsPskFile?: string; nbdInsecureTcp?: boolean; rpcSocket?: boolean } = {},
+  options: { diskBytes?: number; token?: string; nbdListen?: string; nbdTlsPskFile?: string; nbdInsecureTcp?: boolean; rpcSocket?: boolean; insecureNoAuth?: boolean } = {},
 ): Promise<TestNode> {
   const dataDir = await mkdtemp(join(tmpdir(), 'lvnode-test-'));
   const running = await startNode({
@@ -26,6 +28,7 @@ export async function startTestNode(
     listen: '127.0.0.1:0',
     defaultDiskBytes: options.diskBytes ?? 2 * 1024 * 1024 * 1024,
     token: options.token,
+    insecureNoAuth: options.insecureNoAuth,
     nbdListen: options.nbdListen,
     nbdTlsPskFile: options.nbdTlsPskFile,
     nbdInsecureTcp: options.nbdInsecureTcp,
@@ -36,7 +39,7 @@ export async function startTestNode(
     running,
     dataDir,
     connect: async () => {
-      const client = await RpcClient.connect(running.url, { token: options.token });
+      const client = await RpcClient.connect(running.url, { token: nodeToken(running) });
       clients.push(client);
       return client;
     },
@@ -46,6 +49,17 @@ export async function startTestNode(
       await rm(dataDir, { recursive: true, force: true });
     },
   };
+}
+
+/** The token a client must present to `running` (undefined when it runs with --insecure-no-auth). */
+export function nodeToken(running: RunningNode): string | undefined {
+  return running.auth.kind === 'token' ? running.auth.token : undefined;
+}
+
+/** Headers for a raw `ws` client of `running` (tests that send malformed frames). */
+export function authHeaders(running: RunningNode): { headers: Record<string, string> } {
+  const token = nodeToken(running);
+  return { headers: token === undefined ? {} : { Authorization: `Bearer ${token}` } };
 }
 
 /** Resolves with the RPC error a call fails with; fails the test if the call succeeds. */

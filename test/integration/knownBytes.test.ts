@@ -55,7 +55,7 @@ describe('checks from outside', () => {
 
   it('runs `lvnode demo` against the node: stop, re-register to the locally computed value, preempting delete', async () => {
     const { code, stdout } = await new Promise<{ code: number; stdout: string }>((resolve) => {
-      const child = spawn(process.execPath, ['bin/lvnode.mjs', 'demo', '--url', node.running.url, '--size-mib', '128']);
+      const child = spawn(process.execPath, ['bin/lvnode.mjs', 'demo', '--url', node.running.url, '--data-dir', node.dataDir, '--size-mib', '128']);
       let out = '';
       child.stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
       child.on('close', (exitCode) => resolve({ code: exitCode ?? -1, stdout: out }));

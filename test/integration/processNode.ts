@@ -6,6 +6,9 @@ import { RpcClient } from '../../src/cli/rpcClient.ts';
 const repoRoot = fileURLToPath(new URL('../../', import.meta.url));
 const binPath = fileURLToPath(new URL('../../bin/lvnode.mjs', import.meta.url));
 const readyPattern = /lvnode serving JSON-RPC at (ws:\/\/\S+)/;
+// Printed right after the URL: the dashboard's link, with the node's own token unless --token
+// or --insecure-no-auth was given.
+const dashboardPattern = /lvnode dashboard at (http:\/\/\S+)/;
 const readyTimeoutMs = 20_000;
 const exitTimeoutMs = 15_000;
 
@@ -17,6 +20,10 @@ export interface ProcessExit {
 export interface NodeProcess {
   readonly child: ChildProcess;
   readonly url: string;
+  /** The dashboard's link as printed (with `?token=` when the node made its own token). */
+  readonly dashboardUrl: string;
+  /** What clients present: the printed token, or `--token`'s; undefined under --insecure-no-auth. */
+  readonly token: string | undefined;
   /** Resolves when the process has exited (it never rejects). */
   readonly exited: Promise<ProcessExit>;
   stdout(): string;
@@ -36,7 +43,7 @@ export interface SpawnOptions {
   configFile?: string;
   /** Log threshold of the child (its JSON lines go to stderr). */
   logLevel?: 'debug' | 'info' | 'warn' | 'error';
-  /** More `lvnode serve` flags (e.g. `--token`). */
+  /** More `lvnode serve` flags (e.g. `--token`, `--insecure-no-auth`). */
   extraArgs?: string[];
 }
 
@@ -59,14 +66,15 @@ export async function spawnNode(options: SpawnOptions): Promise<NodeProcess> {
   const exited = new Promise<ProcessExit>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
   const clients: RpcClient[] = [];
 
-  const url = await new Promise<string>((resolve, reject) => {
+  const [url, dashboardUrl] = await new Promise<[string, string]>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`lvnode did not start within ${readyTimeoutMs} ms; stderr:\n${stderr}`)), readyTimeoutMs);
     const onData = () => {
       const match = readyPattern.exec(stdout);
-      if (!match) return;
+      const dashboard = dashboardPattern.exec(stdout);
+      if (!match || !dashboard) return;
       clearTimeout(timer);
       child.stdout!.off('data', onData);
-      resolve(match[1]!);
+      resolve([match[1]!, dashboard[1]!]);
     };
     child.stdout!.on('data', onData);
     void exited.then(({ code, signal }) => {
@@ -85,9 +93,12 @@ export async function spawnNode(options: SpawnOptions): Promise<NodeProcess> {
     await closeClients();
     return result;
   };
+  const token = new URL(dashboardUrl).searchParams.get('token') ?? givenToken(options.extraArgs ?? []);
   const handle: NodeProcess = {
     child,
     url,
+    dashboardUrl,
+    token,
     exited,
     stdout: () => stdout,
     stderr: () => stderr,
@@ -101,7 +112,7 @@ export async function spawnNode(options: SpawnOptions): Promise<NodeProcess> {
         }
       }),
     connect: async () => {
-      const client = await RpcClient.connect(url);
+      const client = await RpcClient.connect(url, { token });
       // A client whose server was killed sees errors on its socket; they are expected here.
       client.raw.on('error', () => {});
       clients.push(client);
@@ -123,6 +134,11 @@ export async function spawnNode(options: SpawnOptions): Promise<NodeProcess> {
   live.add(handle);
   void exited.then(() => live.delete(handle));
   return handle;
+}
+
+function givenToken(args: readonly string[]): string | undefined {
+  const index = args.indexOf('--token');
+  return index === -1 ? undefined : args[index + 1];
 }
 
 /** SIGKILLs every node this module started that is still running (for afterEach, also on failure). */

@@ -10,7 +10,7 @@ import type { InspectionRecord } from '../../src/actors/inspector.ts';
 import { nativeCrc } from '../../src/checksum/native.ts';
 import type { RpcClient } from '../../src/cli/rpcClient.ts';
 import { parseJson } from '../../src/transport/json64.ts';
-import { type TestNode, rpcError, startTestNode } from './helpers.ts';
+import { type TestNode, authHeaders, rpcError, startTestNode } from './helpers.ts';
 
 let node: TestNode;
 let client: RpcClient;
@@ -26,7 +26,7 @@ afterAll(async () => {
 
 /** Sends raw text on a fresh socket and returns the first reply, parsed exactly. */
 async function rawExchange(text: string): Promise<Record<string, unknown>> {
-  const socket = new WebSocket(node.running.url);
+  const socket = new WebSocket(node.running.url, authHeaders(node.running));
   await new Promise((resolve) => socket.once('open', resolve));
   const reply = new Promise<string>((resolve) => socket.once('message', (data) => resolve(data.toString())));
   socket.send(text);
@@ -311,7 +311,7 @@ describe('bad input', () => {
   });
 
   it('closes a connection that sends a frame over the limit and keeps serving the others', async () => {
-    const socket = new WebSocket(node.running.url);
+    const socket = new WebSocket(node.running.url, authHeaders(node.running));
     await new Promise((resolve) => socket.once('open', resolve));
     const closed = new Promise<number>((resolve) => socket.once('close', (code) => resolve(code)));
     socket.send('x'.repeat(2 * 1024 * 1024));
@@ -323,7 +323,7 @@ describe('bad input', () => {
 describe('lvnode rpc (the CLI client)', () => {
   function runCli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
     return new Promise((resolve) => {
-      const child = spawn(process.execPath, ['bin/lvnode.mjs', 'rpc', ...args, '--url', node.running.url], { cwd: process.cwd() });
+      const child = spawn(process.execPath, ['bin/lvnode.mjs', 'rpc', ...args, '--url', node.running.url, '--data-dir', node.dataDir], { cwd: process.cwd() });
       let stdout = '';
       let stderr = '';
       child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));

@@ -23,7 +23,7 @@ function get(path: string, options: { method?: string; headers?: Record<string, 
 
 beforeAll(async () => {
   files = new StaticFiles(() => buildDashboard());
-  server = await startRpcServer({ host: '127.0.0.1', port: 0, dispatcher: createDispatcher({}, { allowBatch: false }), httpHandler: files.handle, log: () => {} });
+  server = await startRpcServer({ host: '127.0.0.1', port: 0, dispatcher: createDispatcher({}, { allowBatch: false }), insecureNoAuth: true, httpHandler: files.handle, log: () => {} });
   expect(await files.loaded()).toBeUndefined();
 });
 

@@ -39,6 +39,7 @@ describe('replies in pieces', () => {
       host: '127.0.0.1',
       port: 0,
       dispatcher: createDispatcher(table, { allowBatch: true }),
+      insecureNoAuth: true,
       log: () => {},
       // A turn after every frame, so that other sends surely fall between two of them.
       limits: { replySliceMs: 0 },

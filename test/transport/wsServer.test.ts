@@ -113,6 +113,8 @@ async function startFixture(options: Partial<RpcServerOptions> = {}): Promise<Fi
     port: 0,
     dispatcher,
     log: (record) => logs.push(record),
+    // Without a token the fixture says so by name, as lvnode serve --insecure-no-auth does.
+    ...(options.token ? {} : { insecureNoAuth: true }),
     ...options,
   });
   servers.push(server);
@@ -197,7 +199,8 @@ describe('startRpcServer', () => {
   it('refuses to listen on a non-loopback address without a token', async () => {
     // Goal: an unauthenticated node is never reachable from the network.
     const dispatcher = createDispatcher({}, { allowBatch: true });
-    await expect(startRpcServer({ host: '0.0.0.0', port: 0, dispatcher })).rejects.toThrow(/without a token/);
+    await expect(startRpcServer({ host: '0.0.0.0', port: 0, dispatcher, insecureNoAuth: true })).rejects.toThrow(/without a token/);
+    await expect(startRpcServer({ host: '127.0.0.1', port: 0, dispatcher })).rejects.toThrow(/needs a token/);
   });
 
   it('answers a later fast request before an earlier slow one on the same connection', async () => {

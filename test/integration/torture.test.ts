@@ -22,8 +22,9 @@
 // - A new thick lvol reads zeros, crash or not; the clusters in use are exactly those the lvols
 //   own (no leak after a crash). A write refused with ENOSPC changes nothing.
 //
-// `npm test` runs a few short seeds; LVNODE_TORTURE_MINUTES=N runs seeds for N minutes;
-// LVNODE_TORTURE_SEED=S reruns one seed. A failure prints the seed and every step before it.
+// `npm test` runs a few short seeds; LVNODE_TORTURE_MINUTES=N runs seeds (from 1000, or from
+// LVNODE_TORTURE_SEED) for N minutes; LVNODE_TORTURE_SEED=S alone reruns one seed, for
+// LVNODE_TORTURE_STEPS steps (default 120). A failure prints the seed and every step before it.
 import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {

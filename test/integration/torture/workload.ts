@@ -96,7 +96,10 @@ export async function thickCreateIntoFreeSpace(ctx: Context): Promise<string> {
 async function randomDelete(ctx: Context): Promise<string> {
   const all = [...ctx.model.volumes.values()];
   const merging = snapshots(ctx).filter((volume) => ctx.model.children(volume.name).length === 1);
-  const target = merging.length > 0 && chance(ctx, 0.5) ? pick(ctx, merging) : pick(ctx, all);
+  // Often the newest such snapshot: the usual "delete my last snapshot", merging into a volume
+  // that may have been resized since.
+  const newest = merging.at(-1);
+  const target = newest && chance(ctx, 0.6) ? (chance(ctx, 0.5) ? newest : pick(ctx, merging)) : pick(ctx, all);
   return deleteLvol(ctx, target.name);
 }
 

@@ -104,7 +104,7 @@ async function serve(args: string[]): Promise<number> {
     dataDir,
     listen: values.listen ?? serveDefaults.listen,
     configFile: values.config,
-    token: values.token ?? process.env.LVNODE_TOKEN,
+    token: values.token ?? (process.env.LVNODE_TOKEN || undefined), // an empty variable is an unset one
     insecureNoAuth: values['insecure-no-auth'] ?? false,
     defaultDiskBytes: values['default-disk-size'] ? parseSize(values['default-disk-size']) : serveDefaults.defaultDiskBytes,
     statelyInspectUrl: inspect === undefined ? undefined : (inspect.split('=')[1] ?? 'ws://localhost:8080'),

@@ -28,7 +28,7 @@ export function nodeUrl(flags: NodeConnectionFlags): string {
  */
 export async function connectToNode(flags: NodeConnectionFlags): Promise<RpcClient> {
   const url = nodeUrl(flags);
-  const given = flags.token ?? process.env.LVNODE_TOKEN;
+  const given = flags.token ?? (process.env.LVNODE_TOKEN || undefined);
   if (given !== undefined) return RpcClient.connect(url, { token: given });
   const found = await readNodeToken(flags['data-dir'] ?? process.env.LVNODE_DATA_DIR ?? dataDirDefault);
   try {

@@ -45,13 +45,18 @@ export interface SpawnOptions {
   logLevel?: 'debug' | 'info' | 'warn' | 'error';
   /** More `lvnode serve` flags (e.g. `--token`, `--insecure-no-auth`). */
   extraArgs?: string[];
+  /**
+   * `bin/lvnode.mjs` of an older checkout, which prints no dashboard line (to show a test red on
+   * the old code); its token is then `--token`'s, if given.
+   */
+  legacyBin?: string;
 }
 
 const live = new Set<NodeProcess>();
 
 /** Starts `lvnode serve` on an ephemeral loopback port and resolves once it printed its URL. */
 export async function spawnNode(options: SpawnOptions): Promise<NodeProcess> {
-  const args = [binPath, 'serve', '--data-dir', options.dataDir, '--listen', '127.0.0.1:0', '--default-disk-size', options.diskSize ?? '256M'];
+  const args = [options.legacyBin ?? binPath, 'serve', '--data-dir', options.dataDir, '--listen', '127.0.0.1:0', '--default-disk-size', options.diskSize ?? '256M'];
   if (options.configFile) args.push('--config', options.configFile);
   if (options.extraArgs) args.push(...options.extraArgs);
   const child = spawn(process.execPath, args, {
@@ -70,7 +75,7 @@ export async function spawnNode(options: SpawnOptions): Promise<NodeProcess> {
     const timer = setTimeout(() => reject(new Error(`lvnode did not start within ${readyTimeoutMs} ms; stderr:\n${stderr}`)), readyTimeoutMs);
     const onData = () => {
       const match = readyPattern.exec(stdout);
-      const dashboard = dashboardPattern.exec(stdout);
+      const dashboard = dashboardPattern.exec(stdout) ?? (options.legacyBin && match ? [, match[1]!.replace(/^ws:/, 'http:')] : null);
       if (!match || !dashboard) return;
       clearTimeout(timer);
       child.stdout!.off('data', onData);

@@ -1,113 +1,164 @@
-// Goal: walk the lvol checksum machine with createTestModel (xstate/graph) and replay every
-// simple path against a real LvolActor on a simulated device whose reads are released one by
-// one, checking after each step that the real actor is in exactly the model's state.
+// Goal: hold the lvol checksum walk to an independent specification of what a client observes
+// (test/machines/lvolChecksumSpec.ts, written from SPEC §6, not from the machine), by walking that
+// spec with xstate/graph and replaying every path against a real LvolActor, the production
+// machine with its real per-cluster step, on a simulated device of known bytes whose reads the
+// test releases one by one. After every step the answers, the status and the last notification,
+// the reads at the device, the stored value and the saved position must be what the spec says;
+// the CRCs come from a bit-by-bit CRC-64/GO-ISO in the test, not from src/checksum.
+import { isDeepStrictEqual } from 'node:util';
 import { describe, expect, it } from 'vitest';
-import { type AnyStateMachine, createMachine, waitFor } from 'xstate';
-import { createTestModel } from 'xstate/graph';
+import { fromTransition } from 'xstate';
+import { TestModel } from 'xstate/graph';
 import { InspectionHub } from '../../src/actors/inspector.ts';
-import { LvolActor } from '../../src/actors/lvolActor.ts';
+import { type ChecksumStatus, LvolActor } from '../../src/actors/lvolActor.ts';
 import type { WalkAdmission } from '../../src/actors/scheduler.ts';
 import { SimulatedDevice } from '../../src/device/simulatedDevice.ts';
 import { isStorageError } from '../../src/errors.ts';
-import { type ClusterStepOutput, type LvolEvent, lvolMachine } from '../../src/machines/lvolMachine.ts';
 import { seededRuntime } from '../../src/runtime.ts';
 import { Lvstore } from '../../src/store/lvstore.ts';
 import { type MetadataChange, type MetadataLog, MemoryMetadataLog } from '../../src/store/metadata.ts';
+import { materialize, vectors } from '../checksum/vectors.ts';
+import { crc64Oracle, crc64OracleChained } from './crc64Oracle.ts';
+import {
+  type Answer,
+  type Answers,
+  type Observation,
+  type Phase,
+  type SpecEvent,
+  type SpecState,
+  type Volume,
+  expectedObservation,
+  initialSpecState,
+  preemptingOperation,
+  specEvents,
+  specKey,
+  specTransition,
+} from './lvolChecksumSpec.ts';
 
-// xstate/graph describes paths with JSON.stringify of the whole snapshot, whose context holds the
-// running CRC as a bigint. This test worker (vitest isolates each file) lets it print as a string.
-Object.defineProperty(BigInt.prototype, 'toJSON', {
-  value(this: bigint) {
-    return this.toString();
-  },
-  configurable: true,
+// The bytes of the snapshot come from this seed; set LVNODE_LVOL_SPEC_SEED to replay another.
+const seed = Number(process.env.LVNODE_LVOL_SPEC_SEED ?? 19);
+const clusterBytes = 16 * 1024;
+const clusterCount = 5;
+// Clusters 1 and 4 are not owned: the walk must skip them, and a resume after cluster 0 goes on at 2.
+const ownedClusters: readonly number[] = [0, 2, 3];
+// If the spec or its bounds change, these change: a model that shrinks is noticed here.
+const expectedSpecStates = 240;
+const expectedSpecTransitions = 1104;
+const expectedPaths = 865;
+// How long a step may take to show what the spec says. Generous: the addon's CRC threads run at
+// idle priority, and in a busy suite a cluster's CRC was seen to wait over 250 ms for a core. A
+// correct step ends the wait as soon as it shows; only a failing one waits this long.
+const settleMsMax = 10_000;
+
+/** Deterministic bytes per owned cluster (xorshift32), so that a CRC folded out of order differs. */
+function clusterData(clusterIndex: number): Buffer {
+  let state = (Math.imul(seed, 0x9e3779b1) ^ Math.imul(clusterIndex + 1, 0x85ebca6b)) >>> 0 || 1;
+  const bytes = Buffer.alloc(clusterBytes);
+  for (let offset = 0; offset < clusterBytes; offset++) {
+    state ^= state << 13;
+    state >>>= 0;
+    state ^= state >>> 17;
+    state ^= state << 5;
+    state >>>= 0;
+    bytes[offset] = state & 0xff;
+  }
+  return bytes;
+}
+
+const data = new Map(ownedClusters.map((clusterIndex) => [clusterIndex, clusterData(clusterIndex)]));
+// Computed once: the bit-by-bit oracle is slow, and every step asks.
+const crcOfFirst = ownedClusters.map((_, count) => crc64OracleChained(ownedClusters.slice(0, count).map((clusterIndex) => data.get(clusterIndex)!)));
+crcOfFirst.push(crc64OracleChained(ownedClusters.map((clusterIndex) => data.get(clusterIndex)!)));
+const clusterCrcs = new Map([...data].map(([clusterIndex, bytes]) => [clusterIndex, crc64Oracle(0n, bytes)]));
+const volume: Volume = {
+  clusterCount,
+  clusterBytes,
+  ownedClusters,
+  crcOfFirst: (count) => crcOfFirst[count]!,
+  clusterCrc: (clusterIndex) => clusterCrcs.get(clusterIndex)!,
+};
+
+/** The first owned cluster at or after `clusterIndex`, from the test's own layout; null past the end. */
+function firstOwnedFrom(clusterIndex: number): number | null {
+  return ownedClusters.find((owned) => owned >= clusterIndex) ?? null;
+}
+
+// --- The model: the spec as actor logic, walked by xstate/graph --------------------------------
+
+const specLogic = fromTransition((state: SpecState, event: SpecEvent) => specTransition(state, event, ownedClusters.length), initialSpecState);
+type SpecSnapshot = ReturnType<typeof specLogic.getInitialSnapshot>;
+const model = new TestModel(specLogic, {
+  events: (snapshot: SpecSnapshot) => specEvents(snapshot.context),
+  serializeState: (snapshot: SpecSnapshot) => specKey(snapshot.context),
+  serializeEvent: (event: SpecEvent) => JSON.stringify(event),
 });
 
-const clusterBytes = 64 * 1024;
-// The snapshot owns clusters 0 and 2 of 3: the walk must skip cluster 1.
-const ownedClusters = [0, 2];
-const clusterCount = 3;
-
-type ModelSnapshot = ReturnType<ReturnType<typeof createTestModel<typeof lvolMachine>>['getShortestPaths']>[number]['state'];
+interface SpecPath {
+  readonly description: string;
+  readonly steps: ReadonlyArray<{ event: SpecEvent; state: SpecState }>;
+}
 
 /**
- * xstate/graph refuses machines with invocations, because a pure walk cannot run them. The model
- * is therefore lvolMachine's own config and implementations with each invoke turned into what it
- * means to the machine: transitions on the invoked actor's done and error events. The real actor
- * below runs the real invocations.
+ * Transition coverage: for every spec state, its shortest path followed by each event the spec
+ * offers there. Paths that are the start of a longer one are dropped; every transition stays.
+ * The states along a path are replayed through the spec here: xstate/graph keeps one state per
+ * key, and the answers of a step are not part of the key.
  */
-function withInvocationsAsEvents(config: Record<string, unknown>): Record<string, unknown> {
-  const copy: Record<string, unknown> = { ...config };
-  if (copy.invoke) {
-    const invoke = copy.invoke as { id: string; onDone?: unknown; onError?: unknown };
-    copy.on = {
-      ...(copy.on as object | undefined),
-      [`xstate.done.actor.${invoke.id}`]: invoke.onDone,
-      [`xstate.error.actor.${invoke.id}`]: invoke.onError,
-    };
-    delete copy.invoke;
+function transitionCoveringPaths(): SpecPath[] {
+  const all: SpecPath[] = [];
+  for (const toState of model.getShortestPaths({ allowDuplicatePaths: true })) {
+    const events = toState.steps.map((step) => step.event).filter((event) => (event.type as string) !== 'xstate.init');
+    for (const last of specEvents(toState.state.context)) all.push(replay([...events, last]));
   }
-  if (copy.states) {
-    copy.states = Object.fromEntries(
-      Object.entries(copy.states as Record<string, Record<string, unknown>>).map(([key, child]) => [key, withInvocationsAsEvents(child)]),
-    );
-  }
-  return copy;
+  const extended = new Set(all.flatMap((path) => prefixesOf(path.description)));
+  const unique = new Map(all.filter((path) => !extended.has(path.description)).map((path) => [path.description, path]));
+  return [...unique.values()];
 }
 
-const modelMachine = createMachine(
-  withInvocationsAsEvents(lvolMachine.config as unknown as Record<string, unknown>) as never,
-  lvolMachine.implementations as never,
-) as unknown as typeof lvolMachine & AnyStateMachine;
-
-/** What must match between model and real actor: the state and the walk's position. */
-function signature(snapshot: { value: unknown; context: ModelSnapshot['context'] }): string {
-  const progress = snapshot.context.progress;
-  return JSON.stringify({
-    value: snapshot.value,
-    done: progress?.clustersDone ?? null,
-    next: progress?.nextClusterIndex ?? null,
-    reason: progress?.reason ?? null,
-    restored: snapshot.context.restoredChecksum,
+function replay(events: readonly SpecEvent[]): SpecPath {
+  let state = initialSpecState;
+  const steps = events.map((event) => {
+    state = specTransition(state, event, ownedClusters.length);
+    return { event, state };
   });
+  return { description: events.map(describeEvent).join(' → '), steps };
 }
 
-function stateOf(snapshot: ModelSnapshot): { checksum: string; io: string } {
-  return snapshot.value as { checksum: string; io: string };
+function prefixesOf(description: string): string[] {
+  const parts = description.split(' → ');
+  return parts.slice(1).map((_, index) => parts.slice(0, index + 1).join(' → '));
 }
 
-/** The output the real step will produce next, from the model's position. */
-function nextStepOutput(snapshot: ModelSnapshot, failing: boolean): ClusterStepOutput {
-  const from = snapshot.context.progress?.nextClusterIndex ?? 0;
-  const next = ownedClusters.find((index) => index >= from);
-  if (failing && next !== undefined) return { kind: 'error', message: 'simulated', atMs: 0 };
-  return next === undefined ? { kind: 'end', atMs: 0 } : { kind: 'cluster', clusterIndex: next, crc: 0n, bytes: clusterBytes, atMs: 0 };
+function describeEvent(event: SpecEvent): string {
+  if (event.type !== 'register') return event.type;
+  return `register(${event.mode}${event.resume ? ', resume' : ''})`;
 }
 
-// Events the model may take in each state. Step completions are modelled as the done events of
-// the invoked actors; the real system produces them by releasing held I/O.
-function modelEvents(snapshot: ModelSnapshot): LvolEvent[] {
-  const { checksum, io } = stateOf(snapshot);
-  const events: LvolEvent[] = [];
-  if (['idle', 'aborted', 'done', 'failed'].includes(checksum)) {
-    events.push({ type: 'checksum.start', runId: 0, mode: 'whole', clustersTotal: ownedClusters.length, atMs: 0, resume: false });
-    if (checksum === 'aborted') {
-      events.push({ type: 'checksum.start', runId: 0, mode: 'whole', clustersTotal: ownedClusters.length, atMs: 0, resume: true });
-    }
+// --- The system under test: a real LvolActor over a real lvstore on a simulated device ---------
+
+/**
+ * Counts everything that may change what the test observes, so that waiting for a step to show
+ * its outcome sleeps until something happens instead of spinning: the CRC work of a step may run
+ * on the addon's idle-priority threads, which only get a core the event loop leaves free.
+ */
+class ChangeSignal {
+  count = 0;
+  private waiters: Array<() => void> = [];
+  readonly notify = (): void => {
+    this.count++;
+    for (const wake of this.waiters.splice(0)) wake();
+  };
+  /** Resolves at the first change after `count` was read, or after `ms`. */
+  after(count: number, ms: number): Promise<void> {
+    if (this.count !== count) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      this.waiters.push(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
   }
-  if (checksum === 'queued') events.push({ type: 'checksum.admit', atMs: 0 });
-  if (checksum === 'computing' || checksum === 'queued') {
-    events.push({ type: 'checksum.stop', reason: 'stopped', atMs: 0 });
-    events.push({ type: 'lvol.preempt', operation: 'bdev_lvol_delete', atMs: 0 });
-  }
-  if (['aborted', 'done', 'failed'].includes(checksum)) events.push({ type: 'checksum.invalidate' });
-  if (io === 'reading') {
-    events.push({ type: 'xstate.done.actor.clusterStep', output: nextStepOutput(snapshot, false) } as unknown as LvolEvent);
-    const failing = nextStepOutput(snapshot, true);
-    if (failing.kind === 'error') events.push({ type: 'xstate.done.actor.clusterStep', output: failing } as unknown as LvolEvent);
-  }
-  if (checksum === 'storing') events.push({ type: 'xstate.done.actor.storeChecksum', output: 0 } as unknown as LvolEvent);
-  return events;
 }
 
 /** A metadata log whose result stores wait until the test lets them through (to hold `storing`). */
@@ -115,10 +166,13 @@ class GatedLog implements MetadataLog {
   private readonly inner = new MemoryMetadataLog();
   private waiting: Array<() => void> = [];
   held = false;
+  constructor(private readonly changed: () => void) {}
   async append(changes: readonly MetadataChange[]): Promise<void> {
+    this.changed();
     const storesResult = changes.some((change) => change.type === 'checksum.store');
     if (this.held && storesResult) await new Promise<void>((resolve) => this.waiting.push(resolve));
     await this.inner.append(changes);
+    this.changed();
   }
   releaseAll(): void {
     for (const resolve of this.waiting.splice(0)) resolve();
@@ -129,7 +183,7 @@ class GatedLog implements MetadataLog {
   async close(): Promise<void> {}
 }
 
-/** A scheduler the test drives: a walk waits in `queued` until the model admits it. */
+/** A scheduler the test drives: a walk waits in `queued` until the spec admits it. */
 class ManualAdmission implements WalkAdmission {
   private readonly waiting = new Map<string, () => void>();
   request(lvolId: string, admit: () => void): void {
@@ -152,110 +206,260 @@ class ManualAdmission implements WalkAdmission {
   }
 }
 
-async function systemUnderTest() {
-  const device = new SimulatedDevice(16 * 1024 * 1024, 512);
-  const log = new GatedLog();
-  const runtime = seededRuntime(11);
+interface Request {
+  readonly kind: keyof Answers;
+  readonly done: Promise<void>;
+  answer?: Answer;
+  reported: boolean;
+}
+
+interface System {
+  readonly store: Lvstore;
+  readonly snapshotId: string;
+  readonly device: SimulatedDevice;
+  readonly log: GatedLog;
+  readonly admission: ManualAdmission;
+  readonly actor: LvolActor;
+  /** Lvol cluster indices of reads held at the device, oldest first. */
+  readonly held: number[];
+  readonly changes: ChangeSignal;
+  /** The last checksum notification the actor sent (state and progress). */
+  readonly notified: { last: Observation['notified'] };
+  readonly requests: Request[];
+}
+
+async function systemUnderTest(): Promise<System> {
+  const changes = new ChangeSignal();
+  const device = new SimulatedDevice(4 * 1024 * 1024, 512);
+  const log = new GatedLog(changes.notify);
+  const runtime = seededRuntime(seed);
   const store = await Lvstore.create(device, { name: 'lvs', clusterBytes, clearMethod: 'unmap' }, log, runtime);
   const lvol = await store.createLvol({ name: 'vol', clusterCount, thin: true });
-  for (const index of ownedClusters) await store.write(lvol.id, index * clusterBytes, Buffer.alloc(clusterBytes, index + 1));
+  for (const [clusterIndex, bytes] of data) await store.write(lvol.id, clusterIndex * clusterBytes, bytes);
   const snapshot = await store.snapshot(lvol.id, 'snap', {});
+  // Reads are told apart by where they land on the device, mapped back to the snapshot's clusters.
+  const clusterAtOffset = new Map(ownedClusters.map((clusterIndex) => [store.ownedClusterOffsetBytes(snapshot.id, clusterIndex), clusterIndex]));
+  const held: number[] = [];
+  device.onIoStart = (kind, offsetBytes) => {
+    if (kind === 'read') held.push(clusterAtOffset.get(offsetBytes) ?? -1);
+    changes.notify();
+  };
   log.held = true;
   device.holdOneByOne();
   const admission = new ManualAdmission();
-  const actor = new LvolActor(snapshot.id, store, runtime, new InspectionHub(), () => {}, { admission });
-  return { device, log, actor, admission };
+  const notified = { last: { state: 'idle' as Phase, clusters_done: 0 } };
+  const listener = (_lvolId: string, status: ChecksumStatus): void => {
+    notified.last = { state: status.state as Phase, clusters_done: status.clusters_done };
+    changes.notify();
+  };
+  const actor = new LvolActor(snapshot.id, store, runtime, new InspectionHub(), listener, { admission });
+  actor.actor.subscribe(changes.notify);
+  return { store, snapshotId: snapshot.id, device, log, admission, actor, held, changes, notified, requests: [] };
+}
+
+function track(system: System, kind: keyof Answers, request: Promise<unknown>): void {
+  const entry: Request = {
+    kind,
+    reported: false,
+    done: request.then(
+      (value) => {
+        entry.answer = { ok: value === true };
+        system.changes.notify();
+      },
+      (error: unknown) => {
+        entry.answer = answerOfError(error);
+        system.changes.notify();
+      },
+    ),
+  };
+  system.requests.push(entry);
+}
+
+function answerOfError(error: unknown): Answer {
+  // Anything but a StorageError is a bug; it shows in the diff of the answers rather than escaping.
+  if (!isStorageError(error)) return { unexpected: String(error) } as unknown as Answer;
+  if (error.errno === 'EINTR') return { errno: 'EINTR', data: error.data as Extract<Answer, { errno: 'EINTR' }>['data'] };
+  return { errno: error.errno as 'EEXIST' | 'ESRCH' | 'EIO' };
+}
+
+function releaseHeldRead(system: System, fails: boolean): void {
+  if (fails) system.device.setFaults({ failReadAt: 1 });
+  if (!system.device.releaseOne()) throw new Error('the spec has a cluster read in flight; the device holds none');
+  system.held.shift();
+}
+
+/** Makes the system do what the spec event says: a client request, or the scheduler or device acting. */
+function perform(system: System, event: SpecEvent): void {
+  const { actor } = system;
+  switch (event.type) {
+    case 'register':
+      return track(system, 'register', actor.register(event.mode, event.resume));
+    case 'stop':
+      return track(system, 'stop', actor.stop());
+    case 'preempt':
+      return track(system, 'preempt', actor.preempt(preemptingOperation));
+    case 'invalidate':
+      return actor.invalidate();
+    case 'admit':
+      return system.admission.admitAll();
+    case 'admitRacingStop':
+      // In one tick, before the walk's first step could begin its read.
+      system.admission.admitAll();
+      return track(system, 'stop', actor.stop());
+    case 'readDone':
+      return releaseHeldRead(system, false);
+    case 'readFails':
+      return releaseHeldRead(system, true);
+    case 'storeDone':
+      return system.log.releaseAll();
+  }
+}
+
+function observe(system: System): Observation {
+  const status = system.actor.status();
+  const record = system.store.lvol(system.snapshotId);
+  const saved = record.savedProgress;
+  const answered = (kind: keyof Answers): Answer[] =>
+    system.requests.filter((request) => request.kind === kind && request.answer && !request.reported).map((request) => request.answer!);
+  const waiting = (kind: keyof Answers): number => system.requests.filter((request) => request.kind === kind && !request.answer).length;
+  return {
+    status: {
+      state: status.state as Phase,
+      mode: status.mode,
+      clusters_done: status.clusters_done,
+      clusters_total: status.clusters_total,
+      bytes_done: status.bytes_done,
+      reason: status.reason ?? null,
+      error: status.error !== undefined,
+      resumable: status.resumable,
+    },
+    notified: system.notified.last,
+    readsAtDevice: [...system.held],
+    resultWaiting: system.log.waitingCount > 0,
+    stored:
+      system.log.waitingCount > 0
+        ? 'unchecked'
+        : {
+            checksum: record.checksum,
+            rangeChecksums: record.rangeChecksums ? Array.from({ length: clusterCount }, (_, index) => record.rangeChecksums!.get(index)) : null,
+          },
+    savedPosition:
+      status.state !== 'aborted'
+        ? 'unchecked'
+        : saved
+          ? { clustersDone: saved.clustersDone, runningCrc: saved.runningCrc, resumesAt: firstOwnedFrom(saved.nextClusterIndex), reason: saved.reason }
+          : null,
+    answered: { register: answered('register'), stop: answered('stop'), preempt: answered('preempt') },
+    waiting: { register: waiting('register'), stops: waiting('stop'), preempts: waiting('preempt') },
+  };
 }
 
 const macrotask = () => new Promise((resolve) => setImmediate(resolve));
 
-async function untilHeld(count: () => number): Promise<void> {
-  for (let tries = 0; count() === 0 && tries < 1000; tries++) await macrotask();
+/**
+ * Lets the system run until it shows `expected` and keeps showing it for a few macrotasks (a stop
+ * answered too early, or a walk that runs on, shows up then), or until the time is up. Returns
+ * what it showed last; the answers in it count as reported.
+ */
+async function settleTo(system: System, expected: Observation): Promise<Observation> {
+  const deadline = performance.now() + settleMsMax;
+  let steady = 0;
+  let quietRounds = 0;
+  let changesSeen = system.changes.count;
+  let seen = observe(system);
+  while (steady < 4 && performance.now() < deadline) {
+    // A few macrotasks let promise chains and I/O callbacks run; then sleep until something changes.
+    if (quietRounds < 8) await macrotask();
+    else await system.changes.after(changesSeen, Math.max(0, deadline - performance.now()));
+    quietRounds = system.changes.count === changesSeen ? quietRounds + 1 : 0;
+    changesSeen = system.changes.count;
+    seen = observe(system);
+    steady = isDeepStrictEqual(seen, expected) ? steady + 1 : 0;
+  }
+  for (const request of system.requests) if (request.answer) request.reported = true;
+  return seen;
 }
 
-describe('lvol checksum machine, model-based', () => {
-  const model = createTestModel(modelMachine, {
-    events: modelEvents,
-    // xstate/graph also offers every event a state handles, payload-free; keep only modelled ones.
-    filterEvents: (snapshot, event) => modelEvents(snapshot as ModelSnapshot).some((candidate) => candidate.type === event.type),
-    serializeState: (snapshot) => signature(snapshot as ModelSnapshot),
-    serializeEvent: (event) => JSON.stringify(event, (_key, value: unknown) => (typeof value === 'bigint' ? String(value) : value)),
-  });
-  // Every simple path (no state twice, several hundred): resume, invalidation and
-  // failure sequences included. Deduplication would stringify events holding bigints: skip it.
-  const paths = model.getSimplePaths({ input: { lvolId: 'lvol-1', checksumStored: false }, allowDuplicatePaths: true });
+/** Ends whatever still runs and checks that nothing stayed held (SPEC §6.8). */
+async function shutDown(system: System): Promise<void> {
+  const { actor, device, log } = system;
+  device.release();
+  log.held = false;
+  log.releaseAll();
+  if (['queued', 'computing', 'stopping'].includes(actor.checksumState)) await actor.stop();
+  await Promise.all(system.requests.map((request) => request.done));
+  expect(actor.holdsReads).toBe(false);
+  actor.dispose();
+}
 
-  it('reaches every checksum state', () => {
-    const reached = new Set(paths.map((path) => stateOf(path.state).checksum));
-    expect([...reached].sort()).toEqual(['aborted', 'computing', 'done', 'failed', 'idle', 'queued', 'stopping', 'storing']);
+describe(`lvol checksum walk against its spec (SPEC §6; seed ${seed})`, () => {
+  const paths = transitionCoveringPaths();
+
+  it('has a CRC oracle that reproduces every known answer of test/fixtures/crc64.json', () => {
+    for (const vector of vectors.single) expect(crc64Oracle(0n, materialize(vector)), JSON.stringify(vector).slice(0, 80)).toBe(BigInt(vector.crc));
+    for (const vector of vectors.chained) expect(crc64OracleChained(vector.parts.map(materialize)), vector.what).toBe(BigInt(vector.crc));
   });
 
-  it.each(paths.map((path) => [path.steps.map((step) => step.event.type).join(' → ') || '(initial)', path] as const))(
-    'real actor follows %s',
-    async (_description, path) => {
-      const { device, log, actor, admission } = await systemUnderTest();
-      const pending: Array<Promise<unknown>> = [];
-      let previous: ModelSnapshot | undefined;
-      for (const step of path.steps) {
-        const event = step.event as LvolEvent & { output?: ClusterStepOutput };
-        // A stop that reaches the actor before the in-flight step started its read ends the walk
-        // without that read (`skipped`); the model's stop lands while the read is in flight, so
-        // wait until it is, whenever the step in flight is to read a cluster.
-        if (
-          (event.type === 'checksum.stop' || event.type === 'lvol.preempt') &&
-          previous &&
-          nextStepOutput(previous, false).kind === 'cluster'
-        ) {
-          await untilHeld(() => device.heldCount);
-        }
-        switch (event.type as string) {
-          case 'xstate.init':
-            break;
-          case 'checksum.start': {
-            const start = event as Extract<LvolEvent, { type: 'checksum.start' }>;
-            pending.push(actor.register(start.mode, start.resume).catch((error: unknown) => error));
-            break;
-          }
-          case 'checksum.admit':
-            admission.admitAll();
-            break;
-          case 'checksum.stop':
-            pending.push(actor.stop().catch((error: unknown) => error));
-            break;
-          case 'lvol.preempt':
-            pending.push(actor.preempt('bdev_lvol_delete'));
-            break;
-          case 'checksum.invalidate':
-            actor.invalidate();
-            break;
-          case 'xstate.done.actor.clusterStep':
-            if (event.output?.kind !== 'end') {
-              await untilHeld(() => device.heldCount);
-              if (event.output?.kind === 'error') device.setFaults({ failReadAt: 1 });
-              expect(device.releaseOne()).toBe(true);
-            }
-            break;
-          case 'xstate.done.actor.storeChecksum':
-            await untilHeld(() => log.waitingCount);
-            log.releaseAll();
-            break;
-          default:
-            throw new Error(`unmodelled event ${event.type}`);
-        }
-        const expected = signature(step.state as ModelSnapshot);
-        await waitFor(actor.actor, (snapshot) => signature(snapshot as unknown as ModelSnapshot) === expected, { timeout: 2000 });
-        previous = step.state as ModelSnapshot;
-      }
-      // Settle whatever is still running, then check nothing leaked (SPEC §6.8).
-      device.release();
-      log.held = false;
-      log.releaseAll();
-      if (['queued', 'computing', 'stopping'].includes(actor.checksumState)) await actor.stop();
-      for (const outcome of await Promise.all(pending)) {
-        if (outcome instanceof Error && !isStorageError(outcome)) throw outcome;
-      }
-      expect(actor.holdsReads).toBe(false);
-      actor.dispose();
-    },
-  );
+  it('walks a spec of fixed size that reaches every phase and every kind of answer', () => {
+    const adjacency = model.getAdjacencyMap();
+    const transitions = Object.values(adjacency).reduce((sum, vertex) => sum + Object.keys(vertex.transitions).length, 0);
+    expect({ states: Object.keys(adjacency).length, transitions, paths: paths.length }).toEqual({
+      states: expectedSpecStates,
+      transitions: expectedSpecTransitions,
+      paths: expectedPaths,
+    });
+    const states = paths.flatMap((path) => path.steps.map((step) => step.state));
+    expect(new Set(states.map((state) => state.phase))).toEqual(new Set(['idle', 'queued', 'computing', 'stopping', 'storing', 'aborted', 'done', 'failed']));
+    const answers = new Set(
+      states.flatMap((state) =>
+        (Object.entries(state.answered) as Array<[string, readonly Answer[]]>).flatMap(([kind, list]) =>
+          list.map((answer) => `${kind}:${'errno' in answer ? answer.errno : answer.ok}`),
+        ),
+      ),
+    );
+    expect([...answers].sort()).toEqual([
+      'preempt:false',
+      'preempt:true',
+      'register:EEXIST',
+      'register:EINTR',
+      'register:EIO',
+      'register:true',
+      'stop:ESRCH',
+      'stop:true',
+    ]);
+    // Resumes are walked from every position an aborted walk can stop at, the end included.
+    const resumedFrom = new Set(states.filter((state) => state.phase === 'queued').map((state) => state.walk!.clustersDone));
+    expect([...resumedFrom].sort()).toEqual([0, 1, 2, 3]);
+  });
+
+  // SPEC §9: a change is applied in memory only once durable. Today the lvstore applies a
+  // checksum.store to its record before the log append resolves (Lvstore.commit), so the value is
+  // readable while the append could still fail and undo it: issue 19 item 6, the store's to fix.
+  // When it is, this test fails ("expected to fail"): make it a plain `it`. Only the last
+  // assertion may fail: if the walk does not get to `storing` as the spec says, the body returns
+  // and the test fails for that.
+  it.fails('keeps a finished value out of the lvstore record until the log made it durable', async () => {
+    const system = await systemUnderTest();
+    const toStoring = replay([{ type: 'register', mode: 'whole', resume: false }, { type: 'admit' }, ...ownedClusters.map(() => ({ type: 'readDone' }) as const)]);
+    for (const step of toStoring.steps) {
+      perform(system, step.event);
+      if (!isDeepStrictEqual(await settleTo(system, expectedObservation(step.state, volume)), expectedObservation(step.state, volume))) return;
+    }
+    const visible = system.store.lvol(system.snapshotId).checksum;
+    await shutDown(system);
+    expect(visible, 'the checksum is in the record while its log append is held').toBeNull();
+  });
+
+  it.each(paths.map((path) => [path.description, path] as const))('answers as the spec says along %s', async (_description, path) => {
+    const system = await systemUnderTest();
+    let expected = expectedObservation(initialSpecState, volume);
+    expect(await settleTo(system, expected), `seed ${seed}, at the start`).toEqual(expected);
+    for (const [index, step] of path.steps.entries()) {
+      perform(system, step.event);
+      expected = expectedObservation(step.state, volume);
+      const seen = await settleTo(system, expected);
+      expect(seen, `seed ${seed}, step ${index + 1} (${describeEvent(step.event)}) of ${path.description}`).toEqual(expected);
+    }
+    await shutDown(system);
+  });
 });

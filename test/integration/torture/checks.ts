@@ -79,8 +79,9 @@ export async function checkEverything(ctx: Context, kind: CheckKind): Promise<vo
   for (const name of [...ctx.model.volumes.keys()]) {
     const num = listing.get(name)!;
     if (num.num_allocated_clusters > num.num_clusters) throw new Error(`${name} owns ${num.num_allocated_clusters} of its ${num.num_clusters} clusters`);
-    await ownedClusters(ctx, name);
+    // Bytes first: a wrong byte says more than a wrong cluster count.
     const violations = ctx.model.check(name, await readVolume(ctx, name, name === overNbd), kind);
     if (violations.length > 0) throw new Error(describeViolations(ctx, violations));
+    await ownedClusters(ctx, name);
   }
 }

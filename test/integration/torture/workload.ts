@@ -86,10 +86,13 @@ async function randomBurst(ctx: Context): Promise<string> {
   return nbdBurst(ctx, writes);
 }
 
-/** A thick lvol as large as the free space allows: it gets whatever clusters were freed last. */
-export async function thickCreateIntoFreeSpace(ctx: Context): Promise<string> {
+/**
+ * A thick lvol as large as the free space allows (after a crash: all of it, so it gets whatever
+ * clusters a cut delete or allocation left behind).
+ */
+export async function thickCreateIntoFreeSpace(ctx: Context, all = false): Promise<string> {
   const clustersPerMib = mibBytes / ctx.model.clusterBytes;
-  const sizeMib = Math.max(1, Math.min(sizeMibMax, Math.floor(ctx.freeClusters / clustersPerMib)));
+  const sizeMib = Math.max(1, Math.min(all ? Number.POSITIVE_INFINITY : sizeMibMax, Math.floor(ctx.freeClusters / clustersPerMib)));
   return createLvol(ctx, freshName(ctx, 't'), sizeMib, true, chance(ctx, 0.5) ? 'unmap' : 'write_zeroes');
 }
 
@@ -143,7 +146,8 @@ async function randomSetParent(ctx: Context): Promise<string> {
 /** One step among those that change what a crash can cut, with the crash set at its Nth write. */
 async function randomCrashDuring(ctx: Context): Promise<Step> {
   const kind = chance(ctx, 0.5) ? 'process' : 'power';
-  const writeNumber = 1 + int(ctx, 30);
+  // Mostly early: a delete's clearing and an allocation's data come in its first few writes.
+  const writeNumber = 1 + Math.floor(ctx.next() ** 2 * 30);
   const all = [...ctx.model.volumes.values()];
   const roll = ctx.next();
   if (all.length > 0 && roll < 0.4) {
@@ -209,8 +213,8 @@ async function crashBetweenSteps(ctx: Context): Promise<Step> {
 
 /** Runs one random step; after a crash, often a thick create next (it must read zeros). */
 export async function randomStep(ctx: Context, afterCrash: boolean): Promise<Step> {
-  if (afterCrash && chance(ctx, 0.6) && ctx.model.volumes.size < volumesMax + 1) {
-    return { description: await thickCreateIntoFreeSpace(ctx), check: 'step' };
+  if (afterCrash && chance(ctx, 0.75) && ctx.model.volumes.size < volumesMax + 1) {
+    return { description: await thickCreateIntoFreeSpace(ctx, true), check: 'step' };
   }
   const weighted = choices(ctx).filter(([weight]) => weight > 0);
   const total = weighted.reduce((sum, [weight]) => sum + weight, 0);

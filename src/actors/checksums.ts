@@ -75,8 +75,9 @@ export class ChecksumService {
     return this.registry.lvol(name).actor.stop();
   }
 
+  /** What durable metadata holds (a value whose append is in flight is not answered yet). */
   get(name: string): bigint {
-    const { lvol, actor } = this.registry.lvol(name);
+    const { lvol, actor } = this.registry.durableLvol(name);
     if (lvol.checksum !== null) return lvol.checksum;
     const status = actor.status();
     if (status.state === 'aborted') {
@@ -89,7 +90,7 @@ export class ChecksumService {
   }
 
   getRange(name: string, start: number, count: number): Array<{ cluster_index: number; checksum: bigint }> {
-    const { lvol } = this.registry.lvol(name);
+    const { lvol } = this.registry.durableLvol(name);
     const range = lvol.rangeChecksums ?? fail('ENOENT', `no range checksums registered for ${lvol.name}`);
     if (start >= range.length || start + count > range.length) {
       fail('EINVAL', `clusters ${start}..${start + count - 1} are outside 0..${range.length - 1}`);

@@ -391,9 +391,12 @@ export class LvolActor {
     const nowMs = this.runtime.nowMs();
     const aborting = state === 'aborted' && previous !== 'aborted';
     const periodic = state === 'computing' && nowMs - this.lastProgressSaveMs >= this.progressSaveIntervalMs;
-    if (progress && (aborting || periodic)) {
+    // A walk that failed leaves nothing to resume: a position an earlier stop saved would bring
+    // it back `aborted` after a restart (and resuming by itself, had it been preempted).
+    const failing = state === 'failed' && previous !== 'failed' && (this.store.record.lvols.get(this.lvolId)?.savedProgress ?? null) !== null;
+    if ((progress && (aborting || periodic)) || failing) {
       this.lastProgressSaveMs = nowMs;
-      const copy = copyProgress(progress);
+      const copy = failing ? null : copyProgress(progress!);
       const saved = this.progressSaved.then(() => this.store.saveChecksumProgress(this.lvolId, copy));
       this.progressSaved = saved.catch((error: unknown) =>
         log('error', 'saving checksum progress failed', { lvol: this.lvolId, error: String(error) }),

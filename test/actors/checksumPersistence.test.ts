@@ -72,6 +72,42 @@ describe('checksum state across a reload', () => {
   });
 });
 
+describe('a walk that fails after a stop', () => {
+  it('forgets the stopped position, so it does not come back aborted and resumable after a restart', async () => {
+    // Goal: a stopped walk saved its position; resumed, it fails on a read error. The saved
+    // position must go, or a restart shows the failed walk as a resumable stop.
+    const { device, store, snapshotId } = await setUp();
+    const actor = new LvolActor(snapshotId, store, seededRuntime(4), new InspectionHub(), () => {});
+    const outcome = actor.register('whole', false).catch((error: unknown) => error);
+    while (actor.status().clusters_done < 2) await new Promise((resolve) => setImmediate(resolve));
+    await actor.stop();
+    await outcome;
+    actor.dispose();
+    const reloaded = await reload(device, 13);
+    expect(reloaded.lvol(snapshotId).savedProgress).not.toBeNull();
+    const restored = new LvolActor(snapshotId, reloaded, seededRuntime(14), new InspectionHub(), () => {});
+    const readInto = reloaded.device.readInto.bind(reloaded.device);
+    reloaded.device.readInto = async () => {
+      throw Object.assign(new Error('injected read failure'), { code: 'EIO' });
+    };
+    const logLevel = process.env.LVNODE_LOG_LEVEL;
+    process.env.LVNODE_LOG_LEVEL = 'silent';
+    const failed = await restored.register('whole', true).catch((error: unknown) => error);
+    process.env.LVNODE_LOG_LEVEL = logLevel;
+    expect(failed).toBeInstanceOf(Error);
+    expect(restored.status().state).toBe('failed');
+    reloaded.device.readInto = readInto;
+    // The position is forgotten by a journal record of its own, after the failure is known.
+    for (let turn = 0; turn < 10_000 && reloaded.durableLvol(snapshotId)?.savedProgress !== null; turn++) await new Promise((resolve) => setImmediate(resolve));
+    restored.dispose();
+    const again = await reload(reloaded.device as CrashableDevice, 15);
+    expect(again.lvol(snapshotId).savedProgress).toBeNull();
+    const fresh = new LvolActor(snapshotId, again, seededRuntime(16), new InspectionHub(), () => {});
+    expect(fresh.status().state).not.toBe('aborted');
+    expect(fresh.status().resumable).toBe(false);
+  });
+});
+
 describe('a walk running at a crash', () => {
   it('comes back aborted at its last saved position and resumes to the full value', async () => {
     const { device, store, snapshotId, expected } = await setUp();

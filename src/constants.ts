@@ -103,6 +103,7 @@ export const nbdPreferredBlockBytes = 4096;
 // connection stops reading its socket until bytes are released.
 export const nbdPayloadBytesInFlightPerConnectionMax = 64 * mibBytes;
 export const nbdPayloadBytesInFlightNodeMax = 256 * mibBytes;
+// Connections serving an export (each reads its socket into a 256 KiB buffer of its own).
 export const nbdConnectionsMax = 256;
 export const nbdInFlightPerConnectionMax = 256;
 // Handshake: option data longer than this is discarded unread and refused (NBD_REP_ERR_TOO_BIG);
@@ -113,10 +114,14 @@ export const nbdOptionBytesMax = 16 * kibBytes;
 export const nbdHandshakeOptionsMax = 256;
 export const nbdHandshakeTimeoutMs = 5000;
 // Connections still in the handshake (not yet serving an export). At this many, a new connection
-// first drops the one that got least far (no client flags, then pre-option or pre-TLS, then
-// mid-TLS), longest idle first: a flood of connections that never finish cannot keep a client
-// that does from connecting. Clients already serving an export are never dropped for a newcomer.
-export const nbdHandshakingConnectionsMax = 64;
+// first drops one that got least far (pre-option or pre-TLS, then mid-TLS), longest idle first: a
+// flood of connections that never finish cannot keep a client that does from connecting. It is
+// several accept batches (the listen backlog) large, so a client that is still handshaking
+// survives the accepts of a few event-loop turns of a flood between its own steps. An idle
+// handshake costs a socket and a few KiB (a read buffer's untouched pages are never committed).
+export const nbdHandshakingConnectionsMax = 2048;
+// Connections the kernel queues for the node to accept (Node's default, said explicitly).
+export const nbdListenBacklog = 511;
 // Dropped handshakes are logged at most once per this interval (a flood would otherwise flood the log).
 export const nbdDropLogIntervalMs = 10_000;
 // TLS-PSK key file (--nbd-tls-psk, psktool's "identity:hexkey" lines as qemu-nbd and nbdkit read
@@ -169,7 +174,7 @@ assert.ok(ioBytesMax <= payloadBytesInFlightPerConnectionMax && payloadBytesInFl
 assert.ok(nbdPayloadBytesMax <= nbdPayloadBytesInFlightPerConnectionMax && nbdPayloadBytesInFlightPerConnectionMax <= nbdPayloadBytesInFlightNodeMax);
 assert.ok(nbdPreferredBlockBytes >= Math.max(...blockSizesAllowed) && nbdPreferredBlockBytes <= nbdPayloadBytesMax, 'NBD block sizes are ordered');
 assert.ok(nbdOptionBytesMax >= nbdStringBytesMax + 8, 'an option can carry a maximal export name');
-assert.ok(nbdHandshakingConnectionsMax < nbdConnectionsMax, 'handshakes cannot take every connection slot');
+assert.ok(nbdHandshakingConnectionsMax >= 4 * nbdListenBacklog, 'a handshaking client outlives several accept batches of a flood');
 assert.ok(nbdPskKeyBytesMin <= nbdPskKeyBytesMax);
 
 // A reply written in pieces (a long listing) holds the event loop at most this long per turn, on

@@ -3,6 +3,9 @@
 // Tests that need them skip with the reason when one is missing, unless LVNODE_REQUIRE_NBD_CLIENTS=1
 // (CI sets it after installing them), in which case a missing client fails the run.
 import { type ChildProcess, execFile, spawn, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 
 export const nbdClientTools = ['qemu-io', 'qemu-img', 'nbdinfo', 'nbdcopy'] as const;
 
@@ -74,4 +77,43 @@ export class InteractiveQemuIo {
     this.child.stdin!.end('quit\n');
     await this.exited;
   }
+}
+
+/** A TLS-PSK identity and its key. */
+export interface PskKey {
+  readonly identity: string;
+  readonly key: Buffer;
+}
+
+/** A fresh 256-bit key for `identity` (what `psktool -u IDENTITY` makes). */
+export function newPskKey(identity = 'qemu'): PskKey {
+  return { identity, key: randomBytes(32) };
+}
+
+/**
+ * Writes psktool's format (`identity:hexkey` lines) to `path`, mode 0600, and the same keys as
+ * `keys.psk` in `qemuDir` when given (qemu's tls-creds-psk reads a directory).
+ */
+export async function writePskFile(path: string, keys: readonly PskKey[], qemuDir?: string): Promise<void> {
+  const text = keys.map((entry) => `${entry.identity}:${entry.key.toString('hex')}\n`).join('');
+  await writeFile(path, text, { mode: 0o600 });
+  if (qemuDir !== undefined) {
+    await mkdir(qemuDir, { recursive: true, mode: 0o700 });
+    await writeFile(join(qemuDir, 'keys.psk'), text, { mode: 0o600 });
+  }
+}
+
+/** qemu's arguments for a TLS-PSK client object `tls0` reading `qemuDir`/keys.psk as `identity`. */
+export function qemuTlsObject(qemuDir: string, identity: string): string[] {
+  return ['--object', `tls-creds-psk,id=tls0,endpoint=client,dir=${qemuDir},username=${identity}`];
+}
+
+/** qemu's --image-opts for an NBD export over TCP with TLS object `tls0`. */
+export function qemuTlsImage(host: string, port: number, exportName: string): string {
+  return `driver=nbd,host=${host},port=${port},export=${exportName},tls-creds=tls0`;
+}
+
+/** libnbd's URI (nbdinfo, nbdcopy) for an export over TCP with TLS-PSK (libnbd 1.14 takes the identity as the URI's user). */
+export function libnbdTlsUri(host: string, port: number, exportName: string, pskFile: string, identity: string): string {
+  return `nbds://${encodeURIComponent(identity)}@${host}:${port}/${encodeURI(exportName)}?tls-psk-file=${encodeURIComponent(pskFile)}`;
 }

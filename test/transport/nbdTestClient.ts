@@ -1,6 +1,7 @@
 // A small NBD client for tests that must send what real clients never do (garbage, huge lengths,
 // half a write). Real clients (qemu-io, nbdcopy, nbdinfo) are used in test/integration/nbd.test.ts.
 import { type Socket, connect } from 'node:net';
+import { connect as connectTls } from 'node:tls';
 import type { NbdAddress } from '../../src/transport/nbd/server.ts';
 import {
   clientFlag,
@@ -125,6 +126,36 @@ export async function readOptionReplies(reader: ByteReader): Promise<OptionReply
   }
 }
 
+/** A TLS-PSK identity and key, as a line of a psktool key file holds them. */
+export interface PskCredentials {
+  readonly identity: string;
+  readonly key: Buffer;
+}
+
+/**
+ * NBD_OPT_STARTTLS, then a TLS-PSK handshake over the socket (as qemu and libnbd do it); resolves
+ * with the TLS socket and a reader of it, rejects when the server refuses or the handshake fails.
+ */
+export async function startTls(socket: Socket, reader: ByteReader, credentials: PskCredentials): Promise<{ socket: Socket; reader: ByteReader }> {
+  socket.write(optionRequest(option.startTls));
+  const reply = await readOptionReply(reader);
+  if (reply.type !== optionReply.ack) throw new Error(`STARTTLS refused: 0x${reply.type.toString(16)} ${reply.data.toString()}`);
+  const secure = connectTls({
+    socket,
+    // Node offers no PSK suite for TLS 1.2 unless named; TLS 1.3 takes the key with its defaults.
+    ciphers: 'PSK-AES256-GCM-SHA384:TLS_AES_128_GCM_SHA256',
+    pskCallback: () => ({ identity: credentials.identity, psk: credentials.key }),
+    checkServerIdentity: () => undefined,
+  });
+  const secureReader = new ByteReader(secure);
+  await new Promise<void>((resolve, reject) => {
+    secure.once('secureConnect', () => resolve());
+    secure.once('error', reject);
+    secure.once('close', () => reject(new Error('connection closed during the TLS handshake')));
+  });
+  return { socket: secure, reader: secureReader };
+}
+
 /** Reads the greeting and sends the client flags. */
 export async function startHandshake(socket: Socket, reader: ByteReader, flags = clientFlag.fixedNewstyle | clientFlag.noZeroes): Promise<number> {
   const greeting = await reader.read(18);
@@ -180,10 +211,15 @@ export class NbdTestClient {
     });
   }
 
-  /** Handshakes with NBD_OPT_GO (optionally structured replies and base:allocation first). */
-  static async open(address: NbdAddress, exportName: string, options: { structured?: boolean; allocation?: boolean } = {}): Promise<NbdTestClient> {
-    const { socket, reader } = await connectRaw(address);
-    await startHandshake(socket, reader);
+  /** Handshakes with NBD_OPT_GO (optionally TLS-PSK, then structured replies and base:allocation first). */
+  static async open(
+    address: NbdAddress,
+    exportName: string,
+    options: { structured?: boolean; allocation?: boolean; tls?: PskCredentials } = {},
+  ): Promise<NbdTestClient> {
+    const plain = await connectRaw(address);
+    await startHandshake(plain.socket, plain.reader);
+    const { socket, reader } = options.tls ? await startTls(plain.socket, plain.reader, options.tls) : plain;
     if (options.structured) {
       socket.write(optionRequest(option.structuredReply));
       const [reply] = await readOptionReplies(reader);

@@ -97,23 +97,21 @@ export interface NbdConnectionContext {
 
 /**
  * How far a connection's handshake got, lowest first: when handshake slots run out, the server
- * drops the connection that got least far (and of those the longest idle) to admit a new one.
+ * drops a connection of the lowest stage (and of those the longest idle) to admit a new one.
  */
 export const handshakeProgress = {
-  /** Greeted; no client flags yet. */
-  greeted: 0,
-  /** Client flags, but no option yet (no TLS listener) or no NBD_OPT_STARTTLS yet (TLS listener). */
-  preOption: 1,
+  /** Greeted, with or without client flags; no option yet (a TLS listener: no NBD_OPT_STARTTLS yet). */
+  preOption: 0,
   /** STARTTLS acknowledged, TLS handshake running. */
-  tlsHandshake: 2,
+  tlsHandshake: 1,
   /** Negotiating options: over TLS (the client proved it holds a key), or on a listener without TLS. */
-  negotiating: 3,
+  negotiating: 2,
   /** Serving an export: never dropped for a newcomer. */
-  transmission: 4,
+  transmission: 3,
 } as const;
 
-// Orders connections by when they last sent something (no clock: only the order matters).
-let activityCounter = 0;
+// Orders connections by when they last made progress (no clock: only the order matters).
+let progressCounter = 0;
 
 // The id the one metadata context we serve gets in NBD_OPT_SET_META_CONTEXT replies.
 const allocationContextId = 1;
@@ -254,8 +252,12 @@ export class NbdConnection implements NbdClient {
   private metaContext: { exportName: string; allocation: boolean } | undefined;
   private handshakeTimer: NodeJS.Timeout | undefined;
   private tlsState: TlsState = 'none';
-  /** When the client last sent something, as an order (see activityCounter). */
-  private lastActivity = ++activityCounter;
+  /**
+   * When the handshake last moved on (accepted, client flags, an option acted on, STARTTLS, TLS up),
+   * as an order (see progressCounter). Bytes alone do not count: options refused for want of TLS
+   * keep no connection fresh.
+   */
+  private lastProgress = ++progressCounter;
   /** The socket all I/O goes through: the accepted one, or the TLS socket wrapping it after STARTTLS. */
   private socket: Socket;
 
@@ -320,15 +322,19 @@ export class NbdConnection implements NbdClient {
   /** How far the handshake got (see handshakeProgress). */
   get progress(): number {
     if (this.phase === 'transmission') return handshakeProgress.transmission;
-    if (this.phase === 'clientFlags') return handshakeProgress.greeted;
+    if (this.phase === 'clientFlags') return handshakeProgress.preOption;
     if (this.context.tls === undefined) return this.optionCount === 0 ? handshakeProgress.preOption : handshakeProgress.negotiating;
     if (this.tlsState === 'none') return handshakeProgress.preOption;
     return this.tlsState === 'handshaking' ? handshakeProgress.tlsHandshake : handshakeProgress.negotiating;
   }
 
-  /** Orders connections by their last input: lower was idle longer. */
-  get lastActivityOrder(): number {
-    return this.lastActivity;
+  /** Orders connections by when their handshake last moved on: lower was idle longer. */
+  get lastProgressOrder(): number {
+    return this.lastProgress;
+  }
+
+  private noteProgress(): void {
+    this.lastProgress = ++progressCounter;
   }
 
   /** True once the client holds a key of the listener (TLS is up), or when the listener has no TLS. */
@@ -369,7 +375,6 @@ export class NbdConnection implements NbdClient {
 
   private readonly onData = (chunk: Buffer): void => {
     if (this.closed) return;
-    if (this.phase !== 'transmission') this.lastActivity = ++activityCounter;
     this.input.push(chunk);
     this.pump();
   };
@@ -377,7 +382,6 @@ export class NbdConnection implements NbdClient {
   /** `bytes` were read into the front of `buffer`, which the next read overwrites. */
   private onRead(bytes: number, buffer: Buffer): boolean {
     if (this.closed) return false;
-    if (this.phase !== 'transmission') this.lastActivity = ++activityCounter;
     this.input.pushTransient(buffer.subarray(0, bytes));
     this.pump();
     // What could not be acted on yet (a partial header, input behind a stall) is copied out.
@@ -450,7 +454,9 @@ export class NbdConnection implements NbdClient {
   }
 
   private hardClose(reason: string): void {
-    if (this.closed) return;
+    if (this.closed || this.socket.destroyed) return;
+    // Nothing more is parsed: the rest of the input belongs to a client already refused.
+    this.ending = true;
     log('warn', 'nbd client disconnected', { connection: this.id, reason });
     this.socket.destroy();
   }
@@ -467,6 +473,7 @@ export class NbdConnection implements NbdClient {
         return false;
       }
       this.noZeroes = flags.noZeroes;
+      this.noteProgress();
       this.phase = 'options';
       return true;
     }
@@ -533,6 +540,7 @@ export class NbdConnection implements NbdClient {
       else this.replyOption(encodeOptionError(optionType, optionReply.errTlsReqd, tlsRequiredMessage));
       return;
     }
+    this.noteProgress();
     switch (optionType) {
       case option.exportName:
         return this.optionExportName(data.toString('utf8'));
@@ -578,6 +586,7 @@ export class NbdConnection implements NbdClient {
       return;
     }
     this.replyOption(encodeOptionReply(option.startTls, optionReply.ack));
+    this.noteProgress();
     // proto.md: nothing negotiated before STARTTLS survives it.
     this.structured = false;
     this.metaContext = undefined;
@@ -606,7 +615,7 @@ export class NbdConnection implements NbdClient {
     this.tlsState = 'handshaking';
     secure.once('secure', () => {
       this.tlsState = 'up';
-      this.lastActivity = ++activityCounter;
+      this.noteProgress();
       log('debug', 'nbd TLS up', { connection: this.id, protocol: secure.getProtocol(), cipher: secure.getCipher().name });
     });
     secure.once('error', (error) => {

@@ -4,7 +4,7 @@
 // listener forces TLS-PSK (NBD_OPT_STARTTLS) unless it was explicitly opened to a trusted network
 // (insecureTcp). Connection slots cannot be hoarded: a handshake gets nbdHandshakeTimeoutMs, and
 // when nbdHandshakingConnectionsMax connections are still in the handshake, a new one first drops
-// the one that got least far, longest idle first.
+// one that got least far, longest idle first (see makeRoom).
 import { chmodSync } from 'node:fs';
 import { lstat, unlink } from 'node:fs/promises';
 import { type Server, type Socket, connect, createServer } from 'node:net';
@@ -15,6 +15,7 @@ import {
   nbdConnectionsMax,
   nbdDropLogIntervalMs,
   nbdHandshakingConnectionsMax,
+  nbdListenBacklog,
   nbdPayloadBytesInFlightNodeMax,
   unixSocketPathBytesMax,
 } from '../../constants.ts';
@@ -42,6 +43,22 @@ export function parseNbdListen(text: string): NbdAddress {
   }
   throw new Error(`--nbd-listen wants HOST:PORT or a Unix socket path, got ${text}`);
 }
+
+/** How many connections a listener keeps (tests make them small). */
+export interface NbdServerLimits {
+  /** Connections serving an export; at this many, a newcomer is refused. */
+  readonly connectionsMax: number;
+  /** Connections in the handshake; at this many, a newcomer first drops one (see makeRoom). */
+  readonly handshakingConnectionsMax: number;
+  /** Connections the kernel queues for accepting: the most one event-loop turn accepts. */
+  readonly listenBacklog: number;
+}
+
+const defaultLimits: NbdServerLimits = {
+  connectionsMax: nbdConnectionsMax,
+  handshakingConnectionsMax: nbdHandshakingConnectionsMax,
+  listenBacklog: nbdListenBacklog,
+};
 
 /** Where and how the node listens for NBD: the address, and TLS or the explicit lack of it. */
 export interface NbdListenerConfig {
@@ -136,16 +153,17 @@ export async function assertNbdAddressFree(address: NbdAddress): Promise<void> {
  * connect; where the umask cannot be changed (a worker thread) it is chmod-ed right after the bind,
  * before any connection is accepted.
  */
-function listenPrivately(server: Server, path: string, onListening: () => void): void {
+function listenPrivately(server: Server, path: string, backlog: number, onListening: () => void): void {
+  const options = { path, exclusive: true, backlog };
   if (isMainThread) {
     const previous = process.umask(0o177);
     try {
-      server.listen({ path, exclusive: true }, onListening);
+      server.listen(options, onListening);
     } finally {
       process.umask(previous);
     }
   } else {
-    server.listen({ path, exclusive: true }, onListening);
+    server.listen(options, onListening);
   }
   // A failed bind (reported as the server's 'error' event) created nothing to chmod.
   if (server.listening) chmodSync(path, 0o600);
@@ -168,6 +186,7 @@ export class NbdServer {
     readonly address: NbdAddress,
     private readonly exports: NbdExports,
     readonly tls: NbdTls | undefined,
+    private readonly limits: NbdServerLimits,
   ) {}
 
   /**
@@ -180,6 +199,7 @@ export class NbdServer {
     noteForeground: () => void;
     tls?: NbdTls | undefined;
     insecureTcp?: boolean;
+    limits?: Partial<NbdServerLimits>;
   }): Promise<NbdServer> {
     if (options.address.kind === 'tcp' && options.tls === undefined && options.insecureTcp !== true) {
       throw new Error(`NBD over TCP (${formatNbdAddress(options.address)}) needs TLS-PSK or an explicit insecureTcp`);
@@ -187,6 +207,7 @@ export class NbdServer {
     // Accepted paused: the connection installs its read buffer before the first read. No
     // maxConnections: Node would refuse the newest connection, where accept() drops a stale one.
     const server = createServer({ noDelay: true, allowHalfOpen: false, pauseOnConnect: true });
+    const limits = { ...defaultLimits, ...options.limits };
     const bound = await new Promise<NbdAddress>((resolve, reject) => {
       server.once('error', reject);
       const onListening = () => {
@@ -198,10 +219,13 @@ export class NbdServer {
           resolve(options.address);
         }
       };
-      if (options.address.kind === 'tcp') server.listen({ host: options.address.host, port: options.address.port, exclusive: true }, onListening);
-      else listenPrivately(server, options.address.path, onListening);
+      if (options.address.kind === 'tcp') {
+        server.listen({ host: options.address.host, port: options.address.port, exclusive: true, backlog: limits.listenBacklog }, onListening);
+      } else {
+        listenPrivately(server, options.address.path, limits.listenBacklog, onListening);
+      }
     });
-    const nbd = new NbdServer(server, bound, options.exports, options.tls);
+    const nbd = new NbdServer(server, bound, options.exports, options.tls, limits);
     server.on('connection', (socket) => nbd.accept(socket, options.noteForeground));
     server.on('error', (error) => log('error', 'nbd listener error', { error: error.message }));
     options.exports.setListening(formatNbdAddress(bound));
@@ -228,7 +252,7 @@ export class NbdServer {
 
   /** Connections now, by how far their handshake got (tests, stats). */
   connectionsByProgress(): Record<keyof typeof handshakeProgress, number> {
-    const counts = { greeted: 0, preOption: 0, tlsHandshake: 0, negotiating: 0, transmission: 0 };
+    const counts = { preOption: 0, tlsHandshake: 0, negotiating: 0, transmission: 0 };
     const names = Object.keys(handshakeProgress) as Array<keyof typeof handshakeProgress>;
     for (const connection of this.connections) counts[names[connection.progress]!]++;
     return counts;
@@ -259,38 +283,48 @@ export class NbdServer {
   }
 
   /**
-   * Makes room for one more connection; false when there is none. While fewer than
-   * nbdHandshakingConnectionsMax connections are in the handshake and the node is under
-   * nbdConnectionsMax, nothing happens. Otherwise the handshake that got least far is dropped
-   * (no client flags, then no option or no STARTTLS, then mid-TLS; of equals the longest idle):
-   * a flood of connections that never finish only ever displaces itself, while a client that
-   * does finish moves past them. Clients that proved their key, and clients serving an export,
-   * are never dropped; with none to drop and every slot taken, the newcomer is refused.
+   * Makes room for one more connection; false when there is none. A newcomer is refused while
+   * `connectionsMax` connections serve exports. While fewer than `handshakingConnectionsMax` are in
+   * the handshake it simply joins them; at that many it first drops one of the lowest stage (no
+   * option yet, or no STARTTLS yet on a TLS listener; then mid-TLS; then negotiating) and of those
+   * the one idle longest (its handshake moved on least recently). A flood of connections that
+   * never finish thus displaces itself, oldest first, while a client that does finish moves past
+   * it within a few round trips. Clients that proved their key (TLS up) are never dropped for a
+   * newcomer; with none to drop, the newcomer is refused.
    */
   private makeRoom(): boolean {
+    const { connectionsMax, handshakingConnectionsMax } = this.limits;
+    // Only near a limit is there anything to count.
+    if (this.connections.size < Math.min(connectionsMax, handshakingConnectionsMax)) return true;
+    let serving = 0;
     let handshaking = 0;
     let victim: NbdConnection | undefined;
     for (const connection of this.connections) {
-      if (connection.inTransmission) continue;
+      if (connection.inTransmission) {
+        serving++;
+        continue;
+      }
       handshaking++;
       // Over TLS the client holds a key: it is not a stranger's to displace.
       if (this.tls !== undefined && connection.authenticated) continue;
-      if (victim === undefined || connection.progress < victim.progress || (connection.progress === victim.progress && connection.lastActivityOrder < victim.lastActivityOrder)) {
+      if (victim === undefined || connection.progress < victim.progress || (connection.progress === victim.progress && connection.lastProgressOrder < victim.lastProgressOrder)) {
         victim = connection;
       }
     }
-    const full = this.connections.size >= nbdConnectionsMax;
-    if (handshaking < nbdHandshakingConnectionsMax && !full) return true;
-    if (victim !== undefined) {
-      victim.dropForNewcomer();
-      // Its close event comes later: it no longer counts.
-      this.connections.delete(victim);
-      this.noteDropped('handshakes');
-      return true;
+    if (serving >= connectionsMax) {
+      this.noteDropped('refused');
+      return false;
     }
-    if (!full) return true;
-    this.noteDropped('refused');
-    return false;
+    if (handshaking < handshakingConnectionsMax) return true;
+    if (victim === undefined) {
+      this.noteDropped('refused');
+      return false;
+    }
+    victim.dropForNewcomer();
+    // Its close event comes later: from now on it does not count.
+    this.connections.delete(victim);
+    this.noteDropped('handshakes');
+    return true;
   }
 
   /** A flood must not flood the log: one line per nbdDropLogIntervalMs, with the counts. */

@@ -11,7 +11,7 @@ import { JournalMetadataLog } from '../../src/store/journal.ts';
 import { openLvstore } from '../../src/store/load.ts';
 import { Lvstore } from '../../src/store/lvstore.ts';
 import { type LvstoreRecord, MemoryMetadataLog, type SavedChecksumProgress } from '../../src/store/metadata.ts';
-import { storeState } from './helpers.ts';
+import { grownPastSmallerParent, storeState } from './helpers.ts';
 import { countEventLoopTurns } from '../eventLoopTurns.ts';
 
 const clusterBytes = 64 * 1024;
@@ -139,12 +139,7 @@ describe('read-through limits survive a reload', () => {
     // of the journal and a checkpoint both bring them back, or the old bytes below show again.
     const device = new MemoryDevice(64 * 1024 * 1024, 512);
     const store = await journaledStore(device);
-    const lvol = await store.createLvol({ name: 'a', clusterCount: 8, thin: false });
-    await store.write(lvol.id, 0, Buffer.alloc(8 * clusterBytes, 0xaa));
-    await store.snapshot(lvol.id, 's1', {});
-    await store.resize(lvol.id, 2);
-    const s2 = await store.snapshot(lvol.id, 's2', {});
-    await store.resize(lvol.id, 8);
+    const { lvol, s2 } = await grownPastSmallerParent(store, clusterBytes);
     await store.deleteLvol(s2.id);
     const expected = await store.read(lvol.id, 0, 8 * clusterBytes);
     expect(expected.subarray(2 * clusterBytes).every((byte) => byte === 0)).toBe(true);

@@ -6,7 +6,7 @@ import { MemoryDevice } from '../../src/device/memoryDevice.ts';
 import { type ErrnoName, StorageError } from '../../src/errors.ts';
 import { seededRuntime } from '../../src/runtime.ts';
 import { Lvstore } from '../../src/store/lvstore.ts';
-import { type ClearMethod, MemoryMetadataLog } from '../../src/store/metadata.ts';
+import { type ClearMethod, type LvolRecord, MemoryMetadataLog } from '../../src/store/metadata.ts';
 
 export const clusterBytes = 64 * kibBytes;
 export const blockBytes = 512;
@@ -104,4 +104,19 @@ export async function waitFor(condition: () => boolean, what: string): Promise<v
     await new Promise((resolve) => setImmediate(resolve));
   }
   throw new Error(`timed out waiting for ${what}`);
+}
+
+/**
+ * Issue 19's first bug, set up: A (8 clusters of 0xAA) → snapshot s1; A shrunk to 2 → snapshot s2;
+ * A grown back to 8 (reads zeros past cluster 2). Deleting s2 then merges it into A, re-parenting
+ * A onto the larger s1. Returns A and s2.
+ */
+export async function grownPastSmallerParent(store: Lvstore, clusterBytes: number): Promise<{ lvol: LvolRecord; s2: LvolRecord }> {
+  const lvol = await store.createLvol({ name: 'a', clusterCount: 8, thin: false });
+  await store.write(lvol.id, 0, Buffer.alloc(8 * clusterBytes, 0xaa));
+  await store.snapshot(lvol.id, 's1', {});
+  await store.resize(lvol.id, 2);
+  const s2 = await store.snapshot(lvol.id, 's2', {});
+  await store.resize(lvol.id, 8);
+  return { lvol, s2 };
 }

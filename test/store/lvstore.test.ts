@@ -12,6 +12,7 @@ import { ClusterChecksums } from '../../src/store/sparseArray.ts';
 import { seededRandom } from '../seededRandom.ts';
 import {
   blockBytes,
+  grownPastSmallerParent,
   clusterBytes,
   deviceBytes,
   errnoOf,
@@ -501,12 +502,7 @@ describe('delete', () => {
     // past S2's size. Deleting S2 merges it into A and re-parents A onto the larger S1, whose 0xAA
     // must not show through.
     const { store } = await newStore();
-    const lvol = await store.createLvol({ name: 'a', clusterCount: 8, thin: false });
-    await store.write(lvol.id, 0, Buffer.alloc(8 * clusterBytes, 0xaa));
-    await store.snapshot(lvol.id, 's1', {});
-    await store.resize(lvol.id, 2);
-    const s2 = await store.snapshot(lvol.id, 's2', {});
-    await store.resize(lvol.id, 8);
+    const { lvol, s2 } = await grownPastSmallerParent(store, clusterBytes);
     const expected = Buffer.alloc(8 * clusterBytes);
     expected.fill(0xaa, 0, 2 * clusterBytes);
     expect((await readAll(store, lvol.id)).equals(expected)).toBe(true);

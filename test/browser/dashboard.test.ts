@@ -242,6 +242,17 @@ run('dashboard in Chromium', () => {
     await screenshot(page, 'node');
   });
 
+  it('asks for the token, and reads nothing, when opened without the link the node printed', async () => {
+    // Goal (issue 20): a node started with the defaults wants its own token from the page too.
+    const page = await openPage(browser, httpUrl, pageErrors);
+    pages.push(page);
+    await expect.poll(() => page.getByLabel('Token').count(), wait).toBe(1);
+    expect(await page.locator('tr[data-alias]').count()).toBe(0);
+    await page.getByLabel('Token').fill(node.token!);
+    await page.getByRole('button', { name: 'Connect' }).click();
+    await expect.poll(() => row(page, 'lvs0/snap').count(), wait).toBe(1);
+  });
+
   it('stays usable with 1,000 lvols', async () => {
     const names = Array.from({ length: 1000 }, (_, index) => `many${String(index).padStart(4, '0')}`);
     for (let start = 0; start < names.length; start += 50) {

@@ -70,6 +70,8 @@ export async function spawnBenchNode(options: {
   env?: Record<string, string>;
   /** Serve NBD on this `HOST:PORT` or Unix socket path (`nbdAddress` says where). */
   nbdListen?: string;
+  /** More NBD flags: TCP needs `--nbd-tls-psk FILE` or `--nbd-insecure-tcp`. */
+  nbdArgs?: readonly string[];
 }): Promise<ChildBench> {
   const dir = await mkdtemp(join(tmpdir(), 'lvnode-bench-'));
   const filePath = join(dir, 'bench.img');
@@ -86,7 +88,7 @@ export async function spawnBenchNode(options: {
   };
   try {
     await writePatternFile(filePath, options.sizeMib, benchClusterBytes);
-    const nbdArgs = options.nbdListen ? ['--nbd-listen', options.nbdListen] : [];
+    const nbdArgs = options.nbdListen ? ['--nbd-listen', options.nbdListen, ...(options.nbdArgs ?? [])] : [];
     child = spawn(process.execPath, [binPath, 'serve', '--data-dir', join(dir, 'data'), '--listen', '127.0.0.1:0', '--default-disk-size', '64M', ...nbdArgs], {
       env: { ...process.env, LVNODE_LOG_LEVEL: 'warn', ...options.env },
       stdio: ['ignore', 'pipe', 'inherit'],

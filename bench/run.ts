@@ -7,6 +7,7 @@ import { crcKernels } from './crcKernels.ts';
 import { listingCost } from './listingCost.ts';
 import { metadataWritePath } from './metadataWritePath.ts';
 import { nbdBenchmark } from './nbd.ts';
+import { nbdFloodBenchmark } from './nbdFlood.ts';
 import { preemptionLatency } from './preemptionLatency.ts';
 import { scaleBenchmark } from './scale.ts';
 import { wireCreates } from './wireCreates.ts';
@@ -27,6 +28,7 @@ const benchmarks: ReadonlyArray<{ name: string; run: () => Promise<void> }> = [
   { name: 'preemptionLatency', run: preemptionLatency },
   { name: 'metadataWritePath', run: metadataWritePath },
   { name: 'nbd', run: nbdBenchmark },
+  { name: 'nbdFlood', run: nbdFloodBenchmark },
   { name: 'scale', run: scaleBenchmark },
   { name: 'wireListing', run: wireListing },
   { name: 'wireCreates', run: wireCreates },

@@ -122,7 +122,8 @@ export const nbdHandshakeTimeoutMs = 5000;
 export const nbdHandshakingConnectionsMax = 2048;
 // Connections the kernel queues for the node to accept (Node's default, said explicitly).
 export const nbdListenBacklog = 511;
-// Dropped handshakes are logged at most once per this interval (a flood would otherwise flood the log).
+// Connections that end in the handshake (timed out, failed TLS, dropped, refused, garbage) are
+// logged as counts at most once per this interval: strangers could otherwise flood the log.
 export const nbdDropLogIntervalMs = 10_000;
 // TLS-PSK key file (--nbd-tls-psk, psktool's "identity:hexkey" lines as qemu-nbd and nbdkit read
 // them): its size, an identity's length (OpenSSL's PSK_MAX_IDENTITY_LEN is larger), and a key's

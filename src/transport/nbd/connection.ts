@@ -93,7 +93,15 @@ export interface NbdConnectionContext {
    * is answered NBD_REP_ERR_TLS_REQD, and NBD_OPT_EXPORT_NAME (which cannot fail) closes.
    */
   readonly tls: NbdTls | undefined;
+  /**
+   * A connection ended before serving an export. Each is logged at debug level only: strangers
+   * can cause any number of them, so the server logs their counts at most once per interval.
+   */
+  noteHandshakeEnded(kind: HandshakeEnd, reason: string): void;
 }
+
+/** Why a connection ended in its handshake: too slow, its TLS handshake failed, dropped for a newcomer, or it broke the protocol. */
+export type HandshakeEnd = 'timeout' | 'tlsFailed' | 'dropped' | 'invalid';
 
 /**
  * How far a connection's handshake got, lowest first: when handshake slots run out, the server
@@ -300,7 +308,7 @@ export class NbdConnection implements NbdClient {
     if (!ownBuffer) socket.on('data', this.onData);
     this.listenTo(socket);
     socket.resume();
-    this.handshakeTimer = setTimeout(() => this.hardClose('handshake not finished in time'), nbdHandshakeTimeoutMs);
+    this.handshakeTimer = setTimeout(() => this.hardClose('handshake not finished in time', 'timeout'), nbdHandshakeTimeoutMs);
     this.handshakeTimer.unref();
     socket.write(encodeGreeting());
   }
@@ -342,11 +350,9 @@ export class NbdConnection implements NbdClient {
     return this.context.tls === undefined || this.tlsState === 'up';
   }
 
-  /** Dropped to admit a new connection while handshake slots are full (logged by the server, in sum). */
+  /** Dropped to admit a new connection while handshake slots are full. */
   dropForNewcomer(): void {
-    if (this.closed) return;
-    log('debug', 'nbd handshake dropped for a new connection', { connection: this.id, progress: this.progress });
-    this.socket.destroy();
+    this.hardClose(`dropped for a new connection at stage ${this.progress}`, 'dropped');
   }
 
   /** The most payload bytes this connection ever had reserved at once. */
@@ -453,11 +459,16 @@ export class NbdConnection implements NbdClient {
     return true;
   }
 
-  private hardClose(reason: string): void {
+  private hardClose(reason: string, kind: HandshakeEnd = 'invalid'): void {
     if (this.closed || this.socket.destroyed) return;
     // Nothing more is parsed: the rest of the input belongs to a client already refused.
     this.ending = true;
-    log('warn', 'nbd client disconnected', { connection: this.id, reason });
+    if (this.phase === 'transmission') {
+      log('warn', 'nbd client disconnected', { connection: this.id, reason });
+    } else {
+      log('debug', 'nbd client disconnected in the handshake', { connection: this.id, reason });
+      this.context.noteHandshakeEnded(kind, reason);
+    }
     this.socket.destroy();
   }
 
@@ -619,7 +630,10 @@ export class NbdConnection implements NbdClient {
       log('debug', 'nbd TLS up', { connection: this.id, protocol: secure.getProtocol(), cipher: secure.getCipher().name });
     });
     secure.once('error', (error) => {
-      if (this.tlsState === 'handshaking') log('warn', 'nbd TLS handshake failed', { connection: this.id, remote: plain.remoteAddress, error: error.message });
+      if (this.tlsState !== 'handshaking') return;
+      // A wrong key or an unknown identity, or a peer that went away mid-handshake.
+      log('debug', 'nbd TLS handshake failed', { connection: this.id, remote: plain.remoteAddress, error: error.message });
+      this.context.noteHandshakeEnded('tlsFailed', error.message);
     });
     this.listenTo(secure);
     // The plain socket's own close (the peer or a destroy) also ends the connection.

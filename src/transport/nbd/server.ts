@@ -23,7 +23,7 @@ import { log } from '../../log.ts';
 import type { NbdExports } from '../../actors/nbdExports.ts';
 import { ByteBudget } from '../byteBudget.ts';
 import { BufferPool } from './bufferPool.ts';
-import { NbdConnection, handshakeProgress, replyHeadroomBytes } from './connection.ts';
+import { type HandshakeEnd, NbdConnection, handshakeProgress, replyHeadroomBytes } from './connection.ts';
 import { type NbdTls, readPskKeyFile } from './tlsPsk.ts';
 
 export type NbdAddress = { readonly kind: 'tcp'; readonly host: string; readonly port: number } | { readonly kind: 'unix'; readonly path: string };
@@ -169,6 +169,10 @@ function listenPrivately(server: Server, path: string, backlog: number, onListen
   if (server.listening) chmodSync(path, 0o600);
 }
 
+function emptyHandshakeEnds(): Record<HandshakeEnd | 'refused', number> & { latest: string } {
+  return { timeout: 0, tlsFailed: 0, dropped: 0, invalid: 0, refused: 0, latest: '' };
+}
+
 export class NbdServer {
   private readonly connections = new Set<NbdConnection>();
   private readonly nodeBudget = new ByteBudget(nbdPayloadBytesInFlightNodeMax);
@@ -178,8 +182,9 @@ export class NbdServer {
   private nextConnectionId = 1;
   private closing = false;
   private closedConnectionPeakBytes = 0;
-  /** Handshakes dropped for newcomers and refused connections since the last log line about them. */
-  private dropped = { handshakes: 0, refused: 0, loggedAtMs: Number.NEGATIVE_INFINITY };
+  /** Connections that ended in the handshake, or were refused, since the last line about them. */
+  private handshakeEnds = emptyHandshakeEnds();
+  private handshakeEndsLoggedAtMs = Number.NEGATIVE_INFINITY;
 
   private constructor(
     private readonly server: Server,
@@ -273,6 +278,7 @@ export class NbdServer {
         noteForeground,
         shuttingDown: () => this.closing,
         tls: this.tls,
+        noteHandshakeEnded: (kind, reason) => this.noteHandshakeEnded(kind, reason),
       },
       (closed) => {
         this.connections.delete(closed);
@@ -312,32 +318,33 @@ export class NbdServer {
       }
     }
     if (serving >= connectionsMax) {
-      this.noteDropped('refused');
+      this.noteHandshakeEnded('refused', `${serving} connections serve exports`);
       return false;
     }
     if (handshaking < handshakingConnectionsMax) return true;
     if (victim === undefined) {
-      this.noteDropped('refused');
+      this.noteHandshakeEnded('refused', `${handshaking} connections in the handshake, none to drop`);
       return false;
     }
     victim.dropForNewcomer();
     // Its close event comes later: from now on it does not count.
     this.connections.delete(victim);
-    this.noteDropped('handshakes');
     return true;
   }
 
-  /** A flood must not flood the log: one line per nbdDropLogIntervalMs, with the counts. */
-  private noteDropped(what: 'handshakes' | 'refused'): void {
-    this.dropped[what]++;
+  /**
+   * Strangers can end any number of handshakes (time out, fail TLS, get dropped or refused), so
+   * these are logged as counts, at most one line per nbdDropLogIntervalMs, with the latest reason.
+   */
+  private noteHandshakeEnded(kind: HandshakeEnd | 'refused', reason: string): void {
+    this.handshakeEnds[kind]++;
+    this.handshakeEnds.latest = reason;
     const nowMs = Date.now();
-    if (nowMs - this.dropped.loggedAtMs < nbdDropLogIntervalMs) return;
-    log('warn', 'nbd connection slots are full: dropping handshakes that got least far', {
-      handshakesDropped: this.dropped.handshakes,
-      connectionsRefused: this.dropped.refused,
-      address: formatNbdAddress(this.address),
-    });
-    this.dropped = { handshakes: 0, refused: 0, loggedAtMs: nowMs };
+    if (nowMs - this.handshakeEndsLoggedAtMs < nbdDropLogIntervalMs) return;
+    const { latest, ...counts } = this.handshakeEnds;
+    log('warn', 'nbd connections ended before serving an export (counts since the last such line)', { ...counts, latest });
+    this.handshakeEnds = emptyHandshakeEnds();
+    this.handshakeEndsLoggedAtMs = nowMs;
   }
 
   /**

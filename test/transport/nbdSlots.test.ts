@@ -143,24 +143,26 @@ describe('handshake slots', () => {
     await until(() => server.connectionCount() === 0);
   });
 
-  it('does not count options refused for want of TLS as progress: a chatty stranger goes before a quiet one that asked for TLS', async () => {
+  it('does not count options refused for want of TLS as progress: a chatty stranger goes before a quieter, newer one', async () => {
     const server = await nodeWithListener(tlsListener(small));
     const chatty = await openRaw(server.address, true);
+    const quiet = await openRaw(server.address, true);
     const askedTls: Raw[] = [];
-    for (let index = 0; index < small.handshakingConnectionsMax - 1; index++) {
+    for (let index = 0; index < small.handshakingConnectionsMax - 2; index++) {
       const raw = await openRaw(server.address, true);
       raw.socket.write(optionRequest(option.startTls));
       expect((await readOptionReplies(raw.reader)).at(-1)!.type).toBe(optionReply.ack);
       askedTls.push(raw);
     }
+    // Busy, but getting nowhere: every option is refused until TLS.
     for (let index = 0; index < 5; index++) {
       chatty.socket.write(optionRequest(option.list));
       expect((await readOptionReplies(chatty.reader)).at(-1)!.type).toBe(optionReply.errTlsReqd);
     }
     const newcomer = await openRaw(server.address, false);
     await until(() => chatty.closed);
-    expect(askedTls.some((raw) => raw.closed) || newcomer.closed).toBe(false);
-    for (const raw of [...askedTls, newcomer]) raw.socket.destroy();
+    expect(quiet.closed || newcomer.closed || askedTls.some((raw) => raw.closed)).toBe(false);
+    for (const raw of [quiet, ...askedTls, newcomer]) raw.socket.destroy();
     await until(() => server.connectionCount() === 0);
   });
 
@@ -180,6 +182,26 @@ describe('handshake slots', () => {
     serving.close();
     proved.socket.destroy();
     for (const raw of strangers) raw.socket.destroy();
+    await until(() => server.connectionCount() === 0);
+  });
+
+  it('refuses a stranger rather than drop any of a full house of clients past TLS', async () => {
+    const server = await nodeWithListener(tlsListener(small));
+    const proved: Array<{ socket: Socket; reader: ByteReader }> = [];
+    for (let index = 0; index < small.handshakingConnectionsMax; index++) {
+      const { socket, reader } = await connectRaw(server.address);
+      await startHandshake(socket, reader);
+      proved.push(await startTls(socket, reader, key));
+    }
+    // The server's side of TLS is done a moment after the client's.
+    await until(() => server.connectionsByProgress().negotiating === small.handshakingConnectionsMax);
+    const stranger = await connectRaw(server.address);
+    await expect(stranger.reader.read(18)).rejects.toThrow(/closed/);
+    for (const client of proved) {
+      client.socket.write(optionRequest(option.list));
+      expect((await readOptionReplies(client.reader)).at(-1)!.type).toBe(optionReply.ack);
+      client.socket.destroy();
+    }
     await until(() => server.connectionCount() === 0);
   });
 

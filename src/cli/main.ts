@@ -1,5 +1,6 @@
 // The `lvnode` command: serve, rpc, status, demo.
 import { parseArgs } from 'node:util';
+import { log } from '../log.ts';
 import { join } from 'node:path';
 import { nbdSocketNameDefault } from '../constants.ts';
 import { stringifyJson, parseJson } from '../transport/json64.ts';
@@ -85,6 +86,10 @@ async function serve(args: string[]): Promise<number> {
     strict: true,
   });
   const inspect = values.inspect;
+  if (values.token !== undefined) {
+    // Every local user can read a process's arguments (ps, /proc/PID/cmdline), not its environment.
+    log('warn', '--token on the command line is visible to every local user (ps); prefer LVNODE_TOKEN or the token file the node makes');
+  }
   if (inspect !== undefined && !/^stately(=.+)?$/.test(inspect)) throw new Error('--inspect takes "stately" or "stately=URL"');
   const limits = Object.fromEntries(
     Object.entries({
@@ -114,11 +119,9 @@ async function serve(args: string[]): Promise<number> {
     nbdInsecureTcp: values['nbd-insecure-tcp'] ?? false,
     rpcSocket: values['rpc-socket'] ?? process.env.LVNODE_RPC_SOCKET,
   });
-  process.stdout.write(`lvnode serving JSON-RPC at ${running.url}\n`);
-  for (const line of accessLines(running)) process.stdout.write(line);
-  if (running.nbd) process.stdout.write(`lvnode serving NBD at ${describeNbdListener(running.nbd)}\n`);
-  if (running.spdkSocket) process.stdout.write(`lvnode serving SPDK JSON-RPC at ${running.spdkSocket.path}\n`);
-  await new Promise<void>((resolve) => {
+  // Signals are handled before the node says it is ready: a SIGTERM sent as soon as the lines
+  // below appear must shut it down cleanly, not kill it with the default action.
+  const stopped = new Promise<void>((resolve) => {
     const stop = (signal: string) => {
       process.stdout.write(`\n${signal}: shutting down\n`);
       resolve();
@@ -127,6 +130,11 @@ async function serve(args: string[]): Promise<number> {
     process.once('SIGTERM', () => stop('SIGTERM'));
     watchLauncher(() => stop('npm (the launcher) exited'));
   });
+  process.stdout.write(`lvnode serving JSON-RPC at ${running.url}\n`);
+  for (const line of accessLines(running)) process.stdout.write(line);
+  if (running.nbd) process.stdout.write(`lvnode serving NBD at ${describeNbdListener(running.nbd)}\n`);
+  if (running.spdkSocket) process.stdout.write(`lvnode serving SPDK JSON-RPC at ${running.spdkSocket.path}\n`);
+  await stopped;
   // A device that could not be flushed or closed may have lost writes: said, and the exit code
   // tells the service manager (the node's own log lines name each device).
   const exitCode = await running.close().then(

@@ -334,7 +334,7 @@ function authText(auth: NodeAuth): string {
  */
 export function accessLines(running: RunningNode): string[] {
   const { auth, dashboardUrl } = running;
-  if (auth.kind === 'none') return [`lvnode dashboard at ${dashboardUrl}\n`, `WARNING: ${insecureNoAuthWarning}\n`];
+  if (auth.kind === 'none') return [`WARNING: ${insecureNoAuthWarning}\n`, `lvnode dashboard at ${dashboardUrl}\n`];
   if (auth.source === 'option') return [`lvnode dashboard at ${dashboardUrl} (it asks for the token given with --token or LVNODE_TOKEN)\n`];
   return [`lvnode dashboard at ${dashboardUrl}?token=${encodeURIComponent(auth.token)} (token file: ${auth.path})\n`];
 }

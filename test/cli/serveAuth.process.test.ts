@@ -61,6 +61,7 @@ describe('lvnode serve and its credential', () => {
     expect(node.dashboardUrl).toBe(node.url.replace(/^ws:/, 'http:'));
     expect(node.stdout()).not.toContain(token);
     expect(node.stderr()).not.toContain(token);
+    await expect.poll(() => node.logLines().some((record) => record.level === 'warn' && String(record.msg).includes('visible to every local user'))).toBe(true);
     expect(await readdir(dataDir)).not.toContain('lvnode.token');
     expect((await runCli(['rpc', 'bdev_get_bdevs', '--url', node.url, '--data-dir', dataDir])).stderr).toContain('HTTP 401');
     expect(await runCli(['rpc', 'bdev_get_bdevs', '--url', node.url], { LVNODE_TOKEN: token })).toMatchObject({ code: 0, stdout: '[]\n' });
@@ -72,7 +73,8 @@ describe('lvnode serve and its credential', () => {
       const node = await spawnNode({ dataDir, diskSize: '0', logLevel: 'warn', extraArgs: ['--insecure-no-auth'] });
       expect(node.token).toBeUndefined();
       expect(node.stdout()).toContain('WARNING: running WITHOUT authentication (--insecure-no-auth)');
-      expect(node.logLines().filter((record) => record.level === 'warn' && String(record.msg).includes('WITHOUT authentication'))).toHaveLength(1);
+      // stderr is its own pipe: its lines may come after stdout's.
+      await expect.poll(() => node.logLines().filter((record) => record.level === 'warn' && String(record.msg).includes('WITHOUT authentication')).length).toBe(1);
       const client = await RpcClient.connect(node.url);
       expect(await client.call('bdev_get_bdevs', {})).toEqual([]);
       await client.close();

@@ -241,7 +241,7 @@ describe.skipIf(!canAttack)('a data directory other users can enter', () => {
     await mkdir(dataDir, { mode: 0o755 });
     await chmod(dataDir, 0o755);
     const node = await spawnNode({ dataDir, diskSize: '64M', ...(oldRepo ? { legacyBin: join(oldRepo, 'bin/lvnode.mjs') } : {}) });
-    expect(node.logLines().some((record) => record.level === 'warn' && String(record.msg).includes('open to other users'))).toBe(true);
+    await expect.poll(() => node.logLines().some((record) => record.level === 'warn' && String(record.msg).includes('open to other users'))).toBe(true);
     const tokenPath = join(dataDir, 'lvnode.token');
     const read = await asNobody('cat', [tokenPath], scratch);
     expect(read.code).not.toBe(0);

@@ -223,7 +223,8 @@ describe.skipIf(!canAttack)('a node root started with the defaults, attacked as 
     expect(node.logLines().filter((record) => record.msg === 'ws upgrade refused').length).toBeGreaterThanOrEqual(5);
   });
 
-  it.todo("NBD over TCP (TLS-PSK) refuses nobody, and nbdcopy of root's file fails — the NBD listener's tests (issue 20, item 2)");
+  // NBD's other doors (TCP with TLS-PSK, real clients as nobody reading and writing nothing of
+  // root's file) are the NBD listener's own attack: test/integration/nbdAccess.test.ts.
 });
 
 describe.skipIf(!canAttack)('a data directory other users can enter', () => {

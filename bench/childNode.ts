@@ -72,6 +72,8 @@ export async function spawnBenchNode(options: {
   nbdListen?: string;
   /** More NBD flags: TCP needs `--nbd-tls-psk FILE` or `--nbd-insecure-tcp`. */
   nbdArgs?: readonly string[];
+  /** Clusters left free after the lvols (for figures that allocate). */
+  spareClusters?: number;
 }): Promise<ChildBench> {
   const dir = await mkdtemp(join(tmpdir(), 'lvnode-bench-'));
   const filePath = join(dir, 'bench.img');
@@ -117,7 +119,7 @@ export async function spawnBenchNode(options: {
     await client.call('bdev_aio_create', { name: 'bench_aio', filename: filePath, block_size: 512 });
     await client.call('bdev_lvol_create_lvstore', { bdev_name: 'bench_aio', lvs_name: lvsName, cluster_sz: benchClusterBytes, clear_method: 'none' });
     const [lvs] = await client.call<Array<{ free_clusters: number }>>('bdev_lvol_get_lvstores', { lvs_name: lvsName });
-    const clustersEach = Math.floor(lvs!.free_clusters / options.lvolCount);
+    const clustersEach = Math.floor((lvs!.free_clusters - (options.spareClusters ?? 0)) / options.lvolCount);
     const firstDataOffset = metadataClusterCount(options.sizeMib * mibBytes, benchClusterBytes) * benchClusterBytes;
     const lvolNames: string[] = [];
     const lvolOffsetBytes: number[] = [];
@@ -131,6 +133,8 @@ export async function spawnBenchNode(options: {
       lvolNames.push(`${lvsName}/data${index}`);
       lvolOffsetBytes.push(firstDataOffset + index * clustersEach * benchClusterBytes);
     }
+    // The creates zeroed the lvols' clusters: the pattern goes back under them.
+    await writePatternFile(filePath, options.sizeMib, benchClusterBytes, { fromBytes: firstDataOffset });
     return {
       client,
       url,

@@ -192,9 +192,10 @@ export async function nbdBenchmark(): Promise<void> {
   // Three equal thick lvols: one exported, two snapshotted for the checksum walks; the metadata
   // area takes about 1/64 of the file.
   // Plus room for the allocation figures: a 128 MiB thick lvol and 64 first-written thin clusters.
-  const sizeMib = Math.ceil((3 * lvolMib * 65) / 64 / (benchClusterBytes / mibBytes) + 2 + 32 + 64 + 2) * (benchClusterBytes / mibBytes);
+  const spareClusters = 32 + 64 + 2;
+  const sizeMib = Math.ceil((3 * lvolMib * 65) / 64 / (benchClusterBytes / mibBytes) + 2 + spareClusters) * (benchClusterBytes / mibBytes);
   const dir = await mkdtemp(join(tmpdir(), 'lvnode-bench-nbd-'));
-  const bench = await spawnBenchNode({ sizeMib, lvolCount: 3, nbdListen: join(dir, 'lvnode.sock') });
+  const bench = await spawnBenchNode({ sizeMib, lvolCount: 3, spareClusters, nbdListen: join(dir, 'lvnode.sock') });
   let qemu: ChildProcess | undefined;
   try {
     const client = bench.client;

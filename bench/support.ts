@@ -9,6 +9,7 @@ import { addon } from '../src/addon.ts';
 import { RpcClient } from '../src/cli/rpcClient.ts';
 import { type RunningNode, startNode } from '../src/cli/serve.ts';
 import { mibBytes } from '../src/constants.ts';
+import { metadataClusterCount } from '../src/store/lvstore.ts';
 
 // Every benchmark uses SPDK's default cluster size; run.ts prints it in the header.
 export const benchClusterBytes = 4 * mibBytes;
@@ -31,15 +32,18 @@ export interface BenchNode {
 
 /**
  * Writes `sizeMib` of non-trivial data to a fresh file: one random cluster, stamped with the
- * cluster index every 4 KiB so that no two clusters (and no two pages) are equal.
+ * cluster index every 4 KiB so that no two clusters (and no two pages) are equal. With
+ * `fromBytes`, the file is kept and only the clusters from there on are written: a thick lvol's
+ * clusters read zeros when created (they are zeroed at allocation), so benchmarks that want real
+ * data under their lvols write it into the data clusters afterwards, beside the running node.
  */
-export async function writePatternFile(path: string, sizeMib: number, clusterBytes: number): Promise<void> {
+export async function writePatternFile(path: string, sizeMib: number, clusterBytes: number, options: { fromBytes?: number } = {}): Promise<void> {
   const cluster = Buffer.allocUnsafe(clusterBytes);
   randomFillSync(cluster);
-  const handle = await open(path, 'w');
+  const handle = await open(path, options.fromBytes === undefined ? 'w' : 'r+');
   try {
     const clusterCount = (sizeMib * mibBytes) / clusterBytes;
-    for (let clusterIndex = 0; clusterIndex < clusterCount; clusterIndex++) {
+    for (let clusterIndex = Math.ceil((options.fromBytes ?? 0) / clusterBytes); clusterIndex < clusterCount; clusterIndex++) {
       for (let pageOffset = 0; pageOffset < clusterBytes; pageOffset += 4096) cluster.writeUInt32LE(clusterIndex, pageOffset);
       await writeFully(handle, cluster, clusterIndex * clusterBytes);
     }
@@ -62,8 +66,9 @@ export function benchToken(running: RunningNode): string | undefined {
 
 /**
  * A temp dir with a pre-filled file of `sizeMib`, a node serving on a loopback port, the file as
- * aio bdev, an lvstore with clear_method none (it keeps the file's bytes) and a thick lvol over
- * every data cluster. The lvol's data is therefore the pattern, without writing it through RPC.
+ * aio bdev, an lvstore and a thick lvol over every data cluster, and the pattern written again
+ * into the data clusters once the lvol owns them: the lvol's data is the pattern, without writing
+ * it through RPC.
  */
 export async function startBenchNode(sizeMib: number): Promise<BenchNode> {
   if (!Number.isInteger(sizeMib) || sizeMib % (benchClusterBytes / mibBytes) !== 0 || sizeMib < 16) {
@@ -98,6 +103,8 @@ export async function startBenchNode(sizeMib: number): Promise<BenchNode> {
       size_in_mib: (lvs.free_clusters * lvs.cluster_size) / mibBytes,
       thin_provision: false,
     });
+    // The create zeroed the lvol's clusters: the pattern goes back under it, past the metadata area.
+    await writePatternFile(filePath, sizeMib, benchClusterBytes, { fromBytes: metadataClusterCount(sizeMib * mibBytes, benchClusterBytes) * benchClusterBytes });
     return { running, client, filePath, lvsName, lvolName, clusterBytes: benchClusterBytes, close };
   } catch (error) {
     await close();

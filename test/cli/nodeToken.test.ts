@@ -10,6 +10,7 @@ import { promisify } from 'node:util';
 import { afterEach, describe, expect, it } from 'vitest';
 import { loadOrCreateNodeToken, readNodeToken, tokenFileName, tokenProblem } from '../../src/cli/nodeToken.ts';
 import { killAllNodes, spawnNode } from '../integration/processNode.ts';
+import { mountUnavailable } from '../mountable.ts';
 
 const run = promisify(execFile);
 const isRoot = process.getuid?.() === 0;
@@ -127,7 +128,7 @@ describe('tokens given by the operator', () => {
   });
 });
 
-describe.skipIf(!isRoot)('on a full file system (a real tmpfs)', () => {
+describe.skipIf(mountUnavailable !== null)('on a full file system (a real tmpfs)', () => {
   async function fullTmpfs(): Promise<string> {
     const dir = await scratchDir();
     await run('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', dir]);

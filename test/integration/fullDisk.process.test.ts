@@ -15,12 +15,13 @@ import { afterEach, describe, expect, it } from 'vitest';
 import type { RpcClient } from '../../src/cli/rpcClient.ts';
 import { rpcError } from './helpers.ts';
 import { type NodeProcess, killAllNodes, spawnNode } from './processNode.ts';
+import { loopUnavailable, mountUnavailable } from '../mountable.ts';
 
 const run = promisify(execFile);
 const kib = 1024;
 const mib = 1024 * kib;
-const isRoot = process.getuid?.() === 0;
-if (!isRoot) console.log('fullDisk.process.test.ts skipped: it mounts small file systems, which needs root (CI runs as root)');
+if (mountUnavailable) console.log(`fullDisk.process.test.ts skipped: it mounts small file systems (${mountUnavailable}; CI runs as root)`);
+else if (loopUnavailable) console.log(`fullDisk.process.test.ts: the shutdown test skipped (${loopUnavailable})`);
 
 /** Undone newest first after each test, failed or not: nodes, then mounts, loop devices, directories. */
 let cleanups: Array<() => Promise<unknown>> = [];
@@ -134,7 +135,7 @@ async function nodeWithTwoLvstores(dataDir: string): Promise<{ node: NodeProcess
   return { node, first, second };
 }
 
-describe.skipIf(!isRoot)('a full data-dir file system', () => {
+describe.skipIf(mountUnavailable !== null)('a full data-dir file system', () => {
   it('refuses bdev creates and deletes it cannot record with -28, leaving the node and lvnode-config.json as they were', async () => {
     const fs = await smallFileSystem(32 * mib);
     const dataDir = join(fs.dir, 'data');
@@ -230,7 +231,7 @@ describe.skipIf(!isRoot)('a full data-dir file system', () => {
   });
 });
 
-describe.skipIf(!isRoot)('shutdown', () => {
+describe.skipIf(loopUnavailable !== null)('shutdown', () => {
   it('exits non-zero and names the device when the final flush fails (a thin-provisioned volume out of space)', async () => {
     // ext4 on a loop device whose backing file is sparse on a small tmpfs: once the tmpfs is
     // full, ext4 still takes writes into its page cache, and the flush that would write them

@@ -3,6 +3,7 @@
 // Every change is a plain record applied by `applyChange`, both live and when a durable log is
 // replayed at load (the durability issue makes `MetadataLog` persistent; nothing else changes).
 
+import { Crc64Chain } from '../checksum/crc64Chain.ts';
 import { ClusterChecksums, ClusterMap } from './sparseArray.ts';
 
 export type ClearMethod = 'none' | 'unmap' | 'write_zeroes';
@@ -186,6 +187,40 @@ export function* mergeAdoptions(parent: LvolRecord, clone: LvolRecord): Generato
   }
 }
 
+/**
+ * The checksums of `clone` once `parent` merged into it and it owns `merged`, derived from the
+ * per-cluster values both had stored, with no byte read (issue 21 item 2). A merge moves no data:
+ * each cluster the clone then owns keeps the CRC its owner stored, the clone's for its own (which
+ * shadow the parent's), the parent's for those it adopted; the whole checksum chains them in
+ * index order (SPEC §6.1), as a registration's walk folds them with crc64Combine. So the result
+ * is what a fresh range registration would store, bit for bit. Null (dropped, as SPDK does) when
+ * the clone had no range checksums or a merged cluster has no stored value (the parent had none
+ * or only a whole checksum). Range checksums are sparse, 0 meaning none: a cluster whose CRC is
+ * 0 (odds 2^-64) only costs the derivation. Decided from the records alone, so a replayed
+ * lvol.merge derives the same values.
+ */
+export function mergedChecksums(
+  parent: LvolRecord,
+  clone: LvolRecord,
+  merged: ClusterMap,
+  clusterBytes: number,
+): { checksum: bigint; rangeChecksums: ClusterChecksums } | null {
+  const own = clone.rangeChecksums;
+  if (own === null) return null;
+  const adopted = parent.rangeChecksums;
+  const rangeChecksums = new ClusterChecksums(merged.length);
+  const chain = new Crc64Chain(clusterBytes);
+  let complete = true;
+  merged.forEachNonZero((clusterIndex) => {
+    if (!complete) return;
+    const crc = clone.clusterMap.get(clusterIndex) !== 0 ? own.get(clusterIndex) : (adopted?.get(clusterIndex) ?? 0n);
+    if (crc === 0n) complete = false;
+    rangeChecksums.set(clusterIndex, crc);
+    chain.add(crc);
+  });
+  return complete ? { checksum: chain.value, rangeChecksums } : null;
+}
+
 function lvolOf(store: LvstoreRecord, id: string): LvolRecord {
   const lvol = store.lvols.get(id);
   if (!lvol) throw new Error(`metadata change names unknown lvol ${id}`);
@@ -271,6 +306,7 @@ export function applyChange(store: LvstoreRecord, change: MetadataChange): void 
       // A new map (the old one stays intact for undo), at a cost in what the two own.
       const merged = clone.clusterMap.copy();
       for (const [index, physicalCluster] of mergeAdoptions(parent, clone)) merged.set(index, physicalCluster);
+      const derived = mergedChecksums(parent, clone, merged, store.clusterBytes);
       // The clone now reads through to the grandparent: where it saw zeros because the parent
       // was smaller or limited, it must still see zeros, not the grandparent's bytes.
       const limit = minLimit(minLimit(clone.readThroughClusters, parent.clusterMap.length), parent.readThroughClusters);
@@ -278,9 +314,10 @@ export function applyChange(store: LvstoreRecord, change: MetadataChange): void 
       clone.parentId = parent.parentId;
       clone.externalParent = parent.externalParent;
       clone.readThroughClusters = hasBelow(clone) ? limit : null;
-      // The clone now owns other clusters: its stored checksums no longer describe it (SPDK drops them).
-      clone.checksum = null;
-      clone.rangeChecksums = null;
+      // The clone now owns other clusters: its checksums are derived from the values both had,
+      // or dropped where they cannot be (SPDK drops them). New objects, so undo keeps the old ones.
+      clone.checksum = derived?.checksum ?? null;
+      clone.rangeChecksums = derived?.rangeChecksums ?? null;
       clone.savedProgress = null;
       store.lvols.delete(parent.id);
       return;

@@ -423,15 +423,14 @@ export class LvolActor {
     const read = ahead?.clusterIndex === clusterIndex ? ahead : this.startRead(input.lvolId, clusterIndex);
     if (ahead && ahead !== read) ahead.abort.abort();
     const output = await read.result;
+    if (output.kind !== 'cluster') return output;
     // Read the next owned cluster while the machine records this one: the device queue admits it
     // once this read is done (one background read per device at a time), so the machine's own
     // work per cluster overlaps I/O instead of adding to it. A stop calls it off if it has not
     // begun, or waits for it (settled()) if it has: still at most one cluster step.
-    if (output.kind === 'cluster' && this.checksumState === 'computing') {
-      const next = this.store.nextOwnedCluster(input.lvolId, clusterIndex + 1);
-      if (next >= 0) this.readAhead = this.startRead(input.lvolId, next);
-    }
-    return output;
+    const next = this.store.nextOwnedCluster(input.lvolId, clusterIndex + 1);
+    if (next >= 0 && this.checksumState === 'computing') this.readAhead = this.startRead(input.lvolId, next);
+    return { ...output, last: next < 0 };
   }
 
   private startRead(lvolId: string, clusterIndex: number): ClusterRead {
@@ -460,7 +459,7 @@ export class LvolActor {
       crc = Promise.reject(error);
     }
     return crc.then(
-      (value): ClusterStepOutput => ({ kind: 'cluster', clusterIndex, crc: value, bytes: clusterBytes, atMs: this.runtime.nowMs() }),
+      (value): ClusterStepOutput => ({ kind: 'cluster', clusterIndex, crc: value, bytes: clusterBytes, atMs: this.runtime.nowMs(), last: false }),
       (error: unknown): ClusterStepOutput => {
         if (error instanceof IoAbortedError) return { kind: 'skipped', atMs: this.runtime.nowMs() };
         return { kind: 'error', message: error instanceof Error ? error.message : String(error), atMs: this.runtime.nowMs() };
@@ -569,6 +568,25 @@ export class LvolActor {
   invalidate(): void {
     this.willResume = false;
     this.actor.send({ type: 'checksum.invalidate' });
+  }
+
+  /**
+   * Starts the machine again from the records, in the state an actor attached now would take
+   * (done with the stored value): after a merge derived this snapshot's checksums from values
+   * already stored (issue 21 item 2), no walk ran to bring it there, and what an earlier walk
+   * left (its progress, an aborted position) no longer describes the lvol. Callers preempt first.
+   */
+  restartFromRecords(): void {
+    this.willResume = false;
+    const old = this.started;
+    if (!old) return; // Not started yet: it starts from the records anyway.
+    assert.ok(!busyStates.has(this.checksumState), `lvol ${this.lvolId} restarted while its checksum is ${this.checksumState}`);
+    const previous = this.lastState;
+    old.stop();
+    this.untrack();
+    this.started = undefined;
+    const actor = this.startNow();
+    if (checksumStateOf(actor.getSnapshot()) !== previous) this.onChecksumChange(this.lvolId, this.status(), previous);
   }
 
   private async settled(): Promise<void> {

@@ -53,12 +53,13 @@ export interface ClusterStepInput {
 }
 
 /**
- * What one step found: the next owned cluster read whole with its CRC, the end of the walk, a
+ * What one step found: the next owned cluster read whole with its CRC (`last`: no owned cluster
+ * follows it, so the walk ends with it), the end of the walk, a
  * device error (reported as a value so the machine records when it happened), or nothing because
  * a stop arrived before its read began (`skipped`).
  */
 export type ClusterStepOutput =
-  | { kind: 'cluster'; clusterIndex: number; crc: bigint; bytes: number; atMs: number }
+  | { kind: 'cluster'; clusterIndex: number; crc: bigint; bytes: number; atMs: number; last: boolean }
   | { kind: 'end'; atMs: number }
   | { kind: 'skipped'; atMs: number }
   | { kind: 'error'; message: string; atMs: number };
@@ -109,6 +110,10 @@ export const lvolMachine = setup({
     stepFailed: ({ event }) => {
       assertEvent(event, 'cluster.done');
       return event.output.kind === 'error';
+    },
+    lastCluster: ({ event }) => {
+      assertEvent(event, 'cluster.done');
+      return event.output.kind === 'cluster' && event.output.last;
     },
   },
   actions: {
@@ -218,6 +223,10 @@ export const lvolMachine = setup({
             'cluster.done': [
               { guard: 'walkEnded', target: 'storing' },
               { guard: 'stepFailed', target: 'failed', actions: 'recordFailure' },
+              // SPEC §6.4: once the last cluster is in, the walk is over; a stop after it finds
+              // nothing running (-3) and the registration completes. Going back to `computing`
+              // for a step that only finds the end left a window where a stop aborted a finished walk.
+              { guard: 'lastCluster', target: 'storing', actions: 'recordCluster' },
               { target: 'computing', reenter: true, actions: 'recordCluster' },
             ],
             'checksum.stop': { target: 'stopping', actions: 'recordStopReason' },

@@ -61,6 +61,12 @@ export type SpecEvent =
   | { type: 'admitRacingStop' }
   /** The device finishes the cluster read in flight. */
   | { type: 'readDone' }
+  /**
+   * The device finishes the read in flight and a stop arrives in the very turn the walk has taken
+   * that cluster in, before the walk's next step could look for another one. After the last
+   * cluster that is SPEC §6.4's "stop arriving after the last cluster".
+   */
+  | { type: 'stopAfterRead' }
   /** The device fails the cluster read in flight (EIO). */
   | { type: 'readFails' }
   /** The lvstore made the finished value durable. */
@@ -95,6 +101,7 @@ export function specEvents(state: SpecState): SpecEvent[] {
   if (phase !== 'stopping' || waiting.stops + waiting.preempts.length < 2) events.push({ type: 'stop' });
   if (phase === 'queued') events.push({ type: 'admit' }, { type: 'admitRacingStop' });
   if (phase === 'computing' || phase === 'stopping') events.push({ type: 'readDone' }, { type: 'readFails' });
+  if (phase === 'computing') events.push({ type: 'stopAfterRead' });
   if (phase === 'storing') events.push({ type: 'storeDone' });
   return events;
 }
@@ -135,6 +142,11 @@ export function specTransition(previous: SpecState, event: SpecEvent, clustersTo
       if (phase === 'stopping') return settle({ ...state, phase: 'aborted', walk: finished }, clustersTotal);
       return { ...state, walk: finished, phase: finished.clustersDone < clustersTotal ? 'computing' : 'storing' };
     }
+    case 'stopAfterRead':
+      // The cluster counts; the stop then meets a walk that has more to read (it stops after the
+      // next cluster) or one that has read everything: SPEC §6.4, the registration completes and
+      // the stop answers -3. No moment exists in between where the stop could abort a finished walk.
+      return stop(specTransition(state, { type: 'readDone' }, clustersTotal), clustersTotal);
     case 'readFails':
       // SPEC §6.2: a device error ends the walk as `failed`, whatever else was waiting.
       return settle({ ...state, phase: 'failed', walk: { ...walk!, reason: failedReason } }, clustersTotal);

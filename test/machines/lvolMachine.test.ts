@@ -19,7 +19,14 @@ const start = (overrides: Partial<Extract<LvolEvent, { type: 'checksum.start' }>
 });
 const admit: LvolEvent = { type: 'checksum.admit', atMs: 1010 };
 const stepDone = (output: ClusterStepOutput) => ({ type: 'xstate.done.actor.clusterStep', output }) as unknown as LvolEvent;
-const cluster = (clusterIndex: number, crc: bigint, atMs = 1100): ClusterStepOutput => ({ kind: 'cluster', clusterIndex, crc, bytes: clusterBytes, atMs });
+const cluster = (clusterIndex: number, crc: bigint, atMs = 1100, last = false): ClusterStepOutput => ({
+  kind: 'cluster',
+  clusterIndex,
+  crc,
+  bytes: clusterBytes,
+  atMs,
+  last,
+});
 
 function initial(checksumStored = false): Snapshot {
   return initialTransition(lvolMachine, { lvolId: 'lvol-1', checksumStored })[0];
@@ -100,6 +107,13 @@ describe('lvolMachine (pure transitions)', () => {
     const done = run(storing, { type: 'xstate.done.actor.storeChecksum', output: 1400 } as unknown as LvolEvent);
     expect(done.value).toEqual({ checksum: 'done', io: 'idle' });
     expect(done.context.progress).toMatchObject({ finishedAtMs: 1400, reason: null });
+  });
+
+  it('goes to storing with the last cluster, so a stop after it finds nothing running (SPEC §6.4)', () => {
+    const storing = run(initial(), start(), admit, stepDone(cluster(0, 5n)), stepDone(cluster(1, 6n, 1200, true)));
+    expect(storing.value).toEqual({ checksum: 'storing', io: 'idle' });
+    expect(storing.context.progress).toMatchObject({ clustersDone: 2, nextClusterIndex: 2 });
+    expect(run(storing, { type: 'checksum.stop', reason: 'stopped', atMs: 1250 }).value).toEqual({ checksum: 'storing', io: 'idle' });
   });
 
   it('ignores stop while storing: the registration completes', () => {

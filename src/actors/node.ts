@@ -318,7 +318,11 @@ export class StorageNode {
         await this.copies.stopInvolving({ lvolIds: [lvol.id] }, 'bdev_lvol_delete');
         const { mergedInto } = await entry.store.deleteLvol(lvol.id);
         this.detachActor(entry, lvol.id);
-        if (mergedInto) this.actorOf(mergedInto)?.invalidate();
+        // A merge derives the clone's checksums where both had per-cluster values (no data read):
+        // its actor then shows them as at attach; otherwise the merge dropped them.
+        const merged = mergedInto ? this.actorOf(mergedInto) : undefined;
+        if (merged && entry.store.lvol(merged.lvolId).checksum !== null) merged.restartFromRecords();
+        else merged?.invalidate();
       },
     });
   }

@@ -10,6 +10,7 @@ import { nbdBenchmark } from './nbd.ts';
 import { nbdFloodBenchmark } from './nbdFlood.ts';
 import { preemptionLatency } from './preemptionLatency.ts';
 import { scaleBenchmark } from './scale.ts';
+import { schedulerScale } from './schedulerScale.ts';
 import { wireCreates } from './wireCreates.ts';
 import { wireListing } from './wireListing.ts';
 import { zeroing } from './zeroing.ts';
@@ -30,6 +31,7 @@ const benchmarks: ReadonlyArray<{ name: string; run: () => Promise<void> }> = [
   { name: 'nbd', run: nbdBenchmark },
   { name: 'nbdFlood', run: nbdFloodBenchmark },
   { name: 'scale', run: scaleBenchmark },
+  { name: 'schedulerScale', run: schedulerScale },
   { name: 'wireListing', run: wireListing },
   { name: 'wireCreates', run: wireCreates },
   { name: 'zeroing', run: zeroing },

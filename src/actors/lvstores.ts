@@ -22,6 +22,7 @@ import type { NbdExports } from './nbdExports.ts';
 import type { NodeEvent } from './node.ts';
 import type { PriorityRouter } from './priority.ts';
 import type { LvstoreEntry, Registry } from './registry.ts';
+import { resumeInterruptedWalks } from './scheduler.ts';
 
 export type LvstoreSelector = { uuid?: string | undefined; lvs_name?: string | undefined };
 
@@ -52,7 +53,7 @@ export class LvstoreLifecycle {
 
   /** Looks for an lvstore on a newly attached bdev and loads it with every lvol (SPDK's examine). */
   async examine(bdev: ClaimableBdev): Promise<void> {
-    const { registry, runtime, checksums, lvolBdevs } = this.host;
+    const { registry, runtime, lvolBdevs } = this.host;
     let store: Lvstore | undefined;
     try {
       store = await openLvstore(bdev.device, runtime);
@@ -77,7 +78,7 @@ export class LvstoreLifecycle {
     this.watch(store);
     registry.lvstores.set(store.id, entry);
     for (const lvol of store.lvols()) this.host.attachActor(entry, lvol);
-    const resumed = checksums.resumeInterrupted(entry);
+    const resumed = await resumeInterruptedWalks(registry, this.host.router.locks, entry);
     this.host.emit({ type: 'lvstore_created', uuid: store.id, name: store.name });
     log('info', 'lvstore loaded', { lvstore: store.name, uuid: store.id, bdev: bdev.name, lvols: store.record.lvols.size, checksumsResumed: resumed });
     // An lvol may carry an lvstore of its own (nested): SPDK examines lvol bdevs too.

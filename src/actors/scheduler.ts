@@ -18,7 +18,10 @@ import { log } from '../log.ts';
 import { schedulerMachine } from '../machines/schedulerMachine.ts';
 import type { Runtime } from '../runtime.ts';
 import type { InspectionHub } from './inspector.ts';
+import type { KeyedMutex } from './keyedMutex.ts';
+import type { LvolActor } from './lvolActor.ts';
 import { RateMeter } from './rateMeter.ts';
+import type { LvstoreEntry, Registry } from './registry.ts';
 
 /** What a walk needs from whoever admits it: a slot, pacing, and a place to count its bytes. */
 export interface WalkAdmission {
@@ -52,6 +55,11 @@ export interface BackgroundOptions {
   max_concurrent_checksums: number;
   checksum_rate_mib_per_sec: number;
 }
+
+// Re-queueing interrupted walks after a load: at most this many walks are held per slice, and at
+// most this many lvols are looked at (in their records) to find them before the loop gets a turn.
+const resumeSliceWalksMax = 16;
+const resumeScanLvolsMax = 4096;
 
 /** The scheduler's actor id in the inspection stream. */
 export const schedulerActorId = 'scheduler';
@@ -111,9 +119,9 @@ export class BackgroundScheduler implements WalkAdmission {
     this.actor.send({ type: 'walk.release', lvolId });
   }
 
+  /** O(log n) in the walks waiting: a status reads it for every queued walk it lists. */
   queuePosition(lvolId: string): number | null {
-    const index = this.actor.getSnapshot().context.queue.indexOf(lvolId);
-    return index < 0 ? null : index + 1;
+    return this.actor.getSnapshot().context.queue.position(lvolId);
   }
 
   /** A client request started: for a while, steps are spaced out (see foregroundQuietMs). */
@@ -202,6 +210,48 @@ export class BackgroundScheduler implements WalkAdmission {
   stop(): void {
     this.actor.stop();
   }
+}
+
+/**
+ * After a load: walks that were running (or preempted) when the node stopped resume by themselves
+ * (SPEC §6.6), queued in the order their lvols load, in slices of about `sliceMs` with a turn of
+ * the event loop between them. A resume starts the lvol's actor and queues its walk: 16,000 of
+ * them in one pass held the loop for seconds. A slice holds the lvols it resumes (`locks`), so a
+ * priority operation on one of them (a delete, a merge) comes wholly before or after its resume.
+ * Returns how many walks were re-queued.
+ */
+export async function resumeInterruptedWalks(registry: Registry, locks: KeyedMutex, entry: LvstoreEntry, sliceMs = 2): Promise<number> {
+  const loaded = () => registry.lvstores.get(entry.store.id) === entry;
+  const actors = entry.actors.values();
+  let pending: LvolActor[] = [];
+  let exhausted = false;
+  let resumed = 0;
+  while (loaded()) {
+    // Decided from the records (cheap): the actors of walks that do not resume start in their slice.
+    for (let visited = 0; !exhausted && pending.length < resumeSliceWalksMax && visited < resumeScanLvolsMax; visited++) {
+      const next = actors.next();
+      if (next.done) exhausted = true;
+      else if (next.value.resumesAfterLoad) pending.push(next.value);
+    }
+    if (exhausted && pending.length === 0) break;
+    const slice = pending;
+    pending = await locks.run(
+      slice.map((actor) => actor.lvolId),
+      async () => {
+        const endMs = performance.now() + sliceMs;
+        let index = 0;
+        // At least one walk per slice, however short the slice.
+        for (; index < slice.length && (index === 0 || performance.now() < endMs) && loaded(); index++) {
+          const actor = slice[index]!;
+          // Gone (deleted) or changed (resumed by hand, invalidated by a merge) since it was picked: skipped.
+          if (entry.actors.get(actor.lvolId) === actor && actor.resumesAfterLoad && actor.resumeInBackground()) resumed++;
+        }
+        return slice.slice(index);
+      },
+    );
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+  return resumed;
 }
 
 function toMachineOptions(options: BackgroundOptions): { maxConcurrent: number; rateBytesPerSec: number } {

@@ -5,6 +5,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { StorageNode } from '../../src/actors/node.ts';
 import type { InspectionRecord } from '../../src/actors/inspector.ts';
 import { crc64, crc64Combine } from '../../src/checksum/crc64.ts';
+import type { BlockDevice } from '../../src/device/blockDevice.ts';
+import { MemoryDevice } from '../../src/device/memoryDevice.ts';
 import { StorageError } from '../../src/errors.ts';
 import { systemRuntime } from '../../src/runtime.ts';
 
@@ -37,6 +39,20 @@ async function nodeWithSnapshots(count: number, options: { maxConcurrent?: numbe
     expected.set(`lvs/snap${index}`, crc);
   }
   return { node, expected };
+}
+
+/** A view of `device` that outlives a node: closing it keeps the bytes, so a second node loads them. */
+function persistent(device: MemoryDevice): BlockDevice {
+  return {
+    kind: device.kind,
+    sizeBytes: device.sizeBytes,
+    blockSizeBytes: device.blockSizeBytes,
+    readInto: (target, offset) => device.readInto(target, offset),
+    write: (offset, data) => device.write(offset, data),
+    discard: (offset, length) => device.discard(offset, length),
+    flush: () => device.flush(),
+    close: async () => {},
+  };
 }
 
 function state(node: StorageNode, name: string): string {
@@ -205,4 +221,73 @@ describe('background scheduler', () => {
     await node.checksums.register('lvs/snap0', 'whole', false);
     expect(Date.now() - startedMs).toBeGreaterThanOrEqual(250);
   });
+
+  it('gives the walks behind a stopped queued walk their places', async () => {
+    // Goal: queue_position stays right when a walk leaves from the middle of the line.
+    const { node } = await nodeWithSnapshots(5, { maxConcurrent: 1 });
+    const runs = [0, 1, 2, 3, 4].map((index) => settleLater(node.checksums.register(`lvs/snap${index}`, 'whole', false)));
+    await until(() => state(node, 'lvs/snap4') === 'queued');
+    const positions = () => [1, 2, 3, 4].map((index) => node.checksums.status(`lvs/snap${index}`).queue_position);
+    expect(positions()).toEqual([1, 2, 3, 4]);
+    await node.checksums.stop('lvs/snap2');
+    expect(positions()).toEqual([1, null, 2, 3]);
+    await node.checksums.stop('lvs/snap1');
+    expect(positions()).toEqual([null, null, 1, 2]);
+    expect(node.scheduler.stats()).toMatchObject({ running: 1, queued: 2 });
+    // The head of the line is next: the running walk ends, snap3 computes, snap4 is first in line.
+    await node.checksums.stop('lvs/snap0');
+    expect(state(node, 'lvs/snap3')).toBe('computing');
+    expect(node.checksums.status('lvs/snap4').queue_position).toBe(1);
+    await node.preemptAll('shutdown');
+    await until(() => runs.every((run) => run.settled()));
+  });
+
+  it('re-queues many interrupted walks at a restart in slices, in the order they were queued', async () => {
+    // Goal: SPEC §6.6 and §10 — walks waiting when the node stopped come back waiting, in their
+    // order, and the event loop turns while they re-queue (16,000 in one pass held it for seconds).
+    const count = 120;
+    const device = new MemoryDevice(64 * 1024 * 1024, 512);
+    // One slot, and a rate so low that the admitted walk waits on its pacing after its first read.
+    const options = { backgroundOptions: { max_concurrent_checksums: 1, checksum_rate_mib_per_sec: 0.001 } };
+    const first = new StorageNode(systemRuntime, options);
+    await first.attachBaseDevice('m0', persistent(device));
+    await first.lvstores.create({ bdevName: 'm0', lvsName: 'lvs', clusterBytes: 4096, clearMethod: 'none' });
+    const names: string[] = [];
+    for (let index = 0; index < count; index++) {
+      await first.createLvol({ selector: { lvs_name: 'lvs' }, name: `vol${index}`, sizeMib: 1, thin: true });
+      await first.writeLvol(`lvs/vol${index}`, 0, Buffer.alloc(3 * 4096, index + 1));
+      await first.snapshot(`lvs/vol${index}`, `snap${index}`, {});
+      names.push(`lvs/snap${index}`);
+    }
+    const runs = names.map((name) => first.checksums.register(name, 'whole', false).catch((error: unknown) => error));
+    await until(() => first.scheduler.stats().queued === count - 1);
+    await first.shutdown();
+    for (const run of runs) expect(await run).toMatchObject({ errno: 'EINTR', data: { reason: 'preempted by shutdown' } });
+
+    const second = new StorageNode(systemRuntime, options);
+    nodes.push(second);
+    // At every turn of the event loop while the lvstore loads: how many walks are back in line.
+    const backAtTurns: number[] = [];
+    let watching = true;
+    const tick = (): void => {
+      const stats = second.scheduler.stats();
+      backAtTurns.push(stats.queued + stats.admissions);
+      if (watching) setImmediate(tick);
+    };
+    setImmediate(tick);
+    await second.attachBaseDevice('m0', persistent(device));
+    watching = false;
+    const stats = second.scheduler.stats();
+    expect(stats.queued + stats.admissions).toBe(count);
+    // The loop turned between slices: some turns saw only part of the walks back.
+    expect(backAtTurns.filter((back) => back > 0 && back < count).length).toBeGreaterThanOrEqual(2);
+    // In the order they waited before, each with its place.
+    const { context } = second.scheduler.actor.getSnapshot();
+    expect([...context.running, ...context.queue.toArray()]).toEqual(names.map((name) => second.resolveLvol(name).lvol.id));
+    expect(state(second, names[0]!)).toBe('computing');
+    for (const [index, name] of names.entries()) {
+      if (index > 0) expect(second.checksums.status(name), name).toMatchObject({ state: 'queued', queue_position: index });
+    }
+  });
 });
+

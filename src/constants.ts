@@ -151,6 +151,9 @@ export const checksumChunkBytesMax = 4 * mibBytes;
 // A running walk's position is saved to the lvstore at least this often (SPEC §6.6), so a crash
 // costs at most this much recomputation.
 export const checksumProgressSaveIntervalMs = 5000;
+// A verification keeps at most this many bad clusters (each with its expected and actual CRC) in
+// the lvol's record; the count of all of them is kept too. The record is part of every checkpoint.
+export const verifyBadClustersMax = 1024;
 
 // Background scheduler (SPEC §6.6): bounds of node_set_background_options.
 export const checksumConcurrencyMax = 1024;

@@ -7,12 +7,13 @@ import { progressNotifyIntervalMs } from '../constants.ts';
 import { StorageError, fail } from '../errors.ts';
 import type { ChecksumMode } from '../machines/lvolMachine.ts';
 import type { Runtime } from '../runtime.ts';
-import type { ChecksumState, ChecksumStatus } from './lvolActor.ts';
+import type { VerificationRecord } from '../store/metadata.ts';
+import type { ChecksumMismatch, ChecksumState, ChecksumStatus } from './lvolActor.ts';
 import type { PriorityRouter } from './priority.ts';
 import type { LvstoreEntry, Registry } from './registry.ts';
 
 export interface ChecksumEvent {
-  type: 'checksum_state' | 'checksum_progress' | 'checksum_preempted';
+  type: 'checksum_state' | 'checksum_progress' | 'checksum_preempted' | 'checksum_mismatch';
   uuid: string;
   [key: string]: unknown;
 }
@@ -28,7 +29,8 @@ export class ChecksumService {
   ) {}
 
   /** The lvol actors' state listener. */
-  readonly onChange = (lvolId: string, status: ChecksumStatus, previous: ChecksumState): void => {
+  readonly onChange = (lvolId: string, status: ChecksumStatus, previous: ChecksumState, mismatch?: ChecksumMismatch): void => {
+    if (mismatch) this.emitMismatch(lvolId, mismatch);
     if (status.state !== previous) {
       this.emit({ type: 'checksum_state', uuid: lvolId, previous, ...status });
       if (status.state === 'aborted' && status.reason?.startsWith('preempted by ')) {
@@ -42,6 +44,21 @@ export class ChecksumService {
     this.lastProgressMs.set(lvolId, nowMs);
     this.emit({ type: 'checksum_progress', uuid: lvolId, ...status });
   };
+
+  /** A verify found bad clusters, or a re-registration other values than those stored (SPEC §6.10). */
+  private emitMismatch(lvolId: string, { source, verification }: ChecksumMismatch): void {
+    const conflict = verification.registrationConflict;
+    const found = source === 'verify' ? verification.badClusters : (conflict?.clusters ?? []);
+    this.emit({
+      type: 'checksum_mismatch',
+      uuid: lvolId,
+      source,
+      result: verification.result,
+      bad_cluster_count: source === 'verify' ? verification.badClusterCount : (conflict?.clusterCount ?? 0),
+      bad_clusters: found.map((bad) => ({ cluster_index: bad.clusterIndex, offset_bytes: bad.offsetBytes, expected: bad.expected, actual: bad.actual })),
+      whole: source === 'verify' ? verification.whole : (conflict?.whole ?? null),
+    });
+  }
 
   forget(lvolId: string): void {
     this.lastProgressMs.delete(lvolId);
@@ -69,6 +86,24 @@ export class ChecksumService {
       return { completion };
     });
     return started.completion;
+  }
+
+  /** Verifies a snapshot against its stored checksums (SPEC §6.10), started as a registration is. */
+  async verify(name: string, errorsOnly: boolean, resume: boolean): Promise<VerificationRecord> {
+    const { lvol } = this.registry.lvol(name);
+    const started = await this.router.locks.run([lvol.id], async () => {
+      const { actor } = this.registry.lvol(lvol.id);
+      const completion = actor.verify(errorsOnly, resume);
+      completion.catch(() => undefined);
+      return { completion };
+    });
+    return started.completion;
+  }
+
+  /** The durable verification record of a snapshot. */
+  verification(name: string): VerificationRecord {
+    const { lvol } = this.registry.durableLvol(name);
+    return lvol.verification ?? fail('ENOENT', `${lvol.name} was never verified`);
   }
 
   stop(name: string): Promise<true> {

@@ -2,12 +2,13 @@
 import assert from 'node:assert/strict';
 import { type Actor, type Snapshot, type SnapshotFrom, createActor, fromPromise, waitFor } from 'xstate';
 import { crcDeviceRange } from '../checksum/clusterCrc.ts';
-import { checksumProgressSaveIntervalMs } from '../constants.ts';
+import { checksumProgressSaveIntervalMs, verifyBadClustersMax } from '../constants.ts';
 import { IoAbortedError } from '../device/ioQueue.ts';
 import { StorageError, fail } from '../errors.ts';
 import { log } from '../log.ts';
 import {
   type ChecksumMode,
+  type ChecksumProgress,
   type ClusterStepInput,
   type ClusterStepOutput,
   type LvolInput,
@@ -16,7 +17,7 @@ import {
 } from '../machines/lvolMachine.ts';
 import type { Runtime } from '../runtime.ts';
 import type { Lvstore } from '../store/lvstore.ts';
-import type { SavedChecksumProgress } from '../store/metadata.ts';
+import type { BadCluster, LvolRecord, SavedChecksumProgress, VerificationRecord } from '../store/metadata.ts';
 import { ClusterChecksums } from '../store/sparseArray.ts';
 import type { InspectionHub } from './inspector.ts';
 import { RateMeter } from './rateMeter.ts';
@@ -45,8 +46,20 @@ export interface ChecksumStatus {
   resumable: boolean;
 }
 
-/** Called on every checksum state change of the lvol (for notifications and the dashboard). */
-export type ChecksumListener = (lvolId: string, status: ChecksumStatus, previous: ChecksumState) => void;
+/**
+ * What a verify (or a re-registration that found other values than those stored) just made
+ * durable, when it found something wrong: the node pushes it as `checksum_mismatch`.
+ */
+export interface ChecksumMismatch {
+  source: 'verify' | 'registration';
+  verification: VerificationRecord;
+}
+
+/**
+ * Called on every checksum state change of the lvol (for notifications and the dashboard), and
+ * with `mismatch` once a verification that found corruption is durable (the state then repeats).
+ */
+export type ChecksumListener = (lvolId: string, status: ChecksumStatus, previous: ChecksumState, mismatch?: ChecksumMismatch) => void;
 
 const busyStates: ReadonlySet<ChecksumState> = new Set(['queued', 'computing', 'stopping', 'storing']);
 const walkingStates: ReadonlySet<ChecksumState> = new Set(['queued', 'computing', 'stopping']);
@@ -62,9 +75,95 @@ function copyProgress<T extends { rangeCrcs: Map<number, bigint> } | null>(progr
 export const interruptedByRestart = 'interrupted by restart';
 
 /** A walk that was still running when the node stopped comes back aborted; the node resumes it. */
-function restoredProgress(saved: SavedChecksumProgress | null, nowMs: number): SavedChecksumProgress | null {
-  if (saved === null || saved.reason !== null) return copyProgress(saved);
-  return { ...copyProgress(saved), reason: interruptedByRestart, finishedAtMs: nowMs };
+function restoredProgress(saved: SavedChecksumProgress | null, nowMs: number): ChecksumProgress | null {
+  if (saved === null) return null;
+  const progress = { ...copyProgress(saved), targets: saved.targets ?? null };
+  if (saved.reason !== null) return progress;
+  return { ...progress, reason: interruptedByRestart, finishedAtMs: nowMs };
+}
+
+/** The first cluster at or after `fromClusterIndex` among `targets` (ascending), or -1. */
+function nextTarget(targets: readonly number[], fromClusterIndex: number): number {
+  for (const clusterIndex of targets) if (clusterIndex >= fromClusterIndex) return clusterIndex;
+  return -1;
+}
+
+/** What a verify walk has read so far, for comparing with what the lvol has stored. */
+interface VerifyReadings {
+  readonly targets: readonly number[] | null;
+  readonly rangeCrcs: ReadonlyMap<number, bigint>;
+  readonly runningCrc: bigint;
+  readonly clustersDone: number;
+  readonly clustersTotal: number;
+}
+
+/**
+ * Compares what a verify read with the stored checksums (SPEC §6.10): each cluster with its stored
+ * per-cluster value; with only a whole checksum stored, the chained value once every owned cluster
+ * was read. `complete`: the walk got to its end (otherwise the result is `incomplete`).
+ */
+export function verificationOf(lvol: LvolRecord, readings: VerifyReadings, clusterBytes: number, atMs: number, complete: boolean): VerificationRecord {
+  const badClusters: BadCluster[] = [];
+  let badClusterCount = 0;
+  let whole: VerificationRecord['whole'] = null;
+  const range = lvol.rangeChecksums;
+  if (range !== null) {
+    // In cluster order, so the kept list is the first bad clusters of the lvol.
+    const read = [...readings.rangeCrcs].sort(([a], [b]) => a - b);
+    for (const [clusterIndex, actual] of read) {
+      const expected = range.get(clusterIndex);
+      if (expected === actual) continue;
+      badClusterCount++;
+      if (badClusters.length < verifyBadClustersMax) {
+        badClusters.push({ clusterIndex, offsetBytes: clusterIndexToOffsetBytes(clusterIndex, clusterBytes), expected, actual });
+      }
+    }
+  } else if (complete && readings.targets === null && lvol.checksum !== null && readings.runningCrc !== lvol.checksum) {
+    whole = { expected: lvol.checksum, actual: readings.runningCrc };
+  }
+  const corrupt = badClusterCount > 0 || whole !== null;
+  return {
+    verifiedAtMs: atMs,
+    result: corrupt ? 'corrupt' : complete ? 'clean' : 'incomplete',
+    errorsOnly: readings.targets !== null,
+    clustersChecked: readings.clustersDone,
+    clustersTotal: readings.clustersTotal,
+    badClusterCount,
+    badClusters,
+    whole,
+    // Evidence of a conflicting re-registration stays until the lvol's clusters change.
+    registrationConflict: lvol.verification?.registrationConflict ?? null,
+  };
+}
+
+/**
+ * A re-registration's values against those stored before it (SPEC §6.10: SPDK overwrites, and
+ * Longhorn depends on that, so the old values are kept as evidence): null when nothing differs.
+ */
+export function registrationConflictOf(
+  lvol: LvolRecord,
+  checksum: bigint,
+  rangeCrcs: ReadonlyMap<number, bigint>,
+  clusterBytes: number,
+  atMs: number,
+): VerificationRecord['registrationConflict'] {
+  const clusters: BadCluster[] = [];
+  let clusterCount = 0;
+  if (lvol.rangeChecksums !== null) {
+    for (const [clusterIndex, actual] of [...rangeCrcs].sort(([a], [b]) => a - b)) {
+      const expected = lvol.rangeChecksums.get(clusterIndex);
+      if (expected === actual) continue;
+      clusterCount++;
+      if (clusters.length < verifyBadClustersMax) clusters.push({ clusterIndex, offsetBytes: clusterIndexToOffsetBytes(clusterIndex, clusterBytes), expected, actual });
+    }
+  }
+  const whole = lvol.checksum !== null && lvol.checksum !== checksum ? { expected: lvol.checksum, actual: checksum } : null;
+  if (whole === null && clusterCount === 0) return null;
+  return { atMs, whole, clusterCount, clusters };
+}
+
+function clusterIndexToOffsetBytes(clusterIndex: number, clusterBytes: number): number {
+  return clusterIndex * clusterBytes;
 }
 
 /**
@@ -263,6 +362,8 @@ export class LvolActor {
   private meter: RateMeter | undefined;
   private lastClustersDone = -1;
   private willResume = false;
+  /** A mismatch made durable, told with the next state change (done) or at once. */
+  private pendingMismatch: ChecksumMismatch | undefined;
   // The latest save of a stopped walk's position; stop and preempt answer after it is durable.
   private progressSaved: Promise<void> = Promise.resolve();
   private lastProgressSaveMs = 0;
@@ -402,7 +503,23 @@ export class LvolActor {
         log('error', 'saving checksum progress failed', { lvol: this.lvolId, error: String(error) }),
       );
     }
-    this.onChecksumChange(this.lvolId, this.status(), previous);
+    // A verify that ends early records what it found so far (`incomplete`), after its position,
+    // and before a stop or preemption answers (they wait for progressSaved).
+    if (progress?.mode === 'verify' && ((state === 'aborted' && previous !== 'aborted') || (state === 'failed' && previous !== 'failed'))) {
+      const readings = copyProgress(progress);
+      const recorded = this.progressSaved.then(() => this.storeVerification(this.lvolId, readings, false));
+      this.progressSaved = recorded.then(
+        () => undefined,
+        (error: unknown) => log('error', 'recording an incomplete verification failed', { lvol: this.lvolId, error: String(error) }),
+      );
+    }
+    this.onChecksumChange(this.lvolId, this.status(), previous, state === 'done' ? this.takeMismatch() : undefined);
+  }
+
+  private takeMismatch(): ChecksumMismatch | undefined {
+    const mismatch = this.pendingMismatch;
+    this.pendingMismatch = undefined;
+    return mismatch;
   }
 
   private async step(input: ClusterStepInput): Promise<ClusterStepOutput> {
@@ -410,7 +527,7 @@ export class LvolActor {
     // priority operation that arrived meanwhile is seen before this step takes a cluster.
     await this.runtime.yieldMacrotask();
     await this.runtime.yieldMacrotask();
-    const clusterIndex = this.store.nextOwnedCluster(input.lvolId, input.fromClusterIndex);
+    const clusterIndex = this.nextCluster(input, input.fromClusterIndex);
     const ahead = this.readAhead;
     this.readAhead = undefined;
     if (this.checksumState !== 'computing') {
@@ -428,9 +545,15 @@ export class LvolActor {
     // once this read is done (one background read per device at a time), so the machine's own
     // work per cluster overlaps I/O instead of adding to it. A stop calls it off if it has not
     // begun, or waits for it (settled()) if it has: still at most one cluster step.
-    const next = this.store.nextOwnedCluster(input.lvolId, clusterIndex + 1);
+    const next = this.nextCluster(input, clusterIndex + 1);
     if (next >= 0 && this.checksumState === 'computing') this.readAhead = this.startRead(input.lvolId, next);
     return { ...output, last: next < 0 };
+  }
+
+  /** The next cluster the walk reads: the next owned one, or the next target of an errors-only verify. */
+  private nextCluster(input: ClusterStepInput, fromClusterIndex: number): number {
+    if (input.targets === null) return this.store.nextOwnedCluster(input.lvolId, fromClusterIndex);
+    return nextTarget(input.targets, fromClusterIndex);
   }
 
   private startRead(lvolId: string, clusterIndex: number): ClusterRead {
@@ -475,7 +598,17 @@ export class LvolActor {
   private async storeResult(input: StoreChecksumInput): Promise<number> {
     // A position save still on its way must land before the result, which clears it.
     await this.progressSaved;
+    if (input.mode === 'verify') return this.storeVerification(input.lvolId, this.actor.getSnapshot().context.progress!, true);
     const lvol = this.store.lvol(input.lvolId);
+    // A re-registration overwrites (SPDK); values that differ from the stored ones are kept first.
+    const conflict = registrationConflictOf(lvol, input.checksum, input.rangeCrcs, this.store.clusterBytes, this.runtime.nowMs());
+    if (conflict !== null) {
+      const verification: VerificationRecord = lvol.verification
+        ? { ...lvol.verification, registrationConflict: conflict }
+        : { verifiedAtMs: null, result: null, errorsOnly: false, clustersChecked: 0, clustersTotal: 0, badClusterCount: 0, badClusters: [], whole: null, registrationConflict: conflict };
+      await this.store.recordVerification(input.lvolId, verification);
+      this.pendingMismatch = { source: 'registration', verification };
+    }
     // Plain registration refreshes per-cluster values only where a range set already exists (SPDK).
     let range: ClusterChecksums | null = null;
     if (input.mode === 'range' || lvol.rangeChecksums !== null) {
@@ -486,9 +619,50 @@ export class LvolActor {
     return this.runtime.nowMs();
   }
 
+  /**
+   * Journals what the verify walk read, compared with the stored checksums, which it never
+   * changes. `complete`: the walk got to its end; otherwise (stopped, preempted, failed) the result
+   * is `incomplete`, with the bad clusters found so far. Returns when it happened.
+   */
+  private async storeVerification(lvolId: string, progress: VerifyReadings, complete: boolean): Promise<number> {
+    const atMs = this.runtime.nowMs();
+    const verification = verificationOf(this.store.lvol(lvolId), progress, this.store.clusterBytes, atMs, complete);
+    await this.store.recordVerification(lvolId, verification);
+    if (verification.badClusterCount > 0 || verification.whole !== null) {
+      this.pendingMismatch = { source: 'verify', verification };
+      // An incomplete verify is told at once: no state change follows to carry it.
+      if (!complete) this.tellMismatch();
+    }
+    return atMs;
+  }
+
+  /** Tells the listener of a mismatch made durable, once. */
+  private tellMismatch(): void {
+    const mismatch = this.pendingMismatch;
+    this.pendingMismatch = undefined;
+    if (mismatch) this.onChecksumChange(this.lvolId, this.status(), this.lastState, mismatch);
+  }
+
+  /**
+   * Runs a verify walk (SPEC §6.10): every owned cluster, or with `errorsOnly` exactly the clusters
+   * the last verify found bad. Resolves with the durable result; rejects EINTR when stopped or
+   * preempted (the result so far is journaled as `incomplete`) and EIO when a read failed.
+   */
+  async verify(errorsOnly: boolean, resume: boolean): Promise<VerificationRecord> {
+    const lvol = this.store.lvol(this.lvolId);
+    if (lvol.checksum === null && lvol.rangeChecksums === null) fail('ENOENT', `no checksum registered for ${lvol.name} to verify against`);
+    let targets: number[] | null = null;
+    if (errorsOnly) {
+      if (lvol.rangeChecksums === null) fail('EINVAL', `errors_only needs per-cluster checksums of ${lvol.name} (register range checksums)`);
+      targets = (lvol.verification?.badClusters ?? []).map((bad) => bad.clusterIndex).filter((clusterIndex) => this.store.nextOwnedCluster(this.lvolId, clusterIndex) === clusterIndex);
+    }
+    await this.register('verify', resume, targets);
+    return this.store.lvol(this.lvolId).verification!;
+  }
+
   /** Runs a whole registration; resolves true when done (SPEC §6.3), rejects EINTR when stopped or preempted. */
-  async register(mode: ChecksumMode, resume: boolean): Promise<true> {
-    const runId = this.start(mode, resume);
+  async register(mode: ChecksumMode, resume: boolean, targets: readonly number[] | null = null): Promise<true> {
+    const runId = this.start(mode, resume, targets);
     const final = await waitFor(
       this.actor,
       (snapshot) => snapshot.context.progress?.runId === runId && !busyStates.has(checksumStateOf(snapshot)),
@@ -507,7 +681,7 @@ export class LvolActor {
   }
 
   /** Sends the start of a run (queued until the scheduler admits it); returns its run id. */
-  private start(mode: ChecksumMode, resume: boolean): number {
+  private start(mode: ChecksumMode, resume: boolean, targets: readonly number[] | null = null): number {
     const lvol = this.store.lvol(this.lvolId);
     if (!lvol.snapshot) fail('EPERM', `${lvol.name} is not a snapshot`, { wire: 'internal' });
     if (busyStates.has(this.checksumState)) fail('EEXIST', `a checksum of ${lvol.name} is already running`);
@@ -517,9 +691,10 @@ export class LvolActor {
       type: 'checksum.start',
       runId,
       mode,
-      clustersTotal: this.store.ownedClusterCount(this.lvolId),
+      clustersTotal: targets?.length ?? this.store.ownedClusterCount(this.lvolId),
       atMs: this.runtime.nowMs(),
       resume,
+      targets,
     });
     return runId;
   }
@@ -534,7 +709,7 @@ export class LvolActor {
     if (this.checksumState !== 'aborted') return false;
     const progress = this.actor.getSnapshot().context.progress;
     if (progress === null) return false;
-    this.start(progress.mode, true);
+    this.start(progress.mode, true, progress.targets);
     return true;
   }
 

@@ -43,6 +43,7 @@ export interface NodeEvent {
     | 'checksum_state'
     | 'checksum_progress'
     | 'checksum_preempted'
+    | 'checksum_mismatch'
     | 'copy_state'
     | 'copy_progress';
   [key: string]: unknown;

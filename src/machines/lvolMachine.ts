@@ -1,5 +1,8 @@
 // The lvol actor: its checksum walk moves one cluster per event and yields to stop and priority events.
 //
+// A walk has a mode: `whole` and `range` compute and store checksums (SPEC §6.3); `verify` reads
+// the same way and compares with the stored values, storing only what it found (SPEC §6.10).
+//
 // Two parallel regions. `checksum` is the walk SPEC §6.2 names: idle → computing → stopping →
 // aborted | done (+ failed), with `queued` while the node-wide scheduler has no slot for it yet
 // (SPEC §6.6) and `storing` while the finished value is persisted. `io` holds the
@@ -8,12 +11,14 @@
 import { assertEvent, assign, fromPromise, raise, setup } from 'xstate';
 import { crc64Combine } from '../checksum/crc64.ts';
 
-export type ChecksumMode = 'whole' | 'range';
+export type ChecksumMode = 'whole' | 'range' | 'verify';
 
 export interface ChecksumProgress {
   /** Identifies one registration, so its caller can tell its own outcome from a later run's. */
   readonly runId: number;
   readonly mode: ChecksumMode;
+  /** The clusters an errors-only verify re-reads, ascending; null: every owned cluster. */
+  readonly targets: readonly number[] | null;
   readonly clustersTotal: number;
   readonly clustersDone: number;
   readonly bytesDone: number;
@@ -50,6 +55,8 @@ export interface LvolInput {
 export interface ClusterStepInput {
   lvolId: string;
   fromClusterIndex: number;
+  /** Read only these clusters (an errors-only verify); null: every owned cluster. */
+  targets: readonly number[] | null;
 }
 
 /**
@@ -72,7 +79,15 @@ export interface StoreChecksumInput {
 }
 
 export type LvolEvent =
-  | { type: 'checksum.start'; runId: number; mode: ChecksumMode; clustersTotal: number; atMs: number; resume: boolean }
+  | {
+      type: 'checksum.start';
+      runId: number;
+      mode: ChecksumMode;
+      clustersTotal: number;
+      atMs: number;
+      resume: boolean;
+      targets?: readonly number[] | null;
+    }
   | { type: 'checksum.admit'; atMs: number }
   | { type: 'checksum.stop'; reason: string; atMs: number }
   | { type: 'lvol.preempt'; operation: string; atMs: number }
@@ -101,7 +116,10 @@ export const lvolMachine = setup({
     canResume: ({ context, event }) => {
       assertEvent(event, 'checksum.start');
       const progress = context.progress;
-      return event.resume && progress !== null && progress.mode === event.mode && progress.finishedAtMs !== null && progress.reason !== null;
+      if (!event.resume || progress === null || progress.mode !== event.mode) return false;
+      // An errors-only verify resumes only as one (over the clusters it set out to re-read), a full one as a full one.
+      if ((progress.targets === null) !== ((event.targets ?? null) === null)) return false;
+      return progress.finishedAtMs !== null && progress.reason !== null;
     },
     walkEnded: ({ event }) => {
       assertEvent(event, 'cluster.done');
@@ -296,7 +314,11 @@ export const lvolMachine = setup({
           invoke: {
             id: 'clusterStep',
             src: 'clusterStep',
-            input: ({ context }) => ({ lvolId: context.lvolId, fromClusterIndex: context.progress!.nextClusterIndex }),
+            input: ({ context }) => ({
+              lvolId: context.lvolId,
+              fromClusterIndex: context.progress!.nextClusterIndex,
+              targets: context.progress!.targets,
+            }),
             onDone: { target: 'idle', actions: { type: 'raiseClusterDone', params: ({ event }) => event.output } },
             // The provided step reports device errors as values; a rejection is a bug, still recorded.
             onError: {
@@ -321,6 +343,7 @@ function newProgress(event: Extract<LvolEvent, { type: 'checksum.start' }>): Che
   return {
     runId: event.runId,
     mode: event.mode,
+    targets: event.targets ?? null,
     clustersTotal: event.clustersTotal,
     clustersDone: 0,
     bytesDone: 0,

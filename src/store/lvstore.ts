@@ -34,6 +34,7 @@ import {
   type MetadataLog,
   type MetadataLogStats,
   type SavedChecksumProgress,
+  type VerificationRecord,
   allocationRuns,
   applyChange,
   creationRank,
@@ -898,6 +899,12 @@ export class Lvstore {
   async storeChecksum(id: string, checksum: bigint, rangeChecksums: ClusterChecksums | null): Promise<void> {
     this.lvol(id);
     await this.commit([{ type: 'checksum.store', id, checksum, rangeChecksums }]);
+  }
+
+  /** Journals what a verification found (SPEC §6.10); the stored checksums are left as they are. */
+  async recordVerification(id: string, verification: VerificationRecord): Promise<void> {
+    this.lvol(id);
+    await this.commit([{ type: 'checksum.verified', id, verification }]);
   }
 
   // ---- data path ----

@@ -40,12 +40,58 @@ export interface LvolRecord {
   rangeChecksums: ClusterChecksums | null;
   /** Where a stopped or preempted checksum walk stood, so it can resume (SPEC §6.6). */
   savedProgress: SavedChecksumProgress | null;
+  /**
+   * What the last verification found (SPEC §6.10), and any re-registration whose value differed
+   * from the one stored before it. Absent in records written before verification existed.
+   */
+  verification?: VerificationRecord | null;
+}
+
+/** One cluster whose CRC read now differs from the stored one. */
+export interface BadCluster {
+  clusterIndex: number;
+  /** Where the cluster starts in the lvol (not on the device). */
+  offsetBytes: number;
+  expected: bigint;
+  actual: bigint;
+}
+
+export type VerifyResult = 'clean' | 'corrupt' | 'incomplete';
+
+/**
+ * A verification's outcome (`checksum.verified`). Verifying never changes the stored checksums:
+ * this record is the only thing a verify writes.
+ */
+export interface VerificationRecord {
+  /** When the last verify ended; null when only a conflicting re-registration was recorded. */
+  verifiedAtMs: number | null;
+  result: VerifyResult | null;
+  errorsOnly: boolean;
+  clustersChecked: number;
+  clustersTotal: number;
+  /** Every bad cluster found; `badClusters` keeps the first verifyBadClustersMax of them. */
+  badClusterCount: number;
+  badClusters: BadCluster[];
+  /** With only a whole checksum stored: the stored and the re-read chained value. */
+  whole: { expected: bigint; actual: bigint } | null;
+  /**
+   * A re-registration (which overwrites, as SPDK's) found other values than those stored: the
+   * previous ones are `expected`, the new ones `actual`. Kept across later verifies as evidence.
+   */
+  registrationConflict: {
+    atMs: number;
+    whole: { expected: bigint; actual: bigint } | null;
+    clusterCount: number;
+    clusters: BadCluster[];
+  } | null;
 }
 
 /** A stopped walk's position: the machine's ChecksumProgress as plain data. */
 export interface SavedChecksumProgress {
   runId: number;
-  mode: 'whole' | 'range';
+  mode: 'whole' | 'range' | 'verify';
+  /** An errors-only verify: the clusters it re-reads. Absent or null: every owned cluster. */
+  targets?: readonly number[] | null;
   clustersTotal: number;
   clustersDone: number;
   bytesDone: number;
@@ -109,7 +155,9 @@ export type MetadataChange =
   | { type: 'lvol.merge'; id: string; cloneId: string }
   | { type: 'checksum.store'; id: string; checksum: bigint; rangeChecksums: ClusterChecksums | null }
   | { type: 'checksum.invalidate'; id: string }
-  | { type: 'checksum.progress'; id: string; progress: SavedChecksumProgress | null };
+  | { type: 'checksum.progress'; id: string; progress: SavedChecksumProgress | null }
+  /** A verification's outcome (or a conflicting re-registration's evidence); stored checksums stay. */
+  | { type: 'checksum.verified'; id: string; verification: VerificationRecord };
 
 /**
  * `count` logical clusters from `clusterIndex` mapped to physical clusters from `physicalCluster`
@@ -334,11 +382,20 @@ export function applyChange(store: LvstoreRecord, change: MetadataChange): void 
       lvol.checksum = null;
       lvol.rangeChecksums = null;
       lvol.savedProgress = null;
+      // What a verification found is about clusters the lvol no longer owns as they were.
+      lvol.verification = null;
       return;
     }
     case 'checksum.progress':
       lvolOf(store, change.id).savedProgress = change.progress;
       return;
+    case 'checksum.verified': {
+      const lvol = lvolOf(store, change.id);
+      lvol.verification = change.verification;
+      // A finished verify leaves no position to resume; an incomplete one keeps the one saved before it.
+      if (change.verification.result === 'clean' || change.verification.result === 'corrupt') lvol.savedProgress = null;
+      return;
+    }
   }
 }
 

@@ -29,8 +29,8 @@ import { u64, u64AsNumber } from './json64.ts';
 import { type MethodTable, type RpcMethod, defineMethod } from './methodTable.ts';
 import type { RpcStats } from './stats.ts';
 import { observeMethods } from './observeMethods.ts';
-import { checksumStatus, checksumValue, name, ok } from './schemas.ts';
-import { allBdevInfos, bdevInfos, bdevView, lvolInfos, lvolView, lvstoreInfo, lvstoreView } from './views.ts';
+import { checksumStatus, checksumValue, name, ok, verification } from './schemas.ts';
+import { allBdevInfos, bdevInfos, bdevView, lvolInfos, lvolView, lvstoreInfo, lvstoreView, verificationView } from './views.ts';
 
 const byName = z.strictObject({ name });
 // Control characters (NUL, newlines, C1) and bidirectional overrides make names that print as
@@ -431,11 +431,27 @@ function checksumMethods(node: StorageNode): Record<string, RpcMethod> {
       handler: (p) => node.checksums.stop(p.name),
     }),
     bdev_lvol_get_checksum_status: defineMethod({
-      description: 'State and progress of an lvol’s checksum computation (lvnode).',
+      description: 'State and progress of an lvol’s checksum computation or verify (lvnode).',
       priority: 'foreground',
       params: byName,
       result: checksumStatus,
       handler: (p) => node.checksums.status(p.name),
+    }),
+    bdev_lvol_verify_snapshot: defineMethod({
+      description:
+        'lvnode’s own (no SPDK equivalent): re-read a snapshot one cluster per event and compare each owned cluster’s CRC with the stored per-cluster value (or the whole checksum at the end); never changes stored checksums. Journals and answers the result (clean, corrupt with every bad cluster, or incomplete); errors_only re-reads only the clusters the last verify found bad. Stopped with bdev_lvol_stop_snapshot_checksum, preempted and resumed like a checksum walk (status mode `verify`).',
+      priority: 'background',
+      params: z.strictObject({ name, errors_only: z.boolean().optional(), resume: z.boolean().optional() }),
+      result: verification,
+      handler: async (p) => verificationView(await node.checksums.verify(p.name, p.errors_only ?? false, p.resume ?? false)),
+    }),
+    bdev_lvol_get_verification: defineMethod({
+      description:
+        'lvnode’s own: what the last verify of a snapshot found (durable, kept across restarts), and any re-registration that found other values than those stored. -2 when never verified.',
+      priority: 'foreground',
+      params: byName,
+      result: verification,
+      handler: (p) => verificationView(node.checksums.verification(p.name)),
     }),
   };
 }

@@ -19,6 +19,7 @@ export const notificationTypes = [
   'checksum_state',
   'checksum_progress',
   'checksum_preempted',
+  'checksum_mismatch',
   'copy_state',
   'copy_progress',
 ] as const;

@@ -9,7 +9,7 @@ export const ok = z.literal(true);
 export const checksumValue = u64.describe('CRC-64/GO-ISO as an exact unsigned 64-bit JSON integer');
 export const checksumStatus = z.object({
   state: z.enum(['idle', 'queued', 'computing', 'stopping', 'storing', 'aborted', 'done', 'failed']),
-  mode: z.enum(['whole', 'range']).nullable(),
+  mode: z.enum(['whole', 'range', 'verify']).nullable(),
   clusters_done: z.number(),
   clusters_total: z.number(),
   bytes_done: z.number(),
@@ -22,4 +22,39 @@ export const checksumStatus = z.object({
   reason: z.string().optional(),
   error: z.string().optional(),
   resumable: z.boolean(),
+});
+
+/** A cluster whose CRC differs from the stored one (lvnode, SPEC §6.10). */
+export const badCluster = z.object({
+  cluster_index: z.number(),
+  /** Where the cluster starts in the lvol, in bytes. */
+  offset_bytes: z.number(),
+  expected: checksumValue,
+  actual: checksumValue,
+});
+const wholeMismatch = z.object({ expected: checksumValue, actual: checksumValue }).nullable();
+
+/** What the last verification of a snapshot found, in full (bdev_lvol_verify_snapshot, bdev_lvol_get_verification). */
+export const verification = z.object({
+  verified_at: z.string().nullable(),
+  result: z.enum(['clean', 'corrupt', 'incomplete']).nullable(),
+  errors_only: z.boolean(),
+  clusters_checked: z.number(),
+  clusters_total: z.number(),
+  bad_cluster_count: z.number(),
+  bad_clusters: z.array(badCluster),
+  whole: wholeMismatch,
+  registration_conflict: z
+    .object({ at: z.string(), whole: wholeMismatch, cluster_count: z.number(), clusters: z.array(badCluster) })
+    .nullable(),
+});
+
+/** The flag listings carry (bdev_lvol_get_lvols, bdev_get_bdevs driver_specific.lvol). */
+export const verificationSummary = z.object({
+  /** A verify found bad clusters, or a re-registration found other values than those stored. */
+  corrupt: z.boolean(),
+  result: z.enum(['clean', 'corrupt', 'incomplete']).nullable(),
+  verified_at: z.string().nullable(),
+  bad_cluster_count: z.number(),
+  registration_conflict: z.boolean(),
 });

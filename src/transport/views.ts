@@ -5,8 +5,9 @@ import type { StorageNode } from '../actors/node.ts';
 import type { BaseBdev, LvstoreEntry } from '../actors/registry.ts';
 import { loopYielder } from '../store/format.ts';
 import { rfc3339Seconds } from '../store/lvstore.ts';
-import type { LvolRecord } from '../store/metadata.ts';
+import type { BadCluster, LvolRecord, VerificationRecord } from '../store/metadata.ts';
 import { JsonArrayWriter, type SerializedJson, sliceSerializeItemsMin } from './json64.ts';
+import { type verification, verificationSummary } from './schemas.ts';
 
 const ioTypeKeys = [
   'read',
@@ -80,6 +81,8 @@ export const lvolView = z.object({
   read_only: z.boolean(),
   parent: z.string().nullable(),
   lvs: z.object({ name: z.string(), uuid: z.string() }),
+  /** lvnode: present once the snapshot was verified or a re-registration conflicted (SPEC §6.10). */
+  verification: verificationSummary.optional(),
 });
 export type LvolView = z.output<typeof lvolView>;
 
@@ -161,6 +164,7 @@ export function lvolBdevInfo(entry: LvstoreEntry, lvol: LvolRecord, claimedBy: s
         ...(lvol.snapshot && clones.length > 0 ? { clones } : {}),
         esnap_clone: lvol.externalParent !== null,
         ...(lvol.externalParent !== null ? { external_snapshot_name: externalName(entry, lvol.externalParent) } : {}),
+        ...(lvol.verification ? { verification: verificationSummaryOf(lvol.verification) } : {}),
       },
     },
   };
@@ -261,6 +265,49 @@ export function lvolInfo(entry: LvstoreEntry, lvol: LvolRecord): LvolView {
     read_only: lvol.readOnly,
     parent: lvol.parentId,
     lvs: { name: store.durableName, uuid: store.id },
+    ...(lvol.verification ? { verification: verificationSummaryOf(lvol.verification) } : {}),
+  };
+}
+
+function isoOrNull(atMs: number | null): string | null {
+  return atMs === null ? null : new Date(atMs).toISOString();
+}
+
+function badClusterView(bad: BadCluster): z.input<typeof verification>['bad_clusters'][number] {
+  return { cluster_index: bad.clusterIndex, offset_bytes: bad.offsetBytes, expected: bad.expected, actual: bad.actual };
+}
+
+/** A snapshot is flagged corrupt when a verify found bad clusters or a re-registration conflicted. */
+export function isCorrupt(record: VerificationRecord): boolean {
+  return record.result === 'corrupt' || record.badClusterCount > 0 || record.whole !== null || record.registrationConflict !== null;
+}
+
+export function verificationSummaryOf(record: VerificationRecord): z.output<typeof verificationSummary> {
+  return {
+    corrupt: isCorrupt(record),
+    result: record.result,
+    verified_at: isoOrNull(record.verifiedAtMs),
+    bad_cluster_count: record.badClusterCount,
+    registration_conflict: record.registrationConflict !== null,
+  };
+}
+
+/** The whole verification record on the wire (SPEC §6.10). */
+export function verificationView(record: VerificationRecord): z.input<typeof verification> {
+  const conflict = record.registrationConflict;
+  return {
+    verified_at: isoOrNull(record.verifiedAtMs),
+    result: record.result,
+    errors_only: record.errorsOnly,
+    clusters_checked: record.clustersChecked,
+    clusters_total: record.clustersTotal,
+    bad_cluster_count: record.badClusterCount,
+    bad_clusters: record.badClusters.map(badClusterView),
+    whole: record.whole,
+    registration_conflict:
+      conflict === null
+        ? null
+        : { at: new Date(conflict.atMs).toISOString(), whole: conflict.whole, cluster_count: conflict.clusterCount, clusters: conflict.clusters.map(badClusterView) },
   };
 }
 

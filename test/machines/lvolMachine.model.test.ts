@@ -22,6 +22,7 @@ import { crc64Oracle, crc64OracleChained } from './crc64Oracle.ts';
 import {
   type Answer,
   type Answers,
+  type Mode,
   type Observation,
   type Phase,
   type SpecEvent,
@@ -336,7 +337,7 @@ function observe(system: System): Observation {
   return {
     status: {
       state: status.state as Phase,
-      mode: status.mode,
+      mode: status.mode as Mode | null,
       clusters_done: status.clusters_done,
       clusters_total: status.clusters_total,
       bytes_done: status.bytes_done,

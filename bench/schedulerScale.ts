@@ -7,14 +7,17 @@
 // running walk is released N times (each release admits the head of the queue) or the waiting
 // walks leave from the middle in random order (a stopped queued walk). Per-operation cost at
 // 16,000 against 1,000 waiting walks is the figure: ~1x is O(1), a little more is O(log n), ~16x
-// is O(n). Median of LVNODE_BENCH_SCHEDULER_RUNS runs (default 5).
+// is O(n). Median of LVNODE_BENCH_SCHEDULER_RUNS runs (default 5); LVNODE_BENCH_SCHEDULER_SIZES
+// picks the sizes (default 1000,16000; the ratio is the last against the first).
 //
 // Part 2, a restart: an lvstore on a file in /dev/shm (tmpdir without it) holds LVNODE_BENCH_SCHEDULER_WALKS
 // snapshots (default 16,000) of one 4 KiB cluster each. It is loaded once with every walk saved as
 // stopped (nothing re-queues: the load's own cost), then with every walk saved as running at a
 // crash, so all of them re-queue as the lvstore loads. Each load is timed to its answer, to the
 // last walk queued and to the last lvol actor started, with the longest event-loop stall (a chain
-// of setImmediate turns) and the event-loop delay histogram's p99 and max over that whole window.
+// of setImmediate turns) and the event-loop delay histogram's p99 and max over that whole window,
+// and apart from them the longest gap between two turns during which walks went back in line (the
+// re-queue's own stall, the load's attach of every lvol actor aside) with the number of such turns.
 import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -35,7 +38,6 @@ import { envInteger, fixed, median, printTable } from './support.ts';
 v8.setFlagsFromString('--expose-gc');
 const collect = runInNewContext('gc') as () => void;
 const noConnection = { id: 0, notify: () => false, onClose: () => {} };
-const queueSizes = [1000, 16_000];
 const positionsRead = 1000;
 const restartClusterBytes = 4096;
 
@@ -108,10 +110,10 @@ function queueRun(size: number, seed: number): QueueFigures {
   }
 }
 
-function queueBenchmark(runs: number): void {
+function queueBenchmark(queueSizes: readonly number[], runs: number): void {
   console.log(`\n-- the scheduler alone: N walks, one slot; median of ${runs} runs --`);
-  // Warm-up: the request and release paths compiled before anything is timed.
-  queueRun(2000, 99);
+  // Warm-up: the request and release paths compiled (V8's optimizing tiers) before anything is timed.
+  for (let round = 0; round < 3; round++) queueRun(16_000, 90 + round);
   const bySize = new Map<number, QueueFigures[]>();
   for (let run = 0; run < runs; run++) {
     for (const size of queueSizes) bySize.set(size, [...(bySize.get(size) ?? []), queueRun(size, run + 1)]);
@@ -126,7 +128,8 @@ function queueBenchmark(runs: number): void {
     fixed(med(size, (f) => f.releaseHeadUs), 2),
     fixed(med(size, (f) => f.releaseMiddleUs), 2),
   ]);
-  const [small, large] = queueSizes as [number, number];
+  const small = queueSizes[0]!;
+  const large = queueSizes[queueSizes.length - 1]!;
   const ratio = (pick: (figures: QueueFigures) => number) => `${fixed(med(large, pick) / med(small, pick), 2)}x`;
   rows.push([
     `per op ${large}/${small}`,
@@ -188,6 +191,9 @@ interface RestartFigures {
   allQueuedMs: number;
   allStartedMs: number;
   stallMs: number;
+  /** The longest gap between two turns in which walks went back in line, and how many such turns there were. */
+  requeueStallMs: number;
+  requeueTurns: number;
   delayP99Ms: number;
   delayMaxMs: number;
   queued: number;
@@ -199,14 +205,28 @@ async function measureRestart(path: string, expected: number): Promise<{ node: S
   // One slot and a crawl of a rate: the walk admitted first waits on its pacing, the rest wait in line.
   const node = new StorageNode(systemRuntime, { backgroundOptions: { max_concurrent_checksums: 1, checksum_rate_mib_per_sec: 0.001 } });
   const call = callsOf(node);
+  const queued = () => {
+    const stats = node.scheduler.stats();
+    return stats.admissions + stats.queued;
+  };
   const histogram = monitorEventLoopDelay({ resolution: 1 });
+  // A chain of setImmediate turns: the gap before each, and whether walks went back in line during it.
   let stallMs = 0;
+  let requeueStallMs = 0;
+  let requeueTurns = 0;
   let last = performance.now();
+  let lastQueued = 0;
   let watching = true;
   const tick = (): void => {
     const now = performance.now();
+    const nowQueued = queued();
     stallMs = Math.max(stallMs, now - last);
+    if (nowQueued !== lastQueued) {
+      requeueStallMs = Math.max(requeueStallMs, now - last);
+      requeueTurns++;
+    }
     last = now;
+    lastQueued = nowQueued;
     if (watching) setImmediate(tick);
   };
   histogram.enable();
@@ -214,10 +234,6 @@ async function measureRestart(path: string, expected: number): Promise<{ node: S
   const start = performance.now();
   await call('bdev_aio_create', { name: 'disk', filename: path, block_size: 512 });
   const answerMs = performance.now() - start;
-  const queued = () => {
-    const stats = node.scheduler.stats();
-    return stats.admissions + stats.queued;
-  };
   while (queued() < expected && performance.now() - start < 120_000) await new Promise((resolve) => setImmediate(resolve));
   const allQueuedMs = performance.now() - start;
   // The window ends when every lvol actor has started too (they start in slices after the answer).
@@ -233,6 +249,8 @@ async function measureRestart(path: string, expected: number): Promise<{ node: S
       allQueuedMs,
       allStartedMs,
       stallMs,
+      requeueStallMs,
+      requeueTurns,
       delayP99Ms: histogram.percentile(99) / 1e6,
       delayMaxMs: histogram.max / 1e6,
       queued: queued(),
@@ -262,6 +280,7 @@ async function restartBenchmark(walks: number): Promise<void> {
       String(figures.queued),
       fixed(figures.allStartedMs, 0),
       fixed(figures.stallMs, 1),
+      `${fixed(figures.requeueStallMs, 1)} (${figures.requeueTurns})`,
       fixed(figures.delayP99Ms, 1),
       fixed(figures.delayMaxMs, 1),
     ];
@@ -275,7 +294,7 @@ async function restartBenchmark(walks: number): Promise<void> {
     measured = await measureRestart(path, walks);
     rows.push(row(`walks interrupted (${walks} re-queue)`, measured.figures));
     await measured.node.shutdown();
-    printTable(['restart', 'answer ms', 'all queued ms', 'queued', 'all actors ms', 'longest stall ms', 'delay p99 ms', 'delay max ms'], rows);
+    printTable(['restart', 'answer ms', 'all queued ms', 'queued', 'all actors ms', 'longest stall ms', 're-queue: longest stall ms (turns)', 'delay p99 ms', 'delay max ms'], rows);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
@@ -284,7 +303,8 @@ async function restartBenchmark(walks: number): Promise<void> {
 export async function schedulerScale(): Promise<void> {
   const runs = envInteger('LVNODE_BENCH_SCHEDULER_RUNS', 5);
   const walks = envInteger('LVNODE_BENCH_SCHEDULER_WALKS', 16_000);
+  const queueSizes = (process.env.LVNODE_BENCH_SCHEDULER_SIZES ?? '1000,16000').split(',').map(Number);
   console.log(`\n== schedulerScale: admission, position and release per walk at ${queueSizes.join(' / ')} waiting walks; a restart re-queueing ${walks} ==`);
-  queueBenchmark(runs);
+  queueBenchmark(queueSizes, runs);
   await restartBenchmark(walks);
 }

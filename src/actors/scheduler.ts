@@ -226,7 +226,8 @@ export async function resumeInterruptedWalks(registry: Registry, locks: KeyedMut
   let pending: LvolActor[] = [];
   let exhausted = false;
   let resumed = 0;
-  while (loaded()) {
+  // Every slice in a turn of its own, the first too: not in the load's (which attached every actor).
+  for (await turn(); loaded(); await turn()) {
     // Decided from the records (cheap): the actors of walks that do not resume start in their slice.
     for (let visited = 0; !exhausted && pending.length < resumeSliceWalksMax && visited < resumeScanLvolsMax; visited++) {
       const next = actors.next();
@@ -249,9 +250,12 @@ export async function resumeInterruptedWalks(registry: Registry, locks: KeyedMut
         return slice.slice(index);
       },
     );
-    await new Promise((resolve) => setImmediate(resolve));
   }
   return resumed;
+}
+
+function turn(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
 }
 
 function toMachineOptions(options: BackgroundOptions): { maxConcurrent: number; rateBytesPerSec: number } {

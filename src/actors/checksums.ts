@@ -10,7 +10,7 @@ import type { Runtime } from '../runtime.ts';
 import type { VerificationRecord } from '../store/metadata.ts';
 import type { ChecksumMismatch, ChecksumState, ChecksumStatus } from './lvolActor.ts';
 import type { PriorityRouter } from './priority.ts';
-import type { LvstoreEntry, Registry } from './registry.ts';
+import type { Registry } from './registry.ts';
 
 export interface ChecksumEvent {
   type: 'checksum_state' | 'checksum_progress' | 'checksum_preempted' | 'checksum_mismatch';
@@ -62,16 +62,6 @@ export class ChecksumService {
 
   forget(lvolId: string): void {
     this.lastProgressMs.delete(lvolId);
-  }
-
-  /** After a load: walks that were running (or preempted) when the node stopped resume by themselves (SPEC §6.6). */
-  resumeInterrupted(entry: LvstoreEntry): number {
-    let resumed = 0;
-    for (const actor of entry.actors.values()) {
-      // Decided from the records: the actors of walks that do not resume start in their slice.
-      if (actor.resumesAfterLoad && actor.resumeInBackground()) resumed++;
-    }
-    return resumed;
   }
 
   async register(name: string, mode: ChecksumMode, resume: boolean): Promise<true> {

@@ -29,6 +29,27 @@ export interface LvolView {
   read_only: boolean;
   parent: string | null;
   lvs: { name: string; uuid: string };
+  /** Present once verified or a re-registration conflicted (SPEC §6.10). */
+  verification?: { corrupt: boolean; result: string | null; verified_at: string | null; bad_cluster_count: number; registration_conflict: boolean };
+}
+
+/** A bad cluster as `bdev_lvol_get_verification` lists it. */
+interface BadClusterView {
+  cluster_index: number;
+  offset_bytes: number;
+  expected: bigint | number;
+  actual: bigint | number;
+}
+
+/** `bdev_lvol_get_verification` of a snapshot flagged corrupt, for the errors section. */
+export interface DamagedView {
+  alias: string;
+  verified_at: string | null;
+  result: string | null;
+  bad_cluster_count: number;
+  bad_clusters: BadClusterView[];
+  whole: { expected: bigint | number; actual: bigint | number } | null;
+  registration_conflict: { at: string; cluster_count: number; clusters: BadClusterView[]; whole: { expected: bigint | number; actual: bigint | number } | null } | null;
 }
 
 /** An element of `node_get_checksums`: status, lvol and the stored value (exact, bigint beyond 2^53). */
@@ -61,6 +82,8 @@ export interface StatusInput {
   copies: CopyView[];
   /** Bdevs whose lvstore the node did not load (damaged metadata, or a name/UUID clash). */
   unloaded?: Array<{ bdev_name: string; reason: string; detail: string }>;
+  /** Snapshots flagged corrupt, with what their verification found (`zpool status -v`'s errors). */
+  damaged?: DamagedView[];
 }
 
 /** Fetches what `renderStatus` draws: a fixed number of calls, whatever the lvol count. */
@@ -76,7 +99,12 @@ export async function collectStatus(client: RpcClient): Promise<StatusInput> {
     client.call<NonNullable<StatusInput['unloaded']>>('node_get_unloaded_lvstores').catch(() => []),
   ]);
   const copies = actors.actors.filter((actor) => actor.kind === 'copy').map((actor) => ({ label: actor.label, state: stateText(actor.value) }));
-  return { lvstores, lvols, checksums, stats, copies, unloaded };
+  // One call per snapshot flagged corrupt: few on a healthy node, and each names its bad clusters.
+  const flagged = lvols.filter((lvol) => lvol.verification?.corrupt);
+  const damaged = await Promise.all(
+    flagged.map(async (lvol) => ({ alias: lvol.alias, ...(await client.call<Omit<DamagedView, 'alias'>>('bdev_lvol_get_verification', { name: lvol.uuid })) })),
+  );
+  return { lvstores, lvols, checksums, stats, copies, unloaded, damaged };
 }
 
 /** An XState state value as text: "copying", or "a.b" for nested ones. */
@@ -110,6 +138,7 @@ export function renderStatus(input: StatusInput): string {
   for (const entry of input.unloaded ?? []) {
     sections.push(field('bdev', entry.bdev_name) + field('state', `NOT LOADED (${entry.reason === 'damaged' ? 'DAMAGED' : 'CONFLICT'}): ${entry.detail}`));
   }
+  sections.push(renderErrors(input.damaged ?? []));
   sections.push(renderRunning(input.checksums));
   if (input.copies.length > 0) sections.push(renderCopies(input.copies));
   sections.push(renderNode(input.stats));
@@ -180,7 +209,7 @@ function lvolRow(lvol: LvolView, depth: number, store: LvstoreView, checksum: Ch
     formatBytes(Number(lvol.num_allocated_clusters) * store.cluster_size),
     lvol.is_thin_provisioned ? 'thin' : 'thick',
     lvol.read_only ? 'ro' : 'rw',
-    checksum === undefined ? '-' : checksumCell(checksum),
+    (checksum === undefined ? '-' : checksumCell(checksum)) + (lvol.verification?.corrupt ? ' CORRUPT' : ''),
   ];
 }
 
@@ -215,6 +244,32 @@ function renderTable(rows: string[][]): string {
     .map((row) => `${indent}${row.map((cell, column) => (column === row.length - 1 ? cell : cell.padEnd(widths[column]!))).join('  ')}`.trimEnd())
     .join('\n')
     .concat('\n');
+}
+
+/**
+ * As `zpool status -v` lists damaged files: each snapshot a verify found corrupt, and each bad
+ * cluster with where it lies in the lvol and the stored and read CRCs.
+ */
+export function renderErrors(damaged: DamagedView[]): string {
+  if (damaged.length === 0) return 'errors: no known data errors\n';
+  const lines = [`errors: ${damaged.length} snapshot${damaged.length === 1 ? '' : 's'} with corrupt clusters:`];
+  const hex = (value: bigint | number) => formatU64(value).hex;
+  const clusterLine = (bad: BadClusterView, read: string) =>
+    `${indent}${indent}cluster ${bad.cluster_index} (bytes ${bad.offset_bytes}..): stored ${hex(bad.expected)}, ${read} ${hex(bad.actual)}`;
+  for (const entry of [...damaged].sort((a, b) => a.alias.localeCompare(b.alias))) {
+    const when = entry.verified_at ? `verified ${entry.verified_at}` : 'not verified';
+    lines.push(`${indent}${entry.alias}  ${entry.result ?? 'conflict'}, ${when}, ${entry.bad_cluster_count} bad cluster${entry.bad_cluster_count === 1 ? '' : 's'}`);
+    for (const bad of entry.bad_clusters) lines.push(clusterLine(bad, 'read'));
+    if (entry.bad_clusters.length < entry.bad_cluster_count) lines.push(`${indent}${indent}(${entry.bad_cluster_count - entry.bad_clusters.length} more not kept)`);
+    if (entry.whole) lines.push(`${indent}${indent}whole checksum: stored ${hex(entry.whole.expected)}, read ${hex(entry.whole.actual)}`);
+    const conflict = entry.registration_conflict;
+    if (conflict) {
+      lines.push(`${indent}${indent}re-registered ${conflict.at} with other values (old kept as evidence):`);
+      for (const bad of conflict.clusters) lines.push(`${indent}${clusterLine(bad, 'now')}`);
+      if (conflict.whole) lines.push(`${indent}${indent}${indent}whole checksum: was ${hex(conflict.whole.expected)}, now ${hex(conflict.whole.actual)}`);
+    }
+  }
+  return `${lines.join('\n')}\n`;
 }
 
 function renderRunning(checksums: ChecksumEntryView[]): string {

@@ -1,6 +1,6 @@
 // `lvnode status`: the exact summary for a small node, from the listing RPCs' results alone.
 import { describe, expect, it } from 'vitest';
-import { checksumCell, chainOrder, renderStatus } from '../../src/cli/status.ts';
+import { checksumCell, chainOrder, renderErrors, renderStatus } from '../../src/cli/status.ts';
 import { baseChecksum, checksums, statusFixture } from './statusFixture.ts';
 
 const expected = `\
@@ -27,6 +27,8 @@ capacity: 100 MiB, 90.0 MiB free (10.0% used)
     NAME                               STATE     SIZE      ALLOC  TYPE  MODE  CHECKSUM
     ghost (external snapshot Malloc3)  DEGRADED  10.0 MiB  0 B    thin  rw    -
 
+errors: no known data errors
+
 checksums running:
     lvs0/snap  [######------------------]  25.0%  4/16 clusters  50.0 MiB/s  ETA 2 min 05 s
 
@@ -51,10 +53,37 @@ describe('renderStatus', () => {
 
   it('says when there is nothing: no lvstores, no lvols, no running checksums', () => {
     const text = renderStatus({ lvstores: [], lvols: [], checksums: [], stats: {}, copies: [] });
-    expect(text).toBe('no lvstores\n\nchecksums running: none\n\nnode: no figures\n');
+    expect(text).toBe('no lvstores\n\nerrors: no known data errors\n\nchecksums running: none\n\nnode: no figures\n');
     const empty = renderStatus({ ...statusFixture, lvols: [], checksums: [], copies: [] });
     expect(empty).toContain('   state: ONLINE\n\n    no lvols\n');
     expect(empty).not.toContain('copies:');
+  });
+
+  it('lists each corrupt snapshot and its bad clusters as zpool status -v lists damaged files', () => {
+    const text = renderErrors([
+      {
+        alias: 'lvs0/snap',
+        verified_at: '2026-12-07T07:00:00.000Z',
+        result: 'corrupt',
+        bad_cluster_count: 2,
+        bad_clusters: [
+          { cluster_index: 3, offset_bytes: 12582912, expected: 0xfedcba9876543210n, actual: 1n },
+          { cluster_index: 9, offset_bytes: 37748736, expected: 2n, actual: 3n },
+        ],
+        whole: null,
+        registration_conflict: null,
+      },
+    ]);
+    expect(text).toBe(`\
+errors: 1 snapshot with corrupt clusters:
+    lvs0/snap  corrupt, verified 2026-12-07T07:00:00.000Z, 2 bad clusters
+        cluster 3 (bytes 12582912..): stored 0xfedcba9876543210, read 0x0000000000000001
+        cluster 9 (bytes 37748736..): stored 0x0000000000000002, read 0x0000000000000003
+`);
+    const [row] = renderStatus({ ...statusFixture, lvols: statusFixture.lvols.filter((lvol) => lvol.name === 'vol').map((lvol) => ({ ...lvol, verification: { corrupt: true, result: 'corrupt', verified_at: null, bad_cluster_count: 1, registration_conflict: false } })) })
+      .split('\n')
+      .filter((line) => line.includes(' vol '));
+    expect(row).toMatch(/ CORRUPT$/);
   });
 
   it('orders lvols depth first, parents before their clones, siblings by name', () => {

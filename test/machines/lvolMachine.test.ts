@@ -141,6 +141,24 @@ describe('lvolMachine (pure transitions)', () => {
     expect(again.context.progress!.runId).toBe(1);
   });
 
+  it('walks a verify like a registration: the step is told the errors-only targets, the mode is kept', () => {
+    const [snapshot, actions] = transition(lvolMachine, run(initial(true), start({ mode: 'verify', targets: [3, 7], clustersTotal: 2 })), admit);
+    expect(snapshot.value).toEqual({ checksum: 'computing', io: 'reading' });
+    expect(snapshot.context.progress).toMatchObject({ mode: 'verify', targets: [3, 7], clustersTotal: 2 });
+    const spawn = actions.find((action) => action.type === 'xstate.spawnChild') as unknown as { params: { input: unknown } };
+    expect(spawn.params.input).toEqual({ lvolId: 'lvol-1', fromClusterIndex: 0, targets: [3, 7] });
+    const storing = run(snapshot, stepDone(cluster(3, 1n)), stepDone(cluster(7, 2n, 1200, true)));
+    expect(storing.value).toEqual({ checksum: 'storing', io: 'idle' });
+  });
+
+  it('resumes a verify only as the same kind of verify (errors-only or full)', () => {
+    const stop = { type: 'checksum.stop', reason: 'stopped', atMs: 1 } as const;
+    const aborted = run(initial(), start({ mode: 'verify', targets: [3, 7] }), admit, stop, stepDone(cluster(3, 9n)));
+    expect(run(aborted, start({ runId: 2, mode: 'verify', targets: [3, 7], resume: true }), admit).context.progress).toMatchObject({ clustersDone: 1, nextClusterIndex: 4 });
+    expect(run(aborted, start({ runId: 3, mode: 'verify', resume: true }), admit).context.progress).toMatchObject({ clustersDone: 0, targets: null });
+    expect(run(aborted, start({ runId: 4, mode: 'whole', resume: true }), admit).context.progress).toMatchObject({ clustersDone: 0, mode: 'whole' });
+  });
+
   it('forgets progress on checksum.invalidate and starts over from idle', () => {
     const storing = run(initial(true), { type: 'checksum.invalidate' });
     expect(storing.value).toEqual({ checksum: 'idle', io: 'idle' });

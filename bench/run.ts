@@ -5,6 +5,7 @@ import { aggregateThroughput, foregroundUnderLoad, preemptionUnderLoad } from '.
 import { checksumThroughput } from './checksumThroughput.ts';
 import { crcKernels } from './crcKernels.ts';
 import { listingCost } from './listingCost.ts';
+import { mergeChecksums } from './mergeChecksums.ts';
 import { metadataWritePath } from './metadataWritePath.ts';
 import { nbdBenchmark } from './nbd.ts';
 import { nbdFloodBenchmark } from './nbdFlood.ts';
@@ -26,6 +27,7 @@ const benchmarks: ReadonlyArray<{ name: string; run: () => Promise<void> }> = [
   { name: 'preemptionUnderLoad', run: preemptionUnderLoad },
   { name: 'aggregateThroughput', run: aggregateThroughput },
   { name: 'listingCost', run: listingCost },
+  { name: 'mergeChecksums', run: mergeChecksums },
   { name: 'preemptionLatency', run: preemptionLatency },
   { name: 'metadataWritePath', run: metadataWritePath },
   { name: 'nbd', run: nbdBenchmark },

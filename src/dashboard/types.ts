@@ -43,6 +43,8 @@ export interface LvolInfo {
   /** The parent snapshot's UUID (or an external snapshot's id), null for none. */
   parent: string | null;
   lvs: { name: string; uuid: string };
+  /** Present once verified (SPEC §6.10): `corrupt` turns the row red. */
+  verification?: { corrupt: boolean; result: string | null; verified_at: string | null; bad_cluster_count: number; registration_conflict: boolean };
 }
 
 /** A node_get_checksums row, or a checksum notification's params (then `checksum` is absent). */

@@ -173,8 +173,10 @@ const LvolRowView = memo(function LvolRowView({ row, checksum, result, collapsed
   if (lvol.read_only) kind.push('read-only');
   if (lvol.is_esnap_clone) kind.push('esnap clone');
   if (lvol.is_degraded) kind.push('degraded');
+  const corrupt = lvol.verification?.corrupt === true;
+  const rowClass = [lvol.is_snapshot ? 'snapshot' : '', corrupt ? 'corrupt' : ''].filter(Boolean).join(' ') || undefined;
   return (
-    <tr data-uuid={lvol.uuid} data-alias={lvol.alias} class={lvol.is_snapshot ? 'snapshot' : undefined}>
+    <tr data-uuid={lvol.uuid} data-alias={lvol.alias} class={rowClass}>
       <th scope="row" class="name" style={{ paddingLeft: `${0.5 + row.depth * 1.4}rem` }}>
         {row.depth > 0 ? <span class="branch" aria-hidden="true">{row.last ? '└─' : '├─'}</span> : null}
         {hasChildren ? (
@@ -189,7 +191,14 @@ const LvolRowView = memo(function LvolRowView({ row, checksum, result, collapsed
       <td class="num" title={`${lvol.num_allocated_clusters} of ${lvol.num_clusters} clusters`}>
         {lvol.num_allocated_clusters} / {lvol.num_clusters} <span class="muted">({formatBytes(row.node.allocatedBytes)})</span>
       </td>
-      <td>{kind.join(' · ')}</td>
+      <td>
+        {kind.join(' · ')}
+        {corrupt ? (
+          <span class="error" title={`verified ${lvol.verification?.verified_at ?? 'never'}; see lvnode status or bdev_lvol_get_verification`}>
+            {' · '}corrupt: {lvol.verification?.bad_cluster_count ?? 0} bad cluster{lvol.verification?.bad_cluster_count === 1 ? '' : 's'}
+          </span>
+        ) : null}
+      </td>
       <td class="checksum">{lvol.is_snapshot ? <ChecksumCell alias={lvol.alias} row={checksum} /> : <span class="muted">—</span>}</td>
       <td class="actions">
         {lvol.is_snapshot

@@ -269,6 +269,35 @@ export function mergedChecksums(
   return complete ? { checksum: chain.value, rangeChecksums } : null;
 }
 
+/**
+ * What is known to be rotten in a merged snapshot (call before the clone's map changes): the
+ * clone's bad clusters (its own clusters are unchanged) and the deleted parent's at the clusters
+ * the clone adopts, so a merge never hides rot a verify found. A clean result is not carried: it
+ * covered only one side of the merge, so the merged snapshot is unverified (null) until a verify.
+ */
+function mergedVerification(parent: LvolRecord, clone: LvolRecord, mergedClusterCount: number): VerificationRecord | null {
+  const adopted = new Set<number>();
+  for (const [clusterIndex] of mergeAdoptions(parent, clone)) adopted.add(clusterIndex);
+  const bad = [
+    ...(clone.verification?.badClusters ?? []).filter((cluster) => clone.clusterMap.get(cluster.clusterIndex) !== 0),
+    ...(parent.verification?.badClusters ?? []).filter((cluster) => adopted.has(cluster.clusterIndex)),
+  ].sort((a, b) => a.clusterIndex - b.clusterIndex);
+  const conflict = clone.verification?.registrationConflict ?? null;
+  if (bad.length === 0 && conflict === null) return null;
+  const times = [clone.verification?.verifiedAtMs, parent.verification?.verifiedAtMs].filter((at): at is number => typeof at === 'number');
+  return {
+    verifiedAtMs: times.length > 0 ? Math.max(...times) : null,
+    result: bad.length > 0 ? 'corrupt' : null,
+    errorsOnly: false,
+    clustersChecked: bad.length,
+    clustersTotal: mergedClusterCount,
+    badClusterCount: bad.length,
+    badClusters: bad,
+    whole: null,
+    registrationConflict: conflict,
+  };
+}
+
 function lvolOf(store: LvstoreRecord, id: string): LvolRecord {
   const lvol = store.lvols.get(id);
   if (!lvol) throw new Error(`metadata change names unknown lvol ${id}`);
@@ -355,6 +384,7 @@ export function applyChange(store: LvstoreRecord, change: MetadataChange): void 
       const merged = clone.clusterMap.copy();
       for (const [index, physicalCluster] of mergeAdoptions(parent, clone)) merged.set(index, physicalCluster);
       const derived = mergedChecksums(parent, clone, merged, store.clusterBytes);
+      const verification = derived ? mergedVerification(parent, clone, merged.count) : null;
       // The clone now reads through to the grandparent: where it saw zeros because the parent
       // was smaller or limited, it must still see zeros, not the grandparent's bytes.
       const limit = minLimit(minLimit(clone.readThroughClusters, parent.clusterMap.length), parent.readThroughClusters);
@@ -366,6 +396,7 @@ export function applyChange(store: LvstoreRecord, change: MetadataChange): void 
       // or dropped where they cannot be (SPDK drops them). New objects, so undo keeps the old ones.
       clone.checksum = derived?.checksum ?? null;
       clone.rangeChecksums = derived?.rangeChecksums ?? null;
+      clone.verification = verification;
       clone.savedProgress = null;
       store.lvols.delete(parent.id);
       return;

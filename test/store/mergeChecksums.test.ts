@@ -14,7 +14,7 @@ import { metadataLayout } from '../../src/store/format.ts';
 import { JournalMetadataLog } from '../../src/store/journal.ts';
 import { openLvstore } from '../../src/store/load.ts';
 import { Lvstore } from '../../src/store/lvstore.ts';
-import type { LvolRecord } from '../../src/store/metadata.ts';
+import type { LvolRecord, VerificationRecord } from '../../src/store/metadata.ts';
 import { ClusterChecksums } from '../../src/store/sparseArray.ts';
 import { blockBytes, clusterBytes, deviceBytes, expectClusterAccounting, newStore, patternBytes, storeState } from './helpers.ts';
 
@@ -314,5 +314,40 @@ describe('derived checksums through the journal', () => {
     failing = false;
     await store.deleteLvol(s1.id);
     expect(storedChecksums(store.lvol(s2.id))).toEqual(await freshChecksums(store, s2.id));
+  });
+});
+
+describe('what a verify found, through a merge', () => {
+  function badAt(clusterIndex: number): { clusterIndex: number; offsetBytes: number; expected: bigint; actual: bigint } {
+    return { clusterIndex, offsetBytes: clusterIndex * clusterBytes, expected: 1n, actual: 2n };
+  }
+
+  function corrupt(clusterIndices: number[], total: number): VerificationRecord {
+    const badClusters = clusterIndices.map(badAt);
+    return { verifiedAtMs: 1000, result: 'corrupt', errorsOnly: false, clustersChecked: total, clustersTotal: total, badClusterCount: badClusters.length, badClusters, whole: null, registrationConflict: null };
+  }
+
+  it('keeps the parent’s bad clusters the clone adopts and the clone’s own, and drops a clean result', async () => {
+    // Goal: a merge never hides rot: s1 is bad at 0 (adopted by s2) and at 1 (shadowed by s2,
+    // whose own 1 is fine); s2 is bad at 7. The merged s2 is corrupt at 0 and 7, nothing else.
+    const { store } = await newStore();
+    const { s1, s2 } = await chainOfTwo(store);
+    await registerRange(store, s1.id);
+    await registerRange(store, s2.id);
+    await store.recordVerification(s1.id, corrupt([0, 1], 6));
+    await store.recordVerification(s2.id, corrupt([7], 3));
+    await store.deleteLvol(s1.id);
+    const merged = store.lvol(s2.id).verification;
+    expect(merged?.result).toBe('corrupt');
+    expect(merged?.badClusters.map((cluster) => cluster.clusterIndex)).toEqual([0, 7]);
+
+    const other = await newStore();
+    const chain = await chainOfTwo(other.store);
+    await registerRange(other.store, chain.s1.id);
+    await registerRange(other.store, chain.s2.id);
+    await other.store.recordVerification(chain.s2.id, { ...corrupt([], 3), result: 'clean' });
+    await other.store.deleteLvol(chain.s1.id);
+    // Clean covered s2's three clusters, not the four it adopted: unverified now.
+    expect(other.store.lvol(chain.s2.id).verification).toBeNull();
   });
 });

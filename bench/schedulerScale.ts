@@ -23,7 +23,7 @@ import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
+import { PerformanceObserver, monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import v8 from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { StorageNode } from '../src/actors/node.ts';
@@ -210,6 +210,7 @@ async function measureRestart(path: string, expected: number): Promise<{ node: S
     return stats.admissions + stats.queued;
   };
   const histogram = monitorEventLoopDelay({ resolution: 1 });
+  const start = performance.now();
   // A chain of setImmediate turns: the gap before each, and whether walks went back in line during it.
   let stallMs = 0;
   let requeueStallMs = 0;
@@ -217,6 +218,12 @@ async function measureRestart(path: string, expected: number): Promise<{ node: S
   let last = performance.now();
   let lastQueued = 0;
   let watching = true;
+  // LVNODE_BENCH_SCHEDULER_VERBOSE: every gap over 10 ms and every GC pause over 5 ms, to tell them apart.
+  const verbose = process.env.LVNODE_BENCH_SCHEDULER_VERBOSE !== undefined;
+  const gcs = new PerformanceObserver((list) => {
+    for (const entry of list.getEntries()) if (entry.duration > 5) console.log(`    gc ${fixed(entry.duration, 1)} ms at ${fixed(entry.startTime - start, 0)} ms`);
+  });
+  if (verbose) gcs.observe({ entryTypes: ['gc'] });
   const tick = (): void => {
     const now = performance.now();
     const nowQueued = queued();
@@ -225,13 +232,13 @@ async function measureRestart(path: string, expected: number): Promise<{ node: S
       requeueStallMs = Math.max(requeueStallMs, now - last);
       requeueTurns++;
     }
+    if (verbose && now - last > 10) console.log(`    gap ${fixed(now - last, 1)} ms ending at ${fixed(now - start, 0)} ms: walks back ${lastQueued} -> ${nowQueued}`);
     last = now;
     lastQueued = nowQueued;
     if (watching) setImmediate(tick);
   };
   histogram.enable();
   setImmediate(tick);
-  const start = performance.now();
   await call('bdev_aio_create', { name: 'disk', filename: path, block_size: 512 });
   const answerMs = performance.now() - start;
   while (queued() < expected && performance.now() - start < 120_000) await new Promise((resolve) => setImmediate(resolve));
@@ -240,6 +247,7 @@ async function measureRestart(path: string, expected: number): Promise<{ node: S
   await node.actorStarter.idle();
   const allStartedMs = performance.now() - start;
   watching = false;
+  gcs.disconnect();
   histogram.disable();
   stallMs = Math.max(stallMs, performance.now() - last);
   return {

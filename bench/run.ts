@@ -37,6 +37,7 @@ const benchmarks: ReadonlyArray<{ name: string; run: () => Promise<void> }> = [
   { name: 'wireListing', run: wireListing },
   { name: 'wireCreates', run: wireCreates },
   { name: 'zeroing', run: zeroing },
+  { name: 'verify', run: async () => (await import('./verify.ts')).verifyBenchmark() },
 ];
 
 async function main(): Promise<void> {

@@ -2,11 +2,13 @@
 // is an actor running src/machines/copyMachine.ts, admitted by the node's background scheduler
 // like a checksum walk, one step per event, visible in the inspector as `copy-<operation_id>`.
 import { type Actor, createActor } from 'xstate';
+import { crc64 } from '../checksum/crc64.ts';
 import { fail } from '../errors.ts';
 import { log } from '../log.ts';
 import { type CopyKind, type CopyState, type CopyStepOutput, copyMachine } from '../machines/copyMachine.ts';
 import type { Runtime } from '../runtime.ts';
 import type { Lvstore } from '../store/lvstore.ts';
+import type { LvolRecord } from '../store/metadata.ts';
 import type { InspectionHub } from './inspector.ts';
 import type { PriorityRouter } from './priority.ts';
 import type { Registry } from './registry.ts';
@@ -22,6 +24,11 @@ export interface CopyTarget {
   readonly sizeBytes: number;
   readonly blockBytes: number;
   write(offsetBytes: number, data: Buffer): Promise<void>;
+  /**
+   * An lvol destination: writes whole cluster `clusterIndex` and records `checksum` (the CRC of
+   * `data`) as its copied value, so a snapshot of the destination is born with its checksums.
+   */
+  writeRecorded?(clusterIndex: number, data: Buffer, checksum: bigint): Promise<void>;
   /** Makes the range read as the destination's "nothing here" (a thin lvol gives clusters back). */
   unmap(offsetBytes: number, lengthBytes: number): Promise<void>;
   writeZeroes(offsetBytes: number, lengthBytes: number): Promise<void>;
@@ -236,6 +243,7 @@ export class CopyService {
       sizeBytes: lvol.clusterMap.length * store.clusterBytes,
       blockBytes: store.record.blockBytes,
       write: (offset, data) => store.write(lvol.id, offset, data),
+      writeRecorded: (clusterIndex, data, checksum) => store.writeCopied(lvol.id, clusterIndex, data, checksum),
       unmap: (offset, length) => store.unmap(lvol.id, offset, length),
       writeZeroes: (offset, length) => store.writeZeroes(lvol.id, offset, length),
       flush: () => store.flush(),
@@ -309,6 +317,29 @@ export class CopyService {
   }
 }
 
+/**
+ * The CRC of source cluster `clusterIndex` (bytes in `data`), checked against the per-cluster
+ * checksum its owner `owner` stored, if any (issue 21 item 3). A mismatch throws before anything
+ * is written: the copy fails naming the cluster, and the destination never receives the bytes.
+ */
+function checkedCrc(owner: LvolRecord | null, clusterIndex: number, data: Buffer): bigint {
+  const actual = crc64(data);
+  const expected = owner?.rangeChecksums?.get(clusterIndex) ?? 0n;
+  if (expected !== 0n && actual !== expected) {
+    fail(
+      'EIO',
+      `source cluster ${clusterIndex} of ${owner!.name} is corrupt: stored CRC 0x${expected.toString(16).padStart(16, '0')}, read 0x${actual.toString(16).padStart(16, '0')}; not written`,
+    );
+  }
+  return actual;
+}
+
+/** Writes a checked cluster, recording its CRC where the destination keeps them (an lvol). */
+function writeCluster(target: CopyTarget, clusterIndex: number, clusterBytes: number, data: Buffer, crc: bigint): Promise<void> {
+  if (target.writeRecorded) return target.writeRecorded(clusterIndex, data, crc);
+  return target.write(clusterIndex * clusterBytes, data);
+}
+
 /** The steps of a copy, lazily: each call does the next one. */
 function planFor(request: CopyRequest, admission: WalkAdmission): { plan: CopyPlan; total: number } {
   const { store, sourceId, target } = request;
@@ -323,7 +354,8 @@ function planFor(request: CopyRequest, admission: WalkAdmission): { plan: CopyPl
     const offset = store.ownedClusterOffsetBytes(sourceId, clusterIndex);
     if (store.device.readIntoBackground) await store.device.readIntoBackground(buffer, offset);
     else await store.device.readInto(buffer, offset);
-    await target.write(clusterIndex * clusterBytes, buffer);
+    const crc = checkedCrc(store.lvol(sourceId), clusterIndex, buffer);
+    await writeCluster(target, clusterIndex, clusterBytes, buffer, crc);
     return { kind: 'copied', clusters: 1, bytes: clusterBytes };
   };
   if (request.kind === 'shallow') {
@@ -371,7 +403,9 @@ function planFor(request: CopyRequest, admission: WalkAdmission): { plan: CopyPl
       await admission.pace(clusterBytes, never);
       admission.recordBytes(clusterBytes);
       const data = await store.read(sourceId, nextByte, clusterBytes);
-      await target.write(nextByte, data);
+      const clusterIndex = nextByte / clusterBytes;
+      const crc = checkedCrc(store.clusterOwnerOf(sourceId, clusterIndex), clusterIndex, data);
+      await writeCluster(target, clusterIndex, clusterBytes, data, crc);
       nextByte += clusterBytes;
       return { kind: 'copied', clusters: 1, bytes: clusterBytes };
     },

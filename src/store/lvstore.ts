@@ -121,6 +121,9 @@ export class Lvstore {
   // Allocation of one logical cluster of one lvol runs alone: concurrent first writes must not
   // both allocate it.
   private readonly allocating = new Map<string, Promise<void>>();
+  // Per lvol, the newest journaled drop of copied CRCs still being made durable: a write to a
+  // cluster whose value it drops must not reach the device before it is (see dropCopiedChecksums).
+  private readonly copiedDrops = new Map<string, Promise<void>>();
   // Copies of clusters (copy on write, inflate, decouple) go through these, a chunk at a time.
   private readonly copyBuffers = new CopyBuffers();
 
@@ -907,6 +910,93 @@ export class Lvstore {
     await this.commit([{ type: 'checksum.verified', id, verification }]);
   }
 
+  /**
+   * A copy's write of whole cluster `clusterIndex` of writable lvol `id`, and the CRC of `data`
+   * recorded with it (`checksum.copied`), so a snapshot taken of the lvol right after is born
+   * with its checksums. Holds the lvol's gate alone: no other write can land between the bytes
+   * and the value (every other write drops the value before it writes, see writeGated).
+   */
+  async writeCopied(id: string, clusterIndex: number, data: Uint8Array, checksum: bigint): Promise<void> {
+    const lvol = this.lvol(id);
+    assert.equal(data.length, this.clusterBytes, 'a recorded copy writes whole clusters');
+    const offsetBytes = clusterIndex * this.clusterBytes;
+    await this.gate(id)
+      .withExclusive(async () => {
+        this.assertStillPresent(lvol);
+        if (lvol.readOnly) fail('EPERM', `${lvol.name} is read-only`);
+        this.assertIoRange(lvol, offsetBytes, data.length);
+        const reserved = this.reserveFor(lvol, [{ offsetBytes, lengthBytes: data.length }]);
+        try {
+          await this.writeRange(lvol, offsetBytes, data, reserved);
+        } finally {
+          this.allocator.release(reserved.splice(0));
+        }
+        await this.commit([{ type: 'checksum.copied', id, clusterIndex, checksum }]);
+      })
+      .catch((error: unknown) => {
+        if (error instanceof StorageError && error.errno === 'ENOSPC') throw new StorageError('ENOSPC', { detail: error.detail ?? 'no free cluster' });
+        throw fromDeviceError(error, `copy write to lvol ${lvol.name} failed`);
+      });
+  }
+
+  /**
+   * Before anything but a recorded copy writes, zeroes or unmaps a range of `lvol`: the copied
+   * CRCs of the clusters it touches are dropped, durably, before a byte reaches the device (a
+   * crash in between must not bring back a value for bytes that changed). A write that finds
+   * another's drop still in flight waits for it for the same reason. Costs nothing on lvols
+   * without copied values.
+   */
+  private async dropCopiedChecksums(lvol: LvolRecord, offsetBytes: number, lengthBytes: number): Promise<void> {
+    for (;;) {
+      const inFlight = this.copiedDrops.get(lvol.id);
+      const values = lvol.copiedChecksums;
+      if (!values && !inFlight) return;
+      const clusterIndices: number[] = [];
+      if (values && lengthBytes > 0) {
+        const last = Math.floor((offsetBytes + lengthBytes - 1) / this.clusterBytes);
+        for (let clusterIndex = Math.floor(offsetBytes / this.clusterBytes); clusterIndex <= last; clusterIndex++) {
+          if (values.get(clusterIndex) !== 0n) clusterIndices.push(clusterIndex);
+        }
+      }
+      if (clusterIndices.length === 0) {
+        if (!inFlight) return;
+        // Look again once it settled: a failed drop is undone and its values are back.
+        await inFlight;
+        continue;
+      }
+      const commit = this.commit([{ type: 'checksum.copied_drop', id: lvol.id, clusterIndices }]);
+      const settled = commit.then(
+        () => undefined,
+        () => undefined,
+      );
+      this.copiedDrops.set(lvol.id, settled);
+      try {
+        await commit;
+      } finally {
+        if (this.copiedDrops.get(lvol.id) === settled) this.copiedDrops.delete(lvol.id);
+      }
+      return;
+    }
+  }
+
+  /**
+   * The lvol whose own bytes cluster `clusterIndex` of `id` shows (itself or an ancestor), or
+   * null where it reads zeros or an external snapshot: whose stored per-cluster checksum a deep
+   * copy checks the cluster against.
+   */
+  clusterOwnerOf(id: string, clusterIndex: number): LvolRecord | null {
+    let member = this.lvol(id);
+    if (member.clusterMap.get(clusterIndex) !== 0) return member;
+    for (;;) {
+      if (member.readThroughClusters !== null && clusterIndex >= member.readThroughClusters) return null;
+      if (member.parentId === null) return null;
+      const parent = this.record.lvols.get(member.parentId);
+      if (!parent || clusterIndex >= parent.clusterMap.length) return null;
+      if (parent.clusterMap.get(clusterIndex) !== 0) return parent;
+      member = parent;
+    }
+  }
+
   // ---- data path ----
 
   /**
@@ -1102,6 +1192,7 @@ export class Lvstore {
     this.assertStillPresent(lvol);
     if (lvol.readOnly) fail('EPERM', `${lvol.name} is read-only`);
     this.assertIoRange(lvol, offsetBytes, data.length);
+    await this.dropCopiedChecksums(lvol, offsetBytes, data.length);
     // Every cluster the write must allocate is reserved before a byte is written: a write the
     // lvstore has no room for is refused whole (-28) and changes nothing (NBD would allow a
     // partial write; a client retrying after freeing space must not find half of it applied).
@@ -1205,6 +1296,7 @@ export class Lvstore {
         this.assertStillPresent(lvol);
         if (lvol.readOnly) fail('EPERM', `${lvol.name} is read-only`);
         this.assertIoRange(lvol, offsetBytes, lengthBytes);
+        await this.dropCopiedChecksums(lvol, offsetBytes, lengthBytes);
         const extents = this.extents(id, offsetBytes, lengthBytes, Number.POSITIVE_INFINITY).filter((extent) => extent.allocated);
         // Refused whole, as a write: every cluster it must allocate is reserved first.
         const reserved = this.reserveFor(lvol, extents);
@@ -1242,6 +1334,7 @@ export class Lvstore {
     await this.gate(id)
       .withExclusive(async () => {
         this.assertStillPresent(lvol);
+        await this.dropCopiedChecksums(lvol, offsetBytes, lengthBytes);
         const whole: number[] = [];
         const end = offsetBytes + lengthBytes;
         const first = Math.floor(offsetBytes / this.clusterBytes);

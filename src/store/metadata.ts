@@ -45,6 +45,12 @@ export interface LvolRecord {
    * from the one stored before it. Absent in records written before verification existed.
    */
   verification?: VerificationRecord | null;
+  /**
+   * A writable lvol's per-cluster CRCs of what copies wrote into it (issue 21 item 3; sparse, 0 =
+   * none): a value holds only while nothing else wrote its cluster (a write, write_zeroes or
+   * unmap drops it first), and lvol.snapshot moves them to the snapshot. Absent in older records.
+   */
+  copiedChecksums?: ClusterChecksums | null;
 }
 
 /** One cluster whose CRC read now differs from the stored one. */
@@ -157,7 +163,11 @@ export type MetadataChange =
   | { type: 'checksum.invalidate'; id: string }
   | { type: 'checksum.progress'; id: string; progress: SavedChecksumProgress | null }
   /** A verification's outcome (or a conflicting re-registration's evidence); stored checksums stay. */
-  | { type: 'checksum.verified'; id: string; verification: VerificationRecord };
+  | { type: 'checksum.verified'; id: string; verification: VerificationRecord }
+  /** A copy wrote cluster `clusterIndex` of writable lvol `id`, whose bytes have CRC `checksum`. */
+  | { type: 'checksum.copied'; id: string; clusterIndex: number; checksum: bigint }
+  /** Something else is about to write these clusters (null: all): their copied CRCs no longer hold. */
+  | { type: 'checksum.copied_drop'; id: string; clusterIndices: readonly number[] | null };
 
 /**
  * `count` logical clusters from `clusterIndex` mapped to physical clusters from `physicalCluster`
@@ -298,6 +308,29 @@ function mergedVerification(parent: LvolRecord, clone: LvolRecord, mergedCluster
   };
 }
 
+/**
+ * What a snapshot of `lvol` is born with (lvol.snapshot): the CRCs copies recorded for the
+ * clusters it takes over, and those chained in index order as its whole checksum (SPEC §6.1, as a
+ * registration's walk), so it equals a fresh range registration with no byte read. Null (an
+ * unregistered snapshot, as before) unless every cluster it takes over has a recorded value: a
+ * partial set would look like a completed registration.
+ */
+export function copiedSnapshotChecksums(lvol: LvolRecord, clusterBytes: number): { checksum: bigint; rangeChecksums: ClusterChecksums } | null {
+  const copied = lvol.copiedChecksums;
+  if (!copied || lvol.clusterMap.count === 0) return null;
+  const rangeChecksums = new ClusterChecksums(lvol.clusterMap.length);
+  const chain = new Crc64Chain(clusterBytes);
+  let complete = true;
+  lvol.clusterMap.forEachNonZero((clusterIndex) => {
+    if (!complete) return;
+    const crc = copied.get(clusterIndex);
+    if (crc === 0n) complete = false;
+    rangeChecksums.set(clusterIndex, crc);
+    chain.add(crc);
+  });
+  return complete ? { checksum: chain.value, rangeChecksums } : null;
+}
+
 function lvolOf(store: LvstoreRecord, id: string): LvolRecord {
   const lvol = store.lvols.get(id);
   if (!lvol) throw new Error(`metadata change names unknown lvol ${id}`);
@@ -335,6 +368,8 @@ export function applyChange(store: LvstoreRecord, change: MetadataChange): void 
       const resized = lvol.clusterMap.resized(change.clusterCount);
       applyRuns(resized, change.allocations);
       lvol.clusterMap = resized;
+      // Values past a shrink are for clusters the lvol no longer has.
+      if (lvol.copiedChecksums) lvol.copiedChecksums = lvol.copiedChecksums.resized(change.clusterCount);
       // What grows reads zeros, and what shrinks then grows again too: nothing at or above the
       // old size may show a parent's bytes through (SPEC §9: a resize changes nothing below it).
       if (hasBelow(lvol)) lvol.readThroughClusters = minLimit(lvol.readThroughClusters, Math.min(oldCount, change.clusterCount));
@@ -359,8 +394,11 @@ export function applyChange(store: LvstoreRecord, change: MetadataChange): void 
       lvolOf(store, change.id).clusterMap.set(change.clusterIndex, change.physicalCluster);
       return;
     case 'cluster.release': {
-      const map = lvolOf(store, change.id).clusterMap;
-      for (const clusterIndex of change.clusterIndices) map.set(clusterIndex, 0);
+      const lvol = lvolOf(store, change.id);
+      for (const clusterIndex of change.clusterIndices) {
+        lvol.clusterMap.set(clusterIndex, 0);
+        lvol.copiedChecksums?.set(clusterIndex, 0n);
+      }
       return;
     }
     case 'lvol.snapshot': {
@@ -370,6 +408,10 @@ export function applyChange(store: LvstoreRecord, change: MetadataChange): void 
       snapshot.parentId = lvol.parentId;
       snapshot.externalParent = lvol.externalParent;
       snapshot.readThroughClusters = lvol.readThroughClusters;
+      const born = copiedSnapshotChecksums(lvol, store.clusterBytes);
+      snapshot.checksum = born?.checksum ?? null;
+      snapshot.rangeChecksums = born?.rangeChecksums ?? null;
+      lvol.copiedChecksums = null;
       lvol.externalParent = null;
       lvol.readThroughClusters = null;
       lvol.clusterMap = new ClusterMap(lvol.clusterMap.length);
@@ -420,6 +462,21 @@ export function applyChange(store: LvstoreRecord, change: MetadataChange): void 
     case 'checksum.progress':
       lvolOf(store, change.id).savedProgress = change.progress;
       return;
+    case 'checksum.copied': {
+      const lvol = lvolOf(store, change.id);
+      if (lvol.clusterMap.get(change.clusterIndex) === 0) throw new Error(`metadata change records a copied CRC for cluster ${change.clusterIndex} of ${change.id}, which it does not own`);
+      // Set in place: copyLvol snapshots the array, so undo and checkpoints keep the old values.
+      lvol.copiedChecksums ??= new ClusterChecksums(lvol.clusterMap.length);
+      lvol.copiedChecksums.set(change.clusterIndex, change.checksum);
+      return;
+    }
+    case 'checksum.copied_drop': {
+      const lvol = lvolOf(store, change.id);
+      if (change.clusterIndices === null) lvol.copiedChecksums = null;
+      else for (const clusterIndex of change.clusterIndices) lvol.copiedChecksums?.set(clusterIndex, 0n);
+      if (lvol.copiedChecksums?.count === 0) lvol.copiedChecksums = null;
+      return;
+    }
     case 'checksum.verified': {
       const lvol = lvolOf(store, change.id);
       lvol.verification = change.verification;
@@ -463,6 +520,7 @@ export function isFreeingChange(change: MetadataChange): boolean {
     change.type === 'cluster.release' ||
     change.type === 'lvol.merge' ||
     change.type === 'checksum.invalidate' ||
+    change.type === 'checksum.copied_drop' ||
     (change.type === 'checksum.progress' && change.progress === null)
   );
 }
@@ -513,7 +571,8 @@ function orderOf(store: LvstoreRecord): LvolOrder {
  * copy on write; xattrs) are copied, the rest are replaced whole by changes and shared.
  */
 export function copyLvol(lvol: LvolRecord): LvolRecord {
-  return { ...lvol, clusterMap: lvol.clusterMap.snapshot(), xattrs: new Map(lvol.xattrs) };
+  const copied = lvol.copiedChecksums ? { copiedChecksums: lvol.copiedChecksums.snapshot() } : {};
+  return { ...lvol, clusterMap: lvol.clusterMap.snapshot(), xattrs: new Map(lvol.xattrs), ...copied };
 }
 
 /**

@@ -474,7 +474,10 @@ export class LvolActor {
     if (state === 'stopping') for (const read of this.reads) read.abort.abort();
     if (!walkingStates.has(state)) this.abortReads();
     const clustersDone = snapshot.context.progress?.clustersDone ?? 0;
-    if (state === 'computing' && clustersDone !== this.lastClustersDone && this.lastClustersDone >= 0) {
+    // The last cluster arrives with the move to storing (or stopping), not in computing: it is
+    // metered by the state it was read in.
+    const walked = state === 'computing' || this.lastState === 'computing';
+    if (walked && clustersDone > this.lastClustersDone && this.lastClustersDone >= 0) {
       const bytes = (clustersDone - this.lastClustersDone) * this.store.clusterBytes;
       this.meter?.add(bytes, this.runtime.nowMs());
       this.admission.recordBytes(bytes);

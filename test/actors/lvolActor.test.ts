@@ -4,6 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { InspectionHub } from '../../src/actors/inspector.ts';
 import { createActor } from 'xstate';
 import { LvolActor, restingSnapshot } from '../../src/actors/lvolActor.ts';
+import { immediateAdmission } from '../../src/actors/scheduler.ts';
 import { crc64, crc64Combine } from '../../src/checksum/crc64.ts';
 import { lvolMachine } from '../../src/machines/lvolMachine.ts';
 import { SimulatedDevice } from '../../src/device/simulatedDevice.ts';
@@ -39,6 +40,17 @@ describe('LvolActor checksum', () => {
     expect(store.lvol(snapshot.id).checksum).toBe(expected);
     expect(actor.status()).toMatchObject({ state: 'done', clusters_done: 4, clusters_total: 4, bytes_done: 4 * clusterBytes });
     expect(actor.holdsReads).toBe(false);
+  });
+
+  it('meters every cluster a walk read, the last one included', async () => {
+    // Goal: node_get_stats' background bytes and the scheduler's pacing count what was read: the
+    // last cluster comes with the move to storing, and was once left out (k - 1 of k).
+    const { store, snapshot } = await snapshotWithData(8);
+    let bytes = 0;
+    const admission = { ...immediateAdmission, recordBytes: (count: number) => void (bytes += count) };
+    const actor = new LvolActor(snapshot.id, store, seededRuntime(2), new InspectionHub(), () => {}, { admission });
+    await actor.register('whole', false);
+    expect(bytes).toBe(4 * clusterBytes);
   });
 
   it('answers stop only after the in-flight cluster finished, then the register caller gets EINTR', async () => {

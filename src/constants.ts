@@ -192,3 +192,21 @@ export const replySliceMs = 2;
  */
 export const copyChunkBytes = mibBytes;
 export const copyBuffersPerLvstore = 8;
+
+// The verification policy (issue 21 item 4): bounds on what node_set_verify_policy accepts, and
+// how the runner works. A snapshot's interval is at most ten years; windows at most one per hour
+// of the week.
+export const verifyIntervalSecMin = 60;
+export const verifyIntervalSecMax = 10 * 366 * 24 * 3600;
+export const verifyWindowsMax = 168;
+/** Verifies the policy has started and not yet seen end; the scheduler still caps how many compute. */
+export const verifyPolicyStartedMax = 64;
+/** Inside a window, how often the runner looks again for snapshots that became due. */
+export const verifyPolicyRescanMs = 60_000;
+/** A delay longer than a timer can hold is re-armed: the runner looks again at least this often. */
+export const verifyPolicyDelayMsMax = 24 * 3600 * 1000;
+/** Why the policy stopped a verify at a window's end (its status `reason`; the policy resumes it). */
+export const verifyWindowClosedReason = 'verify window closed';
+
+assert.ok(verifyIntervalSecMin < verifyIntervalSecMax);
+assert.ok(verifyPolicyRescanMs <= verifyPolicyDelayMsMax);

@@ -721,11 +721,15 @@ export class LvolActor {
     if (this.checksumState === 'aborted') this.willResume = true;
   }
 
-  /** Stops a running walk and answers only once it has really stopped (SPEC §6.4). */
-  async stop(): Promise<true> {
+  /**
+   * Stops a running walk and answers only once it has really stopped (SPEC §6.4). `reason` is what
+   * its status and the register caller are told: a user's stop says `stopped`; the verification
+   * policy's says why (its walk is resumed by the policy, not at restart).
+   */
+  async stop(reason = 'stopped'): Promise<true> {
     if (!walkingStates.has(this.checksumState)) fail('ESRCH', `no checksum of lvol ${this.lvolId} is running`);
     this.willResume = false;
-    this.actor.send({ type: 'checksum.stop', reason: 'stopped', atMs: this.runtime.nowMs() });
+    this.actor.send({ type: 'checksum.stop', reason, atMs: this.runtime.nowMs() });
     await this.settled();
     return true;
   }

@@ -27,6 +27,7 @@ import { type LvstoreSelector, LvstoreLifecycle } from './lvstores.ts';
 import { NbdExports } from './nbdExports.ts';
 import { PriorityRouter } from './priority.ts';
 import { type BackgroundOptions, BackgroundScheduler } from './scheduler.ts';
+import { VerifyPolicyRunner, type VerifyPolicyOptions } from './verifyPolicy.ts';
 import { type BaseBdev, type LvstoreEntry, Registry, type ResolvedLvol } from './registry.ts';
 
 /** What the node announces to subscribers (SPEC §8 notifications). */
@@ -63,6 +64,8 @@ export interface StorageNodeOptions {
   /** The background options saved by an earlier run (SPEC §6.6), and where new ones are saved. */
   backgroundOptions?: BackgroundOptions;
   onBackgroundOptionsChanged?: (options: BackgroundOptions) => Promise<void>;
+  /** The verification policy saved by an earlier run (issue 21 item 4), where new ones are saved, its clock. */
+  verifyPolicy?: VerifyPolicyOptions;
 }
 
 export class StorageNode {
@@ -76,6 +79,8 @@ export class StorageNode {
   readonly nbd: NbdExports;
   /** Shallow, range and deep copies (replica rebuild); a delete of either end stops them first. */
   readonly copies: CopyService;
+  /** Starts due snapshot verifies inside the policy's windows (./verifyPolicy.ts). */
+  readonly verifyPolicy: VerifyPolicyRunner;
 
   /** Lvols with an lvstore nested on them (SPDK's nested lvstores): their claims and devices. */
   readonly lvolBdevs: LvolBdevs;
@@ -122,6 +127,7 @@ export class StorageNode {
     });
     this.damaged = this.lvstores.damaged;
     this.conflicting = this.lvstores.conflicting;
+    this.verifyPolicy = new VerifyPolicyRunner(runtime, this.registry, this.checksums, this.inspector, this.events, options.verifyPolicy);
   }
 
   /** The base bdevs as SPDK config calls, in creation order (save_config). */
@@ -510,6 +516,8 @@ export class StorageNode {
         log('error', 'shutdown could not flush or close a device; data written since its last flush may be lost', { ...failure, error: String(error) });
       }
     };
+    // The policy starts nothing new while walks are stopped for the shutdown.
+    this.verifyPolicy.stop();
     // NBD clients finish their in-flight requests and are disconnected before stores close.
     await this.nbd.stopAll('shutdown');
     await this.copies.stopAll('shutdown');

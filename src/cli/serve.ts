@@ -6,6 +6,8 @@ import { clusterSizeBytesDefault, dataDirDefault, diskSizeBytesDefault, listenDe
 import { FileDevice } from '../device/fileDevice.ts';
 import { type ShutdownFailure, StorageNode } from '../actors/node.ts';
 import { type BackgroundOptions, defaultBackgroundOptions, validateBackgroundOptions } from '../actors/scheduler.ts';
+import { validateVerifyPolicy } from '../actors/verifyPolicy.ts';
+import { type VerifyPolicy, defaultVerifyPolicy } from '../machines/verifyPolicyMachine.ts';
 import { configureBackgroundThreads, crcInfo } from '../checksum/clusterCrc.ts';
 import { log } from '../log.ts';
 import { type Runtime, systemRuntime } from '../runtime.ts';
@@ -152,6 +154,26 @@ async function readBackgroundOptions(path: string): Promise<BackgroundOptions> {
   }
 }
 
+/** The verification policy (issue 21 item 4), kept in the data directory; read only at start. */
+const verifyPolicyName = 'lvnode-verify-policy.json';
+
+export async function readVerifyPolicy(path: string): Promise<VerifyPolicy> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return defaultVerifyPolicy();
+    throw error;
+  }
+  try {
+    return validateVerifyPolicy({ ...defaultVerifyPolicy(), ...(JSON.parse(text) as Partial<VerifyPolicy>) });
+  } catch (error) {
+    // A damaged file must not keep the node from starting: say so, and run on the default (disabled).
+    log('error', 'verify policy file is unreadable; using the default', { path, error: String(error) });
+    return defaultVerifyPolicy();
+  }
+}
+
 /** Returns the function that detaches it (its socket would otherwise keep the process alive). */
 async function attachStatelyInspector(node: StorageNode, url: string): Promise<() => void> {
   const { createWebSocketInspector } = await import('@statelyai/inspect');
@@ -198,12 +220,17 @@ async function startLockedNode(
   await warnIfDataDirShared(dataDir);
   const writer = new SavedConfigWriter(join(dataDir, savedConfigName));
   const backgroundPath = join(dataDir, backgroundOptionsName);
+  const verifyPolicyPath = join(dataDir, verifyPolicyName);
   const threads = configureBackgroundThreads();
   log('info', 'checksum CRC path', { ...crcInfo(), ...threads });
   const node = new StorageNode(options.runtime ?? systemRuntime, {
     onBaseBdevsChanged: (config) => writer.write(config),
     backgroundOptions: await readBackgroundOptions(backgroundPath),
     onBackgroundOptionsChanged: (changed) => writeFileAtomically(backgroundPath, `${JSON.stringify(changed, null, 2)}\n`),
+    verifyPolicy: {
+      policy: await readVerifyPolicy(verifyPolicyPath),
+      onPolicyChanged: (changed) => writeFileAtomically(verifyPolicyPath, `${JSON.stringify(changed, null, 2)}\n`),
+    },
   });
   const detachStately = options.statelyInspectUrl ? await attachStatelyInspector(node, options.statelyInspectUrl) : () => {};
   const rpcStats = new RpcStats();

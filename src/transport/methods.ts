@@ -29,7 +29,7 @@ import { u64, u64AsNumber } from './json64.ts';
 import { type MethodTable, type RpcMethod, defineMethod } from './methodTable.ts';
 import type { RpcStats } from './stats.ts';
 import { observeMethods } from './observeMethods.ts';
-import { checksumStatus, checksumValue, name, ok, verification } from './schemas.ts';
+import { checksumStatus, checksumValue, name, ok, verification, verifyPolicy, verifyWindow } from './schemas.ts';
 import { allBdevInfos, bdevInfos, bdevView, lvolInfos, lvolView, lvstoreInfo, lvstoreView, verificationView } from './views.ts';
 
 const byName = z.strictObject({ name });
@@ -655,10 +655,12 @@ export function createMethodTable(node: StorageNode, transport?: TransportStats)
     }),
     handler: async (p) => {
       const checksums = await node.checksums.stats();
+      const verifyPolicyStats = await node.verifyPolicy.stats();
       const view = {
         ...(transport ? { ...transport.rpc.view(), connections: transport.connectionCount() } : {}),
         checksums,
         background: node.scheduler.stats(),
+        verify_policy: verifyPolicyStats,
         devices: node.deviceQueueStats(),
         crc: crcInfo(),
         inspect_subscribers: node.inspector.subscriberCount,
@@ -691,6 +693,38 @@ export function createMethodTable(node: StorageNode, transport?: TransportStats)
     params: z.strictObject({}),
     result: z.object({ max_concurrent_checksums: z.number(), checksum_rate_mib_per_sec: z.number() }),
     handler: () => node.scheduler.options(),
+  });
+  table.node_set_verify_policy = defineMethod({
+    description:
+      'lvnode’s own: set the verification policy (each field optional, the rest kept): snapshots with stored checksums are verified every interval_sec (+ a per-snapshot share of jitter_sec), only inside windows (UTC hours on weekdays; empty = always), oldest verification first; a window’s end stops the running ones, which resume in the next window. Saved in the data directory before it takes effect; -28 if it cannot be saved (nothing changes).',
+    priority: 'foreground',
+    params: z.strictObject({
+      enabled: z.boolean().optional(),
+      interval_sec: z.number().int().optional(),
+      jitter_sec: z.number().int().optional(),
+      grace_sec: z.number().int().optional(),
+      windows: z.array(verifyWindow).optional(),
+      verify_after_register: z.boolean().optional(),
+    }),
+    result: ok,
+    handler: async (p) => {
+      const defined = Object.fromEntries(Object.entries(p).filter(([, value]) => value !== undefined));
+      // The merged policy is checked whole (jitter against interval), so a bad field is -32602 with nothing changed.
+      const parsed = verifyPolicy.safeParse({ ...node.verifyPolicy.policy(), ...defined });
+      if (!parsed.success) throw RpcFrameworkError.fromZodError(parsed.error);
+      await node.verifyPolicy.setPolicy(parsed.data);
+      return true as const;
+    },
+  });
+  table.node_get_verify_policy = defineMethod({
+    description: 'lvnode’s own: the verification policy in force (see node_set_verify_policy).',
+    priority: 'foreground',
+    params: z.strictObject({}),
+    result: verifyPolicy,
+    handler: () => {
+      const policy = node.verifyPolicy.policy();
+      return { ...policy, windows: policy.windows.map((window) => ({ ...window, days: [...window.days] })) };
+    },
   });
   table.rpc_get_methods = defineMethod({
     description: 'Names of every method.',

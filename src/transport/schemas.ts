@@ -1,6 +1,6 @@
 // Zod schemas that several method groups share (src/transport/methods.ts, observeMethods.ts).
 import { z } from 'zod';
-import { nameLengthMax } from '../constants.ts';
+import { nameLengthMax, verifyIntervalSecMax, verifyIntervalSecMin, verifyWindowsMax } from '../constants.ts';
 import { u64 } from './json64.ts';
 
 /** An existing object's name: a bdev, an lvstore, `lvs/lvol` or a UUID. */
@@ -58,3 +58,24 @@ export const verificationSummary = z.object({
   bad_cluster_count: z.number(),
   registration_conflict: z.boolean(),
 });
+
+/** A verification window: hours [start_hour, end_hour) UTC on the given weekdays (0 = Sunday). */
+export const verifyWindow = z
+  .strictObject({
+    days: z.array(z.number().int().min(0).max(6)).min(1).max(7),
+    start_hour: z.number().int().min(0).max(23),
+    end_hour: z.number().int().min(1).max(24),
+  })
+  .refine((window) => window.start_hour < window.end_hour, { message: 'start_hour must be before end_hour (split a window across midnight in two)', path: ['end_hour'] });
+
+/** The verification policy (node_get_verify_policy; issue 21 item 4). */
+export const verifyPolicy = z
+  .strictObject({
+    enabled: z.boolean(),
+    interval_sec: z.number().int().min(verifyIntervalSecMin).max(verifyIntervalSecMax),
+    jitter_sec: z.number().int().min(0).max(verifyIntervalSecMax),
+    grace_sec: z.number().int().min(0).max(verifyIntervalSecMax),
+    windows: z.array(verifyWindow).max(verifyWindowsMax).describe('empty: always open; times are UTC'),
+    verify_after_register: z.boolean(),
+  })
+  .refine((policy) => policy.jitter_sec <= policy.interval_sec, { message: 'jitter_sec must not exceed interval_sec', path: ['jitter_sec'] });

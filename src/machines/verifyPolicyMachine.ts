@@ -1,0 +1,157 @@
+// The verification policy runner: whether verify reads may happen now (inside a window) and when that changes.
+//
+// One actor for the whole node (src/actors/verifyPolicy.ts binds it to the lvol actors). Its states
+// say what the policy is doing: `disabled`, `outsideWindow` (no verify read happens; the running
+// ones were stopped on entry) or `inWindow` (due snapshots are started, oldest verification
+// first). The time until the window opens or closes is an XState delay, so a test drives it with
+// a simulated clock, and the inspector shows each change. Windows are in UTC: a node's schedule
+// does not move with its host's time zone or daylight saving time.
+import { assertEvent, assign, setup } from 'xstate';
+import { verifyPolicyDelayMsMax, verifyPolicyRescanMs } from '../constants.ts';
+
+/** Hours [start_hour, end_hour) UTC on the given weekdays (0 = Sunday … 6 = Saturday). */
+export interface VerifyWindow {
+  readonly days: readonly number[];
+  readonly start_hour: number;
+  readonly end_hour: number;
+}
+
+/** The policy in its wire form (node_get_verify_policy), as saved in the data directory. */
+export interface VerifyPolicy {
+  readonly enabled: boolean;
+  /** Each snapshot is verified again this long after its last verification… */
+  readonly interval_sec: number;
+  /** …plus a per-snapshot share of this (0 … jitter_sec), so snapshots verified together spread out. */
+  readonly jitter_sec: number;
+  /** Overdue: not verified within interval + jitter + grace. */
+  readonly grace_sec: number;
+  /** Empty: always open. */
+  readonly windows: readonly VerifyWindow[];
+  readonly verify_after_register: boolean;
+}
+
+export function defaultVerifyPolicy(): VerifyPolicy {
+  return {
+    enabled: false,
+    interval_sec: 7 * 24 * 3600,
+    jitter_sec: 24 * 3600,
+    grace_sec: 7 * 24 * 3600,
+    windows: [],
+    verify_after_register: false,
+  };
+}
+
+const hourMs = 3600 * 1000;
+
+/** Whether verify reads may happen at `atMs` (UTC). */
+export function windowOpenAt(windows: readonly VerifyWindow[], atMs: number): boolean {
+  if (windows.length === 0) return true;
+  const date = new Date(atMs);
+  const day = date.getUTCDay();
+  const hour = date.getUTCHours();
+  return windows.some((window) => window.days.includes(day) && hour >= window.start_hour && hour < window.end_hour);
+}
+
+/**
+ * Milliseconds from `atMs` until the window state changes (an hour boundary where open turns
+ * closed or back), or Infinity when it never does (no windows, or windows covering the week).
+ */
+export function msUntilWindowChange(windows: readonly VerifyWindow[], atMs: number): number {
+  if (windows.length === 0) return Number.POSITIVE_INFINITY;
+  const open = windowOpenAt(windows, atMs);
+  const nextHourMs = Math.floor(atMs / hourMs) * hourMs + hourMs;
+  // A week of hour boundaries (and one more) covers every pattern of weekly windows.
+  for (let hour = 0; hour <= 7 * 24; hour++) {
+    const boundaryMs = nextHourMs + hour * hourMs;
+    if (windowOpenAt(windows, boundaryMs) !== open) return boundaryMs - atMs;
+  }
+  return Number.POSITIVE_INFINITY;
+}
+
+export interface VerifyPolicyContext {
+  readonly policy: VerifyPolicy;
+}
+
+export type VerifyPolicyEvent =
+  | { type: 'policy.set'; policy: VerifyPolicy }
+  | { type: 'verify.ended'; lvolId: string }
+  | { type: 'checksum.registered'; lvolId: string };
+
+export const verifyPolicyMachine = setup({
+  types: {
+    context: {} as VerifyPolicyContext,
+    events: {} as VerifyPolicyEvent,
+    input: {} as { policy: VerifyPolicy },
+  },
+  actions: {
+    setPolicy: assign(({ event }) => {
+      assertEvent(event, 'policy.set');
+      return { policy: event.policy };
+    }),
+    // Provided by the actor layer (src/actors/verifyPolicy.ts), which holds the lvol actors.
+    scanDue: () => {},
+    startDue: () => {},
+    stopRunning: () => {},
+    rememberRegistered: () => {},
+  },
+  guards: {
+    enabled: ({ context }) => context.policy.enabled,
+    // Provided with the runtime's clock (verifyPolicyMachineAt): whether a window is open now.
+    windowOpen: () => false,
+  },
+  delays: {
+    // Provided with the runtime's clock: until the window opens or closes.
+    untilWindowChange: verifyPolicyDelayMsMax,
+    rescan: verifyPolicyRescanMs,
+  },
+}).createMachine({
+  id: 'verifyPolicy',
+  context: ({ input }) => ({ policy: input.policy }),
+  initial: 'checking',
+  on: {
+    'policy.set': { target: '.checking', actions: 'setPolicy' },
+    'checksum.registered': { actions: 'rememberRegistered' },
+  },
+  states: {
+    checking: {
+      always: [
+        { guard: 'enabled', target: 'open' },
+        { target: 'disabled' },
+      ],
+    },
+    open: {
+      // A pass-through: decides which side of a window the clock is on.
+      always: [{ guard: 'windowOpen', target: 'inWindow' }, { target: 'outsideWindow' }],
+    },
+    disabled: {
+      entry: 'stopRunning',
+    },
+    outsideWindow: {
+      tags: ['noVerifyReads'],
+      entry: 'stopRunning',
+      after: { untilWindowChange: { target: 'checking' } },
+    },
+    inWindow: {
+      entry: ['scanDue', 'startDue'],
+      on: {
+        'verify.ended': { actions: 'startDue' },
+        'checksum.registered': { actions: ['rememberRegistered', 'startDue'] },
+      },
+      after: {
+        untilWindowChange: { target: 'checking' },
+        rescan: { target: 'inWindow', reenter: true },
+      },
+    },
+  },
+});
+
+/** The machine with its clock-reading guard and delay bound to `nowMs` (the runtime's clock). */
+export function verifyPolicyMachineAt(nowMs: () => number): typeof verifyPolicyMachine {
+  return verifyPolicyMachine.provide({
+    guards: { windowOpen: ({ context }) => windowOpenAt(context.policy.windows, nowMs()) },
+    delays: {
+      // At least 1 ms, so a boundary reached exactly re-checks after the clock moved past it.
+      untilWindowChange: ({ context }) => Math.max(1, Math.min(verifyPolicyDelayMsMax, msUntilWindowChange(context.policy.windows, nowMs()))),
+    },
+  });
+}

@@ -98,10 +98,11 @@ export class VerifyPolicyRunner {
     const machine = verifyPolicyMachineAt(() => runtime.nowMs()).provide({
       actions: {
         startDue: () => this.startDue(),
-        scanDue: () => this.scanDue(),
+        // The policy from the transition's context: getSnapshot() still answers the one before it.
+        scanDue: ({ context }) => this.scanDue(context.policy),
         stopRunning: () => this.stopRunning(),
-        rememberRegistered: ({ event }) => {
-          if (event.type === 'checksum.registered' && this.policy().verify_after_register) this.registered.add(event.lvolId);
+        rememberRegistered: ({ context, event }) => {
+          if (event.type === 'checksum.registered' && context.policy.verify_after_register) this.registered.add(event.lvolId);
         },
       },
     });
@@ -154,8 +155,7 @@ export class VerifyPolicyRunner {
   }
 
   /** Finds the due snapshots, oldest verification first (one pass over the records). */
-  private scanDue(): void {
-    const policy = this.policy();
+  private scanDue(policy: VerifyPolicy): void {
     const nowMs = this.runtime.nowMs();
     const due: Array<{ id: string; lastMs: number }> = [];
     for (const { lvol } of this.registry.allLvols()) {

@@ -139,7 +139,8 @@ export const verifyPolicyMachine = setup({
       },
       after: {
         untilWindowChange: { target: 'checking' },
-        rescan: { target: 'inWindow', reenter: true },
+        // Through `checking`: a re-scan that comes due together with the window's end must not start anything.
+        rescan: { target: 'checking' },
       },
     },
   },

@@ -5,11 +5,11 @@
 // newer snapshot preempted by the merge is not resumed over clusters it never saw; checksums that
 // cannot be derived are dropped as before.
 import { join } from 'node:path';
-import { createCRC64 } from 'hash-wasm';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { NodeEvent, StorageNode } from '../../src/actors/node.ts';
 import { FileDevice } from '../../src/device/fileDevice.ts';
 import type { MethodTable } from '../../src/transport/methodTable.ts';
+import { oneCrc, pattern as seededPattern } from './knownCrc.ts';
 import { call, errnoOf, nodeHarness } from './tableCalls.ts';
 
 const clusterBytes = 64 * 1024;
@@ -17,23 +17,9 @@ const clusterCount = 16;
 const harness = nodeHarness(61);
 afterEach(() => harness.cleanup());
 
-const hasher = await createCRC64('d800000000000000');
-function oneCrc(...parts: Buffer[]): bigint {
-  hasher.init();
-  for (const part of parts) hasher.update(part);
-  return BigInt(`0x${hasher.digest('hex')}`);
-}
 
 function pattern(seed: number): Buffer {
-  const out = Buffer.alloc(clusterBytes);
-  let state = (Math.imul(seed + 1, 2654435761) >>> 0) || 1;
-  for (let offset = 0; offset < clusterBytes; offset += 4) {
-    state ^= state << 13;
-    state ^= state >>> 17;
-    state ^= state << 5;
-    out.writeUInt32LE(state >>> 0, offset);
-  }
-  return out;
+  return seededPattern(seed, clusterBytes);
 }
 
 async function start(path: string): Promise<{ node: StorageNode; table: MethodTable }> {

@@ -8,12 +8,12 @@
 // overwrites them (SPDK) and keeps both as evidence.
 import { open } from 'node:fs/promises';
 import { join } from 'node:path';
-import { createCRC64 } from 'hash-wasm';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { NodeEvent, StorageNode } from '../../src/actors/node.ts';
 import { FileDevice } from '../../src/device/fileDevice.ts';
 import type { MethodTable } from '../../src/transport/methodTable.ts';
 import { seededRandom } from '../seededRandom.ts';
+import { oneCrc, pattern as seededPattern } from './knownCrc.ts';
 import { call, errnoOf, nodeHarness } from './tableCalls.ts';
 
 const clusterBytes = 64 * 1024;
@@ -22,23 +22,9 @@ const sectorBytes = 512;
 const harness = nodeHarness(71);
 afterEach(() => harness.cleanup());
 
-const hasher = await createCRC64('d800000000000000');
-function oneCrc(...parts: Buffer[]): bigint {
-  hasher.init();
-  for (const part of parts) hasher.update(part);
-  return BigInt(`0x${hasher.digest('hex')}`);
-}
 
 function pattern(seed: number): Buffer {
-  const out = Buffer.alloc(clusterBytes);
-  let state = (Math.imul(seed + 1, 2654435761) >>> 0) || 1;
-  for (let offset = 0; offset < clusterBytes; offset += 4) {
-    state ^= state << 13;
-    state ^= state >>> 17;
-    state ^= state << 5;
-    out.writeUInt32LE(state >>> 0, offset);
-  }
-  return out;
+  return seededPattern(seed, clusterBytes);
 }
 
 interface Verification {

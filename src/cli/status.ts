@@ -66,6 +66,7 @@ export interface NodeStatsView {
   event_loop_delay_ms?: { p99: number };
   checksums?: { rate_bytes_per_sec: number };
   background?: { running: number; queued: number; max_concurrent_checksums?: number; checksum_rate_mib_per_sec?: number };
+  verify_policy?: { state: string; enabled: boolean; running: number; due: number; overdue: number; snapshots_with_checksums: number };
 }
 
 /** A copy as `inspect_get_actors` lists it: its label and machine state. */
@@ -300,6 +301,13 @@ function renderNode(stats: NodeStatsView): string {
     ].filter((part) => part !== null);
     const rate = stats.checksums && stats.checksums.rate_bytes_per_sec > 0 ? `; checksums read ${formatRate(stats.checksums.rate_bytes_per_sec)}` : '';
     text += `background: ${background.running} running, ${background.queued} queued${limits.length > 0 ? ` (${limits.join(', ')})` : ''}${rate}\n`;
+  }
+  const policy = stats.verify_policy;
+  if (policy) {
+    // Overdue first and loud: a snapshot not verified in time is what the operator must act on.
+    text += policy.enabled
+      ? `verify policy: ${policy.overdue > 0 ? `OVERDUE ${policy.overdue}, ` : ''}${policy.due} due, ${policy.running} verifying, ${policy.snapshots_with_checksums} snapshots with checksums (${policy.state})\n`
+      : 'verify policy: off (node_set_verify_policy)\n';
   }
   return text;
 }

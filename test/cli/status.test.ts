@@ -40,6 +40,13 @@ background: 1 running, 0 queued (at most 2 at once, no rate cap); checksums read
 `;
 
 describe('renderStatus', () => {
+  it('shows the verify policy, overdue snapshots first, or that it is off', () => {
+    const node = { ...statusFixture.stats, verify_policy: { state: 'inWindow', enabled: true, running: 1, due: 3, overdue: 2, snapshots_with_checksums: 9 } };
+    expect(renderStatus({ ...statusFixture, stats: node })).toContain('verify policy: OVERDUE 2, 3 due, 1 verifying, 9 snapshots with checksums (inWindow)\n');
+    const off = { ...statusFixture.stats, verify_policy: { state: 'disabled', enabled: false, running: 0, due: 0, overdue: 0, snapshots_with_checksums: 9 } };
+    expect(renderStatus({ ...statusFixture, stats: off })).toContain('verify policy: off (node_set_verify_policy)\n');
+  });
+
   it('draws each lvstore with its lvols as snapshot chains, checksums, copies and the node line', () => {
     expect(renderStatus(statusFixture)).toBe(expected);
   });

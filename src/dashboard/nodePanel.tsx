@@ -68,6 +68,7 @@ export function NodePanel({ rpc }: { rpc: DashboardRpc }) {
             .map(([state, count]) => `${state} ${count}`)
             .join(' · ')}
         />
+        {stats.verify_policy ? <VerifyPolicyCard policy={stats.verify_policy} /> : null}
         <Card
           title="event loop"
           value={`${Math.round((stats.event_loop_utilization ?? 0) * 100)}% busy`}
@@ -100,6 +101,18 @@ export function NodePanel({ rpc }: { rpc: DashboardRpc }) {
         </tbody>
       </table>
     </section>
+  );
+}
+
+/** Scheduled verification at a glance: overdue snapshots turn the card red. */
+function VerifyPolicyCard({ policy }: { policy: NonNullable<NodeStats['verify_policy']> }) {
+  const overdue = policy.enabled && policy.overdue > 0;
+  return (
+    <div class={overdue ? 'card overdue' : 'card'} aria-label="verify policy">
+      <h3>verify policy</h3>
+      <p class="figure">{policy.enabled ? (overdue ? `${policy.overdue} overdue` : `${policy.due} due`) : 'off'}</p>
+      <p class="muted">{policy.enabled ? `${policy.running} verifying · ${policy.snapshots_with_checksums} with checksums · ${policy.state}` : 'node_set_verify_policy turns it on'}</p>
+    </div>
   );
 }
 

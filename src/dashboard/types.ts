@@ -70,6 +70,8 @@ export interface NodeStats {
   checksums: { by_state: Record<string, number>; rate_bytes_per_sec: number };
   background: { running: number; queued: number; bytes_per_sec: number };
   inspect_subscribers?: number;
+  /** The verification policy's counts (issue 21): overdue snapshots are what needs attention. */
+  verify_policy?: { state: string; enabled: boolean; running: number; due: number; overdue: number; snapshots_with_checksums: number };
 }
 
 export interface InspectionBatch {

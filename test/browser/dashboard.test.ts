@@ -224,6 +224,8 @@ run('dashboard in Chromium', () => {
     await expect.poll(() => methods.locator('tr', { hasText: 'node_get_stats' }).count(), wait).toBe(1);
     expect(await page.locator('.card', { hasText: 'event-loop delay p99' }).textContent()).toMatch(/\d+\.\d{3} ms/);
     expect(await page.locator('.card', { hasText: 'connections' }).textContent()).toMatch(/connections\s*\d+/);
+    // The verify policy is off by default, and says how to turn it on.
+    expect(await page.locator('.card', { hasText: 'verify policy' }).textContent()).toContain('node_set_verify_policy turns it on');
     // A sparkline appears once a second sample gives a rate.
     await expect.poll(() => page.locator('svg.spark').count(), wait).toBeGreaterThan(0);
     const calls = Number(await methods.locator('tr', { hasText: 'node_get_stats' }).locator('td').nth(1).textContent());

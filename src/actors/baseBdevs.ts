@@ -1,6 +1,6 @@
 // Base bdevs before they join the node: checking names and files, opening a file as a device,
 // and the bdev list in SPDK's config form (save_config, and what serve.ts keeps across restarts).
-// The node (node.ts) registers what these return and examines it for an lvstore.
+// baseBdevLifecycle.ts registers what these return; the node examines it for an lvstore.
 import { stat } from 'node:fs/promises';
 import { resolve as resolvePath } from 'node:path';
 import type { BlockDevice } from '../device/blockDevice.ts';

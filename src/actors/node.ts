@@ -7,16 +7,16 @@
 // lvstores coming and going in ./lvstores.ts, opening base bdevs in ./baseBdevs.ts.
 import { EventEmitter } from 'node:events';
 import type { BlockDevice } from '../device/blockDevice.ts';
-import { MemoryDevice } from '../device/memoryDevice.ts';
 import type { IoQueueStats } from '../device/ioQueue.ts';
 import { QueuedDevice } from '../device/queuedDevice.ts';
-import { fail, fromDeviceError } from '../errors.ts';
+import { fail } from '../errors.ts';
 import { log } from '../log.ts';
 import type { Runtime } from '../runtime.ts';
 import { sizeMibToClusterCount, validateName } from '../store/lvstore.ts';
 import type { DamagedLvstoreError } from '../store/load.ts';
 import type { ClearMethod, LvolRecord } from '../store/metadata.ts';
-import { type BdevConfigEntry, BdevListChanges, type SpdkConfig, assertBdevNameFree, bdevConfig, openAioDevice } from './baseBdevs.ts';
+import { BaseBdevLifecycle } from './baseBdevLifecycle.ts';
+import { type BdevConfigEntry, type SpdkConfig, bdevConfig } from './baseBdevs.ts';
 import { ChecksumService } from './checksums.ts';
 import { InspectionHub } from './inspector.ts';
 import { LvolActor, LvolActorStarter } from './lvolActor.ts';
@@ -91,19 +91,16 @@ export class StorageNode {
   readonly damaged: Map<string, DamagedLvstoreError>;
   /** Bdevs holding a healthy lvstore whose name or UUID clashes with a loaded one: not loaded. */
   readonly conflicting: Map<string, string>;
-  private readonly onBaseBdevsChanged: (config: SpdkConfig) => Promise<void>;
-  /** Base-bdev creations and deletions, one at a time: each saves the list, then applies it. */
-  private readonly bdevListChanges = new BdevListChanges();
+  /** Base bdevs joining and leaving, the saved bdev list kept in step. */
+  private readonly baseBdevs: BaseBdevLifecycle;
   /** Starts lvol actors in slices after the lvols are attached (SPEC §10: answer while 100,000 start). */
   readonly actorStarter = new LvolActorStarter();
-  private mallocCount = 0;
 
   constructor(
     readonly runtime: Runtime,
     options: StorageNodeOptions = {},
   ) {
     this.inspector = options.inspector ?? new InspectionHub();
-    this.onBaseBdevsChanged = options.onBaseBdevsChanged ?? (async () => {});
     this.events.setMaxListeners(0);
     this.scheduler = new BackgroundScheduler(runtime, this.inspector, options.backgroundOptions, options.onBackgroundOptionsChanged);
     this.router = new PriorityRouter((lvolId) => this.actorOf(lvolId));
@@ -125,6 +122,15 @@ export class StorageNode {
       attachActor: (entry, lvol) => this.attachActor(entry, lvol),
       emit: (event) => this.emit(event),
     });
+    this.baseBdevs = new BaseBdevLifecycle({
+      registry: this.registry,
+      runtime,
+      nbd: this.nbd,
+      copies: this.copies,
+      lvstores: this.lvstores,
+      onBaseBdevsChanged: options.onBaseBdevsChanged ?? (async () => {}),
+      emit: (event) => this.emit(event),
+    });
     this.damaged = this.lvstores.damaged;
     this.conflicting = this.lvstores.conflicting;
     this.verifyPolicy = new VerifyPolicyRunner(runtime, this.registry, this.checksums, this.inspector, this.events, options.verifyPolicy);
@@ -139,114 +145,23 @@ export class StorageNode {
     this.events.emit('event', event);
   }
 
-  // ---- base bdevs ----
-
-  /**
-   * Saves the bdev list (SPDK config form) through `onBaseBdevsChanged`. A list that cannot be
-   * saved fails the change before it is made: -28 when the file system is full.
-   */
-  private async saveBdevList(config: SpdkConfig, what: string): Promise<void> {
-    try {
-      await this.onBaseBdevsChanged(config);
-    } catch (error) {
-      throw fromDeviceError(error, `${what}: the bdev list could not be saved, so nothing changed`);
-    }
-  }
-
-  private async addBaseBdev(bdev: BaseBdev): Promise<string> {
-    try {
-      await this.bdevListChanges.run(async () => {
-        assertBdevNameFree(this.registry, bdev.name);
-        // Saved first, registered after: a bdev the saved list does not name would be gone after
-        // a restart, and its lvstore with it; a failed save leaves the node as it was.
-        if (!bdev.external) await this.saveBdevList(bdevConfig(this.registry, { adding: bdev }), `bdev ${bdev.name} not created`);
-        this.registry.bdevs.set(bdev.name, bdev);
-      });
-    } catch (error) {
-      // Not ours to close when the embedder attached it; a file we opened is released (its lock too).
-      if (!bdev.external) await bdev.device.close().catch(() => undefined);
-      throw error;
-    }
-    this.emit({ type: 'bdev_created', name: bdev.name, kind: bdev.kind });
-    log('info', 'bdev created', { bdev: bdev.name, kind: bdev.kind, sizeBytes: bdev.device.sizeBytes });
-    await this.lvstores.examine(bdev);
-    return bdev.name;
-  }
+  // ---- base bdevs (./baseBdevLifecycle.ts) ----
 
   createMallocBdev(options: { name?: string; numBlocks: number; blockSize: number; uuid?: string }): Promise<string> {
-    // SPDK's default names: Malloc0, Malloc1, … counting every malloc bdev made, skipping taken names.
-    let name = options.name;
-    while (name === undefined || (options.name === undefined && this.registry.bdevNameTaken(name))) name = `Malloc${this.mallocCount++}`;
-    assertBdevNameFree(this.registry, name);
-    if (options.numBlocks < 1) fail('EINVAL', 'num_blocks must be at least 1');
-    const device = new QueuedDevice(new MemoryDevice(options.numBlocks * options.blockSize, options.blockSize));
-    const uuid = options.uuid ?? this.runtime.uuid();
-    return this.addBaseBdev({ name, uuid, kind: 'malloc', device, readOnly: false, claimedBy: null });
+    return this.baseBdevs.createMalloc(options);
   }
 
-  /**
-   * Attaches a block device the caller opened as a base bdev (kind malloc in listings): for
-   * embedding lvnode, and for tests that put a simulated, fault-injecting device under a node.
-   */
+  /** A block device the caller opened, as a base bdev: for embedding lvnode, and for tests. */
   attachBaseDevice(name: string, device: BlockDevice): Promise<string> {
-    assertBdevNameFree(this.registry, name);
-    return this.addBaseBdev({ name, uuid: this.runtime.uuid(), kind: 'malloc', device: new QueuedDevice(device), readOnly: false, claimedBy: null, external: true });
+    return this.baseBdevs.attachDevice(name, device);
   }
 
-  async createAioBdev(request: { name: string; filename: string; blockSize: number; readOnly: boolean; uuid?: string }): Promise<string> {
-    const { device, filename } = await openAioDevice(this.registry, request);
-    return this.addBaseBdev({
-      name: request.name,
-      uuid: request.uuid ?? this.runtime.uuid(),
-      kind: 'aio',
-      device,
-      filename,
-      readOnly: request.readOnly,
-      claimedBy: null,
-    });
+  createAioBdev(request: { name: string; filename: string; blockSize: number; readOnly: boolean; uuid?: string }): Promise<string> {
+    return this.baseBdevs.createAio(request);
   }
 
-  /**
-   * Deletes a base bdev. The new list is saved first: a delete that cannot be recorded is refused
-   * (-28 on a full file system) with the bdev, its lvstore and the saved list as they were, so the
-   * node and a restart never disagree about it. Should the lvstore then fail to unload, the bdev
-   * stays and goes back into the saved list.
-   */
-  async deleteBaseBdev(nameOrUuid: string, kind: BaseBdev['kind']): Promise<void> {
-    const bdev = this.registry.bdev(nameOrUuid);
-    const name = bdev.name;
-    if (bdev.kind !== kind) fail('ENODEV', `bdev ${name} is not a ${kind} bdev`);
-    const operation = `bdev_${kind}_delete`;
-    await this.bdevListChanges.run(async () => {
-      if (this.registry.bdevs.get(name) !== bdev) fail('ENODEV', `bdev ${name} does not exist`);
-      if (bdev.claimedBy === 'pending') fail('EBUSY', `bdev ${name} is getting an lvstore`);
-      this.nbd.assertNotExported(name);
-      const claimer = bdev.claimedBy ? this.registry.lvstores.get(bdev.claimedBy) : undefined;
-      if (claimer) this.lvstores.assertUnloadable(claimer);
-      if (!bdev.external) await this.saveBdevList(bdevConfig(this.registry, { removing: name }), `bdev ${name} not deleted`);
-      // As SPDK: deleting the base bdev of an lvstore hot-removes it — the lvstore and its lvols
-      // are unloaded (closed, not erased: a file bdev attached again brings them back).
-      try {
-        if (claimer) await this.lvstores.unload(claimer, operation);
-      } catch (error) {
-        if (!bdev.external) {
-          await this.onBaseBdevsChanged(this.saveConfig()).catch((saveError: unknown) =>
-            log('error', 'bdev kept (its lvstore did not unload) but the bdev list could not be saved again: it lacks this bdev until the next save', {
-              bdev: name,
-              error: String(saveError),
-            }),
-          );
-        }
-        throw error;
-      }
-      await this.copies.stopInvolving({ baseBdev: name }, operation);
-      this.registry.bdevs.delete(name);
-      this.damaged.delete(name);
-      this.conflicting.delete(name);
-    });
-    await bdev.device.close();
-    this.emit({ type: 'bdev_deleted', name });
-    log('info', 'bdev deleted', { bdev: name });
+  deleteBaseBdev(nameOrUuid: string, kind: BaseBdev['kind']): Promise<void> {
+    return this.baseBdevs.delete(nameOrUuid, kind);
   }
 
   // ---- lvstores ----

@@ -52,7 +52,7 @@ function keepWalking(client: RpcClient, snapshots: readonly string[]): { stop():
 }
 
 /** `clientCount` closed-loop clients sending bdev_get_bdevs {name} for `seconds`; every latency in ms. */
-async function hammer(clients: RpcClient[], name: string, seconds: number): Promise<number[]> {
+export async function hammer(clients: RpcClient[], name: string, seconds: number): Promise<number[]> {
   const latencies: number[] = [];
   const endMs = performance.now() + seconds * 1000;
   await Promise.all(

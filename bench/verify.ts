@@ -12,6 +12,8 @@ import { nativeCrc } from '../src/checksum/native.ts';
 import { nativeJobsAlone, readRange } from './baselineRead.ts';
 import { type ChildBench, spawnBenchNode } from './childNode.ts';
 import { bytesPerMsToMBps, envInteger, fixed, median, printTable, quantile, sleepMs, timed } from './support.ts';
+import { seededRandom } from '../test/seededRandom.ts';
+import { hammer } from './backgroundLoad.ts';
 
 const sectorBytes = 512;
 const walkRatioTarget = 0.75;
@@ -36,19 +38,6 @@ interface Stats {
 /** Bytes every walk of the node has read so far. */
 async function backgroundBytes(client: RpcClient): Promise<number> {
   return (await client.call<Stats>('node_get_stats', {})).background.bytes_total;
-}
-
-/** A seeded xorshift32 in [0, 1): the same injections for the same seed on every machine. */
-function seededRandom(seed: number): () => number {
-  let state = seed >>> 0 || 1;
-  return () => {
-    state ^= state << 13;
-    state >>>= 0;
-    state ^= state >>> 17;
-    state ^= state << 5;
-    state >>>= 0;
-    return state / 2 ** 32;
-  };
 }
 
 /** One snapshot of lvol 0 with per-cluster checksums: what a verify compares against. */
@@ -254,22 +243,6 @@ async function detection(runs: number, seedBase: number): Promise<void> {
   } finally {
     await bench.close();
   }
-}
-
-/** `clientCount` closed-loop clients sending bdev_get_bdevs {name} for `seconds`; every latency in ms. */
-async function hammer(clients: RpcClient[], name: string, seconds: number): Promise<number[]> {
-  const latencies: number[] = [];
-  const endMs = performance.now() + seconds * 1000;
-  await Promise.all(
-    clients.map(async (client) => {
-      while (performance.now() < endMs) {
-        const startMs = performance.now();
-        await client.call('bdev_get_bdevs', { name });
-        latencies.push(performance.now() - startMs);
-      }
-    }),
-  );
-  return latencies;
 }
 
 /** Keeps a verify running on every snapshot until `stop` is called (starting another as each ends). */

@@ -326,9 +326,9 @@ export class Lvstore {
   durableLvolByName(name: string): LvolRecord | undefined {
     const live = this.findLvolByName(name);
     if (this.pending.count === 0) return live;
-    const durable = live ? this.pending.durableLvol(live.id) : undefined;
-    if (durable?.name === name) return durable;
-    for (const lvol of this.pending.durableTouched()) if (lvol.name === name && this.pending.durableLvol(lvol.id) === lvol) return lvol;
+    const overrides = this.pending.durableOverrides();
+    if (live && !overrides.has(live.id)) return live;
+    for (const lvol of overrides.values()) if (lvol?.name === name) return lvol;
     return undefined;
   }
 
@@ -336,12 +336,12 @@ export class Lvstore {
   durableLvolIds(): string[] {
     const ids = [...this.record.lvols.keys()];
     if (this.pending.count === 0) return ids;
-    const present = new Set(ids);
-    const out = ids.filter((id) => this.pending.durableLvol(id) !== undefined);
+    const overrides = this.pending.durableOverrides();
+    const out = ids.filter((id) => overrides.get(id) !== null);
     let added = false;
-    for (const lvol of this.pending.durableTouched()) {
-      if (!present.has(lvol.id) && this.pending.durableLvol(lvol.id) === lvol) {
-        out.push(lvol.id);
+    for (const [id, lvol] of overrides) {
+      if (lvol && !this.record.lvols.has(id)) {
+        out.push(id);
         added = true;
       }
     }
@@ -356,12 +356,13 @@ export class Lvstore {
 
   /** The durable clones of `id` (a clone made or re-parented in flight is not one yet). */
   durableClonesOf(id: string): LvolRecord[] {
-    const clones = this.clonesOf(id).map((clone) => this.pending.durableLvol(clone.id)).filter((clone): clone is LvolRecord => clone?.parentId === id);
-    if (this.pending.count === 0) return clones;
+    if (this.pending.count === 0) return this.clonesOf(id);
+    const overrides = this.pending.durableOverrides();
+    const clones = this.clonesOf(id)
+      .map((clone) => (overrides.has(clone.id) ? overrides.get(clone.id) : clone))
+      .filter((clone): clone is LvolRecord => clone?.parentId === id);
     const seen = new Set(clones.map((clone) => clone.id));
-    for (const lvol of this.pending.durableTouched()) {
-      if (lvol.parentId === id && !seen.has(lvol.id) && this.pending.durableLvol(lvol.id) === lvol) clones.push(lvol);
-    }
+    for (const lvol of overrides.values()) if (lvol?.parentId === id && !seen.has(lvol.id)) clones.push(lvol);
     return clones.sort((a, b) => this.durableRank(a.id) - this.durableRank(b.id));
   }
 

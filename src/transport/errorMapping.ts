@@ -165,6 +165,7 @@ const spdkFrameworkMessage: Partial<Record<number, string>> = {
  * - an errno the thrower marked synchronous (`wire: 'errno'`): -errno + strerror, as WebSocket;
  * - an operation failure (`wire: 'internal'`): -32602 + strerror for the methods SPDK answers so,
  *   else -32603 + strerror;
+ * - bdev_lvol_get_snapshot_checksum: -19 "No such device" for every failure, as Longhorn's fork;
  * - bdev_lvol_create_lvstore on a bdev that holds an lvstore (`data.lvstore`): -1 "Operation not
  *   permitted", what spdk_tgt answers for a claimed bdev.
  * `data` (lvnode's detail) is kept: SPDK's clients read code and message only.
@@ -177,6 +178,12 @@ export function toSpdkRpcError(error: unknown, method?: string): RpcErrorObject 
   if (error instanceof RpcFrameworkError) {
     const message = spdkFrameworkMessage[error.code];
     return message === undefined ? mapped : { ...mapped, message };
+  }
+  if (method === 'bdev_lvol_get_snapshot_checksum' && isStorageError(error)) {
+    // Longhorn's fork answers -19 "No such device" for every failure of this call, and
+    // go-spdk-helper's lvol listing tolerates only -19: an aborted walk's -125 (lvnode's WebSocket
+    // answer) failed whole listings and left a Longhorn revert half done. `data` keeps the state.
+    return { ...mapped, code: -Errno.ENODEV, message: strerror.ENODEV };
   }
   if (method === 'bdev_lvol_create_lvstore' && isStorageError(error) && error.data?.lvstore !== undefined) {
     // The bdev holds an lvstore (loaded, clashing, damaged, or found on the device): SPDK would

@@ -406,7 +406,7 @@ function checksumMethods(node: StorageNode): Record<string, RpcMethod> {
       handler: (p) => node.checksums.register(p.name, 'range', p.resume ?? false),
     }),
     bdev_lvol_get_snapshot_checksum: defineMethod({
-      description: 'The stored checksum; -125 when the last run was aborted and none exists, else -19.',
+      description: 'The stored checksum; on WebSocket -125 when the last run was aborted and none exists, else -19; SPDK’s socket answers -19 for every failure, as Longhorn’s fork does.',
       priority: 'foreground',
       params: byName,
       result: z.object({ checksum: checksumValue }),
@@ -460,11 +460,18 @@ function checksumMethods(node: StorageNode): Record<string, RpcMethod> {
 function copyMethods(node: StorageNode): Record<string, RpcMethod> {
   const copyEnds = { src_lvol_name: name, dst_bdev_name: name };
   const operationId = z.object({ operation_id: z.number() });
-  const copyStatus = z.looseObject({
+  // SPDK's fields per kind, then lvnode's; both listed so docs/rpc.md shows what clients read.
+  const copyStatusCommon = {
     state: z.enum(['in progress', 'complete', 'error']),
     total_clusters: z.number(),
     error: z.string().optional(),
-  });
+    machine_state: z.string(),
+    kind: z.string(),
+    src_lvol: z.string(),
+    dst_bdev: z.string(),
+  };
+  const shallowCopyStatus = z.looseObject({ copied_clusters: z.number(), unmapped_clusters: z.number(), ...copyStatusCommon });
+  const deepCopyStatus = z.looseObject({ processed_clusters: z.number(), ...copyStatusCommon });
   const check = (kind: 'shallow' | 'deep') => (p: { operation_id: number }) => {
     const { processed_clusters, copied_clusters, unmapped_clusters, ...rest } = node.copies.check(kind, p.operation_id);
     // SPDK's fields per kind, then lvnode's (machine_state, src_lvol, dst_bdev, kind).
@@ -491,7 +498,7 @@ function copyMethods(node: StorageNode): Record<string, RpcMethod> {
       description: 'Progress of a (range) shallow copy; an ended one is reported once more, then forgotten (-19).',
       priority: 'foreground',
       params: z.strictObject({ operation_id: u64AsNumber }),
-      result: copyStatus,
+      result: shallowCopyStatus,
       handler: check('shallow'),
     }),
     bdev_lvol_start_deep_copy: defineMethod({
@@ -505,7 +512,7 @@ function copyMethods(node: StorageNode): Record<string, RpcMethod> {
       description: 'Progress of a deep copy; an ended one is reported once more, then forgotten (-19).',
       priority: 'foreground',
       params: z.strictObject({ operation_id: u64AsNumber }),
-      result: copyStatus,
+      result: deepCopyStatus,
       handler: check('deep'),
     }),
   };

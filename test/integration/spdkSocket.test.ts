@@ -101,6 +101,33 @@ describe('SPDK Unix socket, end to end', () => {
     expect(BigInt(checksum)).toBe(crc64(await readAll('lvs0/hsnap', 64 * mib)));
   });
 
+  it('lists lvols as go-spdk-helper does while a snapshot\'s checksum was stopped with no earlier value (Longhorn\'s revert)', async () => {
+    // Longhorn's Replica.SnapshotRevert stops the hash, then lists lvols through go-spdk-helper's
+    // BdevLvolGetWithFilter, which tolerates only -19 from get_snapshot_checksum: any other code
+    // fails the whole listing and leaves the replica in `error` with the revert half done.
+    await spdk.call('bdev_lvol_create', { lvol_name: 'reverted', size_in_mib: 32, lvs_name: 'lvs0', thin_provision: false });
+    await spdk.call('node_lvol_write', { name: 'lvs0/reverted', offset: 0, fill_byte: 7, length: 4 * mib });
+    await spdk.call('bdev_lvol_snapshot', { lvol_name: 'lvs0/reverted', snapshot_name: 'rsnap' });
+    await spdk.call('node_set_background_options', { checksum_rate_mib_per_sec: 8 });
+    const register = spdk.send('bdev_lvol_register_snapshot_checksum', { name: 'lvs0/rsnap' });
+    for (;;) {
+      const status = await spdk.call<{ state: string; clusters_done: number }>('bdev_lvol_get_checksum_status', { name: 'lvs0/rsnap' });
+      if (status.state === 'computing' && status.clusters_done > 0) break;
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    expect(await spdk.call('bdev_lvol_stop_snapshot_checksum', { name: 'lvs0/rsnap' })).toBe(true);
+    await spdk.reply(register);
+    await spdk.call('node_set_background_options', { checksum_rate_mib_per_sec: 0 });
+    // The WebSocket keeps lvnode's finer answer; SPDK's socket answers as Longhorn's fork.
+    const ws = await node.connect();
+    await expect(ws.call('bdev_lvol_get_snapshot_checksum', { name: 'lvs0/rsnap' })).rejects.toMatchObject({ code: -125 });
+    expect(await error('bdev_lvol_get_snapshot_checksum', { name: 'lvs0/rsnap' })).toMatchObject({ code: -19, message: 'No such device', data: { state: 'aborted' } });
+    const listed = await goSpdkHelperListLvols();
+    expect(listed.find((lvol) => lvol.aliases.includes('lvs0/rsnap'))).toMatchObject({ snapshot: true, xattrs: { user_created: 'true' } });
+    expect(listed.find((lvol) => lvol.aliases.includes('lvs0/rsnap'))!.xattrs.snapshot_checksum).toBeUndefined();
+    expect(listed.some((lvol) => lvol.aliases.includes('lvs0/reverted'))).toBe(true);
+  });
+
   it('rebuilds a replica by delta: range checksums compared, only differing clusters copied', async () => {
     // Two replicas' lvstores, 1 MiB clusters as Longhorn uses.
     for (const [bdev, lvs] of [['mA', 'lvsR'], ['mB', 'lvsB']]) {
@@ -161,4 +188,27 @@ async function readAll2(name: string, cluster: number): Promise<Buffer> {
     parts.push(Buffer.from(await spdk.call<string>('node_lvol_read', { name, offset, length: 512 * 1024 }), 'base64'));
   }
   return Buffer.concat(parts);
+}
+
+/** go-spdk-helper's BdevLvolGetWithFilter (pkg/spdk/client/basic.go), step by step: it fails where that fails. */
+async function goSpdkHelperListLvols(): Promise<Array<{ name: string; aliases: string[]; snapshot: boolean; xattrs: Record<string, string> }>> {
+  const bdevs = await spdk.call<Array<{ name: string; aliases: string[]; product_name: string; driver_specific?: { lvol?: { snapshot: boolean } } }>>('bdev_get_bdevs', {});
+  const out = [];
+  for (const bdev of bdevs) {
+    if (bdev.product_name !== 'Logical Volume') continue;
+    const xattrs: Record<string, string> = {};
+    for (const xattr of ['user_created', 'snapshot_timestamp']) {
+      const reply = await spdk.reply(spdk.send('bdev_lvol_get_xattr', { name: bdev.name, xattr_name: xattr }));
+      if (reply.error && !(reply.error.code === -32603 && reply.error.message === 'No such file or directory')) throw new Error(`get_xattr ${xattr}: ${JSON.stringify(reply.error)}`);
+      xattrs[xattr] = reply.error ? (xattr === 'user_created' ? 'true' : '') : String(reply.result);
+    }
+    const snapshot = bdev.driver_specific!.lvol!.snapshot;
+    if (snapshot) {
+      const reply = await spdk.reply(spdk.send('bdev_lvol_get_snapshot_checksum', { name: bdev.name }));
+      if (reply.error && reply.error.code !== -19) throw new Error(`get_snapshot_checksum: ${JSON.stringify(reply.error)}`);
+      if (!reply.error) xattrs.snapshot_checksum = String((reply.result as { checksum: unknown }).checksum);
+    }
+    out.push({ name: bdev.name, aliases: bdev.aliases, snapshot, xattrs });
+  }
+  return out;
 }

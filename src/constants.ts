@@ -210,3 +210,46 @@ export const verifyWindowClosedReason = 'verify window closed';
 
 assert.ok(verifyIntervalSecMin < verifyIntervalSecMax);
 assert.ok(verifyPolicyRescanMs <= verifyPolicyDelayMsMax);
+
+// NVMe-oF/TCP target (issue 22): SPDK's TCP transport defaults (lib/nvmf/tcp.c) where it has one.
+// Listeners are created by RPC (nvmf_subsystem_add_listener); a non-loopback address needs
+// --nvmf-allow-remote (README, security), as NBD over TCP needs TLS-PSK or --nbd-insecure-tcp.
+export const nvmfPortDefault = 4420;
+/** Submission queue entries per queue (admin and I/O): SPDK's max_queue_depth / max_aq_depth. */
+export const nvmfQueueDepthMax = 128;
+/** Queues per controller, the admin queue included (SPDK's max_qpairs_per_ctrlr). */
+export const nvmfQueuesPerControllerMax = 128;
+/** Data a command capsule may carry after its 64-byte SQE (SPDK's in_capsule_data_size). */
+export const nvmfInCapsuleDataBytes = 4096;
+/** Largest transfer of one command (SPDK's max_io_size); MDTS says it in 4 KiB pages. */
+export const nvmfTransferBytesMax = 128 * kibBytes;
+/** Largest H2CData PDU payload the host may send (ICResp MAXH2CDATA). */
+export const nvmfH2cDataBytesMax = 128 * kibBytes;
+/** Largest PDU accepted: a header with digest, padding and the largest data PDU with its digest. */
+export const nvmfPduBytesMax = nvmfTransferBytesMax + 256;
+/** TCP connections (queue pairs) of the whole target; more are closed on accept. */
+export const nvmfConnectionsMax = 1024;
+/** Controllers of one subsystem (SPDK's cntlid range 1..0xFFEF). */
+export const nvmfControllersPerSubsystemMax = 256;
+/** Namespaces of one subsystem (SPDK's max_namespaces default is 32; its maximum 1024). */
+export const nvmfNamespacesMax = 1024;
+export const nvmfSubsystemsMax = 1024;
+export const nvmfHostsPerSubsystemMax = 1024;
+export const nvmfListenersMax = 256;
+/** A connection must finish ICReq and Fabrics Connect within this, or it is closed. */
+export const nvmfConnectTimeoutMs = 10_000;
+/** Keep-alive timeout when the host asks for none (SPDK's KAS is 10 x 100 ms units; hosts give theirs). */
+export const nvmfKeepAliveTimeoutMsDefault = 120_000;
+export const nvmfKeepAliveTimeoutMsMax = 3_600_000;
+/** Asynchronous Event Requests a controller holds (SPDK's SPDK_NVMF_MAX_ASYNC_EVENTS). */
+export const nvmfAsyncEventsMax = 4;
+/** Payload bytes in flight for the whole target, and for one queue pair (the byte budgets). */
+export const nvmfPayloadBytesInFlightNodeMax = 256 * mibBytes;
+export const nvmfPayloadBytesInFlightPerQueueMax = 16 * mibBytes;
+/** NQNs are at most 223 bytes (NVMe base spec). */
+export const nvmfNqnBytesMax = 223;
+
+assert.ok(nvmfInCapsuleDataBytes <= nvmfTransferBytesMax && nvmfTransferBytesMax <= nvmfPduBytesMax);
+assert.ok(nvmfTransferBytesMax % (4 * kibBytes) === 0 && Number.isInteger(Math.log2(nvmfTransferBytesMax / (4 * kibBytes))), 'MDTS is a power of two of 4 KiB pages');
+assert.ok(nvmfQueueDepthMax * nvmfTransferBytesMax <= nvmfPayloadBytesInFlightPerQueueMax, 'a full queue of maximal commands fits its budget');
+assert.ok(nvmfPayloadBytesInFlightPerQueueMax <= nvmfPayloadBytesInFlightNodeMax);

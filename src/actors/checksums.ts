@@ -45,18 +45,22 @@ export class ChecksumService {
     this.emit({ type: 'checksum_progress', uuid: lvolId, ...status });
   };
 
-  /** A verify found bad clusters, or a re-registration other values than those stored (SPEC §6.10). */
+  /**
+   * A verify (or a copy) found bad clusters, or a re-registration other values than those stored
+   * (SPEC §6.10). A copy's finding tells the whole record it was merged into, as a verify's does.
+   */
   private emitMismatch(lvolId: string, { source, verification }: ChecksumMismatch): void {
     const conflict = verification.registrationConflict;
-    const found = source === 'verify' ? verification.badClusters : (conflict?.clusters ?? []);
+    const fromVerification = source !== 'registration';
+    const found = fromVerification ? verification.badClusters : (conflict?.clusters ?? []);
     this.emit({
       type: 'checksum_mismatch',
       uuid: lvolId,
       source,
       result: verification.result,
-      bad_cluster_count: source === 'verify' ? verification.badClusterCount : (conflict?.clusterCount ?? 0),
+      bad_cluster_count: fromVerification ? verification.badClusterCount : (conflict?.clusterCount ?? 0),
       bad_clusters: found.map((bad) => ({ cluster_index: bad.clusterIndex, offset_bytes: bad.offsetBytes, expected: bad.expected, actual: bad.actual })),
-      whole: source === 'verify' ? verification.whole : (conflict?.whole ?? null),
+      whole: fromVerification ? verification.whole : (conflict?.whole ?? null),
     });
   }
 

@@ -8,7 +8,7 @@ import { log } from '../log.ts';
 import { type CopyKind, type CopyState, type CopyStepOutput, copyMachine } from '../machines/copyMachine.ts';
 import type { Runtime } from '../runtime.ts';
 import type { Lvstore } from '../store/lvstore.ts';
-import type { LvolRecord } from '../store/metadata.ts';
+import type { BadCluster, LvolRecord } from '../store/metadata.ts';
 import type { InspectionHub } from './inspector.ts';
 import type { PriorityRouter } from './priority.ts';
 import type { Registry } from './registry.ts';
@@ -250,9 +250,22 @@ export class CopyService {
     };
   }
 
+  /**
+   * A rotten source cluster is recorded on the snapshot that owns it as a verify's finding is
+   * (LvolActor.recordCopyFinding: journaled, listed, pushed as checksum_mismatch). A failure to
+   * record is logged; the copy fails naming the cluster either way.
+   */
+  private readonly recordRot: RecordRot = async (ownerId, bad) => {
+    try {
+      await this.registry.lvol(ownerId).actor.recordCopyFinding(bad);
+    } catch (error) {
+      log('error', 'recording a corrupt source cluster a copy found failed', { lvol: ownerId, cluster: bad.clusterIndex, error: String(error) });
+    }
+  };
+
   /** Starts a copy whose ends were validated; returns its operation id. */
   start(request: CopyRequest): number {
-    const { plan, total } = planFor(request, this.admission);
+    const { plan, total } = planFor(request, this.admission, this.recordRot);
     const operationId = this.nextOperationId++;
     // SPDK's ids are u32.
     if (this.nextOperationId > 0xffff_ffff) this.nextOperationId = 1;
@@ -317,15 +330,20 @@ export class CopyService {
   }
 }
 
+/** Records a rotten source cluster on the snapshot `ownerId` that owns it. */
+type RecordRot = (ownerId: string, bad: BadCluster) => Promise<void>;
+
 /**
  * The CRC of source cluster `clusterIndex` (bytes in `data`), checked against the per-cluster
- * checksum its owner `owner` stored, if any (issue 21 item 3). A mismatch throws before anything
- * is written: the copy fails naming the cluster, and the destination never receives the bytes.
+ * checksum its owner `owner` stored, if any (issue 21 item 3). A mismatch is recorded on the owner
+ * (`recordRot`), then throws before anything is written: the copy fails naming the cluster, and
+ * the destination never receives the bytes.
  */
-function checkedCrc(owner: LvolRecord | null, clusterIndex: number, data: Buffer): bigint {
+async function checkedCrc(owner: LvolRecord | null, clusterIndex: number, clusterBytes: number, data: Buffer, recordRot: RecordRot): Promise<bigint> {
   const actual = crc64(data);
   const expected = owner?.rangeChecksums?.get(clusterIndex) ?? 0n;
   if (expected !== 0n && actual !== expected) {
+    await recordRot(owner!.id, { clusterIndex, offsetBytes: clusterIndex * clusterBytes, expected, actual });
     fail(
       'EIO',
       `source cluster ${clusterIndex} of ${owner!.name} is corrupt: stored CRC 0x${expected.toString(16).padStart(16, '0')}, read 0x${actual.toString(16).padStart(16, '0')}; not written`,
@@ -341,7 +359,7 @@ function writeCluster(target: CopyTarget, clusterIndex: number, clusterBytes: nu
 }
 
 /** The steps of a copy, lazily: each call does the next one. */
-function planFor(request: CopyRequest, admission: WalkAdmission): { plan: CopyPlan; total: number } {
+function planFor(request: CopyRequest, admission: WalkAdmission, recordRot: RecordRot): { plan: CopyPlan; total: number } {
   const { store, sourceId, target } = request;
   const clusterBytes = store.clusterBytes;
   const buffer = Buffer.alloc(clusterBytes);
@@ -354,7 +372,7 @@ function planFor(request: CopyRequest, admission: WalkAdmission): { plan: CopyPl
     const offset = store.ownedClusterOffsetBytes(sourceId, clusterIndex);
     if (store.device.readIntoBackground) await store.device.readIntoBackground(buffer, offset);
     else await store.device.readInto(buffer, offset);
-    const crc = checkedCrc(store.lvol(sourceId), clusterIndex, buffer);
+    const crc = await checkedCrc(store.lvol(sourceId), clusterIndex, clusterBytes, buffer, recordRot);
     await writeCluster(target, clusterIndex, clusterBytes, buffer, crc);
     return { kind: 'copied', clusters: 1, bytes: clusterBytes };
   };
@@ -404,7 +422,7 @@ function planFor(request: CopyRequest, admission: WalkAdmission): { plan: CopyPl
       admission.recordBytes(clusterBytes);
       const data = await store.read(sourceId, nextByte, clusterBytes);
       const clusterIndex = nextByte / clusterBytes;
-      const crc = checkedCrc(store.clusterOwnerOf(sourceId, clusterIndex), clusterIndex, data);
+      const crc = await checkedCrc(store.clusterOwnerOf(sourceId, clusterIndex), clusterIndex, clusterBytes, data, recordRot);
       await writeCluster(target, clusterIndex, clusterBytes, data, crc);
       nextByte += clusterBytes;
       return { kind: 'copied', clusters: 1, bytes: clusterBytes };

@@ -51,7 +51,8 @@ export interface ChecksumStatus {
  * durable, when it found something wrong: the node pushes it as `checksum_mismatch`.
  */
 export interface ChecksumMismatch {
-  source: 'verify' | 'registration';
+  /** `copy`: a copy read a source cluster whose bytes no longer match its stored CRC. */
+  source: 'verify' | 'registration' | 'copy';
   verification: VerificationRecord;
 }
 
@@ -160,6 +161,39 @@ export function registrationConflictOf(
   const whole = lvol.checksum !== null && lvol.checksum !== checksum ? { expected: lvol.checksum, actual: checksum } : null;
   if (whole === null && clusterCount === 0) return null;
   return { atMs, whole, clusterCount, clusters };
+}
+
+/**
+ * The lvol's verification with cluster `bad` added, found by a copy (issue 21): the copy read one
+ * cluster, not the snapshot, so this marks what the last verify recorded corrupt rather than
+ * standing as a verify of its own. When, how many clusters and which kind of walk stay those of
+ * that verify (the policy's interval still counts from it, and an errors-only verify re-reads the
+ * copy's cluster with the others); an `incomplete` verify stays incomplete (its position is kept
+ * to resume) and is flagged corrupt by its bad clusters. With no verify recorded, the result is
+ * `corrupt` with no verified_at.
+ */
+export function copyFindingOf(lvol: LvolRecord, bad: BadCluster): VerificationRecord {
+  const previous = lvol.verification ?? null;
+  const kept = previous?.badClusters ?? [];
+  const count = previous?.badClusterCount ?? 0;
+  const known = kept.some((cluster) => cluster.clusterIndex === bad.clusterIndex);
+  // Past a full kept list the cluster may be among those counted but not kept: not counted twice.
+  const lastKept = kept.at(-1)?.clusterIndex ?? -1;
+  const maybeCounted = count > kept.length && bad.clusterIndex > lastKept;
+  const badClusters = [...kept.filter((cluster) => cluster.clusterIndex !== bad.clusterIndex), bad]
+    .sort((a, b) => a.clusterIndex - b.clusterIndex)
+    .slice(0, verifyBadClustersMax);
+  return {
+    verifiedAtMs: previous?.verifiedAtMs ?? null,
+    result: previous?.result === 'incomplete' ? 'incomplete' : 'corrupt',
+    errorsOnly: previous?.errorsOnly ?? false,
+    clustersChecked: previous?.clustersChecked ?? 1,
+    clustersTotal: previous?.clustersTotal ?? lvol.clusterMap.count,
+    badClusterCount: known || maybeCounted ? count : count + 1,
+    badClusters,
+    whole: previous?.whole ?? null,
+    registrationConflict: previous?.registrationConflict ?? null,
+  };
 }
 
 function clusterIndexToOffsetBytes(clusterIndex: number, clusterBytes: number): number {
@@ -644,6 +678,19 @@ export class LvolActor {
     const mismatch = this.pendingMismatch;
     this.pendingMismatch = undefined;
     if (mismatch) this.onChecksumChange(this.lvolId, this.status(), this.lastState, mismatch);
+  }
+
+  /**
+   * Records what a copy found (issue 21): source cluster `bad.clusterIndex`, owned by this lvol,
+   * read other bytes than its stored CRC. Journaled as a verify's result is (`checksum.verified`,
+   * see copyFindingOf), then told as `checksum_mismatch` with source `copy`. It goes straight to
+   * the listener, not through pendingMismatch, which a walk of this lvol may be holding.
+   */
+  async recordCopyFinding(bad: BadCluster): Promise<VerificationRecord> {
+    const verification = copyFindingOf(this.store.lvol(this.lvolId), bad);
+    await this.store.recordVerification(this.lvolId, verification);
+    this.onChecksumChange(this.lvolId, this.status(), this.lastState, { source: 'copy', verification });
+    return verification;
   }
 
   /**

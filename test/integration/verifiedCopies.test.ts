@@ -9,9 +9,12 @@
 import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import type { StorageNode } from '../../src/actors/node.ts';
+import type { NodeEvent, StorageNode } from '../../src/actors/node.ts';
+import { collectStatus, renderStatus } from '../../src/cli/status.ts';
+import type { RpcClient } from '../../src/cli/rpcClient.ts';
 import { FileDevice } from '../../src/device/fileDevice.ts';
 import type { MethodTable } from '../../src/transport/methodTable.ts';
+import { seededRandom } from '../seededRandom.ts';
 import { oneCrc, pattern as seededPattern } from './knownCrc.ts';
 import { call, errnoOf, nodeHarness } from './tableCalls.ts';
 
@@ -166,6 +169,60 @@ describe('verified copies', () => {
     expect((await setup.node.readLvol('lvs/dst', 5 * clusterBytes, clusterBytes)).equals(Buffer.alloc(clusterBytes))).toBe(true);
     // What came before it was copied, verified, as it is in the source.
     expect((await setup.node.readLvol('lvs/dst', 2 * clusterBytes, clusterBytes)).equals(setup.data.get(2)!)).toBe(true);
+  });
+
+  it.each<[Kind, number]>([
+    ['shallow', 21],
+    ['range', 4242],
+    ['deep', 90001],
+  ])('a %s copy that finds a rotten source cluster records it as a verify would: listing, lvnode status, checksum_mismatch', async (kind, seed) => {
+    // Goal: the copy's finding is not lost with its error. The bad cluster is picked by a seed
+    // only the test knows; the oracle is the independent CRC of the bytes before and after the flip.
+    const first = [1, 2, 5, 9, 11];
+    const setup = await sourceOnFile(first, kind === 'deep' ? [3, 12] : []);
+    const random = seededRandom(seed);
+    random(); // A small seed's first draw is small: skip it.
+    const clusterIndex = first[Math.floor(random() * first.length)]!;
+    const good = setup.data.get(clusterIndex)!;
+    const rotten = await flipBit(setup, 'lvs/snap', clusterIndex, (77 * seed) % clusterBytes);
+    const events: NodeEvent[] = [];
+    setup.node.events.on('event', (event) => events.push(event));
+
+    const status = await copy(setup.table, kind, kind === 'deep' ? 'lvs/snap2' : 'lvs/snap', kind === 'range' ? first : undefined);
+    expect(status.state, `seed ${seed}`).toBe('error');
+    expect(status.error).toContain(`source cluster ${clusterIndex} of snap is corrupt`);
+    const bad = { cluster_index: clusterIndex, offset_bytes: clusterIndex * clusterBytes, expected: oneCrc(good), actual: oneCrc(rotten) };
+    // Recorded on the snapshot that owns the cluster (for the deep copy, the one below the source).
+    const rows = await call<Array<{ name: string; verification?: unknown }>>(setup.table, 'bdev_lvol_get_lvols', { lvs_name: 'lvs' });
+    expect(rows.find((row) => row.name === 'snap')?.verification).toMatchObject({ corrupt: true, result: 'corrupt', verified_at: null, bad_cluster_count: 1 });
+    expect(rows.find((row) => row.name === 'snap2')?.verification ?? null).toBeNull();
+    const recorded = await call(setup.table, 'bdev_lvol_get_verification', { name: 'lvs/snap' });
+    expect(recorded).toMatchObject({ result: 'corrupt', bad_cluster_count: 1, bad_clusters: [bad] });
+    expect(events.filter((event) => event.type === 'checksum_mismatch')).toEqual([
+      expect.objectContaining({ uuid: setup.node.resolveLvol('lvs/snap').lvol.id, source: 'copy', result: 'corrupt', bad_cluster_count: 1, bad_clusters: [bad] }),
+    ]);
+    const client = { call: (method: string, params?: Record<string, unknown>) => call(setup.table, method, params) } as unknown as RpcClient;
+    const text = renderStatus(await collectStatus(client));
+    expect(text).toContain(`cluster ${clusterIndex} (bytes ${clusterIndex * clusterBytes}..): stored ${hex(oneCrc(good))}, read ${hex(oneCrc(rotten))}`);
+  });
+
+  it('a copy that finds rot after a clean verify marks that verify corrupt, keeping when it ran', async () => {
+    // Goal: the copy read one cluster, not the snapshot: the clean verify's time and counts stay
+    // (the policy's interval counts from it), its result turns corrupt with the copy's cluster.
+    const setup = await sourceOnFile([1, 2, 5, 9]);
+    const clean = await call<Record<string, unknown>>(setup.table, 'bdev_lvol_verify_snapshot', { name: 'lvs/snap' });
+    expect(clean).toMatchObject({ result: 'clean', clusters_checked: 4 });
+    const rotten = await flipBit(setup, 'lvs/snap', 9, 4000);
+    expect((await copy(setup.table, 'shallow', 'lvs/snap')).state).toBe('error');
+    const recorded = await call(setup.table, 'bdev_lvol_get_verification', { name: 'lvs/snap' });
+    const bad = { cluster_index: 9, offset_bytes: 9 * clusterBytes, expected: oneCrc(setup.data.get(9)!), actual: oneCrc(rotten) };
+    expect(recorded).toMatchObject({ result: 'corrupt', verified_at: clean.verified_at, clusters_checked: 4, bad_cluster_count: 1, bad_clusters: [bad] });
+    // A second copy meets the same rot: the record is the same, the cluster is not counted twice.
+    expect((await copy(setup.table, 'shallow', 'lvs/snap')).state).toBe('error');
+    expect(await call(setup.table, 'bdev_lvol_get_verification', { name: 'lvs/snap' })).toEqual(recorded);
+    // An errors-only verify re-reads the copy's cluster and confirms it.
+    const again = await call(setup.table, 'bdev_lvol_verify_snapshot', { name: 'lvs/snap', errors_only: true });
+    expect(again).toMatchObject({ result: 'corrupt', errors_only: true, clusters_checked: 1, bad_clusters: [bad] });
   });
 
   it('copies a source cluster that has no stored CRC without a check (an unregistered snapshot)', async () => {

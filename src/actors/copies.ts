@@ -3,6 +3,7 @@
 // like a checksum walk, one step per event, visible in the inspector as `copy-<operation_id>`.
 import { type Actor, createActor } from 'xstate';
 import { crc64 } from '../checksum/crc64.ts';
+import { copyZeroClustersPerStepMax } from '../constants.ts';
 import { fail } from '../errors.ts';
 import { log } from '../log.ts';
 import { type CopyKind, type CopyState, type CopyStepOutput, copyMachine } from '../machines/copyMachine.ts';
@@ -29,6 +30,8 @@ export interface CopyTarget {
    * `data`) as its copied value, so a snapshot of the destination is born with its checksums.
    */
   writeRecorded?(clusterIndex: number, data: Buffer, checksum: bigint): Promise<void>;
+  /** An lvol destination: zero-fills whole clusters, recording `checksum` (a zero cluster's CRC) for each it owns. */
+  writeZeroesRecorded?(clusterIndex: number, clusterCount: number, checksum: bigint): Promise<void>;
   /** Makes the range read as the destination's "nothing here" (a thin lvol gives clusters back). */
   unmap(offsetBytes: number, lengthBytes: number): Promise<void>;
   writeZeroes(offsetBytes: number, lengthBytes: number): Promise<void>;
@@ -244,6 +247,7 @@ export class CopyService {
       blockBytes: store.record.blockBytes,
       write: (offset, data) => store.write(lvol.id, offset, data),
       writeRecorded: (clusterIndex, data, checksum) => store.writeCopied(lvol.id, clusterIndex, data, checksum),
+      writeZeroesRecorded: (clusterIndex, clusterCount, checksum) => store.writeZeroesCopied(lvol.id, clusterIndex, clusterCount, checksum),
       unmap: (offset, length) => store.unmap(lvol.id, offset, length),
       writeZeroes: (offset, length) => store.writeZeroes(lvol.id, offset, length),
       flush: () => store.flush(),
@@ -358,6 +362,28 @@ function writeCluster(target: CopyTarget, clusterIndex: number, clusterBytes: nu
   return target.write(clusterIndex * clusterBytes, data);
 }
 
+const zeroClusterCrcs = new Map<number, bigint>();
+
+/** The CRC of a cluster of zeros, computed once per cluster size. */
+function zeroClusterCrc(clusterBytes: number): bigint {
+  let crc = zeroClusterCrcs.get(clusterBytes);
+  if (crc === undefined) {
+    crc = crc64(Buffer.alloc(clusterBytes));
+    zeroClusterCrcs.set(clusterBytes, crc);
+  }
+  return crc;
+}
+
+/**
+ * A deep copy's zeros over whole clusters the source shows none in: an lvol destination records a
+ * zero cluster's CRC for each (so a snapshot of it is born with its checksums); other bdevs are
+ * only zeroed.
+ */
+function zeroClusters(target: CopyTarget, clusterIndex: number, clusterCount: number, clusterBytes: number): Promise<void> {
+  if (target.writeZeroesRecorded) return target.writeZeroesRecorded(clusterIndex, clusterCount, zeroClusterCrc(clusterBytes));
+  return target.writeZeroes(clusterIndex * clusterBytes, clusterCount * clusterBytes);
+}
+
 /** The steps of a copy, lazily: each call does the next one. */
 function planFor(request: CopyRequest, admission: WalkAdmission, recordRot: RecordRot): { plan: CopyPlan; total: number } {
   const { store, sourceId, target } = request;
@@ -414,9 +440,11 @@ function planFor(request: CopyRequest, admission: WalkAdmission, recordRot: Reco
       const [extent] = store.extents(sourceId, nextByte, end - nextByte, 1);
       if (!extent) return { kind: 'end' };
       if (!extent.allocated) {
-        await target.writeZeroes(extent.offsetBytes, extent.lengthBytes);
-        nextByte = extent.offsetBytes + extent.lengthBytes;
-        return { kind: 'zeroed', clusters: extent.lengthBytes / clusterBytes };
+        // Extents are whole clusters (holes are clusters nobody in the chain owns).
+        const clusterCount = Math.min(extent.lengthBytes / clusterBytes, copyZeroClustersPerStepMax);
+        await zeroClusters(target, extent.offsetBytes / clusterBytes, clusterCount, clusterBytes);
+        nextByte = extent.offsetBytes + clusterCount * clusterBytes;
+        return { kind: 'zeroed', clusters: clusterCount };
       }
       await admission.pace(clusterBytes, never);
       admission.recordBytes(clusterBytes);

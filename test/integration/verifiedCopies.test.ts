@@ -87,11 +87,11 @@ async function flipBit(setup: Setup, name: string, clusterIndex: number, byteOff
 
 type Kind = 'shallow' | 'range' | 'deep';
 
-async function copy(table: MethodTable, kind: Kind, source: string, clusters?: number[]): Promise<Record<string, unknown>> {
+async function copy(table: MethodTable, kind: Kind, source: string, clusters?: number[], destination = 'lvs/dst'): Promise<Record<string, unknown>> {
   const method = kind === 'deep' ? 'bdev_lvol_start_deep_copy' : kind === 'range' ? 'bdev_lvol_start_range_shallow_copy' : 'bdev_lvol_start_shallow_copy';
   const { operation_id } = await call<{ operation_id: number }>(table, method, {
     src_lvol_name: source,
-    dst_bdev_name: 'lvs/dst',
+    dst_bdev_name: destination,
     ...(clusters ? { clusters } : {}),
   });
   for (;;) {
@@ -260,6 +260,34 @@ describe('verified copies', () => {
     // A fresh registration stores the same values (SPDK overwrites; equal values leave no conflict).
     await call(setup.table, 'bdev_lvol_register_snapshot_range_checksums', { name: 'lvs/born' });
     expect(await snapshotChecksums(setup.table, 'lvs/born')).toEqual(born);
+    const verification = await call<{ registration_conflict: unknown } | null>(setup.table, 'bdev_lvol_get_verification', { name: 'lvs/born' }).catch(() => null);
+    expect(verification?.registration_conflict ?? null).toBeNull();
+  });
+
+  it.each(['thick', 'thin'] as const)('a deep copy into a %s lvol records a zero cluster\'s CRC where it fills holes: its snapshot is born registered', async (provisioning) => {
+    // Goal: zeros a deep copy writes count as copied bytes. A thick destination owns every
+    // cluster; a thin one keeps its own bytes at cluster 7 (a hole in the source) until the copy
+    // zeroes it. Either way the snapshot equals a fresh registration of what it owns, reading nothing.
+    const setup = await sourceOnFile([1, 2, 5, 9], [3, 12]);
+    const sizeInMib = (clusterCount * clusterBytes) / (1024 * 1024);
+    await call(setup.table, 'bdev_lvol_create', { lvs_name: 'lvs', lvol_name: 'to', size_in_mib: sizeInMib, thin_provision: provisioning === 'thin' });
+    await setup.node.writeLvol('lvs/to', 7 * clusterBytes, pattern(77));
+    expect((await copy(setup.table, 'deep', 'lvs/snap2', undefined, 'lvs/to')).state).toBe('complete');
+
+    const reads = await deviceReadsDuring(setup.node, async () => {
+      await call(setup.table, 'bdev_lvol_snapshot', { lvol_name: 'lvs/to', snapshot_name: 'born' });
+    });
+    expect(reads).toBe(0);
+    const bornOwns = await owned(setup.table, 'lvs/born');
+    expect(bornOwns).toEqual(provisioning === 'thick' ? [...Array(clusterCount).keys()] : [1, 2, 3, 5, 7, 9, 12]);
+    const zeros = Buffer.alloc(clusterBytes);
+    const bytes = new Map(bornOwns.map((index) => [index, setup.data.get(index) ?? zeros]));
+    const born = setup.node.resolveLvol('lvs/born').lvol;
+    expect(born.rangeChecksums, 'born with per-cluster values').not.toBeNull();
+    expect(await snapshotChecksums(setup.table, 'lvs/born')).toEqual(expectedChecksums(bytes));
+    // Bit for bit what a fresh registration stores: it re-reads and finds no other value.
+    await call(setup.table, 'bdev_lvol_register_snapshot_range_checksums', { name: 'lvs/born' });
+    expect(await snapshotChecksums(setup.table, 'lvs/born')).toEqual(expectedChecksums(bytes));
     const verification = await call<{ registration_conflict: unknown } | null>(setup.table, 'bdev_lvol_get_verification', { name: 'lvs/born' }).catch(() => null);
     expect(verification?.registration_conflict ?? null).toBeNull();
   });

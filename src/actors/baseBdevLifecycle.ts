@@ -2,6 +2,7 @@
 // the saved bdev list kept in step: a bdev is registered only once the saved list names it, and
 // deleted only once a list without it is saved, one list change at a time (a full disk never
 // costs a volume: issue 19). node.ts delegates to this; lvstores.ts examines what it adds.
+import { BaseBdev } from '../bdev/baseBdev.ts';
 import type { BlockDevice } from '../device/blockDevice.ts';
 import { MemoryDevice } from '../device/memoryDevice.ts';
 import { QueuedDevice } from '../device/queuedDevice.ts';
@@ -11,14 +12,12 @@ import type { Runtime } from '../runtime.ts';
 import { BdevListChanges, type SpdkConfig, assertBdevNameFree, bdevConfig, openAioDevice } from './baseBdevs.ts';
 import type { CopyService } from './copies.ts';
 import type { LvstoreLifecycle } from './lvstores.ts';
-import type { NbdExports } from './nbdExports.ts';
-import type { NodeEvent } from './node.ts';
-import type { BaseBdev, Registry } from './registry.ts';
+import type { NodeEvent } from './nodeEvents.ts';
+import type { Registry } from './registry.ts';
 
 export interface BaseBdevHost {
   readonly registry: Registry;
   readonly runtime: Runtime;
-  readonly nbd: NbdExports;
   readonly copies: CopyService;
   readonly lvstores: LvstoreLifecycle;
   /** Saves the bdev list (serve.ts: lvnode-config.json); rejects when it cannot. */
@@ -74,7 +73,7 @@ export class BaseBdevLifecycle {
     assertBdevNameFree(registry, name);
     if (options.numBlocks < 1) fail('EINVAL', 'num_blocks must be at least 1');
     const device = new QueuedDevice(new MemoryDevice(options.numBlocks * options.blockSize, options.blockSize));
-    return this.add({ name, uuid: options.uuid ?? runtime.uuid(), kind: 'malloc', device, readOnly: false, claimedBy: null });
+    return this.add(new BaseBdev({ name, uuid: options.uuid ?? runtime.uuid(), kind: 'malloc', device, readOnlyDevice: false }));
   }
 
   /**
@@ -83,20 +82,21 @@ export class BaseBdevLifecycle {
    */
   attachDevice(name: string, device: BlockDevice): Promise<string> {
     assertBdevNameFree(this.host.registry, name);
-    return this.add({ name, uuid: this.host.runtime.uuid(), kind: 'malloc', device: new QueuedDevice(device), readOnly: false, claimedBy: null, external: true });
+    return this.add(new BaseBdev({ name, uuid: this.host.runtime.uuid(), kind: 'malloc', device: new QueuedDevice(device), readOnlyDevice: false, external: true }));
   }
 
   async createAio(request: { name: string; filename: string; blockSize: number; readOnly: boolean; uuid?: string }): Promise<string> {
     const { device, filename } = await openAioDevice(this.host.registry, request);
-    return this.add({
-      name: request.name,
-      uuid: request.uuid ?? this.host.runtime.uuid(),
-      kind: 'aio',
-      device,
-      filename,
-      readOnly: request.readOnly,
-      claimedBy: null,
-    });
+    return this.add(
+      new BaseBdev({
+        name: request.name,
+        uuid: request.uuid ?? this.host.runtime.uuid(),
+        kind: 'aio',
+        device,
+        filename,
+        readOnlyDevice: request.readOnly,
+      }),
+    );
   }
 
   /**
@@ -113,9 +113,10 @@ export class BaseBdevLifecycle {
     const operation = `bdev_${kind}_delete`;
     await this.listChanges.run(async () => {
       if (registry.bdevs.get(name) !== bdev) fail('ENODEV', `bdev ${name} does not exist`);
-      if (bdev.claimedBy === 'pending') fail('EBUSY', `bdev ${name} is getting an lvstore`);
-      this.host.nbd.assertNotExported(name);
-      const claimer = bdev.claimedBy ? registry.lvstores.get(bdev.claimedBy) : undefined;
+      const claimer = lvstores.lvstoreOn(name);
+      if (!claimer && bdev.claims.writer() !== undefined) fail('EBUSY', `bdev ${name} is getting an lvstore`);
+      // Its lvstore does not keep it (it is unloaded with it), nor do copies to it (stopped first).
+      bdev.claims.assertDeletable(name, claimer?.claim);
       if (claimer) lvstores.assertUnloadable(claimer);
       if (!bdev.external) await this.saveList(bdevConfig(registry, { removing: name }), `bdev ${name} not deleted`);
       // As SPDK: deleting the base bdev of an lvstore hot-removes it — the lvstore and its lvols

@@ -222,8 +222,9 @@ export class CopyService {
   private targetFor(name: string, sourceId: string): CopyTarget {
     const base = this.registry.bdevs.get(name);
     if (base) {
-      if (base.claimedBy) fail('EPERM', `bdev ${name} is claimed by lvstore ${base.claimedBy}; copy to one of its lvols instead`);
-      if (base.readOnly) fail('EPERM', `bdev ${name} is read-only`);
+      const claimer = base.claims.writer();
+      if (claimer !== undefined) fail('EPERM', `bdev ${name} is claimed by ${claimer}; copy to one of its lvols instead`);
+      if (base.readOnlyDevice) fail('EPERM', `bdev ${name} is read-only`);
       const device = base.device;
       return {
         name,

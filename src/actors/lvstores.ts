@@ -13,13 +13,14 @@ import { DamagedLvstoreError, openLvstore } from '../store/load.ts';
 import { Lvstore, validateName } from '../store/lvstore.ts';
 import { type LvstoreProbe, describeProbe, probeLvstore } from '../store/probe.ts';
 import type { ClearMethod, LvolRecord } from '../store/metadata.ts';
+import type { BlockDevice } from '../device/blockDevice.ts';
 import { ChangeNotices } from './changeNotices.ts';
 import type { ChecksumService } from './checksums.ts';
 import type { CopyService } from './copies.ts';
 import { externalSourceByUuid } from './externalSnapshots.ts';
-import type { ClaimableBdev, LvolBdevs } from './lvolBdevs.ts';
-import type { NbdExports } from './nbdExports.ts';
-import type { NodeEvent } from './node.ts';
+import type { ClaimableBdev } from '../bdev/bdev.ts';
+import type { BdevHold } from '../bdev/bdevClaims.ts';
+import type { NodeEvent } from './nodeEvents.ts';
 import type { PriorityRouter } from './priority.ts';
 import type { LvstoreEntry, Registry } from './registry.ts';
 import { resumeInterruptedWalks } from './scheduler.ts';
@@ -32,9 +33,7 @@ export interface LvstoreHost {
   readonly runtime: Runtime;
   readonly router: PriorityRouter;
   readonly checksums: ChecksumService;
-  readonly nbd: NbdExports;
   readonly copies: CopyService;
-  readonly lvolBdevs: LvolBdevs;
   /** Makes the actor of one lvol of a store that just loaded. */
   attachActor(entry: LvstoreEntry, lvol: LvolRecord): void;
   emit(event: NodeEvent): void;
@@ -53,10 +52,10 @@ export class LvstoreLifecycle {
 
   /** Looks for an lvstore on a newly attached bdev and loads it with every lvol (SPDK's examine). */
   async examine(bdev: ClaimableBdev): Promise<void> {
-    const { registry, runtime, lvolBdevs } = this.host;
+    const { registry, runtime } = this.host;
     let store: Lvstore | undefined;
     try {
-      store = await openLvstore(bdev.device, runtime);
+      store = await openLvstore(bdev.claimedDevice(), runtime);
     } catch (error) {
       if (!(error instanceof DamagedLvstoreError)) throw error;
       this.damaged.set(bdev.name, error);
@@ -73,8 +72,8 @@ export class LvstoreLifecycle {
       log('error', 'lvstore not loaded: its name or UUID is already in use', { bdev: bdev.name, detail });
       return;
     }
-    bdev.claimedBy = store.id;
-    const entry: LvstoreEntry = { store, bdevName: bdev.name, actors: new Map() };
+    const claim = bdev.claims.claim('exclusive_write', lvstoreHolder(store));
+    const entry: LvstoreEntry = { store, bdevName: bdev.name, actors: new Map(), claim };
     this.watch(store);
     registry.lvstores.set(store.id, entry);
     for (const lvol of store.lvols()) this.host.attachActor(entry, lvol);
@@ -86,10 +85,9 @@ export class LvstoreLifecycle {
     const candidates = [...store.record.lvols.values()].filter((lvol) => !store.readsAsZeros(lvol.id));
     for (const lvol of candidates) {
       try {
-        await this.examine(lvolBdevs.of(entry, lvol.id));
+        await this.examine(registry.lvolBdev(lvol.id));
       } catch (error) {
         // An lvol that cannot be read now (a degraded esnap clone) carries no lvstore we can load.
-        lvolBdevs.forget(lvol.id);
         log('warn', 'lvol not examined for a nested lvstore: it cannot be read', { lvol: lvol.id, error: String(error) });
       }
     }
@@ -103,37 +101,53 @@ export class LvstoreLifecycle {
    */
   async create(options: { bdevName: string; lvsName: string; clusterBytes: number; clearMethod: ClearMethod; overwrite?: boolean }): Promise<string> {
     const { registry, runtime } = this.host;
-    const bdev = this.host.lvolBdevs.claimable(options.bdevName);
-    if (bdev.claimedBy) throw this.claimedError(bdev.name, bdev.claimedBy);
-    if (bdev.readOnly) fail('EPERM', `bdev ${bdev.name} is read-only`);
-    this.host.nbd.assertNotExported(bdev.name);
+    const bdev = this.claimable(options.bdevName);
+    if (bdev.claims.writer() !== undefined) throw this.claimedError(bdev);
+    if (bdev.readOnly()) fail('EPERM', `bdev ${bdev.name} is read-only`);
     if (!options.overwrite) this.assertNotKnownToHoldLvstore(bdev.name);
     validateName('lvstore', options.lvsName);
     if (registry.lvstoreByName(options.lvsName)) fail('EEXIST', `lvstore ${options.lvsName} already exists`);
-    // Claim before the first await so a concurrent create cannot take the same bdev.
-    bdev.claimedBy = 'pending';
+    // Claimed before the first await so a concurrent create cannot take the same bdev (EBUSY
+    // naming them while an export or copy has it open).
+    let claim = bdev.claims.claim('exclusive_write', `lvstore ${options.lvsName} (being created)`);
     try {
-      if (!options.overwrite) await this.assertHoldsNoLvstore(bdev);
+      const device = bdev.claimedDevice();
+      if (!options.overwrite) await this.assertHoldsNoLvstore(bdev.name, device);
       const store = await Lvstore.create(
-        bdev.device,
+        device,
         { name: options.lvsName, clusterBytes: options.clusterBytes, clearMethod: options.clearMethod },
-        (record) => JournalMetadataLog.format(bdev.device, metadataLayout(record.firstDataCluster * record.clusterBytes, record.blockBytes), record),
+        (record) => JournalMetadataLog.format(device, metadataLayout(record.firstDataCluster * record.clusterBytes, record.blockBytes), record),
         runtime,
       );
       if (registry.lvstoreByName(options.lvsName)) fail('EEXIST', `lvstore ${options.lvsName} already exists`);
-      bdev.claimedBy = store.id;
+      // Named by the UUID now; nothing else can claim between the release and the claim.
+      claim.release();
+      claim = bdev.claims.claim('exclusive_write', lvstoreHolder(store));
       // What was there is gone: the bdev is no longer an unloaded lvstore.
       this.damaged.delete(bdev.name);
       this.conflicting.delete(bdev.name);
       this.watch(store);
-      registry.lvstores.set(store.id, { store, bdevName: bdev.name, actors: new Map() });
+      registry.lvstores.set(store.id, { store, bdevName: bdev.name, actors: new Map(), claim });
       this.host.emit({ type: 'lvstore_created', uuid: store.id, name: store.name });
       log('info', 'lvstore created', { lvstore: store.name, uuid: store.id, bdev: bdev.name, ...(options.overwrite ? { overwrite: true } : {}) });
       return store.id;
     } catch (error) {
-      bdev.claimedBy = null;
+      claim.release();
       throw error;
     }
+  }
+
+  /** A bdev an lvstore can be created on: a base bdev or an lvol (by UUID or alias). */
+  private claimable(name: string): ClaimableBdev {
+    const bdev = this.host.registry.findBdev(name);
+    if (!('claimedDevice' in bdev)) fail('EINVAL', `bdev ${name} (${bdev.kind}) cannot hold an lvstore`);
+    return bdev as ClaimableBdev;
+  }
+
+  /** The loaded lvstore living on `bdevName`, if any (an lvstore being created is not loaded yet). */
+  lvstoreOn(bdevName: string): LvstoreEntry | undefined {
+    for (const entry of this.host.registry.lvstores.values()) if (entry.bdevName === bdevName) return entry;
+    return undefined;
   }
 
   /**
@@ -141,14 +155,16 @@ export class LvstoreLifecycle {
    * (spdk_tgt answers so: "bdev already claimed"), -16 on WebSocket; `data.lvstore` names the
    * claimer, and marks the refusal for the SPDK mapping (transport/errorMapping.ts).
    */
-  private claimedError(bdevName: string, claimedBy: string): StorageError {
-    if (claimedBy === 'pending') {
+  private claimedError(bdev: ClaimableBdev): StorageError {
+    const bdevName = bdev.name;
+    const entry = this.lvstoreOn(bdevName);
+    if (!entry) {
       return new StorageError('EBUSY', { detail: `bdev ${bdevName} is getting an lvstore`, data: { bdev: bdevName, lvstore: { state: 'being created' } } });
     }
-    const name = this.host.registry.lvstores.get(claimedBy)?.store.name;
+    const { id, name } = entry.store;
     return new StorageError('EBUSY', {
-      detail: `bdev ${bdevName} is already claimed by lvstore ${name ?? claimedBy} (${claimedBy})`,
-      data: { bdev: bdevName, lvstore: { state: 'loaded', uuid: claimedBy, ...(name === undefined ? {} : { name }) } },
+      detail: `bdev ${bdevName} is already claimed by lvstore ${name} (${id})`,
+      data: { bdev: bdevName, lvstore: { state: 'loaded', uuid: id, name } },
     });
   }
 
@@ -176,10 +192,11 @@ export class LvstoreLifecycle {
    * The device itself, read now: examine may not have run (a start that failed halfway used to
    * leave such a bdev attached and unclaimed), or another node may have written it since.
    */
-  private async assertHoldsNoLvstore(bdev: ClaimableBdev): Promise<void> {
+  private async assertHoldsNoLvstore(bdevName: string, device: BlockDevice): Promise<void> {
+    const bdev = { name: bdevName };
     let probe: LvstoreProbe;
     try {
-      probe = await probeLvstore(bdev.device);
+      probe = await probeLvstore(device);
     } catch (error) {
       throw fromDeviceError(error, `bdev ${bdev.name} could not be read to check it holds no lvstore`);
     }
@@ -204,7 +221,7 @@ export class LvstoreLifecycle {
   /** bdev_lvol_grow_lvstore: the base bdev's file grew; the lvstore takes the new clusters in. */
   async grow(selector: LvstoreSelector): Promise<void> {
     const entry = this.host.registry.lvstore(selector);
-    await this.host.lvolBdevs.underlying(entry.bdevName)?.device.refreshSize?.();
+    await entry.store.device.refreshSize?.();
     const { clusterTotal, added } = await entry.store.grow();
     if (added > 0) log('info', 'lvstore grown', { lvstore: entry.store.name, clusterTotal, added });
   }
@@ -224,11 +241,7 @@ export class LvstoreLifecycle {
       operation,
       whole: true,
       touched: () => [...entry.actors.keys()],
-      validate: () => {
-        this.host.nbd.assertLvstoreNotExported(entry);
-        const [nested] = this.host.lvolBdevs.nestedOn(entry);
-        if (nested) fail('EBUSY', `lvol ${nested.lvolId} carries lvstore ${nested.lvstoreId}; delete that lvstore first`);
-      },
+      validate: () => this.assertLvolsDeletable(entry),
       requeue: false,
       work: () => this.drop(entry, operation, 'destroy'),
     });
@@ -259,7 +272,20 @@ export class LvstoreLifecycle {
 
   /** Throws what `unload` would refuse with (an lvol of the tree exported), before anything changes. */
   assertUnloadable(entry: LvstoreEntry): void {
-    for (const member of this.treeOf(entry)) this.host.nbd.assertLvstoreNotExported(member);
+    const tree = this.treeOf(entry);
+    const nestedClaims = new Map(tree.map((member) => [member.bdevName, member.claim]));
+    for (const member of tree) this.assertLvolsDeletable(member, nestedClaims);
+  }
+
+  /**
+   * Throws EBUSY when an lvol of `entry` is held: exported, or carrying an lvstore not in `except`
+   * (an unload takes the nested ones with it). A pass over the few held lvols, not over all.
+   */
+  private assertLvolsDeletable(entry: LvstoreEntry, except: ReadonlyMap<string, BdevHold> = new Map()): void {
+    for (const [lvolId, claims] of this.host.registry.lvolBdevs.held()) {
+      const lvol = entry.store.record.lvols.get(lvolId);
+      if (lvol && entry.actors.has(lvolId)) claims.assertDeletable(`${entry.store.name}/${lvol.name}`, except.get(lvolId));
+    }
   }
 
   /** Drops pending change notices (the node is closing). */
@@ -277,9 +303,9 @@ export class LvstoreLifecycle {
   private treeOf(entry: LvstoreEntry): LvstoreEntry[] {
     const out = [entry];
     for (let index = 0; index < out.length; index++) {
-      for (const { lvstoreId } of this.host.lvolBdevs.nestedOn(out[index]!)) {
-        const nestedEntry = this.host.registry.lvstores.get(lvstoreId);
-        if (nestedEntry) out.push(nestedEntry);
+      const parent = out[index]!;
+      for (const nestedEntry of this.host.registry.lvstores.values()) {
+        if (parent.actors.has(nestedEntry.bdevName)) out.push(nestedEntry);
       }
     }
     return out;
@@ -290,7 +316,7 @@ export class LvstoreLifecycle {
    * end, their actors go, and the store is closed (unload) or erased (delete); its bdev is free.
    */
   private async drop(entry: LvstoreEntry, operation: string, how: 'close' | 'destroy'): Promise<void> {
-    const { registry, copies, checksums, lvolBdevs } = this.host;
+    const { registry, copies, checksums } = this.host;
     await copies.stopInvolving({ lvolIds: [...entry.actors.keys()] }, operation);
     // Out of the registry first: from here on requests find no such lvstore, rather than one
     // whose metadata is being erased or whose actors are going.
@@ -312,11 +338,15 @@ export class LvstoreLifecycle {
     for (const [lvolId, actor] of entry.actors) {
       actor.dispose();
       checksums.forget(lvolId);
-      lvolBdevs.forget(lvolId);
+      registry.lvolBdevs.forget(lvolId);
       if (++disposed % 64 === 0) await pause();
     }
     entry.actors.clear();
-    const bdev = lvolBdevs.underlying(entry.bdevName);
-    if (bdev) bdev.claimedBy = null;
+    entry.claim.release();
   }
+}
+
+/** How an lvstore names itself as the holder of its bdev's claim. */
+function lvstoreHolder(store: Lvstore): string {
+  return `lvstore ${store.name} (${store.id})`;
 }

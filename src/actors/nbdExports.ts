@@ -1,48 +1,20 @@
 // The node's NBD exports (SPEC §7): which bdev each export serves, its clients, and its figures.
 //
 // Each export is an actor (src/machines/nbdExportMachine.ts) visible in the inspection stream as
-// `nbd:<export name>`. This file binds the machine to the bdev behind it (an `NbdTarget`: the
-// byte-level operations the NBD server calls) and to the connections the server attaches. The
-// node asks it, before deleting a bdev, whether the bdev is exported (refused with EBUSY, as SPDK
-// refuses to delete a claimed bdev).
+// `nbd:<export name>`. This file binds the machine to the bdev behind it (a `Bdev`, which the NBD
+// server reads and writes) and to the connections the server attaches. An export holds its bdev
+// open (`BdevClaims.open`): the bdev cannot be deleted, nor get an lvstore, until it is stopped.
+import type { EventEmitter } from 'node:events';
 import { type Actor, createActor, waitFor } from 'xstate';
+import type { Bdev, BdevKind } from '../bdev/bdev.ts';
+import type { BdevHold } from '../bdev/bdevClaims.ts';
 import { nbdExportsMax, nbdStopGraceMs } from '../constants.ts';
-import { StorageError, fail, fromDeviceError } from '../errors.ts';
+import { fail } from '../errors.ts';
 import { log } from '../log.ts';
 import { nbdExportMachine } from '../machines/nbdExportMachine.ts';
-import type { NodeEvent, StorageNode } from './node.ts';
-import type { BaseBdev, LvstoreEntry } from './registry.ts';
-
-/** A run of an export's bytes that is data or a hole (reads as zeros, owns no storage). */
-export interface NbdExtent {
-  readonly offsetBytes: number;
-  readonly lengthBytes: number;
-  readonly allocated: boolean;
-}
-
-/**
- * What the NBD server needs of the bdev behind an export. Callers check ranges, alignment and
- * the read-only flag first; the target checks again (the store does) and throws StorageError.
- */
-export interface NbdTarget {
-  readonly kind: 'lvol' | BaseBdev['kind'];
-  /** What busy checks compare: the lvol's UUID, or the base bdev's name. */
-  readonly bdevId: string;
-  readonly blockSizeBytes: number;
-  sizeBytes(): number;
-  readOnly(): boolean;
-  read(offsetBytes: number, lengthBytes: number): Promise<Buffer>;
-  /** Fills `target` with the bytes at `offsetBytes` (as `read`, into the caller's buffer). */
-  readInto(offsetBytes: number, target: Buffer): Promise<void>;
-  /** True when the whole range is a hole, so it reads as zeros without being read. */
-  isHole(offsetBytes: number, lengthBytes: number): boolean;
-  write(offsetBytes: number, data: Uint8Array): Promise<void>;
-  /** Makes every completed write of the bdev durable (for every connection: multi-conn safe). */
-  flush(): Promise<void>;
-  trim(offsetBytes: number, lengthBytes: number): Promise<void>;
-  writeZeroes(offsetBytes: number, lengthBytes: number): Promise<void>;
-  extents(offsetBytes: number, lengthBytes: number, maxExtents: number): NbdExtent[];
-}
+import type { InspectionHub } from './inspector.ts';
+import type { NodeEvent } from './nodeEvents.ts';
+import type { Registry } from './registry.ts';
 
 /** What an export knows of a client connection the NBD server attached to it. */
 export interface NbdClient {
@@ -64,7 +36,7 @@ export interface NbdExportCounters {
 export interface NbdExportView {
   export_name: string;
   bdev_name: string;
-  kind: NbdTarget['kind'];
+  kind: NbdExportKind;
   state: NbdExportState;
   read_only: boolean;
   size: number;
@@ -78,6 +50,16 @@ export interface NbdExportView {
 }
 
 export type NbdExportState = 'idle' | 'serving' | 'draining' | 'stopped';
+
+/** The bdev kinds nbd_get_exports names (its schema and docs/rpc.md); an NVMe bdev joins with them. */
+export type NbdExportKind = Exclude<BdevKind, 'nvme'>;
+const nbdExportKinds: ReadonlySet<BdevKind> = new Set<NbdExportKind>(['lvol', 'malloc', 'aio']);
+
+type NbdExportable = Bdev & { readonly kind: NbdExportKind };
+
+function isNbdExportable(bdev: Bdev): bdev is NbdExportable {
+  return nbdExportKinds.has(bdev.kind);
+}
 
 /** The inspection stream's id of an export's actor. */
 export const nbdActorIdPrefix = 'nbd:';
@@ -94,8 +76,10 @@ export class NbdExport {
   constructor(
     readonly exportName: string,
     readonly bdevName: string,
-    readonly target: NbdTarget,
-    inspect: StorageNode['inspector'],
+    readonly bdev: NbdExportable,
+    /** The export's open of its bdev, released once its last client has left. */
+    readonly hold: BdevHold,
+    inspect: InspectionHub,
   ) {
     const machine = nbdExportMachine.provide({
       actions: {
@@ -160,19 +144,19 @@ export class NbdExport {
     let sizeBytes = 0;
     let readOnly = true;
     try {
-      sizeBytes = this.target.sizeBytes();
-      readOnly = this.target.readOnly();
+      sizeBytes = this.bdev.sizeBytes();
+      readOnly = this.bdev.readOnly();
     } catch {
       // The bdev is going away; the export is stopping with it.
     }
     return {
       export_name: this.exportName,
       bdev_name: this.bdevName,
-      kind: this.target.kind,
+      kind: this.bdev.kind,
       state: snapshot.value,
       read_only: readOnly,
       size: sizeBytes,
-      block_size: this.target.blockSizeBytes,
+      block_size: this.bdev.blockSizeBytes,
       connections: snapshot.context.connections.length,
       connections_total: snapshot.context.connectionsTotal,
       requests: this.counters.requests,
@@ -189,8 +173,12 @@ export class NbdExports {
   /** Where the NBD server listens (set by the server); undefined when there is no listener. */
   private listenAddress: string | undefined;
 
-  constructor(private readonly node: StorageNode) {
-    node.events.on('event', (event) => this.onNodeEvent(event));
+  constructor(
+    private readonly registry: Registry,
+    private readonly inspector: InspectionHub,
+    events: EventEmitter<{ event: [NodeEvent] }>,
+  ) {
+    events.on('event', (event) => this.onNodeEvent(event));
   }
 
   setListening(address: string | undefined): void {
@@ -206,11 +194,14 @@ export class NbdExports {
     if (this.listenAddress === undefined) fail('EINVAL', 'this node has no NBD listener; start it with --nbd-listen');
     if (this.exports.has(exportName)) fail('EEXIST', `NBD export ${exportName} already exists`);
     if (this.exports.size >= nbdExportsMax) fail('ENOSPC', `at most ${nbdExportsMax} NBD exports`);
-    const target = this.targetOf(bdevName);
-    const existing = this.exportOf(target.bdevId);
+    // Bound to the bdev, not the name: a rename of the lvol or its lvstore leaves the export working.
+    const bdev = this.registry.findBdev(bdevName);
+    if (!isNbdExportable(bdev)) fail('EINVAL', `bdev ${bdevName} is an ${bdev.kind} bdev; NBD exports serve lvol, malloc and aio bdevs`);
+    const existing = this.exportOf(bdev.name);
     if (existing) fail('EEXIST', `bdev ${bdevName} is already exported over NBD as ${existing.exportName}`);
-    this.exports.set(exportName, new NbdExport(exportName, bdevName, target, this.node.inspector));
-    log('info', 'nbd export started', { export: exportName, bdev: bdevName, kind: target.kind, readOnly: target.readOnly() });
+    const hold = bdev.claims.open(`NBD export ${exportName}`);
+    this.exports.set(exportName, new NbdExport(exportName, bdevName, bdev, hold, this.inspector));
+    log('info', 'nbd export started', { export: exportName, bdev: bdevName, kind: bdev.kind, readOnly: bdev.readOnly() });
     return exportName;
   }
 
@@ -232,6 +223,7 @@ export class NbdExports {
       await found.stop(reason);
     } finally {
       if (this.exports.get(found.exportName) === found) this.exports.delete(found.exportName);
+      found.hold.release();
     }
   }
 
@@ -245,23 +237,9 @@ export class NbdExports {
     return [...this.exports.values()];
   }
 
-  /** Refuses (EBUSY) to delete or claim a bdev while it is exported, as SPDK does for claimed bdevs. */
-  assertNotExported(bdevId: string, displayName = bdevId): void {
-    const found = this.exportOf(bdevId);
-    if (found) fail('EBUSY', `bdev ${displayName} is exported over NBD as ${found.exportName}; stop the export first (nbd_stop_export)`);
-  }
-
-  /** Refuses (EBUSY) to delete an lvstore while one of its lvols is exported. */
-  assertLvstoreNotExported(entry: LvstoreEntry): void {
-    // A pass over the exports (a few), not over the lvstore's lvols (100,000 names were ~60 ms).
-    for (const found of this.exports.values()) {
-      const lvol = entry.store.record.lvols.get(found.target.bdevId);
-      if (lvol) this.assertNotExported(lvol.id, `${entry.store.name}/${lvol.name}`);
-    }
-  }
-
-  private exportOf(bdevId: string): NbdExport | undefined {
-    for (const found of this.exports.values()) if (found.target.bdevId === bdevId) return found;
+  /** The export of the bdev called `bdevName` (its own name: an lvol's UUID), if any. */
+  private exportOf(bdevName: string): NbdExport | undefined {
+    for (const found of this.exports.values()) if (found.bdev.name === bdevName) return found;
     return undefined;
   }
 
@@ -270,91 +248,7 @@ export class NbdExports {
     if (event.type !== 'lvol_deleted' && event.type !== 'bdev_deleted') return;
     const id = String(event.type === 'lvol_deleted' ? event.uuid : event.name);
     for (const found of this.exports.values()) {
-      if (found.target.bdevId === id) void this.stopAndForget(found, 'bdev deleted');
+      if (found.bdev.name === id) void this.stopAndForget(found, 'bdev deleted');
     }
   }
-
-  private targetOf(bdevName: string): NbdTarget {
-    const base = this.node.registry.bdevs.get(bdevName);
-    return base ? baseTarget(base) : lvolTarget(this.node, bdevName);
-  }
-}
-
-function lvolTarget(node: StorageNode, name: string): NbdTarget {
-  const { entry, lvol } = node.resolveLvol(name);
-  // Bound to the UUID: a rename of the lvol or its lvstore leaves the export working.
-  const id = lvol.id;
-  const resolve = () => node.resolveLvol(id);
-  return {
-    kind: 'lvol',
-    bdevId: id,
-    blockSizeBytes: entry.store.device.blockSizeBytes,
-    sizeBytes: () => {
-      const current = resolve();
-      return current.lvol.clusterMap.length * current.entry.store.clusterBytes;
-    },
-    readOnly: () => resolve().lvol.readOnly,
-    read: (offsetBytes, lengthBytes) => node.readLvol(id, offsetBytes, lengthBytes),
-    readInto: (offsetBytes, target) => node.readLvolInto(id, offsetBytes, target),
-    isHole: (offsetBytes, lengthBytes) => {
-      const [first] = node.lvolExtents(id, offsetBytes, lengthBytes, 1);
-      return first !== undefined && !first.allocated && first.lengthBytes === lengthBytes;
-    },
-    write: (offsetBytes, data) => node.writeLvol(id, offsetBytes, data),
-    flush: () => node.flushLvol(id),
-    trim: (offsetBytes, lengthBytes) => node.unmapLvol(id, offsetBytes, lengthBytes),
-    writeZeroes: (offsetBytes, lengthBytes) => node.writeZeroesLvol(id, offsetBytes, lengthBytes),
-    extents: (offsetBytes, lengthBytes, maxExtents) => node.lvolExtents(id, offsetBytes, lengthBytes, maxExtents),
-  };
-}
-
-/**
- * A base bdev (malloc, aio). One an lvstore claims is served read-only, as SPDK lets a claimed
- * bdev be opened for reading only: the lvstore is its one writer.
- */
-function baseTarget(bdev: BaseBdev): NbdTarget {
-  const { device } = bdev;
-  const readOnly = () => bdev.readOnly || bdev.claimedBy !== null;
-  const assertWritable = () => {
-    if (readOnly()) fail('EPERM', bdev.claimedBy ? `bdev ${bdev.name} is claimed by lvstore ${bdev.claimedBy}` : `bdev ${bdev.name} is read-only`);
-  };
-  const deviceCall = async <T>(what: string, work: () => Promise<T>): Promise<T> => {
-    try {
-      return await work();
-    } catch (error) {
-      throw error instanceof StorageError ? error : fromDeviceError(error, `${what} of bdev ${bdev.name} failed`);
-    }
-  };
-  return {
-    kind: bdev.kind,
-    bdevId: bdev.name,
-    blockSizeBytes: device.blockSizeBytes,
-    sizeBytes: () => device.sizeBytes,
-    readOnly,
-    read: (offsetBytes, lengthBytes) =>
-      deviceCall('read', async () => {
-        const target = Buffer.allocUnsafe(lengthBytes);
-        await device.readInto(target, offsetBytes);
-        return target;
-      }),
-    readInto: (offsetBytes, target) => deviceCall('read', () => device.readInto(target, offsetBytes)),
-    isHole: () => false,
-    write: (offsetBytes, data) =>
-      deviceCall('write', async () => {
-        assertWritable();
-        await device.write(offsetBytes, data);
-      }),
-    flush: () => deviceCall('flush', () => device.flush()),
-    trim: (offsetBytes, lengthBytes) =>
-      deviceCall('trim', async () => {
-        assertWritable();
-        await device.discard(offsetBytes, lengthBytes);
-      }),
-    writeZeroes: (offsetBytes, lengthBytes) =>
-      deviceCall('write_zeroes', async () => {
-        assertWritable();
-        await device.discard(offsetBytes, lengthBytes);
-      }),
-    extents: (offsetBytes, lengthBytes) => [{ offsetBytes, lengthBytes, allocated: true }],
-  };
 }

@@ -6,6 +6,8 @@
 // checksum. Checksum operations live in ./checksums.ts, the background scheduler in ./scheduler.ts,
 // lvstores coming and going in ./lvstores.ts, opening base bdevs in ./baseBdevs.ts.
 import { EventEmitter } from 'node:events';
+import type { Bdev } from '../bdev/bdev.ts';
+import type { LvolBdev } from '../bdev/lvolBdev.ts';
 import type { BlockDevice } from '../device/blockDevice.ts';
 import type { IoQueueStats } from '../device/ioQueue.ts';
 import { QueuedDevice } from '../device/queuedDevice.ts';
@@ -21,7 +23,6 @@ import { ChecksumService } from './checksums.ts';
 import { InspectionHub } from './inspector.ts';
 import { LvolActor, LvolActorStarter } from './lvolActor.ts';
 import { CopyService } from './copies.ts';
-import { LvolBdevs } from './lvolBdevs.ts';
 import { resolveExternalSource } from './externalSnapshots.ts';
 import { type LvstoreSelector, LvstoreLifecycle } from './lvstores.ts';
 import { NbdExports } from './nbdExports.ts';
@@ -30,25 +31,8 @@ import { type BackgroundOptions, BackgroundScheduler } from './scheduler.ts';
 import { VerifyPolicyRunner, type VerifyPolicyOptions } from './verifyPolicy.ts';
 import { type BaseBdev, type LvstoreEntry, Registry, type ResolvedLvol } from './registry.ts';
 
-/** What the node announces to subscribers (SPEC §8 notifications). */
-export interface NodeEvent {
-  type:
-    | 'bdev_created'
-    | 'bdev_deleted'
-    | 'lvstore_created'
-    | 'lvstore_deleted'
-    | 'lvol_created'
-    | 'lvol_deleted'
-    | 'lvstore_changed'
-    | 'lvol_changed'
-    | 'checksum_state'
-    | 'checksum_progress'
-    | 'checksum_preempted'
-    | 'checksum_mismatch'
-    | 'copy_state'
-    | 'copy_progress';
-  [key: string]: unknown;
-}
+export type { NodeEvent } from './nodeEvents.ts';
+import type { NodeEvent } from './nodeEvents.ts';
 
 export type { BdevConfigEntry, SpdkConfig };
 
@@ -82,9 +66,6 @@ export class StorageNode {
   /** Starts due snapshot verifies inside the policy's windows (./verifyPolicy.ts). */
   readonly verifyPolicy: VerifyPolicyRunner;
 
-  /** Lvols with an lvstore nested on them (SPDK's nested lvstores): their claims and devices. */
-  readonly lvolBdevs: LvolBdevs;
-
   /** Lvstores coming and going: examine, create, grow, rename, delete, unload. */
   readonly lvstores: LvstoreLifecycle;
   /** Bdevs whose lvstore metadata failed to load: reported, never overwritten silently. */
@@ -105,8 +86,7 @@ export class StorageNode {
     this.scheduler = new BackgroundScheduler(runtime, this.inspector, options.backgroundOptions, options.onBackgroundOptionsChanged);
     this.router = new PriorityRouter((lvolId) => this.actorOf(lvolId));
     this.checksums = new ChecksumService(this.registry, this.router, runtime, (event) => this.emit(event));
-    this.nbd = new NbdExports(this);
-    this.lvolBdevs = new LvolBdevs(this.registry);
+    this.nbd = new NbdExports(this.registry, this.inspector, this.events);
     this.copies = new CopyService(this.registry, this.router, this.scheduler, this.inspector, runtime, (status, what) =>
       this.emit({ type: what === 'state' ? 'copy_state' : 'copy_progress', ...status }),
     );
@@ -116,16 +96,13 @@ export class StorageNode {
       runtime,
       router: this.router,
       checksums: this.checksums,
-      nbd: this.nbd,
       copies: this.copies,
-      lvolBdevs: this.lvolBdevs,
       attachActor: (entry, lvol) => this.attachActor(entry, lvol),
       emit: (event) => this.emit(event),
     });
     this.baseBdevs = new BaseBdevLifecycle({
       registry: this.registry,
       runtime,
-      nbd: this.nbd,
       copies: this.copies,
       lvstores: this.lvstores,
       onBaseBdevsChanged: options.onBaseBdevsChanged ?? (async () => {}),
@@ -133,7 +110,7 @@ export class StorageNode {
     });
     this.damaged = this.lvstores.damaged;
     this.conflicting = this.lvstores.conflicting;
-    this.verifyPolicy = new VerifyPolicyRunner(runtime, this.registry, this.checksums, this.inspector, this.events, options.verifyPolicy);
+    this.verifyPolicy = new VerifyPolicyRunner(runtime, this.registry, this.checksums, this.inspector, this.events, { ...options.verifyPolicy, pacing: this.scheduler });
   }
 
   /** The base bdevs as SPDK config calls, in creation order (save_config). */
@@ -164,11 +141,21 @@ export class StorageNode {
     return this.baseBdevs.delete(nameOrUuid, kind);
   }
 
-  // ---- lvstores ----
+  // ---- bdevs: one lookup for every kind (src/bdev/) ----
 
-  /** The lvstore nested on this lvol, if any (the listings show the lvol claimed). */
-  lvolClaimedBy(lvolId: string): string | null {
-    return this.lvolBdevs.claimedBy(lvolId);
+  /** A bdev by name: a base bdev by name or UUID, an lvol by UUID or `lvs/lvol`; ENODEV otherwise. */
+  bdev(name: string): Bdev {
+    return this.registry.findBdev(name);
+  }
+
+  /** An lvol's bdev, by UUID or `lvs/lvol` (ENODEV "lvol X does not exist"): for lvol-only RPCs. */
+  lvolBdev(name: string): LvolBdev {
+    return this.registry.lvolBdev(this.registry.lvol(name).lvol.id);
+  }
+
+  /** Every bdev, lvols included (one object each: for tests and small nodes; listings slice). */
+  bdevList(): Bdev[] {
+    return this.registry.bdevList();
   }
 
   // ---- lvols ----
@@ -187,6 +174,7 @@ export class StorageNode {
     entry.actors.get(lvolId)?.dispose();
     entry.actors.delete(lvolId);
     this.checksums.forget(lvolId);
+    this.registry.lvolBdevs.forget(lvolId);
     this.emit({ type: 'lvol_deleted', uuid: lvolId });
   }
 
@@ -230,9 +218,8 @@ export class StorageNode {
       operation: 'bdev_lvol_delete',
       touched,
       validate: () => {
-        this.nbd.assertNotExported(lvol.id, name);
-        const nested = this.lvolClaimedBy(lvol.id);
-        if (nested) fail('EBUSY', `${name} carries lvstore ${nested}; delete that lvstore first`);
+        // Exported, carrying a nested lvstore, or under esnap clones: EBUSY naming the holders.
+        this.registry.lvolBdevs.peek(lvol.id)?.assertDeletable(name);
         entry.store.checkDelete(lvol.id);
       },
       work: async () => {
@@ -349,47 +336,36 @@ export class StorageNode {
     return out;
   }
 
-  // ---- data path (internal API; the NBD server uses it too) ----
+  // ---- data path (to be replaced by node.bdev(name)) ----
 
-  readLvol(name: string, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
-    const { entry, lvol } = this.registry.lvol(name);
-    return entry.store.read(lvol.id, offsetBytes, lengthBytes);
+  async readLvol(name: string, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+    const target = Buffer.allocUnsafe(lengthBytes);
+    await this.lvolBdev(name).readInto(offsetBytes, target);
+    return target;
   }
 
   readLvolInto(name: string, offsetBytes: number, target: Buffer): Promise<void> {
-    const { entry, lvol } = this.registry.lvol(name);
-    return entry.store.readInto(lvol.id, offsetBytes, target);
+    return this.lvolBdev(name).readInto(offsetBytes, target);
   }
 
   writeLvol(name: string, offsetBytes: number, data: Uint8Array): Promise<void> {
-    const { entry, lvol } = this.registry.lvol(name);
-    this.lvolBdevs.assertNotClaimed(lvol.id, name);
-    return entry.store.write(lvol.id, offsetBytes, data);
+    return this.lvolBdev(name).write(offsetBytes, data);
   }
 
-  /** NBD WRITE_ZEROES on an lvol: the range reads as zeros afterwards. */
   writeZeroesLvol(name: string, offsetBytes: number, lengthBytes: number): Promise<void> {
-    const { entry, lvol } = this.registry.lvol(name);
-    this.lvolBdevs.assertNotClaimed(lvol.id, name);
-    return entry.store.writeZeroes(lvol.id, offsetBytes, lengthBytes);
+    return this.lvolBdev(name).writeZeroes(offsetBytes, lengthBytes);
   }
 
-  /** NBD TRIM on an lvol, following its clear method (advisory). */
   unmapLvol(name: string, offsetBytes: number, lengthBytes: number): Promise<void> {
-    const { entry, lvol } = this.registry.lvol(name);
-    this.lvolBdevs.assertNotClaimed(lvol.id, name);
-    return entry.store.unmap(lvol.id, offsetBytes, lengthBytes);
+    return this.lvolBdev(name).unmap(offsetBytes, lengthBytes);
   }
 
-  /** Data and hole runs of an lvol range (NBD BLOCK_STATUS); a prefix of at most `maxExtents` runs. */
-  lvolExtents(name: string, offsetBytes: number, lengthBytes: number, maxExtents?: number): Array<{ offsetBytes: number; lengthBytes: number; allocated: boolean }> {
-    const { entry, lvol } = this.registry.lvol(name);
-    return entry.store.extents(lvol.id, offsetBytes, lengthBytes, maxExtents);
+  lvolExtents(name: string, offsetBytes: number, lengthBytes: number, maxExtents = 1024): Array<{ offsetBytes: number; lengthBytes: number; allocated: boolean }> {
+    return this.lvolBdev(name).extents(offsetBytes, lengthBytes, maxExtents);
   }
 
-  /** Makes the lvol's completed writes durable (its lvstore's device is flushed). */
   flushLvol(name: string): Promise<void> {
-    return this.registry.lvol(name).entry.store.flush();
+    return this.lvolBdev(name).flush();
   }
 
   resolveLvol(name: string): ResolvedLvol {

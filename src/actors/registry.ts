@@ -1,30 +1,23 @@
-// Names to objects: base bdevs by name, lvstores by UUID or name, lvols by UUID or `lvs/lvol` alias.
-import type { BlockDevice } from '../device/blockDevice.ts';
+// Names to objects: base bdevs by name, lvstores by UUID or name, lvols by UUID or `lvs/lvol` alias,
+// and every one of them as a `Bdev` through one lookup (`findBdev`), as SPDK's spdk_bdev_get_by_name.
+import type { Bdev } from '../bdev/bdev.ts';
+import type { BaseBdev } from '../bdev/baseBdev.ts';
+import type { BdevHold } from '../bdev/bdevClaims.ts';
+import { type LvolBdev, LvolBdevs } from '../bdev/lvolBdev.ts';
 import { fail } from '../errors.ts';
 import { loopYielder } from '../store/format.ts';
 import type { Lvstore } from '../store/lvstore.ts';
 import type { LvolRecord } from '../store/metadata.ts';
 import type { LvolActor } from './lvolActor.ts';
 
-export type BaseBdevKind = 'malloc' | 'aio';
-
-export interface BaseBdev {
-  readonly name: string;
-  readonly uuid: string;
-  readonly kind: BaseBdevKind;
-  readonly device: BlockDevice;
-  /** For aio bdevs: the file, as given. */
-  readonly filename?: string;
-  readonly readOnly: boolean;
-  /** Attached by the embedding program (attachBaseDevice): it owns the device, save_config leaves it out. */
-  readonly external?: boolean;
-  /** The lvstore that claimed this bdev, if any. */
-  claimedBy: string | null;
-}
+export type { BaseBdev };
+export type { BaseBdevKind } from '../bdev/baseBdev.ts';
 
 export interface LvstoreEntry {
   readonly store: Lvstore;
   readonly bdevName: string;
+  /** The lvstore's exclusive_write claim on the bdev it lives on; released when it leaves the node. */
+  readonly claim: BdevHold;
   readonly actors: Map<string, LvolActor>;
 }
 
@@ -36,7 +29,48 @@ export interface ResolvedLvol {
 
 export class Registry {
   readonly bdevs = new Map<string, BaseBdev>();
+  /**
+   * Bdevs of kinds that a module adds and removes itself (an NVMe initiator's namespaces), by
+   * name: `findBdev` finds them, and their names are taken as base bdev names are.
+   */
+  readonly moduleBdevs = new Map<string, Bdev>();
   readonly lvstores = new Map<string, LvstoreEntry>();
+  /** Lvols as bdevs, and their claims, kept between lookups of the (short-lived) bdev objects. */
+  readonly lvolBdevs = new LvolBdevs((lvolId) => {
+    const { entry, lvol } = this.lvol(lvolId);
+    return { store: entry.store, lvol };
+  });
+
+  /**
+   * The one lookup of a bdev: a base or module bdev by name, an lvol by UUID or `lvs/lvol`, any
+   * of them by UUID. O(1) in the number of lvols (a pass over the few lvstores and base bdevs).
+   */
+  findBdev(name: string): Bdev {
+    return this.lookupBdev(name) ?? fail('ENODEV', `bdev ${name} does not exist`);
+  }
+
+  /** `findBdev`, answering undefined where it throws (an esnap clone's reads ask on every miss). */
+  lookupBdev(name: string): Bdev | undefined {
+    const named = this.bdevs.get(name) ?? this.moduleBdevs.get(name);
+    if (named) return named;
+    const resolved = this.findLvol(name);
+    if (resolved) return this.lvolBdev(resolved.lvol.id);
+    for (const bdev of this.bdevs.values()) if (bdev.uuid === name) return bdev;
+    for (const bdev of this.moduleBdevs.values()) if (bdev.uuid === name) return bdev;
+    return undefined;
+  }
+
+  /** The bdev of an lvol (by UUID): cheap, made per call, its claims kept in `lvolBdevs`. */
+  lvolBdev(lvolId: string): LvolBdev {
+    return this.lvolBdevs.bdev(lvolId);
+  }
+
+  /** Every bdev: base, module, then every lvol with an actor (an object each: for small nodes and tests). */
+  bdevList(): Bdev[] {
+    const out: Bdev[] = [...this.bdevs.values(), ...this.moduleBdevs.values()];
+    for (const { lvol } of this.allLvols()) out.push(this.lvolBdev(lvol.id));
+    return out;
+  }
 
   /** A base bdev by name, or by UUID (SPDK's bdev aliases include it). */
   bdev(name: string): BaseBdev {
@@ -61,6 +95,11 @@ export class Registry {
 
   /** Finds an lvol by UUID (its bdev name) or by its `lvs/lvol` alias. */
   lvol(name: string): ResolvedLvol {
+    return this.findLvol(name) ?? fail('ENODEV', `lvol ${name} does not exist`);
+  }
+
+  /** `lvol`, answering undefined where `lvol` throws. */
+  findLvol(name: string): ResolvedLvol | undefined {
     const slash = name.indexOf('/');
     if (slash >= 0) {
       const entry = this.lvstoreByName(name.slice(0, slash));
@@ -74,7 +113,7 @@ export class Registry {
         if (actor) return { entry, lvol: entry.store.lvol(name), actor };
       }
     }
-    return fail('ENODEV', `lvol ${name} does not exist`);
+    return undefined;
   }
 
   /**
@@ -103,7 +142,7 @@ export class Registry {
 
   /** True when `name` is taken by any bdev: base bdevs and lvol UUIDs share one namespace. */
   bdevNameTaken(name: string): boolean {
-    if (this.bdevs.has(name)) return true;
+    if (this.bdevs.has(name) || this.moduleBdevs.has(name)) return true;
     for (const entry of this.lvstores.values()) if (entry.actors.has(name)) return true;
     return false;
   }

@@ -6,6 +6,7 @@
 //
 // Offsets and lengths are bytes, block aligned, inside the bdev; implementations check again and
 // throw StorageError (src/errors.ts) with an errno code, as the store does.
+import type { BlockDevice } from '../device/blockDevice.ts';
 import type { BdevClaims } from './bdevClaims.ts';
 
 export type BdevKind = 'malloc' | 'aio' | 'lvol' | 'nvme';
@@ -22,7 +23,7 @@ export interface Bdev {
   /** SPDK's bdev name: a base bdev's name, an lvol's UUID, `<controller>n<nsid>` for NVMe. */
   readonly name: string;
   readonly uuid: string;
-  /** Other names that find it (an lvol's `lvs/lvol`; SPDK lists the UUID of base bdevs too). */
+  /** Other names that find it (an lvol's `lvs/lvol`). Every bdev is found by its UUID too, listed or not. */
   aliases(): readonly string[];
   readonly blockSizeBytes: number;
   /** Current size (an lvol can be resized while consumers hold it). */
@@ -45,6 +46,14 @@ export interface Bdev {
   extents(offsetBytes: number, lengthBytes: number, maxExtents: number): BdevExtent[];
   /** Who holds it, and how: lvstores, exports, copies, clones. */
   readonly claims: BdevClaims;
+}
+
+/**
+ * A bdev an lvstore can live on. The holder of its exclusive_write claim reads and writes
+ * `claimedDevice()`, below the claim checks that keep every other consumer from writing.
+ */
+export interface ClaimableBdev extends Bdev {
+  claimedDevice(): BlockDevice;
 }
 
 /** True when the whole range is a hole, so it reads as zeros without being read. */

@@ -99,12 +99,17 @@ interface ClusterOverlay {
 const readsZeros = 0;
 const readsExternal = -1;
 
-/** A bdev outside the lvstore that an esnap clone reads through to (SPDK's external snapshot). */
+/**
+ * A bdev outside the lvstore that an esnap clone reads through to (SPDK's external snapshot): the
+ * members of a `Bdev` (src/bdev/bdev.ts, a layer above) that the store reads, so the node hands
+ * it the bdev itself.
+ */
 export interface ExternalSource {
   readonly name: string;
-  readonly sizeBytes: number;
-  readonly blockBytes: number;
-  readInto(target: Buffer, offsetBytes: number): Promise<void>;
+  readonly uuid: string;
+  readonly blockSizeBytes: number;
+  sizeBytes(): number;
+  readInto(offsetBytes: number, target: Buffer): Promise<void>;
 }
 
 export class Lvstore {
@@ -1106,8 +1111,8 @@ export class Lvstore {
   /** What lies below every lvol of the chain at `offsetBytes`: the external snapshot's bytes, else zeros. */
   private async readExternal(lvol: LvolRecord, offsetBytes: number, target: Buffer): Promise<void> {
     const external = this.externalOf(lvol);
-    const inside = external ? Math.max(0, Math.min(target.length, external.sizeBytes - offsetBytes)) : 0;
-    if (inside > 0) await external!.readInto(target.subarray(0, inside), offsetBytes);
+    const inside = external ? Math.max(0, Math.min(target.length, external.sizeBytes() - offsetBytes)) : 0;
+    if (inside > 0) await external!.readInto(offsetBytes, target.subarray(0, inside));
     target.fill(0, inside);
   }
 
@@ -1116,7 +1121,7 @@ export class Lvstore {
     const external = this.rootOf(lvol).externalParent;
     if (external === null) return 0;
     const source = this.externalSource(external);
-    return source ? Math.ceil(source.sizeBytes / this.clusterBytes) : lvol.clusterMap.length;
+    return source ? Math.ceil(source.sizeBytes() / this.clusterBytes) : lvol.clusterMap.length;
   }
 
   /** Whether the chain's external snapshot is missing (SPDK's is_degraded). */
@@ -1134,10 +1139,10 @@ export class Lvstore {
    * bdev_lvol_clone_bdev: a thin lvol over an external snapshot, of its size rounded up to whole
    * clusters. Reads of clusters it does not own go to the external bdev.
    */
-  async cloneExternal(external: ExternalSource & { uuid: string }, cloneName: string): Promise<LvolRecord> {
+  async cloneExternal(external: ExternalSource, cloneName: string): Promise<LvolRecord> {
     this.assertNameFree(cloneName);
-    if (external.blockBytes !== this.record.blockBytes) fail('EINVAL', `${external.name} has ${external.blockBytes}-byte blocks, the lvstore ${this.record.blockBytes}`);
-    const clusterCount = Math.ceil(external.sizeBytes / this.clusterBytes);
+    if (external.blockSizeBytes !== this.record.blockBytes) fail('EINVAL', `${external.name} has ${external.blockSizeBytes}-byte blocks, the lvstore ${this.record.blockBytes}`);
+    const clusterCount = Math.ceil(external.sizeBytes() / this.clusterBytes);
     if (clusterCount < 1) fail('EINVAL', `${external.name} is empty`);
     const id = this.runtime.uuid();
     await this.commit([
@@ -1161,12 +1166,12 @@ export class Lvstore {
   }
 
   /** bdev_lvol_set_parent_bdev: a thin lvol reads through to an external snapshot from now on. */
-  async setExternalParent(id: string, external: ExternalSource & { uuid: string }): Promise<void> {
+  async setExternalParent(id: string, external: ExternalSource): Promise<void> {
     const lvol = this.lvol(id);
     if (!lvol.thin) fail('EINVAL', `${lvol.name} is not thin provisioned`);
     if (lvol.externalParent === external.uuid) fail('EEXIST', `${external.name} is already the external snapshot of ${lvol.name}`);
-    if (external.blockBytes !== this.record.blockBytes) fail('EINVAL', `${external.name} has ${external.blockBytes}-byte blocks, the lvstore ${this.record.blockBytes}`);
-    if (Math.ceil(external.sizeBytes / this.clusterBytes) > lvol.clusterMap.length) fail('EINVAL', `${external.name} is larger than ${lvol.name}`);
+    if (external.blockSizeBytes !== this.record.blockBytes) fail('EINVAL', `${external.name} has ${external.blockSizeBytes}-byte blocks, the lvstore ${this.record.blockBytes}`);
+    if (Math.ceil(external.sizeBytes() / this.clusterBytes) > lvol.clusterMap.length) fail('EINVAL', `${external.name} is larger than ${lvol.name}`);
     await this.gate(id).withExclusive(() => {
       this.assertStillPresent(lvol);
       return this.commit([{ type: 'lvol.set_parent', id, parentId: null, externalParent: external.uuid }]);

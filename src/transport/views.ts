@@ -3,6 +3,7 @@ import { z } from 'zod';
 import { fail } from '../errors.ts';
 import type { StorageNode } from '../actors/node.ts';
 import type { BaseBdev, LvstoreEntry } from '../actors/registry.ts';
+import type { BdevClaims, ClaimType } from '../bdev/bdevClaims.ts';
 import { loopYielder } from '../store/format.ts';
 import { rfc3339Seconds } from '../store/lvstore.ts';
 import type { BadCluster, LvolRecord, VerificationRecord } from '../store/metadata.ts';
@@ -99,7 +100,7 @@ const lvolIoTypesWritable = Object.freeze(supportedIoTypes(['read', 'reset', 'fl
 const listingSliceMs = 2;
 
 export function baseBdevInfo(bdev: BaseBdev): BdevView {
-  const writable = bdev.readOnly ? [] : ['write', 'unmap', 'write_zeroes'];
+  const writable = bdev.readOnlyDevice ? [] : ['write', 'unmap', 'write_zeroes'];
   const info: BdevView = {
     name: bdev.name,
     aliases: [],
@@ -108,15 +109,14 @@ export function baseBdevInfo(bdev: BaseBdev): BdevView {
     num_blocks: bdev.device.sizeBytes / bdev.device.blockSizeBytes,
     uuid: bdev.uuid,
     assigned_rate_limits: noRateLimits,
-    claimed: bdev.claimedBy !== null,
-    ...(bdev.claimedBy !== null ? { claim_type: 'exclusive_write' } : {}),
+    ...claimFields(bdev.claims),
     zoned: false,
     supported_io_types: supportedIoTypes(['read', 'flush', 'reset', ...writable]),
     driver_specific: {},
   };
   if (bdev.kind === 'aio') {
     info.driver_specific = {
-      aio: { filename: bdev.filename, block_size_override: false, readonly: bdev.readOnly, fallocate: false },
+      aio: { filename: bdev.filename, block_size_override: false, readonly: bdev.readOnlyDevice, fallocate: false },
     };
   }
   return info;
@@ -133,8 +133,18 @@ function externalName(_entry: LvstoreEntry, uuid: string): string {
   return uuid;
 }
 
-/** `claimedBy`: the lvstore nested on this lvol, if any. */
-export function lvolBdevInfo(entry: LvstoreEntry, lvol: LvolRecord, claimedBy: string | null = null): BdevView {
+/**
+ * SPDK's `claimed` and `claim_type` of a bdev: an lvstore on it (exclusive_write) or esnap clones
+ * over it (read_many_write_none). Opens (exports, copies) are not claims.
+ */
+function claimFields(claims: BdevClaims | undefined): { claimed: boolean; claim_type?: ClaimType } {
+  if (claims?.writer() !== undefined) return { claimed: true, claim_type: 'exclusive_write' };
+  if (claims?.frozenBy() !== undefined) return { claimed: true, claim_type: 'read_many_write_none' };
+  return { claimed: false };
+}
+
+/** `claims`: the lvol's, if it has had any (registry.lvolBdevs.peek). */
+export function lvolBdevInfo(entry: LvstoreEntry, lvol: LvolRecord, claims?: BdevClaims): BdevView {
   // `lvol` is the durable record (a reader's view), and so are its parent and clones here.
   const store = entry.store;
   const clones = store.durableClonesOf(lvol.id).map((clone) => clone.name);
@@ -148,8 +158,7 @@ export function lvolBdevInfo(entry: LvstoreEntry, lvol: LvolRecord, claimedBy: s
     uuid: lvol.id,
     creation_time: rfc3339Seconds(lvol.createdAtMs),
     assigned_rate_limits: noRateLimits,
-    claimed: claimedBy !== null,
-    ...(claimedBy !== null ? { claim_type: 'exclusive_write' } : {}),
+    ...claimFields(claims),
     zoned: false,
     supported_io_types: lvol.readOnly ? lvolIoTypesReadOnly : lvolIoTypesWritable,
     driver_specific: {
@@ -178,7 +187,7 @@ export function bdevInfos(node: StorageNode, name: string): BdevView[] {
   // As SPDK: a degraded lvol (its external snapshot is missing) is listed by
   // bdev_lvol_get_lvols, but is no bdev until the external snapshot comes back.
   if (entry.store.isDegraded(lvol.id)) fail('ENODEV', `lvol ${name} is degraded: its external snapshot is not attached`);
-  return [lvolBdevInfo(entry, lvol, node.lvolClaimedBy(lvol.id))];
+  return [lvolBdevInfo(entry, lvol, node.registry.lvolBdevs.peek(lvol.id))];
 }
 
 /**
@@ -224,7 +233,7 @@ export function allBdevInfos(node: StorageNode): Promise<BdevView[] | Serialized
   return rowsInSlices(
     node,
     [...node.registry.lvstores.values()],
-    (entry, lvol) => (entry.store.isDegraded(lvol.id) ? undefined : lvolBdevInfo(entry, lvol, node.lvolClaimedBy(lvol.id))),
+    (entry, lvol) => (entry.store.isDegraded(lvol.id) ? undefined : lvolBdevInfo(entry, lvol, node.registry.lvolBdevs.peek(lvol.id))),
     [...node.registry.bdevs.values()].map(baseBdevInfo),
   );
 }

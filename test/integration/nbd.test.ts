@@ -169,7 +169,7 @@ describe.skipIf(skipReason !== undefined)('NBD with real clients', () => {
     expect(await qemu.command('read 0 512', /read 512\/512|failed/)).toContain('read 512/512');
     const busy = await rpcError(rpc.call('bdev_lvol_delete', { name: 'lvs0/busy' }));
     expect(busy).toMatchObject({ code: -16, message: 'Device or resource busy' });
-    expect(String((busy.data as { detail?: string }).detail)).toContain('exported over NBD as busy');
+    expect(String((busy.data as { detail?: string }).detail)).toContain('NBD export busy');
     expect(await rpc.call('nbd_stop_export', { export_name: 'busy' })).toBe(true);
     expect(await qemu.command('read 0 512', /read 512\/512|failed/)).toContain('read failed');
     await qemu.quit();

@@ -64,12 +64,6 @@ describe('READ replies from reused buffers', () => {
     await rpc.call('bdev_lvol_create', { lvs_name: 'lvs0', lvol_name: 'vol', size_in_mib: 64, thin_provision: false });
     for (let index = 0; index < regions; index++) await node.running.node.writeLvol('lvs0/vol', index * regionBytes, pattern(regionBytes, index));
     expect(await rpc.call('nbd_start_export', { bdev_name: 'lvs0/vol', export_name: 'vol' })).toBe('vol');
-    const target = node.running.node.nbd.lookup('vol')!.target as { readInto?: (offsetBytes: number, into: Buffer) => Promise<void> };
-    // Until every target fills the caller's buffer, give this one that form so the pooled path runs.
-    if (!target.readInto) {
-      const lvols = node.running.node;
-      target.readInto = async (offsetBytes, into) => void (await lvols.readLvol('lvs0/vol', offsetBytes, into.length)).copy(into);
-    }
   });
 
   afterAll(async () => {

@@ -351,7 +351,7 @@ describe('export lifecycle', () => {
     ] as const) {
       const error = await rpcError(rpc.call(method, params));
       expect(error).toMatchObject({ code: -16, message: 'Device or resource busy' });
-      expect(String((error.data as { detail?: string }).detail)).toContain('exported over NBD as');
+      expect(String((error.data as { detail?: string }).detail)).toContain('in use by NBD export');
     }
     expect(await rpcError(rpc.call('nbd_start_export', { bdev_name: 'lvs0/vol', export_name: 'again' }))).toMatchObject({ code: -17 });
     expect(await rpcError(rpc.call('nbd_start_export', { bdev_name: 'm0', export_name: 'vol' }))).toMatchObject({ code: -17 });

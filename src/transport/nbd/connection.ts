@@ -25,6 +25,7 @@ import {
   nbdPayloadBytesMax,
   nbdPreferredBlockBytes,
 } from '../../constants.ts';
+import { isHole } from '../../bdev/bdev.ts';
 import { isStorageError } from '../../errors.ts';
 import { log } from '../../log.ts';
 import type { NbdClient, NbdExport, NbdExports } from '../../actors/nbdExports.ts';
@@ -136,9 +137,6 @@ export const executingMax = 16;
 const socketReadBufferBytes = 256 * 1024;
 /** Room in front of a pooled reply buffer's data for the largest READ reply header. */
 export const replyHeadroomBytes = Math.max(offsetDataHeaderBytes, simpleReplyBytes);
-
-/** A READ target that fills the caller's buffer (lvols and base bdevs); others allocate per read. */
-type ReadIntoTarget = NbdExport['target'] & { readInto?(offsetBytes: number, target: Buffer): Promise<void> };
 
 interface Admitted {
   readonly request: RequestHeader;
@@ -645,7 +643,7 @@ export class NbdConnection implements NbdClient {
     let flags = transmissionFlag.hasFlags | transmissionFlag.sendFlush | transmissionFlag.sendFua;
     // A FLUSH flushes the whole device and no connection caches: multi-conn semantics hold.
     flags |= transmissionFlag.canMultiConn;
-    flags |= found.target.readOnly() ? transmissionFlag.readOnly : transmissionFlag.sendTrim | transmissionFlag.sendWriteZeroes;
+    flags |= found.bdev.readOnly() ? transmissionFlag.readOnly : transmissionFlag.sendTrim | transmissionFlag.sendWriteZeroes;
     // A READ is always answered with one content chunk, so "don't fragment" costs nothing.
     if (this.structured) flags |= transmissionFlag.sendDf;
     return flags;
@@ -657,7 +655,7 @@ export class NbdConnection implements NbdClient {
       this.hardClose(`NBD_OPT_EXPORT_NAME of unknown export ${JSON.stringify(exportName)}`);
       return;
     }
-    this.replyOption(encodeExportNameReply(found.target.sizeBytes(), this.transmissionFlags(found), this.noZeroes));
+    this.replyOption(encodeExportNameReply(found.bdev.sizeBytes(), this.transmissionFlags(found), this.noZeroes));
     this.enterTransmission(found);
   }
 
@@ -684,7 +682,7 @@ export class NbdConnection implements NbdClient {
     }
     let sizeBytes: number;
     try {
-      sizeBytes = found.target.sizeBytes();
+      sizeBytes = found.bdev.sizeBytes();
     } catch {
       this.replyOption(encodeOptionError(optionType, optionReply.errUnknown, `export ${JSON.stringify(exportName)} is going away`));
       return;
@@ -696,9 +694,9 @@ export class NbdConnection implements NbdClient {
     const replies = [
       encodeInfoExport(optionType, sizeBytes, this.transmissionFlags(found)),
       // Sent whether asked or not: requests must be aligned to the bdev's block (else EINVAL).
-      encodeInfoBlockSize(optionType, found.target.blockSizeBytes, Math.max(nbdPreferredBlockBytes, found.target.blockSizeBytes), nbdPayloadBytesMax),
+      encodeInfoBlockSize(optionType, found.bdev.blockSizeBytes, Math.max(nbdPreferredBlockBytes, found.bdev.blockSizeBytes), nbdPayloadBytesMax),
     ];
-    if (infoTypes.includes(info.description)) replies.push(encodeInfoText(optionType, info.description, `${found.target.kind} bdev ${found.bdevName}`));
+    if (infoTypes.includes(info.description)) replies.push(encodeInfoText(optionType, info.description, `${found.bdev.kind} bdev ${found.bdevName}`));
     if (infoTypes.includes(info.name)) replies.push(encodeInfoText(optionType, info.name, found.exportName));
     this.replyOption(...replies, encodeOptionReply(optionType, optionReply.ack));
     if (optionType === option.go) this.enterTransmission(found);
@@ -743,9 +741,9 @@ export class NbdConnection implements NbdClient {
     this.handshakeTimer = undefined;
     this.phase = 'transmission';
     this.export = found;
-    this.exportSizeBytes = found.target.sizeBytes();
-    this.blockBytes = found.target.blockSizeBytes;
-    this.readOnly = found.target.readOnly();
+    this.exportSizeBytes = found.bdev.sizeBytes();
+    this.blockBytes = found.bdev.blockSizeBytes;
+    this.readOnly = found.bdev.readOnly();
     if (this.metaContext?.exportName !== found.exportName) this.metaContext = undefined;
     log('debug', 'nbd client connected', { connection: this.id, export: found.exportName, structured: this.structured });
   }
@@ -921,7 +919,7 @@ export class NbdConnection implements NbdClient {
 
   /** Runs one admitted request and answers it; never rejects. */
   private async execute(request: RequestHeader, payload: Payload | undefined, release: () => void): Promise<void> {
-    const { target, counters } = this.export!;
+    const { bdev: target, counters } = this.export!;
     const { offsetBytes, lengthBytes } = request;
     const fua = (request.flags & commandFlag.fua) !== 0;
     let finished = true;
@@ -950,7 +948,7 @@ export class NbdConnection implements NbdClient {
           await target.flush();
           break;
         case command.trim:
-          if (lengthBytes > 0) await target.trim(offsetBytes, lengthBytes);
+          if (lengthBytes > 0) await target.unmap(offsetBytes, lengthBytes);
           if (fua) await target.flush();
           break;
         case command.writeZeroes:
@@ -975,7 +973,7 @@ export class NbdConnection implements NbdClient {
   /** Answers a READ; `release` is called once, when the data has left for the socket (or failed). */
   private async read(request: RequestHeader, release: () => void): Promise<void> {
     const { counters } = this.export!;
-    const target: ReadIntoTarget = this.export!.target;
+    const target = this.export!.bdev;
     const { offsetBytes, lengthBytes } = request;
     try {
       if (lengthBytes === 0) {
@@ -984,32 +982,25 @@ export class NbdConnection implements NbdClient {
         return;
       }
       // A hole reads as zeros: with structured replies it is said in 32 bytes, not sent.
-      if (this.structured && target.isHole(offsetBytes, lengthBytes)) {
+      if (this.structured && isHole(target, offsetBytes, lengthBytes)) {
         release();
         counters.bytesRead += lengthBytes;
         this.send(encodeOffsetHole(request, offsetBytes, lengthBytes, true));
         return;
       }
-      if (target.readInto) {
-        const pool = this.context.replyBuffers;
-        const headerBytes = this.structured ? offsetDataHeaderBytes : simpleReplyBytes;
-        const buffer = pool.acquire(lengthBytes);
-        // A failed read drops the buffer (the catch below): another segment's device read may
-        // still be filling it.
-        await target.readInto(offsetBytes, buffer.subarray(headerBytes, headerBytes + lengthBytes));
-        counters.bytesRead += lengthBytes;
-        if (this.structured) writeOffsetDataHeader(buffer, request, offsetBytes, lengthBytes, true);
-        else writeSimpleReply(buffer, 0, request);
-        this.sendWhole(buffer.subarray(0, headerBytes + lengthBytes), () => {
-          release();
-          pool.release(buffer);
-        });
-        return;
-      }
-      const data = await target.read(offsetBytes, lengthBytes);
+      const pool = this.context.replyBuffers;
+      const headerBytes = this.structured ? offsetDataHeaderBytes : simpleReplyBytes;
+      const buffer = pool.acquire(lengthBytes);
+      // A failed read drops the buffer (the catch below): another segment's device read may
+      // still be filling it.
+      await target.readInto(offsetBytes, buffer.subarray(headerBytes, headerBytes + lengthBytes));
       counters.bytesRead += lengthBytes;
-      const header = this.structured ? encodeOffsetDataHeader(request, offsetBytes, lengthBytes, true) : encodeSimpleReply(0, request);
-      this.send(header, data, release);
+      if (this.structured) writeOffsetDataHeader(buffer, request, offsetBytes, lengthBytes, true);
+      else writeSimpleReply(buffer, 0, request);
+      this.sendWhole(buffer.subarray(0, headerBytes + lengthBytes), () => {
+        release();
+        pool.release(buffer);
+      });
     } catch (error) {
       release();
       this.replyFailure(request, toFailure(error, request));
@@ -1017,7 +1008,7 @@ export class NbdConnection implements NbdClient {
   }
 
   private replyBlockStatus(request: RequestHeader): void {
-    const { target } = this.export!;
+    const target = this.export!.bdev;
     const extentsMax = (request.flags & commandFlag.reqOne) !== 0 ? 1 : nbdBlockStatusExtentsMax;
     const extents = target.extents(request.offsetBytes, request.lengthBytes, extentsMax);
     const descriptors = extents.map((extent) => ({

@@ -1,5 +1,6 @@
 // An lvol as a block device, so an lvstore can live on it (SPDK's nested lvstores): reads and
-// writes go through the parent lvstore's data path, a discard makes the range read as zeros.
+// writes go through the parent lvstore's data path, a discard makes the range read as zeros. Only
+// the holder of the lvol bdev's exclusive_write claim writes through it (lvolBdev.ts).
 import type { BlockDevice } from '../device/blockDevice.ts';
 import type { Lvstore } from '../store/lvstore.ts';
 
@@ -25,8 +26,8 @@ export class LvolDevice implements BlockDevice {
     return this.store.record.blockBytes;
   }
 
-  async readInto(target: Buffer, offsetBytes: number): Promise<void> {
-    (await this.store.read(this.lvolId, offsetBytes, target.length)).copy(target);
+  readInto(target: Buffer, offsetBytes: number): Promise<void> {
+    return this.store.readInto(this.lvolId, offsetBytes, target);
   }
 
   write(offsetBytes: number, data: Uint8Array): Promise<void> {

@@ -1,0 +1,43 @@
+// What a queue pair hands a command handler, and what it gets back: one NVMe command and its completion.
+import { genericStatus, sct, statusField } from './nvmeSpec.ts';
+
+export interface NvmeCommand {
+  /** The 64-byte submission queue entry (a view the queue pair keeps until the completion is sent). */
+  readonly sqe: Buffer;
+  readonly opcode: number;
+  readonly cid: number;
+  readonly nsid: number;
+  /** Bytes the command moves (its SGL's length). */
+  readonly transferBytes: number;
+  /** The host's data (in-capsule or through R2T), for commands that carry some. */
+  readonly data: Buffer | undefined;
+}
+
+export interface NvmeCompletion {
+  /** The CQE status field without the phase bit (`statusField`), 0 for success. */
+  readonly status: number;
+  readonly dw0?: number;
+  readonly dw1?: number;
+  /** Data for the host (C2HData), at most `transferBytes`. */
+  readonly data?: Buffer;
+  /** Called once `data` has been written to the socket (a pooled read buffer goes back). */
+  readonly releaseData?: () => void;
+}
+
+export const success: NvmeCompletion = { status: 0 };
+
+export function failed(type: number, code: number, dw0 = 0): NvmeCompletion {
+  return { status: statusField(type, code), dw0 };
+}
+
+export const invalidField = failed(sct.generic, genericStatus.invalidField);
+export const invalidOpcode = failed(sct.generic, genericStatus.invalidOpcode);
+
+export function cdw(command: NvmeCommand, index: 10 | 11 | 12 | 13 | 14 | 15): number {
+  return command.sqe.readUInt32LE(40 + (index - 10) * 4);
+}
+
+/** Hands the host `data` truncated to what it asked for. */
+export function withData(command: NvmeCommand, data: Buffer, dw0 = 0): NvmeCompletion {
+  return { status: 0, dw0, data: data.length > command.transferBytes ? data.subarray(0, command.transferBytes) : data };
+}

@@ -1,0 +1,180 @@
+// A standalone NVMe/TCP target for the nvmf tests: the real target state and transport on
+// 127.0.0.1, serving small in-memory bdevs (a test-only Bdev over MemoryDevice), and helpers to
+// run SPDK's own programs against it (skipped when they are absent, unless LVNODE_REQUIRE_SPDK_TOOLS).
+import { type ChildProcess, spawn } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { resolve } from 'node:path';
+import { InspectionHub } from '../../../src/actors/inspector.ts';
+import { NvmfTarget } from '../../../src/actors/nvmfTarget.ts';
+import type { Bdev } from '../../../src/bdev/bdev.ts';
+import { BdevClaims } from '../../../src/bdev/bdevClaims.ts';
+import { MemoryDevice } from '../../../src/device/memoryDevice.ts';
+import { fail } from '../../../src/errors.ts';
+import { NvmfTcpTransport } from '../../../src/transport/nvmf/target.ts';
+
+export const spdkRun = resolve(import.meta.dirname, '../../../../shared/tools/spdk/run');
+export const spdkToolsPresent = existsSync(spdkRun) && existsSync(resolve(import.meta.dirname, '../../../../shared/tools/spdk/bin/spdk_nvme_perf'));
+/** SPDK tests run when the tools are there, and must (fail, not skip) when CI says they are required. */
+export const skipSpdk = !spdkToolsPresent && process.env.LVNODE_REQUIRE_SPDK_TOOLS === undefined;
+
+/** A RAM bdev with the Bdev interface; `readOnly` and I/O counters for the tests. */
+export function memoryBdev(name: string, sizeBytes: number, options: { blockSizeBytes?: number; readOnly?: boolean } = {}): Bdev & { writes: number; reads: number } {
+  const blockSizeBytes = options.blockSizeBytes ?? 512;
+  const device = new MemoryDevice(sizeBytes, blockSizeBytes);
+  const check = (offsetBytes: number, lengthBytes: number) => {
+    if (offsetBytes % blockSizeBytes !== 0 || lengthBytes % blockSizeBytes !== 0 || offsetBytes + lengthBytes > sizeBytes) fail('EINVAL', 'range outside the bdev');
+  };
+  const bdev = {
+    kind: 'malloc' as const,
+    name,
+    uuid: randomUUID(),
+    aliases: () => [],
+    blockSizeBytes,
+    sizeBytes: () => sizeBytes,
+    readOnly: () => options.readOnly === true,
+    writes: 0,
+    reads: 0,
+    async readInto(offsetBytes: number, target: Buffer) {
+      check(offsetBytes, target.length);
+      bdev.reads++;
+      await device.readInto(target, offsetBytes);
+    },
+    async write(offsetBytes: number, data: Uint8Array) {
+      check(offsetBytes, data.length);
+      if (options.readOnly) fail('EPERM', 'read-only');
+      bdev.writes++;
+      await device.write(offsetBytes, data);
+    },
+    flush: () => device.flush(),
+    async unmap(offsetBytes: number, lengthBytes: number) {
+      check(offsetBytes, lengthBytes);
+      await device.discard(offsetBytes, lengthBytes);
+    },
+    async writeZeroes(offsetBytes: number, lengthBytes: number) {
+      check(offsetBytes, lengthBytes);
+      await device.discard(offsetBytes, lengthBytes);
+    },
+    extents: (offsetBytes: number, lengthBytes: number) => [{ offsetBytes, lengthBytes, allocated: true }],
+    claims: new BdevClaims(() => name),
+  };
+  return bdev;
+}
+
+/** A free TCP port on 127.0.0.1 (bound then released; the tests listen on it right after). */
+export async function freePort(): Promise<number> {
+  return new Promise((resolvePort, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen({ host: '127.0.0.1', port: 0 }, () => {
+      const address = server.address();
+      const port = typeof address === 'object' && address ? address.port : 0;
+      server.close(() => resolvePort(port));
+    });
+  });
+}
+
+export interface StandaloneTarget {
+  readonly target: NvmfTarget;
+  readonly transport: NvmfTcpTransport;
+  readonly port: number;
+  readonly nqn: string;
+  close(): Promise<void>;
+}
+
+/** A target with one subsystem (`nqn`), its namespaces on `bdevs`, listening on 127.0.0.1. */
+export async function startTarget(options: { bdevs: Bdev[]; allowAnyHost?: boolean; hosts?: string[]; nqn?: string }): Promise<StandaloneTarget> {
+  const target = new NvmfTarget(new InspectionHub());
+  const transport = new NvmfTcpTransport(target);
+  target.transports.push(tcpTransportOptions());
+  const nqn = options.nqn ?? 'nqn.2016-06.io.spdk:cnode1';
+  target.createSubsystem({ nqn, serialNumber: 'LVNODE0001', modelNumber: 'lvnode test', allowAnyHost: options.allowAnyHost ?? true, maxNamespaces: 32, minCntlid: 1, maxCntlid: 0xffef, anaReporting: false });
+  for (const host of options.hosts ?? []) target.addHost(nqn, host);
+  for (const bdev of options.bdevs) target.require(nqn).addNamespace(bdev, {});
+  const port = await freePort();
+  await target.addListener(nqn, { trtype: 'TCP', adrfam: 'IPv4', traddr: '127.0.0.1', trsvcid: String(port) });
+  return {
+    target,
+    transport,
+    port,
+    nqn,
+    close: async () => {
+      await target.stopAll('test end');
+      await transport.shutdown();
+    },
+  };
+}
+
+export function tcpTransportOptions() {
+  return {
+    trtype: 'TCP' as const,
+    max_queue_depth: 128,
+    max_io_qpairs_per_ctrlr: 127,
+    in_capsule_data_size: 4096,
+    max_io_size: 131072,
+    io_unit_size: 131072,
+    max_aq_depth: 128,
+    num_shared_buffers: 511,
+    buf_cache_size: 4294967295,
+    dif_insert_or_strip: false,
+    zcopy: false,
+    c2h_success: true,
+    sock_priority: 0,
+    abort_timeout_sec: 1,
+  };
+}
+
+export interface RunResult {
+  readonly code: number | null;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+const running = new Set<ChildProcess>();
+
+/** Runs one of SPDK's programs to its end (killed after `timeoutMs`). */
+export function runSpdk(program: string, args: string[], timeoutMs = 30_000): Promise<RunResult> {
+  return new Promise((resolveRun) => {
+    const child = spawn(spdkRun, [program, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    running.add(child);
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk) => (stdout += chunk));
+    child.stderr.on('data', (chunk) => (stderr += chunk));
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      running.delete(child);
+      resolveRun({ code, stdout, stderr });
+    });
+  });
+}
+
+/** Starts a long-running SPDK program (spdk_tgt); `stop` kills it (tests call it in `finally`). */
+export function startSpdk(program: string, args: string[]): { child: ChildProcess; output: () => string; stop: () => Promise<void> } {
+  const child = spawn(spdkRun, [program, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  running.add(child);
+  let output = '';
+  child.stdout!.on('data', (chunk) => (output += chunk));
+  child.stderr!.on('data', (chunk) => (output += chunk));
+  const exited = new Promise<void>((resolveExit) => child.on('close', () => (running.delete(child), resolveExit())));
+  return {
+    child,
+    output: () => output,
+    stop: async () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      await exited;
+    },
+  };
+}
+
+/** Kills every SPDK program a test left running (afterAll). */
+export function killAllSpdk(): void {
+  for (const child of running) child.kill('SIGKILL');
+}
+
+/** The `-r` transport ID string of spdk_nvme_perf / spdk_nvme_discover. */
+export function trid(port: number, nqn?: string): string {
+  return `trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:${port}${nqn ? ` subnqn:${nqn}` : ''}`;
+}

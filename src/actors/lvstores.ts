@@ -16,6 +16,7 @@ import type { ClearMethod, LvolRecord } from '../store/metadata.ts';
 import type { BlockDevice } from '../device/blockDevice.ts';
 import { ChangeNotices } from './changeNotices.ts';
 import type { ChecksumService } from './checksums.ts';
+import type { EsnapHolds } from './externalSnapshots.ts';
 import type { CopyService } from './copies.ts';
 import { externalSourceByUuid } from './externalSnapshots.ts';
 import type { ClaimableBdev } from '../bdev/bdev.ts';
@@ -34,6 +35,7 @@ export interface LvstoreHost {
   readonly router: PriorityRouter;
   readonly checksums: ChecksumService;
   readonly copies: CopyService;
+  readonly esnaps: EsnapHolds;
   /** Makes the actor of one lvol of a store that just loaded. */
   attachActor(entry: LvstoreEntry, lvol: LvolRecord): void;
   emit(event: NodeEvent): void;
@@ -77,6 +79,7 @@ export class LvstoreLifecycle {
     this.watch(store);
     registry.lvstores.set(store.id, entry);
     for (const lvol of store.lvols()) this.host.attachActor(entry, lvol);
+    this.host.esnaps.rescan(entry);
     const resumed = await resumeInterruptedWalks(registry, this.host.router.locks, entry);
     this.host.emit({ type: 'lvstore_created', uuid: store.id, name: store.name });
     log('info', 'lvstore loaded', { lvstore: store.name, uuid: store.id, bdev: bdev.name, lvols: store.record.lvols.size, checksumsResumed: resumed });
@@ -342,6 +345,7 @@ export class LvstoreLifecycle {
       if (++disposed % 64 === 0) await pause();
     }
     entry.actors.clear();
+    this.host.esnaps.release(entry.store.id);
     entry.claim.release();
   }
 }

@@ -23,7 +23,7 @@ import { ChecksumService } from './checksums.ts';
 import { InspectionHub } from './inspector.ts';
 import { LvolActor, LvolActorStarter } from './lvolActor.ts';
 import { CopyService } from './copies.ts';
-import { resolveExternalSource } from './externalSnapshots.ts';
+import { EsnapHolds, resolveExternalSource } from './externalSnapshots.ts';
 import { type LvstoreSelector, LvstoreLifecycle } from './lvstores.ts';
 import { NbdExports } from './nbdExports.ts';
 import { PriorityRouter } from './priority.ts';
@@ -63,6 +63,8 @@ export class StorageNode {
   readonly nbd: NbdExports;
   /** Shallow, range and deep copies (replica rebuild); a delete of either end stops them first. */
   readonly copies: CopyService;
+  /** What esnap clones hold on their external snapshots: read_many_write_none claims. */
+  readonly esnaps = new EsnapHolds(this.registry);
   /** Starts due snapshot verifies inside the policy's windows (./verifyPolicy.ts). */
   readonly verifyPolicy: VerifyPolicyRunner;
 
@@ -87,6 +89,10 @@ export class StorageNode {
     this.router = new PriorityRouter((lvolId) => this.actorOf(lvolId));
     this.checksums = new ChecksumService(this.registry, this.router, runtime, (event) => this.emit(event));
     this.nbd = new NbdExports(this.registry, this.inspector, this.events);
+    // An external snapshot attached again (its bdev, or the lvstore of its lvol) is held again.
+    this.events.on('event', (event) => {
+      if (event.type === 'bdev_created' || event.type === 'lvstore_created') this.esnaps.retake();
+    });
     this.copies = new CopyService(this.registry, this.router, this.scheduler, this.inspector, runtime, (status, what) =>
       this.emit({ type: what === 'state' ? 'copy_state' : 'copy_progress', ...status }),
     );
@@ -97,6 +103,7 @@ export class StorageNode {
       router: this.router,
       checksums: this.checksums,
       copies: this.copies,
+      esnaps: this.esnaps,
       attachActor: (entry, lvol) => this.attachActor(entry, lvol),
       emit: (event) => this.emit(event),
     });
@@ -227,6 +234,7 @@ export class StorageNode {
         await this.copies.stopInvolving({ lvolIds: [lvol.id] }, 'bdev_lvol_delete');
         const { mergedInto } = await entry.store.deleteLvol(lvol.id);
         this.detachActor(entry, lvol.id);
+        this.esnaps.rescanIfAny(entry);
         // A merge derives the clone's checksums where both had per-cluster values (no data read):
         // its actor then shows them as at attach; otherwise the merge dropped them.
         const merged = mergedInto ? this.actorOf(mergedInto) : undefined;
@@ -243,6 +251,7 @@ export class StorageNode {
     const external = resolveExternalSource(this.registry, bdevName, entry.store.id);
     const clone = await entry.store.cloneExternal(external, cloneName);
     this.attachActor(entry, clone);
+    this.esnaps.rescan(entry);
     return clone.id;
   }
 
@@ -250,6 +259,7 @@ export class StorageNode {
   async setParentBdev(lvolName: string, bdevName: string): Promise<void> {
     const { entry, lvol } = this.registry.lvol(lvolName);
     await entry.store.setExternalParent(lvol.id, resolveExternalSource(this.registry, bdevName, entry.store.id));
+    this.esnaps.rescan(entry);
   }
 
   async snapshot(lvolName: string, snapshotName: string, xattrs: Record<string, string>): Promise<string> {
@@ -307,6 +317,7 @@ export class StorageNode {
       validate: () => entry.store.checkCopyUp(lvol.id, mode),
       work: async () => {
         await entry.store.copyUpFromParent(lvol.id, mode);
+        this.esnaps.rescanIfAny(entry);
         if (lvol.snapshot) actor.invalidate();
       },
     });
@@ -315,6 +326,7 @@ export class StorageNode {
   async detachParent(name: string): Promise<void> {
     const { entry, lvol } = this.registry.lvol(name);
     await entry.store.detachParent(lvol.id);
+    this.esnaps.rescanIfAny(entry);
   }
 
   async setParent(lvolName: string, parentName: string): Promise<void> {

@@ -213,8 +213,15 @@ export const verifyPolicyDelayMsMax = 24 * 3600 * 1000;
 /** Why the policy stopped a verify at a window's end (its status `reason`; the policy resumes it). */
 export const verifyWindowClosedReason = 'verify window closed';
 
+/**
+ * A policy verify that failed on a device read error is not started again for this long, doubling
+ * with each failure in a row up to the policy's interval (issue 21); a result clears it.
+ */
+export const verifyBackoffMsMin = 60_000;
+
 assert.ok(verifyIntervalSecMin < verifyIntervalSecMax);
 assert.ok(verifyPolicyRescanMs <= verifyPolicyDelayMsMax);
+assert.ok(verifyBackoffMsMin <= verifyIntervalSecMin * 1000, 'the shortest interval still caps the first back-off');
 
 // NVMe-oF/TCP target (issue 22): SPDK's TCP transport defaults (lib/nvmf/tcp.c) where it has one.
 // Listeners are created by RPC (nvmf_subsystem_add_listener); a non-loopback address needs

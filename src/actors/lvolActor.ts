@@ -611,7 +611,7 @@ export class LvolActor {
     const read = (): Promise<bigint> =>
       crcDeviceRange(this.store.device, this.store.ownedClusterOffsetBytes(lvolId, clusterIndex), clusterBytes, signal);
     // Pacing and the device queue may hold the read back; a stop meanwhile calls it off.
-    const paced = this.admission.pace(clusterBytes, signal);
+    const paced = this.admission.pace(clusterBytes, signal, this.lvolId);
     let crc: Promise<bigint>;
     try {
       crc = paced ? paced.then(read) : read();

@@ -34,9 +34,10 @@ export interface WalkAdmission {
   /**
    * Reserves `bytes` under the rate limit: undefined when the read may start now, else a promise
    * that resolves when it may (rejecting IoAbortedError if `signal` fires first). No promise when
-   * there is no wait, so a read that may start does start at once.
+   * there is no wait, so a read that may start does start at once. `lvolId`: whose walk reads (a
+   * walk the verification policy started is also paced to the policy's own cap).
    */
-  pace(bytes: number, signal: AbortSignal): Promise<void> | undefined;
+  pace(bytes: number, signal: AbortSignal, lvolId?: string): Promise<void> | undefined;
   /** Counts bytes a walk has read, for the background rate. */
   recordBytes(bytes: number): void;
 }
@@ -49,6 +50,23 @@ export const immediateAdmission: WalkAdmission = {
   pace: () => undefined,
   recordBytes: () => {},
 };
+
+/** A timer source, as XState's clock (which xstate does not export by name): real timers, or a test's SimulatedClock. */
+export interface Clock {
+  setTimeout(fn: () => void, timeout: number): unknown;
+  clearTimeout(id: unknown): void;
+}
+
+/**
+ * What the verification policy tells the scheduler (issue 21): its own cap on the reads of the
+ * verifies it started, and which walks those are. Client verifies and registrations are not paced by it.
+ */
+export interface PolicyPacing {
+  /** 0: no cap beyond the node-wide one. `clock`: what its waits run on (tests: the policy's SimulatedClock). */
+  setPolicyRate(rateBytesPerSec: number, clock?: Clock): void;
+  policyWalkStarted(lvolId: string): void;
+  policyWalkEnded(lvolId: string): void;
+}
 
 /** The wire form of the options (node_get_background_options), persisted across restarts. */
 export interface BackgroundOptions {
@@ -68,12 +86,21 @@ export function defaultBackgroundOptions(): BackgroundOptions {
   return { max_concurrent_checksums: Math.max(1, availableParallelism()), checksum_rate_mib_per_sec: 0 };
 }
 
-export class BackgroundScheduler implements WalkAdmission {
+const realClock: Clock = {
+  setTimeout: (fn, timeout) => setTimeout(fn, timeout),
+  clearTimeout: (id) => clearTimeout(id as NodeJS.Timeout),
+};
+
+export class BackgroundScheduler implements WalkAdmission, PolicyPacing {
   readonly actor: Actor<typeof schedulerMachine>;
   private readonly admitCallbacks = new Map<string, () => void>();
   private readonly meter: RateMeter;
   // Pacing: the time at which the next read may start, shared by every walk (a node-wide cap).
   private nextReadAtMs = 0;
+  // The same for the policy's walks under its own cap, and the clock their waits run on.
+  private nextPolicyReadAtMs = 0;
+  private policyClock: Clock = realClock;
+  private policyPacedWaits = 0;
   // Foreground first: when the last client request started, and when the next step may start
   // while requests keep coming.
   private lastForegroundMs = Number.NEGATIVE_INFINITY;
@@ -129,34 +156,52 @@ export class BackgroundScheduler implements WalkAdmission {
     this.lastForegroundMs = this.runtime.nowMs();
   }
 
-  pace(bytes: number, signal: AbortSignal): Promise<void> | undefined {
-    const rate = this.actor.getSnapshot().context.rateBytesPerSec;
+  pace(bytes: number, signal: AbortSignal, lvolId?: string): Promise<void> | undefined {
+    const context = this.actor.getSnapshot().context;
+    const rate = context.rateBytesPerSec;
+    const policyRate = lvolId !== undefined && context.policyRateBytesPerSec > 0 && context.policyWalks.includes(lvolId) ? context.policyRateBytesPerSec : 0;
     const nowMs = this.runtime.nowMs();
     const busy = nowMs - this.lastForegroundMs < foregroundQuietMs;
-    if (rate === 0 && !busy) return undefined;
-    let startAtMs = nowMs;
-    if (rate > 0) {
-      startAtMs = Math.max(startAtMs, this.nextReadAtMs);
-      this.nextReadAtMs = startAtMs + (bytes * 1000) / rate;
-    }
+    if (rate === 0 && policyRate === 0 && !busy) return undefined;
+    // Both caps reserve from the same start: the later of the two, so neither is overrun.
+    let startAtMs = Math.max(nowMs, rate > 0 ? this.nextReadAtMs : nowMs, policyRate > 0 ? this.nextPolicyReadAtMs : nowMs);
+    if (rate > 0) this.nextReadAtMs = startAtMs + (bytes * 1000) / rate;
+    if (policyRate > 0) this.nextPolicyReadAtMs = startAtMs + (bytes * 1000) / policyRate;
     if (busy) {
       startAtMs = Math.max(startAtMs, this.nextBusyStepAtMs);
       this.nextBusyStepAtMs = startAtMs + backgroundBusyStepIntervalMs;
       this.busyDelays++;
     }
     if (startAtMs <= nowMs) return undefined;
+    if (policyRate > 0) this.policyPacedWaits++;
+    const clock = policyRate > 0 ? this.policyClock : realClock;
     return new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => {
+      const timer = clock.setTimeout(() => {
         signal.removeEventListener('abort', onAbort);
         resolve();
       }, startAtMs - nowMs);
       const onAbort = (): void => {
-        clearTimeout(timer);
+        clock.clearTimeout(timer);
         reject(new IoAbortedError());
       };
       if (signal.aborted) onAbort();
       else signal.addEventListener('abort', onAbort, { once: true });
     });
+  }
+
+  setPolicyRate(rateBytesPerSec: number, clock?: Clock): void {
+    if (clock) this.policyClock = clock;
+    // A new cap applies to the next read, not after a wait computed under the old one.
+    this.nextPolicyReadAtMs = 0;
+    this.actor.send({ type: 'policy.set_rate', rateBytesPerSec });
+  }
+
+  policyWalkStarted(lvolId: string): void {
+    this.actor.send({ type: 'policy.add_walk', lvolId });
+  }
+
+  policyWalkEnded(lvolId: string): void {
+    this.actor.send({ type: 'policy.remove_walk', lvolId });
   }
 
   recordBytes(bytes: number): void {
@@ -193,6 +238,7 @@ export class BackgroundScheduler implements WalkAdmission {
     bytes_per_sec: number;
     bytes_total: number;
     steps_spaced_for_foreground: number;
+    policy_reads_paced: number;
   } & BackgroundOptions {
     const snapshot = this.actor.getSnapshot();
     return {
@@ -204,6 +250,8 @@ export class BackgroundScheduler implements WalkAdmission {
       bytes_per_sec: this.meter.bytesPerSec(this.runtime.nowMs()),
       bytes_total: this.meter.totalBytes,
       steps_spaced_for_foreground: this.busyDelays,
+      // Reads of policy-started verifies that waited (the policy's cap or the node's, whichever bound).
+      policy_reads_paced: this.policyPacedWaits,
     };
   }
 

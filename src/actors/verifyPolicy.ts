@@ -7,15 +7,16 @@
 // `aborted`, resumable) and resumes them where they stood in the next window.
 import { type Actor, type ActorOptions, type AnyActorLogic, createActor } from 'xstate';
 import type { EventEmitter } from 'node:events';
-import { verifyPolicyStartedMax, verifyWindowClosedReason } from '../constants.ts';
-import { fail, fromDeviceError } from '../errors.ts';
+import { checksumRateMibPerSecMax, mibBytes, verifyPolicyStartedMax, verifyWindowClosedReason } from '../constants.ts';
+import { StorageError, fail, fromDeviceError } from '../errors.ts';
 import { log } from '../log.ts';
-import { type VerifyPolicy, defaultVerifyPolicy, verifyPolicyMachineAt } from '../machines/verifyPolicyMachine.ts';
+import { type VerifyBackoff, type VerifyOutcome, type VerifyPolicy, defaultVerifyPolicy, verifyPolicyMachineAt } from '../machines/verifyPolicyMachine.ts';
 import type { Runtime } from '../runtime.ts';
 import type { LvolRecord } from '../store/metadata.ts';
 import type { ChecksumService } from './checksums.ts';
 import type { InspectionHub } from './inspector.ts';
 import type { Registry } from './registry.ts';
+import type { PolicyPacing } from './scheduler.ts';
 
 /** The policy actor's id in the inspection stream. */
 export const verifyPolicyActorId = 'verifyPolicy';
@@ -57,6 +58,9 @@ function hasChecksums(lvol: LvolRecord): boolean {
 export function validateVerifyPolicy(policy: VerifyPolicy): VerifyPolicy {
   const positive = (value: number) => Number.isFinite(value) && value >= 0;
   if (!positive(policy.interval_sec) || !positive(policy.jitter_sec) || !positive(policy.grace_sec)) fail('EINVAL', 'intervals must be numbers of seconds ≥ 0');
+  if (!positive(policy.rate_mib_per_sec) || policy.rate_mib_per_sec > checksumRateMibPerSecMax) {
+    fail('EINVAL', `rate_mib_per_sec must be from 0 (no cap of its own) to ${checksumRateMibPerSecMax}`);
+  }
   for (const window of policy.windows) {
     if (!(window.start_hour >= 0 && window.start_hour < window.end_hour && window.end_hour <= 24)) fail('EINVAL', 'a window needs 0 ≤ start_hour < end_hour ≤ 24');
     if (window.days.length === 0 || window.days.some((day) => !Number.isInteger(day) || day < 0 || day > 6)) fail('EINVAL', 'window days are 0 (Sunday) … 6');
@@ -70,6 +74,13 @@ export interface VerifyPolicyOptions {
   onPolicyChanged?: (policy: VerifyPolicy) => Promise<void>;
   /** The clock XState's delays run on (tests: a SimulatedClock that the runtime reads too). */
   clock?: ActorOptions<AnyActorLogic>['clock'];
+  /** The node's scheduler: paces the verifies the policy starts to rate_mib_per_sec (on the same clock). */
+  pacing?: PolicyPacing;
+}
+
+/** How a verify the policy started ended, for its back-off: only a device read error backs off. */
+function outcomeOf(error: unknown): VerifyOutcome {
+  return error instanceof StorageError && error.errno === 'EIO' ? 'readError' : 'other';
 }
 
 export class VerifyPolicyRunner {
@@ -81,6 +92,7 @@ export class VerifyPolicyRunner {
   /** Snapshots registered for the first time, to verify first (verify_after_register). */
   private readonly registered = new Set<string>();
   private readonly onPolicyChanged: (policy: VerifyPolicy) => Promise<void>;
+  private readonly pacing: PolicyPacing | undefined;
   private policyChanged: Promise<void> = Promise.resolve();
   private stopped = false;
   /** Every verify this runner started, for the stats. */
@@ -99,7 +111,7 @@ export class VerifyPolicyRunner {
       actions: {
         startDue: () => this.startDue(),
         // The policy from the transition's context: getSnapshot() still answers the one before it.
-        scanDue: ({ context }) => this.scanDue(context.policy),
+        scanDue: ({ context }) => this.scanDue(context.policy, context.backingOff),
         stopRunning: () => this.stopRunning(),
         rememberRegistered: ({ context, event }) => {
           if (event.type === 'checksum.registered' && context.policy.verify_after_register) this.registered.add(event.lvolId);
@@ -113,6 +125,8 @@ export class VerifyPolicyRunner {
       ...(options.clock ? { clock: options.clock } : {}),
     });
     this.actor.subscribe({ error: (error) => log('error', 'verify policy actor failed', { error: String(error) }) });
+    this.pacing = options.pacing;
+    this.pacing?.setPolicyRate(this.actor.getSnapshot().context.policy.rate_mib_per_sec * mibBytes, options.clock);
     events.on('event', (event) => {
       // A checksum registered where none was verified yet: verify_after_register verifies it.
       if (event.type !== 'checksum_state' || event.state !== 'done' || event.previous === 'done' || event.mode === 'verify') return;
@@ -136,6 +150,7 @@ export class VerifyPolicyRunner {
       } catch (error) {
         throw fromDeviceError(error, 'verify policy not set: it could not be saved, so nothing changed');
       }
+      this.pacing?.setPolicyRate(next.rate_mib_per_sec * mibBytes);
       this.send({ type: 'policy.set', policy: next });
       log('info', 'verify policy set', { ...next });
     });
@@ -155,11 +170,13 @@ export class VerifyPolicyRunner {
   }
 
   /** Finds the due snapshots, oldest verification first (one pass over the records). */
-  private scanDue(policy: VerifyPolicy): void {
+  private scanDue(policy: VerifyPolicy, backingOff: Readonly<Record<string, VerifyBackoff>>): void {
     const nowMs = this.runtime.nowMs();
     const due: Array<{ id: string; lastMs: number }> = [];
     for (const { lvol } of this.registry.allLvols()) {
       if (!hasChecksums(lvol) || this.running.has(lvol.id) || this.registered.has(lvol.id)) continue;
+      // Its last verifies failed on read errors: not before its back-off ends.
+      if ((backingOff[lvol.id]?.retryAtMs ?? nowMs) > nowMs) continue;
       if (dueAtMs(lvol, policy) <= nowMs) due.push({ id: lvol.id, lastMs: lastVerifiedMs(lvol) });
     }
     due.sort((a, b) => a.lastMs - b.lastMs);
@@ -193,15 +210,21 @@ export class VerifyPolicyRunner {
     const resume = status.state === 'aborted' && status.mode === 'verify' && status.resumable && (lvol.savedProgress?.targets ?? null) === null;
     this.running.add(lvolId);
     this.startedCount++;
-    this.checksums
-      .verify(lvolId, false, resume)
-      .catch((error: unknown) => {
+    // Before the walk's first read: its reads are paced to the policy's cap.
+    this.pacing?.policyWalkStarted(lvolId);
+    this.checksums.verify(lvolId, false, resume).then(
+      () => this.ended(lvolId, 'done'),
+      (error: unknown) => {
         if (!(error instanceof Error && 'errno' in error && error.errno === 'EINTR')) log('warn', 'policy verify ended without a result', { lvol: lvolId, error: String(error) });
-      })
-      .finally(() => {
-        this.running.delete(lvolId);
-        this.send({ type: 'verify.ended', lvolId });
-      });
+        this.ended(lvolId, outcomeOf(error));
+      },
+    );
+  }
+
+  private ended(lvolId: string, outcome: VerifyOutcome): void {
+    this.running.delete(lvolId);
+    this.pacing?.policyWalkEnded(lvolId);
+    this.send({ type: 'verify.ended', lvolId, outcome, atMs: this.runtime.nowMs() });
   }
 
   /** A window closed (or the policy was disabled): every verify this runner started stops after its in-flight cluster. */
@@ -217,9 +240,23 @@ export class VerifyPolicyRunner {
   }
 
   /** Counts for node_get_stats: overdue = not verified within interval + jitter share + grace. */
-  async stats(): Promise<{ state: string; enabled: boolean; running: number; started_total: number; due: number; overdue: number; snapshots_with_checksums: number }> {
+  async stats(): Promise<{
+    state: string;
+    enabled: boolean;
+    running: number;
+    started_total: number;
+    due: number;
+    overdue: number;
+    snapshots_with_checksums: number;
+    backing_off: number;
+    next_retry_at: string | null;
+  }> {
     const policy = this.policy();
     const nowMs = this.runtime.nowMs();
+    // Snapshots whose verifies failed on read errors, waiting out their back-off (the machine's context).
+    const retries = Object.values(this.actor.getSnapshot().context.backingOff)
+      .map((backoff) => backoff.retryAtMs)
+      .filter((retryAtMs) => retryAtMs > nowMs);
     let due = 0;
     let overdue = 0;
     let snapshots = 0;
@@ -238,6 +275,8 @@ export class VerifyPolicyRunner {
       due: policy.enabled ? due : 0,
       overdue: policy.enabled ? overdue : 0,
       snapshots_with_checksums: snapshots,
+      backing_off: retries.length,
+      next_retry_at: retries.length > 0 ? new Date(Math.min(...retries)).toISOString() : null,
     };
   }
 

@@ -10,6 +10,10 @@
 // wait (an array copied per event cost O(n): 16,000 waiting walks took seconds to admit and to
 // release), and every snapshot keeps the queue it had. `running` stays an array: it holds at most
 // the highest cap ever set (checksumConcurrencyMax), not the waiting walks.
+//
+// The verification policy's own rate cap (issue 21) is here too, where the inspector shows it: the
+// walks the policy started (`policyWalks`) are paced to `policyRateBytesPerSec` together, on top of
+// the node-wide cap; a client's verify and checksum registrations are not.
 import { assertEvent, assign, not, setup } from 'xstate';
 import { WalkQueue } from './walkQueue.ts';
 
@@ -29,12 +33,19 @@ export interface SchedulerContext extends SchedulerOptions {
   readonly admitted: readonly string[];
   /** Every admission since start, for the stats. */
   readonly admissionCount: number;
+  /** The verification policy's cap on the reads of the verifies it started, bytes per second; 0: none of its own. */
+  readonly policyRateBytesPerSec: number;
+  /** Lvol ids whose running walk the policy started (at most verifyPolicyStartedMax). */
+  readonly policyWalks: readonly string[];
 }
 
 export type SchedulerEvent =
   | { type: 'walk.request'; lvolId: string }
   | { type: 'walk.release'; lvolId: string }
-  | { type: 'options.set'; maxConcurrent: number; rateBytesPerSec: number };
+  | { type: 'options.set'; maxConcurrent: number; rateBytesPerSec: number }
+  | { type: 'policy.set_rate'; rateBytesPerSec: number }
+  | { type: 'policy.add_walk'; lvolId: string }
+  | { type: 'policy.remove_walk'; lvolId: string };
 
 const noneAdmitted: readonly string[] = Object.freeze([]);
 
@@ -61,6 +72,18 @@ export const schedulerMachine = setup({
       assertEvent(event, 'options.set');
       return { maxConcurrent: event.maxConcurrent, rateBytesPerSec: event.rateBytesPerSec };
     }),
+    setPolicyRate: assign(({ event }) => {
+      assertEvent(event, 'policy.set_rate');
+      return { policyRateBytesPerSec: event.rateBytesPerSec };
+    }),
+    addPolicyWalk: assign(({ context, event }) => {
+      assertEvent(event, 'policy.add_walk');
+      return context.policyWalks.includes(event.lvolId) ? {} : { policyWalks: [...context.policyWalks, event.lvolId] };
+    }),
+    removePolicyWalk: assign(({ context, event }) => {
+      assertEvent(event, 'policy.remove_walk');
+      return { policyWalks: context.policyWalks.filter((id) => id !== event.lvolId) };
+    }),
     // Fills free slots from the head of the queue. Lowering the cap never stops a running walk:
     // the excess finishes, and nobody is admitted until the count is below the new cap.
     admit: assign(({ context }) => {
@@ -84,12 +107,15 @@ export const schedulerMachine = setup({
   },
 }).createMachine({
   id: 'scheduler',
-  context: ({ input }) => ({ ...input, queue: WalkQueue.empty, running: [], admitted: noneAdmitted, admissionCount: 0 }),
+  context: ({ input }) => ({ ...input, queue: WalkQueue.empty, running: [], admitted: noneAdmitted, admissionCount: 0, policyRateBytesPerSec: 0, policyWalks: [] }),
   initial: 'idle',
   on: {
     'walk.request': { actions: ['enqueue', 'admit', 'announceAdmitted'] },
     'walk.release': { actions: ['release', 'admit', 'announceAdmitted'] },
     'options.set': { actions: ['setOptions', 'admit', 'announceAdmitted'] },
+    'policy.set_rate': { actions: 'setPolicyRate' },
+    'policy.add_walk': { actions: 'addPolicyWalk' },
+    'policy.remove_walk': { actions: 'removePolicyWalk' },
   },
   states: {
     idle: {

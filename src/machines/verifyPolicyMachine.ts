@@ -7,7 +7,7 @@
 // a simulated clock, and the inspector shows each change. Windows are in UTC: a node's schedule
 // does not move with its host's time zone or daylight saving time.
 import { assertEvent, assign, setup } from 'xstate';
-import { verifyPolicyDelayMsMax, verifyPolicyRescanMs } from '../constants.ts';
+import { verifyBackoffMsMin, verifyPolicyDelayMsMax, verifyPolicyRescanMs } from '../constants.ts';
 
 /** Hours [start_hour, end_hour) UTC on the given weekdays (0 = Sunday … 6 = Saturday). */
 export interface VerifyWindow {
@@ -28,6 +28,12 @@ export interface VerifyPolicy {
   /** Empty: always open. */
   readonly windows: readonly VerifyWindow[];
   readonly verify_after_register: boolean;
+  /**
+   * The policy's own cap on the reads of the verifies it starts, MiB per second (the scheduler
+   * paces them, on top of checksum_rate_mib_per_sec); 0: none of its own. Client verifies and
+   * checksum registrations are not held to it.
+   */
+  readonly rate_mib_per_sec: number;
 }
 
 export function defaultVerifyPolicy(): VerifyPolicy {
@@ -38,6 +44,7 @@ export function defaultVerifyPolicy(): VerifyPolicy {
     grace_sec: 7 * 24 * 3600,
     windows: [],
     verify_after_register: false,
+    rate_mib_per_sec: 0,
   };
 }
 
@@ -68,14 +75,52 @@ export function msUntilWindowChange(windows: readonly VerifyWindow[], atMs: numb
   return Number.POSITIVE_INFINITY;
 }
 
+/** A snapshot whose policy verifies failed on read errors: not started again before `retryAtMs`. */
+export interface VerifyBackoff {
+  readonly failures: number;
+  readonly retryAtMs: number;
+}
+
 export interface VerifyPolicyContext {
   readonly policy: VerifyPolicy;
+  /** By lvol id: snapshots backing off after verifies that failed on read errors (issue 21). */
+  readonly backingOff: Readonly<Record<string, VerifyBackoff>>;
 }
+
+/**
+ * How a verify the policy started ended: `done` (a result was recorded, clean or corrupt),
+ * `readError` (the walk failed on a device read), or `other` (stopped, preempted, gone).
+ */
+export type VerifyOutcome = 'done' | 'readError' | 'other';
 
 export type VerifyPolicyEvent =
   | { type: 'policy.set'; policy: VerifyPolicy }
-  | { type: 'verify.ended'; lvolId: string }
+  | { type: 'verify.ended'; lvolId: string; outcome: VerifyOutcome; atMs: number }
   | { type: 'checksum.registered'; lvolId: string };
+
+/**
+ * The wait before snapshot retries after its `failures`-th failed verify in a row: one minute,
+ * doubling, at most the policy's interval (a snapshot is never retried later than it would have
+ * been verified anyway).
+ */
+export function backoffMs(failures: number, intervalSec: number): number {
+  const capMs = Math.max(verifyBackoffMsMin, intervalSec * 1000);
+  return Math.min(capMs, verifyBackoffMsMin * 2 ** Math.min(failures - 1, 40));
+}
+
+/** The back-off after a verify ended: a read error backs off (longer each time in a row), a result clears it. */
+export function nextBackoff(
+  backingOff: Readonly<Record<string, VerifyBackoff>>,
+  ended: { lvolId: string; outcome: VerifyOutcome; atMs: number },
+  intervalSec: number,
+): Readonly<Record<string, VerifyBackoff>> {
+  const { lvolId, outcome, atMs } = ended;
+  const { [lvolId]: previous, ...rest } = backingOff;
+  if (outcome === 'done') return previous === undefined ? backingOff : rest;
+  if (outcome !== 'readError') return backingOff;
+  const failures = (previous?.failures ?? 0) + 1;
+  return { ...rest, [lvolId]: { failures, retryAtMs: atMs + backoffMs(failures, intervalSec) } };
+}
 
 export const verifyPolicyMachine = setup({
   types: {
@@ -87,6 +132,10 @@ export const verifyPolicyMachine = setup({
     setPolicy: assign(({ event }) => {
       assertEvent(event, 'policy.set');
       return { policy: event.policy };
+    }),
+    noteOutcome: assign(({ context, event }) => {
+      assertEvent(event, 'verify.ended');
+      return { backingOff: nextBackoff(context.backingOff, event, context.policy.interval_sec) };
     }),
     // Provided by the actor layer (src/actors/verifyPolicy.ts), which holds the lvol actors.
     scanDue: () => {},
@@ -106,11 +155,13 @@ export const verifyPolicyMachine = setup({
   },
 }).createMachine({
   id: 'verifyPolicy',
-  context: ({ input }) => ({ policy: input.policy }),
+  context: ({ input }) => ({ policy: input.policy, backingOff: {} }),
   initial: 'checking',
   on: {
     'policy.set': { target: '.checking', actions: 'setPolicy' },
     'checksum.registered': { actions: 'rememberRegistered' },
+    // A verify that ends outside a window (a failure as it closed) still counts for its back-off.
+    'verify.ended': { actions: 'noteOutcome' },
   },
   states: {
     checking: {
@@ -134,7 +185,7 @@ export const verifyPolicyMachine = setup({
     inWindow: {
       entry: ['scanDue', 'startDue'],
       on: {
-        'verify.ended': { actions: 'startDue' },
+        'verify.ended': { actions: ['noteOutcome', 'startDue'] },
         'checksum.registered': { actions: ['rememberRegistered', 'startDue'] },
       },
       after: {

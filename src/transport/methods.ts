@@ -703,7 +703,7 @@ export function createMethodTable(node: StorageNode, transport?: TransportStats)
   });
   table.node_set_verify_policy = defineMethod({
     description:
-      'lvnode’s own: set the verification policy (each field optional, the rest kept): snapshots with stored checksums are verified every interval_sec (+ a per-snapshot share of jitter_sec), only inside windows (UTC hours on weekdays; empty = always), oldest verification first; a window’s end stops the running ones, which resume in the next window. Saved in the data directory before it takes effect; -28 if it cannot be saved (nothing changes).',
+      'lvnode’s own: set the verification policy (each field optional, the rest kept): snapshots with stored checksums are verified every interval_sec (+ a per-snapshot share of jitter_sec), only inside windows (UTC hours on weekdays; empty = always), oldest verification first; a window’s end stops the running ones, which resume in the next window. rate_mib_per_sec caps the reads of the verifies the policy starts (0: only the node-wide checksum_rate_mib_per_sec; client verifies and registrations are not held to it). A snapshot whose policy verify failed on a read error is retried after 1 min, doubling up to interval_sec (node_get_stats verify_policy.backing_off). Saved in the data directory before it takes effect; -28 if it cannot be saved (nothing changes).',
     priority: 'foreground',
     params: z.strictObject({
       enabled: z.boolean().optional(),
@@ -712,6 +712,7 @@ export function createMethodTable(node: StorageNode, transport?: TransportStats)
       grace_sec: z.number().int().optional(),
       windows: z.array(verifyWindow).optional(),
       verify_after_register: z.boolean().optional(),
+      rate_mib_per_sec: z.number().optional(),
     }),
     result: ok,
     handler: async (p) => {

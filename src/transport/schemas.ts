@@ -1,6 +1,6 @@
 // Zod schemas that several method groups share (src/transport/methods.ts, observeMethods.ts).
 import { z } from 'zod';
-import { nameLengthMax, verifyIntervalSecMax, verifyIntervalSecMin, verifyWindowsMax } from '../constants.ts';
+import { checksumRateMibPerSecMax, nameLengthMax, verifyIntervalSecMax, verifyIntervalSecMin, verifyWindowsMax } from '../constants.ts';
 import { u64 } from './json64.ts';
 
 /** An existing object's name: a bdev, an lvstore, `lvs/lvol` or a UUID. */
@@ -77,5 +77,10 @@ export const verifyPolicy = z
     grace_sec: z.number().int().min(0).max(verifyIntervalSecMax),
     windows: z.array(verifyWindow).max(verifyWindowsMax).describe('empty: always open; times are UTC'),
     verify_after_register: z.boolean(),
+    rate_mib_per_sec: z
+      .number()
+      .min(0)
+      .max(checksumRateMibPerSecMax)
+      .describe('cap on the reads of the verifies the policy starts (on top of checksum_rate_mib_per_sec); 0: none of its own'),
   })
   .refine((policy) => policy.jitter_sec <= policy.interval_sec, { message: 'jitter_sec must not exceed interval_sec', path: ['jitter_sec'] });

@@ -7,6 +7,7 @@ import { StorageNode } from '../../src/actors/node.ts';
 import { dueAtMs, jitterMsOf } from '../../src/actors/verifyPolicy.ts';
 import type { BlockDevice } from '../../src/device/blockDevice.ts';
 import { MemoryDevice } from '../../src/device/memoryDevice.ts';
+import { SimulatedDevice } from '../../src/device/simulatedDevice.ts';
 import { type VerifyPolicy, defaultVerifyPolicy } from '../../src/machines/verifyPolicyMachine.ts';
 import { createMethodTable } from '../../src/transport/methods.ts';
 import { RpcFrameworkError } from '../../src/transport/errorMapping.ts';
@@ -63,7 +64,7 @@ async function until(condition: () => boolean): Promise<void> {
   }
 }
 
-async function policyNode(policy: Partial<VerifyPolicy>, snapshots: number, options: { saved?: VerifyPolicy[]; failSave?: boolean } = {}) {
+async function policyNode(policy: Partial<VerifyPolicy>, snapshots: number, options: { saved?: VerifyPolicy[]; failSave?: boolean; device?: BlockDevice } = {}) {
   const clock = new SimulatedClock();
   clock.set(mondayMs);
   let ids = 0;
@@ -81,7 +82,7 @@ async function policyNode(policy: Partial<VerifyPolicy>, snapshots: number, opti
   });
   nodes.push(node);
   const device = new GatedDevice();
-  await node.attachBaseDevice('m0', device);
+  await node.attachBaseDevice('m0', options.device ?? device);
   await node.lvstores.create({ bdevName: 'm0', lvsName: 'lvs', clusterBytes, clearMethod: 'none' });
   for (let index = 0; index < snapshots; index++) {
     await node.createLvol({ selector: { lvs_name: 'lvs' }, name: `vol${index}`, sizeMib: 1, thin: true });
@@ -225,6 +226,126 @@ describe('verification policy actor', () => {
     const table = createMethodTable(node);
     const view = (await table.node_get_stats!.handler({}, { id: 0, notify: () => false, onClose: () => {} })) as { verify_policy: { overdue: number } };
     expect(view.verify_policy.overdue).toBe(1);
+  });
+
+  it('paces the reads of the verifies it starts to rate_mib_per_sec, all of them together, on the simulated clock', async () => {
+    // Goal: the policy's own cap holds over an interval of simulated time to within one cluster,
+    // across three verifies admitted at once; and it does not stall them (they read about the cap).
+    const { node, clock, device } = await policyNode({ enabled: false, interval_sec: day, jitter_sec: 0 }, 3);
+    clock.increment(day * 1000 + 1); // every snapshot is due
+    const rateMib = 0.5; // 8 clusters of 64 KiB a second
+    const readsBefore = device.clusterReads;
+    await node.verifyPolicy.setPolicy({ ...node.verifyPolicy.policy(), enabled: true, rate_mib_per_sec: rateMib });
+    expect(node.scheduler.actor.getSnapshot().context).toMatchObject({ policyRateBytesPerSec: rateMib * 1024 * 1024 });
+    const startMs = clock.now();
+    const stepMs = 25;
+    const readBytesAt = new Map<number, number>();
+    for (let elapsedMs = 0; elapsedMs <= 2000; elapsedMs += stepMs) {
+      for (let turn = 0; turn < 60; turn++) await new Promise((resolve) => setImmediate(resolve));
+      readBytesAt.set(elapsedMs, (device.clusterReads - readsBefore) * clusterBytes);
+      clock.increment(stepMs);
+    }
+    expect(clock.now() - startMs).toBeGreaterThan(2000);
+    expect(node.scheduler.actor.getSnapshot().context.policyWalks.length).toBe(3);
+    const capBytesPerMs = (rateMib * 1024 * 1024) / 1000;
+    for (const [fromMs, fromBytes] of readBytesAt) {
+      for (const [toMs, toBytes] of readBytesAt) {
+        if (toMs <= fromMs) continue;
+        expect(toBytes - fromBytes, `${fromMs}..${toMs} ms`).toBeLessThanOrEqual((toMs - fromMs) * capBytesPerMs + clusterBytes);
+      }
+    }
+    // Not starved either: over the two seconds it read what the cap allows, within a cluster either side.
+    expect(readBytesAt.get(2000)!).toBeGreaterThanOrEqual(2000 * capBytesPerMs - clusterBytes);
+    expect(node.scheduler.stats().policy_reads_paced).toBeGreaterThan(0);
+  });
+
+  it('does not pace a client verify or a registration to the policy cap', async () => {
+    // Goal: only the walks the policy started are held to its cap; with the simulated clock
+    // standing still, a paced walk could not get past its first wait.
+    const { node } = await policyNode({ enabled: false, rate_mib_per_sec: 0.001 }, 1);
+    await node.verifyPolicy.setPolicy({ ...node.verifyPolicy.policy(), enabled: true, interval_sec: day });
+    const verify = node.checksums.verify('lvs/snap0', false, false);
+    await until(() => result(node, 'lvs/snap0') === 'clean');
+    await verify;
+    await node.checksums.register('lvs/snap0', 'range', false);
+    expect(node.scheduler.stats().policy_reads_paced).toBe(0);
+  });
+
+  it('backs off a snapshot whose policy verifies fail on read errors: 1 min doubling to the interval, reset by a result', async () => {
+    // Goal: a snapshot on a failing device is not retried at every re-scan. Every cluster read
+    // fails while `failing` (the simulated device's read fault, re-armed at each read); the times
+    // of the attempts follow 60, 120, 240 s, then the interval (300 s); a success clears it.
+    const device = new SimulatedDevice(32 * 1024 * 1024, 512);
+    let failing = false;
+    device.onIoStart = (kind, _offsetBytes, lengthBytes) => {
+      if (failing && kind === 'read' && lengthBytes === clusterBytes) device.setFaults({ failReadAt: 1 });
+    };
+    const { node, clock } = await policyNode({ enabled: false, interval_sec: 300, jitter_sec: 0 }, 1, { device });
+    const attemptsAtMs: number[] = [];
+    node.events.on('event', (event) => {
+      if (event.type === 'checksum_state' && event.mode === 'verify' && event.state === 'failed' && event.previous !== 'failed') attemptsAtMs.push(clock.now());
+    });
+    clock.increment(300_000 + 1); // due
+    failing = true;
+    const startMs = clock.now();
+    await node.verifyPolicy.setPolicy({ ...node.verifyPolicy.policy(), enabled: true });
+    const settle = async () => {
+      for (let turn = 0; turn < 100; turn++) await new Promise((resolve) => setImmediate(resolve));
+    };
+    await settle();
+    expect(attemptsAtMs).toEqual([startMs]);
+    const context = () => node.verifyPolicy.actor.getSnapshot().context;
+    const id = node.resolveLvol('lvs/snap0').lvol.id;
+    expect(context().backingOff[id]).toEqual({ failures: 1, retryAtMs: startMs + 60_000 });
+    expect(await node.verifyPolicy.stats()).toMatchObject({ backing_off: 1, next_retry_at: new Date(startMs + 60_000).toISOString() });
+    // Twenty minutes in 10 s steps: the re-scans every minute start only the snapshots whose back-off ended.
+    for (let elapsedMs = 10_000; elapsedMs <= 20 * 60_000; elapsedMs += 10_000) {
+      clock.increment(10_000);
+      await settle();
+    }
+    const offsetsSec = attemptsAtMs.map((atMs) => (atMs - startMs) / 1000);
+    expect(offsetsSec).toEqual([0, 60, 180, 420, 720, 1020]);
+    expect(context().backingOff[id]).toMatchObject({ failures: 6 });
+    // The device heals: the next attempt records a result and the back-off is gone.
+    failing = false;
+    device.setFaults({});
+    clock.increment(300_000);
+    await until(() => result(node, 'lvs/snap0') === 'clean');
+    await settle();
+    expect(context().backingOff[id]).toBeUndefined();
+    expect(await node.verifyPolicy.stats()).toMatchObject({ backing_off: 0, next_retry_at: null });
+  });
+
+  it('refuses a bad rate_mib_per_sec with -32602, changing nothing in memory or in the saved file; a good one is saved and shown', async () => {
+    const saved: VerifyPolicy[] = [];
+    const { node } = await policyNode({}, 0, { saved });
+    const table = createMethodTable(node);
+    const set = table.node_set_verify_policy!;
+    const get = table.node_get_verify_policy!;
+    const connection = { id: 0, notify: () => false, onClose: () => {} };
+    const before = node.verifyPolicy.policy();
+    // Not numbers: refused as the params are read (-32602 at the transport).
+    expect(set.params.safeParse({ rate_mib_per_sec: 'fast' }).success).toBe(false);
+    expect(set.params.safeParse({ rate_mib_per_sec: Number.NaN }).success).toBe(false);
+    for (const params of [{ rate_mib_per_sec: -1 }, { rate_mib_per_sec: 2_000_000 }]) {
+      const error = await Promise.resolve()
+        .then(() => set.handler(set.params.parse(params), connection))
+        .catch((caught: unknown) => caught);
+      expect(error, JSON.stringify(params)).toBeInstanceOf(RpcFrameworkError);
+      expect((error as RpcFrameworkError).code).toBe(-32602);
+    }
+    expect(node.verifyPolicy.policy()).toEqual(before);
+    expect(saved).toEqual([]);
+    expect(node.scheduler.actor.getSnapshot().context.policyRateBytesPerSec).toBe(0);
+    await set.handler(set.params.parse({ rate_mib_per_sec: 2.5 }), connection);
+    expect(saved.at(-1)).toMatchObject({ rate_mib_per_sec: 2.5 });
+    expect(get.result.parse(await get.handler({}, connection))).toMatchObject({ rate_mib_per_sec: 2.5 });
+    expect(node.scheduler.actor.getSnapshot().context.policyRateBytesPerSec).toBe(2.5 * 1024 * 1024);
+    // A file saved before the cap existed reads as no cap of its own.
+    const dir = await mkdtemp(join(tmpdir(), 'lvnode-verify-policy-'));
+    const { rate_mib_per_sec: _dropped, ...older } = saved.at(-1)!;
+    await writeFileAtomically(join(dir, 'old.json'), JSON.stringify(older));
+    expect(await readVerifyPolicy(join(dir, 'old.json'))).toMatchObject({ rate_mib_per_sec: 0 });
   });
 
   it('refuses bad policy input with -32602 and changes nothing', async () => {

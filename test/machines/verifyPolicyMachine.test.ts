@@ -1,7 +1,7 @@
 // Goal: the policy machine's transitions (disabled, inside and outside a window) and the window arithmetic, pure.
 import { describe, expect, it } from 'vitest';
 import { initialTransition, transition } from 'xstate';
-import { defaultVerifyPolicy, msUntilWindowChange, verifyPolicyMachine, windowOpenAt } from '../../src/machines/verifyPolicyMachine.ts';
+import { backoffMs, defaultVerifyPolicy, msUntilWindowChange, verifyPolicyMachine, windowOpenAt } from '../../src/machines/verifyPolicyMachine.ts';
 
 // 2024-01-01 was a Monday (day 1).
 const mondayMidnightUtc = Date.UTC(2024, 0, 1);
@@ -48,12 +48,12 @@ describe('verify policy machine', () => {
     expect(state.hasTag('noVerifyReads')).toBe(true);
     expect(actionTypes(actions)).toContain('stopRunning');
     expect(actionTypes(actions)).not.toContain('startDue');
-    const [, ended] = transition(closed, state, { type: 'verify.ended', lvolId: 'a' });
+    const [, ended] = transition(closed, state, { type: 'verify.ended', lvolId: 'a', outcome: 'other', atMs: 0 });
     expect(actionTypes(ended)).not.toContain('startDue');
   });
   it('starts the next one when a verify ends inside a window, and a first registration at once', () => {
     const [state] = initialTransition(open, { policy: enabled });
-    const [, ended] = transition(open, state, { type: 'verify.ended', lvolId: 'a' });
+    const [, ended] = transition(open, state, { type: 'verify.ended', lvolId: 'a', outcome: 'other', atMs: 0 });
     expect(actionTypes(ended)).toEqual(['startDue']);
     const [, registered] = transition(open, state, { type: 'checksum.registered', lvolId: 'a' });
     expect(actionTypes(registered)).toEqual(['rememberRegistered', 'startDue']);
@@ -63,5 +63,35 @@ describe('verify policy machine', () => {
     const [next, actions] = transition(open, state, { type: 'policy.set', policy: defaultVerifyPolicy() });
     expect(next.value).toBe('disabled');
     expect(actionTypes(actions)).toContain('stopRunning');
+  });
+});
+
+describe('verify policy back-off (read errors)', () => {
+  // The oracle: the issue's rule written out, 1 min doubling, never past the interval.
+  const expectedMs = (failures: number, intervalSec: number) => Math.min(intervalSec * 1000, 60_000 * 2 ** (failures - 1));
+  it('waits 1 min after a first failure, doubling each failure in a row, at most the interval', () => {
+    for (const intervalSec of [60, 300, 7 * 24 * 3600]) {
+      for (let failures = 1; failures <= 30; failures++) expect(backoffMs(failures, intervalSec), `${failures} @ ${intervalSec}`).toBe(expectedMs(failures, intervalSec));
+    }
+    expect(backoffMs(10_000, 7 * 24 * 3600)).toBe(7 * 24 * 3600 * 1000);
+  });
+
+  it('keeps the back-off in the machine context: a read error sets it, a stop leaves it, a result clears it, also outside a window', () => {
+    const open = verifyPolicyMachine.provide({ guards: { windowOpen: () => true } });
+    const closed = verifyPolicyMachine.provide({ guards: { windowOpen: () => false } });
+    const policy = { ...defaultVerifyPolicy(), enabled: true, interval_sec: 300 };
+    const [state] = initialTransition(open, { policy });
+    const [once] = transition(open, state, { type: 'verify.ended', lvolId: 'a', outcome: 'readError', atMs: 1000 });
+    expect(once.context.backingOff).toEqual({ a: { failures: 1, retryAtMs: 61_000 } });
+    const [twice] = transition(open, once, { type: 'verify.ended', lvolId: 'a', outcome: 'readError', atMs: 70_000 });
+    expect(twice.context.backingOff).toEqual({ a: { failures: 2, retryAtMs: 190_000 } });
+    const [stopped] = transition(open, twice, { type: 'verify.ended', lvolId: 'a', outcome: 'other', atMs: 80_000 });
+    expect(stopped.context.backingOff).toEqual(twice.context.backingOff);
+    const [healed] = transition(open, twice, { type: 'verify.ended', lvolId: 'a', outcome: 'done', atMs: 90_000 });
+    expect(healed.context.backingOff).toEqual({});
+    const [outside] = initialTransition(closed, { policy });
+    expect(outside.value).toBe('outsideWindow');
+    const [failedOutside] = transition(closed, outside, { type: 'verify.ended', lvolId: 'b', outcome: 'readError', atMs: 0 });
+    expect(failedOutside.context.backingOff).toEqual({ b: { failures: 1, retryAtMs: 60_000 } });
   });
 });

@@ -64,7 +64,7 @@ export async function listingCost(): Promise<void> {
   ] as const) {
     const heapBefore = heapBytes();
     await node.createLvol({ selector: { lvs_name: 'lvs' }, name, sizeMib, thin: true });
-    for (const clusterIndex of clusters) await node.writeLvol(`lvs/${name}`, clusterIndex * clusterBytes, Buffer.alloc(4096, 0xab));
+    for (const clusterIndex of clusters) await node.bdev(`lvs/${name}`).write(clusterIndex * clusterBytes, Buffer.alloc(4096, 0xab));
     memory[name] = heapBytes() - heapBefore;
   }
   await node.deleteLvol('lvs/warmup');

@@ -58,7 +58,7 @@ async function writeRound(running: RunningNode, lvolName: string, clusterCount: 
   const cluster = Buffer.alloc(benchClusterBytes);
   for (let written = 0; written < count; written++) {
     const clusterIndex = (written * Math.floor(clusterCount / count) + round) % clusterCount;
-    await running.node.writeLvol(lvolName, clusterIndex * benchClusterBytes, randomFillSync(cluster));
+    await running.node.bdev(lvolName).write(clusterIndex * benchClusterBytes, randomFillSync(cluster));
   }
 }
 

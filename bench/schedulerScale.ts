@@ -167,7 +167,7 @@ async function fillStore(node: StorageNode, count: number): Promise<string[]> {
     Array.from({ length: 16 }, async () => {
       for (let index = next++; index < count; index = next++) {
         await node.createLvol({ selector: { lvs_name: 'lvs' }, name: `v${index}`, sizeMib: 1, thin: true });
-        await node.writeLvol(`lvs/v${index}`, 0, cluster);
+        await node.bdev(`lvs/v${index}`).write(0, cluster);
         ids[index] = await node.snapshot(`lvs/v${index}`, `s${index}`, {});
       }
     }),

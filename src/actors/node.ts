@@ -348,38 +348,6 @@ export class StorageNode {
     return out;
   }
 
-  // ---- data path (to be replaced by node.bdev(name)) ----
-
-  async readLvol(name: string, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
-    const target = Buffer.allocUnsafe(lengthBytes);
-    await this.lvolBdev(name).readInto(offsetBytes, target);
-    return target;
-  }
-
-  readLvolInto(name: string, offsetBytes: number, target: Buffer): Promise<void> {
-    return this.lvolBdev(name).readInto(offsetBytes, target);
-  }
-
-  writeLvol(name: string, offsetBytes: number, data: Uint8Array): Promise<void> {
-    return this.lvolBdev(name).write(offsetBytes, data);
-  }
-
-  writeZeroesLvol(name: string, offsetBytes: number, lengthBytes: number): Promise<void> {
-    return this.lvolBdev(name).writeZeroes(offsetBytes, lengthBytes);
-  }
-
-  unmapLvol(name: string, offsetBytes: number, lengthBytes: number): Promise<void> {
-    return this.lvolBdev(name).unmap(offsetBytes, lengthBytes);
-  }
-
-  lvolExtents(name: string, offsetBytes: number, lengthBytes: number, maxExtents = 1024): Array<{ offsetBytes: number; lengthBytes: number; allocated: boolean }> {
-    return this.lvolBdev(name).extents(offsetBytes, lengthBytes, maxExtents);
-  }
-
-  flushLvol(name: string): Promise<void> {
-    return this.lvolBdev(name).flush();
-  }
-
   resolveLvol(name: string): ResolvedLvol {
     return this.registry.lvol(name);
   }

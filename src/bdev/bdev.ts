@@ -61,3 +61,10 @@ export function isHole(bdev: Bdev, offsetBytes: number, lengthBytes: number): bo
   const [first] = bdev.extents(offsetBytes, lengthBytes, 1);
   return first !== undefined && !first.allocated && first.lengthBytes === lengthBytes;
 }
+
+/** Reads into a fresh buffer (tests, RPCs); the data path reuses its buffers with `readInto`. */
+export async function readBdev(bdev: Bdev, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+  const target = Buffer.allocUnsafe(lengthBytes);
+  await bdev.readInto(offsetBytes, target);
+  return target;
+}

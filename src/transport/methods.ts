@@ -21,6 +21,7 @@ import {
   xattrValueLengthMax,
 } from '../constants.ts';
 import type { StorageNode } from '../actors/node.ts';
+import { readBdev } from '../bdev/bdev.ts';
 import { StorageError } from '../errors.ts';
 import { fail } from '../errors.ts';
 import { PayloadBudgets } from './byteBudget.ts';
@@ -546,8 +547,9 @@ function dataMethods(node: StorageNode, payload: PayloadBudgets): Record<string,
         }
         return payload.run(connection, lengthBytes, async () => {
           const bytes = fill ? Buffer.alloc(lengthBytes, p.fill_byte) : Buffer.from(p.data!, 'base64');
-          await node.writeLvol(p.name, p.offset, bytes);
-          if (p.fua) await node.flushLvol(p.name);
+          const bdev = node.lvolBdev(p.name);
+          await bdev.write(p.offset, bytes);
+          if (p.fua) await bdev.flush();
           return true as const;
         });
       },
@@ -559,7 +561,7 @@ function dataMethods(node: StorageNode, payload: PayloadBudgets): Record<string,
       result: z.string(),
       handler: (p, connection) =>
         // The buffer and its base64 text are both alive until the reply is written.
-        payload.run(connection, Math.ceil((p.length * 7) / 3), async () => (await node.readLvol(p.name, p.offset, p.length)).toString('base64')),
+        payload.run(connection, Math.ceil((p.length * 7) / 3), async () => (await readBdev(node.lvolBdev(p.name), p.offset, p.length)).toString('base64')),
     }),
   };
 }

@@ -32,7 +32,7 @@ async function nodeWithSnapshots(count: number, options: { maxConcurrent?: numbe
     let crc = 0n;
     for (let cluster = 0; cluster < clustersPerSnapshot; cluster++) {
       const data = Buffer.alloc(clusterBytes, index * 16 + cluster + 1);
-      await node.writeLvol(`lvs/vol${index}`, cluster * clusterBytes, data);
+      await node.bdev(`lvs/vol${index}`).write(cluster * clusterBytes, data);
       crc = crc64Combine(crc, crc64(data), data.length);
     }
     await node.snapshot(`lvs/vol${index}`, `snap${index}`, {});
@@ -255,7 +255,7 @@ describe('background scheduler', () => {
     const names: string[] = [];
     for (let index = 0; index < count; index++) {
       await first.createLvol({ selector: { lvs_name: 'lvs' }, name: `vol${index}`, sizeMib: 1, thin: true });
-      await first.writeLvol(`lvs/vol${index}`, 0, Buffer.alloc(3 * 4096, index + 1));
+      await first.bdev(`lvs/vol${index}`).write(0, Buffer.alloc(3 * 4096, index + 1));
       await first.snapshot(`lvs/vol${index}`, `snap${index}`, {});
       names.push(`lvs/snap${index}`);
     }

@@ -86,7 +86,7 @@ async function policyNode(policy: Partial<VerifyPolicy>, snapshots: number, opti
   await node.lvstores.create({ bdevName: 'm0', lvsName: 'lvs', clusterBytes, clearMethod: 'none' });
   for (let index = 0; index < snapshots; index++) {
     await node.createLvol({ selector: { lvs_name: 'lvs' }, name: `vol${index}`, sizeMib: 1, thin: true });
-    for (let cluster = 0; cluster < clustersPerSnapshot; cluster++) await node.writeLvol(`lvs/vol${index}`, cluster * clusterBytes, Buffer.alloc(clusterBytes, index * 16 + cluster + 1));
+    for (let cluster = 0; cluster < clustersPerSnapshot; cluster++) await node.bdev(`lvs/vol${index}`).write(cluster * clusterBytes, Buffer.alloc(clusterBytes, index * 16 + cluster + 1));
     await node.snapshot(`lvs/vol${index}`, `snap${index}`, {});
     await node.checksums.register(`lvs/snap${index}`, 'range', false);
   }
@@ -200,7 +200,7 @@ describe('verification policy actor', () => {
   it('verifies right after a first registration when verify_after_register is set', async () => {
     const { node } = await policyNode({ enabled: true, interval_sec: day, jitter_sec: 0, verify_after_register: true }, 0);
     await node.createLvol({ selector: { lvs_name: 'lvs' }, name: 'v', sizeMib: 1, thin: true });
-    await node.writeLvol('lvs/v', 0, Buffer.alloc(clusterBytes, 7));
+    await node.bdev('lvs/v').write(0, Buffer.alloc(clusterBytes, 7));
     await node.snapshot('lvs/v', 's', {});
     await node.checksums.register('lvs/s', 'range', false);
     await until(() => result(node, 'lvs/s') === 'clean');

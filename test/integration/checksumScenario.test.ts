@@ -14,6 +14,7 @@ import type { InspectionRecord } from '../../src/actors/inspector.ts';
 import { nbdUri } from '../../src/transport/nbd/server.ts';
 import { type ChecksumStatusView, type TestNode, pollStatus, rpcError, startTestNode } from './helpers.ts';
 import { nbdClientsSkipReason, runToolOk } from './nbdTools.ts';
+import { readBdev } from '../../src/bdev/bdev.ts';
 
 const mib = 1024 * 1024;
 const lvolMib = 256;
@@ -44,7 +45,7 @@ async function freshSnapshot(lvolName: string, snapshotName: string): Promise<st
     await a.call('nbd_stop_export', { export_name: lvolName });
   } else {
     for (let index = 0; index < written.length; index++) {
-      await node.running.node.writeLvol(`lvs0/${lvolName}`, index * clusterBytes, written[index]!);
+      await node.running.node.bdev(`lvs0/${lvolName}`).write(index * clusterBytes, written[index]!);
     }
   }
   await a.call('bdev_lvol_snapshot', { lvol_name: `lvs0/${lvolName}`, snapshot_name: snapshotName });
@@ -134,9 +135,9 @@ describe('checksum scenario over WebSocket (SPEC §6.9)', () => {
     expect((error as { data: { reason: string } }).data.reason).toBe('preempted by bdev_lvol_delete');
     expect(await rpcError(b.call('bdev_lvol_get_snapshot_checksum', { name }))).toMatchObject({ code: -19, message: 'No such device' });
     // The snapshot merged into its only clone: the lvol still reads the written bytes.
-    const head = await node.running.node.readLvol('lvs0/vol-del', 0, 4096);
+    const head = await readBdev(node.running.node.bdev('lvs0/vol-del'), 0, 4096);
     expect(head.equals(written[0]!.subarray(0, 4096))).toBe(true);
-    const tail = await node.running.node.readLvol('lvs0/vol-del', (lvolMib * mib) - 4096, 4096);
+    const tail = await readBdev(node.running.node.bdev('lvs0/vol-del'), (lvolMib * mib) - 4096, 4096);
     expect(tail.equals(written.at(-1)!.subarray(clusterBytes - 4096))).toBe(true);
   });
 

@@ -10,6 +10,7 @@ import { seededRuntime } from '../../src/runtime.ts';
 import { createMethodTable } from '../../src/transport/methods.ts';
 import type { MethodTable } from '../../src/transport/methodTable.ts';
 import { call, errnoOf } from './tableCalls.ts';
+import { readBdev } from '../../src/bdev/bdev.ts';
 
 const clusterBytes = 64 * 1024;
 const nodes: StorageNode[] = [];
@@ -32,7 +33,7 @@ async function twoStores(): Promise<{ node: StorageNode; table: MethodTable }> {
 }
 
 async function fill(node: StorageNode, name: string, clusterIndex: number, byte: number): Promise<void> {
-  await node.writeLvol(name, clusterIndex * clusterBytes, Buffer.alloc(clusterBytes, byte));
+  await node.bdev(name).write(clusterIndex * clusterBytes, Buffer.alloc(clusterBytes, byte));
 }
 
 async function waitForCopy(table: MethodTable, kind: 'shallow' | 'deep', operationId: number): Promise<Record<string, unknown>> {
@@ -50,7 +51,7 @@ async function ownedCrcs(node: StorageNode, table: MethodTable, name: string, cl
   const out: bigint[] = [];
   for (let index = 0; index < clusters; index++) {
     const owned = (bits[index >> 3]! >> (index & 7)) & 1;
-    out.push(owned ? crc64(await node.readLvol(name, index * clusterBytes, clusterBytes)) : 0n);
+    out.push(owned ? crc64(await readBdev(node.bdev(name), index * clusterBytes, clusterBytes)) : 0n);
   }
   return out;
 }
@@ -71,7 +72,7 @@ describe('copies', () => {
     expect(events.filter((event) => event.type === 'copy_state').map((event) => event.machine_state)).toEqual(['queued', 'copying', 'done']);
     // Reported once after it ended, then forgotten, as SPDK.
     expect(await errnoOf(call(table, 'bdev_lvol_check_shallow_copy', { operation_id }))).toBe('ENODEV');
-    expect((await node.readLvol('B/dst', 0, 16 * clusterBytes)).equals(await node.readLvol('A/snap', 0, 16 * clusterBytes))).toBe(true);
+    expect((await readBdev(node.bdev('B/dst'), 0, 16 * clusterBytes)).equals(await readBdev(node.bdev('A/snap'), 0, 16 * clusterBytes))).toBe(true);
     expect(await ownedCrcs(node, table, 'B/dst', 16)).toEqual(await ownedCrcs(node, table, 'A/snap', 16));
   });
 
@@ -98,7 +99,7 @@ describe('copies', () => {
       clusters: differing,
     });
     expect(await waitForCopy(table, 'shallow', operation_id)).toMatchObject({ state: 'complete', copied_clusters: 2, unmapped_clusters: 1, total_clusters: 3 });
-    expect((await node.readLvol('B/dst', 0, 16 * clusterBytes)).equals(await node.readLvol('A/snap', 0, 16 * clusterBytes))).toBe(true);
+    expect((await readBdev(node.bdev('B/dst'), 0, 16 * clusterBytes)).equals(await readBdev(node.bdev('A/snap'), 0, 16 * clusterBytes))).toBe(true);
     expect(await ownedCrcs(node, table, 'B/dst', 16)).toEqual(source);
   });
 
@@ -115,7 +116,7 @@ describe('copies', () => {
     expect(await waitForCopy(table, 'deep', operation_id)).toMatchObject({ state: 'complete', processed_clusters: 16, total_clusters: 16 });
     const copied = Buffer.alloc(16 * clusterBytes);
     await node.registry.bdev('target').device.readInto(copied, 0);
-    expect(copied.equals(await node.readLvol('A/top', 0, 16 * clusterBytes))).toBe(true);
+    expect(copied.equals(await readBdev(node.bdev('A/top'), 0, 16 * clusterBytes))).toBe(true);
   });
 
   it('refuses bad ends clearly and changes nothing', async () => {
@@ -174,7 +175,7 @@ describe('copies', () => {
       if (status.state === 'done') break;
       await new Promise((resolve) => setTimeout(resolve, 5));
     }
-    const expected = crc64(await node.readLvol('A/snap', 0, 32 * clusterBytes));
+    const expected = crc64(await readBdev(node.bdev('A/snap'), 0, 32 * clusterBytes));
     expect(await call(table, 'bdev_lvol_get_snapshot_checksum', { name: 'A/snap' })).toEqual({ checksum: expected });
   });
 });

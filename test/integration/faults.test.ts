@@ -15,6 +15,7 @@ import { createMethodTable } from '../../src/transport/methods.ts';
 import type { MethodTable } from '../../src/transport/methodTable.ts';
 import { seededRandom } from '../seededRandom.ts';
 import { errnoOf } from './tableCalls.ts';
+import { readBdev } from '../../src/bdev/bdev.ts';
 
 const clusterBytes = 64 * 1024;
 const deviceBytes = 32 * 1024 * 1024;
@@ -56,7 +57,7 @@ async function visibleState(node: StorageNode, table: MethodTable): Promise<stri
   for (const lvol of [...lvols].sort((a, b) => String(a.alias).localeCompare(String(b.alias)))) {
     const alias = String(lvol.alias);
     const { lvol: record } = node.resolveLvol(alias);
-    const data = await node.readLvol(alias, 0, record.clusterMap.length * clusterBytes);
+    const data = await readBdev(node.bdev(alias), 0, record.clusterMap.length * clusterBytes);
     out[alias] = {
       ...lvol,
       xattrs: Object.fromEntries(record.xattrs),
@@ -270,7 +271,7 @@ describe('a store whose metadata write failed', () => {
     await expect(call(table, 'bdev_lvol_rename', { old_name: 'lvs/keep', new_name: 'other' })).rejects.toMatchObject({ errno: 'EIO' });
     expect(device.counts.writes).toBe(writesBefore);
     expect(await visibleState(node, table)).toBe(failed);
-    expect((await node.readLvol('lvs/keep', 0, 512)).every((byte) => byte === 0x5a)).toBe(true);
+    expect((await readBdev(node.bdev('lvs/keep'), 0, 512)).every((byte) => byte === 0x5a)).toBe(true);
     // A delete brings it back.
     await call(table, 'bdev_lvol_delete', { name: 'lvs/spare' });
     const [after] = (await call(table, 'bdev_lvol_get_lvstores', {})) as Array<Record<string, unknown>>;
@@ -325,7 +326,7 @@ describe('a thin lvol of 2^40 clusters (hostile finding 2)', () => {
     ({ node, table } = await startNode(persistent(device), 112));
     const reloaded = JSON.stringify(await call(table, 'bdev_lvol_get_lvols', {}), (_key, value: unknown) => (typeof value === 'bigint' ? String(value) : value));
     expect(reloaded).toBe(listing);
-    expect((await node.readLvol('lvs/huge', 2 ** 30 * clusterBytes, 4096)).every((byte) => byte === 0x11)).toBe(true);
+    expect((await readBdev(node.bdev('lvs/huge'), 2 ** 30 * clusterBytes, 4096)).every((byte) => byte === 0x11)).toBe(true);
     await call(table, 'bdev_lvol_delete', { name: 'lvs/huge' });
     await call(table, 'bdev_lvol_delete', { name: 'lvs/snap' });
     expect(await call(table, 'bdev_lvol_get_lvols', {})).toEqual([]);

@@ -11,6 +11,7 @@ import { FileDevice } from '../../src/device/fileDevice.ts';
 import type { MethodTable } from '../../src/transport/methodTable.ts';
 import { oneCrc, pattern as seededPattern } from './knownCrc.ts';
 import { call, errnoOf, nodeHarness } from './tableCalls.ts';
+import { readBdev } from '../../src/bdev/bdev.ts';
 
 const clusterBytes = 64 * 1024;
 const clusterCount = 16;
@@ -37,7 +38,7 @@ async function chain(): Promise<{ node: StorageNode; table: MethodTable; path: s
   await call(table, 'bdev_lvol_create_lvstore', { bdev_name: 'disk', lvs_name: 'lvs', cluster_sz: clusterBytes, clear_method: 'none' });
   await call(table, 'bdev_lvol_create', { lvs_name: 'lvs', lvol_name: 'vol', size_in_mib: (clusterCount * clusterBytes) / (1024 * 1024), thin_provision: true });
   const write = async (clusters: number[], seed: number) => {
-    for (const clusterIndex of clusters) await node.writeLvol('lvs/vol', clusterIndex * clusterBytes, pattern(seed * 100 + clusterIndex));
+    for (const clusterIndex of clusters) await node.bdev('lvs/vol').write(clusterIndex * clusterBytes, pattern(seed * 100 + clusterIndex));
   };
   await write([0, 1, 2, 3, 4, 5, 6, 7, 8, 9], 1);
   await call(table, 'bdev_lvol_snapshot', { lvol_name: 'lvs/vol', snapshot_name: 's1' });
@@ -52,7 +53,7 @@ async function expectedOf(node: StorageNode, name: string): Promise<{ checksum: 
   const owned: Buffer[] = [];
   const range: bigint[] = new Array<bigint>(clusterCount).fill(0n);
   for (const [clusterIndex] of node.resolveLvol(name).lvol.clusterMap.entries()) {
-    const bytes = await node.readLvol(name, clusterIndex * clusterBytes, clusterBytes);
+    const bytes = await readBdev(node.bdev(name), clusterIndex * clusterBytes, clusterBytes);
     owned.push(bytes);
     range[clusterIndex] = oneCrc(bytes);
   }

@@ -13,6 +13,7 @@ import { crc64 } from '../../src/checksum/crc64.ts';
 import { type NbdAddress, formatNbdAddress, nbdUri } from '../../src/transport/nbd/server.ts';
 import { type TestNode, rpcError, startTestNode } from './helpers.ts';
 import { InteractiveQemuIo, nbdClientsSkipReason, runTool, runToolOk } from './nbdTools.ts';
+import { readBdev } from '../../src/bdev/bdev.ts';
 
 const mib = 1024 * 1024;
 const skipReason = nbdClientsSkipReason();
@@ -71,8 +72,8 @@ describe.skipIf(skipReason !== undefined)('NBD with real clients', () => {
     expect(out).toContain('wrote 4194304/4194304 bytes at offset 0');
     expect(out).toContain('read 4194304/4194304 bytes at offset 0');
     expect(out).not.toMatch(/fail/i);
-    expect((await node.running.node.readLvol('lvs0/q', 0, 4 * mib)).equals(Buffer.alloc(4 * mib, 0xab))).toBe(true);
-    expect((await node.running.node.readLvol('lvs0/q', 8 * mib, 65536)).equals(Buffer.alloc(65536, 0x11))).toBe(true);
+    expect((await readBdev(node.running.node.bdev('lvs0/q'), 0, 4 * mib)).equals(Buffer.alloc(4 * mib, 0xab))).toBe(true);
+    expect((await readBdev(node.running.node.bdev('lvs0/q'), 8 * mib, 65536)).equals(Buffer.alloc(65536, 0x11))).toBe(true);
     const wrong = await runTool('qemu-io', ['-f', 'raw', uri('q'), '-c', 'read -P 0xcd 0 4k']);
     expect(wrong.stdout + wrong.stderr).toContain('Pattern verification failed');
   });
@@ -84,7 +85,7 @@ describe.skipIf(skipReason !== undefined)('NBD with real clients', () => {
     const outPath = join(dir, 'img-out.raw');
     await runToolOk('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', uri('img'), outPath]);
     expect((await readFile(outPath)).equals(source.data)).toBe(true);
-    expect((await node.running.node.readLvol('lvs0/img', 17 * mib, mib)).equals(source.data.subarray(17 * mib, 18 * mib))).toBe(true);
+    expect((await readBdev(node.running.node.bdev('lvs0/img'), 17 * mib, mib)).equals(source.data.subarray(17 * mib, 18 * mib))).toBe(true);
   });
 
   it('nbdinfo reports size, block sizes, multi-conn and the read-only flag of a snapshot', async () => {

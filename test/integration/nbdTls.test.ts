@@ -13,6 +13,7 @@ import { nbdUri } from '../../src/transport/nbd/server.ts';
 import { ConnectionFlood } from '../transport/nbdFlood.ts';
 import { type TestNode, startTestNode } from './helpers.ts';
 import { type PskKey, libnbdTlsUri, nbdClientsSkipReason, newPskKey, qemuTlsImage, qemuTlsObject, runTool, runToolOk, writePskFile } from './nbdTools.ts';
+import { readBdev } from '../../src/bdev/bdev.ts';
 
 const mib = 1024 * 1024;
 const skipReason = nbdClientsSkipReason();
@@ -67,7 +68,7 @@ describe.skipIf(skipReason !== undefined)('NBD over TLS-PSK with real clients', 
     const out = await runToolOk('qemu-io', [...qemu('vol'), '-c', 'write -P 0xa5 0 4M', '-c', 'read -P 0xa5 0 4M', '-c', 'flush']);
     expect(out).toContain('wrote 4194304/4194304 bytes at offset 0');
     expect(out).not.toMatch(/fail/i);
-    expect((await node.running.node.readLvol('lvs0/vol', 0, 4 * mib)).equals(Buffer.alloc(4 * mib, 0xa5))).toBe(true);
+    expect((await readBdev(node.running.node.bdev('lvs0/vol'), 0, 4 * mib)).equals(Buffer.alloc(4 * mib, 0xa5))).toBe(true);
   });
 
   it('qemu-img converts a file in and back out over TLS, byte for byte', async () => {
@@ -89,7 +90,7 @@ describe.skipIf(skipReason !== undefined)('NBD over TLS-PSK with real clients', 
   });
 
   it('refuses every client without TLS, with a wrong key or an unknown identity; none sees a byte', async () => {
-    const before = await node.running.node.readLvol('lvs0/vol', 0, mib);
+    const before = await readBdev(node.running.node.bdev('lvs0/vol'), 0, mib);
     const plainUri = nbdUri(node.running.nbdAddress!, 'vol');
     const attempts = await Promise.all([
       runTool('nbdinfo', [plainUri]),
@@ -109,7 +110,7 @@ describe.skipIf(skipReason !== undefined)('NBD over TLS-PSK with real clients', 
     // The clients say why: TLS is required (qemu shows the server's message).
     expect(attempts[3]!.stderr).toContain('TLS is required');
     expect(attempts[2]!.stderr).toMatch(/requires TLS/);
-    expect((await node.running.node.readLvol('lvs0/vol', 0, mib)).equals(before)).toBe(true);
+    expect((await readBdev(node.running.node.bdev('lvs0/vol'), 0, mib)).equals(before)).toBe(true);
   });
 
   it('nbdinfo still connects over TLS, 10 of 10 times, while 1000 hostile connections keep trying', async () => {

@@ -17,7 +17,7 @@ async function oneStore(): Promise<{ node: StorageNode; table: MethodTable }> {
   await node.attachBaseDevice('m0', new MemoryDevice(32 * 1024 * 1024, 512));
   await call(table, 'bdev_lvol_create_lvstore', { bdev_name: 'm0', lvs_name: 'lvs', cluster_sz: clusterBytes, clear_method: 'unmap' });
   await call(table, 'bdev_lvol_create', { lvs_name: 'lvs', lvol_name: 'vol', size_in_mib: 1, thin_provision: true });
-  await node.writeLvol('lvs/vol', 0, Buffer.alloc(clusterBytes, 7));
+  await node.bdev('lvs/vol').write(0, Buffer.alloc(clusterBytes, 7));
   await call(table, 'bdev_lvol_snapshot', { lvol_name: 'lvs/vol', snapshot_name: 'snap' });
   return { node, table };
 }
@@ -122,7 +122,7 @@ describe('checksum notifications', () => {
     const seen: Array<{ type: string; uuid?: string; state?: string; previous?: string }> = [];
     node.events.on('event', (event) => seen.push(event as (typeof seen)[number]));
     const id = await call<string>(table, 'bdev_lvol_create', { lvs_name: 'lvs', lvol_name: 'fresh', size_in_mib: 4, thin_provision: true });
-    for (let cluster = 0; cluster < 48; cluster++) await node.writeLvol('lvs/fresh', cluster * clusterBytes, Buffer.alloc(clusterBytes, cluster + 1));
+    for (let cluster = 0; cluster < 48; cluster++) await node.bdev('lvs/fresh').write(cluster * clusterBytes, Buffer.alloc(clusterBytes, cluster + 1));
     await node.actorStarter.idle();
     expect(node.resolveLvol(id).actor.isStarted).toBe(true);
     // Its actor has started (the starter's slices ran): an idle lvol has nothing to report.

@@ -17,6 +17,7 @@ import type { MethodTable } from '../../src/transport/methodTable.ts';
 import { seededRandom } from '../seededRandom.ts';
 import { oneCrc, pattern as seededPattern } from './knownCrc.ts';
 import { call, errnoOf, nodeHarness } from './tableCalls.ts';
+import { readBdev } from '../../src/bdev/bdev.ts';
 
 const clusterBytes = 64 * 1024;
 const clusterCount = 16;
@@ -59,7 +60,7 @@ async function sourceOnFile(first: readonly number[], top: readonly number[] = [
     for (const clusterIndex of clusters) {
       const bytes = pattern(layer * 100 + clusterIndex);
       data.set(clusterIndex, bytes);
-      await node.writeLvol('lvs/vol', clusterIndex * clusterBytes, bytes);
+      await node.bdev('lvs/vol').write(clusterIndex * clusterBytes, bytes);
     }
     const name = layer === 0 ? 'snap' : 'snap2';
     await call(table, 'bdev_lvol_snapshot', { lvol_name: 'lvs/vol', snapshot_name: name });
@@ -166,9 +167,9 @@ describe('verified copies', () => {
     expect(status.error).toContain(`source cluster 5 of snap is corrupt: stored CRC ${hex(oneCrc(good))}, read ${hex(oneCrc(rotten))}`);
     // The destination never received cluster 5: it does not own it and reads zeros there.
     expect(await owned(setup.table, 'lvs/dst')).not.toContain(5);
-    expect((await setup.node.readLvol('lvs/dst', 5 * clusterBytes, clusterBytes)).equals(Buffer.alloc(clusterBytes))).toBe(true);
+    expect((await readBdev(setup.node.bdev('lvs/dst'), 5 * clusterBytes, clusterBytes)).equals(Buffer.alloc(clusterBytes))).toBe(true);
     // What came before it was copied, verified, as it is in the source.
-    expect((await setup.node.readLvol('lvs/dst', 2 * clusterBytes, clusterBytes)).equals(setup.data.get(2)!)).toBe(true);
+    expect((await readBdev(setup.node.bdev('lvs/dst'), 2 * clusterBytes, clusterBytes)).equals(setup.data.get(2)!)).toBe(true);
   });
 
   it.each<[Kind, number]>([
@@ -229,7 +230,7 @@ describe('verified copies', () => {
     const setup = await sourceOnFile([1, 5]);
     // A snapshot with nothing registered: the copy has nothing to check against and copies as before.
     await call(setup.table, 'bdev_lvol_create', { lvs_name: 'lvs', lvol_name: 'vol2', size_in_mib: 1, thin_provision: true });
-    await setup.node.writeLvol('lvs/vol2', 5 * clusterBytes, setup.data.get(5)!);
+    await setup.node.bdev('lvs/vol2').write(5 * clusterBytes, setup.data.get(5)!);
     await call(setup.table, 'bdev_lvol_snapshot', { lvol_name: 'lvs/vol2', snapshot_name: 'bare' });
     const status = await copy(setup.table, 'shallow', 'lvs/bare');
     expect(status).toMatchObject({ state: 'complete', copied_clusters: 1 });
@@ -271,7 +272,7 @@ describe('verified copies', () => {
     const setup = await sourceOnFile([1, 2, 5, 9], [3, 12]);
     const sizeInMib = (clusterCount * clusterBytes) / (1024 * 1024);
     await call(setup.table, 'bdev_lvol_create', { lvs_name: 'lvs', lvol_name: 'to', size_in_mib: sizeInMib, thin_provision: provisioning === 'thin' });
-    await setup.node.writeLvol('lvs/to', 7 * clusterBytes, pattern(77));
+    await setup.node.bdev('lvs/to').write(7 * clusterBytes, pattern(77));
     expect((await copy(setup.table, 'deep', 'lvs/snap2', undefined, 'lvs/to')).state).toBe('complete');
 
     const reads = await deviceReadsDuring(setup.node, async () => {
@@ -300,9 +301,9 @@ describe('verified copies', () => {
     expect(copied()).toEqual([1, 2, 5, 9].map((index) => oneCrc(setup.data.get(index)!)));
 
     // A few bytes into cluster 5 (an unmap gives the whole cluster back).
-    if (how === 'write') await setup.node.writeLvol('lvs/dst', 5 * clusterBytes + 1024, Buffer.alloc(512, 0xee));
-    else if (how === 'write_zeroes') await setup.node.writeZeroesLvol('lvs/dst', 5 * clusterBytes + 512, 1024);
-    else await setup.node.unmapLvol('lvs/dst', 5 * clusterBytes, clusterBytes);
+    if (how === 'write') await setup.node.bdev('lvs/dst').write(5 * clusterBytes + 1024, Buffer.alloc(512, 0xee));
+    else if (how === 'write_zeroes') await setup.node.bdev('lvs/dst').writeZeroes(5 * clusterBytes + 512, 1024);
+    else await setup.node.bdev('lvs/dst').unmap(5 * clusterBytes, clusterBytes);
     expect(copied()).toEqual([1, 2, 5, 9].map((index) => (index === 5 ? 0n : oneCrc(setup.data.get(index)!))));
 
     await call(setup.table, 'bdev_lvol_snapshot', { lvol_name: 'lvs/dst', snapshot_name: 'born' });

@@ -62,7 +62,7 @@ async function snapshotOnFile(
     if (skip.includes(clusterIndex)) continue;
     const bytes = pattern(seed * 1000 + clusterIndex);
     data.set(clusterIndex, bytes);
-    await node.writeLvol('lvs/vol', clusterIndex * clusterBytes, bytes);
+    await node.bdev('lvs/vol').write(clusterIndex * clusterBytes, bytes);
   }
   await call(table, 'bdev_lvol_snapshot', { lvol_name: 'lvs/vol', snapshot_name: 'snap' });
   await call(table, mode === 'range' ? 'bdev_lvol_register_snapshot_range_checksums' : 'bdev_lvol_register_snapshot_checksum', { name: 'lvs/snap' });

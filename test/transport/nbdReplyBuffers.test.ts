@@ -62,7 +62,7 @@ describe('READ replies from reused buffers', () => {
     rpc = await node.connect();
     address = node.running.nbdAddress!;
     await rpc.call('bdev_lvol_create', { lvs_name: 'lvs0', lvol_name: 'vol', size_in_mib: 64, thin_provision: false });
-    for (let index = 0; index < regions; index++) await node.running.node.writeLvol('lvs0/vol', index * regionBytes, pattern(regionBytes, index));
+    for (let index = 0; index < regions; index++) await node.running.node.bdev('lvs0/vol').write(index * regionBytes, pattern(regionBytes, index));
     expect(await rpc.call('nbd_start_export', { bdev_name: 'lvs0/vol', export_name: 'vol' })).toBe('vol');
   });
 

@@ -18,6 +18,7 @@ import {
 import type { NbdAddress } from '../../src/transport/nbd/server.ts';
 import { type TestNode, rpcError, startTestNode } from '../integration/helpers.ts';
 import { NbdTestClient, connectRaw, goData, optionRequest, readOptionReplies, readOptionReply, startHandshake } from './nbdTestClient.ts';
+import { readBdev } from '../../src/bdev/bdev.ts';
 
 const mib = 1024 * 1024;
 let node: TestNode;
@@ -42,7 +43,7 @@ beforeAll(async () => {
   await rpc.call('bdev_lvol_create', { lvs_name: 'lvs0', lvol_name: 'vol', size_in_mib: 64, thin_provision: false });
   await rpc.call('bdev_lvol_create', { lvs_name: 'lvs0', lvol_name: 'thin', size_in_mib: 64, thin_provision: true });
   await rpc.call('bdev_lvol_create', { lvs_name: 'lvs0', lvol_name: 'origin', size_in_mib: 8, thin_provision: true });
-  await node.running.node.writeLvol('lvs0/origin', 0, pattern(mib, 7));
+  await node.running.node.bdev('lvs0/origin').write(0, pattern(mib, 7));
   await rpc.call('bdev_lvol_snapshot', { lvol_name: 'lvs0/origin', snapshot_name: 'snap' });
   await rpc.call('bdev_malloc_create', { name: 'm0', num_blocks: 32768, block_size: 512 });
   // A small store for ENOSPC: 24 MiB with 4 MiB clusters leaves a few data clusters.
@@ -201,7 +202,7 @@ describe('transmission: well-formed requests', () => {
     const write = client.write(10 * mib, pattern(mib, 42));
     await client.disconnect();
     expect((await write).error).toBe(0);
-    expect((await node.running.node.readLvol('lvs0/vol', 10 * mib, mib)).equals(pattern(mib, 42))).toBe(true);
+    expect((await readBdev(node.running.node.bdev('lvs0/vol'), 10 * mib, mib)).equals(pattern(mib, 42))).toBe(true);
   });
 
   it('answers structured reads of holes with OFFSET_HOLE and reports holes in block status', async () => {
@@ -281,7 +282,7 @@ describe('transmission: refused requests', () => {
     expect((await reply).error).toBe(nbdErrno.EINVAL);
     client.close();
     // Nothing of it was written.
-    expect((await node.running.node.readLvol('lvs0/vol', 48 * mib, 4096)).includes(0x55)).toBe(false);
+    expect((await readBdev(node.running.node.bdev('lvs0/vol'), 48 * mib, 4096)).includes(0x55)).toBe(false);
   });
 
   it('refuses writes, trims and zeroes on a snapshot with EPERM and still reads it', async () => {
@@ -326,7 +327,7 @@ describe('bounds', () => {
   });
 
   it('releases what a client reserved when it disconnects in the middle of a write', async () => {
-    const before = await node.running.node.readLvol('lvs0/vol', 0, mib);
+    const before = await readBdev(node.running.node.bdev('lvs0/vol'), 0, mib);
     const client = await NbdTestClient.open(address, 'vol');
     client.socket.write(encodeRequestHeader({ type: command.write, cookie: 1n, offsetBytes: 0, lengthBytes: 8 * mib }));
     client.socket.write(Buffer.alloc(mib, 0x77));
@@ -334,7 +335,7 @@ describe('bounds', () => {
     client.close();
     await until(() => node.running.nbd!.payloadFigures().inUseBytes === 0);
     // Half a write is no write.
-    expect((await node.running.node.readLvol('lvs0/vol', 0, mib)).equals(before)).toBe(true);
+    expect((await readBdev(node.running.node.bdev('lvs0/vol'), 0, mib)).equals(before)).toBe(true);
     const again = await NbdTestClient.open(address, 'vol');
     expect((await again.read(0, 4096)).error).toBe(0);
     again.close();

@@ -4,6 +4,7 @@ import type { Context } from './actions.ts';
 import { ownedClusters } from './actions.ts';
 import { type LvolListing, lvsName } from './harness.ts';
 import type { CheckKind, Violation } from './model.ts';
+import { readBdev } from '../../../src/bdev/bdev.ts';
 
 /** The listing by name, each `parent` turned from a UUID into a name. */
 export async function listingByName(ctx: Context): Promise<Map<string, LvolListing>> {
@@ -45,7 +46,7 @@ async function checkAccounting(ctx: Context, listing: Map<string, LvolListing>):
  */
 async function readVolume(ctx: Context, name: string, overNbd: boolean): Promise<Buffer> {
   const volume = ctx.model.volume(name);
-  if (volume.snapshot || !overNbd) return ctx.node.node.readLvol(`${lvsName}/${name}`, 0, volume.bytes.length);
+  if (volume.snapshot || !overNbd) return readBdev(ctx.node.node.bdev(`${lvsName}/${name}`), 0, volume.bytes.length);
   const client = await ctx.node.client(name, volume.bytes.length);
   const reply = await client.read(0, volume.bytes.length);
   if (reply.error !== 0 || !reply.data) throw new Error(`NBD read of ${name} failed with error ${reply.error}`);

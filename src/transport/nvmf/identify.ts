@@ -38,12 +38,12 @@ export function identifyController(subsystem: NvmfSubsystem, cntlid: number): Bu
   data.writeUInt32LE(0x1 | (1 << 20), 536);
   writePadded(data, 768, 256, subsystem.nqn, 0);
   if (subsystem.isDiscovery) {
-    data.writeUInt32LE(1 << 31, 92); // OAES: discovery log change notices
+    data.writeUInt32LE(0x8000_0000, 92); // OAES: discovery log change notices
     data.writeUInt8(controllerType.discovery, 111);
   } else {
     data.writeUInt8(6, 72); // RAB
     data.writeUInt8(0x03 | (subsystem.options.anaReporting ? 0x08 : 0), 76); // CMIC: multi-port, multi-controller, ANA
-    data.writeUInt32LE(1 << 8 | (subsystem.options.anaReporting ? 1 << 11 : 0), 92); // OAES: namespace attribute notices, ANA change
+    data.writeUInt32LE((1 << 8) | (subsystem.options.anaReporting ? 1 << 11 : 0), 92); // OAES: namespace attribute notices, ANA change
     data.writeUInt8(controllerType.io, 111);
     data.writeUInt8(0x01 | (1 << 1), 260); // FRMW: slot 1 read-only, one slot
     data.writeUInt8(0x04 | 0x02, 261); // LPA: extended data, command effects log

@@ -111,11 +111,21 @@ export class NvmfQueuePair implements ControllerQueue {
     // Before Connect one command at a time is enough (the Connect itself).
     this.freeSlots.push(0);
     socket.setNoDelay(true);
-    socket.on('data', (chunk: Buffer) => this.consume(chunk));
+    socket.on('data', (chunk: Buffer) => this.consumeGuarded(chunk));
     socket.on('error', () => undefined);
     socket.on('close', () => this.closed());
     this.connectTimer = setTimeout(() => this.close('no Connect in time'), nvmfConnectTimeoutMs);
     this.connectTimer.unref();
+  }
+
+  /** A bug met while handling one host's PDUs ends that connection, never the node. */
+  private consumeGuarded(chunk: Buffer): void {
+    try {
+      this.consume(chunk);
+    } catch (error) {
+      log('error', 'nvmf connection failed unexpectedly; closed', { queue: this.id, error: error instanceof Error ? (error.stack ?? error.message) : String(error) });
+      this.close('internal error');
+    }
   }
 
   /** Parses what arrived: headers into `header`, data straight into the command's buffer. */

@@ -714,7 +714,7 @@ export function createMethodTable(node: StorageNode, transport?: TransportStats)
       grace_sec: z.number().int().optional(),
       windows: z.array(verifyWindow).optional(),
       verify_after_register: z.boolean().optional(),
-      rate_mib_per_sec: z.number().optional(),
+      rate_mib_per_sec: z.number().optional().describe('MiB/s cap on the reads of the verifies the policy starts (0: none of its own)'),
     }),
     result: ok,
     handler: async (p) => {

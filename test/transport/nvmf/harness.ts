@@ -37,14 +37,15 @@ export function memoryBdev(name: string, sizeBytes: number, options: { blockSize
     writes: 0,
     reads: 0,
     async readInto(offsetBytes: number, target: Buffer) {
-      check(offsetBytes, target.length);
+      // Counted before the range check: a test sees a request that reached the bdev at all.
       bdev.reads++;
+      check(offsetBytes, target.length);
       await device.readInto(target, offsetBytes);
     },
     async write(offsetBytes: number, data: Uint8Array) {
+      bdev.writes++;
       check(offsetBytes, data.length);
       if (options.readOnly) fail('EPERM', 'read-only');
-      bdev.writes++;
       await device.write(offsetBytes, data);
     },
     flush: () => device.flush(),

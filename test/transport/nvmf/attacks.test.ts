@@ -1,0 +1,176 @@
+// The target under hostile or mistaken hosts: malformed PDUs end the connection with a
+// C2HTermReq naming the fault (and the target goes on serving others), bad digests are caught,
+// unknown subsystems and disallowed hosts are refused at Connect, and I/O outside a namespace or
+// to a read-only one is refused with the NVMe status for it (the bdev untouched).
+import { afterEach, describe, expect, it } from 'vitest';
+import type { Bdev } from '../../../src/bdev/bdev.ts';
+import { type StandaloneTarget, memoryBdev, startTarget } from './harness.ts';
+import { RawHost } from './rawHost.ts';
+
+const mib = 1024 * 1024;
+const hosts: RawHost[] = [];
+let target: StandaloneTarget | undefined;
+afterEach(async () => {
+  for (const host of hosts.splice(0)) host.close();
+  await target?.close();
+  target = undefined;
+});
+
+async function open(bdevs: Bdev[] = [memoryBdev('Malloc0', mib)], options: { allowAnyHost?: boolean; hosts?: string[] } = {}): Promise<StandaloneTarget> {
+  target = await startTarget({ bdevs, ...options });
+  return target;
+}
+
+async function host(port: number): Promise<RawHost> {
+  const raw = await RawHost.open(port);
+  hosts.push(raw);
+  return raw;
+}
+
+/** Expects a C2HTermReq with `fes` and then the connection closed. */
+async function expectTerminated(raw: RawHost, fes: number): Promise<void> {
+  const pdu = await raw.next();
+  expect(pdu?.type).toBe(0x03);
+  expect(pdu!.bytes.readUInt16LE(8)).toBe(fes);
+  await raw.waitClosed();
+}
+
+/** An I/O queue connected to the subsystem, with controller `cntlid`. */
+async function ioQueue(port: number, nqn: string, cntlid: number, options: { dataDigest?: boolean } = {}): Promise<RawHost> {
+  const raw = await host(port);
+  await raw.icReq({ dataDigest: options.dataDigest });
+  const result = await raw.command(...raw.connectCommand(1, nqn, 'nqn.2014-08.org.nvmexpress:uuid:test-host', cntlid));
+  expect(result.sc).toBe(0);
+  return raw;
+}
+
+describe('NVMe/TCP target under malformed PDUs', () => {
+  it('terminates a connection whose first PDU is not an ICReq (PDU sequence error)', async () => {
+    const { port } = await open();
+    const raw = await host(port);
+    raw.write(raw.capsule(raw.sqe(0x06)));
+    await expectTerminated(raw, 0x02);
+  });
+
+  it('terminates on a wrong header length, and still serves the next host', async () => {
+    const { port, nqn } = await open();
+    const raw = await host(port);
+    await raw.icReq();
+    const pdu = raw.capsule(raw.sqe(0x06));
+    pdu.writeUInt8(64, 2); // HLEN must be 72 for a CapsuleCmd
+    raw.write(pdu);
+    await expectTerminated(raw, 0x01);
+    const next = await host(port);
+    expect(await next.connectAdmin(nqn)).toBeGreaterThan(0);
+  });
+
+  it('terminates on a PDU longer than the largest it accepts (data transfer limit exceeded)', async () => {
+    const { port } = await open();
+    const raw = await host(port);
+    await raw.icReq();
+    const header = Buffer.alloc(8);
+    header.writeUInt8(0x04, 0);
+    header.writeUInt8(72, 2);
+    header.writeUInt8(72, 3);
+    header.writeUInt32LE(0x7fff_ffff, 4);
+    raw.write(header);
+    await expectTerminated(raw, 0x05);
+  });
+
+  it('waits for the rest of a truncated PDU and is closed by the host without harm', async () => {
+    const { port, nqn } = await open();
+    const raw = await host(port);
+    await raw.icReq();
+    raw.write(raw.capsule(raw.sqe(0x06)).subarray(0, 40));
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    raw.close();
+    const next = await host(port);
+    expect(await next.connectAdmin(nqn)).toBeGreaterThan(0);
+  });
+
+  it('terminates on a bad header digest', async () => {
+    const { port } = await open();
+    const raw = await host(port);
+    await raw.icReq({ headerDigest: true });
+    expect(raw.headerDigest).toBe(true);
+    raw.write(raw.capsule(raw.sqe(0x06), undefined, { corruptHeaderDigest: true }));
+    await expectTerminated(raw, 0x03);
+  });
+
+  it('fails a write whose data digest is wrong (Transient Transport Error) and leaves the bdev unwritten', async () => {
+    const bdev = memoryBdev('Malloc0', mib, { blockSizeBytes: 512 });
+    const { port, nqn } = await open([bdev]);
+    const admin = await host(port);
+    const cntlid = await admin.connectAdmin(nqn);
+    const io = await ioQueue(port, nqn, cntlid, { dataDigest: true });
+    const data = Buffer.alloc(512, 0xab);
+    const bad = await io.command(io.sqe(0x01, { nsid: 1, dataBytes: 512 }), data, { corruptDataDigest: true });
+    expect([bad.sct, bad.sc]).toEqual([0, 0x22]);
+    expect(bdev.writes).toBe(0);
+    const good = await io.command(io.sqe(0x01, { nsid: 1, dataBytes: 512 }), data);
+    expect([good.sct, good.sc]).toEqual([0, 0]);
+    expect(bdev.writes).toBe(1);
+  });
+});
+
+describe('NVMe/TCP target admission and namespace bounds', () => {
+  it('refuses Connect to an unknown subsystem NQN (Invalid Parameters, in the data at SUBNQN)', async () => {
+    const { port } = await open();
+    const raw = await host(port);
+    await raw.icReq();
+    const result = await raw.command(...raw.connectCommand(0, 'nqn.2016-06.io.spdk:nobody', 'nqn.2014-08.org.nvmexpress:uuid:h'));
+    expect([result.sct, result.sc]).toEqual([1, 0x82]);
+    expect(result.dw0).toBe((1 << 16) | 256);
+  });
+
+  it('admits only added host NQNs when allow_any_host is false', async () => {
+    const allowed = 'nqn.2014-08.org.nvmexpress:uuid:allowed';
+    const { port, nqn } = await open(undefined, { allowAnyHost: false, hosts: [allowed] });
+    const stranger = await host(port);
+    await stranger.icReq();
+    const refused = await stranger.command(...stranger.connectCommand(0, nqn, 'nqn.2014-08.org.nvmexpress:uuid:stranger'));
+    expect([refused.sct, refused.sc]).toEqual([1, 0x84]);
+    const friend = await host(port);
+    expect(await friend.connectAdmin(nqn, allowed)).toBeGreaterThan(0);
+  });
+
+  it('refuses I/O past the namespace end with LBA Out of Range, and reads what was written', async () => {
+    const bdev = memoryBdev('Malloc0', mib, { blockSizeBytes: 512 });
+    const { port, nqn } = await open([bdev]);
+    const admin = await host(port);
+    const io = await ioQueue(port, nqn, await admin.connectAdmin(nqn));
+    const lastLba = mib / 512 - 1;
+    const past = await io.command(io.sqe(0x02, { nsid: 1, cdw10: lastLba, cdw12: 1, transferBytes: 1024 }));
+    expect([past.sct, past.sc]).toEqual([0, 0x80]);
+    expect(bdev.reads).toBe(0);
+    const data = Buffer.alloc(512, 0x5a);
+    expect((await io.command(io.sqe(0x01, { nsid: 1, cdw10: lastLba, dataBytes: 512 }), data)).sc).toBe(0);
+    const read = await io.command(io.sqe(0x02, { nsid: 1, cdw10: lastLba, transferBytes: 512 }));
+    expect(Buffer.concat(read.data).equals(data)).toBe(true);
+    const unknown = await io.command(io.sqe(0x02, { nsid: 7, transferBytes: 512 }));
+    expect([unknown.sct, unknown.sc]).toEqual([0, 0x0b]);
+  });
+
+  it('refuses writes to a read-only namespace (Namespace Is Write Protected) and says so in Identify', async () => {
+    const bdev = memoryBdev('Snap0', mib, { readOnly: true });
+    const { port, nqn } = await open([bdev]);
+    const admin = await host(port);
+    const cntlid = await admin.connectAdmin(nqn);
+    const identify = await admin.command(admin.sqe(0x06, { nsid: 1, cdw10: 0x00, transferBytes: 4096 }));
+    expect(Buffer.concat(identify.data)[99]! & 1).toBe(1);
+    const io = await ioQueue(port, nqn, cntlid);
+    const write = await io.command(io.sqe(0x01, { nsid: 1, dataBytes: 512 }), Buffer.alloc(512, 1));
+    expect([write.sct, write.sc]).toEqual([0, 0x20]);
+    expect(bdev.writes).toBe(0);
+    const zeroes = await io.command(io.sqe(0x08, { nsid: 1, cdw12: 7 }));
+    expect([zeroes.sct, zeroes.sc]).toEqual([0, 0x20]);
+  });
+
+  it('holds the namespace bdev open, so it cannot be deleted under the hosts', async () => {
+    const bdev = memoryBdev('Malloc0', mib);
+    const { nqn } = await open([bdev]);
+    expect(() => bdev.claims.assertDeletable()).toThrow(/in use by NVMe-oF namespace 1/);
+    target!.target.require(nqn).removeNamespace(1);
+    expect(() => bdev.claims.assertDeletable()).not.toThrow();
+  });
+});

@@ -66,7 +66,17 @@ export interface NodeStatsView {
   event_loop_delay_ms?: { p99: number };
   checksums?: { rate_bytes_per_sec: number };
   background?: { running: number; queued: number; max_concurrent_checksums?: number; checksum_rate_mib_per_sec?: number };
-  verify_policy?: { state: string; enabled: boolean; running: number; due: number; overdue: number; snapshots_with_checksums: number };
+  verify_policy?: {
+    state: string;
+    enabled: boolean;
+    running: number;
+    due: number;
+    overdue: number;
+    snapshots_with_checksums: number;
+    /** Snapshots whose policy verifies failed on read errors, waiting out their back-off (older nodes: absent). */
+    backing_off?: number;
+    next_retry_at?: string | null;
+  };
 }
 
 /** A copy as `inspect_get_actors` lists it: its label and machine state. */
@@ -305,8 +315,10 @@ function renderNode(stats: NodeStatsView): string {
   const policy = stats.verify_policy;
   if (policy) {
     // Overdue first and loud: a snapshot not verified in time is what the operator must act on.
+    // Back-off after read errors next: the device under those snapshots needs a look.
+    const backingOff = (policy.backing_off ?? 0) > 0 ? `${policy.backing_off} backing off after read errors (next retry ${policy.next_retry_at}), ` : '';
     text += policy.enabled
-      ? `verify policy: ${policy.overdue > 0 ? `OVERDUE ${policy.overdue}, ` : ''}${policy.due} due, ${policy.running} verifying, ${policy.snapshots_with_checksums} snapshots with checksums (${policy.state})\n`
+      ? `verify policy: ${policy.overdue > 0 ? `OVERDUE ${policy.overdue}, ` : ''}${backingOff}${policy.due} due, ${policy.running} verifying, ${policy.snapshots_with_checksums} snapshots with checksums (${policy.state})\n`
       : 'verify policy: off (node_set_verify_policy)\n';
   }
   return text;

@@ -45,6 +45,10 @@ describe('renderStatus', () => {
     expect(renderStatus({ ...statusFixture, stats: node })).toContain('verify policy: OVERDUE 2, 3 due, 1 verifying, 9 snapshots with checksums (inWindow)\n');
     const off = { ...statusFixture.stats, verify_policy: { state: 'disabled', enabled: false, running: 0, due: 0, overdue: 0, snapshots_with_checksums: 9 } };
     expect(renderStatus({ ...statusFixture, stats: off })).toContain('verify policy: off (node_set_verify_policy)\n');
+    const failing = { ...node.verify_policy, overdue: 0, backing_off: 2, next_retry_at: '2026-12-07T09:00:00.000Z' };
+    expect(renderStatus({ ...statusFixture, stats: { ...node, verify_policy: failing } })).toContain(
+      'verify policy: 2 backing off after read errors (next retry 2026-12-07T09:00:00.000Z), 3 due, 1 verifying, 9 snapshots with checksums (inWindow)\n',
+    );
   });
 
   it('draws each lvstore with its lvols as snapshot chains, checksums, copies and the node line', () => {

@@ -293,6 +293,36 @@ describe('verified copies', () => {
     expect(verification?.registration_conflict ?? null).toBeNull();
   });
 
+  it('a deep copy zero-fills a hole longer than one step in several steps, each recording its clusters', async () => {
+    // Goal: a run of holes longer than copyZeroClustersPerStepMax (256) is zeroed in pieces, none
+    // skipped: every cluster of a thick destination carries a value and its snapshot is born registered.
+    const bigClusterCount = 640;
+    const dir = await harness.tempDir('lvnode-vcopy-');
+    const path = join(dir, 'disk.img');
+    await FileDevice.createSparse(path, 128 * 1024 * 1024);
+    const { node, table } = harness.newNode();
+    await call(table, 'bdev_aio_create', { name: 'disk', filename: path, block_size: 512 });
+    await call(table, 'bdev_lvol_create_lvstore', { bdev_name: 'disk', lvs_name: 'lvs', cluster_sz: clusterBytes, clear_method: 'unmap' });
+    const sizeInMib = (bigClusterCount * clusterBytes) / (1024 * 1024);
+    await call(table, 'bdev_lvol_create', { lvs_name: 'lvs', lvol_name: 'vol', size_in_mib: sizeInMib, thin_provision: true });
+    const data = new Map([0, 300, 639].map((index) => [index, pattern(index)]));
+    for (const [index, bytes] of data) await node.bdev('lvs/vol').write(index * clusterBytes, bytes);
+    await call(table, 'bdev_lvol_snapshot', { lvol_name: 'lvs/vol', snapshot_name: 'snap' });
+    await call(table, 'bdev_lvol_register_snapshot_range_checksums', { name: 'lvs/snap' });
+    await call(table, 'bdev_lvol_create', { lvs_name: 'lvs', lvol_name: 'to', size_in_mib: sizeInMib, thin_provision: false });
+
+    const status = await copy(table, 'deep', 'lvs/snap', undefined, 'lvs/to');
+    expect(status).toMatchObject({ state: 'complete', processed_clusters: bigClusterCount });
+    await call(table, 'bdev_lvol_snapshot', { lvol_name: 'lvs/to', snapshot_name: 'born' });
+    const zeros = Buffer.alloc(clusterBytes);
+    const bytes = [...Array(bigClusterCount).keys()].map((index) => data.get(index) ?? zeros);
+    const { checksum } = await call<{ checksum: bigint }>(table, 'bdev_lvol_get_snapshot_checksum', { name: 'lvs/born' });
+    expect(checksum).toBe(oneCrc(...bytes));
+    const range = node.resolveLvol('lvs/born').lvol.rangeChecksums!;
+    const zeroCrc = oneCrc(zeros);
+    for (let index = 0; index < bigClusterCount; index++) expect(range.get(index), `cluster ${index}`).toBe(data.has(index) ? oneCrc(data.get(index)!) : zeroCrc);
+  });
+
   it.each(['write', 'write_zeroes', 'unmap'] as const)('a %s to the destination after the copy drops the value of each cluster it touched', async (how) => {
     const setup = await sourceOnFile([1, 2, 5, 9]);
     expect((await copy(setup.table, 'shallow', 'lvs/snap')).state).toBe('complete');

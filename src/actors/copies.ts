@@ -2,6 +2,7 @@
 // is an actor running src/machines/copyMachine.ts, admitted by the node's background scheduler
 // like a checksum walk, one step per event, visible in the inspector as `copy-<operation_id>`.
 import { type Actor, createActor } from 'xstate';
+import type { Bdev } from '../bdev/bdev.ts';
 import { crc64 } from '../checksum/crc64.ts';
 import { copyZeroClustersPerStepMax } from '../constants.ts';
 import { fail } from '../errors.ts';
@@ -15,16 +16,15 @@ import type { PriorityRouter } from './priority.ts';
 import type { Registry } from './registry.ts';
 import type { WalkAdmission } from './scheduler.ts';
 
-/** Where a copy writes: any bdev (an lvol, a malloc or file bdev), by byte offset. */
+/**
+ * Where a copy writes: any bdev (an lvol, a malloc or file bdev), opened for the copy while it
+ * runs (a removable open: a delete of the destination stops the copy first, and no lvstore is
+ * created under it), written through the bdev's claim checks.
+ */
 export interface CopyTarget {
   /** The bdev's name as the client gave it (for status). */
   readonly name: string;
-  /** What a delete of the destination names: the lvol's id, or the base bdev's name. */
-  readonly lvolId?: string;
-  readonly baseBdev?: string;
-  readonly sizeBytes: number;
-  readonly blockBytes: number;
-  write(offsetBytes: number, data: Buffer): Promise<void>;
+  readonly bdev: Bdev;
   /**
    * An lvol destination: writes whole cluster `clusterIndex` and records `checksum` (the CRC of
    * `data`) as its copied value, so a snapshot of the destination is born with its checksums.
@@ -32,10 +32,6 @@ export interface CopyTarget {
   writeRecorded?(clusterIndex: number, data: Buffer, checksum: bigint): Promise<void>;
   /** An lvol destination: zero-fills whole clusters, recording `checksum` (a zero cluster's CRC) for each it owns. */
   writeZeroesRecorded?(clusterIndex: number, clusterCount: number, checksum: bigint): Promise<void>;
-  /** Makes the range read as the destination's "nothing here" (a thin lvol gives clusters back). */
-  unmap(offsetBytes: number, lengthBytes: number): Promise<void>;
-  writeZeroes(offsetBytes: number, lengthBytes: number): Promise<void>;
-  flush(): Promise<void>;
 }
 
 export interface CopyRequest {
@@ -143,7 +139,7 @@ class CopyOperation {
     }
     if (output.kind === 'end' && this.state === 'copying') {
       try {
-        await this.request.target.flush();
+        await this.request.target.bdev.flush();
       } catch (error) {
         output = { kind: 'error', message: `flushing ${this.request.target.name} failed: ${String(error)}` };
       }
@@ -204,12 +200,13 @@ export class CopyService {
       validate: () => {
         if (entry.store.record.lvols.get(lvol.id) !== lvol) fail('ENODEV', `lvol ${sourceName} does not exist`);
         if (!lvol.readOnly) fail('EPERM', `${sourceName} is not read-only: only a snapshot or read-only lvol can be copied`);
-        const target = this.targetFor(destinationName, lvol.id);
+        const { bdev } = this.targetFor(destinationName, lvol.id);
         const sourceBytes = lvol.clusterMap.length * entry.store.clusterBytes;
-        if (target.blockBytes !== entry.store.record.blockBytes) {
-          fail('EINVAL', `${destinationName} has ${target.blockBytes}-byte blocks, ${sourceName} ${entry.store.record.blockBytes}`);
+        if (bdev.blockSizeBytes !== entry.store.record.blockBytes) {
+          fail('EINVAL', `${destinationName} has ${bdev.blockSizeBytes}-byte blocks, ${sourceName} ${entry.store.record.blockBytes}`);
         }
-        if (target.sizeBytes < sourceBytes) fail('EINVAL', `${destinationName} (${target.sizeBytes} bytes) is smaller than ${sourceName} (${sourceBytes} bytes)`);
+        const sizeBytes = bdev.sizeBytes();
+        if (sizeBytes < sourceBytes) fail('EINVAL', `${destinationName} (${sizeBytes} bytes) is smaller than ${sourceName} (${sourceBytes} bytes)`);
         const outside = clusters?.find((clusterIndex) => clusterIndex >= lvol.clusterMap.length);
         if (outside !== undefined) fail('EINVAL', `cluster ${outside} is outside 0..${lvol.clusterMap.length - 1}`);
       },
@@ -218,40 +215,24 @@ export class CopyService {
     });
   }
 
-  /** A writable destination: an lvol (by UUID or alias) or a base bdev no lvstore claims. */
+  /**
+   * A writable destination: any bdev (an lvol by UUID or alias, a base bdev) that no claim keeps
+   * from being written (an lvstore on it, esnap clones over it) and is not read-only.
+   */
   private targetFor(name: string, sourceId: string): CopyTarget {
-    const base = this.registry.bdevs.get(name);
-    if (base) {
-      const claimer = base.claims.writer();
-      if (claimer !== undefined) fail('EPERM', `bdev ${name} is claimed by ${claimer}; copy to one of its lvols instead`);
-      if (base.readOnlyDevice) fail('EPERM', `bdev ${name} is read-only`);
-      const device = base.device;
-      return {
-        name,
-        baseBdev: name,
-        sizeBytes: device.sizeBytes,
-        blockBytes: device.blockSizeBytes,
-        write: (offset, data) => device.write(offset, data),
-        unmap: (offset, length) => device.discard(offset, length),
-        writeZeroes: (offset, length) => device.discard(offset, length),
-        flush: () => device.flush(),
-      };
-    }
-    const { entry, lvol } = this.registry.lvol(name);
-    if (lvol.id === sourceId) fail('EINVAL', 'source and destination are the same lvol');
-    if (lvol.readOnly) fail('EPERM', `${name} is read-only`);
-    const store = entry.store;
+    const bdev = this.registry.findBdev(name);
+    if (bdev.name === sourceId) fail('EINVAL', 'source and destination are the same lvol');
+    const claimer = bdev.claims.writer();
+    if (claimer !== undefined) fail('EPERM', `bdev ${name} is claimed by ${claimer}; copy to one of its lvols instead`);
+    if (bdev.readOnly()) fail('EPERM', `${bdev.kind === 'lvol' ? '' : 'bdev '}${name} is read-only`);
+    if (bdev.kind !== 'lvol') return { name, bdev };
+    const { store } = this.registry.lvol(bdev.name).entry;
+    // An lvol keeps per-cluster checksums: its copied clusters are recorded (a snapshot of it is born with them).
     return {
       name,
-      lvolId: lvol.id,
-      sizeBytes: lvol.clusterMap.length * store.clusterBytes,
-      blockBytes: store.record.blockBytes,
-      write: (offset, data) => store.write(lvol.id, offset, data),
-      writeRecorded: (clusterIndex, data, checksum) => store.writeCopied(lvol.id, clusterIndex, data, checksum),
-      writeZeroesRecorded: (clusterIndex, clusterCount, checksum) => store.writeZeroesCopied(lvol.id, clusterIndex, clusterCount, checksum),
-      unmap: (offset, length) => store.unmap(lvol.id, offset, length),
-      writeZeroes: (offset, length) => store.writeZeroes(lvol.id, offset, length),
-      flush: () => store.flush(),
+      bdev,
+      writeRecorded: (clusterIndex, data, checksum) => store.writeCopied(bdev.name, clusterIndex, data, checksum),
+      writeZeroesRecorded: (clusterIndex, clusterCount, checksum) => store.writeZeroesCopied(bdev.name, clusterIndex, clusterCount, checksum),
     };
   }
 
@@ -278,7 +259,10 @@ export class CopyService {
       this.onChange(changed.status(), what),
     );
     this.operations.set(operationId, operation);
+    // Held open while it runs: a delete of the destination stops the copy, nothing else blocks on it.
+    const hold = request.target.bdev.claims.open(`copy ${operationId}`, { removable: true });
     void operation.finished.then(() => {
+      hold.release();
       const status = operation.status();
       log(status.state === 'complete' ? 'info' : 'warn', `copy ${status.machine_state}`, { ...status });
     });
@@ -304,10 +288,11 @@ export class CopyService {
     return [...this.operations.values()].filter((operation) => {
       if (terminal.has(operation.state)) return false;
       const { sourceId, target } = operation.request;
+      const destination = target.bdev;
       return (
         lvolIds.includes(sourceId) ||
-        (target.lvolId !== undefined && lvolIds.includes(target.lvolId)) ||
-        (baseBdev !== undefined && target.baseBdev === baseBdev)
+        (destination.kind === 'lvol' && lvolIds.includes(destination.name)) ||
+        (baseBdev !== undefined && destination.kind !== 'lvol' && destination.name === baseBdev)
       );
     });
   }
@@ -360,7 +345,7 @@ async function checkedCrc(owner: LvolRecord | null, clusterIndex: number, cluste
 /** Writes a checked cluster, recording its CRC where the destination keeps them (an lvol). */
 function writeCluster(target: CopyTarget, clusterIndex: number, clusterBytes: number, data: Buffer, crc: bigint): Promise<void> {
   if (target.writeRecorded) return target.writeRecorded(clusterIndex, data, crc);
-  return target.write(clusterIndex * clusterBytes, data);
+  return target.bdev.write(clusterIndex * clusterBytes, data);
 }
 
 const zeroClusterCrcs = new Map<number, bigint>();
@@ -382,7 +367,7 @@ function zeroClusterCrc(clusterBytes: number): bigint {
  */
 function zeroClusters(target: CopyTarget, clusterIndex: number, clusterCount: number, clusterBytes: number): Promise<void> {
   if (target.writeZeroesRecorded) return target.writeZeroesRecorded(clusterIndex, clusterCount, zeroClusterCrc(clusterBytes));
-  return target.writeZeroes(clusterIndex * clusterBytes, clusterCount * clusterBytes);
+  return target.bdev.writeZeroes(clusterIndex * clusterBytes, clusterCount * clusterBytes);
 }
 
 /** The steps of a copy, lazily: each call does the next one. */
@@ -425,7 +410,7 @@ function planFor(request: CopyRequest, admission: WalkAdmission, recordRot: Reco
         if (clusterIndex === undefined) return { kind: 'end' };
         if (store.lvol(sourceId).clusterMap.get(clusterIndex) !== 0) return copyOwned(clusterIndex);
         // Not in the source snapshot: the destination must not keep its own bytes there.
-        await target.unmap(clusterIndex * clusterBytes, clusterBytes);
+        await target.bdev.unmap(clusterIndex * clusterBytes, clusterBytes);
         return { kind: 'unmapped', clusters: 1 };
       },
     };

@@ -117,4 +117,24 @@ describe('one bdev registry', () => {
     expect(await call(table, 'bdev_malloc_delete', { name: 'ext' })).toBe(true);
     expect(await errnoOf(node.bdev(again).readInto(0, Buffer.alloc(512)))).toBe('EIO');
   });
+
+  it('holds a copy destination open while the copy runs: no lvstore is created under it, and it is released at the end', async () => {
+    // Goal: copies consume a Bdev like every other consumer; the open is removable (a delete stops the copy).
+    const { node, table } = await setup();
+    await call(table, 'bdev_lvol_create', { lvs_name: 'lvs', lvol_name: 'src', size_in_mib: 4, thin_provision: false });
+    for (let cluster = 0; cluster < 4; cluster++) await node.bdev('lvs/src').write(cluster * clusterBytes, Buffer.alloc(clusterBytes, cluster + 1));
+    await call(table, 'bdev_lvol_snapshot', { lvol_name: 'lvs/src', snapshot_name: 'snap' });
+    const { operation_id: operationId } = await call<{ operation_id: number }>(table, 'bdev_lvol_start_deep_copy', { src_lvol_name: 'lvs/snap', dst_bdev_name: 'ext' });
+    expect(node.bdev('ext').claims.list()).toEqual([{ type: 'open', holder: `copy ${operationId}` }]);
+    const refused = await errorOf(call(table, 'bdev_lvol_create_lvstore', { bdev_name: 'ext', lvs_name: 'under' }));
+    expect(refused.errno).toBe('EBUSY');
+    expect(refused.detail).toContain(`in use by copy ${operationId}`);
+    // The open is removable: deleting the destination stops the copy instead of failing EBUSY.
+    const ext = node.bdev('ext');
+    expect(await call(table, 'bdev_malloc_delete', { name: 'ext' })).toBe(true);
+    expect(node.copies.list().find((status) => status.operation_id === operationId)?.machine_state).toBe('stopped');
+    expect(ext.claims.list()).toEqual([]);
+    // A destination claimed by an lvstore is refused before anything is written.
+    expect(await errnoOf(call(table, 'bdev_lvol_start_deep_copy', { src_lvol_name: 'lvs/snap', dst_bdev_name: 'disk' }))).toBe('EPERM');
+  });
 });

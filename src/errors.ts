@@ -40,9 +40,12 @@ export const strerror: Record<ErrnoName, string> = {
 /**
  * How the error appears on the wire. SPDK reports some failures with the negated errno as the
  * code (`errno`), and asynchronous completion failures as -32603 with the strerror text
- * (`internal`). The thrower decides, because SPDK decides per call site.
+ * (`internal`). Its nvmf RPCs answer -32602 or -32603 with a text of their own that clients match
+ * (go-spdk-helper looks for "Transport type .* already exists"): `spdkInvalidParams` and
+ * `spdkInternal` carry that text as the detail, which becomes the message. The thrower decides,
+ * because SPDK decides per call site.
  */
-export type WireCode = 'errno' | 'internal';
+export type WireCode = 'errno' | 'internal' | 'spdkInvalidParams' | 'spdkInternal';
 
 export class StorageError extends Error {
   readonly errno: ErrnoName;

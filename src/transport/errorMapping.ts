@@ -73,6 +73,11 @@ function zodIssueToParamsIssues(issue: z.core.$ZodIssue): ParamsIssue[] {
 }
 
 function storageErrorToRpcError(error: StorageError): RpcErrorObject {
+  // SPDK's own message text (nvmf RPCs) is the message itself, as SPDK sends it.
+  if ((error.wire === 'spdkInvalidParams' || error.wire === 'spdkInternal') && error.detail !== undefined) {
+    const code = error.wire === 'spdkInvalidParams' ? rpcErrorCode.invalidParams : rpcErrorCode.internal;
+    return error.data === undefined ? { code, message: error.detail } : { code, message: error.detail, data: error.data };
+  }
   const code = error.wire === 'errno' ? -Errno[error.errno] : rpcErrorCode.internal;
   const data = { ...error.data, ...(error.detail === undefined ? {} : { detail: error.detail }) };
   const message = strerror[error.errno];

@@ -3,6 +3,8 @@ import { z } from 'zod';
 import { fail } from '../errors.ts';
 import type { StorageNode } from '../actors/node.ts';
 import type { BaseBdev, LvstoreEntry } from '../actors/registry.ts';
+import type { Bdev } from '../bdev/bdev.ts';
+import { BaseBdev as BaseBdevClass } from '../bdev/baseBdev.ts';
 import type { BdevClaims, ClaimType } from '../bdev/bdevClaims.ts';
 import { loopYielder } from '../store/format.ts';
 import { rfc3339Seconds } from '../store/lvstore.ts';
@@ -122,6 +124,27 @@ export function baseBdevInfo(bdev: BaseBdev): BdevView {
   return info;
 }
 
+/**
+ * A bdev of a kind a module registers (an NVMe namespace), from its `Bdev` alone: SPDK's common
+ * fields, no driver_specific until that module says what to show.
+ */
+export function moduleBdevInfo(bdev: Bdev): BdevView {
+  const writable = bdev.readOnly() ? [] : ['write', 'unmap', 'write_zeroes'];
+  return {
+    name: bdev.name,
+    aliases: [...bdev.aliases()],
+    product_name: bdev.kind === 'nvme' ? 'NVMe disk' : bdev.kind,
+    block_size: bdev.blockSizeBytes,
+    num_blocks: bdev.sizeBytes() / bdev.blockSizeBytes,
+    uuid: bdev.uuid,
+    assigned_rate_limits: noRateLimits,
+    ...claimFields(bdev.claims),
+    zoned: false,
+    supported_io_types: supportedIoTypes(['read', 'flush', 'reset', ...writable]),
+    driver_specific: {},
+  };
+}
+
 /** a × b, as a bigint where it passes 2^53 (a 2^40-cluster lvol has 2^53 blocks): JSON carries it exactly. */
 function exactProduct(a: number, b: number): number | bigint {
   const product = a * b;
@@ -181,8 +204,11 @@ export function lvolBdevInfo(entry: LvstoreEntry, lvol: LvolRecord, claims?: Bde
 
 /** bdev_get_bdevs {name}: the bdev called `name` (a base bdev name, lvol UUID or alias); the whole list is allBdevInfos. */
 export function bdevInfos(node: StorageNode, name: string): BdevView[] {
-  const base = node.registry.bdevs.get(name) ?? [...node.registry.bdevs.values()].find((bdev) => bdev.uuid === name);
-  if (base) return [baseBdevInfo(base)];
+  // The one lookup finds base and module bdevs; an lvol is then found by its durable name, as
+  // listings see lvols (a rename in flight is not seen).
+  const bdev = node.registry.lookupBdev(name);
+  if (bdev instanceof BaseBdevClass) return [baseBdevInfo(bdev)];
+  if (bdev && bdev.kind !== 'lvol') return [moduleBdevInfo(bdev)];
   const { entry, lvol } = node.resolveLvolDurable(name);
   // As SPDK: a degraded lvol (its external snapshot is missing) is listed by
   // bdev_lvol_get_lvols, but is no bdev until the external snapshot comes back.
@@ -234,7 +260,7 @@ export function allBdevInfos(node: StorageNode): Promise<BdevView[] | Serialized
     node,
     [...node.registry.lvstores.values()],
     (entry, lvol) => (entry.store.isDegraded(lvol.id) ? undefined : lvolBdevInfo(entry, lvol, node.registry.lvolBdevs.peek(lvol.id))),
-    [...node.registry.bdevs.values()].map(baseBdevInfo),
+    [...[...node.registry.bdevs.values()].map(baseBdevInfo), ...[...node.registry.moduleBdevs.values()].map(moduleBdevInfo)],
   );
 }
 

@@ -3,6 +3,8 @@
 // node's method table and `node.bdev(name)`, against answers written out by hand.
 import { afterEach, describe, expect, it } from 'vitest';
 import type { StorageNode } from '../../src/actors/node.ts';
+import type { Bdev } from '../../src/bdev/bdev.ts';
+import { BdevClaims } from '../../src/bdev/bdevClaims.ts';
 import { StorageError } from '../../src/errors.ts';
 import type { MethodTable } from '../../src/transport/methodTable.ts';
 import { call, errnoOf, nodeHarness } from '../integration/tableCalls.ts';
@@ -136,5 +138,34 @@ describe('one bdev registry', () => {
     expect(ext.claims.list()).toEqual([]);
     // A destination claimed by an lvstore is refused before anything is written.
     expect(await errnoOf(call(table, 'bdev_lvol_start_deep_copy', { src_lvol_name: 'lvs/snap', dst_bdev_name: 'disk' }))).toBe('EPERM');
+  });
+
+  it('finds and lists a bdev a module registers (an NVMe namespace) by the same lookup, and keeps its name taken', async () => {
+    const { node, table } = await setup();
+    const bytes = Buffer.alloc(mib);
+    const nvme: Bdev = {
+      kind: 'nvme',
+      name: 'Nvme0n1',
+      uuid: '22222222-3333-4444-8555-666666666666',
+      aliases: () => [],
+      blockSizeBytes: 512,
+      sizeBytes: () => bytes.length,
+      readOnly: () => false,
+      readInto: async (offsetBytes, target) => void bytes.copy(target, 0, offsetBytes, offsetBytes + target.length),
+      write: async (offsetBytes, data) => void bytes.set(data, offsetBytes),
+      flush: async () => {},
+      unmap: async () => {},
+      writeZeroes: async () => {},
+      extents: (offsetBytes, lengthBytes) => [{ offsetBytes, lengthBytes, allocated: true }],
+      claims: new BdevClaims(() => 'Nvme0n1'),
+    };
+    node.registry.moduleBdevs.set(nvme.name, nvme);
+    expect(node.bdev('Nvme0n1')).toBe(nvme);
+    expect(node.bdev(nvme.uuid)).toBe(nvme);
+    expect(await errnoOf(call(table, 'bdev_malloc_create', { name: 'Nvme0n1', num_blocks: 8, block_size: 512 }))).toBe('EEXIST');
+    const listed = await call<Array<Record<string, unknown>>>(table, 'bdev_get_bdevs', {});
+    expect(listed.map((row) => row.name)).toContain('Nvme0n1');
+    const [one] = await call<Array<Record<string, unknown>>>(table, 'bdev_get_bdevs', { name: 'Nvme0n1' });
+    expect(one).toMatchObject({ name: 'Nvme0n1', product_name: 'NVMe disk', block_size: 512, num_blocks: 2048, claimed: false });
   });
 });

@@ -125,7 +125,9 @@ export function verificationOf(lvol: LvolRecord, readings: VerifyReadings, clust
   const corrupt = badClusterCount > 0 || whole !== null;
   return {
     verifiedAtMs: atMs,
-    result: corrupt ? 'corrupt' : complete ? 'clean' : 'incomplete',
+    // A walk that ended early is incomplete even when it found bad clusters (they flag the
+    // snapshot by themselves): `corrupt` would read as finished and drop the saved position.
+    result: !complete ? 'incomplete' : corrupt ? 'corrupt' : 'clean',
     errorsOnly: readings.targets !== null,
     clustersChecked: readings.clustersDone,
     clustersTotal: readings.clustersTotal,

@@ -240,13 +240,16 @@ describe('verification policy actor', () => {
     const startMs = clock.now();
     const stepMs = 25;
     const readBytesAt = new Map<number, number>();
+    let policyWalksMax = 0;
     for (let elapsedMs = 0; elapsedMs <= 2000; elapsedMs += stepMs) {
       for (let turn = 0; turn < 60; turn++) await new Promise((resolve) => setImmediate(resolve));
       readBytesAt.set(elapsedMs, (device.clusterReads - readsBefore) * clusterBytes);
+      policyWalksMax = Math.max(policyWalksMax, node.scheduler.actor.getSnapshot().context.policyWalks.length);
       clock.increment(stepMs);
     }
     expect(clock.now() - startMs).toBeGreaterThan(2000);
-    expect(node.scheduler.actor.getSnapshot().context.policyWalks.length).toBe(3);
+    // All three ran under the cap together (one may finish first: the shares need not be even).
+    expect(policyWalksMax).toBe(3);
     const capBytesPerMs = (rateMib * 1024 * 1024) / 1000;
     for (const [fromMs, fromBytes] of readBytesAt) {
       for (const [toMs, toBytes] of readBytesAt) {

@@ -473,10 +473,14 @@ function copyMethods(node: StorageNode): Record<string, RpcMethod> {
   };
   const shallowCopyStatus = z.looseObject({ copied_clusters: z.number(), unmapped_clusters: z.number(), ...copyStatusCommon });
   const deepCopyStatus = z.looseObject({ processed_clusters: z.number(), ...copyStatusCommon });
-  const check = (kind: 'shallow' | 'deep') => (p: { operation_id: number }) => {
-    const { processed_clusters, copied_clusters, unmapped_clusters, ...rest } = node.copies.check(kind, p.operation_id);
-    // SPDK's fields per kind, then lvnode's (machine_state, src_lvol, dst_bdev, kind).
-    return kind === 'deep' ? { processed_clusters, ...rest } : { copied_clusters, unmapped_clusters, ...rest };
+  // SPDK's fields per kind, then lvnode's (machine_state, src_lvol, dst_bdev, kind).
+  const checkShallow = (p: { operation_id: number }) => {
+    const { processed_clusters: _processed, copied_clusters, unmapped_clusters, ...rest } = node.copies.check('shallow', p.operation_id);
+    return { copied_clusters, unmapped_clusters, ...rest };
+  };
+  const checkDeep = (p: { operation_id: number }) => {
+    const { processed_clusters, copied_clusters: _copied, unmapped_clusters: _unmapped, ...rest } = node.copies.check('deep', p.operation_id);
+    return { processed_clusters, ...rest };
   };
   return {
     bdev_lvol_start_shallow_copy: defineMethod({
@@ -500,7 +504,7 @@ function copyMethods(node: StorageNode): Record<string, RpcMethod> {
       priority: 'foreground',
       params: z.strictObject({ operation_id: u64AsNumber }),
       result: shallowCopyStatus,
-      handler: check('shallow'),
+      handler: checkShallow,
     }),
     bdev_lvol_start_deep_copy: defineMethod({
       description: 'Copy everything a read-only lvol shows (through its parent chain; holes as zeros) to another bdev, in the background.',
@@ -514,7 +518,7 @@ function copyMethods(node: StorageNode): Record<string, RpcMethod> {
       priority: 'foreground',
       params: z.strictObject({ operation_id: u64AsNumber }),
       result: deepCopyStatus,
-      handler: check('deep'),
+      handler: checkDeep,
     }),
   };
 }

@@ -481,7 +481,10 @@ export function applyChange(store: LvstoreRecord, change: MetadataChange): void 
       const lvol = lvolOf(store, change.id);
       lvol.verification = change.verification;
       // A finished verify leaves no position to resume; an incomplete one keeps the one saved before it.
-      if (change.verification.result === 'clean' || change.verification.result === 'corrupt') lvol.savedProgress = null;
+      // Only a verify's position goes: a copy's finding (also a `corrupt` record) must not wipe a
+      // stopped registration's saved position, which a restart resumes from.
+      const finished = change.verification.result === 'clean' || change.verification.result === 'corrupt';
+      if (finished && lvol.savedProgress?.mode === 'verify') lvol.savedProgress = null;
       return;
     }
   }

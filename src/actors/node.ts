@@ -26,6 +26,7 @@ import { CopyService } from './copies.ts';
 import { EsnapHolds, resolveExternalSource } from './externalSnapshots.ts';
 import { type LvstoreSelector, LvstoreLifecycle } from './lvstores.ts';
 import { NbdExports } from './nbdExports.ts';
+import { NvmfTarget } from './nvmfTarget.ts';
 import { PriorityRouter } from './priority.ts';
 import { type BackgroundOptions, BackgroundScheduler } from './scheduler.ts';
 import { VerifyPolicyRunner, type VerifyPolicyOptions } from './verifyPolicy.ts';
@@ -50,6 +51,8 @@ export interface StorageNodeOptions {
   onBackgroundOptionsChanged?: (options: BackgroundOptions) => Promise<void>;
   /** The verification policy saved by an earlier run (issue 21 item 4), where new ones are saved, its clock. */
   verifyPolicy?: VerifyPolicyOptions;
+  /** --nvmf-allow-remote: NVMe/TCP listeners may bind addresses other hosts reach (README, security). */
+  nvmfAllowRemote?: boolean;
 }
 
 export class StorageNode {
@@ -61,6 +64,8 @@ export class StorageNode {
   readonly checksums: ChecksumService;
   /** NBD exports (SPEC §7); an exported bdev cannot be deleted until its export is stopped. */
   readonly nbd: NbdExports;
+  /** NVMe-oF subsystems (issue 22): a namespace holds its bdev open, so it cannot be deleted under hosts. */
+  readonly nvmf: NvmfTarget;
   /** Shallow, range and deep copies (replica rebuild); a delete of either end stops them first. */
   readonly copies: CopyService;
   /** What esnap clones hold on their external snapshots: read_many_write_none claims. */
@@ -89,6 +94,7 @@ export class StorageNode {
     this.router = new PriorityRouter((lvolId) => this.actorOf(lvolId));
     this.checksums = new ChecksumService(this.registry, this.router, runtime, (event) => this.emit(event));
     this.nbd = new NbdExports(this.registry, this.inspector, this.events);
+    this.nvmf = new NvmfTarget(this.inspector, options.nvmfAllowRemote === true);
     // An external snapshot attached again (its bdev, or the lvstore of its lvol) is held again.
     this.events.on('event', (event) => {
       if (event.type === 'bdev_created' || event.type === 'lvstore_created') this.esnaps.retake();
@@ -391,6 +397,7 @@ export class StorageNode {
     this.verifyPolicy.stop();
     // NBD clients finish their in-flight requests and are disconnected before stores close.
     await this.nbd.stopAll('shutdown');
+    await this.nvmf.stopAll('shutdown');
     await this.copies.stopAll('shutdown');
     const allIds = () => [...this.registry.allLvols()].map(({ lvol }) => lvol.id);
     await this.router.run({

@@ -188,7 +188,7 @@ export class NvmfSubsystem {
   }
 
   /** Adds a namespace on `bdev` (opened, so it cannot be deleted under the hosts); returns its NSID. */
-  addNamespace(bdev: Bdev, options: { nsid?: number | undefined; uuid?: string | undefined; anagrpid?: number | undefined }): number {
+  addNamespace(bdev: Bdev, options: { nsid?: number | undefined; uuid?: string | undefined; nguid?: string | undefined; anagrpid?: number | undefined }): number {
     if (this.isDiscovery) fail('EINVAL', 'the discovery subsystem has no namespaces');
     const max = this.options.maxNamespaces;
     let nsid = options.nsid ?? 0;
@@ -203,7 +203,7 @@ export class NvmfSubsystem {
     }
     const uuid = options.uuid ?? bdev.uuid ?? randomUUID();
     const hold = bdev.claims.open(`NVMe-oF namespace ${nsid} of ${this.nqn}`);
-    const nguid = Buffer.from(uuid.replaceAll('-', ''), 'hex');
+    const nguid = Buffer.from((options.nguid ?? uuid).replaceAll('-', ''), 'hex');
     this.changeNamespaces(() => this.namespaces.set(nsid, { nsid, bdev, hold, uuid, nguid, anagrpid: options.anagrpid ?? nsid }), [nsid]);
     return nsid;
   }

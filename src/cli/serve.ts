@@ -22,6 +22,7 @@ import { type SpdkSocketServer, claimSocketPath, startSpdkSocketServer } from '.
 import { buildDashboard } from '../transport/dashboardAssets.ts';
 import { StaticFiles } from '../transport/httpStatic.ts';
 import { type RpcServer, type RpcServerLimits, isLoopbackHost, startRpcServer } from '../transport/wsServer.ts';
+import { NvmfTcpTransport } from '../transport/nvmf/target.ts';
 import { type NbdAddress, type NbdListenerConfig, NbdServer, assertNbdAddressFree, describeNbdListener, formatNbdAddress, resolveNbdListener } from '../transport/nbd/server.ts';
 
 export { describeNbdListener, formatNbdAddress };
@@ -47,6 +48,8 @@ export interface ServeOptions {
   nbdInsecureTcp?: boolean | undefined;
   /** Serve SPDK's own JSON-RPC framing and error codes (SPEC §3.2) on this Unix socket path too. */
   rpcSocket?: string | undefined;
+  /** NVMe/TCP listeners (added by nvmf_subsystem_add_listener) may bind non-loopback addresses. */
+  nvmfAllowRemote?: boolean | undefined;
   runtime?: Runtime;
 }
 
@@ -67,6 +70,8 @@ export interface RunningNode {
   readonly nbd: NbdServer | undefined;
   /** Where NBD clients connect (the actual port when 0 was asked for). */
   readonly nbdAddress: NbdAddress | undefined;
+  /** The NVMe/TCP transport: its ports open as nvmf_subsystem_add_listener asks. */
+  readonly nvmf: NvmfTcpTransport;
   /** SPDK's Unix socket, when `rpcSocket` was given. */
   readonly spdkSocket: SpdkSocketServer | undefined;
   /** Stops everything; rejects with ShutdownIncompleteError (after closing the rest) when a device could not be flushed or closed. */
@@ -231,14 +236,17 @@ async function startLockedNode(
       policy: await readVerifyPolicy(verifyPolicyPath),
       onPolicyChanged: (changed) => writeFileAtomically(verifyPolicyPath, `${JSON.stringify(changed, null, 2)}\n`),
     },
+    nvmfAllowRemote: options.nvmfAllowRemote === true,
   });
+  // NVMe/TCP ports open only when nvmf_subsystem_add_listener asks (SPDK's model: listeners come from RPC).
+  const nvmfTransport = new NvmfTcpTransport(node.nvmf, () => node.scheduler.noteForeground());
   const detachStately = options.statelyInspectUrl ? await attachStatelyInspector(node, options.statelyInspectUrl) : () => {};
   const rpcStats = new RpcStats();
   let server: RpcServer | undefined;
   const table = createMethodTable(node, { rpc: rpcStats, connectionCount: () => server?.connectionCount() ?? 0 });
   // What a failed start closes, newest first: listeners, then the node (its file locks too), so
   // a later start in this process can take them.
-  const opened: Array<() => Promise<void> | void> = [() => node.shutdown(), () => rpcStats.close(), detachStately];
+  const opened: Array<() => Promise<void> | void> = [() => node.shutdown(), () => nvmfTransport.shutdown(), () => rpcStats.close(), detachStately];
   const startStep = async <T>(step: () => Promise<T>): Promise<T> => {
     try {
       return await step();
@@ -307,6 +315,7 @@ async function startLockedNode(
     auth,
     nbd,
     nbdAddress: nbd?.address,
+    nvmf: nvmfTransport,
     spdkSocket,
     close: async () => {
       // Running registrations are answered "preempted by shutdown" while their connections are
@@ -314,6 +323,8 @@ async function startLockedNode(
       // RPC server stops, then the node closes its stores and devices.
       await node.preemptAll('shutdown');
       await nbd?.close();
+      await node.nvmf.stopAll('shutdown');
+      await nvmfTransport.shutdown();
       await spdkSocket?.close();
       await listening.close();
       const failures = await node.shutdown();

@@ -9,13 +9,14 @@ import { fail } from '../errors.ts';
 import { toJsonSafe } from './inspector.ts';
 import { nbdActorIdPrefix } from './nbdExports.ts';
 import type { StorageNode } from './node.ts';
+import { nvmfActorId } from './nvmfTarget.ts';
 import type { ResolvedLvol } from './registry.ts';
 import type { MachineNode, MachineTransition } from './machineShape.ts';
 import { schedulerActorId } from './scheduler.ts';
 
 export type { MachineNode, MachineTransition };
 
-export type ActorKind = 'lvol' | 'scheduler' | 'copy' | 'nbd_export';
+export type ActorKind = 'lvol' | 'scheduler' | 'copy' | 'nbd_export' | 'nvmf_subsystem';
 
 export interface InspectableActor {
   /** The id `inspect_subscribe {actor_id}` filters on (an lvol's UUID, `scheduler`, `copy-N`, `nbd:NAME`). */
@@ -36,6 +37,7 @@ function nodeActors(node: StorageNode): InspectableActor[] {
   const actors: InspectableActor[] = [machineActor(schedulerActorId, 'scheduler', 'background scheduler', node.scheduler.actor)];
   for (const operation of node.copies.operationList()) actors.push(copyActor(operation));
   for (const entry of node.nbd.list()) actors.push(machineActor(`${nbdActorIdPrefix}${entry.exportName}`, 'nbd_export', `NBD export ${entry.exportName}`, entry.actor));
+  for (const subsystem of node.nvmf.list()) actors.push(machineActor(nvmfActorId(subsystem.nqn), 'nvmf_subsystem', `NVMe-oF subsystem ${subsystem.nqn}`, subsystem.actor));
   return actors;
 }
 
@@ -59,6 +61,10 @@ export function findInspectable(node: StorageNode, actorId: string): Inspectable
     const exportName = actorId.slice(nbdActorIdPrefix.length);
     const entry = node.nbd.lookup(exportName) ?? fail('ENODEV', `no NBD export ${exportName}`);
     return machineActor(actorId, 'nbd_export', `NBD export ${exportName}`, entry.actor);
+  }
+  if (actorId.startsWith(nvmfActorId(''))) {
+    const found = nodeActors(node).find((candidate) => candidate.actor_id === actorId);
+    return found ?? fail('ENODEV', `no NVMe-oF subsystem ${actorId.slice(nvmfActorId('').length)}`);
   }
   if (actorId.startsWith(copyActorIdPrefix)) {
     const operation = node.copies.operationList().find((candidate) => `${copyActorIdPrefix}${candidate.operationId}` === actorId);

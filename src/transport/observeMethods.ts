@@ -57,11 +57,11 @@ export function observeMethods(node: StorageNode): Record<string, RpcMethod> {
   return {
     inspect_get_actors: defineMethod({
       description:
-        'The actors the inspector can follow: the scheduler, copies, NBD exports, then lvols (at most `limit`, default 1000), each with its current state value.',
+        'The actors the inspector can follow: the scheduler, copies, NBD exports, NVMe-oF subsystems, then lvols (at most `limit`, default 1000), each with its current state value.',
       priority: 'foreground',
       params: z.strictObject({ limit: z.number().int().min(0).max(1_000_000).optional() }),
       result: z.object({
-        actors: z.array(z.object({ actor_id: z.string(), kind: z.enum(['lvol', 'scheduler', 'copy', 'nbd_export']), label: z.string(), value: z.unknown() })),
+        actors: z.array(z.object({ actor_id: z.string(), kind: z.enum(['lvol', 'scheduler', 'copy', 'nbd_export', 'nvmf_subsystem']), label: z.string(), value: z.unknown() })),
         lvols_total: z.number(),
       }),
       handler: async (p) => {

@@ -72,8 +72,9 @@ describe('NVMe-oF RPCs', () => {
       namespaces: [{ nsid: 1, bdev_name: lvolUuid, name: lvolUuid, nguid: '00112233445566778899AABBCCDDEEFF' }],
       state: 'active',
     });
-    // The subsystem is an actor the inspector can show, as NBD exports are.
-    expect(node.running.node.nvmf.require(nqn).actor.id).toBe(`nvmf:${nqn}`);
+    // The subsystem is an actor the inspector lists and shows, as NBD exports are.
+    const { actors } = await client.call<{ actors: Array<{ actor_id: string; kind: string; value: unknown }> }>('inspect_get_actors', {});
+    expect(actors).toContainEqual({ actor_id: `nvmf:${nqn}`, kind: 'nvmf_subsystem', label: `NVMe-oF subsystem ${nqn}`, value: 'active' });
   });
 
   it.skipIf(skipSpdk)('serves the exposed lvol to spdk_dd; the node reads back what SPDK wrote', async () => {

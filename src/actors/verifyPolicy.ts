@@ -79,6 +79,12 @@ export interface VerifyPolicyOptions {
 }
 
 /** How a verify the policy started ended, for its back-off: only a device read error backs off. */
+/** A walk stopped by a priority operation (the node re-queues it once the operation is done). */
+function isPreemption(error: unknown): boolean {
+  const reason = error instanceof StorageError ? error.data?.reason : undefined;
+  return typeof reason === 'string' && reason.startsWith('preempted by ');
+}
+
 function outcomeOf(error: unknown): VerifyOutcome {
   return error instanceof StorageError && error.errno === 'EIO' ? 'readError' : 'other';
 }
@@ -87,6 +93,8 @@ export class VerifyPolicyRunner {
   readonly actor: Actor<ReturnType<typeof verifyPolicyMachineAt>>;
   /** Verifies this runner started that have not ended. */
   private readonly running = new Set<string>();
+  /** Of those, the ones a preemption interrupted and the node will resume by itself. */
+  private readonly resumingByNode = new Set<string>();
   /** Due snapshots found by the last scan, oldest verification first, not yet started. */
   private dueQueue: string[] = [];
   /** Snapshots registered for the first time, to verify first (verify_after_register). */
@@ -128,6 +136,7 @@ export class VerifyPolicyRunner {
     this.pacing = options.pacing;
     this.pacing?.setPolicyRate(this.actor.getSnapshot().context.policy.rate_mib_per_sec * mibBytes, options.clock);
     events.on('event', (event) => {
+      if (event.type === 'checksum_state') this.onResumedWalkEvent(String(event.uuid), event.state, event.will_resume, event.error);
       // A checksum registered where none was verified yet: verify_after_register verifies it.
       if (event.type !== 'checksum_state' || event.state !== 'done' || event.previous === 'done' || event.mode === 'verify') return;
       const lvolId = String(event.uuid);
@@ -171,6 +180,7 @@ export class VerifyPolicyRunner {
 
   /** Finds the due snapshots, oldest verification first (one pass over the records). */
   private scanDue(policy: VerifyPolicy, backingOff: Readonly<Record<string, VerifyBackoff>>): void {
+    this.sweepResuming();
     const nowMs = this.runtime.nowMs();
     const due: Array<{ id: string; lastMs: number }> = [];
     for (const { lvol } of this.registry.allLvols()) {
@@ -215,10 +225,42 @@ export class VerifyPolicyRunner {
     this.checksums.verify(lvolId, false, resume).then(
       () => this.ended(lvolId, 'done'),
       (error: unknown) => {
-        if (!(error instanceof Error && 'errno' in error && error.errno === 'EINTR')) log('warn', 'policy verify ended without a result', { lvol: lvolId, error: String(error) });
+        const interrupted = error instanceof Error && 'errno' in error && error.errno === 'EINTR';
+        // Preempted: the node resumes the walk by itself once the operation is done. It is still
+        // this policy's walk (paced to its cap, stopped at its window's end) until that ends.
+        if (interrupted && isPreemption(error) && this.recordOf(lvolId)) {
+          this.resumingByNode.add(lvolId);
+          return;
+        }
+        if (!interrupted) log('warn', 'policy verify ended without a result', { lvol: lvolId, error: String(error) });
         this.ended(lvolId, outcomeOf(error));
       },
     );
+  }
+
+  /**
+   * Preempted policy verifies that will not come back (the operation did not re-queue them, or
+   * the lvol is gone) end here; the scan runs at every re-check, so none holds a slot for long.
+   */
+  private sweepResuming(): void {
+    for (const lvolId of this.resumingByNode) {
+      const status = this.recordOf(lvolId) ? this.registry.lvol(lvolId).actor.status() : undefined;
+      if (status && (busyStates.has(status.state) || status.will_resume)) continue;
+      this.resumingByNode.delete(lvolId);
+      this.ended(lvolId, status?.state === 'done' ? 'done' : 'other');
+    }
+  }
+
+  /** A policy verify the node resumed after a preemption reached an end (its checksum_state event). */
+  private onResumedWalkEvent(lvolId: string, state: unknown, willResume: unknown, error: unknown): void {
+    if (!this.resumingByNode.has(lvolId)) return;
+    if (state === 'done') {
+      this.resumingByNode.delete(lvolId);
+      this.ended(lvolId, 'done');
+    } else if ((state === 'aborted' && willResume !== true) || state === 'failed' || state === 'idle') {
+      this.resumingByNode.delete(lvolId);
+      this.ended(lvolId, state === 'failed' && typeof error === 'string' && error.includes('Input/output') ? 'readError' : 'other');
+    }
   }
 
   private ended(lvolId: string, outcome: VerifyOutcome): void {

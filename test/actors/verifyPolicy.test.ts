@@ -175,6 +175,30 @@ describe('verification policy actor', () => {
     expect(device.clusterReads - readsBefore).toBeLessThanOrEqual(clustersPerSnapshot + 2);
   });
 
+  it('keeps a preempted policy verify its own after the node resumes it: the window end still stops it', async () => {
+    const { node, clock, device } = await policyNode({ enabled: false, interval_sec: day, jitter_sec: 0, windows: window2to4 }, 1);
+    clock.increment(2 * hourMs + 1);
+    const readsBefore = device.clusterReads;
+    await node.verifyPolicy.setPolicy({ ...node.verifyPolicy.policy(), enabled: true, interval_sec: 3600 });
+    await until(() => device.clusterReads - readsBefore >= 2);
+    device.holding = true;
+    await until(() => device.waiting > 0);
+    // A clone of the snapshot preempts the walk; the node re-queues it once the clone is made.
+    const cloned = node.clone('lvs/snap0', 'c0');
+    device.release();
+    await cloned;
+    await until(() => node.checksums.status('lvs/snap0').state === 'computing');
+    expect((await node.verifyPolicy.stats()).running).toBe(1);
+    device.holding = true;
+    await until(() => device.waiting > 0);
+    clock.increment(2 * hourMs);
+    device.release();
+    await until(() => node.checksums.status('lvs/snap0').state === 'aborted');
+    expect(node.checksums.status('lvs/snap0').reason).toBe('verify window closed');
+    await until(() => result(node, 'lvs/snap0') === 'incomplete');
+    expect((await node.verifyPolicy.stats()).running).toBe(0);
+  });
+
   it('spreads the interval by a per-snapshot jitter share within [0, jitter]', () => {
     const shares = ['a', 'b', 'c', 'd', 'e', 'f'].map((id) => jitterMsOf(id, 1000, 3_600_000));
     for (const share of shares) expect(share).toBeGreaterThanOrEqual(0);

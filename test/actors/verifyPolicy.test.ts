@@ -13,7 +13,7 @@ import { createMethodTable } from '../../src/transport/methods.ts';
 import { RpcFrameworkError } from '../../src/transport/errorMapping.ts';
 import { writeFileAtomically } from '../../src/cli/config.ts';
 import { readVerifyPolicy } from '../../src/cli/serve.ts';
-import { mkdtemp } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -373,6 +373,7 @@ describe('verification policy actor', () => {
     const { rate_mib_per_sec: _dropped, ...older } = saved.at(-1)!;
     await writeFileAtomically(join(dir, 'old.json'), JSON.stringify(older));
     expect(await readVerifyPolicy(join(dir, 'old.json'))).toMatchObject({ rate_mib_per_sec: 0 });
+    await rm(dir, { recursive: true, force: true });
   });
 
   it('refuses bad policy input with -32602 and changes nothing', async () => {
@@ -414,5 +415,6 @@ describe('verification policy actor', () => {
     expect(loaded).toMatchObject({ enabled: true, interval_sec: 2 * day, verify_after_register: true, windows: window2to4 });
     const restarted = await policyNode(loaded, 0);
     expect(restarted.node.verifyPolicy.policy()).toEqual(loaded);
+    await rm(dir, { recursive: true, force: true });
   });
 });

@@ -1,4 +1,4 @@
-# Builds the lvnode_crc64 Node-API addon (see native/). No -march or -mavx512 flags here: the
+# Builds the lvnode_crc64 Node-API addon (see native/), and lvnode_crc32c (NVMe/TCP digests, native/crc32c.cc). No -march or -mavx512 flags here: the
 # PCLMULQDQ/VPCLMULQDQ kernels carry per-function target attributes and are chosen at run time, so
 # the binary runs on any x86-64; other architectures compile only the table kernel.
 {
@@ -16,6 +16,13 @@
         "CLANG_CXX_LANGUAGE_STANDARD": "c++17",
         "OTHER_CPLUSPLUSFLAGS": ["-O3"]
       }
+    },
+    {
+      "target_name": "lvnode_crc32c",
+      "sources": ["native/crc32c.cc"],
+      "defines": ["NAPI_VERSION=8"],
+      "cflags_cc": ["-O3", "-std=c++17", "-Wall", "-Wextra"],
+      "xcode_settings": { "CLANG_CXX_LANGUAGE_STANDARD": "c++17", "OTHER_CPLUSPLUSFLAGS": ["-O3"] }
     }
   ]
 }

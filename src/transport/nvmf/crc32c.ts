@@ -1,5 +1,6 @@
 // CRC32C (Castagnoli), the NVMe/TCP header and data digest: the native addon's SSE4.2 kernel when
 // it is built, else slice-by-8 tables here (both give the same value; test/transport/nvmf/crc32c.test.ts).
+import { createRequire } from 'node:module';
 import { addon } from '../../addon.ts';
 
 const polynomialReflected = 0x82f63b78;
@@ -46,10 +47,30 @@ export function crc32cTable(data: Uint8Array, start = 0, end = data.length, crc 
 }
 
 type NativeCrc32c = (data: Uint8Array, crc: number) => number;
-const native = addon && typeof addon.crc32c === 'function' ? (addon.crc32c as NativeCrc32c) : undefined;
 
-/** Which implementation `crc32c` uses: `sse4.2`/`table` from the addon, or `js`. */
-export const crc32cKernel: string = native ? String(addon!.crc32cKernel ?? 'native') : 'js';
+/** The native kernel: in the main addon if it carries one, else its own module (native/crc32c.cc, binding.gyp). */
+function loadNative(): { crc32c: NativeCrc32c; kernel: string } | undefined {
+  if (addon && typeof addon.crc32c === 'function') return { crc32c: addon.crc32c as NativeCrc32c, kernel: String(addon.crc32cKernel ?? 'native') };
+  const require = createRequire(import.meta.url);
+  // From src/ (tsx) or from the bundle in build/js/, as src/addon.ts looks.
+  for (const candidate of ['../../../build/Release/lvnode_crc32c.node', '../../build/Release/lvnode_crc32c.node', '../build/Release/lvnode_crc32c.node']) {
+    try {
+      const module = require(candidate) as { crc32c?: unknown; crc32cKernel?: unknown };
+      if (typeof module.crc32c === 'function') return { crc32c: module.crc32c as NativeCrc32c, kernel: String(module.crc32cKernel ?? 'native') };
+    } catch {
+      // Not built (or not here): the tables below serve.
+    }
+  }
+  return undefined;
+}
+
+const loaded = process.env.LVNODE_CRC32C === 'js' ? undefined : loadNative();
+const native = loaded?.crc32c;
+
+/** Which implementation `crc32c` uses: `sse4.2`/`table` natively, or `js` (LVNODE_CRC32C=js forces it). */
+export const crc32cKernel: string = loaded?.kernel ?? 'js';
+/** The native kernel itself, for tests that compare it with the tables. */
+export const nativeCrc32c: NativeCrc32c | undefined = native;
 
 // Below this many bytes the call into the addon costs more than the table loop here.
 const nativeBytesMin = 256;

@@ -146,7 +146,9 @@ export const lvolMachine = setup({
         progress: {
           ...previous,
           runId: event.runId,
-          clustersTotal: event.clustersTotal,
+          // An errors-only verify goes on over the clusters it set out with (the bad clusters
+          // known now may be fewer: an incomplete verify lists only those it reached).
+          clustersTotal: previous.targets === null ? event.clustersTotal : previous.targets.length,
           resumedAtMs: event.atMs,
           finishedAtMs: null,
           reason: null,

@@ -174,3 +174,79 @@ describe('NVMe/TCP target admission and namespace bounds', () => {
     expect(() => bdev.claims.assertDeletable()).not.toThrow();
   });
 });
+
+describe('NVMe/TCP controller life', () => {
+  it('destroys a controller whose host sends nothing for its keep-alive timeout, and keeps one that sends Keep Alive', async () => {
+    const { port, nqn } = await open();
+    const silent = await host(port);
+    await silent.connectAdmin(nqn, undefined, 300);
+    const alive = await host(port);
+    await alive.connectAdmin(nqn, undefined, 300);
+    const startMs = Date.now();
+    while (Date.now() - startMs < 900) {
+      expect((await alive.command(alive.sqe(0x18))).sc).toBe(0);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    await silent.waitClosed(100);
+    expect(alive.closed).toBe(false);
+    expect(target!.target.require(nqn).controllerCount()).toBe(1);
+  });
+
+  it('completes a held Asynchronous Event Request when a namespace is added, and lists it as changed', async () => {
+    const { port, nqn } = await open();
+    const admin = await host(port);
+    await admin.connectAdmin(nqn);
+    const aer = admin.sqe(0x0c);
+    admin.write(admin.capsule(aer));
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    target!.target.require(nqn).addNamespace(memoryBdev('Malloc1', mib), {});
+    const event = await admin.next();
+    expect(event?.type).toBe(0x05);
+    expect(event!.bytes.readUInt16LE(20)).toBe(aer.readUInt16LE(2));
+    // Notice (type 2), namespace attribute changed (0), log page 04h.
+    expect(event!.bytes.readUInt32LE(8)).toBe(0x00040002);
+    const log = await admin.command(admin.sqe(0x02, { cdw10: 0x04 | (((4096 / 4) - 1) << 16), transferBytes: 4096 }));
+    expect(Buffer.concat(log.data).readUInt32LE(0)).toBe(2);
+  });
+
+  it('terminates a host that sends more commands than its queue has entries', async () => {
+    const { port, nqn } = await open();
+    const admin = await host(port);
+    const cntlid = await admin.connectAdmin(nqn);
+    const io = await ioQueue(port, nqn, cntlid);
+    // The queue has 32 entries (SQSIZE 31): 40 one-block reads sent at once overflow it.
+    const burst = Buffer.concat(Array.from({ length: 40 }, () => io.capsule(io.sqe(0x02, { nsid: 1, transferBytes: 512 }))));
+    io.write(burst);
+    for (;;) {
+      const pdu = await io.next();
+      if (pdu === undefined) throw new Error('closed without a C2HTermReq');
+      if (pdu.type === 0x03) {
+        expect(pdu.bytes.readUInt16LE(8)).toBe(0x02);
+        break;
+      }
+    }
+    await io.waitClosed();
+  });
+
+  it('terminates on H2CData outside the range its R2T asked for', async () => {
+    const { port, nqn } = await open();
+    const admin = await host(port);
+    const io = await ioQueue(port, nqn, await admin.connectAdmin(nqn));
+    io.write(io.capsule(io.sqe(0x01, { nsid: 1, cdw12: 15, transferBytes: 8192 })));
+    const r2t = await io.next();
+    expect(r2t?.type).toBe(0x09);
+    const ttag = r2t!.bytes.readUInt16LE(10);
+    const pdu = Buffer.alloc(24 + 4096);
+    pdu.writeUInt8(0x06, 0);
+    pdu.writeUInt8(0x04, 1);
+    pdu.writeUInt8(24, 2);
+    pdu.writeUInt8(24, 3);
+    pdu.writeUInt32LE(pdu.length, 4);
+    pdu.writeUInt16LE(r2t!.bytes.readUInt16LE(8), 8);
+    pdu.writeUInt16LE(ttag, 10);
+    pdu.writeUInt32LE(6144, 12); // DATAO past what was received so far (0), and running past 8192
+    pdu.writeUInt32LE(4096, 16);
+    io.write(pdu);
+    await expectTerminated(io, 0x04);
+  });
+});

@@ -167,10 +167,12 @@ export class RawHost {
     return [sqe, data];
   }
 
-  /** ICReq, Connect (admin), CC.EN=1; returns the controller id. */
-  async connectAdmin(subNqn: string, hostNqn = 'nqn.2014-08.org.nvmexpress:uuid:test-host'): Promise<number> {
+  /** ICReq, Connect (admin, keep-alive timeout `keepAliveMs`), CC.EN=1; returns the controller id. */
+  async connectAdmin(subNqn: string, hostNqn = 'nqn.2014-08.org.nvmexpress:uuid:test-host', keepAliveMs = 10_000): Promise<number> {
     await this.icReq();
-    const connectResult = await this.command(...this.connectCommand(0, subNqn, hostNqn));
+    const [sqe, data] = this.connectCommand(0, subNqn, hostNqn);
+    sqe.writeUInt32LE(keepAliveMs, 48);
+    const connectResult = await this.command(sqe, data);
     if (connectResult.sct !== 0 || connectResult.sc !== 0) throw new Error(`Connect failed: sct ${connectResult.sct} sc ${connectResult.sc}`);
     const set = this.sqe(0x7f, { fctype: 0x00 });
     set.writeUInt32LE(0x14, 44); // CC

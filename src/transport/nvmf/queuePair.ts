@@ -14,6 +14,7 @@ import { nvmfConnectTimeoutMs, nvmfH2cDataBytesMax, nvmfInCapsuleDataBytes, nvmf
 import { log } from '../../log.ts';
 import type { ByteBudget } from '../byteBudget.ts';
 import type { BufferPool } from '../nbd/bufferPool.ts';
+import { readIntoBuffer } from '../nbd/socketReadBuffer.ts';
 import { executeAdmin } from './adminCommands.ts';
 import { type NvmeCommand, type NvmeCompletion, failed, invalidOpcode } from './command.ts';
 import type { ControllerQueue, NvmfController } from './controller.ts';
@@ -56,6 +57,8 @@ const adminInCapsuleBytesMax = 8192;
 const transientTransportError = 0x22;
 // The header buffer holds a header, its digest and padding up to PDO (at most 255).
 const headerBufferBytes = 256;
+// Each connection reads its socket into one buffer of this size, kept while it is open.
+const socketReadBufferBytes = 256 * 1024;
 
 type SlotState = 'free' | 'receiving' | 'r2t' | 'executing';
 
@@ -111,7 +114,12 @@ export class NvmfQueuePair implements ControllerQueue {
     // Before Connect one command at a time is enough (the Connect itself).
     this.freeSlots.push(0);
     socket.setNoDelay(true);
-    socket.on('data', (chunk: Buffer) => this.consumeGuarded(chunk));
+    // Accepted paused: reads land in one buffer of the queue's own when this Node allows it (no
+    // allocation per read; consume() copies out everything it keeps before returning), else
+    // they come as 'data' events.
+    const ownBuffer = readIntoBuffer(socket, Buffer.allocUnsafeSlow(socketReadBufferBytes), (bytes, buffer) => this.consumeGuarded(buffer.subarray(0, bytes)));
+    if (!ownBuffer) socket.on('data', (chunk: Buffer) => this.consumeGuarded(chunk));
+    socket.resume();
     socket.on('error', () => undefined);
     socket.on('close', () => this.closed());
     this.connectTimer = setTimeout(() => this.close('no Connect in time'), nvmfConnectTimeoutMs);

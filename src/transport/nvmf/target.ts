@@ -43,7 +43,8 @@ export class NvmfTcpTransport implements NvmfPorts {
     if (this.ports.has(key)) return;
     const port = Number(address.trsvcid);
     if (!Number.isInteger(port) || port < 1 || port > 65_535) fail('EINVAL', `trsvcid ${address.trsvcid} is not a TCP port`);
-    const server = createServer({ noDelay: true, allowHalfOpen: false });
+    // Accepted paused: the queue pair installs its own read buffer before the first read.
+    const server = createServer({ noDelay: true, allowHalfOpen: false, pauseOnConnect: true });
     const entry: Port = { server, connections: new Set() };
     await new Promise<void>((resolve, reject) => {
       server.once('error', (error: NodeJS.ErrnoException) => reject(new Error(`cannot listen for NVMe/TCP on ${key}: ${error.code ?? error.message}`)));

@@ -52,6 +52,8 @@ export interface NvmfNamespace {
 /** What the target knows of one controller the wire protocol created for a host. */
 export interface NvmfControllerHandle {
   readonly hostNqn: string;
+  /** The listener (`traddr:trsvcid`) its host connected through. */
+  readonly listenKey: string;
   /** Namespaces were added or removed: the controller raises a namespace-attribute notice. */
   namespacesChanged(nsids: readonly number[]): void;
   /** Cut the controller's connections (subsystem deleted, namespace's bdev gone, shutdown). */
@@ -187,6 +189,11 @@ export class NvmfSubsystem {
     return this.controllers.size;
   }
 
+  /** Disconnects the hosts that came through listener `key` (it was removed), as SPDK does. */
+  disconnectListener(key: string): void {
+    for (const controller of [...this.controllers.values()]) if (controller.listenKey === key) controller.disconnect('listener removed');
+  }
+
   /** Adds a namespace on `bdev` (opened, so it cannot be deleted under the hosts); returns its NSID. */
   addNamespace(bdev: Bdev, options: { nsid?: number | undefined; uuid?: string | undefined; nguid?: string | undefined; anagrpid?: number | undefined }): number {
     if (this.isDiscovery) fail('EINVAL', 'the discovery subsystem has no namespaces');
@@ -320,6 +327,7 @@ export class NvmfTarget {
     const index = subsystem.listeners.findIndex((listener) => listenAddressKey(listener.address) === key);
     if (index < 0) fail('ENOENT', `${nqn} does not listen on ${key}`);
     const [listener] = subsystem.listeners.splice(index, 1);
+    subsystem.disconnectListener(key);
     await this.releasePort(listener!.address);
     this.generation++;
   }

@@ -249,4 +249,25 @@ describe('NVMe/TCP controller life', () => {
     io.write(pdu);
     await expectTerminated(io, 0x04);
   });
+
+  it('disconnects the hosts of a removed listener and keeps the port for another subsystem on it', async () => {
+    const { port, nqn } = await open();
+    const other = 'nqn.2016-06.io.spdk:other';
+    target!.target.createSubsystem({ nqn: other, serialNumber: 'S2', modelNumber: 'M2', allowAnyHost: true, maxNamespaces: 4, minCntlid: 1, maxCntlid: 0xffef, anaReporting: false });
+    const address = { trtype: 'TCP' as const, adrfam: 'IPv4' as const, traddr: '127.0.0.1', trsvcid: String(port) };
+    await target!.target.addListener(other, address);
+    const first = await host(port);
+    await first.connectAdmin(nqn);
+    const second = await host(port);
+    await second.connectAdmin(other);
+    await target!.target.removeListener(nqn, address);
+    await first.waitClosed();
+    expect(second.closed).toBe(false);
+    expect((await second.command(second.sqe(0x18))).sc).toBe(0);
+    // The port still serves the other subsystem, and no longer the first.
+    const late = await host(port);
+    await late.icReq();
+    const refused = await late.command(...late.connectCommand(0, nqn, 'nqn.2014-08.org.nvmexpress:uuid:h'));
+    expect([refused.sct, refused.sc]).toEqual([1, 0x82]);
+  });
 });

@@ -22,6 +22,11 @@ export interface NvmeCompletion {
   readonly data?: Buffer;
   /** Called once `data` has been written to the socket (a pooled read buffer goes back). */
   readonly releaseData?: () => void;
+  /**
+   * `data` is a view at offset `c2hHeadroomBytes` of this buffer, whose front is free for the
+   * C2HData header: header and data then leave in one socket write.
+   */
+  readonly frame?: Buffer;
 }
 
 export const success: NvmeCompletion = { status: 0 };

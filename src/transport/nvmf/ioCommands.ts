@@ -10,14 +10,6 @@ import { genericStatus, ioOpcode, mediaStatus, readU64, sct } from './nvmeSpec.t
 const dsmRangeBytes = 16;
 const dsmRangesMax = 256;
 
-/** The bytes a Read or Write moves (its NLB x block size), or undefined for other opcodes. */
-export function ioTransferBytes(namespace: NvmfNamespace | undefined, sqe: Buffer): number | undefined {
-  const opcode = sqe[0];
-  if (opcode !== ioOpcode.read && opcode !== ioOpcode.write) return undefined;
-  if (!namespace) return undefined;
-  return ((sqe.readUInt32LE(48) & 0xffff) + 1) * namespace.bdev.blockSizeBytes;
-}
-
 export async function executeIo(subsystem: NvmfSubsystem, command: NvmeCommand, buffers: BufferPool): Promise<NvmeCompletion> {
   const namespace = subsystem.namespaces.get(command.nsid);
   if (!namespace) {
@@ -73,15 +65,16 @@ async function read(namespace: NvmfNamespace, command: NvmeCommand, buffers: Buf
   const range = commandRange(namespace, command);
   if (isCompletion(range)) return range;
   if (range.lengthBytes !== command.transferBytes) return failed(sct.generic, genericStatus.dataSglLengthInvalid);
+  // Read behind the pool's headroom, where the queue pair writes the C2HData header.
   const pooled = buffers.acquire(range.lengthBytes);
-  const data = pooled.subarray(0, range.lengthBytes);
+  const data = pooled.subarray(buffers.headroomBytes, buffers.headroomBytes + range.lengthBytes);
   try {
     await namespace.bdev.readInto(range.offsetBytes, data);
   } catch (error) {
     buffers.release(pooled);
     throw error;
   }
-  return { status: 0, data, releaseData: () => buffers.release(pooled) };
+  return { status: 0, data, frame: pooled, releaseData: () => buffers.release(pooled) };
 }
 
 async function write(namespace: NvmfNamespace, command: NvmeCommand): Promise<NvmeCompletion> {

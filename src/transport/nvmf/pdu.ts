@@ -128,10 +128,30 @@ export function encodeC2hDataHeader(
   alignmentBytes: number,
   fields: { cid: number; offsetBytes: number; lengthBytes: number; last: boolean; success: boolean },
 ): Buffer {
+  const pdu = Buffer.alloc(c2hDataOffset(digests, alignmentBytes));
+  writeC2hDataHeader(pdu, digests, alignmentBytes, fields);
+  return pdu;
+}
+
+/** Where a C2HData PDU's data starts (PDO): after the header and its digest, at the host's alignment. */
+export function c2hDataOffset(digests: Digests, alignmentBytes: number): number {
   const headerEnd = dataHeaderBytes + (digests.header ? digestBytes : 0);
-  const pdo = Math.ceil(headerEnd / alignmentBytes) * alignmentBytes;
+  return Math.ceil(headerEnd / alignmentBytes) * alignmentBytes;
+}
+
+/**
+ * Writes a C2HData header (and zero padding up to PDO) at the front of `pdu`: the buffer whose
+ * data follows it directly, so header and data leave in one socket write.
+ */
+export function writeC2hDataHeader(
+  pdu: Buffer,
+  digests: Digests,
+  alignmentBytes: number,
+  fields: { cid: number; offsetBytes: number; lengthBytes: number; last: boolean; success: boolean },
+): void {
+  const pdo = c2hDataOffset(digests, alignmentBytes);
   const plen = pdo + fields.lengthBytes + (digests.data ? digestBytes : 0);
-  const pdu = Buffer.alloc(pdo);
+  pdu.fill(0, dataHeaderBytes, pdo);
   let flags = fields.last ? pduFlag.lastPdu : 0;
   if (fields.success) flags |= pduFlag.success;
   if (digests.header) flags |= pduFlag.headerDigest;
@@ -141,8 +161,8 @@ export function encodeC2hDataHeader(
   pdu.writeUInt16LE(0, 10);
   pdu.writeUInt32LE(fields.offsetBytes, 12);
   pdu.writeUInt32LE(fields.lengthBytes, 16);
+  pdu.writeUInt32LE(0, 20);
   sealHeader(pdu, dataHeaderBytes, digests);
-  return pdu;
 }
 
 /** A data digest trailer. */

@@ -24,6 +24,7 @@ import { executeIo } from './ioCommands.ts';
 import { adminOpcode, fabricsType, genericStatus, sct, sqeBytes } from './nvmeSpec.ts';
 import {
   type Digests,
+  c2hDataOffset,
   commonHeaderBytes,
   dataHeaderBytes,
   digestBytes,
@@ -38,6 +39,7 @@ import {
   pduFlag,
   pduType,
   termReqFes,
+  writeC2hDataHeader,
 } from './pdu.ts';
 
 /** What a queue pair needs of its listener. */
@@ -57,6 +59,11 @@ const adminInCapsuleBytesMax = 8192;
 const transientTransportError = 0x22;
 // The header buffer holds a header, its digest and padding up to PDO (at most 255).
 const headerBufferBytes = 256;
+/**
+ * Room in front of a pooled read buffer's data for a C2HData header: 24 bytes, a digest and padding
+ * to the host's alignment (HPDA at most 31: 128 bytes).
+ */
+export const c2hHeadroomBytes = 128;
 // Each connection reads its socket into one buffer of this size, kept while it is open.
 const socketReadBufferBytes = 256 * 1024;
 
@@ -451,9 +458,17 @@ export class NvmfQueuePair implements ControllerQueue {
       const { status, dw0 = 0, dw1 = 0, data } = completion;
       if (data !== undefined && data.length > 0 && status === 0) {
         const successFlag = dw0 === 0 && dw1 === 0;
-        const header = encodeC2hDataHeader(this.digests, this.hostAlignmentBytes, { cid: slot.cid, offsetBytes: 0, lengthBytes: data.length, last: true, success: successFlag });
-        this.send(header);
-        this.send(data, completion.releaseData);
+        const fields = { cid: slot.cid, offsetBytes: 0, lengthBytes: data.length, last: true, success: successFlag };
+        const pdo = c2hDataOffset(this.digests, this.hostAlignmentBytes);
+        if (completion.frame !== undefined && pdo <= c2hHeadroomBytes) {
+          // Header written into the headroom in front of the data: one write for both.
+          const pdu = completion.frame.subarray(c2hHeadroomBytes - pdo, c2hHeadroomBytes + data.length);
+          writeC2hDataHeader(pdu, this.digests, this.hostAlignmentBytes, fields);
+          this.send(pdu, completion.releaseData);
+        } else {
+          this.send(encodeC2hDataHeader(this.digests, this.hostAlignmentBytes, fields));
+          this.send(data, completion.releaseData);
+        }
         if (this.digests.data) this.send(encodeDataDigest(data));
         if (!successFlag) this.send(encodeCapsuleResp(this.digests, { dw0, dw1, sqhd: this.sqhd, cid: slot.cid, status }));
       } else {

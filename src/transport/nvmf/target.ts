@@ -7,7 +7,7 @@ import { fail } from '../../errors.ts';
 import { log } from '../../log.ts';
 import { ByteBudget } from '../byteBudget.ts';
 import { BufferPool } from '../nbd/bufferPool.ts';
-import { NvmfQueuePair } from './queuePair.ts';
+import { NvmfQueuePair, c2hHeadroomBytes } from './queuePair.ts';
 
 interface Port {
   readonly server: Server;
@@ -18,7 +18,7 @@ export class NvmfTcpTransport implements NvmfPorts {
   private readonly ports = new Map<string, Port>();
   private readonly nodeBudget = new ByteBudget(nvmfPayloadBytesInFlightNodeMax);
   // Idle payload buffers kept for reuse: a few queues' worth of 128 KiB transfers.
-  private readonly buffers = new BufferPool(64 * mibBytes, 0, 512);
+  private readonly buffers = new BufferPool(64 * mibBytes, c2hHeadroomBytes, 512);
   private connectionCount = 0;
   private nextId = 1;
 

@@ -2,8 +2,9 @@
 // bdev and both driven by spdk_nvme_perf --no-huge: IOPS, MB/s, p50/p99 latency and the target's
 // CPU-seconds per GB moved (from /proc: spdk_tgt polls a whole core even idle, and that counts),
 // plus each target's idle CPU. Both targets are pinned to CPU 0 (spdk_tgt -m 0x1, lvnode taskset),
-// the initiator to CPU 1. Then lvnode's NVMe/TCP against its own NBD on the same file bdev (qemu-img
-// bench: the only NBD load generator here, so the tools differ and the figure is indicative).
+// the initiator to CPU 1. Then the same on a malloc bdev each (the transport without the file
+// path), and lvnode's NVMe/TCP against its own NBD on the same file bdev (qemu-img bench: the only
+// NBD load generator here, so the tools differ and the figure is indicative).
 // Medians of several runs; nothing is asserted.
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
@@ -73,9 +74,13 @@ async function freePort(): Promise<number> {
   });
 }
 
-/** The SPDK calls that expose `file` over NVMe/TCP, the same for both targets. */
-async function expose(call: (method: string, params: unknown) => Promise<unknown>, file: string, port: number): Promise<void> {
-  await call('bdev_aio_create', { name: 'aio0', filename: file, block_size: 512 });
+/** What backs the namespace: the file as an aio bdev, or RAM (a malloc bdev: the transport alone). */
+type Backing = 'aio' | 'malloc';
+
+/** The SPDK calls that expose the bench bdev (`aio0`) over NVMe/TCP, the same for both targets. */
+async function expose(call: (method: string, params: unknown) => Promise<unknown>, backing: Backing, file: string, port: number): Promise<void> {
+  if (backing === 'aio') await call('bdev_aio_create', { name: 'aio0', filename: file, block_size: 512 });
+  else await call('bdev_malloc_create', { name: 'aio0', num_blocks: 256 * 2048, block_size: 512 });
   await call('nvmf_create_transport', { trtype: 'TCP' });
   await call('nvmf_create_subsystem', { nqn, allow_any_host: true });
   await call('nvmf_subsystem_add_ns', { nqn, namespace: { bdev_name: 'aio0' } });
@@ -94,12 +99,12 @@ async function waitForSocket(path: string, child: ChildProcess): Promise<SpdkSoc
   throw new Error(`spdk_tgt did not open ${path}`);
 }
 
-async function startSpdkTarget(dir: string, file: string): Promise<Target> {
+async function startSpdkTarget(dir: string, file: string, backing: Backing): Promise<Target> {
   const socketPath = join(dir, 'spdk.sock');
   const child = spawn(spdkRun, ['spdk_tgt', '--no-huge', '-s', '1024', '-m', '0x1', '--no-pci', '--disable-cpumask-locks', '-r', socketPath], { stdio: 'ignore' });
   const client = await waitForSocket(socketPath, child);
   const port = await freePort();
-  await expose((method, params) => client.call(method, params), file, port);
+  await expose((method, params) => client.call(method, params), backing, file, port);
   await client.close();
   return {
     name: 'spdk_tgt',
@@ -113,10 +118,10 @@ async function startSpdkTarget(dir: string, file: string): Promise<Target> {
   };
 }
 
-async function startLvnodeTarget(dir: string, file: string): Promise<Target & { client: RpcClient; nbdSocket: string }> {
+async function startLvnodeTarget(dir: string, file: string, backing: Backing): Promise<Target & { client: RpcClient; nbdSocket: string }> {
   const bin = resolve(import.meta.dirname, '../bin/lvnode.mjs');
-  const nbdSocket = join(dir, 'nbd.sock');
-  const child = spawn('taskset', ['-c', '0', process.execPath, bin, 'serve', '--data-dir', join(dir, 'lvnode'), '--listen', '127.0.0.1:0', '--default-disk-size', '0', '--insecure-no-auth', '--nbd-listen', nbdSocket], {
+  const nbdSocket = join(dir, `nbd-${backing}.sock`);
+  const child = spawn('taskset', ['-c', '0', process.execPath, bin, 'serve', '--data-dir', join(dir, `lvnode-${backing}`), '--listen', '127.0.0.1:0', '--default-disk-size', '0', '--insecure-no-auth', '--nbd-listen', nbdSocket], {
     env: { ...process.env, LVNODE_LOG_LEVEL: 'warn' },
     stdio: ['ignore', 'pipe', 'inherit'],
   });
@@ -131,7 +136,7 @@ async function startLvnodeTarget(dir: string, file: string): Promise<Target & { 
   });
   const client = await RpcClient.connect(url, {});
   const port = await freePort();
-  await expose((method, params) => client.call(method, params as Record<string, unknown>), file, port);
+  await expose((method, params) => client.call(method, params as Record<string, unknown>), backing, file, port);
   await client.call('nbd_start_export', { bdev_name: 'aio0', export_name: 'aio0' });
   return {
     name: 'lvnode',
@@ -151,14 +156,17 @@ async function startLvnodeTarget(dir: string, file: string): Promise<Target & { 
 
 interface Measured extends PerfFigures {
   cpuSecPerGb: number;
+  /** The target's CPU over the whole spdk_nvme_perf run (its start-up included), in cores. */
+  cores: number;
 }
 
 async function measure(target: Target, workload: Workload, seconds: number): Promise<Measured> {
   const before = cpuSeconds(target.pid);
+  const startMs = performance.now();
   const figures = await runPerf(target.port, workload, seconds);
   const cpu = cpuSeconds(target.pid) - before;
   const gb = (figures.mibPerSec * mibBytes * seconds) / 1e9;
-  return { ...figures, cpuSecPerGb: cpu / gb };
+  return { ...figures, cpuSecPerGb: cpu / gb, cores: cpu / ((performance.now() - startMs) / 1000) };
 }
 
 async function idleCores(target: Target, seconds = 3): Promise<number> {
@@ -172,7 +180,7 @@ function medianOf(runs: Measured[], key: keyof Measured): number {
 }
 
 export async function nvmfBenchmark(): Promise<void> {
-  console.log('\nnvmf: lvnode NVMe/TCP vs spdk_tgt --no-huge, same file as an aio bdev, spdk_nvme_perf --no-huge as the initiator');
+  console.log('\nnvmf: lvnode NVMe/TCP vs spdk_tgt --no-huge, spdk_nvme_perf --no-huge as the initiator');
   if (!existsSync(spdkRun)) {
     console.log(`  skipped: SPDK's programs are not at ${spdkRun}`);
     return;
@@ -182,18 +190,32 @@ export async function nvmfBenchmark(): Promise<void> {
   const sizeMib = envInteger('LVNODE_BENCH_NVMF_MIB', 512);
   const dir = await mkdtemp(join(existsSync('/dev/shm') ? '/dev/shm' : tmpdir(), 'lvnode-bench-nvmf-'));
   const file = join(dir, 'bench.img');
-  await writePatternFile(file, sizeMib, 4 * mibBytes);
-  console.log(`  ${sizeMib} MiB file in ${dir} (page cache for both), ${runs} runs x ${seconds} s per workload and target, medians`);
-  // spdk_tgt polls its core even idle, so it runs only while it is measured: lvnode (idle at
-  // almost nothing) runs throughout, spdk_tgt is started for its runs of each round and killed.
-  const lvnode = await startLvnodeTarget(dir, file);
+  try {
+    await writePatternFile(file, sizeMib, 4 * mibBytes);
+    console.log(`  both targets on CPU 0 (spdk_tgt -m 0x1, lvnode under taskset), spdk_nvme_perf on CPU 1; ${runs} runs x ${seconds} s per workload and target, medians`);
+    console.log(`\n  the same ${sizeMib} MiB file (in ${dir}: page cache for both) as an aio bdev`);
+    await compare('aio', dir, file, seconds, runs);
+    console.log('\n  a 256 MiB malloc bdev on each (the transport alone, without the file path)');
+    await compare('malloc', dir, file, seconds, runs);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Runs every workload against lvnode and spdk_tgt on `backing`. spdk_tgt polls its core even idle,
+ * so it runs only while it is measured: lvnode (idle at almost nothing) runs throughout, spdk_tgt
+ * is started for its runs of each round and killed.
+ */
+async function compare(backing: Backing, dir: string, file: string, seconds: number, runs: number): Promise<void> {
+  const lvnode = await startLvnodeTarget(dir, file, backing);
   try {
     const idleLvnode = await idleCores(lvnode);
     const results = workloads.map(() => ({ lvnode: [] as Measured[], spdk: [] as Measured[] }));
     let idleSpdk = 0;
     for (let run = 0; run < runs; run++) {
       for (const [index, workload] of workloads.entries()) results[index]!.lvnode.push(await measure(lvnode, workload, seconds));
-      const spdk = await startSpdkTarget(dir, file);
+      const spdk = await startSpdkTarget(dir, file, backing);
       try {
         if (run === 0) idleSpdk = await idleCores(spdk);
         for (const [index, workload] of workloads.entries()) results[index]!.spdk.push(await measure(spdk, workload, seconds));
@@ -201,29 +223,31 @@ export async function nvmfBenchmark(): Promise<void> {
         await spdk.close();
       }
     }
-    const rows: string[][] = [];
-    for (const [index, workload] of workloads.entries()) {
-      const { lvnode: mine, spdk: theirs } = results[index]!;
-      const line = (name: string, list: Measured[]) => [
-        workload.name,
-        name,
-        fixed(medianOf(list, 'iops'), 0),
-        fixed(medianOf(list, 'mibPerSec'), 1),
-        fixed(medianOf(list, 'p50Us'), 0),
-        fixed(medianOf(list, 'p99Us'), 0),
-        fixed(medianOf(list, 'cpuSecPerGb'), 2),
-      ];
-      const ratio = (key: keyof Measured) => medianOf(mine, key) / medianOf(theirs, key);
-      rows.push(line('lvnode', mine), line('spdk_tgt', theirs));
-      rows.push([workload.name, 'ratio lvnode/spdk', fixed(ratio('iops'), 2), fixed(ratio('mibPerSec'), 2), fixed(ratio('p50Us'), 2), fixed(ratio('p99Us'), 2), fixed(ratio('cpuSecPerGb'), 2)]);
-    }
-    printTable(['workload', 'target', 'IOPS', 'MiB/s', 'p50 us', 'p99 us', 'CPU s/GB'], rows);
+    printTable(['workload', 'target', 'IOPS', 'MiB/s', 'p50 us', 'p99 us', 'CPU s/GB', 'cores'], workloads.flatMap((workload, index) => rows(workload, results[index]!)));
     console.log(`  idle CPU: lvnode ${fixed(idleLvnode, 3)} cores, spdk_tgt ${fixed(idleSpdk, 3)} cores`);
-    await nbdAgainstNvmf(lvnode, seconds);
+    if (backing === 'aio') await nbdAgainstNvmf(lvnode, seconds);
   } finally {
     await lvnode.close();
-    await rm(dir, { recursive: true, force: true });
   }
+}
+
+function rows(workload: Workload, results: { lvnode: Measured[]; spdk: Measured[] }): string[][] {
+  const line = (name: string, list: Measured[]) => [
+    workload.name,
+    name,
+    fixed(medianOf(list, 'iops'), 0),
+    fixed(medianOf(list, 'mibPerSec'), 1),
+    fixed(medianOf(list, 'p50Us'), 0),
+    fixed(medianOf(list, 'p99Us'), 0),
+    fixed(medianOf(list, 'cpuSecPerGb'), 2),
+    fixed(medianOf(list, 'cores'), 2),
+  ];
+  const ratio = (key: keyof Measured) => fixed(medianOf(results.lvnode, key) / medianOf(results.spdk, key), 2);
+  return [
+    line('lvnode', results.lvnode),
+    line('spdk_tgt', results.spdk),
+    [workload.name, 'ratio lvnode/spdk', ratio('iops'), ratio('mibPerSec'), ratio('p50Us'), ratio('p99Us'), ratio('cpuSecPerGb'), ratio('cores')],
+  ];
 }
 
 /** lvnode's NVMe/TCP and NBD on the same bdev: 4 KiB random reads at QD16 (spdk_nvme_perf vs qemu-img bench). */

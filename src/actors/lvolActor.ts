@@ -119,6 +119,16 @@ export function verificationOf(lvol: LvolRecord, readings: VerifyReadings, clust
         badClusters.push({ clusterIndex, offsetBytes: clusterIndexToOffsetBytes(clusterIndex, clusterBytes), expected, actual });
       }
     }
+    // A walk that ended early still knows the bad clusters found before (a verify, a copy) that
+    // it did not reach again: forgetting them would keep errors_only from re-reading them.
+    if (!complete) {
+      for (const bad of lvol.verification?.badClusters ?? []) {
+        if (readings.rangeCrcs.has(bad.clusterIndex)) continue;
+        badClusterCount++;
+        if (badClusters.length < verifyBadClustersMax) badClusters.push(bad);
+      }
+      badClusters.sort((a, b) => a.clusterIndex - b.clusterIndex);
+    }
   } else if (complete && readings.targets === null && lvol.checksum !== null && readings.runningCrc !== lvol.checksum) {
     whole = { expected: lvol.checksum, actual: readings.runningCrc };
   }

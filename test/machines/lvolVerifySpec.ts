@@ -221,7 +221,11 @@ function verificationOf(state: SpecState, volume: VerifyVolume, complete: boolea
   const walk = state.walk!;
   const read = walk.targets.slice(0, walk.done);
   const differs = (clusterIndex: number): boolean => !state.storedCurrent && volume.corrupt.has(clusterIndex);
-  const bad = volume.storedKind === 'range' ? read.filter(differs).sort((a, b) => a - b) : [];
+  const found = volume.storedKind === 'range' ? read.filter(differs) : [];
+  // A walk that ended early still knows the bad clusters found before that it did not reach again:
+  // errors_only must re-read them (issue 21: "exactly the known bad clusters").
+  const carried = complete ? [] : (state.verification?.bad ?? []).filter((clusterIndex) => !read.includes(clusterIndex));
+  const bad = [...found, ...carried].sort((a, b) => a - b);
   const wholeMismatch = volume.storedKind === 'whole' && complete && !walk.errorsOnly && volume.ownedClusters.some(differs);
   return {
     // A walk that ended early is `incomplete` whatever it found so far (README; its bad clusters

@@ -17,7 +17,7 @@ import {
 } from '../machines/lvolMachine.ts';
 import type { Runtime } from '../runtime.ts';
 import type { Lvstore } from '../store/lvstore.ts';
-import type { BadCluster, LvolRecord, SavedChecksumProgress, VerificationRecord } from '../store/metadata.ts';
+import { type BadCluster, type LvolRecord, type SavedChecksumProgress, type VerificationRecord, fullVerifiedAtMs } from '../store/metadata.ts';
 import { ClusterChecksums } from '../store/sparseArray.ts';
 import type { InspectionHub } from './inspector.ts';
 import { RateMeter } from './rateMeter.ts';
@@ -146,6 +146,8 @@ export function verificationOf(lvol: LvolRecord, readings: VerifyReadings, clust
     whole,
     // Evidence of a conflicting re-registration stays until the lvol's clusters change.
     registrationConflict: lvol.verification?.registrationConflict ?? null,
+    // Only a finished verify of every owned cluster restarts a policy's interval.
+    fullVerifiedAtMs: complete && readings.targets === null ? atMs : fullVerifiedAtMs(lvol.verification),
   };
 }
 
@@ -205,6 +207,7 @@ export function copyFindingOf(lvol: LvolRecord, bad: BadCluster): VerificationRe
     badClusters,
     whole: previous?.whole ?? null,
     registrationConflict: previous?.registrationConflict ?? null,
+    fullVerifiedAtMs: fullVerifiedAtMs(previous),
   };
 }
 

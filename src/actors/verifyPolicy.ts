@@ -12,7 +12,7 @@ import { StorageError, fail, fromDeviceError } from '../errors.ts';
 import { log } from '../log.ts';
 import { type VerifyBackoff, type VerifyOutcome, type VerifyPolicy, defaultVerifyPolicy, verifyPolicyMachineAt } from '../machines/verifyPolicyMachine.ts';
 import type { Runtime } from '../runtime.ts';
-import type { LvolRecord } from '../store/metadata.ts';
+import { type LvolRecord, fullVerifiedAtMs } from '../store/metadata.ts';
 import type { ChecksumService } from './checksums.ts';
 import type { InspectionHub } from './inspector.ts';
 import type { Registry } from './registry.ts';
@@ -30,9 +30,10 @@ const busyStates: ReadonlySet<string> = new Set(['queued', 'computing', 'stoppin
  */
 export function lastVerifiedMs(lvol: LvolRecord): number {
   const verification = lvol.verification;
-  if ((verification?.result === 'clean' || verification?.result === 'corrupt') && verification.verifiedAtMs !== null) return verification.verifiedAtMs;
-  if (verification?.result === 'incomplete' && lvol.savedProgress?.mode === 'verify') return lvol.savedProgress.startedAtMs;
-  return lvol.createdAtMs;
+  // A whole verify cut short counts from when it started (the one before it ended earlier still).
+  if (verification?.result === 'incomplete' && lvol.savedProgress?.mode === 'verify' && (lvol.savedProgress.targets ?? null) === null) return lvol.savedProgress.startedAtMs;
+  // An errors-only verify re-reads a few clusters, a copy reads some: neither restarts the interval.
+  return fullVerifiedAtMs(verification) ?? lvol.createdAtMs;
 }
 
 /** The snapshot's share of the jitter, 0 … jitterMs: fixed per snapshot and verification, so it is the same after a restart. */

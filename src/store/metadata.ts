@@ -90,6 +90,19 @@ export interface VerificationRecord {
     clusterCount: number;
     clusters: BadCluster[];
   } | null;
+  /**
+   * When the last verify of every owned cluster ended: what a policy's interval counts from.
+   * Errors-only verifies and copies' findings carry it over; absent in records written before it.
+   */
+  fullVerifiedAtMs?: number | null;
+}
+
+/** When the snapshot was last verified whole (every owned cluster read), or null. */
+export function fullVerifiedAtMs(verification: VerificationRecord | null | undefined): number | null {
+  if (!verification) return null;
+  if (verification.fullVerifiedAtMs !== undefined) return verification.fullVerifiedAtMs;
+  const finished = verification.result === 'clean' || verification.result === 'corrupt';
+  return finished && !verification.errorsOnly ? verification.verifiedAtMs : null;
 }
 
 /** A stopped walk's position: the machine's ChecksumProgress as plain data. */
@@ -305,6 +318,8 @@ function mergedVerification(parent: LvolRecord, clone: LvolRecord, mergedCluster
     badClusters: bad,
     whole: null,
     registrationConflict: conflict,
+    // Unverified as a whole until a verify reads it (see above).
+    fullVerifiedAtMs: null,
   };
 }
 

@@ -33,11 +33,14 @@ describe('a copy finding in the verification record', () => {
       badClusters: [bad(5)],
       whole: null,
       registrationConflict: null,
+      // A copy's finding is no whole verify: the policy's interval still counts from none.
+      fullVerifiedAtMs: null,
     });
   });
 
   it('marks a clean verify corrupt, keeping when it ran, its counts and a registration conflict', () => {
-    expect(copyFindingOf(lvolWith(clean), bad(5))).toEqual({ ...clean, result: 'corrupt', badClusterCount: 1, badClusters: [bad(5)] });
+    // The clean verify was whole: its time stays what the policy's interval counts from.
+    expect(copyFindingOf(lvolWith(clean), bad(5))).toEqual({ ...clean, result: 'corrupt', badClusterCount: 1, badClusters: [bad(5)], fullVerifiedAtMs: clean.verifiedAtMs });
   });
 
   it('keeps an incomplete verify incomplete (its position stays to resume), adding the cluster in order', () => {

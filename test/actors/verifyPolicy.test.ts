@@ -4,7 +4,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { SimulatedClock } from 'xstate';
 import { StorageNode } from '../../src/actors/node.ts';
-import { dueAtMs, jitterMsOf } from '../../src/actors/verifyPolicy.ts';
+import { dueAtMs, jitterMsOf, lastVerifiedMs } from '../../src/actors/verifyPolicy.ts';
 import type { BlockDevice } from '../../src/device/blockDevice.ts';
 import { MemoryDevice } from '../../src/device/memoryDevice.ts';
 import { SimulatedDevice } from '../../src/device/simulatedDevice.ts';
@@ -219,6 +219,18 @@ describe('verification policy actor', () => {
     expect((await node.verifyPolicy.stats()).due).toBe(0);
     clock.set(due);
     expect((await node.verifyPolicy.stats()).due).toBe(1);
+  });
+
+  it('counts the interval from the last whole verify: an errors-only verify or a merge does not restart it', async () => {
+    const { node, clock } = await policyNode({ enabled: false, interval_sec: day, jitter_sec: 0 }, 1);
+    await node.checksums.verify('lvs/snap0', false, false);
+    const wholeAt = verifiedAt(node, 'lvs/snap0')!;
+    clock.increment(3600 * 1000);
+    await node.checksums.verify('lvs/snap0', true, false);
+    const lvol = node.resolveLvolDurable('lvs/snap0').lvol;
+    expect(lvol.verification).toMatchObject({ errorsOnly: true, result: 'clean', verifiedAtMs: wholeAt + 3600 * 1000 });
+    expect(lastVerifiedMs(lvol)).toBe(wholeAt);
+    expect(dueAtMs(lvol, node.verifyPolicy.policy())).toBe(wholeAt + day * 1000);
   });
 
   it('verifies right after a first registration when verify_after_register is set', async () => {

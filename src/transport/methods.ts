@@ -17,6 +17,7 @@ import {
   nameLengthMax,
   nbdStringBytesMax,
   rangeChecksumWindowMax,
+  rpcFrameBytesMax,
   xattrNameLengthMax,
   xattrValueLengthMax,
 } from '../constants.ts';
@@ -525,11 +526,13 @@ function copyMethods(node: StorageNode): Record<string, RpcMethod> {
 }
 
 function dataMethods(node: StorageNode, payload: PayloadBudgets): Record<string, RpcMethod> {
-  const base64 = z.base64().max(Math.ceil((ioBytesMax * 4) / 3) + 4);
+  // A request is one frame of at most rpcFrameBytesMax (WebSocket and SPDK's socket alike), so
+  // `data` can never be longer than that; bulk data goes over NBD or NVMe-oF.
+  const base64 = z.base64().max(rpcFrameBytesMax);
   return {
     node_lvol_write: defineMethod({
       description:
-        'Write to an lvol (lvnode): base64 `data`, or `fill_byte` repeated `length` bytes. Block aligned. `fua` answers only once the data is durable.',
+        'Write to an lvol (lvnode): base64 `data` (the whole request is one frame of at most 1 MiB, so about 768 KiB of bytes per call), or `fill_byte` repeated `length` bytes (up to 64 MiB). Block aligned. `fua` answers only once the data is durable.',
       priority: 'foreground',
       params: z.strictObject({
         name,

@@ -38,6 +38,7 @@ const benchmarks: ReadonlyArray<{ name: string; run: () => Promise<void> }> = [
   { name: 'wireCreates', run: wireCreates },
   { name: 'zeroing', run: zeroing },
   { name: 'verify', run: async () => (await import('./verify.ts')).verifyBenchmark() },
+  { name: 'spdkChecksum', run: async () => (await import('./spdkChecksum.ts')).spdkChecksum() },
   { name: 'nvmf', run: async () => (await import('./nvmf.ts')).nvmfBenchmark() },
 ];
 

@@ -99,6 +99,7 @@ struct Job {
   napi_ref keepAlive = nullptr;  // the buffer of a buffer job, so GC cannot free it mid-CRC
   uint64_t crc = 0;
   int error = 0;  // errno of a failed pread
+  std::atomic<bool> halted{false};  // set by halt() while running: give up at the next piece
 };
 
 struct Worker {
@@ -118,6 +119,7 @@ struct State {
   std::condition_variable wake;     // workers: a job was queued, or stop was set
   std::condition_variable started;  // configure: a new worker has applied its policy
   std::deque<Job*> queue;
+  std::vector<Job*> runningJobs;                  // taken by a worker, not yet in `done`
   std::deque<Job*> done;                          // finished, waiting for the JS thread
   std::vector<std::unique_ptr<Worker>> workers;   // the current pool
   std::vector<std::unique_ptr<Worker>> retiring;  // told to stop after their current job
@@ -353,7 +355,7 @@ uint64_t runFileJob(State* state, Job* job, uint8_t* scratch, int* error) {
   bool endOfFile = false;
   bool scratchZeroed = false;  // past EOF every piece is zeros: clear the buffer once, not per piece
   for (int64_t done = 0; done < job->lengthBytes;) {
-    if (state->shuttingDown.load(std::memory_order_relaxed)) {
+    if (state->shuttingDown.load(std::memory_order_relaxed) || job->halted.load(std::memory_order_relaxed)) {
       *error = ECANCELED;
       return 0;
     }
@@ -395,6 +397,7 @@ void workerMain(State* state, Worker* self, Policy requested) {
     Job* job = state->queue.front();
     state->queue.pop_front();
     state->running++;
+    state->runningJobs.push_back(job);
     lock.unlock();
     int error = 0;
     uint64_t crc = 0;
@@ -408,6 +411,7 @@ void workerMain(State* state, Worker* self, Policy requested) {
     job->error = error;
     lock.lock();
     state->running--;
+    state->runningJobs.erase(std::find(state->runningJobs.begin(), state->runningJobs.end(), job));
     state->completed++;
     if (error == 0) state->bytes += job->isFile ? static_cast<uint64_t>(job->lengthBytes) : job->size;
     state->done.push_back(job);
@@ -727,6 +731,27 @@ napi_value jsCancel(napi_env env, napi_callback_info info) {
   return result;
 }
 
+// Ends a running job early: a walk's read-ahead that nobody will record once the walk stopped. The
+// worker sees the flag between 256 KiB pieces and delivers ECANCELED; a queued job is cancel()'s.
+napi_value jsHalt(napi_env env, napi_callback_info info) {
+  State* state = stateOf(env);
+  napi_value argv[1];
+  double id = 0;
+  if (state == nullptr || !getArgs(env, info, 1, argv) || !getInteger(env, argv[0], "jobId", kMaxSafeInteger, &id)) return nullptr;
+  bool found = false;
+  {
+    std::lock_guard<std::mutex> lock(state->mutex);
+    for (Job* job : state->runningJobs) {
+      if (job->id != id) continue;
+      job->halted.store(true, std::memory_order_relaxed);
+      found = true;
+    }
+  }
+  napi_value result;
+  napi_get_boolean(env, found, &result);
+  return result;
+}
+
 // flock(fd, LOCK_EX | LOCK_NB): 0 when the lock is held now, else the errno (EWOULDBLOCK when
 // another open file holds it). A BSD lock belongs to the open file description, so unlike fcntl
 // locks it is not dropped when some other descriptor of the same file in this process closes.
@@ -825,6 +850,7 @@ NAPI_MODULE_INIT() {
       {"submitFileCrc", jsSubmitFileCrc},
       {"submitBufferCrc", jsSubmitBufferCrc},
       {"cancel", jsCancel},
+      {"halt", jsHalt},
       {"backgroundStats", jsBackgroundStats},
       {"flockExclusive", jsFlockExclusive},
       {"writeDurable", lvnode::jsWriteDurable},

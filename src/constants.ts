@@ -11,8 +11,10 @@ export const blockSizeBytesDefault = 512;
 export const diskSizeBytesDefault = gibBytes;
 export const deviceBytesMax = 16 * 1024 * gibBytes;
 // Each device's I/O queue (SPEC §6.6): background reads in flight at once, and how long one may
-// wait under a steady foreground stream before it goes anyway.
-export const deviceBackgroundInFlightMax = 1;
+// wait under a steady foreground stream before it goes anyway. Two, not one: a walk's next cluster
+// (its read-ahead) is read on a second background thread while the current one finishes, so a
+// step waits for a read that is mostly done; a foreground request still waits behind at most two.
+export const deviceBackgroundInFlightMax = 2;
 export const deviceBackgroundStarvationMs = 50;
 
 // Lvstores (SPEC §2): as SPDK, a cluster is a whole number of 4 KiB metadata pages (and of the
@@ -148,6 +150,10 @@ export const progressNotifyIntervalMs = 250;
 // A checksum step reads and CRCs its cluster in pieces of at most this size: large clusters (up
 // to 1 GiB) then never hold the event loop for long, and the buffer stays small.
 export const checksumChunkBytesMax = 4 * mibBytes;
+// A walk keeps this many clusters after the one its step waits for already read (or queued at the
+// device's background class), so the machine's one cluster per event never waits for a cold read.
+// More than deviceBackgroundInFlightMax only queues; each is called off when the walk stops.
+export const checksumReadAheadClusters = 3;
 // A running walk's position is saved to the lvstore at least this often (SPEC §6.6), so a crash
 // costs at most this much recomputation.
 export const checksumProgressSaveIntervalMs = 5000;
@@ -167,6 +173,7 @@ export const backgroundBusyStepIntervalMs = 10;
 
 assert.ok(clusterSizeBytesMin >= Math.max(...blockSizesAllowed), 'a cluster holds whole blocks');
 assert.ok(metadataAreaBytesMin <= metadataAreaBytesMax);
+assert.ok(checksumReadAheadClusters >= 1 && checksumReadAheadClusters <= 16, 'read-ahead keeps a walk moving without holding many clusters at once');
 assert.ok(
   checksumChunkBytesMax >= clusterSizeBytesMin && (checksumChunkBytesMax & (checksumChunkBytesMax - 1)) === 0,
   'checksum pieces divide every cluster size',

@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { type Actor, type Snapshot, type SnapshotFrom, createActor, fromPromise, waitFor } from 'xstate';
 import { crcDeviceRange } from '../checksum/clusterCrc.ts';
-import { checksumProgressSaveIntervalMs, verifyBadClustersMax } from '../constants.ts';
+import { checksumProgressSaveIntervalMs, checksumReadAheadClusters, verifyBadClustersMax } from '../constants.ts';
 import { IoAbortedError } from '../device/ioQueue.ts';
 import { StorageError, fail } from '../errors.ts';
 import { log } from '../log.ts';
@@ -225,7 +225,12 @@ export function resumesAfterRestart(reason: string | null | undefined): boolean 
 
 interface ClusterRead {
   readonly clusterIndex: number;
+  /** Where the cluster was on the device when the read began: a read of an old place is stale. */
+  readonly offsetBytes: number;
+  /** Calls the read off if it has not begun (queued at the device or paced). */
   readonly abort: AbortController;
+  /** Also ends a begun read at its next piece: for read-ahead nobody will record. */
+  readonly halt: AbortController;
   readonly result: Promise<ClusterStepOutput>;
 }
 
@@ -236,6 +241,8 @@ export interface LvolActorOptions {
   admission?: WalkAdmission;
   /** Starts the XState actor in a later slice (the node's); without one it starts at once. */
   starter?: LvolActorStarter;
+  /** Clusters read ahead of the current step (default checksumReadAheadClusters; 0 for none, to compare). */
+  readAheadClusters?: number;
 }
 
 /**
@@ -404,9 +411,13 @@ export class LvolActor {
   private lastState: ChecksumState = 'idle';
   private readonly admission: WalkAdmission;
   private readonly progressSaveIntervalMs: number;
-  // Cluster reads in flight: the current step's, and the read-ahead of the next owned cluster.
+  private readonly readAheadClusters: number;
+  // Cluster reads in flight: the current step's, and the read-ahead of the next owned clusters.
   private readonly reads = new Set<ClusterRead>();
-  private readAhead: ClusterRead | undefined;
+  /** Reads of the clusters after the current step's, ascending (at most checksumReadAheadClusters). */
+  private readAhead: ClusterRead[] = [];
+  /** Read-ahead reads halted or found stale before any step used them (tests count them). */
+  private readAheadDiscarded = 0;
   /** The walk's rate; made when a walk is first admitted. */
   private meter: RateMeter | undefined;
   private lastClustersDone = -1;
@@ -432,6 +443,7 @@ export class LvolActor {
   ) {
     this.admission = options.admission ?? immediateAdmission;
     this.progressSaveIntervalMs = options.progressSaveIntervalMs ?? checksumProgressSaveIntervalMs;
+    this.readAheadClusters = options.readAheadClusters ?? checksumReadAheadClusters;
     this.attachedAtMs = runtime.nowMs();
     this.starter = options.starter;
     if (options.starter) options.starter.enqueue(this);
@@ -509,6 +521,11 @@ export class LvolActor {
     return this.reads.size > 0;
   }
 
+  /** Cluster reads in flight now, and read-ahead reads discarded unused so far (for tests and stats). */
+  get readStats(): { inFlight: number; readAhead: number; discarded: number } {
+    return { inFlight: this.reads.size, readAhead: this.readAhead.length, discarded: this.readAheadDiscarded };
+  }
+
   private admit(): void {
     // Made at the first walk: most lvols never walk, and the meter's buckets are ~0.5 KiB.
     if (this.meter) this.meter.reset(this.runtime.nowMs());
@@ -519,9 +536,10 @@ export class LvolActor {
   private observe(snapshot: LvolSnapshot): void {
     const state = checksumStateOf(snapshot);
     // A stop or preemption calls off reads that have not begun (queued at the device or paced);
-    // one that has begun finishes (the step below records it).
-    if (state === 'stopping') for (const read of this.reads) read.abort.abort();
-    if (!walkingStates.has(state)) this.abortReads();
+    // the step's own read, once begun, finishes (the step below records it); read-ahead, which
+    // nobody will record, is halted even if it began.
+    if (state === 'stopping') this.abortReads(false);
+    if (!walkingStates.has(state)) this.abortReads(true);
     const clustersDone = snapshot.context.progress?.clustersDone ?? 0;
     // The last cluster arrives with the move to storing (or stopping), not in computing: it is
     // metered by the state it was read in.
@@ -580,26 +598,22 @@ export class LvolActor {
     await this.runtime.yieldMacrotask();
     await this.runtime.yieldMacrotask();
     const clusterIndex = this.nextCluster(input, input.fromClusterIndex);
-    const ahead = this.readAhead;
-    this.readAhead = undefined;
+    const ahead = this.takeReadAhead(input.lvolId, clusterIndex);
     if (this.checksumState !== 'computing') {
-      // Stopping: a read-ahead of this cluster that had begun is the in-flight cluster, finished
-      // and recorded; one called off before it began is skipped, as is a step with none.
-      if (ahead?.clusterIndex === clusterIndex) return ahead.result;
+      // Stopping: the read-ahead was halted as the walk left `computing` (observe), so this step
+      // records nothing more: the stop waits for the cluster a step was awaiting, never for this.
+      if (ahead) return ahead.result;
       return { kind: 'skipped', atMs: this.runtime.nowMs() };
     }
     if (clusterIndex < 0) return { kind: 'end', atMs: this.runtime.nowMs() };
-    const read = ahead?.clusterIndex === clusterIndex ? ahead : this.startRead(input.lvolId, clusterIndex);
-    if (ahead && ahead !== read) ahead.abort.abort();
+    const read = ahead ?? this.startRead(input.lvolId, clusterIndex);
+    // The next clusters are read while this step waits and while the machine records it: with two
+    // background slots per device the next one runs beside this one, so a step mostly finds its
+    // cluster done. A read error there surfaces only when a step reaches that cluster.
+    this.fillReadAhead(input, clusterIndex);
     const output = await read.result;
     if (output.kind !== 'cluster') return output;
-    // Read the next owned cluster while the machine records this one: the device queue admits it
-    // once this read is done (one background read per device at a time), so the machine's own
-    // work per cluster overlaps I/O instead of adding to it. A stop calls it off if it has not
-    // begun, or waits for it (settled()) if it has: still at most one cluster step.
-    const next = this.nextCluster(input, clusterIndex + 1);
-    if (next >= 0 && this.checksumState === 'computing') this.readAhead = this.startRead(input.lvolId, next);
-    return { ...output, last: next < 0 };
+    return { ...output, last: this.nextCluster(input, clusterIndex + 1) < 0 };
   }
 
   /** The next cluster the walk reads: the next owned one, or the next target of an errors-only verify. */
@@ -608,23 +622,60 @@ export class LvolActor {
     return nextTarget(input.targets, fromClusterIndex);
   }
 
+  /**
+   * The read-ahead of `clusterIndex`, if one is in flight and still reads where the cluster is now.
+   * Reads before it (clusters no longer owned) and a stale read of it are halted and discarded:
+   * a snapshot is read-only, but a merge, decouple or delete that slipped past the preemption must
+   * not feed the walk bytes from the cluster's old place.
+   */
+  private takeReadAhead(lvolId: string, clusterIndex: number): ClusterRead | undefined {
+    while (this.readAhead.length > 0 && this.readAhead[0]!.clusterIndex <= clusterIndex) {
+      const read = this.readAhead.shift()!;
+      if (read.clusterIndex === clusterIndex && clusterIndex >= 0 && read.offsetBytes === this.clusterOffsetBytes(lvolId, clusterIndex)) return read;
+      this.discard(read);
+    }
+    return undefined;
+  }
+
+  /** Starts reads of the owned (or target) clusters after `clusterIndex` until the window is full. */
+  private fillReadAhead(input: ClusterStepInput, clusterIndex: number): void {
+    let from = (this.readAhead.at(-1)?.clusterIndex ?? clusterIndex) + 1;
+    while (this.readAhead.length < this.readAheadClusters) {
+      const next = this.nextCluster(input, from);
+      if (next < 0) return;
+      this.readAhead.push(this.startRead(input.lvolId, next));
+      from = next + 1;
+    }
+  }
+
+  /** The cluster's device offset now, or -1 if the lvol (still there) no longer owns it (map value 0). */
+  private clusterOffsetBytes(lvolId: string, clusterIndex: number): number {
+    const owned = (this.store.record.lvols.get(lvolId)?.clusterMap.get(clusterIndex) ?? 0) !== 0;
+    return owned ? this.store.ownedClusterOffsetBytes(lvolId, clusterIndex) : -1;
+  }
+
   private startRead(lvolId: string, clusterIndex: number): ClusterRead {
     const abort = new AbortController();
-    const read: ClusterRead = { clusterIndex, abort, result: this.readCluster(lvolId, clusterIndex, abort.signal) };
+    const halt = new AbortController();
+    const offsetBytes = this.clusterOffsetBytes(lvolId, clusterIndex);
+    const result = this.readCluster(clusterIndex, offsetBytes, abort.signal, halt.signal);
+    const read: ClusterRead = { clusterIndex, offsetBytes, abort, halt, result };
     this.reads.add(read);
     void read.result.finally(() => this.reads.delete(read));
     return read;
   }
 
   /**
-   * One cluster's CRC; device errors become values, a read called off before it began `skipped`.
-   * Not an async function on purpose: when neither pacing nor the device queue holds it back, the
-   * read is submitted before this returns, ahead of the machine's work on the previous cluster.
+   * One cluster's CRC; device errors become values, a read called off before it began (or halted)
+   * `skipped`. Not an async function on purpose: when neither pacing nor the device queue holds it
+   * back, the read is submitted before this returns, ahead of the machine's work on the previous cluster.
    */
-  private readCluster(lvolId: string, clusterIndex: number, signal: AbortSignal): Promise<ClusterStepOutput> {
+  private readCluster(clusterIndex: number, offsetBytes: number, signal: AbortSignal, halt: AbortSignal): Promise<ClusterStepOutput> {
     const clusterBytes = this.store.clusterBytes;
     const read = (): Promise<bigint> =>
-      crcDeviceRange(this.store.device, this.store.ownedClusterOffsetBytes(lvolId, clusterIndex), clusterBytes, signal);
+      offsetBytes < 0
+        ? Promise.reject(new Error(`cluster ${clusterIndex} is not owned by lvol ${this.lvolId}`))
+        : crcDeviceRange(this.store.device, offsetBytes, clusterBytes, signal, halt);
     // Pacing and the device queue may hold the read back; a stop meanwhile calls it off.
     const paced = this.admission.pace(clusterBytes, signal, this.lvolId);
     let crc: Promise<bigint>;
@@ -642,9 +693,23 @@ export class LvolActor {
     );
   }
 
-  private abortReads(): void {
-    this.readAhead = undefined;
-    for (const read of this.reads) read.abort.abort();
+  private discard(read: ClusterRead): void {
+    this.readAheadDiscarded++;
+    read.abort.abort();
+    read.halt.abort();
+  }
+
+  /**
+   * Calls off every read not yet begun and halts every read-ahead; `all`: halts the step's own
+   * read too (the walk left `computing` and `stopping`: nobody records it).
+   */
+  private abortReads(all: boolean): void {
+    for (const read of this.readAhead) this.discard(read);
+    this.readAhead = [];
+    for (const read of this.reads) {
+      read.abort.abort();
+      if (all) read.halt.abort();
+    }
   }
 
   private async storeResult(input: StoreChecksumInput): Promise<number> {
@@ -898,7 +963,7 @@ export class LvolActor {
   dispose(): void {
     this.willResume = false;
     this.disposed = true;
-    this.abortReads();
+    this.abortReads(true);
     this.started?.stop();
     this.untrack();
     this.starter?.forget(this);

@@ -7,7 +7,7 @@
 // or by the TypeScript/WASM fallback on the event loop. Either way the request waits in the
 // device's background class, behind foreground I/O (SPEC §6.6).
 import { availableParallelism } from 'node:os';
-import { checksumChunkBytesMax } from '../constants.ts';
+import { checksumChunkBytesMax, deviceBackgroundInFlightMax } from '../constants.ts';
 import type { BlockDevice } from '../device/blockDevice.ts';
 import { IoAbortedError } from '../device/ioQueue.ts';
 import { clusterBuffers } from './bufferPool.ts';
@@ -21,14 +21,15 @@ export function crcInfo(): { implementation: 'native' | 'fallback'; kernel: stri
 }
 
 /**
- * Starts the addon's background threads: one fewer than the cores (at least one), each at
- * SCHED_IDLE, so that on a small machine checksum reads only use CPU time the event loop and
- * the clients leave over (see the README's measurements). `LVNODE_BACKGROUND_THREADS` and
+ * Starts the addon's background threads: one fewer than the cores, but at least as many as a
+ * device lets background reads run at once (a walk's read-ahead runs beside its current read),
+ * each at SCHED_IDLE, so that on a small machine checksum reads only use CPU time the event loop
+ * and the clients leave over (see the README's measurements). `LVNODE_BACKGROUND_THREADS` and
  * `LVNODE_BACKGROUND_POLICY` (idle | nice | normal) override, for measuring the alternatives.
  */
 export function configureBackgroundThreads(): { threads: number; policy: string } | { threads: 0; policy: 'none' } {
   if (!nativeCrc) return { threads: 0, policy: 'none' };
-  const threads = Number(process.env.LVNODE_BACKGROUND_THREADS ?? Math.max(1, availableParallelism() - 1));
+  const threads = Number(process.env.LVNODE_BACKGROUND_THREADS ?? Math.max(deviceBackgroundInFlightMax, availableParallelism() - 1));
   const policy = process.env.LVNODE_BACKGROUND_POLICY ?? 'idle';
   if (!Number.isInteger(threads) || threads < 1 || threads > 64) throw new Error(`LVNODE_BACKGROUND_THREADS must be 1..64, got ${threads}`);
   if (policy !== 'idle' && policy !== 'nice' && policy !== 'normal') throw new Error(`LVNODE_BACKGROUND_POLICY must be idle, nice or normal`);
@@ -41,34 +42,49 @@ function runBackground<T>(device: BlockDevice, work: () => Promise<T>, signal: A
   return work();
 }
 
-/** A job on the addon's threads; one still waiting in its queue is dropped when `signal` fires. */
+/**
+ * A job on the addon's threads; one still waiting in its queue is dropped when `signal` fires, and
+ * one already running ends at its next piece when `halt` fires (its callback then says ECANCELED).
+ */
 function nativeJob(
   native: NativeCrc,
-  submit: (done: (error: Error | null, crc: bigint) => void) => number,
+  submit: (done: (error: NodeJS.ErrnoException | null, crc: bigint) => void) => number,
   signal?: AbortSignal,
+  halt?: AbortSignal,
 ): Promise<bigint> {
   return new Promise((resolve, reject) => {
     const onAbort = (): void => {
       if (native.cancel(jobId)) reject(new IoAbortedError());
     };
+    const onHalt = (): void => {
+      if (native.cancel(jobId)) reject(new IoAbortedError());
+      else native.halt?.(jobId);
+    };
     const jobId = submit((error, crc) => {
       signal?.removeEventListener('abort', onAbort);
-      if (error) reject(error);
+      halt?.removeEventListener('abort', onHalt);
+      if (error?.code === 'ECANCELED' && halt?.aborted) reject(new IoAbortedError());
+      else if (error) reject(error);
       else resolve(crc);
     });
+    if (halt?.aborted) return onHalt();
     signal?.addEventListener('abort', onAbort, { once: true });
+    halt?.addEventListener('abort', onHalt, { once: true });
   });
 }
 
 /**
  * CRC-64/GO-ISO of `lengthBytes` at `offsetBytes` of `device`. Rejects with IoAbortedError when
- * `signal` fired before the read began (nothing was read); once begun, the range is finished.
+ * `signal` fired before the read began (nothing was read); once begun, the range is finished,
+ * unless `halt` fires: then it ends at its next piece, also with IoAbortedError (a walk's
+ * read-ahead, which nobody will record once the walk stops).
  */
 export async function crcDeviceRange(
   device: BlockDevice,
   offsetBytes: number,
   lengthBytes: number,
   signal?: AbortSignal,
+  halt?: AbortSignal,
 ): Promise<bigint> {
   const native = nativeCrc;
   // The addon's threads pread the descriptor after this call returns: borrow it (withFd), so the
@@ -76,13 +92,14 @@ export async function crcDeviceRange(
   // than read a closed descriptor or another file that got its number.
   const borrowFd = device.withFd?.bind(device);
   if (native && borrowFd) {
-    const readAndCrc = (fd: number) => nativeJob(native, (done) => native.submitFileCrc(fd, offsetBytes, lengthBytes, done), signal);
+    const readAndCrc = (fd: number) => nativeJob(native, (done) => native.submitFileCrc(fd, offsetBytes, lengthBytes, done), signal, halt);
     return runBackground(device, () => borrowFd(readAndCrc), signal);
   }
   const buffer = clusterBuffers.acquire(Math.min(lengthBytes, checksumChunkBytesMax));
   try {
     let crc = 0n;
     for (let done = 0; done < lengthBytes; done += buffer.length) {
+      if (done > 0 && halt?.aborted) throw new IoAbortedError();
       const piece = buffer.subarray(0, Math.min(buffer.length, lengthBytes - done));
       // Only the first piece may be called off: a range that began is read to its end.
       const pieceSignal = done === 0 ? signal : undefined;

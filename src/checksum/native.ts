@@ -48,6 +48,11 @@ export interface NativeCrc {
   submitBufferCrc(data: Uint8Array, done: CrcDone): number;
   /** True if the job had not started: it is dropped and its callback never runs. False otherwise. */
   cancel(jobId: number): boolean;
+  /**
+   * Ends a running file job at its next 256 KiB piece: its callback then gets ECANCELED. True if
+   * the job was running. Absent in an addon built before it (a halted read then runs to its end).
+   */
+  halt?(jobId: number): boolean;
   backgroundStats(): BackgroundStats;
 }
 
@@ -62,6 +67,7 @@ interface NativeAddon {
   submitFileCrc(fd: number, offsetBytes: number, lengthBytes: number, done: CrcDone): number;
   submitBufferCrc(data: Uint8Array, done: CrcDone): number;
   cancel(jobId: number): boolean;
+  halt?(jobId: number): boolean;
   backgroundStats(): BackgroundStats;
 }
 
@@ -125,6 +131,14 @@ function wrap(addon: NativeAddon): NativeCrc {
       checkInteger('jobId', jobId, 0, Number.MAX_SAFE_INTEGER);
       return addon.cancel(jobId);
     },
+    ...(typeof addon.halt === 'function'
+      ? {
+          halt(jobId: number): boolean {
+            checkInteger('jobId', jobId, 0, Number.MAX_SAFE_INTEGER);
+            return addon.halt!(jobId);
+          },
+        }
+      : {}),
     backgroundStats: () => addon.backgroundStats(),
   });
 }

@@ -107,7 +107,7 @@ export class BaseBdevLifecycle {
    */
   async delete(nameOrUuid: string, kind: BaseBdev['kind']): Promise<void> {
     const { registry, lvstores } = this.host;
-    const bdev = registry.bdev(nameOrUuid);
+    const bdev = registry.baseBdev(nameOrUuid);
     const name = bdev.name;
     if (bdev.kind !== kind) fail('ENODEV', `bdev ${name} is not a ${kind} bdev`);
     const operation = `bdev_${kind}_delete`;

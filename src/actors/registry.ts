@@ -72,8 +72,8 @@ export class Registry {
     return out;
   }
 
-  /** A base bdev by name, or by UUID (SPDK's bdev aliases include it). */
-  bdev(name: string): BaseBdev {
+  /** A base bdev by name or UUID, for what only base bdevs have (their device, their lifecycle); consumers use `findBdev`. */
+  baseBdev(name: string): BaseBdev {
     return this.bdevs.get(name) ?? [...this.bdevs.values()].find((bdev) => bdev.uuid === name) ?? fail('ENODEV', `bdev ${name} does not exist`);
   }
 

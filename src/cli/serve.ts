@@ -93,7 +93,7 @@ async function createDefaultDisk(node: StorageNode, dataDir: string, sizeBytes: 
   const path = join(dataDir, 'disk0.img');
   await FileDevice.createSparse(path, sizeBytes);
   await node.createAioBdev({ name: 'disk0', filename: path, blockSize: 512, readOnly: false });
-  if (node.registry.bdev('disk0').claims.writer() === undefined && !node.damaged.has('disk0')) {
+  if (node.registry.baseBdev('disk0').claims.writer() === undefined && !node.damaged.has('disk0')) {
     await node.lvstores.create({ bdevName: 'disk0', lvsName: 'lvs0', clusterBytes: clusterSizeBytesDefault, clearMethod: 'unmap' });
   }
 }

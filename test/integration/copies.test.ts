@@ -111,11 +111,11 @@ describe('copies', () => {
     await fill(node, 'A/v', 6, 0x66);
     await call(table, 'bdev_lvol_snapshot', { lvol_name: 'A/v', snapshot_name: 'top' });
     await call(table, 'bdev_malloc_create', { name: 'target', num_blocks: 2048, block_size: 512 });
-    await node.registry.bdev('target').device.write(10 * clusterBytes, Buffer.alloc(clusterBytes, 0xee)); // must become zeros
+    await node.registry.baseBdev('target').device.write(10 * clusterBytes, Buffer.alloc(clusterBytes, 0xee)); // must become zeros
     const { operation_id } = await call<{ operation_id: number }>(table, 'bdev_lvol_start_deep_copy', { src_lvol_name: 'A/top', dst_bdev_name: 'target' });
     expect(await waitForCopy(table, 'deep', operation_id)).toMatchObject({ state: 'complete', processed_clusters: 16, total_clusters: 16 });
     const copied = Buffer.alloc(16 * clusterBytes);
-    await node.registry.bdev('target').device.readInto(copied, 0);
+    await node.registry.baseBdev('target').device.readInto(copied, 0);
     expect(copied.equals(await readBdev(node.bdev('A/top'), 0, 16 * clusterBytes))).toBe(true);
   });
 

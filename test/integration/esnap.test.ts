@@ -36,7 +36,7 @@ describe('external snapshots', () => {
     await FileDevice.createSparse(join(dir, 'ext.img'), externalBytes);
     await FileDevice.createSparse(join(dir, 'disk.img'), 32 * 1024 * 1024);
     let { node, table } = await start(dir, true);
-    await node.registry.bdev('ext').device.write(0, bytes);
+    await node.registry.baseBdev('ext').device.write(0, bytes);
     await call(table, 'bdev_lvol_create_lvstore', { bdev_name: 'disk', lvs_name: 'lvs', cluster_sz: clusterBytes, clear_method: 'none' });
     await call(table, 'bdev_lvol_clone_bdev', { bdev: 'ext', lvs_name: 'lvs', clone_name: 'c' });
     const size = 11 * clusterBytes;
@@ -74,7 +74,7 @@ describe('external snapshots', () => {
     await FileDevice.createSparse(join(dir, 'ext.img'), 2 * clusterBytes);
     await FileDevice.createSparse(join(dir, 'disk.img'), 32 * 1024 * 1024);
     const { node, table } = await start(dir, true);
-    await node.registry.bdev('ext').device.write(0, Buffer.alloc(2 * clusterBytes, 0x77));
+    await node.registry.baseBdev('ext').device.write(0, Buffer.alloc(2 * clusterBytes, 0x77));
     await call(table, 'bdev_lvol_create_lvstore', { bdev_name: 'disk', lvs_name: 'lvs', cluster_sz: clusterBytes, clear_method: 'none' });
     // By UUID, as SPDK's tests name it.
     await call(table, 'bdev_lvol_clone_bdev', { bdev: externalUuid, lvs_name: 'lvs', clone_name: 'c' });
@@ -91,7 +91,7 @@ describe('external snapshots', () => {
     await FileDevice.createSparse(join(dir, 'ext.img'), 4 * clusterBytes);
     await FileDevice.createSparse(join(dir, 'disk.img'), 32 * 1024 * 1024);
     const { node, table } = await start(dir, true);
-    await node.registry.bdev('ext').device.write(0, Buffer.alloc(4 * clusterBytes, 0x5e));
+    await node.registry.baseBdev('ext').device.write(0, Buffer.alloc(4 * clusterBytes, 0x5e));
     await call(table, 'bdev_lvol_create_lvstore', { bdev_name: 'disk', lvs_name: 'lvs', cluster_sz: clusterBytes, clear_method: 'none' });
     await call(table, 'bdev_lvol_create', { lvs_name: 'lvs', lvol_name: 'thin', size_in_mib: 1, thin_provision: true });
     await call(table, 'bdev_lvol_create', { lvs_name: 'lvs', lvol_name: 'thick', size_in_mib: 1, thin_provision: false });

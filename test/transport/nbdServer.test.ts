@@ -381,7 +381,7 @@ describe('export lifecycle', () => {
     expect((await inFlight).error).toBe(0);
     await client.reader.closed;
     const written = Buffer.alloc(4096);
-    await node.running.node.registry.bdev('m1').device.readInto(written, 0);
+    await node.running.node.registry.baseBdev('m1').device.readInto(written, 0);
     expect(written.equals(pattern(mib, 8).subarray(0, 4096))).toBe(true);
     expect(await rpc.call('nbd_get_exports', {})).not.toContainEqual(expect.objectContaining({ export_name: 'stoppable' }));
     await expect(NbdTestClient.open(address, 'stoppable')).rejects.toThrow(/GO refused/);

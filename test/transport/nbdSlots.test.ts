@@ -40,7 +40,7 @@ async function nodeWithListener(listen: (node: TestNode) => Promise<NbdServer>):
   servers.push(server);
   const rpc = await node.connect();
   await rpc.call('bdev_malloc_create', { name: 'm', num_blocks: 8192, block_size: 512 });
-  await node.running.node.registry.bdev('m').device.write(0, data);
+  await node.running.node.registry.baseBdev('m').device.write(0, data);
   await rpc.call('nbd_start_export', { bdev_name: 'm' });
   return server;
 }

@@ -32,7 +32,7 @@ beforeAll(async () => {
   address = node.running.nbdAddress!;
   const rpc = await node.connect();
   await rpc.call('bdev_malloc_create', { name: 'm', num_blocks: 8192, block_size: 512 });
-  await node.running.node.registry.bdev('m').device.write(0, secret);
+  await node.running.node.registry.baseBdev('m').device.write(0, secret);
   await rpc.call('nbd_start_export', { bdev_name: 'm', export_name: 'secret' });
 });
 

@@ -80,7 +80,7 @@ type Backing = 'aio' | 'malloc';
 /** The SPDK calls that expose the bench bdev (`aio0`) over NVMe/TCP, the same for both targets. */
 async function expose(call: (method: string, params: unknown) => Promise<unknown>, backing: Backing, file: string, port: number): Promise<void> {
   if (backing === 'aio') await call('bdev_aio_create', { name: 'aio0', filename: file, block_size: 512 });
-  else await call('bdev_malloc_create', { name: 'aio0', num_blocks: 256 * 2048, block_size: 512 });
+  else await call('bdev_malloc_create', { name: 'aio0', num_blocks: 128 * 2048, block_size: 512 });
   await call('nvmf_create_transport', { trtype: 'TCP' });
   await call('nvmf_create_subsystem', { nqn, allow_any_host: true });
   await call('nvmf_subsystem_add_ns', { nqn, namespace: { bdev_name: 'aio0' } });
@@ -101,7 +101,7 @@ async function waitForSocket(path: string, child: ChildProcess): Promise<SpdkSoc
 
 async function startSpdkTarget(dir: string, file: string, backing: Backing): Promise<Target> {
   const socketPath = join(dir, 'spdk.sock');
-  const child = spawn(spdkRun, ['spdk_tgt', '--no-huge', '-s', '1024', '-m', '0x1', '--no-pci', '--disable-cpumask-locks', '-r', socketPath], { stdio: 'ignore' });
+  const child = spawn(spdkRun, ['spdk_tgt', '--no-huge', '-s', '2048', '-m', '0x1', '--no-pci', '--disable-cpumask-locks', '-r', socketPath], { stdio: 'ignore' });
   const client = await waitForSocket(socketPath, child);
   const port = await freePort();
   await expose((method, params) => client.call(method, params), backing, file, port);
@@ -193,10 +193,16 @@ export async function nvmfBenchmark(): Promise<void> {
   try {
     await writePatternFile(file, sizeMib, 4 * mibBytes);
     console.log(`  both targets on CPU 0 (spdk_tgt -m 0x1, lvnode under taskset), spdk_nvme_perf on CPU 1; ${runs} runs x ${seconds} s per workload and target, medians`);
-    console.log(`\n  the same ${sizeMib} MiB file (in ${dir}: page cache for both) as an aio bdev`);
-    await compare('aio', dir, file, seconds, runs);
-    console.log('\n  a 256 MiB malloc bdev on each (the transport alone, without the file path)');
-    await compare('malloc', dir, file, seconds, runs);
+    // LVNODE_BENCH_NVMF_BACKINGS=malloc (or aio) runs one of the two comparisons.
+    const backings = (process.env.LVNODE_BENCH_NVMF_BACKINGS ?? 'aio,malloc').split(',');
+    if (backings.includes('aio')) {
+      console.log(`\n  the same ${sizeMib} MiB file (in ${dir}: page cache for both) as an aio bdev`);
+      await compare('aio', dir, file, seconds, runs);
+    }
+    if (backings.includes('malloc')) {
+      console.log('\n  a 128 MiB malloc bdev on each (the transport alone, without the file path)');
+      await compare('malloc', dir, file, seconds, runs);
+    }
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

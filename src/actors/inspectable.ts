@@ -37,7 +37,10 @@ function nodeActors(node: StorageNode): InspectableActor[] {
   const actors: InspectableActor[] = [machineActor(schedulerActorId, 'scheduler', 'background scheduler', node.scheduler.actor)];
   for (const operation of node.copies.operationList()) actors.push(copyActor(operation));
   for (const entry of node.nbd.list()) actors.push(machineActor(`${nbdActorIdPrefix}${entry.exportName}`, 'nbd_export', `NBD export ${entry.exportName}`, entry.actor));
-  for (const subsystem of node.nvmf.list()) actors.push(machineActor(nvmfActorId(subsystem.nqn), 'nvmf_subsystem', `NVMe-oF subsystem ${subsystem.nqn}`, subsystem.actor));
+  // The discovery subsystem is always there and never changes: listed only when asked for by id.
+  for (const subsystem of node.nvmf.list()) {
+    if (!subsystem.isDiscovery) actors.push(machineActor(nvmfActorId(subsystem.nqn), 'nvmf_subsystem', `NVMe-oF subsystem ${subsystem.nqn}`, subsystem.actor));
+  }
   return actors;
 }
 
@@ -63,8 +66,9 @@ export function findInspectable(node: StorageNode, actorId: string): Inspectable
     return machineActor(actorId, 'nbd_export', `NBD export ${exportName}`, entry.actor);
   }
   if (actorId.startsWith(nvmfActorId(''))) {
-    const found = nodeActors(node).find((candidate) => candidate.actor_id === actorId);
-    return found ?? fail('ENODEV', `no NVMe-oF subsystem ${actorId.slice(nvmfActorId('').length)}`);
+    const nqn = actorId.slice(nvmfActorId('').length);
+    const subsystem = node.nvmf.subsystem(nqn) ?? fail('ENODEV', `no NVMe-oF subsystem ${nqn}`);
+    return machineActor(actorId, 'nvmf_subsystem', `NVMe-oF subsystem ${nqn}`, subsystem.actor);
   }
   if (actorId.startsWith(copyActorIdPrefix)) {
     const operation = node.copies.operationList().find((candidate) => `${copyActorIdPrefix}${candidate.operationId}` === actorId);

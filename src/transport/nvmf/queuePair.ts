@@ -21,7 +21,7 @@ import type { ControllerQueue, NvmfController } from './controller.ts';
 import { crc32c } from './crc32c.ts';
 import { connect, connectDataBytes, decodeConnect, executeProperty } from './fabrics.ts';
 import { executeIo } from './ioCommands.ts';
-import { adminOpcode, fabricsType, genericStatus, sct, sqeBytes } from './nvmeSpec.ts';
+import { adminOpcode, fabricsType, genericStatus, ioOpcode, sct, sqeBytes } from './nvmeSpec.ts';
 import {
   type Digests,
   c2hDataOffset,
@@ -320,18 +320,12 @@ export class NvmfQueuePair implements ControllerQueue {
   /** Reserves the payload in the queue's and the target's budgets, then sends one R2T for all of it. */
   private requestData(slot: Slot): void {
     slot.state = 'r2t';
-    const bytes = slot.transferBytes;
-    const queueRelease = this.queueBudget.tryReserve(bytes);
-    const nodeRelease = queueRelease ? this.context.nodeBudget.tryReserve(bytes) : undefined;
-    if (queueRelease && nodeRelease) return this.sendR2t(slot, () => (queueRelease(), nodeRelease()));
-    queueRelease?.();
-    void (async () => {
-      const releaseQueue = await this.queueBudget.reserve(bytes);
-      const releaseNode = await this.context.nodeBudget.reserve(bytes);
-      const release = () => (releaseQueue(), releaseNode());
-      if (this.phase === 'closed') return release();
-      this.sendR2t(slot, release);
-    })();
+    const release = this.reserveNow(slot.transferBytes);
+    if (release) return this.sendR2t(slot, release);
+    void this.reserveLater(slot.transferBytes).then((later) => {
+      if (this.phase === 'closed') return later();
+      this.sendR2t(slot, later);
+    });
   }
 
   private sendR2t(slot: Slot, releaseBudget: () => void): void {
@@ -405,6 +399,23 @@ export class NvmfQueuePair implements ControllerQueue {
       return;
     }
     this.context.noteForeground();
+    // A read's buffer is reserved in the budgets as a write's is (before its R2T); the slot
+    // gives it back when the data has left (finish → releasePayload).
+    if (command.opcode === ioOpcode.read && slot.transferBytes > 0 && slot.releaseBudget === undefined) {
+      const release = this.reserveNow(slot.transferBytes);
+      if (release === undefined) {
+        void this.reserveLater(slot.transferBytes).then((later) => {
+          slot.releaseBudget = later;
+          this.executeIoCommand(controller, slot, command);
+        });
+        return;
+      }
+      slot.releaseBudget = release;
+    }
+    this.executeIoCommand(controller, slot, command);
+  }
+
+  private executeIoCommand(controller: NvmfController, slot: Slot, command: NvmeCommand): void {
     executeIo(controller.subsystem, command, this.context.buffers).then(
       (completion) => this.finish(slot, completion),
       (error: unknown) => {
@@ -412,6 +423,25 @@ export class NvmfQueuePair implements ControllerQueue {
         this.finish(slot, failed(sct.generic, genericStatus.internalError));
       },
     );
+  }
+
+  /** `bytes` reserved in the queue's and the target's budgets at once, or undefined when either is full. */
+  private reserveNow(bytes: number): (() => void) | undefined {
+    const queueRelease = this.queueBudget.tryReserve(bytes);
+    if (!queueRelease) return undefined;
+    const nodeRelease = this.context.nodeBudget.tryReserve(bytes);
+    if (!nodeRelease) {
+      queueRelease();
+      return undefined;
+    }
+    return () => (queueRelease(), nodeRelease());
+  }
+
+  /** Waits its turn in both budgets (first come, first served). */
+  private async reserveLater(bytes: number): Promise<() => void> {
+    const releaseQueue = await this.queueBudget.reserve(bytes);
+    const releaseNode = await this.context.nodeBudget.reserve(bytes);
+    return () => (releaseQueue(), releaseNode());
   }
 
   private fabrics(command: NvmeCommand): NvmeCompletion {
@@ -452,34 +482,49 @@ export class NvmfQueuePair implements ControllerQueue {
 
   /** Sends a command's completion (and its data), then frees its slot and payload. */
   private finish(slot: Slot, completion: NvmeCompletion): void {
+    const { status, data } = completion;
+    const sendsData = this.phase !== 'closed' && data !== undefined && data.length > 0 && status === 0;
+    // A read's budget goes back with its buffer, once its data has left for the socket; a
+    // write's (and anything else's) now.
+    const budget = slot.releaseBudget;
+    slot.releaseBudget = undefined;
     this.releasePayload(slot);
-    if (this.phase !== 'closed') {
-      this.sqhd = (this.sqhd + 1) % this.queueEntries;
-      const { status, dw0 = 0, dw1 = 0, data } = completion;
-      if (data !== undefined && data.length > 0 && status === 0) {
-        const successFlag = dw0 === 0 && dw1 === 0;
-        const fields = { cid: slot.cid, offsetBytes: 0, lengthBytes: data.length, last: true, success: successFlag };
-        const pdo = c2hDataOffset(this.digests, this.hostAlignmentBytes);
-        if (completion.frame !== undefined && pdo <= c2hHeadroomBytes) {
-          // Header written into the headroom in front of the data: one write for both.
-          const pdu = completion.frame.subarray(c2hHeadroomBytes - pdo, c2hHeadroomBytes + data.length);
-          writeC2hDataHeader(pdu, this.digests, this.hostAlignmentBytes, fields);
-          this.send(pdu, completion.releaseData);
-        } else {
-          this.send(encodeC2hDataHeader(this.digests, this.hostAlignmentBytes, fields));
-          this.send(data, completion.releaseData);
-        }
-        if (this.digests.data) this.send(encodeDataDigest(data));
-        if (!successFlag) this.send(encodeCapsuleResp(this.digests, { dw0, dw1, sqhd: this.sqhd, cid: slot.cid, status }));
-      } else {
-        completion.releaseData?.();
-        this.send(encodeCapsuleResp(this.digests, { dw0, dw1, sqhd: this.sqhd, cid: slot.cid, status }));
-      }
-    } else {
+    const released = () => {
       completion.releaseData?.();
+      budget?.();
+    };
+    if (sendsData) {
+      this.sqhd = (this.sqhd + 1) % this.queueEntries;
+      this.sendData(slot, completion, released);
+    } else {
+      released();
+      if (this.phase !== 'closed') {
+        this.sqhd = (this.sqhd + 1) % this.queueEntries;
+        this.send(encodeCapsuleResp(this.digests, { dw0: completion.dw0 ?? 0, dw1: completion.dw1 ?? 0, sqhd: this.sqhd, cid: slot.cid, status }));
+      }
     }
     slot.state = 'free';
     this.freeSlots.push(slot.index);
+  }
+
+  /** C2HData with the command's data (SUCCESS: no CapsuleResp follows unless dw0/dw1 carry something). */
+  private sendData(slot: Slot, completion: NvmeCompletion, released: () => void): void {
+    const { status, dw0 = 0, dw1 = 0 } = completion;
+    const data = completion.data!;
+    const successFlag = dw0 === 0 && dw1 === 0;
+    const fields = { cid: slot.cid, offsetBytes: 0, lengthBytes: data.length, last: true, success: successFlag };
+    const pdo = c2hDataOffset(this.digests, this.hostAlignmentBytes);
+    if (completion.frame !== undefined && pdo <= c2hHeadroomBytes) {
+      // Header written into the headroom in front of the data: one write for both.
+      const pdu = completion.frame.subarray(c2hHeadroomBytes - pdo, c2hHeadroomBytes + data.length);
+      writeC2hDataHeader(pdu, this.digests, this.hostAlignmentBytes, fields);
+      this.send(pdu, released);
+    } else {
+      this.send(encodeC2hDataHeader(this.digests, this.hostAlignmentBytes, fields));
+      this.send(data, released);
+    }
+    if (this.digests.data) this.send(encodeDataDigest(data));
+    if (!successFlag) this.send(encodeCapsuleResp(this.digests, { dw0, dw1, sqhd: this.sqhd, cid: slot.cid, status }));
   }
 
   private releasePayload(slot: Slot): void {

@@ -36,6 +36,9 @@ describe.skipIf(skipSpdk)('NVMe/TCP target with SPDK initiators', () => {
       // Both directions reached the bdev, not a cache in front of it.
       expect(bdev.reads).toBeGreaterThan(100);
       expect(bdev.writes).toBeGreaterThan(100);
+      // Reads took their buffers from the byte budget (4 KiB writes come in the capsule), and gave them back.
+      expect(target.transport.payloadFigures().peakBytes).toBeGreaterThan(0);
+      expect(target.transport.payloadFigures().inUseBytes).toBe(0);
     } finally {
       await target.close();
     }

@@ -107,6 +107,8 @@ export class NvmfQueuePair implements ControllerQueue {
   private digestFill = 0;
   private corked = false;
   private connectTimer: NodeJS.Timeout | undefined;
+  /** The most commands this queue held at once (stats, tests: the depth hosts really reach). */
+  inFlightPeak = 0;
 
   constructor(
     readonly id: number,
@@ -272,6 +274,8 @@ export class NvmfQueuePair implements ControllerQueue {
     // More commands than the queue has entries: the host broke flow control.
     if (slotIndex === undefined) return this.terminate(termReqFes.pduSequenceError, 0);
     const slot = this.slots[slotIndex]!;
+    const inFlight = this.queueEntries - this.freeSlots.length;
+    if (inFlight > this.inFlightPeak) this.inFlightPeak = inFlight;
     this.header.copy(slot.sqe, 0, commonHeaderBytes, commonHeaderBytes + sqeBytes);
     slot.cid = slot.sqe.readUInt16LE(2);
     slot.failure = undefined;

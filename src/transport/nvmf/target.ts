@@ -21,6 +21,7 @@ export class NvmfTcpTransport implements NvmfPorts {
   private readonly buffers = new BufferPool(64 * mibBytes, c2hHeadroomBytes, 512);
   private connectionCount = 0;
   private nextId = 1;
+  private closedInFlightPeak = 0;
 
   constructor(
     private readonly target: NvmfTarget,
@@ -31,6 +32,13 @@ export class NvmfTcpTransport implements NvmfPorts {
 
   get connections(): number {
     return this.connectionCount;
+  }
+
+  /** The most commands any one queue pair held at once, closed ones included (stats, tests). */
+  queueDepthPeak(): number {
+    let peak = this.closedInFlightPeak;
+    for (const port of this.ports.values()) for (const queue of port.connections) peak = Math.max(peak, queue.inFlightPeak);
+    return peak;
   }
 
   /** Payload bytes reserved now and at most (stats, tests). */
@@ -80,6 +88,7 @@ export class NvmfTcpTransport implements NvmfPorts {
       new ByteBudget(nvmfPayloadBytesInFlightPerQueueMax),
       (closed) => {
         this.connectionCount--;
+        this.closedInFlightPeak = Math.max(this.closedInFlightPeak, closed.inFlightPeak);
         port.connections.delete(closed);
       },
     );

@@ -25,17 +25,21 @@ function perfTotals(stdout: string): { iops: number; mibPerSec: number } {
 }
 
 describe.skipIf(skipSpdk)('NVMe/TCP target with SPDK initiators', () => {
-  it('serves spdk_nvme_perf 4 KiB random read/write over two I/O queues with header and data digests', async () => {
+  it('serves spdk_nvme_perf 4 KiB random read/write at queue depth 128 over two I/O queues with header and data digests', async () => {
     const bdev = memoryBdev('Malloc0', 32 * mib);
     const target = await startTarget({ bdevs: [bdev] });
     try {
-      const run = await runSpdk('spdk_nvme_perf', ['--no-huge', '-s', '256', '-c', '0x2', '-q', '32', '-o', '4096', '-w', 'randrw', '-M', '50', '-t', '1', '-P', '2', '-H', '-I', '-r', trid(target.port, target.nqn)]);
+      const run = await runSpdk('spdk_nvme_perf', ['--no-huge', '-s', '256', '-c', '0x2', '-q', '128', '-o', '4096', '-w', 'randrw', '-M', '50', '-t', '1', '-P', '2', '-H', '-I', '-r', trid(target.port, target.nqn)]);
       expect(run.code, run.stdout + run.stderr).toBe(0);
       const { iops } = perfTotals(run.stdout);
       expect(iops).toBeGreaterThan(1000);
       // Both directions reached the bdev, not a cache in front of it.
       expect(bdev.reads).toBeGreaterThan(100);
       expect(bdev.writes).toBeGreaterThan(100);
+      // spdk_nvme_perf spreads its 128 across the two queues: each held 64 or more at once, never
+      // more than the queue's 128 entries allow.
+      expect(target.transport.queueDepthPeak()).toBeGreaterThanOrEqual(64);
+      expect(target.transport.queueDepthPeak()).toBeLessThanOrEqual(128);
       // Reads took their buffers from the byte budget (4 KiB writes come in the capsule), and gave them back.
       expect(target.transport.payloadFigures().peakBytes).toBeGreaterThan(0);
       expect(target.transport.payloadFigures().inUseBytes).toBe(0);

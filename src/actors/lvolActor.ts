@@ -600,19 +600,20 @@ export class LvolActor {
     const clusterIndex = this.nextCluster(input, input.fromClusterIndex);
     const ahead = this.takeReadAhead(input.lvolId, clusterIndex);
     if (this.checksumState !== 'computing') {
-      // Stopping: the read-ahead was halted as the walk left `computing` (observe), so this step
-      // records nothing more: the stop waits for the cluster a step was awaiting, never for this.
+      // Stopping: a read-ahead of this cluster that had begun is the in-flight cluster, finished
+      // and recorded; one called off before it began is skipped, as is a step with none.
       if (ahead) return ahead.result;
       return { kind: 'skipped', atMs: this.runtime.nowMs() };
     }
     if (clusterIndex < 0) return { kind: 'end', atMs: this.runtime.nowMs() };
     const read = ahead ?? this.startRead(input.lvolId, clusterIndex);
-    // The next clusters are read while this step waits and while the machine records it: with two
-    // background slots per device the next one runs beside this one, so a step mostly finds its
-    // cluster done. A read error there surfaces only when a step reaches that cluster.
-    this.fillReadAhead(input, clusterIndex);
     const output = await read.result;
     if (output.kind !== 'cluster') return output;
+    // The next clusters are read while the machine records this one and while later steps wait
+    // (the window was filled by earlier steps): with two background slots per device the next one
+    // runs beside the current, so a step mostly finds its cluster done. A read error there
+    // surfaces only when a step reaches that cluster. A stop meanwhile leaves nothing to fill.
+    if (this.checksumState === 'computing') this.fillReadAhead(input, clusterIndex);
     return { ...output, last: this.nextCluster(input, clusterIndex + 1) < 0 };
   }
 
@@ -704,8 +705,11 @@ export class LvolActor {
    * read too (the walk left `computing` and `stopping`: nobody records it).
    */
   private abortReads(all: boolean): void {
-    for (const read of this.readAhead) this.discard(read);
-    this.readAhead = [];
+    // Stopping: the next cluster's read, if it began, is the in-flight cluster the stop waits for
+    // and the next step records (SPEC §6.4); called off if not begun. Deeper read-ahead is halted.
+    const kept = all ? [] : this.readAhead.slice(0, 1);
+    for (const read of this.readAhead.slice(kept.length)) this.discard(read);
+    this.readAhead = kept;
     for (const read of this.reads) {
       read.abort.abort();
       if (all) read.halt.abort();

@@ -54,11 +54,21 @@ async function walkSetup() {
   return { device, store, snapshot, actor, reads, chain };
 }
 
-/** Holds the device and starts a walk; resolves once its first reads are held there (to the walk's outcome, boxed). */
+/**
+ * Starts a walk and holds the device from its first read-ahead on (cluster 0 is read and recorded,
+ * the window 2, 4, 6 is filled); resolves once the reads the device admits are held there (to the
+ * walk's outcome, boxed).
+ */
 async function heldWalk(setup: Awaited<ReturnType<typeof walkSetup>>): Promise<{ outcome: Promise<unknown> }> {
-  setup.device.hold();
+  const count = setup.device.onIoStart!;
+  setup.device.onIoStart = (kind, offsetBytes, lengthBytes) => {
+    count(kind, offsetBytes, lengthBytes);
+    if (kind === 'read' && setup.reads.started === 2) setup.device.hold();
+  };
   const outcome = setup.actor.register('whole', false).catch((error: unknown) => error);
-  while (setup.reads.started < deviceBackgroundInFlightMax) await tick();
+  while (setup.reads.started < 1 + deviceBackgroundInFlightMax) await tick();
+  // The step of cluster 2 has taken its read from the window: it waits on it.
+  while (setup.actor.readStats.readAhead !== 2) await tick();
   return { outcome };
 }
 
@@ -66,9 +76,10 @@ describe('LvolActor read-ahead', () => {
   it('has the next clusters in flight while a step waits, and still gives the exact chained CRC', async () => {
     const setup = await walkSetup();
     const { outcome } = await heldWalk(setup);
-    // The step's cluster, plus three read-ahead: two at the device, the others queued behind.
-    expect(setup.actor.readStats).toMatchObject({ inFlight: 4, readAhead: 3 });
-    expect(setup.reads.started).toBe(deviceBackgroundInFlightMax);
+    // Cluster 2's step waits for its read, begun as read-ahead, with 4 at the device beside it and
+    // 6 queued (the window is topped up as each read comes in).
+    expect(setup.actor.readStats).toMatchObject({ inFlight: 3, readAhead: 2 });
+    expect(setup.reads.started).toBe(1 + deviceBackgroundInFlightMax);
     setup.device.release();
     await expect(outcome).resolves.toBe(true);
     expect(setup.store.lvol(setup.snapshot.id).checksum).toBe(setup.chain(ownedClusters));
@@ -83,13 +94,13 @@ describe('LvolActor read-ahead', () => {
     await tick();
     setup.device.release();
     await expect(stopped).resolves.toBe(true);
-    expect((await outcome) as StorageError).toMatchObject({ errno: 'EINTR', data: { reason: 'stopped', clusters_done: 1 } });
-    // Clusters 4 and 6 waited in the device queue: called off, never read.
-    expect(setup.reads.started).toBe(deviceBackgroundInFlightMax);
+    expect((await outcome) as StorageError).toMatchObject({ errno: 'EINTR', data: { reason: 'stopped', clusters_done: 2 } });
+    // Cluster 6 waited in the device queue: called off, never read; 4 had begun and was halted.
+    expect(setup.reads.started).toBe(1 + deviceBackgroundInFlightMax);
     expect(setup.reads.ended).toBe(setup.reads.started);
-    expect(setup.actor.readStats).toMatchObject({ inFlight: 0, readAhead: 0, discarded: 3 });
+    expect(setup.actor.readStats).toMatchObject({ inFlight: 0, readAhead: 0, discarded: 2 });
     for (let turn = 0; turn < 5; turn++) await tick();
-    expect(setup.reads.started).toBe(deviceBackgroundInFlightMax);
+    expect(setup.reads.started).toBe(1 + deviceBackgroundInFlightMax);
     // Resumed after the stop, the walk still reaches the exact value.
     await expect(setup.actor.register('whole', true)).resolves.toBe(true);
     expect(setup.store.lvol(setup.snapshot.id).checksum).toBe(setup.chain(ownedClusters));
@@ -104,7 +115,7 @@ describe('LvolActor read-ahead', () => {
     await expect(preempted).resolves.toBe(true);
     expect(setup.actor.holdsReads).toBe(false);
     expect(setup.reads.ended).toBe(setup.reads.started);
-    expect(setup.reads.started).toBe(deviceBackgroundInFlightMax);
+    expect(setup.reads.started).toBe(1 + deviceBackgroundInFlightMax);
     expect((await outcome) as StorageError).toMatchObject({ errno: 'EINTR', data: { reason: 'preempted by bdev_lvol_delete' } });
     setup.actor.dispose();
     expect(setup.actor.readStats.inFlight).toBe(0);
@@ -127,7 +138,7 @@ describe('LvolActor read-ahead', () => {
 
   it('fails the walk at the read-ahead cluster whose read failed, after recording the ones before it', async () => {
     const setup = await walkSetup();
-    // Reads reach the device in cluster order: the third is cluster 4, read ahead while 0 and 2 are stepped.
+    // Reads reach the device in cluster order: the third is cluster 4, read ahead while 2 is stepped.
     setup.device.setFaults({ failReadAt: 3 });
     await expect(setup.actor.register('whole', false)).rejects.toBeInstanceOf(StorageError);
     expect(setup.actor.status()).toMatchObject({ state: 'failed', clusters_done: 2 });

@@ -253,7 +253,9 @@ async function systemUnderTest(): Promise<System> {
     notified.last = { state: status.state as Phase, clusters_done: status.clusters_done };
     changes.notify();
   };
-  const actor = new LvolActor(snapshot.id, store, runtime, new InspectionHub(), listener, { admission });
+  // One cluster read ahead, as the spec's walk: a deeper window (LvolActorOptions.readAheadClusters)
+  // is the device path's business, with its own tests (test/actors/readAhead.test.ts).
+  const actor = new LvolActor(snapshot.id, store, runtime, new InspectionHub(), listener, { admission, readAheadClusters: 1 });
   actor.actor.subscribe(changes.notify);
   return { store, snapshotId: snapshot.id, device, log, admission, actor, held, changes, notified, requests: [] };
 }

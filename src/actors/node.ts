@@ -98,6 +98,9 @@ export class StorageNode {
     // An external snapshot attached again (its bdev, or the lvstore of its lvol) is held again.
     this.events.on('event', (event) => {
       if (event.type === 'bdev_created' || event.type === 'lvstore_created') this.esnaps.retake();
+      // SPDK hot-removes a namespace whose bdev goes; an lvol bdev's name is its UUID.
+      if (event.type === 'lvol_deleted') this.nvmf.bdevRemoved(String(event.uuid));
+      if (event.type === 'bdev_deleted') this.nvmf.bdevRemoved(String(event.name));
     });
     this.copies = new CopyService(this.registry, this.router, this.scheduler, this.inspector, runtime, (status, what) =>
       this.emit({ type: what === 'state' ? 'copy_state' : 'copy_progress', ...status }),

@@ -205,11 +205,14 @@ export class NvmfSubsystem {
     }
     if (nsid > max || nsid > nvmfNamespacesMax) fail('EINVAL', `NSID ${nsid} is past the subsystem's max_namespaces (${max})`);
     if (this.namespaces.has(nsid)) fail('EEXIST', `NSID ${nsid} is already in use`);
+    // By name: an lvol's Bdev is made per lookup, so two lookups of one lvol are different objects.
     for (const namespace of this.namespaces.values()) {
-      if (namespace.bdev === bdev) fail('EEXIST', `bdev ${bdev.name} is already namespace ${namespace.nsid} of ${this.nqn}`);
+      if (namespace.bdev.name === bdev.name) fail('EEXIST', `bdev ${bdev.name} is already namespace ${namespace.nsid} of ${this.nqn}`);
     }
     const uuid = options.uuid ?? bdev.uuid ?? randomUUID();
-    const hold = bdev.claims.open(`NVMe-oF namespace ${nsid} of ${this.nqn}`);
+    // Removable, as in SPDK: deleting the bdev hot-removes the namespace (NvmfTarget.bdevRemoved)
+    // rather than failing. Longhorn's revert deletes the exposed head lvol and relies on it.
+    const hold = bdev.claims.open(`NVMe-oF namespace ${nsid} of ${this.nqn}`, { removable: true });
     const nguid = Buffer.from((options.nguid ?? uuid).replaceAll('-', ''), 'hex');
     this.changeNamespaces(() => this.namespaces.set(nsid, { nsid, bdev, hold, uuid, nguid, anagrpid: options.anagrpid ?? nsid }), [nsid]);
     return nsid;
@@ -349,13 +352,27 @@ export class NvmfTarget {
     return subsystem;
   }
 
-  /** The namespaces serving `bdev`, as `nqn nsid` (deleting the bdev is refused while any exist). */
+  /** The namespaces serving `bdev`, as `nqn nsid`. */
   namespacesOf(bdev: Bdev): string[] {
     const found: string[] = [];
     for (const subsystem of this.subsystems.values()) {
-      for (const namespace of subsystem.namespaces.values()) if (namespace.bdev === bdev) found.push(`${subsystem.nqn} nsid ${namespace.nsid}`);
+      for (const namespace of subsystem.namespaces.values()) if (namespace.bdev.name === bdev.name) found.push(`${subsystem.nqn} nsid ${namespace.nsid}`);
     }
     return found;
+  }
+
+  /**
+   * A bdev was deleted (or its lvstore unloaded): every namespace on it goes, and the hosts are told
+   * (a namespace-attribute-changed event), as SPDK does when a bdev under a namespace is unregistered.
+   */
+  bdevRemoved(bdevName: string): void {
+    for (const subsystem of this.subsystems.values()) {
+      for (const namespace of [...subsystem.namespaces.values()]) {
+        if (namespace.bdev.name !== bdevName) continue;
+        subsystem.removeNamespace(namespace.nsid);
+        log('info', 'nvmf namespace removed: its bdev is gone', { nqn: subsystem.nqn, nsid: namespace.nsid, bdev: bdevName });
+      }
+    }
   }
 
   async stopAll(reason: string): Promise<void> {

@@ -336,15 +336,15 @@ function listenerMethods(node: StorageNode): Record<string, RpcMethod> {
       },
     }),
     nvmf_subsystem_get_listeners: defineMethod({
-      description: 'List a subsystem’s listeners with their ANA state (SPDK; ana_state as go-spdk-helper reads it).',
+      description: 'List a subsystem’s listeners (SPDK): the address, and per ANA group its state when the subsystem reports ANA.',
       priority: 'foreground',
       params: z.strictObject({ nqn, tgt_name: tgtName }),
-      result: z.array(z.object({ address: listenAddressView, ana_state: z.string(), ana_states: z.array(z.object({ ana_group: z.number(), ana_state: z.string() })).optional() })),
+      result: z.array(z.object({ address: listenAddressView, ana_states: z.array(z.object({ ana_group: z.number(), ana_state: z.string() })).optional() })),
       handler: (p) => {
         const subsystem = findSubsystem(node, p.nqn);
+        // As spdk_tgt (Longhorn's fork) dumps a listener: no `ana_state` field; `ana_states` only with ANA reporting.
         return subsystem.listeners.map((listener) => ({
           address: { ...listener.address },
-          ana_state: listener.anaState,
           ...(subsystem.options.anaReporting ? { ana_states: [...subsystem.namespaces.values()].map((namespace) => ({ ana_group: namespace.anagrpid, ana_state: listener.anaState })) } : {}),
         }));
       },
@@ -359,6 +359,8 @@ function listenerMethods(node: StorageNode): Record<string, RpcMethod> {
         const address = toAddress(p.listen_address);
         const listener = subsystem.listener(listenAddressKey(address));
         if (!listener) return invalidParameters();
+        // spdk_nvmf_subsystem_set_ana_state refuses a subsystem without ANA reporting (-EINVAL).
+        if (!subsystem.options.anaReporting) spdkError('internal', 'error setting ANA state: -22');
         listener.anaState = p.ana_state;
         return true as const;
       },

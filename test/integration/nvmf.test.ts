@@ -58,10 +58,12 @@ describe('NVMe-oF RPCs', () => {
     const port = await freePort();
     const listenAddress = { trtype: 'tcp', adrfam: 'ipv4', traddr: '127.0.0.1', trsvcid: String(port) };
     expect(await spdk.call('nvmf_subsystem_add_listener', { nqn, listen_address: listenAddress })).toBe(true);
-    expect(await spdk.call('nvmf_subsystem_listener_set_ana_state', { nqn, listen_address: listenAddress, ana_state: 'non_optimized' })).toBe(true);
-    expect(await spdk.call('nvmf_subsystem_get_listeners', { nqn })).toEqual([
-      { address: { trtype: 'TCP', adrfam: 'IPv4', traddr: '127.0.0.1', trsvcid: String(port) }, ana_state: 'non_optimized' },
-    ]);
+    // As spdk_tgt (Longhorn's fork) answers for a subsystem without ANA reporting (checked by hand).
+    expect(await spdkError(spdk.call('nvmf_subsystem_listener_set_ana_state', { nqn, listen_address: listenAddress, ana_state: 'non_optimized' }))).toMatchObject({
+      code: -32603,
+      message: 'error setting ANA state: -22',
+    });
+    expect(await spdk.call('nvmf_subsystem_get_listeners', { nqn })).toEqual([{ address: { trtype: 'TCP', adrfam: 'IPv4', traddr: '127.0.0.1', trsvcid: String(port) } }]);
     const subsystems = await spdk.call<Array<Record<string, unknown>>>('nvmf_get_subsystems', {});
     expect(subsystems.map((found) => found.nqn)).toEqual(['nqn.2014-08.org.nvmexpress.discovery', nqn]);
     expect(subsystems[1]).toMatchObject({
@@ -90,12 +92,30 @@ describe('NVMe-oF RPCs', () => {
     expect(Buffer.from(base64, 'base64').equals(known.subarray(1024 * 1024, 1536 * 1024))).toBe(true);
   });
 
-  it('refuses to delete a bdev a namespace serves (EBUSY naming it), and allows it once removed', async () => {
-    expect(await rpcError(client.call('bdev_lvol_delete', { name: 'lvs0/vol1' }))).toMatchObject({ code: -16 });
+  it('deletes a bdev a namespace serves and takes the namespace away with it, as SPDK (Longhorn’s revert deletes the exposed head)', async () => {
     expect(await client.call('nvmf_subsystem_remove_ns', { nqn, nsid: 1 })).toBe(true);
-    const [subsystem] = await client.call<Array<{ namespaces: unknown[] }>>('nvmf_get_subsystems', { nqn });
+    let [subsystem] = await client.call<Array<{ namespaces: unknown[] }>>('nvmf_get_subsystems', { nqn });
     expect(subsystem!.namespaces).toEqual([]);
+    // Added again (by alias: a second lookup of the same lvol), then the lvol is deleted under it.
+    expect(await client.call('nvmf_subsystem_add_ns', { nqn, namespace: { bdev_name: 'lvs0/vol1' } })).toBe(1);
+    expect(await rpcError(client.call('nvmf_subsystem_add_ns', { nqn, namespace: { bdev_name: 'lvs0/vol1' } }))).toMatchObject({ code: -32602 });
     expect(await client.call('bdev_lvol_delete', { name: 'lvs0/vol1' })).toBe(true);
+    [subsystem] = await client.call<Array<{ namespaces: unknown[] }>>('nvmf_get_subsystems', { nqn });
+    expect(subsystem!.namespaces).toEqual([]);
+  });
+
+  it('reports and sets ANA states only on a subsystem created with ana_reporting, as spdk_tgt', async () => {
+    const anaNqn = 'nqn.2016-06.io.spdk:ana';
+    expect(await spdk.call('nvmf_create_subsystem', { nqn: anaNqn, allow_any_host: true, ana_reporting: true })).toBe(true);
+    await spdk.call('bdev_malloc_create', { name: 'anaM', num_blocks: 2048, block_size: 512 });
+    expect(await spdk.call('nvmf_subsystem_add_ns', { nqn: anaNqn, namespace: { bdev_name: 'anaM' } })).toBe(1);
+    const listenAddress = { trtype: 'tcp', adrfam: 'ipv4', traddr: '127.0.0.1', trsvcid: String(await freePort()) };
+    expect(await spdk.call('nvmf_subsystem_add_listener', { nqn: anaNqn, listen_address: listenAddress })).toBe(true);
+    expect(await spdk.call('nvmf_subsystem_listener_set_ana_state', { nqn: anaNqn, listen_address: listenAddress, ana_state: 'inaccessible' })).toBe(true);
+    const [listener] = await spdk.call<Array<{ ana_states: Array<{ ana_group: number; ana_state: string }> }>>('nvmf_subsystem_get_listeners', { nqn: anaNqn });
+    expect(listener!.ana_states).toEqual([{ ana_group: 1, ana_state: 'inaccessible' }]);
+    expect(await spdk.call('nvmf_delete_subsystem', { nqn: anaNqn })).toBe(true);
+    expect(await spdk.call('bdev_malloc_delete', { name: 'anaM' })).toBe(true);
   });
 
   it('answers SPDK’s errors on the WebSocket too', async () => {

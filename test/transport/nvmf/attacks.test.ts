@@ -166,12 +166,14 @@ describe('NVMe/TCP target admission and namespace bounds', () => {
     expect([zeroes.sct, zeroes.sc]).toEqual([0, 0x20]);
   });
 
-  it('holds the namespace bdev open, so it cannot be deleted under the hosts', async () => {
+  it('holds the namespace bdev open, removably: deleting the bdev takes the namespace away, as SPDK', async () => {
     const bdev = memoryBdev('Malloc0', mib);
     const { nqn } = await open([bdev]);
-    expect(() => bdev.claims.assertDeletable()).toThrow(/in use by NVMe-oF namespace 1/);
-    target!.target.require(nqn).removeNamespace(1);
+    expect(bdev.claims.list()).toEqual([{ type: 'open', holder: `NVMe-oF namespace 1 of ${nqn}` }]);
     expect(() => bdev.claims.assertDeletable()).not.toThrow();
+    target!.target.bdevRemoved('Malloc0');
+    expect(target!.target.require(nqn).namespaces.size).toBe(0);
+    expect(bdev.claims.size).toBe(0);
   });
 });
 

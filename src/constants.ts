@@ -11,10 +11,11 @@ export const blockSizeBytesDefault = 512;
 export const diskSizeBytesDefault = gibBytes;
 export const deviceBytesMax = 16 * 1024 * gibBytes;
 // Each device's I/O queue (SPEC §6.6): background reads in flight at once, and how long one may
-// wait under a steady foreground stream before it goes anyway. Two, not one: a walk's next cluster
-// (its read-ahead) is read on a second background thread while the current one finishes, so a
-// step waits for a read that is mostly done; a foreground request still waits behind at most two.
-export const deviceBackgroundInFlightMax = 2;
+// wait under a steady foreground stream before it goes anyway. One: with two (a walk's read-ahead
+// read on a second thread beside the current one) walks ran at 1.05-1.14x a plain read instead of
+// 0.58-0.91x, but 16 small-RPC clients kept only 0.59-0.68x of their idle throughput with 8
+// verifies running (goal 0.8x; 0.91-0.92x with one), on the 2-core bench machine (README).
+export const deviceBackgroundInFlightMax = 1;
 export const deviceBackgroundStarvationMs = 50;
 
 // Lvstores (SPEC §2): as SPDK, a cluster is a whole number of 4 KiB metadata pages (and of the

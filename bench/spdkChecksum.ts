@@ -72,10 +72,13 @@ async function startSpdk(runPath: string, dir: string): Promise<SpdkTarget | str
     pause: () => void child.kill('SIGSTOP'),
     resume: () => void child.kill('SIGCONT'),
     kill: async () => {
-      if (exited) return;
-      child.kill('SIGCONT');
-      child.kill('SIGKILL');
-      await exit;
+      if (!exited) {
+        child.kill('SIGCONT');
+        child.kill('SIGKILL');
+        await exit;
+      }
+      // spdk_tgt leaves its trace buffer in /dev/shm, named after its pid (`run` execs it).
+      await rm(join(tmpfsDir, `spdk_tgt_trace.pid${child.pid}`), { force: true });
     },
   };
   const deadline = performance.now() + spdkStartTimeoutMs;

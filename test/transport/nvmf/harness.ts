@@ -3,7 +3,7 @@
 // run SPDK's own programs against it (skipped when they are absent, unless LVNODE_REQUIRE_SPDK_TOOLS).
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { resolve } from 'node:path';
 import { InspectionHub } from '../../../src/actors/inspector.ts';
@@ -134,6 +134,11 @@ export interface RunResult {
 
 const running = new Set<ChildProcess>();
 
+/** SPDK's programs leave a 3 MiB trace file in /dev/shm per process (`<program>_trace.pid<pid>`): removed once it exits. */
+function removeTraceFile(program: string, child: ChildProcess): void {
+  if (child.pid !== undefined) rmSync(`/dev/shm/${program}_trace.pid${child.pid}`, { force: true });
+}
+
 /** Runs one of SPDK's programs to its end (killed after `timeoutMs`). */
 export function runSpdk(program: string, args: string[], timeoutMs = 30_000): Promise<RunResult> {
   return new Promise((resolveRun) => {
@@ -147,6 +152,7 @@ export function runSpdk(program: string, args: string[], timeoutMs = 30_000): Pr
     child.on('close', (code) => {
       clearTimeout(timer);
       running.delete(child);
+      removeTraceFile(program, child);
       resolveRun({ code, stdout, stderr });
     });
   });
@@ -159,7 +165,7 @@ export function startSpdk(program: string, args: string[]): { child: ChildProces
   let output = '';
   child.stdout!.on('data', (chunk) => (output += chunk));
   child.stderr!.on('data', (chunk) => (output += chunk));
-  const exited = new Promise<void>((resolveExit) => child.on('close', () => (running.delete(child), resolveExit())));
+  const exited = new Promise<void>((resolveExit) => child.on('close', () => (running.delete(child), removeTraceFile(program, child), resolveExit())));
   return {
     child,
     output: () => output,

@@ -20,6 +20,7 @@ import { seededRuntime } from '../../src/runtime.ts';
 import { Lvstore } from '../../src/store/lvstore.ts';
 import { type MetadataChange, type MetadataLog, MemoryMetadataLog, type VerificationRecord } from '../../src/store/metadata.ts';
 import { ClusterChecksums } from '../../src/store/sparseArray.ts';
+import { seededRandom } from '../seededRandom.ts';
 import { crc64Oracle, crc64OracleChained } from './crc64Oracle.ts';
 import {
   type Answer,
@@ -51,17 +52,10 @@ const ownedClusters: readonly number[] = [0, 2, 3];
 const settleMsMax = Number(process.env.LVNODE_SETTLE_MS_MAX ?? 10_000);
 const everyState = process.env.LVNODE_LVOL_VERIFY_PATHS === 'all';
 
-/** xorshift32 from the seed and a salt, so every cluster and every choice has its own stream. */
+/** The tests' xorshift32 from the seed and a salt (every cluster and every choice has its own stream), as uint32s. */
 function stream(salt: number): () => number {
-  let state = (Math.imul(seed, 0x9e3779b1) ^ Math.imul(salt + 1, 0x85ebca6b)) >>> 0 || 1;
-  return () => {
-    state ^= state << 13;
-    state >>>= 0;
-    state ^= state >>> 17;
-    state ^= state << 5;
-    state >>>= 0;
-    return state;
-  };
+  const next = seededRandom((Math.imul(seed, 0x9e3779b1) ^ Math.imul(salt + 1, 0x85ebca6b)) >>> 0);
+  return () => next() * 2 ** 32;
 }
 
 function clusterData(clusterIndex: number): Buffer {

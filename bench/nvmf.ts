@@ -16,7 +16,7 @@ import { mibBytes } from '../src/constants.ts';
 import { SpdkSocketClient } from '../test/spdkSocketClient.ts';
 import { envInteger, fixed, median, printTable, sleepMs, writePatternFile } from './support.ts';
 
-const spdkRun = resolve(import.meta.dirname, '../../shared/tools/spdk/run');
+const spdkRun = resolve(process.env.LVNODE_SPDK_TOOLS_DIR ?? resolve(import.meta.dirname, '../../shared/tools/spdk'), 'run');
 const nqn = 'nqn.2016-06.io.spdk:bench';
 const clockTicksPerSec = 100;
 

@@ -14,8 +14,10 @@ import { MemoryDevice } from '../../../src/device/memoryDevice.ts';
 import { fail } from '../../../src/errors.ts';
 import { NvmfTcpTransport } from '../../../src/transport/nvmf/target.ts';
 
-export const spdkRun = resolve(import.meta.dirname, '../../../../shared/tools/spdk/run');
-export const spdkToolsPresent = existsSync(spdkRun) && existsSync(resolve(import.meta.dirname, '../../../../shared/tools/spdk/bin/spdk_nvme_perf'));
+/** SPDK's programs: `LVNODE_SPDK_TOOLS_DIR` (.ci/run sets it), else ../shared/tools/spdk beside the repository. */
+export const spdkToolsDir = process.env.LVNODE_SPDK_TOOLS_DIR ?? resolve(import.meta.dirname, '../../../../shared/tools/spdk');
+export const spdkRun = resolve(spdkToolsDir, 'run');
+export const spdkToolsPresent = existsSync(spdkRun) && existsSync(resolve(spdkToolsDir, 'bin/spdk_nvme_perf'));
 /** SPDK tests run when the tools are there, and must (fail, not skip) when CI says they are required. */
 export const skipSpdk = !spdkToolsPresent && process.env.LVNODE_REQUIRE_SPDK_TOOLS === undefined;
 

@@ -256,8 +256,20 @@ export const nvmfNamespacesMax = 1024;
 export const nvmfSubsystemsMax = 1024;
 export const nvmfHostsPerSubsystemMax = 1024;
 export const nvmfListenersMax = 256;
-/** A connection must finish ICReq and Fabrics Connect within this, or it is closed. */
-export const nvmfConnectTimeoutMs = 10_000;
+// Connections before a successful Fabrics Connect (ICReq/ICResp and the Connect itself) hold a
+// handshake slot: they get nvmfHandshakeTimeoutMs (NBD's 5 s; a real host needs a few round trips,
+// milliseconds), and at nvmfHandshakeSlotsMax a new connection first closes the oldest handshaking
+// one, so a flood of idle connections displaces itself and never the host that finishes its
+// Connect promptly. The pool is several accept batches (nvmfListenBacklog, the most one event-loop
+// turn accepts) large, so a host survives a few turns of flood between ICReq and Connect; it is
+// smaller than nvmfConnectionsMax, so idle strangers can never take every connection.
+export const nvmfHandshakeTimeoutMs = 5000;
+export const nvmfHandshakeSlotsMax = 512;
+/** Connections the kernel queues for the target to accept on each port. */
+export const nvmfListenBacklog = 128;
+// Connections that end before Connect (evicted, refused, timed out) are logged as counts at most
+// once per this interval: strangers could otherwise flood the log.
+export const nvmfHandshakeEndsLogIntervalMs = 10_000;
 /** Keep-alive timeout when the host asks for none (SPDK's KAS is 10 x 100 ms units; hosts give theirs). */
 export const nvmfKeepAliveTimeoutMsDefault = 120_000;
 export const nvmfKeepAliveTimeoutMsMax = 3_600_000;
@@ -269,7 +281,24 @@ export const nvmfPayloadBytesInFlightPerQueueMax = 16 * mibBytes;
 /** NQNs are at most 223 bytes (NVMe base spec). */
 export const nvmfNqnBytesMax = 223;
 
+// NVMe/TCP initiator (issue 23): bdev_nvme_attach_controller's controllers and their queues.
+export const nvmeControllersMax = 256;
+/** Entries of each queue the host creates (SQSIZE + 1); commands in flight are one fewer. */
+export const nvmeInitiatorQueueEntries = 128;
+/** Admin and I/O queue connections must answer ICReq and Connect within this. */
+export const nvmeInitiatorConnectTimeoutMs = 10_000;
+/** The controller's CC.EN → CSTS.RDY wait, at most (CAP.TO may ask for less). */
+export const nvmeInitiatorReadyTimeoutMs = 10_000;
+/** The keep-alive timeout the host asks for in Connect (KATO); it sends Keep Alive at half of it. */
+export const nvmeInitiatorKeepAliveTimeoutMs = 10_000;
+/** The largest PDU the host accepts from a controller (a C2HData of 1 MiB, its header and digests). */
+export const nvmeInitiatorPduBytesMax = mibBytes + 256;
+/** The largest transfer of one command, whatever MDTS says (0 = unlimited there). */
+export const nvmeInitiatorTransferBytesMax = mibBytes;
+
 assert.ok(nvmfInCapsuleDataBytes <= nvmfTransferBytesMax && nvmfTransferBytesMax <= nvmfPduBytesMax);
 assert.ok(nvmfTransferBytesMax % (4 * kibBytes) === 0 && Number.isInteger(Math.log2(nvmfTransferBytesMax / (4 * kibBytes))), 'MDTS is a power of two of 4 KiB pages');
 assert.ok(nvmfQueueDepthMax * nvmfTransferBytesMax <= nvmfPayloadBytesInFlightPerQueueMax, 'a full queue of maximal commands fits its budget');
 assert.ok(nvmfPayloadBytesInFlightPerQueueMax <= nvmfPayloadBytesInFlightNodeMax);
+assert.ok(nvmfHandshakeSlotsMax >= 4 * nvmfListenBacklog && nvmfHandshakeSlotsMax < nvmfConnectionsMax, 'the handshake pool outlasts a few accept batches and leaves room for established queues');
+assert.ok(nvmeInitiatorTransferBytesMax + 256 <= nvmeInitiatorPduBytesMax && nvmeInitiatorQueueEntries >= 65, 'a whole transfer fits one PDU; queue depth of at least 64');

@@ -10,7 +10,7 @@
 // until setImmediate).
 import type { Socket } from 'node:net';
 import type { NvmfTarget } from '../../actors/nvmfTarget.ts';
-import { nvmfConnectTimeoutMs, nvmfH2cDataBytesMax, nvmfInCapsuleDataBytes, nvmfPduBytesMax, nvmfQueueDepthMax, nvmfTransferBytesMax } from '../../constants.ts';
+import { nvmfH2cDataBytesMax, nvmfInCapsuleDataBytes, nvmfPduBytesMax, nvmfQueueDepthMax, nvmfTransferBytesMax } from '../../constants.ts';
 import { log } from '../../log.ts';
 import type { ByteBudget } from '../byteBudget.ts';
 import type { BufferPool } from '../nbd/bufferPool.ts';
@@ -51,6 +51,11 @@ export interface QueuePairContext {
   readonly buffers: BufferPool;
   /** Foreground first: background checksum steps back off while hosts do I/O. */
   noteForeground(): void;
+  /**
+   * Connect succeeded: the queue leaves the listener's handshake pool (and its deadline) and counts
+   * only against the connection cap.
+   */
+  noteConnected(queue: NvmfQueuePair): void;
 }
 
 /** In-capsule data a queue accepts: the admin queue takes 8 KiB (NVMe-oF 1.1 §2.3.4), I/O queues what IOCCSZ says. */
@@ -106,7 +111,6 @@ export class NvmfQueuePair implements ControllerQueue {
   private readonly digestBuffer = Buffer.alloc(digestBytes);
   private digestFill = 0;
   private corked = false;
-  private connectTimer: NodeJS.Timeout | undefined;
   /** The most commands this queue held at once (stats, tests: the depth hosts really reach). */
   inFlightPeak = 0;
 
@@ -131,8 +135,6 @@ export class NvmfQueuePair implements ControllerQueue {
     socket.resume();
     socket.on('error', () => undefined);
     socket.on('close', () => this.closed());
-    this.connectTimer = setTimeout(() => this.close('no Connect in time'), nvmfConnectTimeoutMs);
-    this.connectTimer.unref();
   }
 
   /** A bug met while handling one host's PDUs ends that connection, never the node. */
@@ -473,7 +475,7 @@ export class NvmfQueuePair implements ControllerQueue {
     this.queueEntries = request.queueEntries;
     if (!controller.addQueue(this)) return failed(sct.commandSpecific, 0x82, 42);
     this.controller = controller;
-    clearTimeout(this.connectTimer);
+    this.context.noteConnected(this);
     // The Connect holds slot 0; the queue's other entries become free slots.
     for (let index = this.queueEntries - 1; index >= 1; index--) this.freeSlots.push(index);
     return outcome.completion;
@@ -571,7 +573,6 @@ export class NvmfQueuePair implements ControllerQueue {
 
   private closed(): void {
     this.phase = 'closed';
-    clearTimeout(this.connectTimer);
     // Commands still waiting for data never run: their payloads go back now.
     for (const slot of this.slots) if (slot.state === 'r2t' || slot.state === 'receiving') this.releasePayload(slot);
     this.controller?.queueClosed(this);

@@ -12,7 +12,7 @@ import type { Bdev } from '../../../src/bdev/bdev.ts';
 import { BdevClaims } from '../../../src/bdev/bdevClaims.ts';
 import { MemoryDevice } from '../../../src/device/memoryDevice.ts';
 import { fail } from '../../../src/errors.ts';
-import { NvmfTcpTransport } from '../../../src/transport/nvmf/target.ts';
+import { NvmfTcpTransport, type NvmfTransportLimits } from '../../../src/transport/nvmf/target.ts';
 
 /** SPDK's programs: `LVNODE_SPDK_TOOLS_DIR` (.ci/run sets it), else ../shared/tools/spdk beside the repository. */
 export const spdkToolsDir = process.env.LVNODE_SPDK_TOOLS_DIR ?? resolve(import.meta.dirname, '../../../../shared/tools/spdk');
@@ -87,9 +87,16 @@ export interface StandaloneTarget {
 }
 
 /** A target with one subsystem (`nqn`), its namespaces on `bdevs`, listening on 127.0.0.1. */
-export async function startTarget(options: { bdevs: Bdev[]; allowAnyHost?: boolean; hosts?: string[]; nqn?: string }): Promise<StandaloneTarget> {
+export async function startTarget(options: {
+  bdevs: Bdev[];
+  allowAnyHost?: boolean;
+  hosts?: string[];
+  nqn?: string;
+  /** Small connection limits for tests that fill them. */
+  limits?: Partial<NvmfTransportLimits>;
+}): Promise<StandaloneTarget> {
   const target = new NvmfTarget(new InspectionHub());
-  const transport = new NvmfTcpTransport(target);
+  const transport = new NvmfTcpTransport(target, () => {}, options.limits ?? {});
   target.transports.push(tcpTransportOptions());
   const nqn = options.nqn ?? 'nqn.2016-06.io.spdk:cnode1';
   target.createSubsystem({ nqn, serialNumber: 'LVNODE0001', modelNumber: 'lvnode test', allowAnyHost: options.allowAnyHost ?? true, maxNamespaces: 32, minCntlid: 1, maxCntlid: 0xffef, anaReporting: false });

@@ -16,6 +16,7 @@ export const Errno = {
   ENOSPC: 28,
   EDOM: 33,
   ETIMEDOUT: 110,
+  EALREADY: 114,
   ECANCELED: 125,
 } as const;
 export type ErrnoName = keyof typeof Errno;
@@ -34,6 +35,7 @@ export const strerror: Record<ErrnoName, string> = {
   ENOSPC: 'No space left on device',
   EDOM: 'Numerical argument out of domain',
   ETIMEDOUT: 'Connection timed out',
+  EALREADY: 'Operation already in progress',
   ECANCELED: 'Operation canceled',
 };
 

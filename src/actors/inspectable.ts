@@ -9,6 +9,7 @@ import { fail } from '../errors.ts';
 import { toJsonSafe } from './inspector.ts';
 import { nbdActorIdPrefix } from './nbdExports.ts';
 import type { StorageNode } from './node.ts';
+import { nvmeActorId } from './nvmeControllers.ts';
 import { nvmfActorId } from './nvmfTarget.ts';
 import type { ResolvedLvol } from './registry.ts';
 import type { MachineNode, MachineTransition } from './machineShape.ts';
@@ -16,7 +17,7 @@ import { schedulerActorId } from './scheduler.ts';
 
 export type { MachineNode, MachineTransition };
 
-export type ActorKind = 'lvol' | 'scheduler' | 'copy' | 'nbd_export' | 'nvmf_subsystem';
+export type ActorKind = 'lvol' | 'scheduler' | 'copy' | 'nbd_export' | 'nvmf_subsystem' | 'nvme_controller';
 
 export interface InspectableActor {
   /** The id `inspect_subscribe {actor_id}` filters on (an lvol's UUID, `scheduler`, `copy-N`, `nbd:NAME`). */
@@ -41,6 +42,7 @@ function nodeActors(node: StorageNode): InspectableActor[] {
   for (const subsystem of node.nvmf.list()) {
     if (!subsystem.isDiscovery) actors.push(machineActor(nvmfActorId(subsystem.nqn), 'nvmf_subsystem', `NVMe-oF subsystem ${subsystem.nqn}`, subsystem.actor));
   }
+  for (const entry of node.nvme.list()) actors.push(machineActor(nvmeActorId(entry.request.name), 'nvme_controller', `NVMe controller ${entry.request.name}`, entry.actor));
   return actors;
 }
 
@@ -69,6 +71,11 @@ export function findInspectable(node: StorageNode, actorId: string): Inspectable
     const nqn = actorId.slice(nvmfActorId('').length);
     const subsystem = node.nvmf.subsystem(nqn) ?? fail('ENODEV', `no NVMe-oF subsystem ${nqn}`);
     return machineActor(actorId, 'nvmf_subsystem', `NVMe-oF subsystem ${nqn}`, subsystem.actor);
+  }
+  if (actorId.startsWith(nvmeActorId(''))) {
+    const name = actorId.slice(nvmeActorId('').length);
+    const entry = node.nvme.lookup(name) ?? fail('ENODEV', `no NVMe controller ${name}`);
+    return machineActor(actorId, 'nvme_controller', `NVMe controller ${name}`, entry.actor);
   }
   if (actorId.startsWith(copyActorIdPrefix)) {
     const operation = node.copies.operationList().find((candidate) => `${copyActorIdPrefix}${candidate.operationId}` === actorId);

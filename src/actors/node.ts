@@ -26,6 +26,7 @@ import { CopyService } from './copies.ts';
 import { EsnapHolds, resolveExternalSource } from './externalSnapshots.ts';
 import { type LvstoreSelector, LvstoreLifecycle } from './lvstores.ts';
 import { NbdExports } from './nbdExports.ts';
+import { NvmeControllers } from './nvmeControllers.ts';
 import { NvmfTarget } from './nvmfTarget.ts';
 import { PriorityRouter } from './priority.ts';
 import { type BackgroundOptions, BackgroundScheduler } from './scheduler.ts';
@@ -66,6 +67,8 @@ export class StorageNode {
   readonly nbd: NbdExports;
   /** NVMe-oF subsystems (issue 22): a namespace holds its bdev open, so it cannot be deleted under hosts. */
   readonly nvmf: NvmfTarget;
+  /** Attached NVMe-oF controllers (issue 23): each namespace a bdev `<name>n<nsid>` in the registry's module bdevs. */
+  readonly nvme: NvmeControllers;
   /** Shallow, range and deep copies (replica rebuild); a delete of either end stops them first. */
   readonly copies: CopyService;
   /** What esnap clones hold on their external snapshots: read_many_write_none claims. */
@@ -95,6 +98,7 @@ export class StorageNode {
     this.checksums = new ChecksumService(this.registry, this.router, runtime, (event) => this.emit(event));
     this.nbd = new NbdExports(this.registry, this.inspector, this.events);
     this.nvmf = new NvmfTarget(this.inspector, options.nvmfAllowRemote === true);
+    this.nvme = new NvmeControllers(this.registry, this.inspector);
     // An external snapshot attached again (its bdev, or the lvstore of its lvol) is held again.
     this.events.on('event', (event) => {
       if (event.type === 'bdev_created' || event.type === 'lvstore_created') this.esnaps.retake();
@@ -402,6 +406,8 @@ export class StorageNode {
     await this.nbd.stopAll('shutdown');
     await this.nvmf.stopAll('shutdown');
     await this.copies.stopAll('shutdown');
+    // Exports and copies on NVMe bdevs are stopped by now: the controllers can go.
+    await this.nvme.detachAll();
     const allIds = () => [...this.registry.allLvols()].map(({ lvol }) => lvol.id);
     await this.router.run({
       operation: 'shutdown',

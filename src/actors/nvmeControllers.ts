@@ -170,3 +170,9 @@ function syntheticUuid(name: string, nsid: number): string {
   const hex = Buffer.from(`${name}n${nsid}`.padEnd(16, '\0')).subarray(0, 16).toString('hex');
   return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20, 32)}`;
 }
+
+/** A controller's machine state and controller id, for listings. */
+export function nvmeControllersSnapshot(entry: NvmeControllerEntry): { state: string; cntlid: number } {
+  const snapshot = entry.actor.getSnapshot();
+  return { state: String(snapshot.value), cntlid: snapshot.context.cntlid ?? 0 };
+}

@@ -31,6 +31,7 @@ import { u64, u64AsNumber } from './json64.ts';
 import { type MethodTable, type RpcMethod, defineMethod } from './methodTable.ts';
 import type { RpcStats } from './stats.ts';
 import { observeMethods } from './observeMethods.ts';
+import { nvmeMethods } from './nvmeMethods.ts';
 import { nvmfMethods } from './nvmfMethods.ts';
 import { checksumStatus, checksumValue, name, ok, verification, verifyPolicy, verifyWindow } from './schemas.ts';
 import { allBdevInfos, bdevInfos, bdevView, lvolInfos, lvolView, lvstoreInfo, lvstoreView, verificationView } from './views.ts';
@@ -652,6 +653,7 @@ export function createMethodTable(node: StorageNode, transport?: TransportStats)
     ...observeMethods(node),
     ...nbdMethods(node),
     ...nvmfMethods(node),
+    ...nvmeMethods(node),
   };
   table.save_config = defineMethod({
     description: 'The node’s bdevs as an SPDK-style JSON config (replayable with `lvnode serve --config FILE`).',

@@ -396,7 +396,7 @@ function settingMethods(): Record<string, RpcMethod> {
   };
   return {
     bdev_nvme_set_options: defineMethod({
-      description: 'SPDK’s NVMe bdev module options: accepted as settings (lvnode attaches no NVMe controllers of its own yet).',
+      description: 'SPDK’s NVMe bdev module options: accepted as settings; bdev_nvme_attach_controller does not read them (its own params count).',
       priority: 'foreground',
       params: z.strictObject(settings(nvmeOptionKeys)),
       result: ok,

@@ -61,7 +61,7 @@ export function observeMethods(node: StorageNode): Record<string, RpcMethod> {
       priority: 'foreground',
       params: z.strictObject({ limit: z.number().int().min(0).max(1_000_000).optional() }),
       result: z.object({
-        actors: z.array(z.object({ actor_id: z.string(), kind: z.enum(['lvol', 'scheduler', 'copy', 'nbd_export', 'nvmf_subsystem']), label: z.string(), value: z.unknown() })),
+        actors: z.array(z.object({ actor_id: z.string(), kind: z.enum(['lvol', 'scheduler', 'copy', 'nbd_export', 'nvmf_subsystem', 'nvme_controller']), label: z.string(), value: z.unknown() })),
         lvols_total: z.number(),
       }),
       handler: async (p) => {

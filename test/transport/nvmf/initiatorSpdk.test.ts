@@ -1,0 +1,94 @@
+// Goal: lvnode's NVMe/TCP initiator against SPDK's own target (spdk_tgt over a malloc bdev): it
+// attaches, writes known bytes (in-capsule, R2T and MDTS-split sizes), reads them back on a second
+// controller (its own connection and Identify), with and without digests, and detaches. Skipped
+// without SPDK's programs, like the other SPDK tests.
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { InspectionHub } from '../../../src/actors/inspector.ts';
+import { type NvmeAttachRequest, NvmeControllers } from '../../../src/actors/nvmeControllers.ts';
+import { Registry } from '../../../src/actors/registry.ts';
+import { readBdev } from '../../../src/bdev/bdev.ts';
+import { tcpNvmeConnector } from '../../../src/transport/nvmf/initiator/hostController.ts';
+import { SpdkSocketClient } from '../../spdkSocketClient.ts';
+import { freePort, killAllSpdk, skipSpdk, startSpdk } from './harness.ts';
+
+const work = mkdtempSync(join(tmpdir(), 'lvnode-initiator-spdk-'));
+afterAll(() => {
+  killAllSpdk();
+  rmSync(work, { recursive: true, force: true });
+});
+
+/** Connects to spdk_tgt's RPC socket once it is there (bounded by attempts, not by a clock). */
+async function connectRpc(path: string, output: () => string): Promise<SpdkSocketClient> {
+  for (let attempt = 0; attempt < 600; attempt++) {
+    if (existsSync(path)) {
+      try {
+        return await SpdkSocketClient.connect(path);
+      } catch {
+        // Not accepting yet.
+      }
+    }
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  throw new Error(`spdk_tgt did not open ${path}:\n${output()}`);
+}
+
+describe.skipIf(skipSpdk)('NVMe/TCP initiator against spdk_tgt', () => {
+  it('writes known bytes to an SPDK malloc namespace and reads them back, with and without digests', async () => {
+    const socketPath = join(work, 'spdk.sock');
+    const spdk = startSpdk('spdk_tgt', ['--no-huge', '-s', '1024', '-m', '0x1', '--no-pci', '--disable-cpumask-locks', '-r', socketPath]);
+    const registry = new Registry();
+    const controllers = new NvmeControllers(registry, new InspectionHub());
+    let rpc: SpdkSocketClient | undefined;
+    try {
+      rpc = await connectRpc(socketPath, spdk.output);
+      const nqn = 'nqn.2016-06.io.spdk:cnode1';
+      const port = String(await freePort());
+      await rpc.call('nvmf_create_transport', { trtype: 'TCP' });
+      await rpc.call('bdev_malloc_create', { name: 'Malloc0', num_blocks: 16384, block_size: 512 });
+      await rpc.call('nvmf_create_subsystem', { nqn, allow_any_host: true });
+      await rpc.call('nvmf_subsystem_add_ns', { nqn, namespace: { bdev_name: 'Malloc0' } });
+      await rpc.call('nvmf_subsystem_add_listener', { nqn, listen_address: { trtype: 'tcp', adrfam: 'ipv4', traddr: '127.0.0.1', trsvcid: port } });
+      const request = (name: string, digests: boolean): NvmeAttachRequest => ({
+        name,
+        trid: { trtype: 'TCP', adrfam: 'IPv4', traddr: '127.0.0.1', trsvcid: port, subnqn: nqn },
+        hostnqn: 'nqn.2014-08.org.nvmexpress:uuid:lvnode-spdk-test',
+        headerDigest: digests,
+        dataDigest: digests,
+        ctrlrLossTimeoutSec: 0,
+        reconnectDelaySec: 0,
+        fastIoFailTimeoutSec: 0,
+        multipath: 'disable',
+      });
+      expect(await controllers.attach(request('Nvme0', false), tcpNvmeConnector)).toEqual(['Nvme0n1']);
+      expect(await controllers.attach(request('Nvme1', true), tcpNvmeConnector)).toEqual(['Nvme1n1']);
+      const plain = registry.findBdev('Nvme0n1');
+      const digested = registry.findBdev('Nvme1n1');
+      expect(plain.sizeBytes()).toBe(16384 * 512);
+      expect(plain.uuid).toBe(digested.uuid);
+      const cases = [
+        { offsetBytes: 512, data: randomBytes(512) },
+        { offsetBytes: 65536, data: randomBytes(64 * 1024) },
+        { offsetBytes: 1024 * 1024 + 512, data: randomBytes(384 * 1024) },
+      ];
+      // Written on one controller, read on the other: two connections, each with its own Identify.
+      for (const { offsetBytes, data } of cases) await plain.write(offsetBytes, data);
+      for (const { offsetBytes, data } of cases) expect((await readBdev(digested, offsetBytes, data.length)).equals(data)).toBe(true);
+      await digested.write(4 * 1024 * 1024, cases[2]!.data);
+      expect((await readBdev(plain, 4 * 1024 * 1024, cases[2]!.data.length)).equals(cases[2]!.data)).toBe(true);
+      await plain.writeZeroes(65536, 4096);
+      expect((await readBdev(digested, 65536, 8192)).equals(Buffer.concat([Buffer.alloc(4096), cases[1]!.data.subarray(4096, 8192)]))).toBe(true);
+      await plain.flush();
+      await controllers.detach('Nvme0');
+      await controllers.detach('Nvme1');
+      expect(registry.moduleBdevs.size).toBe(0);
+    } finally {
+      await controllers.detachAll();
+      await rpc?.close();
+      await spdk.stop();
+    }
+  });
+});

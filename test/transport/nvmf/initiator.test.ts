@@ -3,6 +3,7 @@
 // through the initiator), reads come back, Write Zeroes and deallocate read back zeros, a range
 // past the end never reaches the target, digests work, and a target that misbehaves ends the
 // connection without taking the node down.
+import { createServer } from 'node:net';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { InspectionHub } from '../../../src/actors/inspector.ts';
 import { type NvmeAttachRequest, NvmeControllers } from '../../../src/actors/nvmeControllers.ts';
@@ -195,5 +196,58 @@ describe('NVMe/TCP initiator against lvnode’s own target', () => {
     await target.close();
     await expect.poll(() => controllers.lookup('Nvme0')!.actor.getSnapshot().value).toBe('failed');
     expect(await errnoOf(bdev.readInto(0, Buffer.alloc(512)))).toBe('EIO');
+  });
+
+  it('ends the connection cleanly on PDUs a target must not send, and attach answers EIO', async () => {
+    // A fake target: a correct ICResp, then each case's bad PDU in answer to the first command.
+    const icResp = Buffer.alloc(128);
+    icResp.writeUInt8(0x01, 0);
+    icResp.writeUInt8(128, 2);
+    icResp.writeUInt32LE(128, 4);
+    icResp.writeUInt32LE(131072, 12);
+    const completionFor = (cid: number) => {
+      const pdu = Buffer.alloc(24);
+      pdu.writeUInt8(0x05, 0);
+      pdu.writeUInt8(24, 2);
+      pdu.writeUInt32LE(24, 4);
+      pdu.writeUInt16LE(cid, 20);
+      return pdu;
+    };
+    const cases: Array<{ name: string; answer: (cid: number) => Buffer }> = [
+      { name: 'a completion for a command id not in flight', answer: (cid) => completionFor(cid + 1) },
+      { name: 'a PDU length past the limit', answer: (cid) => Buffer.concat([completionFor(cid).subarray(0, 4), Buffer.from([0xff, 0xff, 0xff, 0x7f])]) },
+      { name: 'a header length that is not the type’s', answer: (cid) => Object.assign(completionFor(cid), { 2: 30 }) },
+      { name: 'data for a command that reads nothing', answer: (cid) => Buffer.concat([Buffer.from([0x07, 0x0c, 24, 24, 32, 0, 0, 0]), Buffer.from([cid & 0xff, cid >> 8]), Buffer.alloc(14), Buffer.alloc(8)]) },
+      { name: 'an unknown PDU type', answer: () => Buffer.from([0x42, 0, 8, 0, 8, 0, 0, 0]) },
+    ];
+    for (const { name, answer } of cases) {
+      const server = createServer((socket) => {
+        let buffered = Buffer.alloc(0);
+        let answered = false;
+        socket.on('error', () => undefined);
+        socket.on('data', (chunk) => {
+          buffered = Buffer.concat([buffered, chunk]);
+          if (buffered.length >= 128 && buffered[0] === 0x00 && !answered) {
+            socket.write(icResp);
+            buffered = buffered.subarray(128);
+            answered = true;
+          }
+          if (answered && buffered.length >= 72) {
+            socket.write(answer(buffered.readUInt16LE(10)));
+            buffered = Buffer.alloc(0);
+          }
+        });
+      });
+      await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+      const port = (server.address() as { port: number }).port;
+      const controllers = new NvmeControllers(new Registry(), new InspectionHub());
+      const fake = { port, nqn: 'nqn.2016-06.io.spdk:fake' } as StandaloneTarget;
+      try {
+        expect(await errnoOf(controllers.attach(request(fake), tcpNvmeConnector)), name).toBe('EIO');
+        expect(controllers.list(), name).toEqual([]);
+      } finally {
+        server.close();
+      }
+    }
   });
 });

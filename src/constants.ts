@@ -295,6 +295,11 @@ export const nvmeInitiatorKeepAliveTimeoutMs = 10_000;
 export const nvmeInitiatorPduBytesMax = mibBytes + 256;
 /** The largest transfer of one command, whatever MDTS says (0 = unlimited there). */
 export const nvmeInitiatorTransferBytesMax = mibBytes;
+/** A command (I/O, or Keep Alive's reply) not answered within this ends its connection: the controller is lost. */
+export const nvmeInitiatorCommandTimeoutMs = 30_000;
+/** I/O queues a controller gets when the attach does not say (SPDK's num_io_queues), and at most. */
+export const nvmeInitiatorIoQueuesDefault = 2;
+export const nvmeInitiatorIoQueuesMax = 16;
 
 assert.ok(nvmfInCapsuleDataBytes <= nvmfTransferBytesMax && nvmfTransferBytesMax <= nvmfPduBytesMax);
 assert.ok(nvmfTransferBytesMax % (4 * kibBytes) === 0 && Number.isInteger(Math.log2(nvmfTransferBytesMax / (4 * kibBytes))), 'MDTS is a power of two of 4 KiB pages');
@@ -302,3 +307,4 @@ assert.ok(nvmfQueueDepthMax * nvmfTransferBytesMax <= nvmfPayloadBytesInFlightPe
 assert.ok(nvmfPayloadBytesInFlightPerQueueMax <= nvmfPayloadBytesInFlightNodeMax);
 assert.ok(nvmfHandshakeSlotsMax >= 4 * nvmfListenBacklog && nvmfHandshakeSlotsMax < nvmfConnectionsMax, 'the handshake pool outlasts a few accept batches and leaves room for established queues');
 assert.ok(nvmeInitiatorTransferBytesMax + 256 <= nvmeInitiatorPduBytesMax && nvmeInitiatorQueueEntries >= 65, 'a whole transfer fits one PDU; queue depth of at least 64');
+assert.ok(nvmeInitiatorIoQueuesDefault >= 1 && nvmeInitiatorIoQueuesDefault <= nvmeInitiatorIoQueuesMax && nvmeInitiatorKeepAliveTimeoutMs / 2 < nvmeInitiatorCommandTimeoutMs);

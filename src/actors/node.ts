@@ -98,7 +98,7 @@ export class StorageNode {
     this.checksums = new ChecksumService(this.registry, this.router, runtime, (event) => this.emit(event));
     this.nbd = new NbdExports(this.registry, this.inspector, this.events);
     this.nvmf = new NvmfTarget(this.inspector, options.nvmfAllowRemote === true);
-    this.nvme = new NvmeControllers(this.registry, this.inspector);
+    this.nvme = new NvmeControllers(this.registry, this.inspector, (event) => this.emit(event));
     // An external snapshot attached again (its bdev, or the lvstore of its lvol) is held again.
     this.events.on('event', (event) => {
       if (event.type === 'bdev_created' || event.type === 'lvstore_created') this.esnaps.retake();

@@ -8,15 +8,21 @@
 // an export, a namespace of lvnode's own target), where SPDK would hot-remove it under them: the
 // same answer bdev deletion gives (bdevClaims.ts). Nothing here is saved across a restart.
 //
-// Accepted and stored, not acted on yet: ctrlr_loss_timeout_sec, reconnect_delay_sec,
-// fast_io_fail_timeout_sec (a lost controller stays failed until detached) and multipath.
-import { type Actor, createActor, fromPromise, waitFor } from 'xstate';
+// A lost connection sends the machine to `reconnecting` (reconnect_delay_sec, ctrlr_loss_timeout_sec,
+// fast_io_fail_timeout_sec; see the machine). The bdevs stay and their I/O goes through
+// `ReconnectingNamespaceIo`: it waits while the controller reconnects and resubmits on the new
+// session every command the lost one did not answer (reads are idempotent, and so is writing the
+// same bytes to the same blocks again). When the controller fails for good, waiting I/O answers
+// EIO and its bdevs leave the registry with a `bdev_deleted` event, as SPDK removes the bdevs of a
+// lost controller (their holders are not asked: the device is gone). Multipath is not acted on.
+import { type Actor, type SnapshotFrom, createActor, fromPromise, waitFor } from 'xstate';
 import { NvmeBdev, type NvmeNamespaceIo } from '../bdev/nvmeBdev.ts';
 import { nvmeControllersMax } from '../constants.ts';
 import { StorageError, fail } from '../errors.ts';
 import { log } from '../log.ts';
 import { type NvmeConnected, nvmeControllerMachine } from '../machines/nvmeControllerMachine.ts';
 import type { InspectionHub } from './inspector.ts';
+import type { NodeEvent } from './nodeEvents.ts';
 import type { Registry } from './registry.ts';
 
 export interface NvmeTransportId {
@@ -33,11 +39,13 @@ export interface NvmeAttachRequest {
   readonly hostnqn: string;
   readonly headerDigest: boolean;
   readonly dataDigest: boolean;
-  /** Stored and reported; reconnecting is not implemented yet. */
+  /** -1: reconnect forever; 0: fail at once when the connection is lost (SPDK). */
   readonly ctrlrLossTimeoutSec: number;
   readonly reconnectDelaySec: number;
   readonly fastIoFailTimeoutSec: number;
   readonly multipath: 'disable' | 'failover' | 'multipath';
+  /** I/O queues to ask for (SPDK's num_io_queues); nvmeInitiatorIoQueuesDefault when absent. */
+  readonly ioQueues?: number;
 }
 
 /** A connected, enabled controller: its namespaces' I/O and the way to end it. */
@@ -46,6 +54,8 @@ export interface NvmeSession {
   /** The host side of the admin queue's connection. */
   readonly hostAddress: { readonly addr: string; readonly svcid: string };
   readonly namespaces: readonly NvmeNamespaceIo[];
+  /** True once the connection ended (or close was called): what it did not answer is not known complete. */
+  readonly lost: boolean;
   /** Called once when a queue's connection ends other than by `close`. */
   onLost(listener: (reason: string) => void): void;
   close(): Promise<void>;
@@ -73,6 +83,7 @@ export class NvmeControllers {
   constructor(
     private readonly registry: Registry,
     private readonly inspector: InspectionHub,
+    private readonly emit: (event: NodeEvent) => void = () => {},
   ) {}
 
   list(): NvmeControllerEntry[] {
@@ -95,7 +106,7 @@ export class NvmeControllers {
       throw new StorageError('EIO', { detail: `attaching ${request.name} failed: ${snapshot.context.error ?? 'detached while connecting'}` });
     }
     try {
-      entry.bdevs = this.register(request.name, entry.session.namespaces);
+      entry.bdevs = this.register(entry, request.name, entry.session.namespaces);
     } catch (error) {
       await this.detach(request.name);
       throw error;
@@ -133,6 +144,7 @@ export class NvmeControllers {
             await session.close();
             throw new StorageError('ECANCELED');
           }
+          if (session.lost) throw new StorageError('EIO', { detail: 'the connection ended while connecting' });
           entry.session = session;
           session.onLost((reason) => entry.actor.send({ type: 'controller.lost', reason }));
           return { cntlid: session.cntlid, namespaces: session.namespaces.length };
@@ -143,17 +155,34 @@ export class NvmeControllers {
       },
     });
     const { actor, untrack } = this.inspector.track(id, (inspect) =>
-      createActor(machine, { id, input: { name: request.name, traddr: request.trid.traddr, trsvcid: request.trid.trsvcid, subnqn: request.trid.subnqn }, inspect }),
+      createActor(machine, { id, input: machineInput(request), inspect }),
     );
     (entry as { actor: Actor<typeof nvmeControllerMachine> }).actor = actor;
-    actor.subscribe({ complete: untrack });
+    actor.subscribe({
+      next: (snapshot) => {
+        if (snapshot.value === 'failed' && entry.bdevs.length > 0) this.removeLost(entry, snapshot.context.error);
+      },
+      complete: untrack,
+    });
     this.controllers.set(request.name, entry);
     actor.start();
     return entry;
   }
 
-  private register(name: string, namespaces: readonly NvmeNamespaceIo[]): NvmeBdev[] {
-    const bdevs = namespaces.map((io) => new NvmeBdev(`${name}n${io.nsid}`, io.uuid ?? syntheticUuid(name, io.nsid), io));
+  /** The controller failed for good: its bdevs leave the registry (SPDK removes them), with events. */
+  private removeLost(entry: NvmeControllerEntry, reason: string | null): void {
+    const bdevs = entry.bdevs;
+    entry.bdevs = [];
+    for (const bdev of bdevs) {
+      if (this.registry.moduleBdevs.get(bdev.name) !== bdev) continue;
+      this.registry.moduleBdevs.delete(bdev.name);
+      this.emit({ type: 'bdev_deleted', name: bdev.name });
+    }
+    log('warn', 'NVMe controller lost: its bdevs are removed', { name: entry.request.name, bdevs: bdevs.map((bdev) => bdev.name), reason });
+  }
+
+  private register(entry: NvmeControllerEntry, name: string, namespaces: readonly NvmeNamespaceIo[]): NvmeBdev[] {
+    const bdevs = namespaces.map((io) => new NvmeBdev(`${name}n${io.nsid}`, io.uuid ?? syntheticUuid(name, io.nsid), new ReconnectingNamespaceIo(entry, io)));
     for (const bdev of bdevs) if (this.registry.bdevNameTaken(bdev.name)) fail('EEXIST', `bdev ${bdev.name} already exists`);
     for (const bdev of bdevs) this.registry.moduleBdevs.set(bdev.name, bdev);
     return bdevs;
@@ -171,8 +200,115 @@ function syntheticUuid(name: string, nsid: number): string {
   return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20, 32)}`;
 }
 
+function machineInput(request: NvmeAttachRequest) {
+  return {
+    name: request.name,
+    traddr: request.trid.traddr,
+    trsvcid: request.trid.trsvcid,
+    subnqn: request.trid.subnqn,
+    reconnectDelayMs: request.reconnectDelaySec * 1000,
+    lossTimeoutMs: request.ctrlrLossTimeoutSec < 0 ? -1 : request.ctrlrLossTimeoutSec * 1000,
+    fastIoFailMs: request.fastIoFailTimeoutSec * 1000,
+  };
+}
+
+/** The top-level state's name (`reconnecting` for any of its inner states). */
+function topState(snapshot: SnapshotFrom<typeof nvmeControllerMachine>): string {
+  return typeof snapshot.value === 'string' ? snapshot.value : Object.keys(snapshot.value)[0]!;
+}
+
+/**
+ * One namespace's I/O across sessions: each command goes to the current session's namespace; one
+ * that fails because its session was lost (not answered, so not known complete) waits for the
+ * controller to be enabled again and is sent again. An NVMe status error on a live session is the
+ * command's answer and is not retried. EIO once the controller failed, is detaching, or has been
+ * reconnecting past fast_io_fail_timeout_sec.
+ */
+class ReconnectingNamespaceIo implements NvmeNamespaceIo {
+  readonly nsid: number;
+  readonly blockSizeBytes: number;
+  readonly blockCount: number;
+  readonly uuid: string | undefined;
+  readonly writeProtected: boolean;
+
+  constructor(
+    private readonly entry: NvmeControllerEntry,
+    private readonly first: NvmeNamespaceIo,
+  ) {
+    ({ nsid: this.nsid, blockSizeBytes: this.blockSizeBytes, blockCount: this.blockCount, uuid: this.uuid, writeProtected: this.writeProtected } = first);
+  }
+
+  get transferBytesMax(): number {
+    return this.current()?.transferBytesMax ?? this.first.transferBytesMax;
+  }
+
+  read(lba: number, target: Buffer): Promise<void> {
+    return this.run((io) => io.read(lba, target));
+  }
+
+  write(lba: number, data: Buffer): Promise<void> {
+    return this.run((io) => io.write(lba, data));
+  }
+
+  flush(): Promise<void> {
+    return this.run((io) => io.flush());
+  }
+
+  writeZeroes(lba: number, blocks: number): Promise<void> {
+    return this.run((io) => io.writeZeroes(lba, blocks));
+  }
+
+  deallocate(lba: number, blocks: number): Promise<void> {
+    return this.run((io) => io.deallocate(lba, blocks));
+  }
+
+  private current(): NvmeNamespaceIo | undefined {
+    return this.entry.session?.namespaces.find((namespace) => namespace.nsid === this.nsid);
+  }
+
+  private async run(command: (io: NvmeNamespaceIo) => Promise<void>): Promise<void> {
+    for (;;) {
+      const session = await this.usableSession();
+      const io = session.namespaces.find((namespace) => namespace.nsid === this.nsid);
+      if (!io || io.blockSizeBytes !== this.blockSizeBytes || io.blockCount !== this.blockCount) fail('EIO', `namespace ${this.nsid} of ${this.entry.request.name} changed or went away across a reconnect`);
+      try {
+        return await command(io);
+      } catch (error) {
+        if (!session.lost) throw error;
+      }
+    }
+  }
+
+  /** The session to send on: now, or once the controller is enabled again; EIO when it will not be. */
+  private usableSession(): Promise<NvmeSession> {
+    const verdict = () => {
+      const snapshot = this.entry.actor.getSnapshot();
+      const state = topState(snapshot);
+      const name = this.entry.request.name;
+      if (snapshot.status === 'done' || state === 'failed' || state === 'detaching') return new StorageError('EIO', { detail: `NVMe controller ${name} is ${state}: ${snapshot.context.error ?? 'detached'}` });
+      if (state === 'reconnecting' && snapshot.context.ioFailFast) return new StorageError('EIO', { detail: `NVMe controller ${name} is reconnecting past fast_io_fail_timeout_sec` });
+      const session = this.entry.session;
+      return state === 'enabled' && session && !session.lost ? session : undefined;
+    };
+    return new Promise((resolve, reject) => {
+      const settle = (answer: NvmeSession | StorageError) => (answer instanceof StorageError ? reject(answer) : resolve(answer));
+      const now = verdict();
+      if (now) return settle(now);
+      const subscription = this.entry.actor.subscribe({
+        next: () => {
+          const answer = verdict();
+          if (!answer) return;
+          subscription.unsubscribe();
+          settle(answer);
+        },
+        complete: () => settle(verdict() ?? new StorageError('EIO', { detail: `NVMe controller ${this.entry.request.name} detached` })),
+      });
+    });
+  }
+}
+
 /** A controller's machine state and controller id, for listings. */
 export function nvmeControllersSnapshot(entry: NvmeControllerEntry): { state: string; cntlid: number } {
   const snapshot = entry.actor.getSnapshot();
-  return { state: String(snapshot.value), cntlid: snapshot.context.cntlid ?? 0 };
+  return { state: topState(snapshot), cntlid: snapshot.context.cntlid ?? 0 };
 }

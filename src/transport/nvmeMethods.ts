@@ -4,7 +4,7 @@
 import { z } from 'zod';
 import { type NvmeControllerEntry, nvmeControllersSnapshot } from '../actors/nvmeControllers.ts';
 import type { StorageNode } from '../actors/node.ts';
-import { nvmfNqnBytesMax } from '../constants.ts';
+import { nvmeInitiatorIoQueuesDefault, nvmeInitiatorIoQueuesMax, nvmfNqnBytesMax } from '../constants.ts';
 import { StorageError } from '../errors.ts';
 import { type RpcMethod, defineMethod } from './methodTable.ts';
 import { tcpNvmeConnector } from './nvmf/initiator/hostController.ts';
@@ -42,15 +42,15 @@ const controllerView = z.object({
       trid: z.object({ trtype: z.string(), adrfam: z.string(), traddr: z.string(), trsvcid: z.string(), subnqn: z.string() }),
       cntlid: z.number(),
       host: z.object({ nqn: z.string(), addr: z.string(), svcid: z.string() }),
-      ctrlr_loss_timeout_sec: z.number().describe('lvnode: stored; reconnecting is not implemented yet'),
+      ctrlr_loss_timeout_sec: z.number(),
       reconnect_delay_sec: z.number(),
       fast_io_fail_timeout_sec: z.number(),
     }),
   ),
 });
 
-/** SPDK's state names: `enabled`, `failed`, `deleting`; an attach still connecting shows as `resetting`. */
-const spdkState: Record<string, string> = { connecting: 'resetting', enabled: 'enabled', failed: 'failed', detaching: 'deleting', detached: 'deleting' };
+/** SPDK's state names: `enabled`, `failed`, `deleting`; an attach still connecting, and a reconnect, show as `resetting`. */
+const spdkState: Record<string, string> = { connecting: 'resetting', enabled: 'enabled', reconnecting: 'resetting', failed: 'failed', detaching: 'deleting', detached: 'deleting' };
 
 function viewController(entry: NvmeControllerEntry): z.input<typeof controllerView> {
   const snapshot = nvmeControllersSnapshot(entry);
@@ -76,7 +76,8 @@ export function nvmeMethods(node: StorageNode): Record<string, RpcMethod> {
     bdev_nvme_attach_controller: defineMethod({
       description:
         'Attach an NVMe-oF/TCP controller (SPDK): one bdev <name>n<nsid> per active namespace; answers their names. ' +
-        'ctrlr_loss_timeout_sec, reconnect_delay_sec and fast_io_fail_timeout_sec are stored, not acted on yet (a lost controller stays failed until detached); ' +
+        'A lost connection (closed, bad PDU, a command unanswered for 30 s) reconnects every reconnect_delay_sec until ctrlr_loss_timeout_sec (-1 forever; 0 or a delay of 0: fail at once); ' +
+        'waiting I/O is resubmitted, or fails after fast_io_fail_timeout_sec; a controller lost for good fails its I/O and removes its bdevs. ' +
         'multipath other than a first path is -114.',
       priority: 'foreground',
       params: z.strictObject({
@@ -96,7 +97,7 @@ export function nvmeMethods(node: StorageNode): Record<string, RpcMethod> {
         ddgst: z.boolean().optional().describe('data digests (CRC32C)'),
         fabrics_connect_timeout_us: z.number().int().min(0).optional(),
         multipath: z.enum(['disable', 'failover', 'multipath']).optional(),
-        num_io_queues: z.number().int().min(1).optional().describe('accepted; lvnode opens one I/O queue'),
+        num_io_queues: z.number().int().min(1).max(nvmeInitiatorIoQueuesMax).optional().describe(`I/O queues (default ${nvmeInitiatorIoQueuesDefault}), as many as the controller grants`),
         ctrlr_loss_timeout_sec: z.number().int().min(-1).optional(),
         reconnect_delay_sec: z.number().int().min(0).optional(),
         fast_io_fail_timeout_sec: z.number().int().min(0).optional(),
@@ -122,6 +123,7 @@ export function nvmeMethods(node: StorageNode): Record<string, RpcMethod> {
             reconnectDelaySec: p.reconnect_delay_sec ?? 0,
             fastIoFailTimeoutSec: p.fast_io_fail_timeout_sec ?? 0,
             multipath: p.multipath ?? 'disable',
+            ioQueues: p.num_io_queues,
           },
           tcpNvmeConnector,
         );

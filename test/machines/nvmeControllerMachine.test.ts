@@ -1,5 +1,6 @@
 // Goal: the NVMe controller machine's transitions, from a table written here (not from the
-// machine): a connect that succeeds or fails, a lost connection, detach from every live state.
+// machine): a connect that succeeds or fails, a lost connection (failed at once, or reconnecting
+// when reconnect_delay_sec and ctrlr_loss_timeout_sec allow it), detach from every live state.
 import { describe, expect, it } from 'vitest';
 import { createActor, fromPromise, initialTransition, transition, waitFor } from 'xstate';
 import { nvmeControllerMachine } from '../../src/machines/nvmeControllerMachine.ts';
@@ -24,6 +25,73 @@ describe('nvmeControllerMachine', () => {
       const [next] = transition(nvmeControllerMachine, start, event);
       expect(next.value, `${from} + ${type}`).toBe(to);
     }
+  });
+
+  it('reconnects a lost controller only when both the reconnect delay and the loss timeout allow it (SPDK)', () => {
+    const expected: Array<[reconnectDelayMs: number, lossTimeoutMs: number, to: unknown]> = [
+      [0, 0, 'failed'],
+      [0, -1, 'failed'],
+      [1000, 0, 'failed'],
+      [1000, 5000, { reconnecting: 'waiting' }],
+      [1000, -1, { reconnecting: 'waiting' }],
+    ];
+    for (const [reconnectDelayMs, lossTimeoutMs, to] of expected) {
+      const [initial] = initialTransition(nvmeControllerMachine, { ...input, reconnectDelayMs, lossTimeoutMs });
+      const enabled = nvmeControllerMachine.resolveState({ value: 'enabled', context: initial.context });
+      const [next] = transition(nvmeControllerMachine, enabled, { type: 'controller.lost', reason: 'gone' });
+      expect(next.value, `delay ${reconnectDelayMs} loss ${lossTimeoutMs}`).toEqual(to);
+    }
+    const [initial] = initialTransition(nvmeControllerMachine, { ...input, reconnectDelayMs: 1000, lossTimeoutMs: -1 });
+    const reconnecting = nvmeControllerMachine.resolveState({ value: { reconnecting: 'waiting' }, context: initial.context });
+    expect(transition(nvmeControllerMachine, reconnecting, { type: 'controller.lost', reason: 'again' })[0].value).toEqual({ reconnecting: 'waiting' });
+    expect(transition(nvmeControllerMachine, reconnecting, { type: 'controller.detach' })[0].value).toBe('detaching');
+  });
+
+  it('retries connect every reconnect delay until one succeeds, then is enabled again', async () => {
+    let attempts = 0;
+    const actor = createActor(
+      nvmeControllerMachine.provide({
+        actors: {
+          connect: fromPromise(async () => {
+            attempts++;
+            // The first connect is the attach; the next two (reconnects) fail.
+            if (attempts === 2 || attempts === 3) throw new Error(`refused ${attempts}`);
+            return { cntlid: attempts, namespaces: 1 };
+          }),
+        },
+      }),
+      { input: { ...input, reconnectDelayMs: 5, lossTimeoutMs: -1 } },
+    ).start();
+    await waitFor(actor, (state) => state.value === 'enabled');
+    actor.send({ type: 'controller.lost', reason: 'connection reset' });
+    expect(actor.getSnapshot().hasTag('reconnecting')).toBe(true);
+    const again = await waitFor(actor, (state) => state.value === 'enabled');
+    expect(attempts).toBe(4);
+    expect(again.context).toMatchObject({ cntlid: 4, reconnects: 1, ioFailFast: false });
+    actor.stop();
+  });
+
+  it('fails after the loss timeout when no reconnect succeeds, and flags fast I/O failure before that', async () => {
+    let attempts = 0;
+    const actor = createActor(
+      nvmeControllerMachine.provide({
+        actors: {
+          connect: fromPromise<{ cntlid: number; namespaces: number }>(async () => {
+            // Only the attach connects; every reconnect is refused.
+            if (attempts++ > 0) throw new Error('refused');
+            return { cntlid: 1, namespaces: 1 };
+          }),
+        },
+      }),
+      { input: { ...input, reconnectDelayMs: 5, lossTimeoutMs: 150, fastIoFailMs: 20 } },
+    ).start();
+    await waitFor(actor, (state) => state.value === 'enabled');
+    actor.send({ type: 'controller.lost', reason: 'connection reset' });
+    const flagged = await waitFor(actor, (state) => state.context.ioFailFast);
+    expect(flagged.hasTag('reconnecting')).toBe(true);
+    const failed = await waitFor(actor, (state) => state.value === 'failed');
+    expect(failed.context.error).toBe('refused');
+    actor.stop();
   });
 
   it('is enabled with the controller id after connect, failed with the reason when connect fails, and detached (final) after disconnect', async () => {

@@ -94,6 +94,8 @@ export async function startTarget(options: {
   nqn?: string;
   /** Small connection limits for tests that fill them. */
   limits?: Partial<NvmfTransportLimits>;
+  /** Listen on this port (a target restarted where a host expects it); a free one otherwise. */
+  port?: number;
 }): Promise<StandaloneTarget> {
   const target = new NvmfTarget(new InspectionHub());
   const transport = new NvmfTcpTransport(target, () => {}, options.limits ?? {});
@@ -102,7 +104,7 @@ export async function startTarget(options: {
   target.createSubsystem({ nqn, serialNumber: 'LVNODE0001', modelNumber: 'lvnode test', allowAnyHost: options.allowAnyHost ?? true, maxNamespaces: 32, minCntlid: 1, maxCntlid: 0xffef, anaReporting: false });
   for (const host of options.hosts ?? []) target.addHost(nqn, host);
   for (const bdev of options.bdevs) target.require(nqn).addNamespace(bdev, {});
-  const port = await freePort();
+  const port = options.port ?? (await freePort());
   await target.addListener(nqn, { trtype: 'TCP', adrfam: 'IPv4', traddr: '127.0.0.1', trsvcid: String(port) });
   return {
     target,

@@ -1,18 +1,24 @@
 // The NVMe/TCP host side of one controller (NVMe-oF 1.1 §3.3, NVMe base 1.4 §7.6.1): the admin
 // queue's Connect, CC.EN then CSTS.RDY through Property Set/Get, Identify (controller, active
-// namespaces, each namespace and its descriptors), one I/O queue, Keep Alive at KATO/2; and the
-// namespaces' block commands. It implements the actor layer's `NvmeConnector` (tcpNvmeConnector).
+// namespaces, each namespace and its descriptors), Set Features Number of Queues then that many
+// I/O queues (each command goes to the one with the fewest in flight), Keep Alive at KATO/2; and
+// the namespaces' block commands. Every command is timed (hostQueuePair.ts): a silent target ends
+// the session like a closed socket does. It implements the actor layer's `NvmeConnector`
+// (tcpNvmeConnector); reconnecting is the actor layer's, which connects a new session.
 import { randomBytes } from 'node:crypto';
 import type { NvmeAttachRequest, NvmeConnector, NvmeSession } from '../../../actors/nvmeControllers.ts';
 import type { NvmeNamespaceIo } from '../../../bdev/nvmeBdev.ts';
 import {
+  nvmeInitiatorCommandTimeoutMs,
+  nvmeInitiatorIoQueuesDefault,
+  nvmeInitiatorIoQueuesMax,
   nvmeInitiatorKeepAliveTimeoutMs,
   nvmeInitiatorQueueEntries,
   nvmeInitiatorReadyTimeoutMs,
   nvmeInitiatorTransferBytesMax,
 } from '../../../constants.ts';
 import { StorageError, fail } from '../../../errors.ts';
-import { adminOpcode, fabricsType, identifyCns, ioOpcode, property, readNulTerminated, readU64, sqeBytes, writeU64 } from '../nvmeSpec.ts';
+import { adminOpcode, fabricsType, featureId, identifyCns, ioOpcode, property, readNulTerminated, readU64, sqeBytes, writeU64 } from '../nvmeSpec.ts';
 import { type HostCompletion, HostQueuePair, type HostTransfer, statusCode, statusCodeType } from './hostQueuePair.ts';
 
 const connectDataBytes = 1024;
@@ -49,11 +55,16 @@ function uuidText(bytes: Buffer): string | undefined {
   return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20, 32)}`;
 }
 
+/** How the transport connects, beyond what the attach asked (tests make the timeout small). */
+export interface HostControllerOptions {
+  readonly commandTimeoutMs?: number;
+}
+
 export class HostController implements NvmeSession {
   cntlid = 0;
   namespaces: NvmeNamespaceIo[] = [];
   transferBytesMax = nvmeInitiatorTransferBytesMax;
-  private ioQueue: HostQueuePair | undefined;
+  private ioQueues: HostQueuePair[] = [];
   private keepAlive: NodeJS.Timeout | undefined;
   private closing = false;
   private readonly lostListeners: Array<(reason: string) => void> = [];
@@ -63,16 +74,28 @@ export class HostController implements NvmeSession {
     private readonly request: NvmeAttachRequest,
     private readonly admin: HostQueuePair,
   ) {
-    admin.onClose((error) => this.lost(error.message));
+    admin.onClose((error) => this.connectionLost(error.message));
   }
 
   get hostAddress(): { addr: string; svcid: string } {
     return this.admin.localAddress;
   }
 
-  static async connect(request: NvmeAttachRequest, signal: AbortSignal): Promise<HostController> {
+  /** True once a queue's connection ended or `close` was called: commands sent on it are not known complete. */
+  get lost(): boolean {
+    return this.closing;
+  }
+
+  /** I/O queues connected (tests count them). */
+  get ioQueueCount(): number {
+    return this.ioQueues.length;
+  }
+
+  static async connect(request: NvmeAttachRequest, signal: AbortSignal, options: HostControllerOptions = {}): Promise<HostController> {
     const digests = { header: request.headerDigest, data: request.dataDigest };
-    const open = () => HostQueuePair.open({ host: request.trid.traddr, port: Number(request.trid.trsvcid), digests, depth: nvmeInitiatorQueueEntries - 1 });
+    const commandTimeoutMs = options.commandTimeoutMs ?? nvmeInitiatorCommandTimeoutMs;
+    const open = () =>
+      HostQueuePair.open({ host: request.trid.traddr, port: Number(request.trid.trsvcid), digests, depth: nvmeInitiatorQueueEntries - 1, commandTimeoutMs });
     const controller = new HostController(request, await open());
     const abort = () => controller.admin.close(new StorageError('ECANCELED', { detail: 'attach cancelled' }));
     signal.addEventListener('abort', abort);
@@ -80,11 +103,14 @@ export class HostController implements NvmeSession {
       await controller.connectQueue(controller.admin, 0, 0xffff);
       await controller.enable();
       await controller.identify();
-      const ioQueue = await open();
-      ioQueue.inCapsuleBytesMax = controller.admin.inCapsuleBytesMax;
-      ioQueue.onClose((error) => controller.lost(error.message));
-      controller.ioQueue = ioQueue;
-      await controller.connectQueue(ioQueue, 1, controller.cntlid);
+      const queueCount = await controller.setQueueCount(Math.min(request.ioQueues ?? nvmeInitiatorIoQueuesDefault, nvmeInitiatorIoQueuesMax));
+      for (let qid = 1; qid <= queueCount; qid++) {
+        const ioQueue = await open();
+        ioQueue.inCapsuleBytesMax = controller.admin.inCapsuleBytesMax;
+        ioQueue.onClose((error) => controller.connectionLost(error.message));
+        controller.ioQueues.push(ioQueue);
+        await controller.connectQueue(ioQueue, qid, controller.cntlid);
+      }
       controller.startKeepAlive();
       return controller;
     } catch (error) {
@@ -102,15 +128,15 @@ export class HostController implements NvmeSession {
   async close(): Promise<void> {
     this.closing = true;
     clearInterval(this.keepAlive);
-    this.ioQueue?.close();
+    for (const queue of this.ioQueues) queue.close();
     this.admin.close();
   }
 
-  private lost(reason: string): void {
+  private connectionLost(reason: string): void {
     if (this.closing) return;
     this.closing = true;
     clearInterval(this.keepAlive);
-    this.ioQueue?.close();
+    for (const queue of this.ioQueues) queue.close();
     this.admin.close();
     for (const listener of this.lostListeners.splice(0)) listener(reason);
   }
@@ -131,6 +157,16 @@ export class HostController implements NvmeSession {
     queue.inCapsuleBytesMax = Math.max(queue.inCapsuleBytesMax, connectDataBytes);
     const completion = checkStatus(`Connect (queue ${qid})`, await queue.submit(entry, { write: data }));
     if (qid === 0) this.cntlid = completion.dw0 & 0xffff;
+  }
+
+  /** Set Features Number of Queues: asks for `wanted` I/O queues, answers how many to use (at most granted). */
+  private async setQueueCount(wanted: number): Promise<number> {
+    const entry = sqe(adminOpcode.setFeatures);
+    entry.writeUInt32LE(featureId.numberOfQueues, 40);
+    entry.writeUInt32LE(((wanted - 1) << 16) | (wanted - 1), 44);
+    const { dw0 } = checkStatus('Set Features (Number of Queues)', await this.admin.submit(entry));
+    const granted = Math.min(dw0 & 0xffff, dw0 >>> 16) + 1;
+    return Math.max(1, Math.min(wanted, granted));
   }
 
   private async propertyGet(offset: number, eightBytes: boolean): Promise<number> {
@@ -249,14 +285,16 @@ export class HostController implements NvmeSession {
   }
 
   private io(entry: Buffer, transfer: HostTransfer): Promise<HostCompletion> {
-    if (!this.ioQueue || this.closing) fail('EIO', `NVMe controller ${this.request.name} is not connected`);
-    return this.ioQueue.submit(entry, transfer);
+    if (this.ioQueues.length === 0 || this.closing) fail('EIO', `NVMe controller ${this.request.name} is not connected`);
+    let queue = this.ioQueues[0]!;
+    for (const candidate of this.ioQueues) if (candidate.inFlightCount < queue.inFlightCount) queue = candidate;
+    return queue.submit(entry, transfer);
   }
 
   private startKeepAlive(): void {
     this.keepAlive = setInterval(() => {
       this.admin.submit(sqe(adminOpcode.keepAlive)).then(
-        (completion) => completion.status !== 0 && this.lost(`Keep Alive failed with status 0x${completion.status.toString(16)}`),
+        (completion) => completion.status !== 0 && this.connectionLost(`Keep Alive failed with status 0x${completion.status.toString(16)}`),
         () => undefined,
       );
     }, nvmeInitiatorKeepAliveTimeoutMs / 2);
@@ -264,6 +302,9 @@ export class HostController implements NvmeSession {
   }
 }
 
-export const tcpNvmeConnector: NvmeConnector = {
-  connect: (request, signal) => HostController.connect(request, signal),
-};
+/** The NVMe/TCP connector with options (a small command timeout in tests). */
+export function tcpNvmeConnectorWith(options: HostControllerOptions): NvmeConnector {
+  return { connect: (request, signal) => HostController.connect(request, signal, options) };
+}
+
+export const tcpNvmeConnector: NvmeConnector = tcpNvmeConnectorWith({});

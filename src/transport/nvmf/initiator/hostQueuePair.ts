@@ -2,8 +2,10 @@
 // command id with an in-flight map; data in the capsule up to the controller's IOCCSZ, else by
 // R2T/H2CData; reads through C2HData (its SUCCESS flag completes the command). A PDU the host
 // cannot accept ends the connection: every command in flight fails with EIO, the node goes on.
+// So does a command not answered within `commandTimeoutMs` (a target gone silent with its socket
+// open): ETIMEDOUT for everything in flight, and the controller treats the connection as lost.
 import { type Socket, connect as connectSocket } from 'node:net';
-import { nvmeInitiatorConnectTimeoutMs, nvmeInitiatorPduBytesMax } from '../../../constants.ts';
+import { nvmeInitiatorCommandTimeoutMs, nvmeInitiatorConnectTimeoutMs, nvmeInitiatorPduBytesMax } from '../../../constants.ts';
 import { StorageError } from '../../../errors.ts';
 import { crc32c } from '../crc32c.ts';
 import { type Digests, capsuleCmdHeaderBytes, commonHeaderBytes, dataHeaderBytes, digestBytes, icBytes, pduFlag, pduType } from '../pdu.ts';
@@ -45,6 +47,8 @@ export interface HostQueueOptions {
   readonly digests: Digests;
   /** Commands in flight at most (the queue's entries minus one). */
   readonly depth: number;
+  /** A command unanswered this long ends the connection (nvmeInitiatorCommandTimeoutMs; tests pass less). */
+  readonly commandTimeoutMs?: number;
 }
 
 const sglInCapsule = 0x01; // data block, offset subtype
@@ -68,6 +72,7 @@ export class HostQueuePair {
   private constructor(
     private readonly socket: Socket,
     depth: number,
+    private readonly commandTimeoutMs: number,
   ) {
     for (let cid = depth - 1; cid >= 0; cid--) this.freeCids.push(cid);
     socket.setNoDelay(true);
@@ -79,7 +84,7 @@ export class HostQueuePair {
   /** Opens the TCP connection and exchanges ICReq/ICResp. */
   static async open(options: HostQueueOptions): Promise<HostQueuePair> {
     const socket = connectSocket({ host: options.host, port: options.port });
-    const queue = new HostQueuePair(socket, options.depth);
+    const queue = new HostQueuePair(socket, options.depth, options.commandTimeoutMs ?? nvmeInitiatorCommandTimeoutMs);
     const timer = setTimeout(() => queue.close(new StorageError('ETIMEDOUT', { detail: `NVMe/TCP ${options.host}:${options.port} did not answer` })), nvmeInitiatorConnectTimeoutMs);
     try {
       await new Promise<void>((resolve, reject) => {
@@ -96,6 +101,11 @@ export class HostQueuePair {
   /** The host side of the connection, as SPDK reports it (`host.addr`, `host.svcid`). */
   get localAddress(): { addr: string; svcid: string } {
     return { addr: this.socket.localAddress ?? '', svcid: this.socket.localPort === undefined ? '' : String(this.socket.localPort) };
+  }
+
+  /** Commands sent and not yet answered (the controller spreads I/O by it). */
+  get inFlightCount(): number {
+    return this.inFlight.size;
   }
 
   get closed(): boolean {
@@ -135,7 +145,12 @@ export class HostQueuePair {
     if (this.closedError) throw this.closedError;
     const cid = this.freeCids.pop()!;
     return new Promise<HostCompletion>((resolve, reject) => {
+      const timer = setTimeout(
+        () => this.close(new StorageError('ETIMEDOUT', { detail: `NVMe/TCP command (opcode 0x${sqe[0]!.toString(16)}) not answered within ${this.commandTimeoutMs} ms` })),
+        this.commandTimeoutMs,
+      );
       const release = () => {
+        clearTimeout(timer);
         this.inFlight.delete(cid);
         this.freeCids.push(cid);
         this.waiting.shift()?.();

@@ -93,6 +93,27 @@ describe('bdev_nvme_attach_controller against the node’s own target', () => {
     expect(await rpcError(client.call('bdev_nvme_detach_controller', { name: 'Nvme0' }))).toMatchObject({ code: -19 });
   });
 
+  it('removes the bdev of a controller whose target goes away past ctrlr_loss_timeout_sec, and lists it failed until detached', async () => {
+    const lostNqn = 'nqn.2023-01.io.longhorn.spdk:replica-lost';
+    const uuid = await client.call<string>('bdev_lvol_create', { lvs_name: 'lvs0', lvol_name: 'lost', size_in_mib: 4, thin_provision: true });
+    await client.call('nvmf_create_transport', { trtype: 'TCP' }).catch(() => undefined);
+    expect(await client.call('nvmf_create_subsystem', { nqn: lostNqn, allow_any_host: true })).toBe(true);
+    expect(await client.call('nvmf_subsystem_add_ns', { nqn: lostNqn, namespace: { bdev_name: uuid } })).toBe(1);
+    const port = String(await freePort());
+    expect(await client.call('nvmf_subsystem_add_listener', { nqn: lostNqn, listen_address: { trtype: 'tcp', adrfam: 'ipv4', traddr: '127.0.0.1', trsvcid: port } })).toBe(true);
+    const attach = { name: 'Nvme2', trtype: 'tcp', adrfam: 'ipv4', traddr: '127.0.0.1', trsvcid: port, subnqn: lostNqn, ctrlr_loss_timeout_sec: 1, reconnect_delay_sec: 1, num_io_queues: 2 };
+    expect(await client.call('bdev_nvme_attach_controller', attach)).toEqual(['Nvme2n1']);
+
+    // The target side goes away for good: the controller reconnects in vain, then fails.
+    expect(await client.call('nvmf_delete_subsystem', { nqn: lostNqn })).toBe(true);
+    await expect
+      .poll(async () => (await client.call<Array<{ ctrlrs: Array<{ state: string }> }>>('bdev_nvme_get_controllers', { name: 'Nvme2' }))[0]!.ctrlrs[0]!.state, { timeout: 10_000 })
+      .toBe('failed');
+    expect(await rpcError(client.call('bdev_get_bdevs', { name: 'Nvme2n1' }))).toMatchObject({ code: -19 });
+    expect(await client.call('bdev_nvme_detach_controller', { name: 'Nvme2' })).toBe(true);
+    expect(await client.call('bdev_nvme_get_controllers', {})).toEqual([]);
+  });
+
   it('answers EIO for a controller that cannot be reached, and lists nothing after', async () => {
     const port = String(await freePort());
     const refused = await rpcError(client.call('bdev_nvme_attach_controller', { name: 'Nvme1', trtype: 'tcp', traddr: '127.0.0.1', trsvcid: port, subnqn: nqn }));

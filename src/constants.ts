@@ -143,6 +143,13 @@ export const nbdBlockStatusExtentsMax = 4096;
 // sockets are cut.
 export const nbdStopGraceMs = 5000;
 export const nbdExportsMax = bdevCountMax;
+/**
+ * bdev_set_qos_limit's ceilings: a byte limit in MiB/s, an I/O limit in I/Os a second (SPDK rounds
+ * the latter up to a multiple of qosIosPerSecStep). Above them a limit would be no limit.
+ */
+export const qosMibPerSecMax = 1_048_576;
+export const qosIosPerSecMax = 100_000_000;
+export const qosIosPerSecStep = 1000;
 
 // Inspection stream (SPEC §8): events queued per subscriber before dropping.
 export const inspectQueueLengthMax = 1024;

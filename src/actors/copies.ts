@@ -220,19 +220,22 @@ export class CopyService {
    * from being written (an lvstore on it, esnap clones over it) and is not read-only.
    */
   private targetFor(name: string, sourceId: string): CopyTarget {
-    const bdev = this.registry.findBdev(name);
+    // Opened as a consumer: the destination's rate limits (Longhorn's rebuild rate) apply, and its I/O is counted.
+    const bdev = this.registry.openBdev(name);
     if (bdev.name === sourceId) fail('EINVAL', 'source and destination are the same lvol');
     const claimer = bdev.claims.writer();
     if (claimer !== undefined) fail('EPERM', `bdev ${name} is claimed by ${claimer}; copy to one of its lvols instead`);
     if (bdev.readOnly()) fail('EPERM', `${bdev.kind === 'lvol' ? '' : 'bdev '}${name} is read-only`);
     if (bdev.kind !== 'lvol') return { name, bdev };
     const { store } = this.registry.lvol(bdev.name).entry;
+    const io = this.registry.io.of(bdev);
     // An lvol keeps per-cluster checksums: its copied clusters are recorded (a snapshot of it is born with them).
     return {
       name,
       bdev,
-      writeRecorded: (clusterIndex, data, checksum) => store.writeCopied(bdev.name, clusterIndex, data, checksum),
-      writeZeroesRecorded: (clusterIndex, clusterCount, checksum) => store.writeZeroesCopied(bdev.name, clusterIndex, clusterCount, checksum),
+      writeRecorded: (clusterIndex, data, checksum) => io.run('write', data.length, () => store.writeCopied(bdev.name, clusterIndex, data, checksum)),
+      writeZeroesRecorded: (clusterIndex, clusterCount, checksum) =>
+        io.run('write', clusterCount * store.clusterBytes, () => store.writeZeroesCopied(bdev.name, clusterIndex, clusterCount, checksum), 'unmap'),
     };
   }
 

@@ -51,9 +51,9 @@ export interface NbdExportView {
 
 export type NbdExportState = 'idle' | 'serving' | 'draining' | 'stopped';
 
-/** The bdev kinds nbd_get_exports names (its schema and docs/rpc.md); an NVMe bdev joins with them. */
-export type NbdExportKind = Exclude<BdevKind, 'nvme'>;
-const nbdExportKinds: ReadonlySet<BdevKind> = new Set<NbdExportKind>(['lvol', 'malloc', 'aio']);
+/** The bdev kinds nbd_get_exports names (its schema and docs/rpc.md): every kind, NVMe namespaces included. */
+export type NbdExportKind = BdevKind;
+const nbdExportKinds: ReadonlySet<BdevKind> = new Set<NbdExportKind>(['lvol', 'malloc', 'aio', 'nvme']);
 
 type NbdExportable = Bdev & { readonly kind: NbdExportKind };
 
@@ -195,8 +195,9 @@ export class NbdExports {
     if (this.exports.has(exportName)) fail('EEXIST', `NBD export ${exportName} already exists`);
     if (this.exports.size >= nbdExportsMax) fail('ENOSPC', `at most ${nbdExportsMax} NBD exports`);
     // Bound to the bdev, not the name: a rename of the lvol or its lvstore leaves the export working.
-    const bdev = this.registry.findBdev(bdevName);
-    if (!isNbdExportable(bdev)) fail('EINVAL', `bdev ${bdevName} is an ${bdev.kind} bdev; NBD exports serve lvol, malloc and aio bdevs`);
+    // Opened as a consumer: the bdev's rate limits apply to its clients and their I/O is counted.
+    const bdev = this.registry.openBdev(bdevName);
+    if (!isNbdExportable(bdev)) fail('EINVAL', `bdev ${bdevName} is an ${(bdev as Bdev).kind} bdev; NBD exports serve lvol, malloc, aio and nvme bdevs`);
     const existing = this.exportOf(bdev.name);
     if (existing) fail('EEXIST', `bdev ${bdevName} is already exported over NBD as ${existing.exportName}`);
     const hold = bdev.claims.open(`NBD export ${exportName}`);

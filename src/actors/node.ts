@@ -7,6 +7,7 @@
 // lvstores coming and going in ./lvstores.ts, opening base bdevs in ./baseBdevs.ts.
 import { EventEmitter } from 'node:events';
 import type { Bdev } from '../bdev/bdev.ts';
+import { type BdevIoClock, systemBdevIoClock } from '../bdev/bdevIo.ts';
 import type { LvolBdev } from '../bdev/lvolBdev.ts';
 import type { BlockDevice } from '../device/blockDevice.ts';
 import type { IoQueueStats } from '../device/ioQueue.ts';
@@ -54,6 +55,8 @@ export interface StorageNodeOptions {
   verifyPolicy?: VerifyPolicyOptions;
   /** --nvmf-allow-remote: NVMe/TCP listeners may bind addresses other hosts reach (README, security). */
   nvmfAllowRemote?: boolean;
+  /** What bdev rate limits wait on and I/O statistics time with; default: the runtime's clock and real timers. */
+  ioClock?: BdevIoClock;
 }
 
 export class StorageNode {
@@ -93,6 +96,7 @@ export class StorageNode {
   ) {
     this.inspector = options.inspector ?? new InspectionHub();
     this.events.setMaxListeners(0);
+    this.registry.io.clock = options.ioClock ?? { ...systemBdevIoClock, nowMs: () => runtime.nowMs() };
     this.scheduler = new BackgroundScheduler(runtime, this.inspector, options.backgroundOptions, options.onBackgroundOptionsChanged);
     this.router = new PriorityRouter((lvolId) => this.actorOf(lvolId));
     this.checksums = new ChecksumService(this.registry, this.router, runtime, (event) => this.emit(event));
@@ -165,7 +169,8 @@ export class StorageNode {
 
   /** A bdev by name: a base bdev by name or UUID, an lvol by UUID or `lvs/lvol`; ENODEV otherwise. */
   bdev(name: string): Bdev {
-    return this.registry.findBdev(name);
+    // Consumers do I/O through it: the bdev's rate limits and statistics apply (src/bdev/bdevIo.ts).
+    return this.registry.openBdev(name);
   }
 
   /** An lvol's bdev, by UUID or `lvs/lvol` (ENODEV "lvol X does not exist"): for lvol-only RPCs. */
@@ -195,6 +200,7 @@ export class StorageNode {
     entry.actors.delete(lvolId);
     this.checksums.forget(lvolId);
     this.registry.lvolBdevs.forget(lvolId);
+    this.registry.io.forget(lvolId);
     this.emit({ type: 'lvol_deleted', uuid: lvolId });
   }
 

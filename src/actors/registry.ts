@@ -3,6 +3,7 @@
 import type { Bdev } from '../bdev/bdev.ts';
 import type { BaseBdev } from '../bdev/baseBdev.ts';
 import type { BdevHold } from '../bdev/bdevClaims.ts';
+import { BdevIoStates, systemBdevIoClock } from '../bdev/bdevIo.ts';
 import { type LvolBdev, LvolBdevs } from '../bdev/lvolBdev.ts';
 import { fail } from '../errors.ts';
 import { loopYielder } from '../store/format.ts';
@@ -40,6 +41,23 @@ export class Registry {
     const { entry, lvol } = this.lvol(lvolId);
     return { store: entry.store, lvol };
   });
+
+  /** Rate limits and I/O statistics per bdev name (bdev_set_qos_limit, bdev_get_iostat); the node sets its clock. */
+  readonly io = new BdevIoStates(systemBdevIoClock);
+
+  /**
+   * `findBdev` for a consumer that does I/O on the bdev (NBD, NVMe-oF, copy destinations, RPC
+   * I/O): every request of the answer passes the bdev's limits and is counted. The lvstore on a
+   * bdev reads and writes below it, through `claimedDevice`, as SPDK's blobstore does below QoS.
+   */
+  openBdev(name: string): Bdev {
+    return this.io.meter(this.findBdev(name));
+  }
+
+  /** Whether `name` still finds the very bdev `uuid` names: for dropping the io state of gone bdevs. */
+  bdevExists(name: string, uuid: string): boolean {
+    return this.lookupBdev(name)?.uuid === uuid;
+  }
 
   /**
    * The one lookup of a bdev: a base or module bdev by name, an lvol by UUID or `lvs/lvol`, any

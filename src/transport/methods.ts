@@ -31,6 +31,7 @@ import { u64, u64AsNumber } from './json64.ts';
 import { type MethodTable, type RpcMethod, defineMethod } from './methodTable.ts';
 import type { RpcStats } from './stats.ts';
 import { observeMethods } from './observeMethods.ts';
+import { iostatMethods } from './iostatMethods.ts';
 import { nvmeMethods } from './nvmeMethods.ts';
 import { nvmfMethods } from './nvmfMethods.ts';
 import { checksumStatus, checksumValue, name, ok, verification, verifyPolicy, verifyWindow } from './schemas.ts';
@@ -556,7 +557,7 @@ function dataMethods(node: StorageNode, payload: PayloadBudgets): Record<string,
         }
         return payload.run(connection, lengthBytes, async () => {
           const bytes = fill ? Buffer.alloc(lengthBytes, p.fill_byte) : Buffer.from(p.data!, 'base64');
-          const bdev = node.lvolBdev(p.name);
+          const bdev = node.registry.io.meter(node.lvolBdev(p.name));
           await bdev.write(p.offset, bytes);
           if (p.fua) await bdev.flush();
           return true as const;
@@ -570,7 +571,7 @@ function dataMethods(node: StorageNode, payload: PayloadBudgets): Record<string,
       result: z.string(),
       handler: (p, connection) =>
         // The buffer and its base64 text are both alive until the reply is written.
-        payload.run(connection, Math.ceil((p.length * 7) / 3), async () => (await readBdev(node.lvolBdev(p.name), p.offset, p.length)).toString('base64')),
+        payload.run(connection, Math.ceil((p.length * 7) / 3), async () => (await readBdev(node.registry.io.meter(node.lvolBdev(p.name)), p.offset, p.length)).toString('base64')),
     }),
   };
 }
@@ -588,7 +589,7 @@ const nbdExportName = z
 const nbdExportView = z.object({
   export_name: z.string(),
   bdev_name: z.string(),
-  kind: z.enum(['lvol', 'malloc', 'aio']),
+  kind: z.enum(['lvol', 'malloc', 'aio', 'nvme']),
   state: z.enum(['idle', 'serving', 'draining', 'stopped']),
   read_only: z.boolean(),
   size: z.number().describe('bytes'),
@@ -654,6 +655,7 @@ export function createMethodTable(node: StorageNode, transport?: TransportStats)
     ...nbdMethods(node),
     ...nvmfMethods(node),
     ...nvmeMethods(node),
+    ...iostatMethods(node),
   };
   table.save_config = defineMethod({
     description: 'The node’s bdevs as an SPDK-style JSON config (replayable with `lvnode serve --config FILE`).',

@@ -6,6 +6,8 @@ import type { BaseBdev, LvstoreEntry } from '../actors/registry.ts';
 import type { Bdev } from '../bdev/bdev.ts';
 import { BaseBdev as BaseBdevClass } from '../bdev/baseBdev.ts';
 import type { BdevClaims, ClaimType } from '../bdev/bdevClaims.ts';
+import { type BdevQosLimits, noQosLimits } from '../bdev/bdevIo.ts';
+import { mibBytes } from '../constants.ts';
 import { loopYielder } from '../store/format.ts';
 import { rfc3339Seconds } from '../store/lvstore.ts';
 import type { BadCluster, LvolRecord, VerificationRecord } from '../store/metadata.ts';
@@ -91,6 +93,17 @@ export type LvolView = z.output<typeof lvolView>;
 
 const noRateLimits = { rw_ios_per_sec: 0, rw_mbytes_per_sec: 0, r_mbytes_per_sec: 0, w_mbytes_per_sec: 0 };
 
+/** bdev_set_qos_limit's limits as SPDK lists them (MB is MiB); the shared no-limits row for most bdevs. */
+export function rateLimitsView(limits: BdevQosLimits = noQosLimits): Record<string, number> {
+  if (limits === noQosLimits) return noRateLimits;
+  return {
+    rw_ios_per_sec: limits.rwIosPerSec,
+    rw_mbytes_per_sec: limits.rwBytesPerSec / mibBytes,
+    r_mbytes_per_sec: limits.rBytesPerSec / mibBytes,
+    w_mbytes_per_sec: limits.wBytesPerSec / mibBytes,
+  };
+}
+
 // An lvol's I/O types are one of two answers: made once, not per row of a 100,000-lvol listing.
 const lvolIoTypesReadOnly = Object.freeze(supportedIoTypes(['read', 'reset', 'flush', 'seek_hole', 'seek_data']));
 const lvolIoTypesWritable = Object.freeze(supportedIoTypes(['read', 'reset', 'flush', 'seek_hole', 'seek_data', 'write', 'unmap', 'write_zeroes']));
@@ -101,7 +114,7 @@ const lvolIoTypesWritable = Object.freeze(supportedIoTypes(['read', 'reset', 'fl
  */
 const listingSliceMs = 2;
 
-export function baseBdevInfo(bdev: BaseBdev): BdevView {
+export function baseBdevInfo(bdev: BaseBdev, limits?: BdevQosLimits): BdevView {
   const writable = bdev.readOnlyDevice ? [] : ['write', 'unmap', 'write_zeroes'];
   const info: BdevView = {
     name: bdev.name,
@@ -110,7 +123,7 @@ export function baseBdevInfo(bdev: BaseBdev): BdevView {
     block_size: bdev.device.blockSizeBytes,
     num_blocks: bdev.device.sizeBytes / bdev.device.blockSizeBytes,
     uuid: bdev.uuid,
-    assigned_rate_limits: noRateLimits,
+    assigned_rate_limits: rateLimitsView(limits),
     ...claimFields(bdev.claims),
     zoned: false,
     supported_io_types: supportedIoTypes(['read', 'flush', 'reset', ...writable]),
@@ -128,7 +141,7 @@ export function baseBdevInfo(bdev: BaseBdev): BdevView {
  * A bdev of a kind a module registers (an NVMe namespace), from its `Bdev` alone: SPDK's common
  * fields, no driver_specific until that module says what to show.
  */
-export function moduleBdevInfo(bdev: Bdev): BdevView {
+export function moduleBdevInfo(bdev: Bdev, limits?: BdevQosLimits): BdevView {
   const writable = bdev.readOnly() ? [] : ['write', 'unmap', 'write_zeroes'];
   return {
     name: bdev.name,
@@ -137,7 +150,7 @@ export function moduleBdevInfo(bdev: Bdev): BdevView {
     block_size: bdev.blockSizeBytes,
     num_blocks: bdev.sizeBytes() / bdev.blockSizeBytes,
     uuid: bdev.uuid,
-    assigned_rate_limits: noRateLimits,
+    assigned_rate_limits: rateLimitsView(limits),
     ...claimFields(bdev.claims),
     zoned: false,
     supported_io_types: supportedIoTypes(['read', 'flush', 'reset', ...writable]),
@@ -167,7 +180,7 @@ function claimFields(claims: BdevClaims | undefined): { claimed: boolean; claim_
 }
 
 /** `claims`: the lvol's, if it has had any (registry.lvolBdevs.peek). */
-export function lvolBdevInfo(entry: LvstoreEntry, lvol: LvolRecord, claims?: BdevClaims): BdevView {
+export function lvolBdevInfo(entry: LvstoreEntry, lvol: LvolRecord, claims?: BdevClaims, limits?: BdevQosLimits): BdevView {
   // `lvol` is the durable record (a reader's view), and so are its parent and clones here.
   const store = entry.store;
   const clones = store.durableClonesOf(lvol.id).map((clone) => clone.name);
@@ -180,7 +193,7 @@ export function lvolBdevInfo(entry: LvstoreEntry, lvol: LvolRecord, claims?: Bde
     num_blocks: exactProduct(lvol.clusterMap.length, store.clusterBytes / store.record.blockBytes),
     uuid: lvol.id,
     creation_time: rfc3339Seconds(lvol.createdAtMs),
-    assigned_rate_limits: noRateLimits,
+    assigned_rate_limits: rateLimitsView(limits),
     ...claimFields(claims),
     zoned: false,
     supported_io_types: lvol.readOnly ? lvolIoTypesReadOnly : lvolIoTypesWritable,
@@ -207,13 +220,13 @@ export function bdevInfos(node: StorageNode, name: string): BdevView[] {
   // The one lookup finds base and module bdevs; an lvol is then found by its durable name, as
   // listings see lvols (a rename in flight is not seen).
   const bdev = node.registry.lookupBdev(name);
-  if (bdev instanceof BaseBdevClass) return [baseBdevInfo(bdev)];
-  if (bdev && bdev.kind !== 'lvol') return [moduleBdevInfo(bdev)];
+  if (bdev instanceof BaseBdevClass) return [baseBdevInfo(bdev, node.registry.io.limitsOf(bdev.name, bdev.uuid))];
+  if (bdev && bdev.kind !== 'lvol') return [moduleBdevInfo(bdev, node.registry.io.limitsOf(bdev.name, bdev.uuid))];
   const { entry, lvol } = node.resolveLvolDurable(name);
   // As SPDK: a degraded lvol (its external snapshot is missing) is listed by
   // bdev_lvol_get_lvols, but is no bdev until the external snapshot comes back.
   if (entry.store.isDegraded(lvol.id)) fail('ENODEV', `lvol ${name} is degraded: its external snapshot is not attached`);
-  return [lvolBdevInfo(entry, lvol, node.registry.lvolBdevs.peek(lvol.id))];
+  return [lvolBdevInfo(entry, lvol, node.registry.lvolBdevs.peek(lvol.id), node.registry.io.limitsOf(lvol.id, lvol.id))];
 }
 
 /**
@@ -256,11 +269,16 @@ async function rowsInSlices<T>(
 
 /** bdev_get_bdevs without a name: every bdev, lvol rows built in slices (see rowsInSlices). */
 export function allBdevInfos(node: StorageNode): Promise<BdevView[] | SerializedJson> {
+  const io = node.registry.io;
   return rowsInSlices(
     node,
     [...node.registry.lvstores.values()],
-    (entry, lvol) => (entry.store.isDegraded(lvol.id) ? undefined : lvolBdevInfo(entry, lvol, node.registry.lvolBdevs.peek(lvol.id))),
-    [...[...node.registry.bdevs.values()].map(baseBdevInfo), ...[...node.registry.moduleBdevs.values()].map(moduleBdevInfo)],
+    (entry, lvol) =>
+      entry.store.isDegraded(lvol.id) ? undefined : lvolBdevInfo(entry, lvol, node.registry.lvolBdevs.peek(lvol.id), io.limitsOf(lvol.id, lvol.id)),
+    [
+      ...[...node.registry.bdevs.values()].map((bdev) => baseBdevInfo(bdev, io.limitsOf(bdev.name, bdev.uuid))),
+      ...[...node.registry.moduleBdevs.values()].map((bdev) => moduleBdevInfo(bdev, io.limitsOf(bdev.name, bdev.uuid))),
+    ],
   );
 }
 

@@ -5,6 +5,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import type { StorageNode } from '../../src/actors/node.ts';
 import type { Bdev } from '../../src/bdev/bdev.ts';
 import { BdevClaims } from '../../src/bdev/bdevClaims.ts';
+import type { MeteredBdev } from '../../src/bdev/bdevIo.ts';
 import { StorageError } from '../../src/errors.ts';
 import type { MethodTable } from '../../src/transport/methodTable.ts';
 import { call, errnoOf, nodeHarness } from '../integration/tableCalls.ts';
@@ -160,8 +161,10 @@ describe('one bdev registry', () => {
       claims: new BdevClaims(() => 'Nvme0n1'),
     };
     node.registry.moduleBdevs.set(nvme.name, nvme);
-    expect(node.bdev('Nvme0n1')).toBe(nvme);
-    expect(node.bdev(nvme.uuid)).toBe(nvme);
+    expect(node.registry.findBdev('Nvme0n1')).toBe(nvme);
+    expect(node.registry.findBdev(nvme.uuid)).toBe(nvme);
+    // Consumers get the same bdev behind its rate limits and counters (src/bdev/bdevIo.ts).
+    expect((node.bdev(nvme.uuid) as MeteredBdev).inner).toBe(nvme);
     expect(await errnoOf(call(table, 'bdev_malloc_create', { name: 'Nvme0n1', num_blocks: 8, block_size: 512 }))).toBe('EEXIST');
     const listed = await call<Array<Record<string, unknown>>>(table, 'bdev_get_bdevs', {});
     expect(listed.map((row) => row.name)).toContain('Nvme0n1');

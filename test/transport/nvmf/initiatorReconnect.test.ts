@@ -75,7 +75,7 @@ interface Setup {
   bdev: NvmeBdev;
 }
 
-async function attached(overrides: Partial<NvmeAttachRequest>, options: { commandTimeoutMs?: number } = {}): Promise<Setup> {
+async function attached(overrides: Partial<NvmeAttachRequest>, options: { commandTimeoutMs?: number; keepAliveIntervalMs?: number } = {}): Promise<Setup> {
   const backing = memoryBdev('mem0', mib);
   const target = await startTarget({ bdevs: [backing] });
   const setup = { backing, target } as Setup;
@@ -95,12 +95,18 @@ async function attached(overrides: Partial<NvmeAttachRequest>, options: { comman
     multipath: 'disable',
     ...overrides,
   };
-  const [name] = await setup.controllers.attach(request, tcpNvmeConnectorWith({ commandTimeoutMs: options.commandTimeoutMs ?? 30_000 }));
+  const [name] = await setup.controllers.attach(request, tcpNvmeConnectorWith({ commandTimeoutMs: options.commandTimeoutMs ?? 30_000, keepAliveIntervalMs: options.keepAliveIntervalMs }));
   cleanups.push(() => setup.controllers.detachAll());
   setup.bdev = setup.registry.findBdev(name!) as NvmeBdev;
   setup.states = [];
   setup.controllers.lookup('Nvme0')!.actor.subscribe((snapshot) => setup.states.push(typeof snapshot.value === 'string' ? snapshot.value : Object.keys(snapshot.value)[0]!));
   return setup;
+}
+
+/** The target's queue pairs, admin and I/O (its transport keeps them per port). */
+function targetQueues(target: StandaloneTarget): Array<{ qid: number; inFlightPeak: number }> {
+  const ports = (target.transport as unknown as { ports: Map<string, { connections: Set<{ qid: number; inFlightPeak: number }> }> }).ports;
+  return [...ports.values()].flatMap((port) => [...port.connections]);
 }
 
 function stateOf(setup: Setup): string {
@@ -167,12 +173,20 @@ describe('NVMe/TCP initiator: a lost controller', () => {
     expect(stateOf(setup)).toBe('enabled');
   });
 
+  it('loses an idle controller whose target stops reading its sockets (Keep Alive unanswered), and reconnects', async () => {
+    const setup = await attached({}, { commandTimeoutMs: 500, keepAliveIntervalMs: 50 });
+    const connections = [...targetQueues(setup.target)];
+    // The target's side of every connection so far stops reading: open sockets, no answers.
+    for (const queue of connections) (queue as unknown as { socket: { pause(): void } }).socket.pause();
+    await expect.poll(() => setup.controllers.lookup('Nvme0')!.actor.getSnapshot().context.reconnects, { timeout: 4000 }).toBe(1);
+    expect(setup.states).toContain('reconnecting');
+    expect(setup.controllers.lookup('Nvme0')!.actor.getSnapshot().context.error).toMatch(/opcode 0x18\) not answered/);
+    expect(stateOf(setup)).toBe('enabled');
+  });
+
   it('connects num_io_queues I/O queues and spreads commands over all of them', async () => {
     const setup = await attached({ ioQueues: 4 });
-    const queues = () => {
-      const ports = (setup.target.transport as unknown as { ports: Map<string, { connections: Set<{ qid: number; inFlightPeak: number }> }> }).ports;
-      return [...ports.values()].flatMap((port) => [...port.connections]).filter((queue) => queue.qid > 0);
-    };
+    const queues = () => targetQueues(setup.target).filter((queue) => queue.qid > 0);
     expect(queues().length).toBe(4);
     await Promise.all(Array.from({ length: 64 }, (_, index) => readBdev(setup.bdev, index * 4096, 4096)));
     expect(queues().filter((queue) => queue.inFlightPeak > 0).length).toBe(4);

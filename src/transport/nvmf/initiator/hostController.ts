@@ -58,6 +58,8 @@ function uuidText(bytes: Buffer): string | undefined {
 /** How the transport connects, beyond what the attach asked (tests make the timeout small). */
 export interface HostControllerOptions {
   readonly commandTimeoutMs?: number;
+  /** Keep Alive every this many ms; KATO/2 (nvmeInitiatorKeepAliveTimeoutMs / 2) by default. */
+  readonly keepAliveIntervalMs?: number;
 }
 
 export class HostController implements NvmeSession {
@@ -73,6 +75,7 @@ export class HostController implements NvmeSession {
   private constructor(
     private readonly request: NvmeAttachRequest,
     private readonly admin: HostQueuePair,
+    private readonly keepAliveIntervalMs: number,
   ) {
     admin.onClose((error) => this.connectionLost(error.message));
   }
@@ -96,7 +99,7 @@ export class HostController implements NvmeSession {
     const commandTimeoutMs = options.commandTimeoutMs ?? nvmeInitiatorCommandTimeoutMs;
     const open = () =>
       HostQueuePair.open({ host: request.trid.traddr, port: Number(request.trid.trsvcid), digests, depth: nvmeInitiatorQueueEntries - 1, commandTimeoutMs });
-    const controller = new HostController(request, await open());
+    const controller = new HostController(request, await open(), options.keepAliveIntervalMs ?? nvmeInitiatorKeepAliveTimeoutMs / 2);
     const abort = () => controller.admin.close(new StorageError('ECANCELED', { detail: 'attach cancelled' }));
     signal.addEventListener('abort', abort);
     try {
@@ -291,13 +294,14 @@ export class HostController implements NvmeSession {
     return queue.submit(entry, transfer);
   }
 
+  /** Keep Alive's reply is timed like any command: a controller that stops answering it, idle or not, is lost. */
   private startKeepAlive(): void {
     this.keepAlive = setInterval(() => {
       this.admin.submit(sqe(adminOpcode.keepAlive)).then(
         (completion) => completion.status !== 0 && this.connectionLost(`Keep Alive failed with status 0x${completion.status.toString(16)}`),
         () => undefined,
       );
-    }, nvmeInitiatorKeepAliveTimeoutMs / 2);
+    }, this.keepAliveIntervalMs);
     this.keepAlive.unref();
   }
 }

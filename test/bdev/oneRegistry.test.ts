@@ -171,4 +171,34 @@ describe('one bdev registry', () => {
     const [one] = await call<Array<Record<string, unknown>>>(table, 'bdev_get_bdevs', { name: 'Nvme0n1' });
     expect(one).toMatchObject({ name: 'Nvme0n1', product_name: 'NVMe disk', block_size: 512, num_blocks: 2048, claimed: false });
   });
+
+  it('exports an NVMe namespace bdev over NBD like any other bdev: listed as kind nvme, its I/O counted', async () => {
+    const { node, table } = await setup();
+    const bytes = Buffer.alloc(mib);
+    const nvme: Bdev = {
+      kind: 'nvme',
+      name: 'Nvme1n1',
+      uuid: '33333333-3333-4444-8555-666666666666',
+      aliases: () => [],
+      blockSizeBytes: 512,
+      sizeBytes: () => bytes.length,
+      readOnly: () => false,
+      readInto: async (offsetBytes, target) => void bytes.copy(target, 0, offsetBytes, offsetBytes + target.length),
+      write: async (offsetBytes, data) => void bytes.set(data, offsetBytes),
+      flush: async () => {},
+      unmap: async () => {},
+      writeZeroes: async () => {},
+      extents: (offsetBytes, lengthBytes) => [{ offsetBytes, lengthBytes, allocated: true }],
+      claims: new BdevClaims(() => 'Nvme1n1'),
+    };
+    node.registry.moduleBdevs.set(nvme.name, nvme);
+    expect(await call(table, 'nbd_start_export', { bdev_name: 'Nvme1n1', export_name: 'n1' })).toBe('n1');
+    const [row] = await call<Array<Record<string, unknown>>>(table, 'nbd_get_exports', { export_name: 'n1' });
+    expect(row).toMatchObject({ bdev_name: 'Nvme1n1', kind: 'nvme', size: mib });
+    await node.nbd.lookup('n1')!.bdev.write(4096, Buffer.alloc(512, 0x77));
+    expect(bytes.subarray(4096, 4608).equals(Buffer.alloc(512, 0x77))).toBe(true);
+    const stats = await call<{ bdevs: Array<Record<string, unknown>> }>(table, 'bdev_get_iostat', { name: 'Nvme1n1' });
+    expect(stats.bdevs[0]).toMatchObject({ name: 'Nvme1n1', bytes_written: 512, num_write_ops: 1 });
+    await node.nbd.stop('n1');
+  });
 });

@@ -4,11 +4,16 @@
 // No wall-clock time is asserted: the limiter waits on a simulated clock whose sleeps advance it.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { RpcClient } from '../../src/cli/rpcClient.ts';
+import { StorageNode } from '../../src/actors/node.ts';
 import type { BdevIoClock } from '../../src/bdev/bdevIo.ts';
+import { MemoryDevice } from '../../src/device/memoryDevice.ts';
+import { seededRuntime } from '../../src/runtime.ts';
+import { createMethodTable } from '../../src/transport/methods.ts';
 import type { NbdAddress } from '../../src/transport/nbd/server.ts';
 import { command } from '../../src/transport/nbd/protocol.ts';
 import { NbdTestClient } from '../transport/nbdTestClient.ts';
 import { type TestNode, rpcError, startTestNode } from './helpers.ts';
+import { call } from './tableCalls.ts';
 
 const mib = 1024 * 1024;
 let node: TestNode;
@@ -148,6 +153,39 @@ describe('bdev_set_qos_limit', () => {
     expect(await limitsOf('qos1')).toEqual({ rw_ios_per_sec: 0, rw_mbytes_per_sec: 0, r_mbytes_per_sec: 0, w_mbytes_per_sec: 0 });
     await rpc.call('bdev_malloc_delete', { name: 'qos1' });
     await rpc.call('bdev_lvol_delete', { name: uuid });
+  });
+});
+
+describe('bdev_set_qos_limit on a copy destination', () => {
+  it('holds a shallow copy to the destination lvol\'s rw_mbytes_per_sec (the rebuild rate) and counts its writes', async () => {
+    const clock = simulatedClock();
+    const local = new StorageNode(seededRuntime(23), { ioClock: clock });
+    try {
+      const clusterBytes = 64 * 1024;
+      await local.attachBaseDevice('mA', new MemoryDevice(16 * mib, 512));
+      await local.attachBaseDevice('mB', new MemoryDevice(16 * mib, 512));
+      const table = createMethodTable(local);
+      for (const [bdev_name, lvs_name] of [['mA', 'A'], ['mB', 'B']]) await call(table, 'bdev_lvol_create_lvstore', { bdev_name, lvs_name, cluster_sz: clusterBytes });
+      await call(table, 'bdev_lvol_create', { lvs_name: 'A', lvol_name: 'src', size_in_mib: 1, thin_provision: true });
+      await local.bdev('A/src').write(0, Buffer.alloc(mib, 0x42));
+      await call(table, 'bdev_lvol_snapshot', { lvol_name: 'A/src', snapshot_name: 'snap' });
+      await call(table, 'bdev_lvol_create', { lvs_name: 'B', lvol_name: 'dst', size_in_mib: 1, thin_provision: true });
+      expect(await call(table, 'bdev_set_qos_limit', { name: 'B/dst', rw_mbytes_per_sec: 1 })).toBe(true);
+      const startMs = clock.nowMs();
+      const { operation_id } = await call<{ operation_id: number }>(table, 'bdev_lvol_start_shallow_copy', { src_lvol_name: 'A/snap', dst_bdev_name: 'B/dst' });
+      let status: Record<string, unknown>;
+      do {
+        status = await call<Record<string, unknown>>(table, 'bdev_lvol_check_shallow_copy', { operation_id });
+        await new Promise((resolve) => setImmediate(resolve));
+      } while (status.state === 'in progress');
+      expect(status).toMatchObject({ state: 'complete', copied_clusters: 16 });
+      // 16 clusters of 64 KiB at 1 MiB/s: 15 of them waited for.
+      expect(clock.nowMs() - startMs).toBeGreaterThanOrEqual(((15 * clusterBytes) / mib) * 1000);
+      const stats = await call<{ bdevs: IostatRow[] }>(table, 'bdev_get_iostat', { name: 'B/dst' });
+      expect(stats.bdevs[0]).toMatchObject({ bytes_written: mib, num_write_ops: 16 });
+    } finally {
+      await local.shutdown();
+    }
   });
 });
 

@@ -52,6 +52,20 @@ const controllerView = z.object({
 /** SPDK's state names: `enabled`, `failed`, `deleting`; an attach still connecting, and a reconnect, show as `resetting`. */
 const spdkState: Record<string, string> = { connecting: 'resetting', enabled: 'enabled', reconnecting: 'resetting', failed: 'failed', detaching: 'deleting', detached: 'deleting' };
 
+/**
+ * SPDK's bdev_nvme_check_io_error_resiliency_params: a loss timeout other than 0 needs a reconnect
+ * delay no longer than it; fast I/O failure lies between the delay and the loss timeout; with a
+ * loss timeout of 0 neither may be set. Undefined when they fit together, else why not.
+ */
+function resiliencyProblem(lossSec: number, delaySec: number, fastFailSec: number): string | undefined {
+  if (lossSec === 0) return delaySec !== 0 || fastFailSec !== 0 ? 'reconnect_delay_sec and fast_io_fail_timeout_sec need a ctrlr_loss_timeout_sec' : undefined;
+  if (delaySec === 0) return 'a ctrlr_loss_timeout_sec other than 0 needs a reconnect_delay_sec';
+  if (lossSec > 0 && delaySec > lossSec) return 'reconnect_delay_sec is longer than ctrlr_loss_timeout_sec';
+  if (fastFailSec !== 0 && fastFailSec < delaySec) return 'fast_io_fail_timeout_sec is shorter than reconnect_delay_sec';
+  if (fastFailSec !== 0 && lossSec > 0 && fastFailSec > lossSec) return 'fast_io_fail_timeout_sec is longer than ctrlr_loss_timeout_sec';
+  return undefined;
+}
+
 function viewController(entry: NvmeControllerEntry): z.input<typeof controllerView> {
   const snapshot = nvmeControllersSnapshot(entry);
   const { request } = entry;
@@ -107,6 +121,8 @@ export function nvmeMethods(node: StorageNode): Record<string, RpcMethod> {
       result: z.array(z.string()),
       handler: async (p) => {
         if (p.subnqn === undefined) throw new StorageError('EINVAL', { detail: 'subnqn is required for TCP' });
+        const problem = resiliencyProblem(p.ctrlr_loss_timeout_sec ?? 0, p.reconnect_delay_sec ?? 0, p.fast_io_fail_timeout_sec ?? 0);
+        if (problem) throw new StorageError('EINVAL', { detail: problem });
         if (node.nvme.lookup(p.name)) {
           throw new StorageError('EALREADY', {
             detail: (p.multipath ?? 'disable') === 'disable' ? `A controller named ${p.name} already exists and multipath is disabled` : `A controller named ${p.name} already exists; lvnode has no multipath yet`,

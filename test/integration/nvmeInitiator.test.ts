@@ -119,6 +119,19 @@ describe('bdev_nvme_attach_controller against the node’s own target', () => {
     const refused = await rpcError(client.call('bdev_nvme_attach_controller', { name: 'Nvme1', trtype: 'tcp', traddr: '127.0.0.1', trsvcid: port, subnqn: nqn }));
     expect(refused.code).toBe(-5);
     expect(await client.call('bdev_nvme_get_controllers', {})).toEqual([]);
+    // SPDK's rules for the reconnect parameters, before anything connects.
+    const reconnect = { name: 'Nvme1', trtype: 'tcp', traddr: '127.0.0.1', trsvcid: port, subnqn: nqn };
+    for (const bad of [
+      { ctrlr_loss_timeout_sec: 5 },
+      { ctrlr_loss_timeout_sec: -1 },
+      { ctrlr_loss_timeout_sec: 5, reconnect_delay_sec: 10 },
+      { ctrlr_loss_timeout_sec: 10, reconnect_delay_sec: 2, fast_io_fail_timeout_sec: 1 },
+      { ctrlr_loss_timeout_sec: 10, reconnect_delay_sec: 2, fast_io_fail_timeout_sec: 11 },
+      { reconnect_delay_sec: 2 },
+    ]) {
+      expect(await rpcError(client.call('bdev_nvme_attach_controller', { ...reconnect, ...bad })), JSON.stringify(bad)).toMatchObject({ code: -22 });
+    }
+    expect(await rpcError(client.call('bdev_nvme_attach_controller', { ...reconnect, ctrlr_loss_timeout_sec: -1, reconnect_delay_sec: 1, fast_io_fail_timeout_sec: 1 }))).toMatchObject({ code: -5 });
     expect(await rpcError(client.call('bdev_nvme_attach_controller', { name: 'Nvme1', trtype: 'rdma', traddr: '127.0.0.1', trsvcid: port, subnqn: nqn }))).toMatchObject({ code: -32602 });
   });
 });

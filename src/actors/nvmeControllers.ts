@@ -161,6 +161,8 @@ export class NvmeControllers {
     actor.subscribe({
       next: (snapshot) => {
         if (snapshot.value === 'failed' && entry.bdevs.length > 0) this.removeLost(entry, snapshot.context.error);
+        // A session that ended between its connect and `enabled` sent its loss to a state that ignores it.
+        if (snapshot.value === 'enabled' && entry.session?.lost) entry.actor.send({ type: 'controller.lost', reason: 'the connection ended as it was enabled' });
       },
       complete: untrack,
     });

@@ -11,8 +11,9 @@ import { NvmfTarget } from '../../../src/actors/nvmfTarget.ts';
 import type { Bdev } from '../../../src/bdev/bdev.ts';
 import { BdevClaims } from '../../../src/bdev/bdevClaims.ts';
 import { MemoryDevice } from '../../../src/device/memoryDevice.ts';
-import { fail } from '../../../src/errors.ts';
+import { fail, isStorageError } from '../../../src/errors.ts';
 import { NvmfTcpTransport, type NvmfTransportLimits } from '../../../src/transport/nvmf/target.ts';
+import { seededRandom } from '../../seededRandom.ts';
 
 /** SPDK's programs: `LVNODE_SPDK_TOOLS_DIR` (.ci/run sets it), else ../shared/tools/spdk beside the repository. */
 export const spdkToolsDir = process.env.LVNODE_SPDK_TOOLS_DIR ?? resolve(import.meta.dirname, '../../../../shared/tools/spdk');
@@ -195,4 +196,23 @@ export function killAllSpdk(): void {
 /** The `-r` transport ID string of spdk_nvme_perf / spdk_nvme_discover. */
 export function trid(port: number, nqn?: string): string {
   return `trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:${port}${nqn ? ` subnqn:${nqn}` : ''}`;
+}
+
+/** Seeded bytes a test writes and later compares. */
+export function randomData(seed: number, bytes: number): Buffer {
+  const random = seededRandom(seed);
+  const data = Buffer.alloc(bytes);
+  for (let index = 0; index < bytes; index++) data[index] = Math.floor(random() * 256);
+  return data;
+}
+
+/** The errno a StorageError carries; throws when the work succeeds or fails otherwise. */
+export async function errnoOf(work: Promise<unknown>): Promise<string> {
+  try {
+    await work;
+  } catch (error) {
+    if (isStorageError(error)) return error.errno;
+    throw error;
+  }
+  throw new Error('it succeeded');
 }

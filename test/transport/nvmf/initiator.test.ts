@@ -10,11 +10,9 @@ import { type NvmeAttachRequest, NvmeControllers } from '../../../src/actors/nvm
 import { Registry } from '../../../src/actors/registry.ts';
 import { readBdev } from '../../../src/bdev/bdev.ts';
 import type { NvmeBdev } from '../../../src/bdev/nvmeBdev.ts';
-import { isStorageError } from '../../../src/errors.ts';
 import { NvmfController } from '../../../src/transport/nvmf/controller.ts';
 import { tcpNvmeConnector } from '../../../src/transport/nvmf/initiator/hostController.ts';
-import { seededRandom } from '../../seededRandom.ts';
-import { type StandaloneTarget, memoryBdev, startTarget } from './harness.ts';
+import { errnoOf, memoryBdev, randomData, type StandaloneTarget, startTarget } from './harness.ts';
 
 const cleanups: Array<() => Promise<void>> = [];
 afterEach(async () => {
@@ -46,23 +44,6 @@ async function attached(sizeBytes: number, overrides: Partial<NvmeAttachRequest>
   cleanups.push(() => controllers.detachAll());
   const bdev = registry.findBdev(names[0]!) as NvmeBdev;
   return { backing, target, registry, controllers, names, bdev };
-}
-
-function randomData(seed: number, bytes: number): Buffer {
-  const random = seededRandom(seed);
-  const data = Buffer.alloc(bytes);
-  for (let index = 0; index < bytes; index++) data[index] = Math.floor(random() * 256);
-  return data;
-}
-
-async function errnoOf(work: Promise<unknown>): Promise<string> {
-  try {
-    await work;
-  } catch (error) {
-    if (isStorageError(error)) return error.errno;
-    throw error;
-  }
-  throw new Error('it succeeded');
 }
 
 describe('NVMe/TCP initiator against lvnode’s own target', () => {

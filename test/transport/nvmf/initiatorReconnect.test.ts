@@ -11,10 +11,8 @@ import type { NodeEvent } from '../../../src/actors/nodeEvents.ts';
 import { Registry } from '../../../src/actors/registry.ts';
 import { readBdev } from '../../../src/bdev/bdev.ts';
 import type { NvmeBdev } from '../../../src/bdev/nvmeBdev.ts';
-import { isStorageError } from '../../../src/errors.ts';
 import { tcpNvmeConnectorWith } from '../../../src/transport/nvmf/initiator/hostController.ts';
-import { seededRandom } from '../../seededRandom.ts';
-import { type StandaloneTarget, memoryBdev, startTarget } from './harness.ts';
+import { errnoOf, memoryBdev, randomData, type StandaloneTarget, startTarget } from './harness.ts';
 
 const cleanups: Array<() => Promise<void> | void> = [];
 afterEach(async () => {
@@ -22,23 +20,6 @@ afterEach(async () => {
 });
 
 const mib = 1024 * 1024;
-
-function randomData(seed: number, bytes: number): Buffer {
-  const random = seededRandom(seed);
-  const data = Buffer.alloc(bytes);
-  for (let index = 0; index < bytes; index++) data[index] = Math.floor(random() * 256);
-  return data;
-}
-
-async function errnoOf(work: Promise<unknown>): Promise<string> {
-  try {
-    await work;
-  } catch (error) {
-    if (isStorageError(error)) return error.errno;
-    throw error;
-  }
-  throw new Error('it succeeded');
-}
 
 type Backing = ReturnType<typeof memoryBdev>;
 

@@ -121,7 +121,7 @@ async function startSpdkTarget(dir: string, file: string, backing: Backing): Pro
 async function startLvnodeTarget(dir: string, file: string, backing: Backing): Promise<Target & { client: RpcClient; nbdSocket: string }> {
   const bin = resolve(import.meta.dirname, '../bin/lvnode.mjs');
   const nbdSocket = join(dir, `nbd-${backing}.sock`);
-  const child = spawn('taskset', ['-c', '0', process.execPath, bin, 'serve', '--data-dir', join(dir, `lvnode-${backing}`), '--listen', '127.0.0.1:0', '--default-disk-size', '0', '--insecure-no-auth', '--nbd-listen', nbdSocket], {
+  const child = spawn('taskset', ['-c', '0', process.execPath, bin, 'serve', '--data-dir', join(dir, `lvnode-${backing}`), '--listen', '127.0.0.1:0', '--default-disk-size', '0', '--insecure-no-auth', '--nvmf-insecure-tcp', '--nbd-listen', nbdSocket], {
     env: { ...process.env, LVNODE_LOG_LEVEL: 'warn' },
     stdio: ['ignore', 'pipe', 'inherit'],
   });

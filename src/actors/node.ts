@@ -28,7 +28,7 @@ import { EsnapHolds, resolveExternalSource } from './externalSnapshots.ts';
 import { type LvstoreSelector, LvstoreLifecycle } from './lvstores.ts';
 import { NbdExports } from './nbdExports.ts';
 import { NvmeControllers } from './nvmeControllers.ts';
-import { NvmfTarget } from './nvmfTarget.ts';
+import { type NvmfListenerAccess, NvmfTarget } from './nvmfTarget.ts';
 import { PriorityRouter } from './priority.ts';
 import { type BackgroundOptions, BackgroundScheduler } from './scheduler.ts';
 import { VerifyPolicyRunner, type VerifyPolicyOptions } from './verifyPolicy.ts';
@@ -53,8 +53,8 @@ export interface StorageNodeOptions {
   onBackgroundOptionsChanged?: (options: BackgroundOptions) => Promise<void>;
   /** The verification policy saved by an earlier run (issue 21 item 4), where new ones are saved, its clock. */
   verifyPolicy?: VerifyPolicyOptions;
-  /** --nvmf-allow-remote: NVMe/TCP listeners may bind addresses other hosts reach (README, security). */
-  nvmfAllowRemote?: boolean;
+  /** --nvmf-insecure-tcp / --nvmf-allow-remote: which NVMe/TCP listeners may exist (README, security); none by default. */
+  nvmfListeners?: NvmfListenerAccess;
   /** What bdev rate limits wait on and I/O statistics time with; default: the runtime's clock and real timers. */
   ioClock?: BdevIoClock;
 }
@@ -101,7 +101,7 @@ export class StorageNode {
     this.router = new PriorityRouter((lvolId) => this.actorOf(lvolId));
     this.checksums = new ChecksumService(this.registry, this.router, runtime, (event) => this.emit(event));
     this.nbd = new NbdExports(this.registry, this.inspector, this.events);
-    this.nvmf = new NvmfTarget(this.inspector, options.nvmfAllowRemote === true);
+    this.nvmf = new NvmfTarget(this.inspector, options.nvmfListeners ?? 'none');
     this.nvme = new NvmeControllers(this.registry, this.inspector, (event) => this.emit(event));
     // An external snapshot attached again (its bdev, or the lvstore of its lvol) is held again.
     this.events.on('event', (event) => {

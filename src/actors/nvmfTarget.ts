@@ -24,6 +24,9 @@ import type { InspectionHub } from './inspector.ts';
 
 export const nvmfDiscoveryNqn = 'nqn.2014-08.org.nvmexpress.discovery';
 
+/** Which NVMe/TCP listeners the operator allowed (serve's flags): none, loopback, or any address. */
+export type NvmfListenerAccess = 'none' | 'loopback' | 'remote';
+
 /** A transport address as SPDK's RPCs spell it (`listen_address`). */
 export interface NvmfListenAddress {
   readonly trtype: 'TCP';
@@ -256,8 +259,11 @@ export class NvmfTarget {
 
   constructor(
     private readonly inspector: InspectionHub,
-    /** --nvmf-allow-remote: listeners may bind addresses other hosts reach. */
-    readonly allowRemote = false,
+    /**
+     * Who may be served, as the operator chose: `none` (the default) refuses every listener;
+     * `loopback` (--nvmf-insecure-tcp) binds loopback only; `remote` (--nvmf-allow-remote) any address.
+     */
+    readonly listeners: NvmfListenerAccess = 'none',
   ) {
     const discovery = new NvmfSubsystem(
       { nqn: nvmfDiscoveryNqn, subtype: 'Discovery', serialNumber: '', modelNumber: '', allowAnyHost: true, maxNamespaces: 0, minCntlid: 1, maxCntlid: 0xffef, anaReporting: false },
@@ -311,9 +317,10 @@ export class NvmfTarget {
 
   async addListener(nqn: string, address: NvmfListenAddress): Promise<void> {
     const subsystem = this.require(nqn);
+    // Access first: a refused listener says why it can never be, before what is merely missing.
+    assertListenable(address, this.listeners);
     if (!this.ports) fail('ENODEV', 'no NVMe-oF transport is running');
     if (!this.transport(address.trtype)) fail('EINVAL', `no ${address.trtype} transport: call nvmf_create_transport first`);
-    assertListenable(address, this.allowRemote);
     const key = listenAddressKey(address);
     if (subsystem.listener(key)) fail('EEXIST', `${nqn} already listens on ${key}`);
     if (subsystem.listeners.length >= nvmfListenersMax) fail('ENOSPC', `at most ${nvmfListenersMax} listeners per subsystem`);
@@ -394,10 +401,19 @@ export function isLoopback(traddr: string): boolean {
 /**
  * NVMe/TCP has no authentication lvnode implements (no DH-HMAC-CHAP, no TLS): whoever reaches a
  * listener reads and writes its namespaces, host NQNs being only a claim. So a listener binds
- * loopback unless the node was started with --nvmf-allow-remote (README, security).
+ * nothing by default, loopback with --nvmf-insecure-tcp, any address with --nvmf-allow-remote (README, security).
  */
-function assertListenable(address: NvmfListenAddress, allowRemote: boolean): void {
-  if (allowRemote || isLoopback(address.traddr)) return;
+function assertListenable(address: NvmfListenAddress, access: NvmfListenerAccess): void {
+  if (access === 'none') {
+    // Loopback is not a credential: every local user reaches 127.0.0.1, and the node runs as root.
+    // NBD's default listener is a 0600 Unix socket, its TCP needs TLS-PSK; NVMe/TCP has neither here.
+    fail(
+      'EPERM',
+      `listener ${listenAddressKey(address)} refused: NVMe/TCP here has no credential (no TLS-PSK, no DH-HMAC-CHAP), so any local user could ` +
+        'read and write its namespaces; start lvnode with --nvmf-insecure-tcp to accept that on loopback (--nvmf-allow-remote beyond it)',
+    );
+  }
+  if (access === 'remote' || isLoopback(address.traddr)) return;
   fail(
     'EPERM',
     `listener ${listenAddressKey(address)} is not a loopback address: NVMe/TCP here has no authentication or encryption, so anyone who reaches it ` +

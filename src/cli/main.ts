@@ -20,7 +20,8 @@ Usage:
                [--nbd-tls-psk FILE] (TLS-PSK keys, psktool's "identity:hexkey" lines; required for TCP)
                [--nbd-insecure-tcp] (TCP without TLS, for a trusted network only)
                [--rpc-socket PATH] (SPDK's JSON-RPC on a Unix socket, e.g. /var/tmp/spdk.sock)
-               [--nvmf-allow-remote] (NVMe/TCP listeners beyond loopback; no authentication: a trusted network only)
+               [--nvmf-insecure-tcp] (NVMe/TCP listeners on loopback: no credential, any local user can connect)
+               [--nvmf-allow-remote] (NVMe/TCP listeners beyond loopback too; no authentication: a trusted network only)
                [--inspect stately[=URL]] [--max-frame-bytes N] [--max-connections N]
                [--max-in-flight N] [--heartbeat-ms N]
   lvnode rpc METHOD [JSON-PARAMS] [--url URL] [--token TOKEN] [--data-dir DIR] [--no-progress]
@@ -84,6 +85,7 @@ async function serve(args: string[]): Promise<number> {
       'nbd-insecure-tcp': { type: 'boolean' },
       'rpc-socket': { type: 'string' },
       'nvmf-allow-remote': { type: 'boolean' },
+      'nvmf-insecure-tcp': { type: 'boolean' },
     },
     strict: true,
   });
@@ -121,6 +123,7 @@ async function serve(args: string[]): Promise<number> {
     nbdInsecureTcp: values['nbd-insecure-tcp'] ?? false,
     rpcSocket: values['rpc-socket'] ?? process.env.LVNODE_RPC_SOCKET,
     nvmfAllowRemote: values['nvmf-allow-remote'] ?? false,
+    nvmfInsecureTcp: values['nvmf-insecure-tcp'] ?? false,
   });
   // Signals are handled before the node says it is ready: a SIGTERM sent as soon as the lines
   // below appear must shut it down cleanly, not kill it with the default action.

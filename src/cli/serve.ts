@@ -50,6 +50,8 @@ export interface ServeOptions {
   rpcSocket?: string | undefined;
   /** NVMe/TCP listeners (added by nvmf_subsystem_add_listener) may bind non-loopback addresses. */
   nvmfAllowRemote?: boolean | undefined;
+  /** --nvmf-insecure-tcp: NVMe/TCP listeners on loopback, which has no credential (every local user reaches it). */
+  nvmfInsecureTcp?: boolean | undefined;
   runtime?: Runtime;
 }
 
@@ -236,7 +238,7 @@ async function startLockedNode(
       policy: await readVerifyPolicy(verifyPolicyPath),
       onPolicyChanged: (changed) => writeFileAtomically(verifyPolicyPath, `${JSON.stringify(changed, null, 2)}\n`),
     },
-    nvmfAllowRemote: options.nvmfAllowRemote === true,
+    nvmfListeners: options.nvmfAllowRemote === true ? 'remote' : options.nvmfInsecureTcp === true ? 'loopback' : 'none',
   });
   // NVMe/TCP ports open only when nvmf_subsystem_add_listener asks (SPDK's model: listeners come from RPC).
   const nvmfTransport = new NvmfTcpTransport(node.nvmf, () => node.scheduler.noteForeground());

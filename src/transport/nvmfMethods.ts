@@ -308,7 +308,7 @@ function listenerMethods(node: StorageNode): Record<string, RpcMethod> {
   return {
     nvmf_subsystem_add_listener: defineMethod({
       description:
-        'Listen for a subsystem on a TCP address (SPDK). Loopback only unless lvnode runs with --nvmf-allow-remote: NVMe/TCP here has no authentication or encryption.',
+        'Listen for a subsystem on a TCP address (SPDK). Refused unless lvnode runs with --nvmf-insecure-tcp (loopback only) or --nvmf-allow-remote (any address): NVMe/TCP here has no authentication or encryption.',
       priority: 'foreground',
       params: z.strictObject({ nqn, listen_address: listenAddress, tgt_name: tgtName, secure_channel: z.literal(false).optional(), ana_state: anaState.optional() }),
       result: ok,

@@ -20,7 +20,16 @@ export interface TestNode {
  * `insecureNoAuth` say otherwise; `connect()` presents what the node wants (`nodeToken(running)`).
  */
 export async function startTestNode(
-  options: { diskBytes?: number; token?: string; nbdListen?: string; nbdTlsPskFile?: string; nbdInsecureTcp?: boolean; rpcSocket?: boolean; insecureNoAuth?: boolean } = {},
+  options: {
+    diskBytes?: number;
+    token?: string;
+    nbdListen?: string;
+    nbdTlsPskFile?: string;
+    nbdInsecureTcp?: boolean;
+    nvmfInsecureTcp?: boolean;
+    rpcSocket?: boolean;
+    insecureNoAuth?: boolean;
+  } = {},
 ): Promise<TestNode> {
   const dataDir = await mkdtemp(join(tmpdir(), 'lvnode-test-'));
   const running = await startNode({
@@ -32,6 +41,7 @@ export async function startTestNode(
     nbdListen: options.nbdListen,
     nbdTlsPskFile: options.nbdTlsPskFile,
     nbdInsecureTcp: options.nbdInsecureTcp,
+    nvmfInsecureTcp: options.nvmfInsecureTcp,
     rpcSocket: options.rpcSocket ? join(dataDir, 'spdk.sock') : undefined,
   });
   const clients: RpcClient[] = [];

@@ -14,7 +14,7 @@ let client: RpcClient;
 const nqn = 'nqn.2023-01.io.longhorn.spdk:replica-dst';
 
 beforeAll(async () => {
-  node = await startTestNode({ diskBytes: 256 * 1024 * 1024 });
+  node = await startTestNode({ diskBytes: 256 * 1024 * 1024, nvmfInsecureTcp: true });
   client = await node.connect();
 });
 

@@ -19,7 +19,7 @@ const work = mkdtempSync(join(tmpdir(), 'lvnode-nvmf-rpc-'));
 const nqn = 'nqn.2023-01.io.longhorn.spdk:vol1';
 
 beforeAll(async () => {
-  node = await startTestNode({ diskBytes: 256 * 1024 * 1024, rpcSocket: true });
+  node = await startTestNode({ diskBytes: 256 * 1024 * 1024, rpcSocket: true, nvmfInsecureTcp: true });
   client = await node.connect();
   spdk = await SpdkSocketClient.connect(node.running.spdkSocket!.path);
 });
@@ -135,6 +135,21 @@ describe('NVMe-oF RPCs', () => {
     expect(refused.code).toBe(-32602);
     expect(refused.message).toMatch(/--nvmf-allow-remote/);
     expect(await client.call<unknown[]>('nvmf_subsystem_get_listeners', { nqn })).toHaveLength(1);
+  });
+
+  it('refuses every NVMe/TCP listener, loopback too, on a node started without --nvmf-insecure-tcp (no credential: any local user reaches loopback)', async () => {
+    const plain = await startTestNode({ diskBytes: 64 * 1024 * 1024 });
+    try {
+      const ws = await plain.connect();
+      const plainNqn = 'nqn.2016-06.io.spdk:plain';
+      expect(await ws.call('nvmf_create_subsystem', { nqn: plainNqn, allow_any_host: true })).toBe(true);
+      const refused = await rpcError(ws.call('nvmf_subsystem_add_listener', { nqn: plainNqn, listen_address: { trtype: 'TCP', adrfam: 'IPv4', traddr: '127.0.0.1', trsvcid: String(await freePort()) } }));
+      expect(refused.code).toBe(-32602);
+      expect(refused.message).toMatch(/--nvmf-insecure-tcp/);
+      expect(await ws.call<unknown[]>('nvmf_subsystem_get_listeners', { nqn: plainNqn })).toEqual([]);
+    } finally {
+      await plain.close();
+    }
   });
 
   it('admits only added hosts when allow_any_host is false, and deletes a subsystem with its listeners', async () => {

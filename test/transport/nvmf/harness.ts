@@ -98,7 +98,7 @@ export async function startTarget(options: {
   /** Listen on this port (a target restarted where a host expects it); a free one otherwise. */
   port?: number;
 }): Promise<StandaloneTarget> {
-  const target = new NvmfTarget(new InspectionHub());
+  const target = new NvmfTarget(new InspectionHub(), 'loopback');
   const transport = new NvmfTcpTransport(target, () => {}, options.limits ?? {});
   target.transports.push(tcpTransportOptions());
   const nqn = options.nqn ?? 'nqn.2016-06.io.spdk:cnode1';

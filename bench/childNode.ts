@@ -38,6 +38,11 @@ export async function startServeProcess(dataDir: string, defaultDiskSize = '64G'
   return { child, url, token };
 }
 
+/** Node flags for the bench's node process from BENCH_NODE_FLAGS (e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof`, which NODE_OPTIONS refuses). */
+function nodeFlags(): string[] {
+  return (process.env.BENCH_NODE_FLAGS ?? '').split(' ').filter((flag) => flag !== '');
+}
+
 /** Sends SIGTERM and resolves once the process has exited. */
 export async function stopProcess(child: ChildProcess): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return;
@@ -91,7 +96,7 @@ export async function spawnBenchNode(options: {
   try {
     await writePatternFile(filePath, options.sizeMib, benchClusterBytes);
     const nbdArgs = options.nbdListen ? ['--nbd-listen', options.nbdListen, ...(options.nbdArgs ?? [])] : [];
-    child = spawn(process.execPath, [binPath, 'serve', '--data-dir', join(dir, 'data'), '--listen', '127.0.0.1:0', '--default-disk-size', '64M', ...nbdArgs], {
+    child = spawn(process.execPath, [...nodeFlags(), binPath, 'serve', '--data-dir', join(dir, 'data'), '--listen', '127.0.0.1:0', '--default-disk-size', '64M', ...nbdArgs], {
       env: { ...process.env, LVNODE_LOG_LEVEL: 'warn', ...options.env },
       stdio: ['ignore', 'pipe', 'inherit'],
     });

@@ -7,7 +7,7 @@
 // or by the TypeScript/WASM fallback on the event loop. Either way the request waits in the
 // device's background class, behind foreground I/O (SPEC §6.6).
 import { availableParallelism } from 'node:os';
-import { checksumChunkBytesMax, deviceBackgroundInFlightMax } from '../constants.ts';
+import { checksumChunkBytesMax } from '../constants.ts';
 import type { BlockDevice } from '../device/blockDevice.ts';
 import { IoAbortedError } from '../device/ioQueue.ts';
 import { clusterBuffers } from './bufferPool.ts';
@@ -21,15 +21,15 @@ export function crcInfo(): { implementation: 'native' | 'fallback'; kernel: stri
 }
 
 /**
- * Starts the addon's background threads: one fewer than the cores, but at least as many as a
- * device lets background reads run at once (a walk's read-ahead runs beside its current read),
- * each at SCHED_IDLE, so that on a small machine checksum reads only use CPU time the event loop
- * and the clients leave over (see the README's measurements). `LVNODE_BACKGROUND_THREADS` and
+ * Starts the addon's background threads: one per core, each at SCHED_IDLE, so a walk's reads
+ * (its current cluster and its read-ahead) use the CPU time the event loop and the clients leave
+ * over, and only that (see the README's measurements); while clients are active the scheduler
+ * spaces checksum reads out, so then about one runs at a time. `LVNODE_BACKGROUND_THREADS` and
  * `LVNODE_BACKGROUND_POLICY` (idle | nice | normal) override, for measuring the alternatives.
  */
 export function configureBackgroundThreads(): { threads: number; policy: string } | { threads: 0; policy: 'none' } {
   if (!nativeCrc) return { threads: 0, policy: 'none' };
-  const threads = Number(process.env.LVNODE_BACKGROUND_THREADS ?? Math.max(deviceBackgroundInFlightMax, availableParallelism() - 1));
+  const threads = Number(process.env.LVNODE_BACKGROUND_THREADS ?? availableParallelism());
   const policy = process.env.LVNODE_BACKGROUND_POLICY ?? 'idle';
   if (!Number.isInteger(threads) || threads < 1 || threads > 64) throw new Error(`LVNODE_BACKGROUND_THREADS must be 1..64, got ${threads}`);
   if (policy !== 'idle' && policy !== 'nice' && policy !== 'normal') throw new Error(`LVNODE_BACKGROUND_POLICY must be idle, nice or normal`);

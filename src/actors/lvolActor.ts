@@ -103,14 +103,25 @@ interface VerifyReadings {
  * per-cluster value; with only a whole checksum stored, the chained value once every owned cluster
  * was read. `complete`: the walk got to its end (otherwise the result is `incomplete`).
  */
-export function verificationOf(lvol: LvolRecord, readings: VerifyReadings, clusterBytes: number, atMs: number, complete: boolean): VerificationRecord {
+export function verificationOf(
+  lvol: LvolRecord,
+  readings: VerifyReadings,
+  clusterBytes: number,
+  atMs: number,
+  complete: boolean,
+  laterFindings: readonly BadCluster[] = [],
+): VerificationRecord {
   const badClusters: BadCluster[] = [];
   let badClusterCount = 0;
   let whole: VerificationRecord['whole'] = null;
   const range = lvol.rangeChecksums;
   if (range !== null) {
+    // A copy that read a cluster after this walk did has the newer bytes: its reading stands, or
+    // a clean walk ending later would wipe out corruption found in between.
+    const readingsNow = new Map(readings.rangeCrcs);
+    for (const finding of laterFindings) if (readingsNow.has(finding.clusterIndex)) readingsNow.set(finding.clusterIndex, finding.actual);
     // In cluster order, so the kept list is the first bad clusters of the lvol.
-    const read = [...readings.rangeCrcs].sort(([a], [b]) => a - b);
+    const read = [...readingsNow].sort(([a], [b]) => a - b);
     for (const [clusterIndex, actual] of read) {
       const expected = range.get(clusterIndex);
       if (expected === actual) continue;
@@ -416,6 +427,8 @@ export class LvolActor {
   private readonly reads = new Set<ClusterRead>();
   /** Reads of the clusters after the current step's, ascending (at most checksumReadAheadClusters). */
   private readAhead: ClusterRead[] = [];
+  /** Copy findings on clusters the verify walk whose readings these are had already read (recordCopyFinding). */
+  private laterCopyFindings: { readings: ReadonlyMap<number, bigint>; findings: Map<number, BadCluster> } | undefined;
   /** Read-ahead reads halted or found stale before any step used them (tests count them). */
   private readAheadDiscarded = 0;
   /** The walk's rate; made when a walk is first admitted. */
@@ -747,7 +760,8 @@ export class LvolActor {
    */
   private async storeVerification(lvolId: string, progress: VerifyReadings, complete: boolean): Promise<number> {
     const atMs = this.runtime.nowMs();
-    const verification = verificationOf(this.store.lvol(lvolId), progress, this.store.clusterBytes, atMs, complete);
+    const later = this.laterCopyFindings?.readings === progress.rangeCrcs ? [...this.laterCopyFindings.findings.values()] : [];
+    const verification = verificationOf(this.store.lvol(lvolId), progress, this.store.clusterBytes, atMs, complete, later);
     await this.store.recordVerification(lvolId, verification);
     if (verification.badClusterCount > 0 || verification.whole !== null) {
       this.pendingMismatch = { source: 'verify', verification };
@@ -771,6 +785,13 @@ export class LvolActor {
    * the listener, not through pendingMismatch, which a walk of this lvol may be holding.
    */
   async recordCopyFinding(bad: BadCluster): Promise<VerificationRecord> {
+    // A verify (running or paused to resume) that already read this cluster must not end by
+    // overwriting the finding with its older reading: kept for its final record.
+    const progress = this.actor.getSnapshot().context.progress;
+    if (progress?.mode === 'verify' && progress.rangeCrcs.has(bad.clusterIndex)) {
+      if (this.laterCopyFindings?.readings !== progress.rangeCrcs) this.laterCopyFindings = { readings: progress.rangeCrcs, findings: new Map() };
+      this.laterCopyFindings.findings.set(bad.clusterIndex, bad);
+    }
     const verification = copyFindingOf(this.store.lvol(this.lvolId), bad);
     await this.store.recordVerification(this.lvolId, verification);
     this.onChecksumChange(this.lvolId, this.status(), this.lastState, { source: 'copy', verification });

@@ -184,7 +184,9 @@ export class VerifyPolicyRunner {
     this.sweepResuming();
     const nowMs = this.runtime.nowMs();
     const due: Array<{ id: string; lastMs: number }> = [];
+    const gone = new Set(Object.keys(backingOff));
     for (const { lvol } of this.registry.allLvols()) {
+      gone.delete(lvol.id);
       if (!hasChecksums(lvol) || this.running.has(lvol.id) || this.registered.has(lvol.id)) continue;
       // Its last verifies failed on read errors: not before its back-off ends.
       if ((backingOff[lvol.id]?.retryAtMs ?? nowMs) > nowMs) continue;
@@ -192,6 +194,8 @@ export class VerifyPolicyRunner {
     }
     due.sort((a, b) => a.lastMs - b.lastMs);
     this.dueQueue = due.map(({ id }) => id);
+    // Without this, every snapshot deleted while backing off would stay in the context for good.
+    if (gone.size > 0) this.send({ type: 'lvols.gone', lvolIds: [...gone] });
   }
 
   /** Starts verifies up to the cap: first-time registrations first, then the due queue. */

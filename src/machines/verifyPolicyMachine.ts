@@ -96,7 +96,9 @@ export type VerifyOutcome = 'done' | 'readError' | 'other';
 export type VerifyPolicyEvent =
   | { type: 'policy.set'; policy: VerifyPolicy }
   | { type: 'verify.ended'; lvolId: string; outcome: VerifyOutcome; atMs: number }
-  | { type: 'checksum.registered'; lvolId: string };
+  | { type: 'checksum.registered'; lvolId: string }
+  // Snapshots no longer there (deleted, their lvstore unloaded): their back-off entries go.
+  | { type: 'lvols.gone'; lvolIds: readonly string[] };
 
 /**
  * The wait before snapshot retries after its `failures`-th failed verify in a row: one minute,
@@ -122,6 +124,13 @@ export function nextBackoff(
   return { ...rest, [lvolId]: { failures, retryAtMs: atMs + backoffMs(failures, intervalSec) } };
 }
 
+/** The back-off entries without those of `lvolIds` (the same object when none of them had one). */
+export function withoutBackoff(backingOff: Readonly<Record<string, VerifyBackoff>>, lvolIds: readonly string[]): Readonly<Record<string, VerifyBackoff>> {
+  if (!lvolIds.some((lvolId) => Object.hasOwn(backingOff, lvolId))) return backingOff;
+  const gone = new Set(lvolIds);
+  return Object.fromEntries(Object.entries(backingOff).filter(([lvolId]) => !gone.has(lvolId)));
+}
+
 export const verifyPolicyMachine = setup({
   types: {
     context: {} as VerifyPolicyContext,
@@ -136,6 +145,10 @@ export const verifyPolicyMachine = setup({
     noteOutcome: assign(({ context, event }) => {
       assertEvent(event, 'verify.ended');
       return { backingOff: nextBackoff(context.backingOff, event, context.policy.interval_sec) };
+    }),
+    forgetBackoff: assign(({ context, event }) => {
+      assertEvent(event, 'lvols.gone');
+      return { backingOff: withoutBackoff(context.backingOff, event.lvolIds) };
     }),
     // Provided by the actor layer (src/actors/verifyPolicy.ts), which holds the lvol actors.
     scanDue: () => {},
@@ -162,6 +175,7 @@ export const verifyPolicyMachine = setup({
     'checksum.registered': { actions: 'rememberRegistered' },
     // A verify that ends outside a window (a failure as it closed) still counts for its back-off.
     'verify.ended': { actions: 'noteOutcome' },
+    'lvols.gone': { actions: 'forgetBackoff' },
   },
   states: {
     checking: {

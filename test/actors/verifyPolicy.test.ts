@@ -364,6 +364,30 @@ describe('verification policy actor', () => {
     expect(await node.verifyPolicy.stats()).toMatchObject({ backing_off: 0, next_retry_at: null });
   });
 
+  it('forgets the back-off of a snapshot that is deleted while it backs off', async () => {
+    // Goal: back-off entries do not outlive their snapshot (the policy's context would otherwise
+    // keep one per snapshot ever deleted while its device failed).
+    const device = new SimulatedDevice(32 * 1024 * 1024, 512);
+    let failing = false;
+    device.onIoStart = (kind, _offsetBytes, lengthBytes) => {
+      if (failing && kind === 'read' && lengthBytes === clusterBytes) device.setFaults({ failReadAt: 1 });
+    };
+    const { node, clock } = await policyNode({ enabled: false, interval_sec: 300, jitter_sec: 0 }, 1, { device });
+    clock.increment(300_000 + 1);
+    failing = true;
+    await node.verifyPolicy.setPolicy({ ...node.verifyPolicy.policy(), enabled: true });
+    const context = () => node.verifyPolicy.actor.getSnapshot().context;
+    const id = node.resolveLvol('lvs/snap0').lvol.id;
+    await until(() => context().backingOff[id] !== undefined);
+    failing = false;
+    device.setFaults({});
+    await node.deleteLvol('lvs/snap0');
+    // The next re-scan (every minute) sees it gone.
+    clock.increment(60_000);
+    await until(() => context().backingOff[id] === undefined);
+    expect(await node.verifyPolicy.stats()).toMatchObject({ backing_off: 0, next_retry_at: null });
+  });
+
   it('refuses a bad rate_mib_per_sec with -32602, changing nothing in memory or in the saved file; a good one is saved and shown', async () => {
     const saved: VerifyPolicy[] = [];
     const { node } = await policyNode({}, 0, { saved });

@@ -160,13 +160,32 @@ export function spdkFailureCode(method: string): number {
   return spdkFailureAsInvalidParams.has(method) ? rpcErrorCode.invalidParams : rpcErrorCode.internal;
 }
 
+/**
+ * Params that fail lvnode's decoding, on SPDK's socket, for the methods whose SPDK handler does not
+ * answer -32603 "spdk_json_decode_object failed": every nvmf_* method answers -32602 "Invalid
+ * parameters" (lib/nvmf/nvmf_rpc.c); bdev_nvme_reset_controller -32602 "Invalid argument"
+ * (bdev_nvme_rpc.c, controller_op); the log_* setters decode any string and then refuse an
+ * unknown level or flag with -32602 (lib/event/log_rpc.c), which is what lvnode's enum refuses
+ * (a value of the wrong type gets it too: SPDK's -32603 there is not told apart).
+ */
+function spdkDecodeFailure(method: string | undefined): { code: number; message: string } {
+  const invalid = (message: string) => ({ code: rpcErrorCode.invalidParams, message });
+  if (method === undefined) return { code: rpcErrorCode.internal, message: 'spdk_json_decode_object failed' };
+  if (method.startsWith('nvmf_')) return invalid('Invalid parameters');
+  if (method === 'bdev_nvme_reset_controller') return invalid(strerror.EINVAL);
+  if (method === 'log_set_level' || method === 'log_set_print_level') return invalid('invalid log level');
+  if (method === 'log_set_flag' || method === 'log_clear_flag') return invalid('invalid log flag');
+  return { code: rpcErrorCode.internal, message: 'spdk_json_decode_object failed' };
+}
+
 const spdkFrameworkMessage: Partial<Record<number, string>> = {
   [rpcErrorCode.invalidParams]: 'Invalid parameters',
 };
 
 /**
  * The error object SPDK's own clients expect (go-spdk-helper branches on these codes):
- * - params that do not decode: -32603 "spdk_json_decode_object failed" (SPDK's strict decoder);
+ * - params that do not decode: -32603 "spdk_json_decode_object failed" (SPDK's strict decoder),
+ *   or what the few handlers that answer otherwise send (spdkDecodeFailure);
  * - an errno the thrower marked synchronous (`wire: 'errno'`): -errno + strerror, as WebSocket;
  * - an operation failure (`wire: 'internal'`): -32602 + strerror for the methods SPDK answers so,
  *   else -32603 + strerror;
@@ -178,7 +197,7 @@ const spdkFrameworkMessage: Partial<Record<number, string>> = {
 export function toSpdkRpcError(error: unknown, method?: string): RpcErrorObject {
   const mapped = toRpcError(error, method);
   if (error instanceof RpcFrameworkError && error.code === rpcErrorCode.invalidParams) {
-    return { ...mapped, code: rpcErrorCode.internal, message: 'spdk_json_decode_object failed' };
+    return { ...mapped, ...spdkDecodeFailure(method) };
   }
   if (error instanceof RpcFrameworkError) {
     const message = spdkFrameworkMessage[error.code];

@@ -162,6 +162,15 @@ describe('NVMe-oF RPCs', () => {
     expect(await spdkError(spdk.call('nvmf_get_subsystems', { nqn: closed }))).toMatchObject({ code: -19 });
   });
 
+  it('answers params that do not decode as SPDK’s handlers do: -32602 "Invalid parameters" for nvmf_*, -32603 elsewhere', async () => {
+    // lib/nvmf/nvmf_rpc.c answers its decode failures with -32602; the lvol and bdev handlers with -32603.
+    expect(await spdkError(spdk.call('nvmf_create_subsystem', { nqn: 'nqn.2016-06.io.spdk:x', max_namespaces: 'many' }))).toMatchObject({ code: -32602, message: 'Invalid parameters' });
+    expect(await spdkError(spdk.call('nvmf_subsystem_add_listener', { nqn: 'nqn.2016-06.io.spdk:x' }))).toMatchObject({ code: -32602, message: 'Invalid parameters' });
+    expect(await spdkError(spdk.call('bdev_lvol_get_lvols', { lvs_name: 7 }))).toMatchObject({ code: -32603, message: 'spdk_json_decode_object failed' });
+    // Nothing was created by the refused call.
+    expect(await spdkError(spdk.call('nvmf_get_subsystems', { nqn: 'nqn.2016-06.io.spdk:x' }))).toMatchObject({ code: -19 });
+  });
+
   it('accepts SPDK’s NVMe bdev settings and log controls', async () => {
     expect(await spdk.call('bdev_nvme_set_options', { action_on_timeout: 'none', timeout_us: 0, retry_count: 4, transport_retry_count: 4 })).toBe(true);
     expect(await spdk.call('bdev_nvme_set_hotplug', { enable: false })).toBe(true);
@@ -173,8 +182,10 @@ describe('NVMe-oF RPCs', () => {
     expect(await spdk.call('log_set_flag', { flag: 'nvmf' })).toBe(true);
     expect(await spdk.call<Record<string, boolean>>('log_get_flags')).toMatchObject({ nvmf: true, nvmf_tcp: false });
     expect(await spdk.call('log_clear_flag', { flag: 'nvmf' })).toBe(true);
-    // A params decode failure on the SPDK socket is the house's -32603 "spdk_json_decode_object failed"; -32602 on the WebSocket.
-    expect(await spdkError(spdk.call('log_set_flag', { flag: 'nosuch' }))).toMatchObject({ code: -32603, message: 'spdk_json_decode_object failed' });
+    // An unknown flag on the SPDK socket is SPDK's -32602 "invalid log flag" (log_rpc.c decodes any
+    // string, then refuses it); -32602 with the field on the WebSocket.
+    expect(await spdkError(spdk.call('log_set_flag', { flag: 'nosuch' }))).toMatchObject({ code: -32602, message: 'invalid log flag' });
+    expect(await spdkError(spdk.call('log_set_level', { level: 'LOUD' }))).toMatchObject({ code: -32602, message: 'invalid log level' });
     expect(await rpcError(client.call('log_set_flag', { flag: 'nosuch' }))).toMatchObject({ code: -32602, data: { field: 'flag' } });
   });
 });

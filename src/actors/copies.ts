@@ -437,7 +437,8 @@ function planFor(request: CopyRequest, admission: WalkAdmission, recordRot: Reco
       }
       await admission.pace(clusterBytes, never);
       admission.recordBytes(clusterBytes);
-      const data = await store.read(sourceId, nextByte, clusterBytes);
+      // Through the chain (an external snapshot too), behind client I/O like the shallow path.
+      const data = await store.read(sourceId, nextByte, clusterBytes, { background: true });
       const clusterIndex = nextByte / clusterBytes;
       const crc = await checkedCrc(store.clusterOwnerOf(sourceId, clusterIndex), clusterIndex, clusterBytes, data, recordRot);
       await writeCluster(target, clusterIndex, clusterBytes, data, crc);

@@ -98,12 +98,9 @@ export class LvolBdev implements ClaimableBdev {
     return claims !== undefined && (claims.writer() !== undefined || claims.frozenBy() !== undefined);
   }
 
-  /**
-   * Reads through the lvol's chain. `background` is not honoured yet: the store's chain read has
-   * no background class (checksum walks and copies read owned clusters from the device instead).
-   */
-  readInto(offsetBytes: number, target: Buffer, _options?: { background?: boolean; signal?: AbortSignal }): Promise<void> {
-    return this.locate(this.name).store.readInto(this.name, offsetBytes, target);
+  /** Reads through the lvol's chain; `background` reads queue behind client I/O on every device of it. */
+  readInto(offsetBytes: number, target: Buffer, options?: { background?: boolean; signal?: AbortSignal }): Promise<void> {
+    return this.locate(this.name).store.readInto(this.name, offsetBytes, target, options);
   }
 
   write(offsetBytes: number, data: Uint8Array): Promise<void> {

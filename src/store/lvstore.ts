@@ -109,7 +109,16 @@ export interface ExternalSource {
   readonly uuid: string;
   readonly blockSizeBytes: number;
   sizeBytes(): number;
-  readInto(offsetBytes: number, target: Buffer): Promise<void>;
+  readInto(offsetBytes: number, target: Buffer, options?: ReadOptions): Promise<void>;
+}
+
+/**
+ * How a read through an lvol's chain reaches its devices: `background` in their background class
+ * (behind every client request: a deep copy's reads), `signal` calling off what has not begun.
+ */
+export interface ReadOptions {
+  readonly background?: boolean;
+  readonly signal?: AbortSignal;
 }
 
 export class Lvstore {
@@ -702,7 +711,8 @@ export class Lvstore {
     await this.copyBuffers.with(async (buffer) => {
       for (let done = 0; done < this.clusterBytes; done += buffer.length) {
         const piece = buffer.subarray(0, Math.min(buffer.length, this.clusterBytes - done));
-        await this.readSource(lvol, source, clusterIndex * this.clusterBytes + done, piece);
+        // Part of a client's write (copy-on-write): foreground.
+        await this.readSource(lvol, source, clusterIndex * this.clusterBytes + done, piece, {});
         if (overlay) {
           const from = Math.max(overlay.innerOffsetBytes, done);
           const to = Math.min(overlay.innerOffsetBytes + overlay.data.length, done + piece.length);
@@ -1029,9 +1039,12 @@ export class Lvstore {
   }
 
   /** Fills `target` with what `source` (an `owner` answer) holds at `offsetBytes` of the lvol. */
-  private async readSource(lvol: LvolRecord, source: number, offsetBytes: number, target: Buffer): Promise<void> {
-    if (source > 0) await this.device.readInto(target, clusterIndexToOffsetBytes(source, this.clusterBytes) + (offsetBytes % this.clusterBytes));
-    else if (source === readsExternal) await this.readExternal(lvol, offsetBytes, target);
+  private async readSource(lvol: LvolRecord, source: number, offsetBytes: number, target: Buffer, options: ReadOptions): Promise<void> {
+    if (source > 0) {
+      const at = clusterIndexToOffsetBytes(source, this.clusterBytes) + (offsetBytes % this.clusterBytes);
+      if (options.background && this.device.readIntoBackground) await this.device.readIntoBackground(target, at, options.signal);
+      else await this.device.readInto(target, at);
+    } else if (source === readsExternal) await this.readExternal(lvol, offsetBytes, target, options);
     else target.fill(0);
   }
 
@@ -1066,29 +1079,29 @@ export class Lvstore {
   }
 
   /** Reads through the parent chain; clusters nobody owns read as zeros. */
-  async read(id: string, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+  async read(id: string, offsetBytes: number, lengthBytes: number, options: ReadOptions = {}): Promise<Buffer> {
     const lvol = this.lvol(id);
     this.assertIoRange(lvol, offsetBytes, lengthBytes);
     const target = Buffer.allocUnsafe(lengthBytes);
-    await this.readVisible(lvol, offsetBytes, target).catch((error: unknown) => {
+    await this.readVisible(lvol, offsetBytes, target, options).catch((error: unknown) => {
       throw fromDeviceError(error, `read of lvol ${lvol.name} failed`);
     });
     return target;
   }
 
   /** `read` into the caller's buffer (the NBD server reuses its read buffers). */
-  async readInto(id: string, offsetBytes: number, target: Buffer): Promise<void> {
+  async readInto(id: string, offsetBytes: number, target: Buffer, options: ReadOptions = {}): Promise<void> {
     const lvol = this.lvol(id);
     this.assertIoRange(lvol, offsetBytes, target.length);
-    await this.readVisible(lvol, offsetBytes, target).catch((error: unknown) => {
+    await this.readVisible(lvol, offsetBytes, target, options).catch((error: unknown) => {
       throw fromDeviceError(error, `read of lvol ${lvol.name} failed`);
     });
   }
 
-  private async readVisible(lvol: LvolRecord, offsetBytes: number, target: Buffer): Promise<void> {
+  private async readVisible(lvol: LvolRecord, offsetBytes: number, target: Buffer, options: ReadOptions): Promise<void> {
     await this.forEachSegment(offsetBytes, target.length, async (clusterIndex, inner, rangeOffset, length) => {
       const slice = target.subarray(rangeOffset, rangeOffset + length);
-      await this.readSource(lvol, this.owner(lvol, clusterIndex), clusterIndex * this.clusterBytes + inner, slice);
+      await this.readSource(lvol, this.owner(lvol, clusterIndex), clusterIndex * this.clusterBytes + inner, slice, options);
     });
   }
 
@@ -1109,10 +1122,10 @@ export class Lvstore {
   }
 
   /** What lies below every lvol of the chain at `offsetBytes`: the external snapshot's bytes, else zeros. */
-  private async readExternal(lvol: LvolRecord, offsetBytes: number, target: Buffer): Promise<void> {
+  private async readExternal(lvol: LvolRecord, offsetBytes: number, target: Buffer, options: ReadOptions): Promise<void> {
     const external = this.externalOf(lvol);
     const inside = external ? Math.max(0, Math.min(target.length, external.sizeBytes() - offsetBytes)) : 0;
-    if (inside > 0) await external!.readInto(offsetBytes, target.subarray(0, inside));
+    if (inside > 0) await external!.readInto(offsetBytes, target.subarray(0, inside), options);
     target.fill(0, inside);
   }
 

@@ -1,4 +1,5 @@
-# Builds the lvnode_crc64 Node-API addon (see native/), and lvnode_crc32c (NVMe/TCP digests, native/crc32c.cc). No -march or -mavx512 flags here: the
+# Builds the lvnode_crc64 Node-API addon (see native/), lvnode_crc32c (NVMe/TCP digests, native/crc32c.cc),
+# and lvnode_file_io (file reads and writes through io_uring, native/file_ring.cc; Linux only). No -march or -mavx512 flags here: the
 # PCLMULQDQ/VPCLMULQDQ kernels carry per-function target attributes and are chosen at run time, so
 # the binary runs on any x86-64; other architectures compile only the table kernel.
 {
@@ -23,6 +24,12 @@
       "defines": ["NAPI_VERSION=8"],
       "cflags_cc": ["-O3", "-std=c++17", "-Wall", "-Wextra"],
       "xcode_settings": { "CLANG_CXX_LANGUAGE_STANDARD": "c++17", "OTHER_CPLUSPLUSFLAGS": ["-O3"] }
+    },
+    {
+      "target_name": "lvnode_file_io",
+      "conditions": [["OS=='linux'", { "sources": ["native/file_ring.cc"] }]],
+      "defines": ["NAPI_VERSION=8", "_FILE_OFFSET_BITS=64"],
+      "cflags_cc": ["-O3", "-std=c++17", "-Wall", "-Wextra"]
     }
   ]
 }

@@ -32,12 +32,15 @@ interface Workload {
   readonly args: readonly string[];
 }
 
-const workloads: Workload[] = [
+const allWorkloads: Workload[] = [
   { name: '128K seq read QD32', args: ['-q', '32', '-o', '131072', '-w', 'read'] },
   { name: '128K seq write QD32', args: ['-q', '32', '-o', '131072', '-w', 'write'] },
   { name: '4K rand read QD32', args: ['-q', '32', '-o', '4096', '-w', 'randread'] },
   { name: '4K rand write QD32', args: ['-q', '32', '-o', '4096', '-w', 'randwrite'] },
 ];
+// LVNODE_BENCH_NVMF_WORKLOADS=4K (a substring of the names, comma-separated) runs only those.
+const workloadFilter = (process.env.LVNODE_BENCH_NVMF_WORKLOADS ?? '').split(',').filter((part) => part !== '');
+const workloads = workloadFilter.length === 0 ? allWorkloads : allWorkloads.filter((workload) => workloadFilter.some((part) => workload.name.includes(part)));
 
 /** utime + stime of a process (all its threads), in seconds. */
 function cpuSeconds(pid: number): number {
@@ -121,7 +124,9 @@ async function startSpdkTarget(dir: string, file: string, backing: Backing): Pro
 async function startLvnodeTarget(dir: string, file: string, backing: Backing): Promise<Target & { client: RpcClient; nbdSocket: string }> {
   const bin = resolve(import.meta.dirname, '../bin/lvnode.mjs');
   const nbdSocket = join(dir, `nbd-${backing}.sock`);
-  const child = spawn('taskset', ['-c', '0', process.execPath, bin, 'serve', '--data-dir', join(dir, `lvnode-${backing}`), '--listen', '127.0.0.1:0', '--default-disk-size', '0', '--insecure-no-auth', '--nvmf-insecure-tcp', '--nbd-listen', nbdSocket], {
+  // BENCH_NODE_FLAGS (e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof`) go to lvnode's node, as in childNode.ts.
+  const nodeFlags = (process.env.BENCH_NODE_FLAGS ?? '').split(' ').filter((flag) => flag !== '');
+  const child = spawn('taskset', ['-c', '0', process.execPath, ...nodeFlags, bin, 'serve', '--data-dir', join(dir, `lvnode-${backing}`), '--listen', '127.0.0.1:0', '--default-disk-size', '0', '--insecure-no-auth', '--nvmf-insecure-tcp', '--nbd-listen', nbdSocket], {
     env: { ...process.env, LVNODE_LOG_LEVEL: 'warn' },
     stdio: ['ignore', 'pipe', 'inherit'],
   });

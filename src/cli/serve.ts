@@ -4,6 +4,7 @@ import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
 import { clusterSizeBytesDefault, dataDirDefault, diskSizeBytesDefault, listenDefault } from '../constants.ts';
 import { FileDevice } from '../device/fileDevice.ts';
+import { fileIoInfo } from '../device/fileIo.ts';
 import { type ShutdownFailure, StorageNode } from '../actors/node.ts';
 import { type BackgroundOptions, defaultBackgroundOptions, validateBackgroundOptions } from '../actors/scheduler.ts';
 import { validateVerifyPolicy } from '../actors/verifyPolicy.ts';
@@ -230,6 +231,7 @@ async function startLockedNode(
   const verifyPolicyPath = join(dataDir, verifyPolicyName);
   const threads = configureBackgroundThreads();
   log('info', 'checksum CRC path', { ...crcInfo(), ...threads });
+  log('info', 'file I/O path', { ...fileIoInfo() });
   const node = new StorageNode(options.runtime ?? systemRuntime, {
     onBaseBdevsChanged: (config) => writer.write(config),
     backgroundOptions: await readBackgroundOptions(backgroundPath),

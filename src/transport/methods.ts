@@ -4,6 +4,7 @@
 // The dispatcher, `rpc_get_methods`, `rpc_get_schema`, the CLI client and the README read this table.
 import { z } from 'zod';
 import { crcInfo } from '../checksum/clusterCrc.ts';
+import { fileIoInfo } from '../device/fileIo.ts';
 import {
   blockSizesAllowed,
   checksumConcurrencyMax,
@@ -685,6 +686,7 @@ export function createMethodTable(node: StorageNode, transport?: TransportStats)
         verify_policy: verifyPolicyStats,
         devices: node.deviceQueueStats(),
         crc: crcInfo(),
+        file_io: fileIoInfo(),
         inspect_subscribers: node.inspector.subscriberCount,
         payload_bytes_in_flight: payload.inUseBytes,
       };

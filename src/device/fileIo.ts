@@ -1,0 +1,182 @@
+// How file devices read and write: through io_uring (the lvnode_file_io addon, native/file_ring.cc)
+// where it loads and the kernel allows it, else through Node's fs on libuv's thread pool.
+//
+// Node's fs.read/fs.write send each request to a pool thread and back: two thread switches and an
+// event-loop wakeup per 4 KiB, most of a small request's cost. The ring stages requests and submits
+// a turn's worth in one syscall; a read of the page cache completes inside it. Both paths answer
+// the same callback, with the same errors (Node's shape: code, errno, syscall), so FileDevice does
+// not care which one runs. Chosen once per process, on first use: env LVNODE_FILE_IO=threadpool
+// forces the fallback (tests run the device suite both ways); the choice and why is fileIoInfo().
+import { read as fsRead, write as fsWrite } from 'node:fs';
+import { createRequire } from 'node:module';
+import { getSystemErrorName } from 'node:util';
+import { isMainThread } from 'node:worker_threads';
+
+/** Bytes moved, or the error; `bytes` 0 at the end of the file. */
+export type FileIoDone = (error: NodeJS.ErrnoException | null, bytes: number) => void;
+
+export interface FileIo {
+  read(fd: number, buffer: Uint8Array, at: number, length: number, position: number, done: FileIoDone): void;
+  write(fd: number, buffer: Uint8Array, at: number, length: number, position: number, done: FileIoDone): void;
+}
+
+export type FileIoPath = 'io_uring' | 'threadpool';
+
+export interface FileIoInfo {
+  readonly path: FileIoPath;
+  /** Why the thread pool is used (or the ring's size), for the start-up log and node_get_stats. */
+  readonly reason: string;
+}
+
+interface RingAddon {
+  fileRingOpen(entries: number, onComplete: (count: number) => void, results: Int32Array): number;
+  fileRingRead(fd: number, buffer: Uint8Array, at: number, length: number, position: number, token: number): void;
+  fileRingWrite(fd: number, buffer: Uint8Array, at: number, length: number, position: number, token: number): void;
+}
+
+/** Submission queue entries of the ring; the completion queue (and the requests in the kernel at once) is 4x. */
+const ringEntries = 256;
+/** Completions handed to JS per call: the most the ring can hold in flight. */
+const resultPairsMax = ringEntries * 4;
+
+export const threadPoolFileIo: FileIo = {
+  read: (fd, buffer, at, length, position, done) => fsRead(fd, buffer, at, length, position, (error, bytes) => done(error, bytes)),
+  write: (fd, buffer, at, length, position, done) => fsWrite(fd, buffer, at, length, position, (error, bytes) => done(error, bytes)),
+};
+
+/** An Error shaped like Node's fs errors (`EIO: i/o error, read`). */
+function errnoError(negativeErrno: number, syscall: string): NodeJS.ErrnoException {
+  const code = getSystemErrorName(negativeErrno);
+  const error: NodeJS.ErrnoException = new Error(`${code}: file ${syscall} failed (io_uring), ${syscall}`);
+  error.errno = negativeErrno;
+  error.code = code;
+  error.syscall = syscall;
+  return error;
+}
+
+/**
+ * The ring's JS half: a token per request names its callback (and holds its buffer, which the
+ * kernel writes or reads until the completion) until the completion comes back.
+ */
+class RingFileIo implements FileIo {
+  private readonly callbacks: Array<FileIoDone | undefined> = [];
+  private readonly buffers: Array<Uint8Array | undefined> = [];
+  private readonly writes: boolean[] = [];
+  private readonly freeTokens: number[] = [];
+  private readonly results = new Int32Array(resultPairsMax * 2);
+  /** Requests handed to the ring and not yet answered (tests, stats). */
+  inFlight = 0;
+  readonly entries: number;
+
+  constructor(private readonly addon: RingAddon) {
+    this.entries = addon.fileRingOpen(ringEntries, (count) => this.complete(count), this.results);
+  }
+
+  read(fd: number, buffer: Uint8Array, at: number, length: number, position: number, done: FileIoDone): void {
+    const token = this.token(buffer, false, done);
+    try {
+      this.addon.fileRingRead(fd, buffer, at, length, position, token);
+    } catch (error) {
+      this.release(token);
+      throw error;
+    }
+  }
+
+  write(fd: number, buffer: Uint8Array, at: number, length: number, position: number, done: FileIoDone): void {
+    const token = this.token(buffer, true, done);
+    try {
+      this.addon.fileRingWrite(fd, buffer, at, length, position, token);
+    } catch (error) {
+      this.release(token);
+      throw error;
+    }
+  }
+
+  private token(buffer: Uint8Array, write: boolean, done: FileIoDone): number {
+    const token = this.freeTokens.pop() ?? this.callbacks.length;
+    this.callbacks[token] = done;
+    this.buffers[token] = buffer;
+    this.writes[token] = write;
+    this.inFlight++;
+    return token;
+  }
+
+  private release(token: number): void {
+    this.callbacks[token] = undefined;
+    this.buffers[token] = undefined;
+    this.freeTokens.push(token);
+    this.inFlight--;
+  }
+
+  /**
+   * `count` completions are in `results`. Every one is answered even if a callback throws: the
+   * first error is rethrown afterwards (an uncaught exception, as from an fs callback).
+   */
+  private complete(count: number): void {
+    const results = this.results;
+    let thrown: { error: unknown } | undefined;
+    for (let index = 0; index < count; index++) {
+      const token = results[index * 2]!;
+      const result = results[index * 2 + 1]!;
+      const done = this.callbacks[token];
+      const write = this.writes[token]!;
+      if (done === undefined) continue; // cannot happen: the kernel answers each token once
+      this.release(token);
+      try {
+        if (result < 0) done(errnoError(result, write ? 'write' : 'read'), 0);
+        else done(null, result);
+      } catch (error) {
+        thrown ??= { error };
+      }
+    }
+    if (thrown) throw thrown.error;
+  }
+}
+
+let chosen: { io: FileIo; info: FileIoInfo; ring: RingFileIo | undefined } | undefined;
+
+function loadRingAddon(): { addon: RingAddon | undefined; reason: string } {
+  const require = createRequire(import.meta.url);
+  let reason = 'addon lvnode_file_io not built';
+  // This file runs from src/device (tsx) or from the bundle in build/js/: two levels below the root either way.
+  for (const candidate of ['../../build/Release/lvnode_file_io.node']) {
+    try {
+      const addon = require(candidate) as Partial<RingAddon>;
+      if (typeof addon.fileRingOpen !== 'function') return { addon: undefined, reason: 'addon lvnode_file_io has no ring (not Linux)' };
+      return { addon: addon as RingAddon, reason: '' };
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code !== 'MODULE_NOT_FOUND') return { addon: undefined, reason: `addon lvnode_file_io does not load: ${(error as Error).message}` };
+    }
+  }
+  return { addon: undefined, reason };
+}
+
+function choose(): { io: FileIo; info: FileIoInfo; ring: RingFileIo | undefined } {
+  const fallback = (reason: string) => ({ io: threadPoolFileIo, info: { path: 'threadpool' as const, reason }, ring: undefined });
+  if (process.env.LVNODE_FILE_IO === 'threadpool') return fallback('LVNODE_FILE_IO=threadpool');
+  // A worker's environment can end with requests in the kernel, writing into memory it frees.
+  if (!isMainThread) return fallback('worker thread');
+  const { addon, reason } = loadRingAddon();
+  if (!addon) return fallback(reason);
+  try {
+    const ring = new RingFileIo(addon);
+    return { io: ring, info: { path: 'io_uring', reason: `ring of ${ring.entries} entries` }, ring };
+  } catch (error) {
+    // ENOSYS (old kernel), EPERM (seccomp, kernel.io_uring_disabled), ENOMEM (locked-memory limit).
+    const code = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
+    return fallback(`io_uring_setup refused (${code})`);
+  }
+}
+
+/** The process's file I/O path, chosen on first use. */
+export function fileIo(): FileIo {
+  chosen ??= choose();
+  return chosen.io;
+}
+
+/** Which path file devices use and why (start-up log line, node_get_stats). */
+export function fileIoInfo(): FileIoInfo & { in_flight?: number } {
+  chosen ??= choose();
+  return chosen.ring ? { ...chosen.info, in_flight: chosen.ring.inFlight } : chosen.info;
+}

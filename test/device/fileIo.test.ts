@@ -1,0 +1,166 @@
+// File reads and writes on the path this process chose (io_uring, or the thread pool with
+// LVNODE_FILE_IO=threadpool: `npm run test:fallback` runs this file that way too): data against a
+// byte-array oracle, errors as Node's, and close with requests in flight.
+import { closeSync, constants as fsConstants, fstatSync, openSync, readFileSync, readSync, writeFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { FileDevice } from '../../src/device/fileDevice.ts';
+import { type FileIoDone, fileIo, fileIoInfo } from '../../src/device/fileIo.ts';
+
+const blockBytes = 512;
+const deviceBytes = 4 * 1024 * 1024;
+
+/** A small seeded generator (mulberry32): a failing run prints its seed. */
+function random(seed: number): () => number {
+  let state = seed >>> 0;
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let t = state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function call(run: (done: FileIoDone) => void): Promise<number> {
+  return new Promise((resolve, reject) => run((error, bytes) => (error ? reject(error) : resolve(bytes))));
+}
+
+describe('file I/O path', () => {
+  let directory = '';
+  let path = '';
+
+  beforeEach(async () => {
+    directory = await mkdtemp(join(tmpdir(), 'lvnode-fileio-'));
+    path = join(directory, 'disk.img');
+    writeFileSync(path, Buffer.alloc(deviceBytes));
+  });
+
+  afterEach(async () => {
+    await rm(directory, { recursive: true, force: true });
+  });
+
+  it('is the ring unless forced to the thread pool or refused, and says which and why', () => {
+    const info = fileIoInfo();
+    if (process.env.LVNODE_FILE_IO === 'threadpool') expect(info).toMatchObject({ path: 'threadpool', reason: 'LVNODE_FILE_IO=threadpool' });
+    else if (info.path === 'threadpool') expect(info.reason).toMatch(/io_uring_setup refused|not built|not Linux|worker/);
+    else expect(info.reason).toMatch(/^ring of \d+ entries$/);
+  });
+
+  it('matches a byte-array oracle over random batches of concurrent reads and writes of any size, and the file agrees', async () => {
+    const seed = Number(process.env.LVNODE_TEST_SEED ?? Date.now() % 1_000_000);
+    const next = random(seed);
+    const oracle = Buffer.alloc(deviceBytes);
+    const device = await FileDevice.open(path, blockBytes);
+    // The file read on its own descriptor, synchronously: a write reported done must be in the
+    // file by then, not merely queued for the kernel.
+    const witness = openSync(path, 'r');
+    try {
+      for (let batch = 0; batch < 60; batch++) {
+        // Ranges of one batch do not overlap: their requests run concurrently, in any order.
+        const taken: Array<[number, number]> = [];
+        const requests: Array<Promise<void>> = [];
+        const reads: Array<{ offsetBytes: number; target: Buffer; expected: Buffer }> = [];
+        const writes: Array<{ offsetBytes: number; data: Buffer }> = [];
+        const count = 1 + Math.floor(next() * 40);
+        for (let index = 0; index < count; index++) {
+          const lengthBytes = blockBytes * (1 + Math.floor(next() * (next() < 0.2 ? 512 : 16)));
+          const offsetBytes = blockBytes * Math.floor(next() * ((deviceBytes - lengthBytes) / blockBytes));
+          if (taken.some(([start, end]) => offsetBytes < end && start < offsetBytes + lengthBytes)) continue;
+          taken.push([offsetBytes, offsetBytes + lengthBytes]);
+          if (next() < 0.5) {
+            const data = Buffer.alloc(lengthBytes);
+            for (let at = 0; at < lengthBytes; at++) data[at] = Math.floor(next() * 256);
+            // A view at an odd place of a larger buffer: the offset inside it must be honoured.
+            const holder = Buffer.alloc(lengthBytes + 64, 0xee);
+            data.copy(holder, 32);
+            requests.push(device.write(offsetBytes, holder.subarray(32, 32 + lengthBytes)));
+            data.copy(oracle, offsetBytes);
+            writes.push({ offsetBytes, data });
+          } else {
+            const target = Buffer.alloc(lengthBytes, 0xaa);
+            reads.push({ offsetBytes, target, expected: Buffer.from(oracle.subarray(offsetBytes, offsetBytes + lengthBytes)) });
+            requests.push(device.readInto(target, offsetBytes));
+          }
+        }
+        await Promise.all(requests);
+        for (const write of writes) {
+          const found = Buffer.alloc(write.data.length);
+          readSync(witness, found, 0, found.length, write.offsetBytes);
+          expect(found.equals(write.data), `seed ${seed}, batch ${batch}, write at ${write.offsetBytes} not in the file when reported done`).toBe(true);
+        }
+        for (const read of reads) expect(read.target.equals(read.expected), `seed ${seed}, batch ${batch}, read at ${read.offsetBytes}`).toBe(true);
+      }
+      // Written in the batches, read back in one sweep through the device and from the file itself.
+      const whole = Buffer.alloc(deviceBytes);
+      await device.readInto(whole, 0);
+      expect(whole.equals(oracle), `seed ${seed}`).toBe(true);
+    } finally {
+      closeSync(witness);
+      await device.close();
+    }
+    expect(readFileSync(path).equals(oracle), `seed ${seed}`).toBe(true);
+  });
+
+  it('answers a failed request with Node’s error (code, errno, syscall), not with success', async () => {
+    const readOnly = openSync(path, 'r');
+    const writeOnly = openSync(path, fsConstants.O_WRONLY); // 'w' would truncate
+    try {
+      const data = Buffer.alloc(4096, 1);
+      await expect(call((done) => fileIo().write(readOnly, data, 0, data.length, 0, done))).rejects.toMatchObject({ code: 'EBADF', errno: -9, syscall: 'write' });
+      await expect(call((done) => fileIo().read(writeOnly, data, 0, data.length, 0, done))).rejects.toMatchObject({ code: 'EBADF', errno: -9, syscall: 'read' });
+      // A good request right after failed ones still works (the failures freed their tokens).
+      const target = Buffer.alloc(4096, 9);
+      await expect(call((done) => fileIo().read(readOnly, target, 0, target.length, 0, done))).resolves.toBe(4096);
+      expect(target.equals(Buffer.alloc(4096))).toBe(true);
+    } finally {
+      closeSync(readOnly);
+      closeSync(writeOnly);
+    }
+  });
+
+  it('fails a write to a read-only device with the kernel’s error, and the file keeps its bytes', async () => {
+    const device = await FileDevice.open(path, blockBytes, { readOnly: true });
+    try {
+      // assertWritable is the bdev's job: the device itself passes the write to the kernel.
+      await expect(device.write(0, Buffer.alloc(blockBytes, 5))).rejects.toMatchObject({ code: 'EBADF' });
+    } finally {
+      await device.close();
+    }
+    expect(readFileSync(path).subarray(0, blockBytes).equals(Buffer.alloc(blockBytes))).toBe(true);
+  });
+
+  it('reads zeros past the end of a file that shrank under it', async () => {
+    writeFileSync(path, Buffer.alloc(deviceBytes, 3));
+    const device = await FileDevice.open(path, blockBytes);
+    try {
+      writeFileSync(path, Buffer.alloc(8192, 3)); // truncates to 8 KiB
+      const target = Buffer.alloc(16384, 0xaa);
+      await device.readInto(target, 0);
+      expect(target.subarray(0, 8192).equals(Buffer.alloc(8192, 3))).toBe(true);
+      expect(target.subarray(8192).equals(Buffer.alloc(8192))).toBe(true);
+    } finally {
+      await device.close();
+    }
+  });
+
+  it('closes only after every request in flight completed, refuses new ones, and then the descriptor is gone', async () => {
+    const device = await FileDevice.open(path, blockBytes);
+    const fd = device.fd;
+    const writes = Array.from({ length: 64 }, (_, index) => device.write(index * 65536, Buffer.alloc(65536, index + 1)));
+    const targets = Array.from({ length: 64 }, () => Buffer.alloc(4096));
+    const reads = targets.map((target, index) => device.readInto(target, deviceBytes - (index + 1) * 4096));
+    let closed = false;
+    const closing = device.close().then(() => (closed = true));
+    await expect(device.readInto(Buffer.alloc(512), 0)).rejects.toMatchObject({ code: 'EBADF', name: 'DeviceClosedError' });
+    const settled = await Promise.allSettled([...writes, ...reads]);
+    expect(settled.every((outcome) => outcome.status === 'fulfilled')).toBe(true);
+    await closing;
+    expect(closed).toBe(true);
+    expect(() => fstatSync(fd)).toThrow(/EBADF/);
+    const file = readFileSync(path);
+    for (let index = 0; index < 64; index++) expect(file.subarray(index * 65536, (index + 1) * 65536).equals(Buffer.alloc(65536, index + 1))).toBe(true);
+  });
+});

@@ -307,6 +307,8 @@ export const nvmeInitiatorPduBytesMax = mibBytes + 256;
 export const nvmeInitiatorTransferBytesMax = mibBytes;
 /** A command (I/O, or Keep Alive's reply) not answered within this ends its connection: the controller is lost. */
 export const nvmeInitiatorCommandTimeoutMs = 30_000;
+/** A failed controller (ctrlr_loss_timeout_sec 0) tries to connect again this often, as SPDK's admin poller retries it. */
+export const nvmeInitiatorFailedRetryMs = 1000;
 /** I/O queues a controller gets when the attach does not say (SPDK's num_io_queues), and at most. */
 export const nvmeInitiatorIoQueuesDefault = 2;
 export const nvmeInitiatorIoQueuesMax = 16;

@@ -6,6 +6,30 @@ import { fail } from '../errors.ts';
 import type { Bdev, BdevExtent } from './bdev.ts';
 import { BdevClaims } from './bdevClaims.ts';
 
+/** What Identify Controller and the VS register said of the controller a namespace is reached through. */
+export interface NvmeControllerIdentity {
+  readonly cntlid: number;
+  readonly vendorId: number;
+  readonly serialNumber: string;
+  readonly modelNumber: string;
+  readonly firmwareRevision: string;
+  readonly subnqn: string;
+  /** OACS: bit 0 security, 1 format, 2 firmware, 3 namespace management. */
+  readonly oacs: number;
+  /** CMIC: bit 1 more than one controller, bit 3 ANA reporting. */
+  readonly cmic: number;
+  /** The VS register: major << 16 | minor << 8 | tertiary. */
+  readonly version: number;
+}
+
+/** The path a namespace is read through now (SPDK's trid, ctrlr_data, vs, ns_data). */
+export interface NvmeNamespacePath {
+  readonly trid: { readonly trtype: string; readonly adrfam: string; readonly traddr: string; readonly trsvcid: string; readonly subnqn: string };
+  readonly controller: NvmeControllerIdentity;
+  /** NMIC bit 0: the namespace may be reached through more than one controller. */
+  readonly canShare: boolean;
+}
+
 /** Block-addressed commands on one namespace; each moves at most `transferBytesMax`. */
 export interface NvmeNamespaceIo {
   readonly nsid: number;
@@ -15,6 +39,9 @@ export interface NvmeNamespaceIo {
   readonly uuid: string | undefined;
   readonly transferBytesMax: number;
   readonly writeProtected: boolean;
+  readonly canShare?: boolean;
+  /** The path and controller it is reached through (bdev_get_bdevs driver_specific); undefined when none is known. */
+  path?(): NvmeNamespacePath | undefined;
   read(lba: number, target: Buffer): Promise<void>;
   write(lba: number, data: Buffer): Promise<void>;
   flush(): Promise<void>;
@@ -55,6 +82,12 @@ export class NvmeBdev implements Bdev {
 
   readOnly(): boolean {
     return this.io.writeProtected;
+  }
+
+  /** SPDK's driver_specific of an NVMe bdev (bdev_nvme_dump_info_json): one entry per path, the policy. */
+  driverSpecific(): Record<string, unknown> {
+    const path = this.io.path?.();
+    return { nvme: path ? [namespaceInfo(path, this.nsid)] : [], mp_policy: 'active_passive' };
   }
 
   async readInto(offsetBytes: number, target: Buffer): Promise<void> {
@@ -115,4 +148,28 @@ export class NvmeBdev implements Bdev {
     for (let at = offsetBytes; at < offsetBytes + lengthBytes; at += pieceBytes) pieces.push(each(at, Math.min(pieceBytes, offsetBytes + lengthBytes - at)));
     await Promise.all(pieces);
   }
+}
+
+/** One path of nvme_namespace_info_json: SPDK writes these fields in this order. */
+function namespaceInfo(path: NvmeNamespacePath, nsid: number): Record<string, unknown> {
+  const { controller } = path;
+  const major = controller.version >>> 16;
+  const minor = (controller.version >>> 8) & 0xff;
+  const tertiary = controller.version & 0xff;
+  return {
+    trid: { ...path.trid },
+    ctrlr_data: {
+      cntlid: controller.cntlid,
+      vendor_id: `0x${controller.vendorId.toString(16).padStart(4, '0')}`,
+      model_number: controller.modelNumber,
+      serial_number: controller.serialNumber,
+      firmware_revision: controller.firmwareRevision,
+      ...(controller.subnqn !== '' ? { subnqn: controller.subnqn } : {}),
+      oacs: { security: controller.oacs & 1, format: (controller.oacs >> 1) & 1, firmware: (controller.oacs >> 2) & 1, ns_manage: (controller.oacs >> 3) & 1 },
+      multi_ctrlr: (controller.cmic & 0x2) !== 0,
+      ana_reporting: (controller.cmic & 0x8) !== 0,
+    },
+    vs: { nvme_version: tertiary !== 0 ? `${major}.${minor}.${tertiary}` : `${major}.${minor}` },
+    ns_data: { id: nsid, can_share: path.canShare },
+  };
 }

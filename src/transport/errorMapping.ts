@@ -178,6 +178,15 @@ function spdkDecodeFailure(method: string | undefined): { code: number; message:
   return { code: rpcErrorCode.internal, message: 'spdk_json_decode_object failed' };
 }
 
+/**
+ * bdev_nvme's answers for an unknown controller where they are not -19 "No such device": the fork's
+ * get_controllers sends EINVAL unnegated with its own text, health_info -32603 "Device not found".
+ */
+const spdkUnknownController: Record<string, (detail: string) => { code: number; message: string }> = {
+  bdev_nvme_get_controllers: (detail) => ({ code: Errno.EINVAL, message: detail }),
+  bdev_nvme_get_controller_health_info: () => ({ code: rpcErrorCode.internal, message: 'Device not found' }),
+};
+
 const spdkFrameworkMessage: Partial<Record<number, string>> = {
   [rpcErrorCode.invalidParams]: 'Invalid parameters',
 };
@@ -208,6 +217,10 @@ export function toSpdkRpcError(error: unknown, method?: string): RpcErrorObject 
     // go-spdk-helper's lvol listing tolerates only -19: an aborted walk's -125 (lvnode's WebSocket
     // answer) failed whole listings and left a Longhorn revert half done. `data` keeps the state.
     return { ...mapped, code: -Errno.ENODEV, message: strerror.ENODEV };
+  }
+  if (isStorageError(error) && error.errno === 'ENODEV' && method !== undefined && Object.hasOwn(spdkUnknownController, method)) {
+    // An unknown NVMe controller, answered as bdev_nvme_rpc.c does per method (the WebSocket keeps -19).
+    return { ...mapped, ...spdkUnknownController[method]!(error.detail ?? strerror.ENODEV) };
   }
   if (method === 'bdev_lvol_create_lvstore' && isStorageError(error) && error.data?.lvstore !== undefined) {
     // The bdev holds an lvstore (loaded, clashing, damaged, or found on the device): SPDK would

@@ -5,6 +5,7 @@ import type { StorageNode } from '../actors/node.ts';
 import type { BaseBdev, LvstoreEntry } from '../actors/registry.ts';
 import type { Bdev } from '../bdev/bdev.ts';
 import { BaseBdev as BaseBdevClass } from '../bdev/baseBdev.ts';
+import { NvmeBdev } from '../bdev/nvmeBdev.ts';
 import type { BdevClaims, ClaimType } from '../bdev/bdevClaims.ts';
 import { type BdevQosLimits, noQosLimits } from '../bdev/bdevIo.ts';
 import { mibBytes } from '../constants.ts';
@@ -139,7 +140,7 @@ export function baseBdevInfo(bdev: BaseBdev, limits?: BdevQosLimits): BdevView {
 
 /**
  * A bdev of a kind a module registers (an NVMe namespace), from its `Bdev` alone: SPDK's common
- * fields, no driver_specific until that module says what to show.
+ * fields, and driver_specific as the module says (an NVMe bdev's `nvme` paths and `mp_policy`).
  */
 export function moduleBdevInfo(bdev: Bdev, limits?: BdevQosLimits): BdevView {
   const writable = bdev.readOnly() ? [] : ['write', 'unmap', 'write_zeroes'];
@@ -154,7 +155,7 @@ export function moduleBdevInfo(bdev: Bdev, limits?: BdevQosLimits): BdevView {
     ...claimFields(bdev.claims),
     zoned: false,
     supported_io_types: supportedIoTypes(['read', 'flush', 'reset', ...writable]),
-    driver_specific: {},
+    driver_specific: bdev instanceof NvmeBdev ? bdev.driverSpecific() : {},
   };
 }
 

@@ -2,9 +2,10 @@
 // own target in-process: I/O in flight when the target stops is resubmitted once it is back on the
 // same port and lands with the right bytes (read on the target's memory bdev, not through the
 // initiator); a target that never comes back fails waiting I/O with EIO after the loss timeout
-// and its bdev leaves the registry with a bdev_deleted event; a target that goes silent times the
+// and the controller is deleted, its bdev leaving the registry with a bdev_deleted event; a target that goes silent times the
 // command out and the reconnect path runs; several I/O queues are connected and used.
 import { afterEach, describe, expect, it } from 'vitest';
+import { waitFor } from 'xstate';
 import { InspectionHub } from '../../../src/actors/inspector.ts';
 import { type NvmeAttachRequest, NvmeControllers } from '../../../src/actors/nvmeControllers.ts';
 import type { NodeEvent } from '../../../src/actors/nodeEvents.ts';
@@ -121,16 +122,19 @@ describe('NVMe/TCP initiator: a lost controller', () => {
     expect(setup.registry.lookupBdev('Nvme0n1')).toBe(setup.bdev);
   });
 
-  it('fails waiting I/O with EIO after the loss timeout and removes the bdev with a bdev_deleted event', async () => {
+  it('fails waiting I/O with EIO after the loss timeout, then deletes the controller and its bdev with a bdev_deleted event (SPDK)', async () => {
     const setup = await attached({ ctrlrLossTimeoutSec: 0.2, reconnectDelaySec: 0.05 });
+    const actor = setup.controllers.lookup('Nvme0')!.actor;
     await setup.target.close();
     expect(await errnoOf(readBdev(setup.bdev, 0, 4096))).toBe('EIO');
-    expect(stateOf(setup)).toBe('failed');
     expect(setup.states).toContain('reconnecting');
+    // Gone as SPDK deletes a controller past ctrlr_loss_timeout_sec: not listed, no bdev, detach -19.
+    expect(setup.controllers.lookup('Nvme0')).toBeUndefined();
     expect(setup.registry.lookupBdev('Nvme0n1')).toBeUndefined();
     expect(setup.events).toEqual([{ type: 'bdev_deleted', name: 'Nvme0n1' }]);
-    // Still listed (failed) until detached, as the RPC shows it; detach then ends it.
-    await setup.controllers.detach('Nvme0');
+    expect((await waitFor(actor, (state) => state.status === 'done')).context.lostForGood).toBe(true);
+    expect(await errnoOf(setup.controllers.detach('Nvme0'))).toBe('ENODEV');
+    expect(await errnoOf(readBdev(setup.bdev, 0, 4096))).toBe('EIO');
   });
 
   it('fails waiting I/O after fast_io_fail_timeout_sec while it goes on reconnecting, and keeps the bdev', async () => {

@@ -7,7 +7,7 @@
 // (tcpNvmeConnector); reconnecting is the actor layer's, which connects a new session.
 import { randomBytes } from 'node:crypto';
 import type { NvmeAttachRequest, NvmeConnector, NvmeSession } from '../../../actors/nvmeControllers.ts';
-import type { NvmeNamespaceIo } from '../../../bdev/nvmeBdev.ts';
+import type { NvmeControllerIdentity, NvmeNamespaceIo } from '../../../bdev/nvmeBdev.ts';
 import {
   nvmeInitiatorCommandTimeoutMs,
   nvmeInitiatorIoQueuesDefault,
@@ -18,7 +18,7 @@ import {
   nvmeInitiatorTransferBytesMax,
 } from '../../../constants.ts';
 import { StorageError, fail } from '../../../errors.ts';
-import { adminOpcode, fabricsType, featureId, identifyCns, ioOpcode, property, readNulTerminated, readU64, sqeBytes, writeU64 } from '../nvmeSpec.ts';
+import { adminOpcode, fabricsType, featureId, identifyCns, ioOpcode, logPage, property, readNulTerminated, readU64, sqeBytes, writeU64 } from '../nvmeSpec.ts';
 import { type HostCompletion, HostQueuePair, type HostTransfer, statusCode, statusCodeType } from './hostQueuePair.ts';
 
 const connectDataBytes = 1024;
@@ -26,6 +26,15 @@ const identifyBytes = 4096;
 /** CC: EN, I/O SQ entry 2^6 bytes, I/O CQ entry 2^4 bytes (NVMe over fabrics fixes both). */
 const ccEnable = 0x00460001;
 const readyPollMs = 5;
+/** The SMART / Health Information log page (NVMe base 1.4 §5.14.1.2). */
+const healthLogBytes = 512;
+/** NSID FFFFFFFFh: the controller as a whole (SPDK_NVME_GLOBAL_NS_TAG). */
+const globalNamespace = 0xffffffff;
+
+/** An ASCII field of Identify Controller, space padded, as SPDK trims it (spdk_str_trim). */
+function asciiField(data: Buffer, offset: number, length: number): string {
+  return readNulTerminated(data, offset, length).trim();
+}
 
 function sqe(opcode: number, nsid = 0): Buffer {
   const entry = Buffer.alloc(sqeBytes);
@@ -64,6 +73,7 @@ export interface HostControllerOptions {
 
 export class HostController implements NvmeSession {
   cntlid = 0;
+  identity: NvmeControllerIdentity = { cntlid: 0, vendorId: 0, serialNumber: '', modelNumber: '', firmwareRevision: '', subnqn: '', oacs: 0, cmic: 0, version: 0 };
   namespaces: NvmeNamespaceIo[] = [];
   transferBytesMax = nvmeInitiatorTransferBytesMax;
   private ioQueues: HostQueuePair[] = [];
@@ -126,6 +136,22 @@ export class HostController implements NvmeSession {
 
   onLost(listener: (reason: string) => void): void {
     this.lostListeners.push(listener);
+  }
+
+  /**
+   * The SMART / Health log page, read as SPDK's bdev_nvme_get_controller_health_info reads it:
+   * Get Features (Temperature Threshold) first, then Get Log Page 02h for the whole controller.
+   */
+  async healthLogPage(): Promise<Buffer> {
+    if (this.closing) fail('EIO', `NVMe controller ${this.request.name} is not connected`);
+    const features = sqe(adminOpcode.getFeatures);
+    features.writeUInt32LE(featureId.temperatureThreshold, 40);
+    checkStatus('Get Features (Temperature Threshold)', await this.admin.submit(features));
+    const entry = sqe(adminOpcode.getLogPage, globalNamespace);
+    entry.writeUInt32LE(logPage.health | ((healthLogBytes / 4 - 1) << 16), 40); // LID, NUMDL (0's based dwords)
+    const page = Buffer.alloc(healthLogBytes);
+    checkStatus('Get Log Page (SMART / Health)', await this.admin.submit(entry, { read: page }));
+    return page;
   }
 
   async close(): Promise<void> {
@@ -213,6 +239,17 @@ export class HostController implements NvmeSession {
 
   private async identify(): Promise<void> {
     const controllerData = await this.identifyData(identifyCns.controller, 0);
+    this.identity = {
+      cntlid: controllerData.readUInt16LE(78),
+      vendorId: controllerData.readUInt16LE(0),
+      serialNumber: asciiField(controllerData, 4, 20),
+      modelNumber: asciiField(controllerData, 24, 40),
+      firmwareRevision: asciiField(controllerData, 64, 8),
+      subnqn: readNulTerminated(controllerData, 768, 256),
+      oacs: controllerData.readUInt16LE(256),
+      cmic: controllerData[76]!,
+      version: await this.propertyGet(property.vs, false),
+    };
     const mdts = controllerData[77]!;
     // MDTS is in units of the minimum page size (CAP.MPSMIN; 4 KiB for every fabrics controller).
     if (mdts !== 0) this.transferBytesMax = Math.min(nvmeInitiatorTransferBytesMax, 4096 * 2 ** mdts);
@@ -250,10 +287,10 @@ export class HostController implements NvmeSession {
     } catch {
       // Descriptors are optional before NVMe 1.3: the NGUID serves.
     }
-    return this.namespaceIo(nsid, blockSizeBytes, blockCount, uuid, (data[99]! & 1) !== 0);
+    return this.namespaceIo(nsid, blockSizeBytes, blockCount, uuid, (data[99]! & 1) !== 0, (data[30]! & 1) !== 0);
   }
 
-  private namespaceIo(nsid: number, blockSizeBytes: number, blockCount: number, uuid: string | undefined, writeProtected: boolean): NvmeNamespaceIo {
+  private namespaceIo(nsid: number, blockSizeBytes: number, blockCount: number, uuid: string | undefined, writeProtected: boolean, canShare: boolean): NvmeNamespaceIo {
     const controller = this;
     return {
       nsid,
@@ -261,6 +298,7 @@ export class HostController implements NvmeSession {
       blockCount,
       uuid,
       writeProtected,
+      canShare,
       get transferBytesMax() {
         return controller.transferBytesMax;
       },

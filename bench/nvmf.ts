@@ -11,6 +11,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { RpcClient } from '../src/cli/rpcClient.ts';
 import { mibBytes } from '../src/constants.ts';
 import { SpdkSocketClient } from '../test/spdkSocketClient.ts';
@@ -122,11 +123,15 @@ async function startSpdkTarget(dir: string, file: string, backing: Backing): Pro
 }
 
 async function startLvnodeTarget(dir: string, file: string, backing: Backing): Promise<Target & { client: RpcClient; nbdSocket: string }> {
-  const bin = resolve(import.meta.dirname, '../bin/lvnode.mjs');
+  // lvnode as it ships (the esbuild bundle compiles without keepNames): its TypeScript through the
+  // bench's loader, not bin/lvnode.mjs, which runs tsx whenever build/js is missing or older than
+  // src/ and then measures tsx's per-closure __name calls too.
+  const loader = resolve(import.meta.dirname, 'loader.mjs');
+  const entry = `import { main } from ${JSON.stringify(pathToFileURL(resolve(import.meta.dirname, '../src/cli/main.ts')).href)}; process.exitCode = await main(process.argv.slice(1));`;
   const nbdSocket = join(dir, `nbd-${backing}.sock`);
   // BENCH_NODE_FLAGS (e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof`) go to lvnode's node, as in childNode.ts.
   const nodeFlags = (process.env.BENCH_NODE_FLAGS ?? '').split(' ').filter((flag) => flag !== '');
-  const child = spawn('taskset', ['-c', '0', process.execPath, ...nodeFlags, bin, 'serve', '--data-dir', join(dir, `lvnode-${backing}`), '--listen', '127.0.0.1:0', '--default-disk-size', '0', '--insecure-no-auth', '--nvmf-insecure-tcp', '--nbd-listen', nbdSocket], {
+  const child = spawn('taskset', ['-c', '0', process.execPath, ...nodeFlags, '--import', loader, '--input-type=module', '-e', entry, 'serve', '--data-dir', join(dir, `lvnode-${backing}`), '--listen', '127.0.0.1:0', '--default-disk-size', '0', '--insecure-no-auth', '--nvmf-insecure-tcp', '--nbd-listen', nbdSocket], {
     env: { ...process.env, LVNODE_LOG_LEVEL: 'warn' },
     stdio: ['ignore', 'pipe', 'inherit'],
   });

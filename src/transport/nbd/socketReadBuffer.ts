@@ -45,9 +45,16 @@ function findSymbols(): ReadBufferSymbols | null {
 /**
  * Makes `socket` (accepted paused, not read from yet) read into `buffer`, calling `callback` with
  * the bytes read; false (and nothing changed) when this Node does not allow it. Returning false
- * from `callback` stops reading, as `socket.pause()` does.
+ * from `callback` stops reading, as `socket.pause()` does. With `next`, each read after the first
+ * lands in the buffer `next` returns after the previous callback (Node's `onread.buffer` as a
+ * function): a protocol that knows the next bytes are a large payload reads them in place.
  */
-export function readIntoBuffer(socket: Socket, buffer: Buffer, callback: (bytes: number, buffer: Buffer) => boolean | void): boolean {
+export function readIntoBuffer(
+  socket: Socket,
+  buffer: Buffer,
+  callback: (bytes: number, buffer: Buffer) => boolean | void,
+  next?: () => Buffer,
+): boolean {
   if (symbols === undefined) symbols = findSymbols();
   if (symbols === null) return false;
   const handle = (socket as unknown as { _handle?: { useUserBuffer?: (buffer: Uint8Array) => void; reading?: boolean } })._handle;
@@ -57,5 +64,6 @@ export function readIntoBuffer(socket: Socket, buffer: Buffer, callback: (bytes:
   handle.useUserBuffer(buffer);
   record[symbols.buffer] = buffer;
   record[symbols.callback] = callback;
+  if (next) record[symbols.generator] = next;
   return true;
 }

@@ -1,6 +1,7 @@
 // Goal: lvnode's NVMe/TCP initiator against SPDK's own target (spdk_tgt over a malloc bdev): it
 // attaches, writes known bytes (in-capsule, R2T and MDTS-split sizes), reads them back on a second
-// controller (its own connection and Identify), with and without digests, and detaches. Skipped
+// controller (its own connection and Identify), with and without digests, keeps them across a
+// reset, fails over to a second listener when spdk_tgt drops the first, and detaches. Skipped
 // without SPDK's programs, like the other SPDK tests.
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
@@ -37,7 +38,7 @@ async function connectRpc(path: string, output: () => string): Promise<SpdkSocke
 }
 
 describe.skipIf(skipSpdk)('NVMe/TCP initiator against spdk_tgt', () => {
-  it('writes known bytes to an SPDK malloc namespace and reads them back, with and without digests', async () => {
+  it('writes known bytes to an SPDK malloc namespace and reads them back, with and without digests, across a reset and a failover', async () => {
     const socketPath = join(work, 'spdk.sock');
     const spdk = startSpdk('spdk_tgt', ['--no-huge', '-s', '1024', '-m', '0x1', '--no-pci', '--disable-cpumask-locks', '-r', socketPath]);
     const registry = new Registry();
@@ -55,7 +56,8 @@ describe.skipIf(skipSpdk)('NVMe/TCP initiator against spdk_tgt', () => {
       const request = (name: string, digests: boolean): NvmeAttachRequest => ({
         name,
         trid: { trtype: 'TCP', adrfam: 'IPv4', traddr: '127.0.0.1', trsvcid: port, subnqn: nqn },
-        hostnqn: 'nqn.2014-08.org.nvmexpress:uuid:lvnode-spdk-test',
+        // One host NQN per controller: SPDK refuses (-17) a second controller with the same transport ID and host NQN.
+        hostnqn: `nqn.2014-08.org.nvmexpress:uuid:lvnode-spdk-test-${name}`,
         headerDigest: digests,
         dataDigest: digests,
         ctrlrLossTimeoutSec: 0,
@@ -82,6 +84,31 @@ describe.skipIf(skipSpdk)('NVMe/TCP initiator against spdk_tgt', () => {
       await plain.writeZeroes(65536, 4096);
       expect((await readBdev(digested, 65536, 8192)).equals(Buffer.concat([Buffer.alloc(4096), cases[1]!.data.subarray(4096, 8192)]))).toBe(true);
       await plain.flush();
+
+      // Reset (bdev_nvme_reset_controller): the bytes written before read back after it, and
+      // bytes written after it read back on the other controller (its own connection).
+      const cntlid = controllers.lookup('Nvme0')!.actor.getSnapshot().context.cntlid;
+      await controllers.reset('Nvme0');
+      expect(controllers.lookup('Nvme0')!.actor.getSnapshot()).toMatchObject({ value: 'enabled', context: { resets: 1 } });
+      expect(controllers.lookup('Nvme0')!.actor.getSnapshot().context.cntlid).not.toBe(cntlid);
+      // What the namespace holds now: the cases, less the 4 KiB zeroed above.
+      const held = cases.map(({ offsetBytes, data }) => ({ offsetBytes, data: offsetBytes === 65536 ? Buffer.concat([Buffer.alloc(4096), data.subarray(4096)]) : data }));
+      for (const { offsetBytes, data } of held) expect((await readBdev(plain, offsetBytes, data.length)).equals(data)).toBe(true);
+      const afterReset = randomBytes(96 * 1024);
+      await plain.write(6 * 1024 * 1024, afterReset);
+      expect((await readBdev(digested, 6 * 1024 * 1024, afterReset.length)).equals(afterReset)).toBe(true);
+
+      // Failover: a second listener added as a path; spdk_tgt drops the first (its connections
+      // go with it) and the same bytes read back through the second.
+      const port2 = String(await freePort());
+      await rpc.call('nvmf_subsystem_add_listener', { nqn, listen_address: { trtype: 'tcp', adrfam: 'ipv4', traddr: '127.0.0.1', trsvcid: port2 } });
+      const second = request('Nvme0', false);
+      expect(await controllers.attach({ ...second, multipath: 'failover', trid: { ...second.trid, trsvcid: port2 } }, tcpNvmeConnector)).toEqual([]);
+      await rpc.call('nvmf_subsystem_remove_listener', { nqn, listen_address: { trtype: 'tcp', adrfam: 'ipv4', traddr: '127.0.0.1', trsvcid: port } });
+      expect((await readBdev(plain, 6 * 1024 * 1024, afterReset.length)).equals(afterReset)).toBe(true);
+      expect(controllers.lookup('Nvme0')!.paths[0]!.trsvcid).toBe(port2);
+      expect(controllers.lookup('Nvme0')!.actor.getSnapshot().value).toBe('enabled');
+
       await controllers.detach('Nvme0');
       await controllers.detach('Nvme1');
       expect(registry.moduleBdevs.size).toBe(0);

@@ -164,7 +164,8 @@ export class NvmeControllers {
     if (snapshot.value !== 'enabled' || !entry.session) {
       this.forget(request.name, entry);
       entry.actor.send({ type: 'controller.detach' });
-      throw new StorageError('EIO', { detail: `attaching ${request.name} failed: ${snapshot.context.error ?? 'detached while connecting'}` });
+      // -19, as spdk_tgt answers an attach that reaches no controller (its probe finds none).
+      throw new StorageError('ENODEV', { detail: `attaching ${request.name} failed: ${snapshot.context.error ?? 'detached while connecting'}` });
     }
     try {
       entry.bdevs = this.register(entry, request.name, entry.session.namespaces);

@@ -111,10 +111,10 @@ describe('bdev_nvme_attach_controller against the node’s own target', () => {
     expect(await rpcError(client.call('bdev_nvme_detach_controller', { name: 'Nvme2' }))).toMatchObject({ code: -19 });
   });
 
-  it('answers EIO for a controller that cannot be reached, and lists nothing after', async () => {
+  it('answers -19 for a controller that cannot be reached (as spdk_tgt does), and lists nothing after', async () => {
     const port = String(await freePort());
     const refused = await rpcError(client.call('bdev_nvme_attach_controller', { name: 'Nvme1', trtype: 'tcp', traddr: '127.0.0.1', trsvcid: port, subnqn: nqn }));
-    expect(refused.code).toBe(-5);
+    expect(refused.code).toBe(-19);
     expect(await client.call('bdev_nvme_get_controllers', {})).toEqual([]);
     // SPDK's rules for the reconnect parameters, before anything connects.
     const reconnect = { name: 'Nvme1', trtype: 'tcp', traddr: '127.0.0.1', trsvcid: port, subnqn: nqn };
@@ -128,7 +128,7 @@ describe('bdev_nvme_attach_controller against the node’s own target', () => {
     ]) {
       expect(await rpcError(client.call('bdev_nvme_attach_controller', { ...reconnect, ...bad })), JSON.stringify(bad)).toMatchObject({ code: -22 });
     }
-    expect(await rpcError(client.call('bdev_nvme_attach_controller', { ...reconnect, ctrlr_loss_timeout_sec: -1, reconnect_delay_sec: 1, fast_io_fail_timeout_sec: 1 }))).toMatchObject({ code: -5 });
+    expect(await rpcError(client.call('bdev_nvme_attach_controller', { ...reconnect, ctrlr_loss_timeout_sec: -1, reconnect_delay_sec: 1, fast_io_fail_timeout_sec: 1 }))).toMatchObject({ code: -19 });
     expect(await rpcError(client.call('bdev_nvme_attach_controller', { name: 'Nvme1', trtype: 'rdma', traddr: '127.0.0.1', trsvcid: port, subnqn: nqn }))).toMatchObject({ code: -32602 });
   });
 });

@@ -129,6 +129,8 @@ const transportOptionKeys = [
   'max_queue_depth', 'max_qpairs_per_ctrlr', 'max_io_qpairs_per_ctrlr', 'in_capsule_data_size', 'max_io_size', 'io_unit_size', 'max_aq_depth',
   'num_shared_buffers', 'buf_cache_size', 'num_cqe', 'dif_insert_or_strip', 'abort_timeout_sec', 'acceptor_poll_rate', 'c2h_success',
   'sock_priority', 'zcopy', 'control_msg_num', 'ack_timeout', 'data_wr_pool_size', 'disable_command_passthru',
+  // RDMA's and vfio-user's: rpc.py sends no_srq and the store_true flags (false) for every trtype, SPDK's TCP transport ignores them.
+  'max_srq_depth', 'no_srq', 'acceptor_backlog', 'no_wr_batching', 'disable_mappable_bar0', 'disable_adaptive_irq', 'disable_shadow_doorbells',
 ] as const;
 const settingValue = z.union([z.number(), z.boolean(), z.string()]).optional();
 const settings = (keys: readonly string[]) => Object.fromEntries(keys.map((key) => [key, settingValue]));

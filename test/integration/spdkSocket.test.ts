@@ -36,6 +36,14 @@ async function readAll(name: string, bytes: number): Promise<Buffer> {
 }
 
 describe('SPDK Unix socket, end to end', () => {
+  it('creates the TCP transport from exactly what SPDK’s rpc.py sends for `nvmf_create_transport -t TCP`', async () => {
+    // Longhorn's fork's rpc.py (v24.09): RDMA's and vfio-user's flags go out for every transport type.
+    const rpcPy = { trtype: 'TCP', zcopy: false, no_srq: false, c2h_success: true, dif_insert_or_strip: false, no_wr_batching: false,
+      disable_mappable_bar0: false, disable_adaptive_irq: false, disable_shadow_doorbells: false, disable_command_passthru: false };
+    expect(await spdk.call('nvmf_create_transport', rpcPy)).toBe(true);
+    expect(await spdk.call('nvmf_get_transports', {})).toEqual([expect.objectContaining({ trtype: 'TCP' })]);
+  });
+
   it('runs an lvol lifecycle with SPDK shapes, codes and messages', async () => {
     // What SPDK's rpc.py sends for `bdev_malloc_create -b m0 32 512`: every optional parameter.
     const rpcPyMalloc = { num_blocks: 65536, block_size: 512, name: 'm0', md_interleave: false, dif_is_head_of_md: false };

@@ -197,8 +197,9 @@ bool work(Ring* ring) {
   return ring->stagedHead < ring->staged.size() || completionsWaiting(ring);
 }
 
-/** Hands staged requests to the kernel, as many as the queues have room for. */
-void submitStaged(Ring* ring) {
+/** Hands staged requests to the kernel, as many as the queues have room for; answers how many. */
+unsigned submitStaged(Ring* ring) {
+  unsigned total = 0;
   while (ring->stagedHead < ring->staged.size()) {
     unsigned head = loadAcquire(ring->sqHead);
     unsigned tail = *ring->sqTail;
@@ -239,11 +240,20 @@ void submitStaged(Ring* ring) {
     storeRelease(ring->sqTail, tail + taken);
     ring->inFlight += taken;
     ring->stagedHead += taken;
+    total += taken;
     if (taken < count) break;
   }
   if (ring->stagedHead == ring->staged.size()) {
     ring->staged.clear();
     ring->stagedHead = 0;
+  }
+  return total;
+}
+
+/** Resets the eventfd's counter (it is non-blocking: nothing to read is fine). */
+void clearEventFd(Ring* ring) {
+  uint64_t value;
+  while (read(ring->eventFd, &value, sizeof(value)) < 0 && errno == EINTR) {
   }
 }
 
@@ -294,10 +304,19 @@ void callJs(Ring* ring, size_t count) {
 void drive(Ring* ring) {
   if (ring->draining) return;  // a completion callback that ends up here again: the outer loop continues
   ring->draining = true;
+  bool raised = false;
   for (int round = 0; round < 64; round++) {
-    submitStaged(ring);
+    if (submitStaged(ring) > 0) raised = true;
     size_t count = reap(ring);
-    if (count == 0) break;
+    if (count == 0) {
+      if (!raised) break;
+      // Requests that completed inside io_uring_enter raised the eventfd too, and were reaped
+      // here: reset it rather than wake the loop once more for nothing, then look again (a
+      // completion posted before the reset is in the queue by now; one posted after raises it).
+      clearEventFd(ring);
+      raised = false;
+      continue;
+    }
     callJs(ring, count);
   }
   ring->draining = false;
@@ -308,9 +327,7 @@ void drive(Ring* ring) {
 
 void onEventFd(uv_poll_t* handle, int /*status*/, int /*events*/) {
   auto* ring = static_cast<Ring*>(handle->data);
-  uint64_t value;
-  while (read(ring->eventFd, &value, sizeof(value)) < 0 && errno == EINTR) {
-  }
+  clearEventFd(ring);
   drive(ring);
 }
 

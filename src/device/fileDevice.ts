@@ -26,6 +26,23 @@ function writeAt(fd: number, data: Uint8Array, at: number, length: number, posit
   });
 }
 
+/**
+ * The checks of assertAlignedRange as one expression: node:assert's calls cost a visible share of
+ * a 4 KiB request, so they run only to explain a range that fails this.
+ */
+function inAlignedRange(device: BlockDevice, offsetBytes: number, lengthBytes: number): boolean {
+  const block = device.blockSizeBytes;
+  return (
+    Number.isSafeInteger(offsetBytes) &&
+    Number.isSafeInteger(lengthBytes) &&
+    offsetBytes >= 0 &&
+    lengthBytes >= 0 &&
+    offsetBytes + lengthBytes <= device.sizeBytes &&
+    offsetBytes % block === 0 &&
+    lengthBytes % block === 0
+  );
+}
+
 /** A write that moved nothing and reported no error: failed rather than retried for ever. */
 function noProgressError(): NodeJS.ErrnoException {
   return Object.assign(new Error('EIO: write made no progress, write'), { code: 'EIO', errno: -5, syscall: 'write' });
@@ -197,7 +214,7 @@ export class FileDevice implements BlockDevice {
   // a request is a visible share of its cost.
   readInto(target: Buffer, offsetBytes: number): Promise<void> {
     try {
-      assertAlignedRange(this, offsetBytes, target.length);
+      if (!inAlignedRange(this, offsetBytes, target.length)) assertAlignedRange(this, offsetBytes, target.length);
       this.enter();
     } catch (error) {
       return Promise.reject(error);
@@ -225,7 +242,7 @@ export class FileDevice implements BlockDevice {
 
   write(offsetBytes: number, data: Uint8Array): Promise<void> {
     try {
-      assertAlignedRange(this, offsetBytes, data.length);
+      if (!inAlignedRange(this, offsetBytes, data.length)) assertAlignedRange(this, offsetBytes, data.length);
       this.enter();
     } catch (error) {
       return Promise.reject(error);

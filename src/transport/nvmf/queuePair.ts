@@ -460,13 +460,13 @@ export class NvmfQueuePair implements ControllerQueue {
   }
 
   private executeIoCommand(controller: NvmfController, slot: Slot, command: NvmeCommand): void {
-    executeIo(controller.subsystem, command, this.context.buffers).then(
-      (completion) => this.finish(slot, completion),
-      (error: unknown) => {
-        log('error', 'nvmf I/O command failed unexpectedly', { error: String(error) });
-        this.finish(slot, failed(sct.generic, genericStatus.internalError));
-      },
-    );
+    try {
+      executeIo(controller.subsystem, command, this.context.buffers, (completion) => this.finish(slot, completion));
+    } catch (error) {
+      // A bug before the command reached the bdev: this command fails, the connection goes on.
+      log('error', 'nvmf I/O command failed unexpectedly', { error: String(error) });
+      this.finish(slot, failed(sct.generic, genericStatus.internalError));
+    }
   }
 
   /** `bytes` reserved in the queue's and the target's budgets at once, or undefined when either is full. */

@@ -93,6 +93,8 @@ export interface NvmeControllerEntry {
   readonly namespaceIos: Map<number, ReconnectingNamespaceIo>;
   /** Sessions a reset ended: what they had in flight fails, as SPDK aborts it with Do Not Retry. */
   readonly resetSessions: WeakSet<NvmeSession>;
+  /** Why the last connect through every path failed (its errno decides attach's answer). */
+  lastConnectError?: unknown;
 }
 
 /** What bdev_nvme_get_controller_health_info reports besides the log page. */
@@ -164,8 +166,10 @@ export class NvmeControllers {
     if (snapshot.value !== 'enabled' || !entry.session) {
       this.forget(request.name, entry);
       entry.actor.send({ type: 'controller.detach' });
-      // -19, as spdk_tgt answers an attach that reaches no controller (its probe finds none).
-      throw new StorageError('ENODEV', { detail: `attaching ${request.name} failed: ${snapshot.context.error ?? 'detached while connecting'}` });
+      // As spdk_tgt answers: -19 when nothing listens (its probe finds no controller), -5 when a
+      // target answered and refused (an unknown subsystem, a host not allowed, a protocol error).
+      const unreachable = entry.lastConnectError instanceof StorageError && entry.lastConnectError.errno === 'ENODEV';
+      throw new StorageError(unreachable ? 'ENODEV' : 'EIO', { detail: `attaching ${request.name} failed: ${snapshot.context.error ?? 'detached while connecting'}` });
     }
     try {
       entry.bdevs = this.register(entry, request.name, entry.session.namespaces);
@@ -333,6 +337,7 @@ export class NvmeControllers {
         session = await connector.connect({ ...entry.request, trid }, signal);
       } catch (error) {
         lastError = error;
+        entry.lastConnectError = error;
         if (signal.aborted) throw error;
         if (entry.paths.length > 1 && entry.paths[0] === trid) entry.paths.push(entry.paths.shift()!);
         continue;

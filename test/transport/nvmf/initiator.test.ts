@@ -148,14 +148,14 @@ describe('NVMe/TCP initiator against lvnode’s own target', () => {
     expect((await readBdev(bdev, 8192, data.length)).equals(data)).toBe(true);
   });
 
-  it('fails attach with ENODEV (SPDK’s -19) for an unknown subsystem, and leaves no controller or bdev behind', async () => {
+  it('fails attach with EIO (SPDK’s -5) for an unknown subsystem, and leaves no controller or bdev behind', async () => {
     const backing = memoryBdev('mem0', 1024 * 1024);
     const target = await startTarget({ bdevs: [backing] });
     cleanups.push(() => target.close());
     const registry = new Registry();
     const controllers = new NvmeControllers(registry, new InspectionHub());
     const wrong = request(target);
-    expect(await errnoOf(controllers.attach({ ...wrong, trid: { ...wrong.trid, subnqn: 'nqn.2016-06.io.spdk:nothere' } }, tcpNvmeConnector))).toBe('ENODEV');
+    expect(await errnoOf(controllers.attach({ ...wrong, trid: { ...wrong.trid, subnqn: 'nqn.2016-06.io.spdk:nothere' } }, tcpNvmeConnector))).toBe('EIO');
     expect(controllers.list()).toEqual([]);
     expect(registry.moduleBdevs.size).toBe(0);
   });
@@ -179,7 +179,7 @@ describe('NVMe/TCP initiator against lvnode’s own target', () => {
     expect(await errnoOf(bdev.readInto(0, Buffer.alloc(512)))).toBe('EIO');
   });
 
-  it('ends the connection cleanly on PDUs a target must not send, and attach answers ENODEV', async () => {
+  it('ends the connection cleanly on PDUs a target must not send, and attach answers EIO', async () => {
     // A fake target: a correct ICResp, then each case's bad PDU in answer to the first command.
     const icResp = Buffer.alloc(128);
     icResp.writeUInt8(0x01, 0);
@@ -224,7 +224,7 @@ describe('NVMe/TCP initiator against lvnode’s own target', () => {
       const controllers = new NvmeControllers(new Registry(), new InspectionHub());
       const fake = { port, nqn: 'nqn.2016-06.io.spdk:fake' } as StandaloneTarget;
       try {
-        expect(await errnoOf(controllers.attach(request(fake), tcpNvmeConnector)), name).toBe('ENODEV');
+        expect(await errnoOf(controllers.attach(request(fake), tcpNvmeConnector)), name).toBe('EIO');
         expect(controllers.list(), name).toEqual([]);
       } finally {
         server.close();

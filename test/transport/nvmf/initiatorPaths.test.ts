@@ -230,7 +230,7 @@ describe('multipath failover against lvnode’s own targets', () => {
       [{ trid: { ...request(second).trid, subnqn: 'nqn.2016-06.io.spdk:other' } }, 'EINVAL'],
       [{ ...request(second), hostnqn: 'nqn.2014-08.org.nvmexpress:uuid:someone-else' }, 'EINVAL'],
       [{ ...request(second), ctrlrLossTimeoutSec: 5 }, 'EINVAL'],
-      [{ ...request(second), trid: { ...request(second).trid, trsvcid: String(await freePort()) } }, 'EIO'],
+      [{ ...request(second), trid: { ...request(second).trid, trsvcid: String(await freePort()) } }, 'ENODEV'], // nobody listens: -19, as spdk_tgt (initiatorSpdkRpc.test.ts)
     ];
     for (const [overrides, errno] of refusals) {
       expect(await errnoOf(controllers.attach({ ...request(first), ...overrides }, tcpNvmeConnector)), JSON.stringify(overrides)).toBe(errno);

@@ -90,7 +90,9 @@ describe.skipIf(skipSpdk)('bdev_nvme RPCs: lvnode next to spdk_tgt', () => {
       }
 
       // Second paths: the same codes, in the same order, for the same requests.
+      const nowhere = String(await freePort());
       const secondPaths: Array<Record<string, unknown>> = [
+        { multipath: 'failover', trsvcid: nowhere },
         { multipath: 'disable', trsvcid: port2 },
         { trsvcid: port },
         { multipath: 'failover', trsvcid: port, subnqn: `${nqn}x` },
@@ -107,6 +109,14 @@ describe.skipIf(skipSpdk)('bdev_nvme RPCs: lvnode next to spdk_tgt', () => {
       // A transport ID and host NQN that another controller has: -17 in both.
       expect(codeOf(await answer(tgt, 'bdev_nvme_attach_controller', attach('Nvme1', spdkHost)))).toBe(-17);
       expect(codeOf(await answer(lv, 'bdev_nvme_attach_controller', attach('Nvme1', lvHost)))).toBe(-17);
+      // A controller that cannot be reached: -19 when nobody listens, -5 for a subsystem the target
+      // does not have, in both.
+      for (const [extra, code] of [[{ trsvcid: nowhere }, -19], [{ subnqn: `${nqn}-nothere` }, -5]] as const) {
+        const theirs = await answer(tgt, 'bdev_nvme_attach_controller', attach('Nvme7', spdkHost, extra));
+        const ours = await answer(lv, 'bdev_nvme_attach_controller', attach('Nvme7', lvHost, extra));
+        expect({ extra, code: codeOf(ours) }).toEqual({ extra, code: codeOf(theirs) });
+        expect(codeOf(ours)).toBe(code);
+      }
 
       // Reset: true, enabled again on a new controller.
       const cntlidOf = async (client: SpdkSocketClient) => (await client.call<Array<{ ctrlrs: Array<{ state: string; cntlid: number }> }>>('bdev_nvme_get_controllers', { name: 'Nvme0' }))[0]!.ctrlrs[0]!;

@@ -87,9 +87,14 @@ export class HostQueuePair {
     const queue = new HostQueuePair(socket, options.depth, options.commandTimeoutMs ?? nvmeInitiatorCommandTimeoutMs);
     const timer = setTimeout(() => queue.close(new StorageError('ETIMEDOUT', { detail: `NVMe/TCP ${options.host}:${options.port} did not answer` })), nvmeInitiatorConnectTimeoutMs);
     try {
+      let connected = false;
       await new Promise<void>((resolve, reject) => {
-        socket.once('connect', resolve);
-        queue.onClose(reject);
+        socket.once('connect', () => {
+          connected = true;
+          resolve();
+        });
+        // Nothing listening (refused, unreachable, no answer): no controller, ENODEV as SPDK's probe.
+        queue.onClose((error) => reject(!connected ? new StorageError('ENODEV', { detail: `no NVMe/TCP listener reached at ${options.host}:${options.port}: ${error.message}` }) : error));
       });
       await queue.initialize(options.digests);
     } finally {

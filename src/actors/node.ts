@@ -358,6 +358,7 @@ export class StorageNode {
       validate: () => child.entry.store.checkSetParent(child.lvol.id, parent.lvol.id),
       work: () => child.entry.store.setParent(child.lvol.id, parent.lvol.id),
     });
+    this.esnaps.rescanIfAny(child.entry);
   }
 
   /** Each base bdev's I/O queue: what is in flight and waiting in each class (node_get_stats). */

@@ -906,7 +906,10 @@ export class Lvstore {
 
   async setParent(id: string, parentId: string): Promise<void> {
     this.checkSetParent(id, parentId);
-    await this.commit([{ type: 'lvol.set_parent', id, parentId }]);
+    // An esnap clone given a snapshot parent stops being one, as SPDK's blob_set_parent drops the
+    // external snapshot (Longhorn's RebuildingDstFinish moves the rebuilt head off the remote one).
+    const external = this.lvol(id).externalParent === null ? {} : { externalParent: null };
+    await this.commit([{ type: 'lvol.set_parent', id, parentId, ...external }]);
   }
 
   /** Records (or, with null, forgets) where a stopped walk stood. */

@@ -146,6 +146,12 @@ async function startRebuild(snapshot: string): Promise<string> {
 /** RebuildingDstFinish + RebuildingSrcFinish: the head's parent becomes the rebuilt snapshot, the external one goes. */
 async function finishRebuild(snapshot: string, nqn: string): Promise<void> {
   expect(await b.call('bdev_lvol_set_parent', { lvol_name: 'rb/dst', parent_name: `rb/dst-${snapshot}` })).toBe(true);
+  // No longer an esnap clone (SPDK's blob_set_parent drops the external snapshot), so nothing holds A's snapshot.
+  const lvols = await b.call<Array<{ alias: string; is_esnap_clone: boolean }>>('bdev_lvol_get_lvols', { lvs_name: 'rb' });
+  expect(lvols.find((lvol) => lvol.alias === 'rb/dst')).toMatchObject({ is_esnap_clone: false });
+  const [bdev] = await b.call<Array<{ driver_specific: { lvol: Record<string, unknown> } }>>('bdev_get_bdevs', { name: 'rb/dst' });
+  expect(bdev!.driver_specific.lvol).toMatchObject({ esnap_clone: false, base_snapshot: `dst-${snapshot}` });
+  expect(bdev!.driver_specific.lvol).not.toHaveProperty('external_snapshot_name');
   expect(await b.call('bdev_nvme_detach_controller', { name: `external-${snapshot}` })).toBe(true);
   expect(await a.call('nvmf_delete_subsystem', { nqn })).toBe(true);
 }

@@ -18,10 +18,10 @@ const nbdPattern = /lvnode serving NBD at (\S+)/;
 
 /**
  * `lvnode serve` in its own process with its data in `dataDir` (its embedded default disk sparse,
- * `defaultDiskSize`), on a loopback port; resolves with the URL and the token once it serves.
+ * `defaultDiskSize`, more `serve` flags in `serveArgs`), on a loopback port; resolves with the URL and the token once it serves.
  */
-export async function startServeProcess(dataDir: string, defaultDiskSize = '64G'): Promise<{ child: ChildProcess; url: string; token: string }> {
-  const child = spawn(process.execPath, [binPath, 'serve', '--data-dir', dataDir, '--listen', '127.0.0.1:0', '--default-disk-size', defaultDiskSize], {
+export async function startServeProcess(dataDir: string, defaultDiskSize = '64G', serveArgs: readonly string[] = []): Promise<{ child: ChildProcess; url: string; token: string }> {
+  const child = spawn(process.execPath, [binPath, 'serve', '--data-dir', dataDir, '--listen', '127.0.0.1:0', '--default-disk-size', defaultDiskSize, ...serveArgs], {
     env: { ...process.env, LVNODE_LOG_LEVEL: 'warn' },
     stdio: ['ignore', 'pipe', 'inherit'],
   });

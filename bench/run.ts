@@ -40,6 +40,7 @@ const benchmarks: ReadonlyArray<{ name: string; run: () => Promise<void> }> = [
   { name: 'verify', run: async () => (await import('./verify.ts')).verifyBenchmark() },
   { name: 'spdkChecksum', run: async () => (await import('./spdkChecksum.ts')).spdkChecksum() },
   { name: 'nvmf', run: async () => (await import('./nvmf.ts')).nvmfBenchmark() },
+  { name: 'rebuild', run: async () => (await import('./rebuild.ts')).rebuildBenchmark() },
 ];
 
 async function main(): Promise<void> {

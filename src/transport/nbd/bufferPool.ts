@@ -18,6 +18,9 @@ export class BufferPool {
   private keptBytes = 0;
   private readonly minShift: number;
   private readonly maxShift: number;
+  /** 2 ** maxShift, and each class's buffer length: computed once (`**` per request is a pow call). */
+  private readonly largestBytes: number;
+  private readonly classLengths: number[] = [];
 
   constructor(
     private readonly keptBytesMax: number,
@@ -27,7 +30,11 @@ export class BufferPool {
   ) {
     this.minShift = Math.ceil(Math.log2(minBytes));
     this.maxShift = Math.ceil(Math.log2(maxBytes));
-    for (let shift = this.minShift; shift <= this.maxShift; shift++) this.free.push([]);
+    this.largestBytes = 2 ** this.maxShift;
+    for (let shift = this.minShift; shift <= this.maxShift; shift++) {
+      this.free.push([]);
+      this.classLengths.push(2 ** shift + headroomBytes);
+    }
   }
 
   /** A buffer of at least `headroomBytes + bytes` (more, rounded to its class); give it back with `release`. */
@@ -60,12 +67,12 @@ export class BufferPool {
   }
 
   private classBytes(index: number): number {
-    return 2 ** (index + this.minShift) + this.headroomBytes;
+    return this.classLengths[index]!;
   }
 
   /** The size class of `bytes` of data, or -1 when it is over `maxBytes` (per request: no loop, no `**`). */
   private classOf(bytes: number): number {
-    if (bytes > 2 ** this.maxShift) return -1;
+    if (bytes > this.largestBytes) return -1;
     // The smallest shift with 2 ** shift >= bytes (maxBytes is at most 2 ** 31 here).
     const shift = bytes <= 1 ? 0 : 32 - Math.clz32(bytes - 1);
     return shift <= this.minShift ? 0 : shift - this.minShift;

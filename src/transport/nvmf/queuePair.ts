@@ -116,6 +116,13 @@ export class NvmfQueuePair implements ControllerQueue {
   private readonly digestBuffer = Buffer.alloc(digestBytes);
   private digestFill = 0;
   private corked = false;
+  /**
+   * Whether this socket read's commands were already reported as traffic (keep-alive) and as
+   * foreground I/O (the scheduler): once per read is as good as once per command, and each report
+   * reads a clock.
+   */
+  private trafficNoted = false;
+  private foregroundNoted = false;
   private readonly readBuffer = Buffer.allocUnsafeSlow(socketReadBufferBytes);
   /** The view of `dataTarget` the socket's next read lands in, when it reads a payload in place. */
   private directTarget: Buffer | undefined;
@@ -175,6 +182,7 @@ export class NvmfQueuePair implements ControllerQueue {
     try {
       this.directTarget = undefined;
       if (this.phase !== 'data') return; // terminated meanwhile: what still arrives is dropped
+      this.trafficNoted = this.foregroundNoted = false;
       this.dataFill += bytes;
       if (this.dataFill === this.dataTarget!.length) this.afterData();
     } catch (error) {
@@ -185,6 +193,7 @@ export class NvmfQueuePair implements ControllerQueue {
 
   /** Parses what arrived: headers into `header`, data straight into the command's buffer. */
   private consume(chunk: Buffer): void {
+    this.trafficNoted = this.foregroundNoted = false;
     let at = 0;
     while (at < chunk.length && this.phase !== 'closed') {
       if (this.phase === 'header') {
@@ -424,7 +433,10 @@ export class NvmfQueuePair implements ControllerQueue {
 
   private run(slot: Slot): void {
     slot.state = 'executing';
-    this.controller?.noteTraffic();
+    if (!this.trafficNoted && this.controller) {
+      this.trafficNoted = true;
+      this.controller.noteTraffic();
+    }
     const command: NvmeCommand = {
       sqe: slot.sqe,
       opcode: slot.sqe[0]!,
@@ -442,7 +454,10 @@ export class NvmfQueuePair implements ControllerQueue {
       if (result !== 'held') this.finish(slot, result);
       return;
     }
-    this.context.noteForeground();
+    if (!this.foregroundNoted) {
+      this.foregroundNoted = true;
+      this.context.noteForeground();
+    }
     // A read's buffer is reserved in the budgets as a write's is (before its R2T); the slot
     // gives it back when the data has left (finish → releasePayload).
     if (command.opcode === ioOpcode.read && slot.transferBytes > 0 && slot.releaseBudget === undefined) {

@@ -4,7 +4,7 @@
 import { type Actor, createActor } from 'xstate';
 import type { Bdev } from '../bdev/bdev.ts';
 import { crc64 } from '../checksum/crc64.ts';
-import { copyZeroClustersPerStepMax } from '../constants.ts';
+import { copyBusyPaceUnitBytes, copyZeroClustersPerStepMax } from '../constants.ts';
 import { fail } from '../errors.ts';
 import { log } from '../log.ts';
 import { type CopyKind, type CopyState, type CopyStepOutput, copyMachine } from '../machines/copyMachine.ts';
@@ -373,6 +373,13 @@ function zeroClusters(target: CopyTarget, clusterIndex: number, clusterCount: nu
   return target.bdev.writeZeroes(clusterIndex * clusterBytes, clusterCount * clusterBytes);
 }
 
+/** The background pacing of `bytes` of copy, a turn per copyBusyPaceUnitBytes (constants.ts says why). */
+async function paceCopy(admission: WalkAdmission, bytes: number, signal: AbortSignal): Promise<void> {
+  for (let pacedBytes = 0; pacedBytes < bytes; pacedBytes += copyBusyPaceUnitBytes) {
+    await admission.pace(Math.min(copyBusyPaceUnitBytes, bytes - pacedBytes), signal);
+  }
+}
+
 /** The steps of a copy, lazily: each call does the next one. */
 function planFor(request: CopyRequest, admission: WalkAdmission, recordRot: RecordRot): { plan: CopyPlan; total: number } {
   const { store, sourceId, target } = request;
@@ -381,7 +388,7 @@ function planFor(request: CopyRequest, admission: WalkAdmission, recordRot: Reco
   const never = new AbortController().signal;
   const copyOwned = async (clusterIndex: number): Promise<CopyStepOutput> => {
     // checksum_rate_mib_per_sec paces copies too: it is the node's budget for background reads.
-    await admission.pace(clusterBytes, never);
+    await paceCopy(admission, clusterBytes, never);
     admission.recordBytes(clusterBytes);
     // The source's own bytes, read in the background class (foreground I/O goes first).
     const offset = store.ownedClusterOffsetBytes(sourceId, clusterIndex);
@@ -435,7 +442,7 @@ function planFor(request: CopyRequest, admission: WalkAdmission, recordRot: Reco
         nextByte = extent.offsetBytes + clusterCount * clusterBytes;
         return { kind: 'zeroed', clusters: clusterCount };
       }
-      await admission.pace(clusterBytes, never);
+      await paceCopy(admission, clusterBytes, never);
       admission.recordBytes(clusterBytes);
       // Through the chain (an external snapshot too), behind client I/O like the shallow path.
       const data = await store.read(sourceId, nextByte, clusterBytes, { background: true });

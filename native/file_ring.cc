@@ -7,11 +7,6 @@
 // eventfd, polled by libuv, says more arrived (requests the kernel finished on its own workers).
 // Each batch is one call into JS with (token, result) pairs in a shared Int32Array.
 //
-// For 50 µs after the last completion the loop polls without blocking (env LVNODE_FILE_RING_SPIN_US,
-// 0 to turn it off): under load the next command is usually that close, and a sleep and wakeup of
-// the thread (a context switch each, the largest kernel cost in a 4 KiB profile) is dearer than a
-// few non-blocking polls. An idle node stops spinning 50 µs after its last I/O.
-//
 // Raw syscalls and <linux/io_uring.h> only (no liburing). Where io_uring_setup is refused (an old
 // kernel, seccomp) fileRingOpen throws and JS keeps using Node's thread pool (src/device/fileIo.ts).
 //
@@ -34,7 +29,6 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -104,9 +98,6 @@ struct Ring {
   // Started only while the kernel refused a submission (EAGAIN): keeps the loop from blocking.
   uv_idle_t retry{};
   bool retrying = false;
-  // Spinning: for spinNs after the last completion the loop polls without blocking (see onPrepare).
-  uint64_t spinNs = 0;
-  uint64_t lastCompletionNs = 0;
   napi_ref callback = nullptr;
   napi_ref resultsRef = nullptr;
   napi_ref resource = nullptr;
@@ -326,7 +317,6 @@ void drive(Ring* ring) {
       raised = false;
       continue;
     }
-    if (ring->spinNs > 0) ring->lastCompletionNs = uv_hrtime();
     callJs(ring, count);
   }
   ring->draining = false;
@@ -349,7 +339,6 @@ void onCheck(uv_check_t* handle) {
 void onPrepare(uv_prepare_t* handle) {
   auto* ring = static_cast<Ring*>(handle->data);
   if (work(ring)) drive(ring);
-  if (ring->spinNs > 0 && uv_hrtime() - ring->lastCompletionNs < ring->spinNs) keepLoopAwake(ring);
 }
 
 void onHandleClosed(uv_handle_t* handle) {
@@ -440,8 +429,6 @@ napi_value jsFileRingOpen(napi_env env, napi_callback_info info) {
   napi_async_init(env, resource, name, &ring->asyncContext);
   napi_set_instance_data(env, ring, nullptr, nullptr);
   napi_add_env_cleanup_hook(env, cleanup, ring);
-  ring->spinNs = 50 * 1000;
-  if (const char* spin = std::getenv("LVNODE_FILE_RING_SPIN_US")) ring->spinNs = std::strtoull(spin, nullptr, 10) * 1000;
   napi_value entriesValue;
   napi_create_uint32(env, ring->sqEntries, &entriesValue);
   return entriesValue;

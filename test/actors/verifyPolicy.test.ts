@@ -58,9 +58,12 @@ class GatedDevice implements BlockDevice {
 }
 
 async function until(condition: () => boolean): Promise<void> {
-  // Not timed: turns of the event loop until the condition holds (a bound only against hanging).
-  for (let turn = 0; !condition(); turn++) {
-    if (turn > 20_000) throw new Error('condition never held');
+  // Turns of the event loop until the condition holds. The bound is only against hanging, and in
+  // real time: the CRC threads run at SCHED_IDLE, so on a loaded machine other processes can hold
+  // them off for seconds (20,000 turns were not always enough there).
+  const deadline = performance.now() + 20_000;
+  while (!condition()) {
+    if (performance.now() > deadline) throw new Error('condition never held');
     await new Promise((resolve) => setImmediate(resolve));
   }
 }
@@ -284,8 +287,11 @@ describe('verification policy actor', () => {
       // The CRC threads run at SCHED_IDLE: on a loaded machine a read the cap allows may land many
       // turns late. Wait (in turns, bounded) for what the cap allows by now, so lateness is not
       // mistaken for starvation; a cap enforced too strictly still ends short and fails below.
+      // Bounded in real time, not turns: other processes at normal priority can starve those
+      // threads for seconds on the shared 2-core machine (20,000 turns were not always enough).
       const allowedBytes = elapsedMs * capBytesPerMs - clusterBytes;
-      for (let turn = 0; turn < 20_000 && (device.clusterReads - readsBefore) * clusterBytes < allowedBytes; turn++) {
+      const deadline = performance.now() + 10_000;
+      while ((device.clusterReads - readsBefore) * clusterBytes < allowedBytes && performance.now() < deadline) {
         await new Promise((resolve) => setImmediate(resolve));
       }
       for (let turn = 0; turn < 60; turn++) await new Promise((resolve) => setImmediate(resolve));

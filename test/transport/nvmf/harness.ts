@@ -3,9 +3,10 @@
 // run SPDK's own programs against it (skipped when they are absent, unless LVNODE_REQUIRE_SPDK_TOOLS).
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { existsSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { createServer } from 'node:net';
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { InspectionHub } from '../../../src/actors/inspector.ts';
 import { NvmfTarget } from '../../../src/actors/nvmfTarget.ts';
 import type { Bdev } from '../../../src/bdev/bdev.ts';
@@ -146,6 +147,54 @@ export interface RunResult {
 
 const running = new Set<ChildProcess>();
 
+// SPDK's programs poll their core at 100% and every one here runs on core 0 (-m 0x1): two test
+// files running them at once (vitest runs files in parallel) starve each other on the 2-core
+// machine, and spdk_tgt then misses its start-up bound. One process at a time holds this lock (a
+// directory, created atomically, naming its pid) while any of its SPDK programs run; others wait.
+const spdkLockPath = join(tmpdir(), 'lvnode-spdk-tests.lock');
+const spdkLockWaitMs = 10 * 60_000;
+let spdkLockHolds = 0;
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Takes the lock (re-entrant within this process), waiting for another process to let go. */
+function acquireSpdkLock(): void {
+  if (spdkLockHolds++ > 0) return;
+  const sleeper = new Int32Array(new SharedArrayBuffer(4));
+  const deadline = Date.now() + spdkLockWaitMs;
+  for (;;) {
+    try {
+      mkdirSync(spdkLockPath);
+      writeFileSync(join(spdkLockPath, 'pid'), String(process.pid));
+      return;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+    }
+    let holder = Number.NaN;
+    try {
+      holder = Number(readFileSync(join(spdkLockPath, 'pid'), 'utf8'));
+    } catch {
+      // Being created or removed right now: look again.
+    }
+    // A holder that died (a killed test worker) leaves the lock behind: taken over.
+    if (Number.isInteger(holder) && holder > 0 && !processAlive(holder)) rmSync(spdkLockPath, { recursive: true, force: true });
+    if (Date.now() > deadline) throw new Error(`waited ${spdkLockWaitMs} ms for ${spdkLockPath} (held by pid ${holder})`);
+    // The waiting test does nothing else meanwhile: a blocking sleep keeps this synchronous.
+    Atomics.wait(sleeper, 0, 0, 50);
+  }
+}
+
+function releaseSpdkLock(): void {
+  if (--spdkLockHolds === 0) rmSync(spdkLockPath, { recursive: true, force: true });
+}
+
 /** SPDK's programs leave a 3 MiB trace file in /dev/shm per process (`<program>_trace.pid<pid>`): removed once it exits. */
 function removeTraceFile(program: string, child: ChildProcess): void {
   if (child.pid !== undefined) rmSync(`/dev/shm/${program}_trace.pid${child.pid}`, { force: true });
@@ -154,6 +203,7 @@ function removeTraceFile(program: string, child: ChildProcess): void {
 /** Runs one of SPDK's programs to its end (killed after `timeoutMs`). */
 export function runSpdk(program: string, args: string[], timeoutMs = 30_000): Promise<RunResult> {
   return new Promise((resolveRun) => {
+    acquireSpdkLock();
     const child = spawn(spdkRun, [program, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     running.add(child);
     let stdout = '';
@@ -165,6 +215,7 @@ export function runSpdk(program: string, args: string[], timeoutMs = 30_000): Pr
       clearTimeout(timer);
       running.delete(child);
       removeTraceFile(program, child);
+      releaseSpdkLock();
       resolveRun({ code, stdout, stderr });
     });
   });
@@ -172,12 +223,13 @@ export function runSpdk(program: string, args: string[], timeoutMs = 30_000): Pr
 
 /** Starts a long-running SPDK program (spdk_tgt); `stop` kills it (tests call it in `finally`). */
 export function startSpdk(program: string, args: string[]): { child: ChildProcess; output: () => string; stop: () => Promise<void> } {
+  acquireSpdkLock();
   const child = spawn(spdkRun, [program, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   running.add(child);
   let output = '';
   child.stdout!.on('data', (chunk) => (output += chunk));
   child.stderr!.on('data', (chunk) => (output += chunk));
-  const exited = new Promise<void>((resolveExit) => child.on('close', () => (running.delete(child), removeTraceFile(program, child), resolveExit())));
+  const exited = new Promise<void>((resolveExit) => child.on('close', () => (running.delete(child), removeTraceFile(program, child), releaseSpdkLock(), resolveExit())));
   return {
     child,
     output: () => output,

@@ -15,6 +15,7 @@ import { MemoryDevice } from '../../../src/device/memoryDevice.ts';
 import { fail, isStorageError } from '../../../src/errors.ts';
 import { NvmfTcpTransport, type NvmfTransportLimits } from '../../../src/transport/nvmf/target.ts';
 import { seededRandom } from '../../seededRandom.ts';
+import { SpdkSocketClient } from '../../spdkSocketClient.ts';
 
 /** SPDK's programs: `LVNODE_SPDK_TOOLS_DIR` (.ci/run sets it), else ../shared/tools/spdk beside the repository. */
 export const spdkToolsDir = process.env.LVNODE_SPDK_TOOLS_DIR ?? resolve(import.meta.dirname, '../../../../shared/tools/spdk');
@@ -238,6 +239,23 @@ export function startSpdk(program: string, args: string[]): { child: ChildProces
       await exited;
     },
   };
+}
+
+/**
+ * Connects to an SPDK program's RPC socket once it accepts (start-up takes seconds under --no-huge);
+ * bounded in real time against hanging, with the program's output in the error.
+ */
+export async function connectSpdkRpc(path: string, output: () => string): Promise<SpdkSocketClient> {
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    try {
+      if (existsSync(path)) return await SpdkSocketClient.connect(path);
+    } catch {
+      // Not accepting yet.
+    }
+    if (Date.now() > deadline) throw new Error(`spdk_tgt did not open ${path}:\n${output()}`);
+    await new Promise((resolveWait) => setTimeout(resolveWait, 50));
+  }
 }
 
 /** Kills every SPDK program a test left running (afterAll). */

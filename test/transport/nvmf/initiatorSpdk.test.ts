@@ -4,7 +4,7 @@
 // reset, fails over to a second listener when spdk_tgt drops the first, and detaches. Skipped
 // without SPDK's programs, like the other SPDK tests.
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -14,7 +14,7 @@ import { Registry } from '../../../src/actors/registry.ts';
 import { readBdev } from '../../../src/bdev/bdev.ts';
 import { tcpNvmeConnector } from '../../../src/transport/nvmf/initiator/hostController.ts';
 import { SpdkSocketClient } from '../../spdkSocketClient.ts';
-import { freePort, killAllSpdk, skipSpdk, startSpdk } from './harness.ts';
+import { connectSpdkRpc, freePort, killAllSpdk, skipSpdk, startSpdk } from './harness.ts';
 
 const work = mkdtempSync(join(tmpdir(), 'lvnode-initiator-spdk-'));
 afterAll(() => {
@@ -22,20 +22,6 @@ afterAll(() => {
   rmSync(work, { recursive: true, force: true });
 });
 
-/** Connects to spdk_tgt's RPC socket once it is there (bounded by attempts, not by a clock). */
-async function connectRpc(path: string, output: () => string): Promise<SpdkSocketClient> {
-  for (let attempt = 0; attempt < 600; attempt++) {
-    if (existsSync(path)) {
-      try {
-        return await SpdkSocketClient.connect(path);
-      } catch {
-        // Not accepting yet.
-      }
-    }
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-  throw new Error(`spdk_tgt did not open ${path}:\n${output()}`);
-}
 
 describe.skipIf(skipSpdk)('NVMe/TCP initiator against spdk_tgt', () => {
   it('writes known bytes to an SPDK malloc namespace and reads them back, with and without digests, across a reset and a failover', async () => {
@@ -45,7 +31,7 @@ describe.skipIf(skipSpdk)('NVMe/TCP initiator against spdk_tgt', () => {
     const controllers = new NvmeControllers(registry, new InspectionHub());
     let rpc: SpdkSocketClient | undefined;
     try {
-      rpc = await connectRpc(socketPath, spdk.output);
+      rpc = await connectSpdkRpc(socketPath, spdk.output);
       const nqn = 'nqn.2016-06.io.spdk:cnode1';
       const port = String(await freePort());
       await rpc.call('nvmf_create_transport', { trtype: 'TCP' });

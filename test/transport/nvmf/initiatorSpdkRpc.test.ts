@@ -6,13 +6,13 @@
 // and gives a new controller; a failover path is listed as SPDK lists it. (SPDK's initiator cannot
 // attach a namespace its own process exports: the bdev's UUID is taken.) Skipped without SPDK's
 // programs, like the other SPDK tests.
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { type TestNode, startTestNode } from '../../integration/helpers.ts';
 import { type SpdkReply, SpdkSocketClient } from '../../spdkSocketClient.ts';
-import { freePort, killAllSpdk, skipSpdk, startSpdk } from './harness.ts';
+import { connectSpdkRpc, freePort, killAllSpdk, skipSpdk, startSpdk } from './harness.ts';
 
 const work = mkdtempSync(join(tmpdir(), 'lvnode-initiator-spdk-rpc-'));
 afterAll(() => {
@@ -20,19 +20,6 @@ afterAll(() => {
   rmSync(work, { recursive: true, force: true });
 });
 
-async function connectRpc(path: string, output: () => string): Promise<SpdkSocketClient> {
-  for (let attempt = 0; attempt < 600; attempt++) {
-    if (existsSync(path)) {
-      try {
-        return await SpdkSocketClient.connect(path);
-      } catch {
-        // Not accepting yet.
-      }
-    }
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-  throw new Error(`spdk_tgt did not open ${path}:\n${output()}`);
-}
 
 /** The whole reply (result or error), for comparing two servers' answers. */
 async function answer(client: SpdkSocketClient, method: string, params: unknown): Promise<SpdkReply> {
@@ -51,7 +38,7 @@ describe.skipIf(skipSpdk)('bdev_nvme RPCs: lvnode next to spdk_tgt', () => {
     let tgt: SpdkSocketClient | undefined;
     let lv: SpdkSocketClient | undefined;
     try {
-      tgt = await connectRpc(socketPath, spdk.output);
+      tgt = await connectSpdkRpc(socketPath, spdk.output);
       node = await startTestNode({ diskBytes: 64 * 1024 * 1024, rpcSocket: true, nvmfInsecureTcp: true });
       lv = await SpdkSocketClient.connect(node.running.spdkSocket!.path);
       const nqn = 'nqn.2023-01.io.longhorn.spdk:replica-a';

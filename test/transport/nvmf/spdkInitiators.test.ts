@@ -7,8 +7,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { SpdkSocketClient } from '../../spdkSocketClient.ts';
-import { killAllSpdk, memoryBdev, runSpdk, skipSpdk, startSpdk, startTarget, trid } from './harness.ts';
+import { connectSpdkRpc, killAllSpdk, memoryBdev, runSpdk, skipSpdk, startSpdk, startTarget, trid } from './harness.ts';
 
 const mib = 1024 * 1024;
 const work = mkdtempSync(join(tmpdir(), 'lvnode-nvmf-'));
@@ -93,7 +92,7 @@ describe.skipIf(skipSpdk)('NVMe/TCP target with SPDK initiators', () => {
     const socketPath = join(work, 'spdk.sock');
     const spdk = startSpdk('spdk_tgt', ['--no-huge', '-s', '1024', '-m', '0x2', '--no-pci', '--disable-cpumask-locks', '-r', socketPath]);
     try {
-      const client = await connectWhenReady(socketPath, spdk.output);
+      const client = await connectSpdkRpc(socketPath, spdk.output);
       const names = await client.call<string[]>('bdev_nvme_attach_controller', { name: 'Nvme0', trtype: 'tcp', adrfam: 'ipv4', traddr: '127.0.0.1', trsvcid: String(target.port), subnqn: target.nqn });
       expect(names).toEqual(['Nvme0n1']);
       const [info] = await client.call<Array<{ num_blocks: number; block_size: number; uuid: string }>>('bdev_get_bdevs', { name: 'Nvme0n1' });
@@ -126,7 +125,7 @@ describe.skipIf(skipSpdk)('NVMe/TCP target with SPDK initiators', () => {
       }
       expect(run.stdout + run.stderr).toMatch(/hugepage/i);
       spdk = startSpdk('spdk_tgt', ['--no-huge', '-s', '1024', '-m', '0x2', '--no-pci', '--disable-cpumask-locks', '-r', socketPath]);
-      const client = await connectWhenReady(socketPath, spdk.output);
+      const client = await connectSpdkRpc(socketPath, spdk.output);
       await client.call('bdev_nvme_start_discovery', { name: 'disc', trtype: 'tcp', adrfam: 'ipv4', traddr: '127.0.0.1', trsvcid: String(target.port), wait_for_attach: true });
       const [info] = await client.call<Array<{ name: string; referrals: unknown[]; ctrlrs: Array<{ name: string }> }>>('bdev_nvme_get_discovery_info');
       expect(info!.name).toBe('disc');
@@ -142,14 +141,3 @@ describe.skipIf(skipSpdk)('NVMe/TCP target with SPDK initiators', () => {
   });
 });
 
-async function connectWhenReady(path: string, output: () => string): Promise<SpdkSocketClient> {
-  const deadline = Date.now() + 20_000;
-  for (;;) {
-    try {
-      return await SpdkSocketClient.connect(path);
-    } catch (error) {
-      if (Date.now() > deadline) throw new Error(`spdk_tgt did not open ${path}: ${String(error)}\n${output()}`);
-      await new Promise((resolve) => setTimeout(resolve, 100));
-    }
-  }
-}

@@ -106,13 +106,29 @@ function write(namespace: NvmfNamespace, command: NvmeCommand, done: IoDone): vo
   const data = command.data;
   if (range.lengthBytes !== command.transferBytes || data === undefined) return done(failed(sct.generic, genericStatus.dataSglLengthInvalid));
   if (namespace.bdev.readOnly()) return done(failed(sct.generic, genericStatus.namespaceIsWriteProtected));
+  if (forceUnitAccess(command)) return answer(() => durably(namespace, () => namespace.bdev.write(range.offsetBytes, data)), false, done);
   answer(() => namespace.bdev.write(range.offsetBytes, data), false, done);
+}
+
+/**
+ * FUA (CDW12 bit 30, Write and Write Zeroes): the controller reports a volatile write cache
+ * (identify.ts, VWC), so a write completes once the bdev has it, durable only after a Flush —
+ * except one with FUA, which completes only once it is on non-volatile media (NVMe base §6.15).
+ */
+function forceUnitAccess(command: NvmeCommand): boolean {
+  return (cdw(command, 12) & (1 << 30)) !== 0;
+}
+
+async function durably(namespace: NvmfNamespace, work: () => Promise<void>): Promise<void> {
+  await work();
+  await namespace.bdev.flush();
 }
 
 function writeZeroes(namespace: NvmfNamespace, command: NvmeCommand, done: IoDone): void {
   const range = commandRange(namespace, command);
   if (isCompletion(range)) return done(range);
   if (namespace.bdev.readOnly()) return done(failed(sct.generic, genericStatus.namespaceIsWriteProtected));
+  if (forceUnitAccess(command)) return answer(() => durably(namespace, () => namespace.bdev.writeZeroes(range.offsetBytes, range.lengthBytes)), false, done);
   answer(() => namespace.bdev.writeZeroes(range.offsetBytes, range.lengthBytes), false, done);
 }
 

@@ -1,6 +1,7 @@
 // Goal: the JSON-RPC surface over a real socket: SPDK shapes and error codes for bdevs, lvstores
 // and lvols; malformed input answered clearly while the node and the connection survive;
 // the inspection stream shows an lvol's checksum transitions in order.
+import { fileIoInfo } from '../../src/device/fileIo.ts';
 import { spawn } from 'node:child_process';
 import { copyFile, readFile, stat, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -199,6 +200,16 @@ describe('bdevs, lvstores and lvols over RPC', () => {
     expect(stats.background).toMatchObject({ running: 0, queued: 0 });
     expect(stats.background.max_concurrent_checksums).toBeGreaterThanOrEqual(1);
     expect(stats.devices.disk0).toMatchObject({ background_in_flight: 0, background_waiting: 0 });
+  });
+
+  it('reports which file I/O path the node uses in node_get_stats (io_uring, or the thread pool and why)', async () => {
+    const { file_io } = await client.call<{ file_io: { path: string; reason: string } }>('node_get_stats', {});
+    // `npm test` runs this file on the default path; LVNODE_FILE_IO=threadpool forces the fallback.
+    const expected = process.env.LVNODE_FILE_IO === 'threadpool' ? 'threadpool' : fileIoInfo().path;
+    expect(file_io).toMatchObject({ path: expected, reason: expect.any(String) });
+    expect(['io_uring', 'threadpool']).toContain(file_io.path);
+    // Where the addon is built and the kernel allows io_uring (this machine, CI), the ring is used.
+    if (process.env.LVNODE_REQUIRE_FILE_RING === '1') expect(file_io.path).toBe('io_uring');
   });
 
   it('sets and reads the background options; refuses bad ones and keeps the old', async () => {

@@ -125,11 +125,18 @@ export class BaseBdev implements ClaimableBdev {
   }
 
   /** Device errors become StorageErrors naming the bdev (EIO, or ENOSPC for a full file system). */
-  private async deviceCall<T>(what: string, work: () => Promise<T>): Promise<T> {
-    try {
-      return await work();
-    } catch (error) {
+  // Not async: on the data path (every NVMe/TCP and NBD request) an async frame's extra promise
+  // and turns were a measurable share of a 4 KiB request's JavaScript time.
+  private deviceCall<T>(what: string, work: () => Promise<T>): Promise<T> {
+    const failure = (error: unknown): never => {
       throw error instanceof StorageError ? error : fromDeviceError(error, `${what} of bdev ${this.name} failed`);
+    };
+    let pending: Promise<T>;
+    try {
+      pending = work();
+    } catch (error) {
+      return Promise.reject(error).catch(failure);
     }
+    return pending.catch(failure);
   }
 }

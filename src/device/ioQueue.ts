@@ -75,15 +75,32 @@ export class IoQueue {
     };
   }
 
-  private async runForeground<T>(work: () => Promise<T>): Promise<T> {
+  // Not async, one promise per request: this runs for every client request of every device.
+  private runForeground<T>(work: () => Promise<T>): Promise<T> {
     this.foregroundInFlight++;
     this.foregroundOps++;
+    let pending: Promise<T>;
     try {
-      return await work();
-    } finally {
-      this.foregroundInFlight--;
-      this.pump();
+      pending = work();
+    } catch (error) {
+      this.foregroundDone();
+      return Promise.reject(error);
     }
+    return pending.then(
+      (value) => {
+        this.foregroundDone();
+        return value;
+      },
+      (error: unknown) => {
+        this.foregroundDone();
+        throw error;
+      },
+    );
+  }
+
+  private foregroundDone(): void {
+    this.foregroundInFlight--;
+    this.pump();
   }
 
   /** Runs admitted background work; its slot is given back however it ends. */

@@ -2,6 +2,7 @@
 // ranges are checked here, before anything reaches the controller, and split at its largest
 // transfer (MDTS). The wire protocol sits behind `NvmeNamespaceIo`, which the transport layer
 // (src/transport/nvmf/initiator/) implements; its errors are StorageError EIO naming the status.
+import { IoQueue } from '../device/ioQueue.ts';
 import { fail } from '../errors.ts';
 import type { Bdev, BdevExtent } from './bdev.ts';
 import { BdevClaims } from './bdevClaims.ts';
@@ -58,6 +59,11 @@ export class NvmeBdev implements Bdev {
   readonly kind = 'nvme' as const;
   readonly claims: BdevClaims;
   readonly blockSizeBytes: number;
+  /**
+   * Client I/O first, background reads (checksum walks, copies reading an lvstore on this bdev)
+   * behind it, as a local device's queue does (SPEC §6.6): both share the controller's queues.
+   */
+  private readonly queue = new IoQueue();
 
   constructor(
     readonly name: string,
@@ -90,11 +96,11 @@ export class NvmeBdev implements Bdev {
     return { nvme: path ? [namespaceInfo(path, this.nsid)] : [], mp_policy: 'active_passive' };
   }
 
-  async readInto(offsetBytes: number, target: Buffer): Promise<void> {
+  async readInto(offsetBytes: number, target: Buffer, options: { background?: boolean; signal?: AbortSignal } = {}): Promise<void> {
     this.checkRange(offsetBytes, target.length);
-    await this.split(offsetBytes, target.length, this.transferBytesMax(), (at, length) =>
-      this.io.read(this.lba(at), target.subarray(at - offsetBytes, at - offsetBytes + length)),
-    );
+    const read = () =>
+      this.split(offsetBytes, target.length, this.transferBytesMax(), (at, length) => this.io.read(this.lba(at), target.subarray(at - offsetBytes, at - offsetBytes + length)));
+    await this.queue.run(options.background ? 'background' : 'foreground', read, options.signal);
   }
 
   async write(offsetBytes: number, data: Uint8Array): Promise<void> {
@@ -102,24 +108,33 @@ export class NvmeBdev implements Bdev {
     this.claims.assertWritable();
     if (this.readOnly()) fail('EPERM', `bdev ${this.name} is write protected`);
     const bytes = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
-    await this.split(offsetBytes, data.length, this.transferBytesMax(), (at, length) => this.io.write(this.lba(at), bytes.subarray(at - offsetBytes, at - offsetBytes + length)));
+    await this.queue.run('foreground', () =>
+      this.split(offsetBytes, data.length, this.transferBytesMax(), (at, length) => this.io.write(this.lba(at), bytes.subarray(at - offsetBytes, at - offsetBytes + length))),
+    );
   }
 
   flush(): Promise<void> {
-    return this.io.flush();
+    return this.queue.run('foreground', () => this.io.flush());
   }
 
   async unmap(offsetBytes: number, lengthBytes: number): Promise<void> {
     this.checkRange(offsetBytes, lengthBytes);
     this.claims.assertWritable();
     const pieceBytes = Math.min(deallocateBlocksMax * this.blockSizeBytes, 2 ** 40);
-    await this.split(offsetBytes, lengthBytes, pieceBytes, (at, length) => this.io.deallocate(this.lba(at), length / this.blockSizeBytes));
+    await this.queue.run('foreground', () => this.split(offsetBytes, lengthBytes, pieceBytes, (at, length) => this.io.deallocate(this.lba(at), length / this.blockSizeBytes)));
   }
 
   async writeZeroes(offsetBytes: number, lengthBytes: number): Promise<void> {
     this.checkRange(offsetBytes, lengthBytes);
     this.claims.assertWritable();
-    await this.split(offsetBytes, lengthBytes, writeZeroesBlocksMax * this.blockSizeBytes, (at, length) => this.io.writeZeroes(this.lba(at), length / this.blockSizeBytes));
+    await this.queue.run('foreground', () =>
+      this.split(offsetBytes, lengthBytes, writeZeroesBlocksMax * this.blockSizeBytes, (at, length) => this.io.writeZeroes(this.lba(at), length / this.blockSizeBytes)),
+    );
+  }
+
+  /** The queue's counters (foreground/background in flight, waiting), for tests and stats. */
+  queueStats(): ReturnType<IoQueue['stats']> {
+    return this.queue.stats();
   }
 
   extents(offsetBytes: number, lengthBytes: number): BdevExtent[] {

@@ -33,6 +33,8 @@
 #include <string>
 #include <vector>
 
+#include "node_error.h"
+
 namespace lvnode {
 namespace {
 
@@ -284,15 +286,7 @@ void callJs(Ring* ring, size_t count) {
   napi_create_uint32(env, static_cast<uint32_t>(count), &countValue);
   // make_callback, not call_function: promise reactions and nextTicks run before it returns, as
   // after any of Node's own I/O callbacks.
-  if (napi_make_callback(env, ring->asyncContext, resource, callback, 1, &countValue, &ignored) != napi_ok) {
-    bool pending = false;
-    napi_is_exception_pending(env, &pending);
-    if (pending) {
-      napi_value exception;
-      napi_get_and_clear_last_exception(env, &exception);
-      napi_fatal_exception(env, exception);
-    }
-  }
+  if (napi_make_callback(env, ring->asyncContext, resource, callback, 1, &countValue, &ignored) != napi_ok) lvnode::reportPendingException(env);
   napi_close_handle_scope(env, scope);
 }
 

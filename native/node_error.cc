@@ -28,15 +28,16 @@ void callCompletion(napi_env env, napi_value callback, size_t argc, const napi_v
   if (callback == nullptr) return;
   napi_value global = nullptr, ignored = nullptr;
   napi_get_global(env, &global);
-  if (napi_call_function(env, global, callback, argc, argv, &ignored) != napi_ok) {
-    bool pending = false;
-    napi_is_exception_pending(env, &pending);
-    if (pending) {
-      napi_value exception;
-      napi_get_and_clear_last_exception(env, &exception);
-      napi_fatal_exception(env, exception);
-    }
-  }
+  if (napi_call_function(env, global, callback, argc, argv, &ignored) != napi_ok) reportPendingException(env);
+}
+
+void reportPendingException(napi_env env) {
+  bool pending = false;
+  napi_is_exception_pending(env, &pending);
+  if (!pending) return;
+  napi_value exception;
+  napi_get_and_clear_last_exception(env, &exception);
+  napi_fatal_exception(env, exception);
 }
 
 }  // namespace lvnode

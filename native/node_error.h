@@ -1,4 +1,4 @@
-// Errors and completions shared by the addon's thread-pool jobs (durable_write.cc, zero_range.cc, crc64.cc).
+// Errors and completions shared by the addons' jobs (durable_write.cc, zero_range.cc, crc64.cc; file_ring.cc).
 #pragma once
 
 #include <node_api.h>
@@ -15,5 +15,8 @@ napi_value makeErrnoError(napi_env env, int error, const char* syscallName);
  * caller's bug: Node reports it as an uncaught exception, as it does for an fs callback.
  */
 void callCompletion(napi_env env, napi_value callback, size_t argc, const napi_value* argv);
+
+/** After a failed call into JS: an exception it left pending is reported as uncaught (napi_fatal_exception). */
+void reportPendingException(napi_env env);
 
 }  // namespace lvnode

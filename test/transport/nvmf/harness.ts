@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
 import { InspectionHub } from '../../../src/actors/inspector.ts';
+import type { NvmeAttachRequest } from '../../../src/actors/nvmeControllers.ts';
 import { NvmfTarget } from '../../../src/actors/nvmfTarget.ts';
 import type { Bdev } from '../../../src/bdev/bdev.ts';
 import { BdevClaims } from '../../../src/bdev/bdevClaims.ts';
@@ -261,6 +262,22 @@ export async function connectSpdkRpc(path: string, output: () => string): Promis
 /** Kills every SPDK program a test left running (afterAll). */
 export function killAllSpdk(): void {
   for (const child of running) child.kill('SIGKILL');
+}
+
+/** An attach request for `target`'s subsystem on 127.0.0.1: no digests, no reconnect, multipath disabled, unless overridden. */
+export function attachRequest(target: { port: number; nqn: string }, overrides: Partial<NvmeAttachRequest> = {}): NvmeAttachRequest {
+  return {
+    name: 'Nvme0',
+    trid: { trtype: 'TCP', adrfam: 'IPv4', traddr: '127.0.0.1', trsvcid: String(target.port), subnqn: target.nqn },
+    hostnqn: 'nqn.2014-08.org.nvmexpress:uuid:lvnode-initiator-test',
+    headerDigest: false,
+    dataDigest: false,
+    ctrlrLossTimeoutSec: 0,
+    reconnectDelaySec: 0,
+    fastIoFailTimeoutSec: 0,
+    multipath: 'disable',
+    ...overrides,
+  };
 }
 
 /** The `-r` transport ID string of spdk_nvme_perf / spdk_nvme_discover. */

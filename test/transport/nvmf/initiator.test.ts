@@ -12,27 +12,14 @@ import { readBdev } from '../../../src/bdev/bdev.ts';
 import type { NvmeBdev } from '../../../src/bdev/nvmeBdev.ts';
 import { NvmfController } from '../../../src/transport/nvmf/controller.ts';
 import { tcpNvmeConnector } from '../../../src/transport/nvmf/initiator/hostController.ts';
-import { errnoOf, memoryBdev, randomData, type StandaloneTarget, startTarget } from './harness.ts';
+import { attachRequest, errnoOf, memoryBdev, randomData, type StandaloneTarget, startTarget } from './harness.ts';
 
 const cleanups: Array<() => Promise<void>> = [];
 afterEach(async () => {
   for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
 });
 
-function request(target: StandaloneTarget, overrides: Partial<NvmeAttachRequest> = {}): NvmeAttachRequest {
-  return {
-    name: 'Nvme0',
-    trid: { trtype: 'TCP', adrfam: 'IPv4', traddr: '127.0.0.1', trsvcid: String(target.port), subnqn: target.nqn },
-    hostnqn: 'nqn.2014-08.org.nvmexpress:uuid:lvnode-initiator-test',
-    headerDigest: false,
-    dataDigest: false,
-    ctrlrLossTimeoutSec: 0,
-    reconnectDelaySec: 0,
-    fastIoFailTimeoutSec: 0,
-    multipath: 'disable',
-    ...overrides,
-  };
-}
+const request = attachRequest;
 
 async function attached(sizeBytes: number, overrides: Partial<NvmeAttachRequest> = {}) {
   const backing = memoryBdev('mem0', sizeBytes);

@@ -14,7 +14,7 @@ import { readBdev } from '../../../src/bdev/bdev.ts';
 import type { NvmeBdev } from '../../../src/bdev/nvmeBdev.ts';
 import { healthInfoView } from '../../../src/transport/nvmeMethods.ts';
 import { tcpNvmeConnector } from '../../../src/transport/nvmf/initiator/hostController.ts';
-import { errnoOf, freePort, memoryBdev, randomData, type StandaloneTarget, startTarget } from './harness.ts';
+import { attachRequest, errnoOf, freePort, memoryBdev, randomData, type StandaloneTarget, startTarget } from './harness.ts';
 
 const cleanups: Array<() => Promise<void> | void> = [];
 afterEach(async () => {
@@ -24,18 +24,7 @@ afterEach(async () => {
 const mib = 1024 * 1024;
 
 function request(target: { port: number; nqn: string }, overrides: Partial<NvmeAttachRequest> = {}): NvmeAttachRequest {
-  return {
-    name: 'Nvme0',
-    trid: { trtype: 'TCP', adrfam: 'IPv4', traddr: '127.0.0.1', trsvcid: String(target.port), subnqn: target.nqn },
-    hostnqn: 'nqn.2014-08.org.nvmexpress:uuid:lvnode-paths-test',
-    headerDigest: false,
-    dataDigest: false,
-    ctrlrLossTimeoutSec: 0,
-    reconnectDelaySec: 0,
-    fastIoFailTimeoutSec: 0,
-    multipath: 'failover',
-    ...overrides,
-  };
+  return attachRequest(target, { hostnqn: 'nqn.2014-08.org.nvmexpress:uuid:lvnode-paths-test', multipath: 'failover', ...overrides });
 }
 
 async function target(backing: ReturnType<typeof memoryBdev>, port?: number): Promise<StandaloneTarget> {

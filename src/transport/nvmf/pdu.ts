@@ -77,7 +77,8 @@ export function encodeIcResp(options: { digests: Digests; maxH2cDataBytes: numbe
   return pdu;
 }
 
-function writeCommonHeader(pdu: Buffer, type: number, flags: number, hlen: number, pdo: number, plen: number): void {
+/** The 8-byte common header every NVMe/TCP PDU starts with (host and controller PDUs alike). */
+export function writeCommonHeader(pdu: Buffer, type: number, flags: number, hlen: number, pdo: number, plen: number): void {
   pdu[0] = type;
   pdu[1] = flags;
   pdu[2] = hlen;

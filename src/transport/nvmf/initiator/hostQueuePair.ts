@@ -8,7 +8,18 @@ import { type Socket, connect as connectSocket } from 'node:net';
 import { nvmeInitiatorCommandTimeoutMs, nvmeInitiatorConnectTimeoutMs, nvmeInitiatorPduBytesMax } from '../../../constants.ts';
 import { StorageError } from '../../../errors.ts';
 import { crc32c } from '../crc32c.ts';
-import { type Digests, capsuleCmdHeaderBytes, commonHeaderBytes, dataHeaderBytes, digestBytes, icBytes, pduFlag, pduType } from '../pdu.ts';
+import {
+  type Digests,
+  capsuleCmdHeaderBytes,
+  commonHeaderBytes,
+  dataHeaderBytes,
+  digestBytes,
+  encodeDataDigest,
+  icBytes,
+  pduFlag,
+  pduType,
+  writeCommonHeader,
+} from '../pdu.ts';
 import { sqeBytes } from '../nvmeSpec.ts';
 
 /** A completion queue entry as the host reads it. */
@@ -194,7 +205,7 @@ export class HostQueuePair {
     this.socket.write(header);
     if (inCapsule) {
       this.socket.write(inCapsule);
-      if (this.digests.data) this.socket.write(digestOf(inCapsule));
+      if (this.digests.data) this.socket.write(encodeDataDigest(inCapsule));
     }
     this.socket.uncork();
   }
@@ -321,7 +332,7 @@ export class HostQueuePair {
     this.socket.cork();
     this.socket.write(header);
     this.socket.write(data);
-    if (this.digests.data) this.socket.write(digestOf(data));
+    if (this.digests.data) this.socket.write(encodeDataDigest(data));
     this.socket.uncork();
   }
 
@@ -338,18 +349,4 @@ export class HostQueuePair {
     for (const wake of this.waiting.splice(0)) wake();
     for (const listener of this.closeListeners.splice(0)) listener(error);
   }
-}
-
-function writeCommonHeader(pdu: Buffer, type: number, flags: number, hlen: number, pdo: number, plen: number): void {
-  pdu[0] = type;
-  pdu[1] = flags;
-  pdu[2] = hlen;
-  pdu[3] = pdo;
-  pdu.writeUInt32LE(plen, 4);
-}
-
-function digestOf(data: Buffer): Buffer {
-  const digest = Buffer.allocUnsafe(digestBytes);
-  digest.writeUInt32LE(crc32c(data), 0);
-  return digest;
 }

@@ -299,6 +299,9 @@ export const nvmfNqnBytesMax = 223;
 
 // NVMe/TCP initiator (issue 23): bdev_nvme_attach_controller's controllers and their queues.
 export const nvmeControllersMax = 256;
+// Paths one controller keeps (the active one and its failover alternates): every reconnect tries
+// each of them in turn, so an unbounded list would make one attempt as long as its length.
+export const nvmePathsPerControllerMax = 16;
 /** Entries of each queue the host creates (SQSIZE + 1); commands in flight are one fewer. */
 export const nvmeInitiatorQueueEntries = 128;
 /** Admin and I/O queue connections must answer ICReq and Connect within this. */

@@ -26,7 +26,7 @@
 // 0 it is `failed` instead, bdevs kept and I/O failing, until a retry or a reset connects it.
 import { type Actor, type SnapshotFrom, createActor, fromPromise, waitFor } from 'xstate';
 import { NvmeBdev, type NvmeControllerIdentity, type NvmeNamespaceIo, type NvmeNamespacePath } from '../bdev/nvmeBdev.ts';
-import { nvmeControllersMax } from '../constants.ts';
+import { nvmeControllersMax, nvmePathsPerControllerMax } from '../constants.ts';
 import { StorageError, fail } from '../errors.ts';
 import { log } from '../log.ts';
 import { type NvmeConnected, nvmeControllerMachine } from '../machines/nvmeControllerMachine.ts';
@@ -253,6 +253,7 @@ export class NvmeControllers {
    */
   private async addPath(entry: NvmeControllerEntry, request: NvmeAttachRequest, connector: NvmeConnector): Promise<string[]> {
     if (entry.paths.some((trid) => sameTrid(trid, request.trid))) fail('EALREADY', `This path (traddr: ${request.trid.traddr} subnqn: ${request.trid.subnqn}) is already registered`);
+    if (entry.paths.length >= nvmePathsPerControllerMax) fail('ENOSPC', `controller ${request.name} has ${entry.paths.length} paths, the most it keeps`);
     const probe = await connector.connect({ ...entry.request, trid: request.trid, ioQueues: 1 }, new AbortController().signal);
     try {
       for (const [nsid, io] of entry.namespaceIos) {

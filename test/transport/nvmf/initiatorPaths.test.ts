@@ -6,6 +6,7 @@
 // second path come in SPDK's order; a namespace that grew grows its bdev, one that shrank
 // shrinks it only while nobody holds it.
 import { afterEach, describe, expect, it } from 'vitest';
+import { nvmePathsPerControllerMax } from '../../../src/constants.ts';
 import { InspectionHub } from '../../../src/actors/inspector.ts';
 import type { NodeEvent } from '../../../src/actors/nodeEvents.ts';
 import { type NvmeAttachRequest, type NvmeConnector, NvmeControllers } from '../../../src/actors/nvmeControllers.ts';
@@ -184,6 +185,26 @@ describe('multipath failover against lvnode’s own targets', () => {
     expect(events).toEqual([]);
     // Attach, the new path's probe, then straight to the alternate (SPDK: the lost path goes last).
     expect(connector.ports).toEqual([String(first.port), String(second.port), String(second.port)]);
+  });
+
+  it('keeps at most nvmePathsPerControllerMax paths: one more is refused (ENOSPC) before it connects, and changes nothing', async () => {
+    const backing = memoryBdev('mem0', mib);
+    const only = await target(backing);
+    const { controllers } = nodeParts();
+    // Every port reaches the one real target, so each extra path is a distinct, working trid.
+    const ports: string[] = [];
+    const anyPort: NvmeConnector = {
+      connect: (wanted, signal) => (ports.push(wanted.trid.trsvcid), tcpNvmeConnector.connect({ ...wanted, trid: { ...wanted.trid, trsvcid: String(only.port) } }, signal)),
+    };
+    expect(await controllers.attach(request(only), anyPort)).toEqual(['Nvme0n1']);
+    const extra = (index: number) => request({ port: 40_000 + index, nqn: only.nqn });
+    for (let index = 1; index < nvmePathsPerControllerMax; index++) expect(await controllers.attach(extra(index), anyPort)).toEqual([]);
+    const entry = controllers.lookup('Nvme0')!;
+    expect(entry.paths).toHaveLength(nvmePathsPerControllerMax);
+    const connects = ports.length;
+    expect(await errnoOf(controllers.attach(extra(nvmePathsPerControllerMax), anyPort))).toBe('ENOSPC');
+    expect(entry.paths).toHaveLength(nvmePathsPerControllerMax);
+    expect(ports).toHaveLength(connects);
   });
 
   it('tries every path on each reconnect attempt: the one that comes back is used', async () => {

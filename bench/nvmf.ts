@@ -145,8 +145,9 @@ async function startLvnodeTarget(dir: string, file: string, backing: Backing): P
     child.once('exit', (code) => reject(new Error(`lvnode exited (${code})`)));
   });
   const client = await RpcClient.connect(url, {});
-  const fileIo = ((await client.call('node_get_stats', {})) as { file_io?: { path: string; reason: string } }).file_io;
-  if (backing === 'aio') console.log(`  lvnode's file I/O: ${fileIo ? `${fileIo.path} (${fileIo.reason})` : 'not reported'}`);
+  const fileIo = ((await client.call('node_get_stats', {})) as { file_io?: { path: string; reason: string; memory_files?: { inline: boolean } } }).file_io;
+  const memoryFiles = fileIo?.memory_files ? `; files in memory (tmpfs) ${fileIo.memory_files.inline ? 'inline' : 'queued (LVNODE_MEMORY_FILE_IO=queued)'}` : '';
+  if (backing === 'aio') console.log(`  lvnode's file I/O: ${fileIo ? `${fileIo.path} (${fileIo.reason})${memoryFiles}` : 'not reported'}`);
   const port = await freePort();
   await expose((method, params) => client.call(method, params as Record<string, unknown>), backing, file, port);
   await client.call('nbd_start_export', { bdev_name: 'aio0', export_name: 'aio0' });

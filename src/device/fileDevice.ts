@@ -10,7 +10,7 @@
 import { constants as fsConstants, write as fsWrite } from 'node:fs';
 import { type FileHandle, open, stat } from 'node:fs/promises';
 import { type BlockDevice, assertAlignedRange, zeroChunk, zeroChunkBytes } from './blockDevice.ts';
-import { type FileIo, fileIo } from './fileIo.ts';
+import { type FileIo, type FileIoMode, fileIoForFile } from './fileIo.ts';
 import { lockExclusive } from './fileLock.ts';
 import { addon } from '../addon.ts';
 import { StorageError } from '../errors.ts';
@@ -123,8 +123,10 @@ export class FileDevice implements BlockDevice {
     readonly isBlockDevice: boolean,
     /** What discard() clears ranges with; null (write zeros) for good once the file system refuses. */
     private zeroRange: ZeroRangeCall | null,
-    /** How reads and writes reach the file: the process's choice (fileIo()) unless a test injects one. */
+    /** How reads and writes reach the file: fileIoForFile's choice unless a test injects one. */
     private readonly io: FileIo,
+    /** Which way that is (`injected`: a test's stand-in). */
+    readonly ioMode: FileIoMode | 'injected',
   ) {
     this.fdNumber = handle.fd;
   }
@@ -134,8 +136,8 @@ export class FileDevice implements BlockDevice {
    * missing file or a directory is refused with a Node error the caller turns into a clear message.
    * `zeroRange` is what discard() clears with: the addon's by default (see defaultZeroRange), null
    * to write zeros, or a stand-in (tests inject one that refuses, as a file system without
-   * fallocate modes does). `io` is how reads and writes reach the file: fileIo() (io_uring or the
-   * thread pool) unless a test injects a stand-in that fails or delays.
+   * fallocate modes does). `io` is how reads and writes reach the file: fileIoForFile() (inline for
+   * a file in memory, else io_uring or the thread pool) unless a test injects a stand-in that fails or delays.
    */
   static async open(
     path: string,
@@ -153,7 +155,8 @@ export class FileDevice implements BlockDevice {
       const sizeBytes = Math.floor(Number(opened.size) / blockSizeBytes) * blockSizeBytes;
       const zeroRange = options.zeroRange === undefined ? defaultZeroRange() : options.zeroRange;
       const identity = `${opened.dev}:${opened.ino}`;
-      return new FileDevice(path, handle, sizeBytes, blockSizeBytes, options.readOnly ?? false, identity, locked, opened.isBlockDevice(), zeroRange, options.io ?? fileIo());
+      const { io, mode } = options.io ? { io: options.io, mode: 'injected' as const } : await fileIoForFile(handle.fd, opened.isFile());
+      return new FileDevice(path, handle, sizeBytes, blockSizeBytes, options.readOnly ?? false, identity, locked, opened.isBlockDevice(), zeroRange, io, mode);
     } catch (error) {
       await handle.close();
       throw error;

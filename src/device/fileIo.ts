@@ -7,10 +7,17 @@
 // the same callback, with the same errors (Node's shape: code, errno, syscall), so FileDevice does
 // not care which one runs. Chosen once per process, on first use: env LVNODE_FILE_IO=threadpool
 // forces the fallback (tests run the device suite both ways); the choice and why is fileIoInfo().
-import { read as fsRead, write as fsWrite } from 'node:fs';
+//
+// A regular file that lives in memory (tmpfs, ramfs) is the exception, chosen per file by
+// fileIoForFile: its requests up to memoryFileInlineBytesMax are done at once, by pread/pwrite on
+// the calling thread. Such a file has no device to wait for, and no non-blocking read either, so
+// the ring would hand each request to a kernel worker thread and back; SPDK's aio bdev does the
+// same copies inline in its reactor.
+import { read as fsRead, readSync, statfs, write as fsWrite, writeSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { getSystemErrorName } from 'node:util';
 import { isMainThread } from 'node:worker_threads';
+import { memoryFileInlineBytesMax } from '../constants.ts';
 
 /** Bytes moved, or the error; `bytes` 0 at the end of the file. */
 export type FileIoDone = (error: NodeJS.ErrnoException | null, bytes: number) => void;
@@ -21,6 +28,8 @@ export interface FileIo {
 }
 
 export type FileIoPath = 'io_uring' | 'threadpool';
+/** How one file's requests go: the process's path, or at once on the calling thread (a file in memory). */
+export type FileIoMode = FileIoPath | 'inline';
 
 export interface FileIoInfo {
   readonly path: FileIoPath;
@@ -169,14 +178,78 @@ function choose(): { io: FileIo; info: FileIoInfo; ring: RingFileIo | undefined 
   }
 }
 
+/** statfs f_type of file systems whose files live in memory: TMPFS_MAGIC, RAMFS_MAGIC (linux/magic.h). */
+const memoryFileSystemTypes: ReadonlySet<number> = new Set([0x01021994, 0x858458f6]);
+
+/** Requests done inline so far, for node_get_stats (a bench or an operator can see the path is taken). */
+let inlineRequests = 0;
+
+/**
+ * A memory file's I/O: requests up to `inlineBytesMax` done at once with pread/pwrite on the
+ * calling thread, `done` called before this returns, with the thread pool's error shape (the same
+ * fs calls); larger ones handed to `queued`. Exported for tests.
+ */
+export function inlineFileIo(queued: FileIo, inlineBytesMax = memoryFileInlineBytesMax): FileIo {
+  return {
+    read(fd, buffer, at, length, position, done) {
+      if (length > inlineBytesMax) return queued.read(fd, buffer, at, length, position, done);
+      let bytes: number;
+      try {
+        bytes = readSync(fd, buffer, at, length, position);
+      } catch (error) {
+        return done(error as NodeJS.ErrnoException, 0);
+      }
+      inlineRequests++;
+      done(null, bytes);
+    },
+    write(fd, buffer, at, length, position, done) {
+      if (length > inlineBytesMax) return queued.write(fd, buffer, at, length, position, done);
+      let bytes: number;
+      try {
+        bytes = writeSync(fd, buffer, at, length, position);
+      } catch (error) {
+        return done(error as NodeJS.ErrnoException, 0);
+      }
+      inlineRequests++;
+      done(null, bytes);
+    },
+  };
+}
+
+/** Whether LVNODE_MEMORY_FILE_IO leaves memory files inline (the default) or queues them like any file. */
+function memoryFilesInline(): boolean {
+  return process.env.LVNODE_MEMORY_FILE_IO !== 'queued';
+}
+
+/**
+ * How the file open as `fd` is read and written: inline when it is a regular file on a memory file
+ * system, else the process's path. Asked of the descriptor (through /proc/self/fd), not of a path
+ * that may since name another file; where that cannot be asked, the process's path.
+ */
+export function fileIoForFile(fd: number, isRegularFile: boolean): Promise<{ io: FileIo; mode: FileIoMode }> {
+  const queued = { io: fileIo(), mode: fileIoInfo().path };
+  // A block device's node sits on devtmpfs, which reports TMPFS_MAGIC: only regular files count.
+  if (!isRegularFile || !memoryFilesInline()) return Promise.resolve(queued);
+  return new Promise((resolve) => {
+    statfs(`/proc/self/fd/${fd}`, (error, info) => {
+      if (error || !memoryFileSystemTypes.has(info.type)) resolve(queued);
+      else resolve({ io: inlineFileIo(queued.io), mode: 'inline' });
+    });
+  });
+}
+
 /** The process's file I/O path, chosen on first use. */
 export function fileIo(): FileIo {
   chosen ??= choose();
   return chosen.io;
 }
 
-/** Which path file devices use and why (start-up log line, node_get_stats). */
-export function fileIoInfo(): FileIoInfo & { in_flight?: number } {
+/**
+ * Which path file devices use and why (start-up log line, node_get_stats); `memory_files`: whether
+ * files in memory (tmpfs) are read and written inline, and how many requests were so far.
+ */
+export function fileIoInfo(): FileIoInfo & { in_flight?: number; memory_files: { inline: boolean; inline_requests: number } } {
   chosen ??= choose();
-  return chosen.ring ? { ...chosen.info, in_flight: chosen.ring.inFlight } : chosen.info;
+  const memory_files = { inline: memoryFilesInline(), inline_requests: inlineRequests };
+  return chosen.ring ? { ...chosen.info, in_flight: chosen.ring.inFlight, memory_files } : { ...chosen.info, memory_files };
 }

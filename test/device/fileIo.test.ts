@@ -1,13 +1,14 @@
 // File reads and writes on the path this process chose (io_uring, or the thread pool with
-// LVNODE_FILE_IO=threadpool: `npm run test:fallback` runs this file that way too): data against a
-// byte-array oracle, errors as Node's, and close with requests in flight.
-import { closeSync, constants as fsConstants, fstatSync, openSync, readFileSync, readSync, writeFileSync } from 'node:fs';
+// LVNODE_FILE_IO=threadpool: `npm run test:fallback` runs this file that way too), and inline for a
+// file in memory (tmpfs, /dev/shm): data against a byte-array oracle, errors as Node's, and close
+// with requests in flight, for a file in each place.
+import { closeSync, constants as fsConstants, existsSync, fstatSync, openSync, readFileSync, readSync, statfsSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, onTestFinished } from 'vitest';
 import { FileDevice } from '../../src/device/fileDevice.ts';
-import { type FileIoDone, fileIo, fileIoInfo } from '../../src/device/fileIo.ts';
+import { type FileIo, type FileIoDone, fileIo, fileIoInfo, inlineFileIo } from '../../src/device/fileIo.ts';
 
 const blockBytes = 512;
 const deviceBytes = 4 * 1024 * 1024;
@@ -28,12 +29,77 @@ function call(run: (done: FileIoDone) => void): Promise<number> {
   return new Promise((resolve, reject) => run((error, bytes) => (error ? reject(error) : resolve(bytes))));
 }
 
-describe('file I/O path', () => {
+/** TMPFS_MAGIC, RAMFS_MAGIC: the test's own list, not the code's. */
+function inMemory(directory: string): boolean {
+  return [0x01021994, 0x858458f6].includes(statfsSync(directory).type);
+}
+
+// /dev/shm is tmpfs on Linux (CI's container too); without it the in-memory case has nothing to run on.
+const places = [
+  { place: 'the temporary folder', parent: tmpdir() },
+  ...(existsSync('/dev/shm') && inMemory('/dev/shm') ? [{ place: 'memory (/dev/shm)', parent: '/dev/shm' }] : []),
+];
+
+describe('a file in memory is read and written inline', () => {
+  it('answers a small request before the call returns and hands a large one to the queued path', () => {
+    const handed: number[] = [];
+    const queued: FileIo = {
+      read: (_fd, _buffer, _at, length, _position, done) => (handed.push(length), done(null, length)),
+      write: (_fd, _buffer, _at, length, _position, done) => (handed.push(length), done(null, length)),
+    };
+    const directory = tmpdir();
+    const path = join(directory, `lvnode-inline-${process.pid}.img`);
+    onTestFinished(() => rm(path, { force: true }));
+    writeFileSync(path, Buffer.alloc(8192, 7));
+    const fd = openSync(path, 'r+');
+    try {
+      const io = inlineFileIo(queued, 4096);
+      const before = fileIoInfo().memory_files.inline_requests;
+      const target = Buffer.alloc(4096);
+      let answered: number | null = null;
+      io.read(fd, target, 0, 4096, 4096, (error, bytes) => (answered = error ? -1 : bytes));
+      expect(answered).toBe(4096);
+      expect(target.equals(Buffer.alloc(4096, 7))).toBe(true);
+      answered = null;
+      io.write(fd, Buffer.alloc(4096, 9), 0, 4096, 0, (error, bytes) => (answered = error ? -1 : bytes));
+      expect(answered).toBe(4096);
+      expect(readFileSync(path).subarray(0, 4096).equals(Buffer.alloc(4096, 9))).toBe(true);
+      expect(fileIoInfo().memory_files.inline_requests).toBe(before + 2);
+      expect(handed).toEqual([]);
+      io.read(fd, Buffer.alloc(8192), 0, 8192, 0, () => {});
+      io.write(fd, Buffer.alloc(8192), 0, 8192, 0, () => {});
+      expect(handed).toEqual([8192, 8192]);
+      expect(fileIoInfo().memory_files.inline_requests).toBe(before + 2);
+    } finally {
+      closeSync(fd);
+    }
+  });
+
+  it('is what a device on a file in memory uses, and only there', async () => {
+    for (const { parent } of places) {
+      const directory = await mkdtemp(join(parent, 'lvnode-fileio-mode-'));
+      try {
+        const path = join(directory, 'disk.img');
+        writeFileSync(path, Buffer.alloc(8192));
+        const device = await FileDevice.open(path, blockBytes);
+        const expected = inMemory(parent) && process.env.LVNODE_MEMORY_FILE_IO !== 'queued' ? 'inline' : fileIoInfo().path;
+        expect(device.ioMode, parent).toBe(expected);
+        await device.close();
+      } finally {
+        await rm(directory, { recursive: true, force: true });
+      }
+    }
+  });
+});
+
+describe.each(places)('file I/O path, a file in $place', ({ parent }) => {
   let directory = '';
   let path = '';
+  /** What a request on a bare descriptor here goes through: inline in memory, else the process's path. */
+  const io = (): FileIo => (inMemory(parent) ? inlineFileIo(fileIo()) : fileIo());
 
   beforeEach(async () => {
-    directory = await mkdtemp(join(tmpdir(), 'lvnode-fileio-'));
+    directory = await mkdtemp(join(parent, 'lvnode-fileio-'));
     path = join(directory, 'disk.img');
     writeFileSync(path, Buffer.alloc(deviceBytes));
   });
@@ -109,11 +175,11 @@ describe('file I/O path', () => {
     const writeOnly = openSync(path, fsConstants.O_WRONLY); // 'w' would truncate
     try {
       const data = Buffer.alloc(4096, 1);
-      await expect(call((done) => fileIo().write(readOnly, data, 0, data.length, 0, done))).rejects.toMatchObject({ code: 'EBADF', errno: -9, syscall: 'write' });
-      await expect(call((done) => fileIo().read(writeOnly, data, 0, data.length, 0, done))).rejects.toMatchObject({ code: 'EBADF', errno: -9, syscall: 'read' });
+      await expect(call((done) => io().write(readOnly, data, 0, data.length, 0, done))).rejects.toMatchObject({ code: 'EBADF', errno: -9, syscall: 'write' });
+      await expect(call((done) => io().read(writeOnly, data, 0, data.length, 0, done))).rejects.toMatchObject({ code: 'EBADF', errno: -9, syscall: 'read' });
       // A good request right after failed ones still works (the failures freed their tokens).
       const target = Buffer.alloc(4096, 9);
-      await expect(call((done) => fileIo().read(readOnly, target, 0, target.length, 0, done))).resolves.toBe(4096);
+      await expect(call((done) => io().read(readOnly, target, 0, target.length, 0, done))).resolves.toBe(4096);
       expect(target.equals(Buffer.alloc(4096))).toBe(true);
     } finally {
       closeSync(readOnly);

@@ -118,6 +118,8 @@ async function startSpdkTarget(dir: string, file: string, backing: Backing): Pro
       const exited = new Promise((resolveExit) => child.once('exit', resolveExit));
       child.kill('SIGKILL');
       await exited;
+      // spdk_tgt leaves a 3 MiB trace file in /dev/shm named after its pid (`run` execs it).
+      await rm(`/dev/shm/spdk_tgt_trace.pid${child.pid}`, { force: true });
     },
   };
 }

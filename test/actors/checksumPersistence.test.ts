@@ -10,6 +10,7 @@ import { metadataLayout } from '../../src/store/format.ts';
 import { JournalMetadataLog } from '../../src/store/journal.ts';
 import { openLvstore } from '../../src/store/load.ts';
 import { Lvstore } from '../../src/store/lvstore.ts';
+import { waitFor } from '../store/helpers.ts';
 
 const clusterBytes = 64 * 1024;
 
@@ -98,7 +99,7 @@ describe('a walk that fails after a stop', () => {
     expect(restored.status().state).toBe('failed');
     reloaded.device.readInto = readInto;
     // The position is forgotten by a journal record of its own, after the failure is known.
-    for (let turn = 0; turn < 10_000 && reloaded.durableLvol(snapshotId)?.savedProgress !== null; turn++) await new Promise((resolve) => setImmediate(resolve));
+    await waitFor(() => reloaded.durableLvol(snapshotId)?.savedProgress === null, 'the saved position forgotten in the journal');
     restored.dispose();
     const again = await reload(reloaded.device as CrashableDevice, 15);
     expect(again.lvol(snapshotId).savedProgress).toBeNull();

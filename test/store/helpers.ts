@@ -98,12 +98,15 @@ export function expectClusterAccounting(store: Lvstore, context = ''): void {
 }
 
 /** Waits for `condition`, one macrotask at a time (bounded, so a broken test fails instead of hanging). */
-export async function waitFor(condition: () => boolean, what: string): Promise<void> {
-  for (let turn = 0; turn < 10_000; turn++) {
+export async function waitFor(condition: () => boolean, what: string, timeoutMs = 20_000): Promise<void> {
+  // Bounded in real time, not in turns: 10,000 idle turns can pass in 50 ms while a file write
+  // waits for a busy machine's thread pool.
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
     if (condition()) return;
+    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((resolve) => setImmediate(resolve));
   }
-  throw new Error(`timed out waiting for ${what}`);
 }
 
 /**

@@ -190,29 +190,23 @@ let inlineRequests = 0;
  * fs calls); larger ones handed to `queued`. Exported for tests.
  */
 export function inlineFileIo(queued: FileIo, inlineBytesMax = memoryFileInlineBytesMax): FileIo {
+  type SyncCall = (fd: number, buffer: Uint8Array, at: number, length: number, position: number) => number;
+  const inline =
+    (call: SyncCall, queuedCall: FileIo['read']): FileIo['read'] =>
+    (fd, buffer, at, length, position, done) => {
+      if (length > inlineBytesMax) return queuedCall(fd, buffer, at, length, position, done);
+      let bytes: number;
+      try {
+        bytes = call(fd, buffer, at, length, position);
+      } catch (error) {
+        return done(error as NodeJS.ErrnoException, 0);
+      }
+      inlineRequests++;
+      done(null, bytes);
+    };
   return {
-    read(fd, buffer, at, length, position, done) {
-      if (length > inlineBytesMax) return queued.read(fd, buffer, at, length, position, done);
-      let bytes: number;
-      try {
-        bytes = readSync(fd, buffer, at, length, position);
-      } catch (error) {
-        return done(error as NodeJS.ErrnoException, 0);
-      }
-      inlineRequests++;
-      done(null, bytes);
-    },
-    write(fd, buffer, at, length, position, done) {
-      if (length > inlineBytesMax) return queued.write(fd, buffer, at, length, position, done);
-      let bytes: number;
-      try {
-        bytes = writeSync(fd, buffer, at, length, position);
-      } catch (error) {
-        return done(error as NodeJS.ErrnoException, 0);
-      }
-      inlineRequests++;
-      done(null, bytes);
-    },
+    read: inline(readSync, (...args) => queued.read(...args)),
+    write: inline(writeSync, (...args) => queued.write(...args)),
   };
 }
 

@@ -46,8 +46,8 @@ export async function buildDashboard(sourceDir = dashboardSourceDir()): Promise<
     legalComments: 'none',
     logLevel: 'silent',
   });
-  // esbuild's service process stays up after a build and pings the node every second or so: an
-  // idle node then kept 0.01-0.02 of a core busy answering. Built once, it is stopped. Not when
+  // esbuild's service process stays up after a build and pings the node every second or so (about
+  // 0.005 of a core on an idle node, answering). Built once, it is stopped. Not when
   // running from source: tsx transforms modules through the same service, maybe at this moment.
   if (!import.meta.url.includes('/src/transport/')) await stop();
   const files = new Map<string, StaticFile>();

@@ -11,6 +11,28 @@ import type { MethodTable } from '../../src/transport/methodTable.ts';
 import { call, errnoOf, nodeHarness } from '../integration/tableCalls.ts';
 
 const mib = 1024 * 1024;
+
+/** A 1 MiB bdev as an NVMe module registers one (a namespace), over `bytes`, which a test reads directly. */
+function memoryNvmeBdevWithBytes(name: string, uuid: string): { bdev: Bdev; bytes: Buffer } {
+  const bytes = Buffer.alloc(mib);
+  const bdev: Bdev = {
+    kind: 'nvme',
+    name,
+    uuid,
+    aliases: () => [],
+    blockSizeBytes: 512,
+    sizeBytes: () => bytes.length,
+    readOnly: () => false,
+    readInto: async (offsetBytes, target) => void bytes.copy(target, 0, offsetBytes, offsetBytes + target.length),
+    write: async (offsetBytes, data) => void bytes.set(data, offsetBytes),
+    flush: async () => {},
+    unmap: async () => {},
+    writeZeroes: async () => {},
+    extents: (offsetBytes, lengthBytes) => [{ offsetBytes, lengthBytes, allocated: true }],
+    claims: new BdevClaims(() => name),
+  };
+  return { bdev, bytes };
+}
 const clusterBytes = 1 * mib;
 const harness = nodeHarness(71);
 afterEach(() => harness.cleanup());
@@ -143,23 +165,7 @@ describe('one bdev registry', () => {
 
   it('finds and lists a bdev a module registers (an NVMe namespace) by the same lookup, and keeps its name taken', async () => {
     const { node, table } = await setup();
-    const bytes = Buffer.alloc(mib);
-    const nvme: Bdev = {
-      kind: 'nvme',
-      name: 'Nvme0n1',
-      uuid: '22222222-3333-4444-8555-666666666666',
-      aliases: () => [],
-      blockSizeBytes: 512,
-      sizeBytes: () => bytes.length,
-      readOnly: () => false,
-      readInto: async (offsetBytes, target) => void bytes.copy(target, 0, offsetBytes, offsetBytes + target.length),
-      write: async (offsetBytes, data) => void bytes.set(data, offsetBytes),
-      flush: async () => {},
-      unmap: async () => {},
-      writeZeroes: async () => {},
-      extents: (offsetBytes, lengthBytes) => [{ offsetBytes, lengthBytes, allocated: true }],
-      claims: new BdevClaims(() => 'Nvme0n1'),
-    };
+    const { bdev: nvme } = memoryNvmeBdevWithBytes('Nvme0n1', '22222222-3333-4444-8555-666666666666');
     node.registry.moduleBdevs.set(nvme.name, nvme);
     expect(node.registry.findBdev('Nvme0n1')).toBe(nvme);
     expect(node.registry.findBdev(nvme.uuid)).toBe(nvme);
@@ -174,23 +180,7 @@ describe('one bdev registry', () => {
 
   it('exports an NVMe namespace bdev over NBD like any other bdev: listed as kind nvme, its I/O counted', async () => {
     const { node, table } = await setup();
-    const bytes = Buffer.alloc(mib);
-    const nvme: Bdev = {
-      kind: 'nvme',
-      name: 'Nvme1n1',
-      uuid: '33333333-3333-4444-8555-666666666666',
-      aliases: () => [],
-      blockSizeBytes: 512,
-      sizeBytes: () => bytes.length,
-      readOnly: () => false,
-      readInto: async (offsetBytes, target) => void bytes.copy(target, 0, offsetBytes, offsetBytes + target.length),
-      write: async (offsetBytes, data) => void bytes.set(data, offsetBytes),
-      flush: async () => {},
-      unmap: async () => {},
-      writeZeroes: async () => {},
-      extents: (offsetBytes, lengthBytes) => [{ offsetBytes, lengthBytes, allocated: true }],
-      claims: new BdevClaims(() => 'Nvme1n1'),
-    };
+    const { bdev: nvme, bytes } = memoryNvmeBdevWithBytes('Nvme1n1', '33333333-3333-4444-8555-666666666666');
     node.registry.moduleBdevs.set(nvme.name, nvme);
     expect(await call(table, 'nbd_start_export', { bdev_name: 'Nvme1n1', export_name: 'n1' })).toBe('n1');
     const [row] = await call<Array<Record<string, unknown>>>(table, 'nbd_get_exports', { export_name: 'n1' });

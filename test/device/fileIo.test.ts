@@ -9,21 +9,10 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, onTestFinished } from 'vitest';
 import { FileDevice } from '../../src/device/fileDevice.ts';
 import { type FileIo, type FileIoDone, fileIo, fileIoInfo, inlineFileIo } from '../../src/device/fileIo.ts';
+import { seededRandom } from '../seededRandom.ts';
 
 const blockBytes = 512;
 const deviceBytes = 4 * 1024 * 1024;
-
-/** A small seeded generator (mulberry32): a failing run prints its seed. */
-function random(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function call(run: (done: FileIoDone) => void): Promise<number> {
   return new Promise((resolve, reject) => run((error, bytes) => (error ? reject(error) : resolve(bytes))));
@@ -117,7 +106,7 @@ describe.each(places)('file I/O path, a file in $place', ({ parent }) => {
 
   it('matches a byte-array oracle over random batches of concurrent reads and writes of any size, and the file agrees', async () => {
     const seed = Number(process.env.LVNODE_TEST_SEED ?? Date.now() % 1_000_000);
-    const next = random(seed);
+    const next = seededRandom(seed);
     const oracle = Buffer.alloc(deviceBytes);
     const device = await FileDevice.open(path, blockBytes);
     // The file read on its own descriptor, synchronously: a write reported done must be in the

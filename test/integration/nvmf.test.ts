@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { RpcClient } from '../../src/cli/rpcClient.ts';
 import { SpdkSocketClient } from '../spdkSocketClient.ts';
-import { freePort, killAllSpdk, runSpdk, skipSpdk } from '../transport/nvmf/harness.ts';
+import { freePort, killAllSpdk, skipSpdk, spdkDd, writeSpdkDdConfig } from '../transport/nvmf/harness.ts';
 import { type TestNode, rpcError, startTestNode } from './helpers.ts';
 
 let node: TestNode;
@@ -81,13 +81,11 @@ describe('NVMe-oF RPCs', () => {
 
   it.skipIf(skipSpdk)('serves the exposed lvol to spdk_dd; the node reads back what SPDK wrote', async () => {
     const [listener] = await client.call<Array<{ address: { trsvcid: string } }>>('nvmf_subsystem_get_listeners', { nqn });
-    const config = join(work, 'dd.json');
-    writeFileSync(config, JSON.stringify({ subsystems: [{ subsystem: 'bdev', config: [{ method: 'bdev_nvme_attach_controller', params: { name: 'Nvme0', trtype: 'tcp', adrfam: 'ipv4', traddr: '127.0.0.1', trsvcid: listener!.address.trsvcid, subnqn: nqn } }] }] }));
+    const config = writeSpdkDdConfig(join(work, 'dd.json'), { name: 'Nvme0', trtype: 'tcp', adrfam: 'ipv4', traddr: '127.0.0.1', trsvcid: listener!.address.trsvcid, subnqn: nqn });
     const input = join(work, 'in.bin');
     const known = randomBytes(2 * 1024 * 1024);
     writeFileSync(input, known);
-    const run = await runSpdk('spdk_dd', ['--no-huge', '-s', '1024', '-m', '0x2', '--json', config, `--if=${input}`, '--ob=Nvme0n1', '--bs=1048576']);
-    expect(run.code, run.stdout + run.stderr).toBe(0);
+    await spdkDd(config, `--if=${input}`, '--ob=Nvme0n1');
     const base64 = await client.call<string>('node_lvol_read', { name: 'lvs0/vol1', offset: 1024 * 1024, length: 512 * 1024 });
     expect(Buffer.from(base64, 'base64').equals(known.subarray(1024 * 1024, 1536 * 1024))).toBe(true);
   });

@@ -11,7 +11,7 @@ import { BaseBdev } from '../../../src/bdev/baseBdev.ts';
 import { FileDevice } from '../../../src/device/fileDevice.ts';
 import { type FileIo, fileIo } from '../../../src/device/fileIo.ts';
 import { QueuedDevice } from '../../../src/device/queuedDevice.ts';
-import { killAllSpdk, runSpdk, skipSpdk, startTarget } from './harness.ts';
+import { killAllSpdk, skipSpdk, spdkDd, startTarget, writeSpdkDdConfig } from './harness.ts';
 import { RawHost } from './rawHost.ts';
 
 const mib = 1024 * 1024;
@@ -59,19 +59,16 @@ describe('NVMe/TCP namespace on a file', () => {
     const { bdev, path } = await fileBdev('aio0', 16 * mib);
     const target = await served(bdev);
     for (const digests of [false, true]) {
-      const config = join(work, `dd-${digests}.json`);
       const attach = { name: 'Nvme0', trtype: 'tcp', adrfam: 'ipv4', traddr: '127.0.0.1', trsvcid: String(target.port), subnqn: target.nqn, hdgst: digests, ddgst: digests };
-      writeFileSync(config, JSON.stringify({ subsystems: [{ subsystem: 'bdev', config: [{ method: 'bdev_nvme_attach_controller', params: attach }] }] }));
+      const config = writeSpdkDdConfig(join(work, `dd-${digests}.json`), attach);
       const input = join(work, 'in.bin');
       const output = join(work, 'out.bin');
       const known = randomBytes(8 * mib);
       writeFileSync(input, known);
-      const write = await runSpdk('spdk_dd', ['--no-huge', '-s', '1024', '-m', '0x2', '--json', config, `--if=${input}`, '--ob=Nvme0n1', '--bs=1048576']);
-      expect(write.code, write.stdout + write.stderr).toBe(0);
+      await spdkDd(config, `--if=${input}`, '--ob=Nvme0n1');
       // The oracle: the file itself, read past lvnode.
       expect(readFileSync(path).subarray(0, known.length).equals(known), `digests ${digests}`).toBe(true);
-      const read = await runSpdk('spdk_dd', ['--no-huge', '-s', '1024', '-m', '0x2', '--json', config, '--ib=Nvme0n1', `--of=${output}`, '--bs=1048576', '--count=8']);
-      expect(read.code, read.stdout + read.stderr).toBe(0);
+      await spdkDd(config, '--ib=Nvme0n1', `--of=${output}`, ['--count=8']);
       expect(readFileSync(output).equals(known), `digests ${digests}`).toBe(true);
     }
   });

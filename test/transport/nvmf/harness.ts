@@ -223,6 +223,21 @@ export function runSpdk(program: string, args: string[], timeoutMs = 30_000): Pr
   });
 }
 
+/**
+ * Writes a spdk_dd `--json` config at `path` whose one bdev is the NVMe/TCP controller `attach`
+ * (bdev_nvme_attach_controller's params, e.g. name Nvme0: its namespaces are Nvme0n1, n2, ...).
+ */
+export function writeSpdkDdConfig(path: string, attach: Record<string, unknown>): string {
+  writeFileSync(path, JSON.stringify({ subsystems: [{ subsystem: 'bdev', config: [{ method: 'bdev_nvme_attach_controller', params: attach }] }] }));
+  return path;
+}
+
+/** spdk_dd --no-huge with 1 MiB blocks, `from` → `to` (`--if=FILE`/`--ib=BDEV`, `--of=`/`--ob=`); throws with its output if it fails. */
+export async function spdkDd(config: string, from: string, to: string, extra: string[] = []): Promise<void> {
+  const result = await runSpdk('spdk_dd', ['--no-huge', '-s', '1024', '-m', '0x2', '--json', config, from, to, '--bs=1048576', ...extra]);
+  if (result.code !== 0) throw new Error(`spdk_dd ${from} ${to} exited ${result.code}:\n${result.stdout}${result.stderr}`);
+}
+
 /** Starts a long-running SPDK program (spdk_tgt); `stop` kills it (tests call it in `finally`). */
 export function startSpdk(program: string, args: string[]): { child: ChildProcess; output: () => string; stop: () => Promise<void> } {
   acquireSpdkLock();

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { RpcClient } from '../../../src/cli/rpcClient.ts';
 import { type TestNode, startTestNode } from '../../integration/helpers.ts';
-import { connectSpdkRpc, freePort, killAllSpdk, runSpdk, skipSpdk, startSpdk } from './harness.ts';
+import { connectSpdkRpc, freePort, killAllSpdk, skipSpdk, spdkDd, startSpdk, writeSpdkDdConfig } from './harness.ts';
 
 const work = mkdtempSync(join(tmpdir(), 'lvnode-initiator-spdk-copy-'));
 afterAll(() => {
@@ -67,13 +67,11 @@ describe.skipIf(skipSpdk)('NVMe bdevs of spdk_tgt in lvnode: copies, clones, a t
       await tgt.call('nvmf_subsystem_add_listener', { nqn, listen_address: { trtype: 'tcp', adrfam: 'ipv4', traddr: '127.0.0.1', trsvcid: port } });
 
       // SPDK's initiator writes the bytes the clone will read through to (nsid 1, the malloc bdev).
-      const ddConfig = join(work, 'dd.json');
       const ddAttach = { name: 'Nvme0', trtype: 'tcp', adrfam: 'ipv4', traddr: '127.0.0.1', trsvcid: port, subnqn: nqn };
-      writeFileSync(ddConfig, JSON.stringify({ subsystems: [{ subsystem: 'bdev', config: [{ method: 'bdev_nvme_attach_controller', params: ddAttach }] }] }));
+      const ddConfig = writeSpdkDdConfig(join(work, 'dd.json'), ddAttach);
       const base = randomBytes(8 * mib);
       writeFileSync(join(work, 'base.bin'), base);
-      const written = await runSpdk('spdk_dd', ['--no-huge', '-s', '1024', '-m', '0x2', '--json', ddConfig, `--if=${join(work, 'base.bin')}`, '--ob=Nvme0n1', '--bs=1048576']);
-      expect(written.code, written.stdout + written.stderr).toBe(0);
+      await spdkDd(ddConfig, `--if=${join(work, 'base.bin')}`, '--ob=Nvme0n1');
 
       node = await startTestNode({ diskBytes: 256 * mib });
       const client = await node.connect();
@@ -98,8 +96,7 @@ describe.skipIf(skipSpdk)('NVMe bdevs of spdk_tgt in lvnode: copies, clones, a t
       expect(await copyEnd(client, copy.operation_id)).toMatchObject({ state: 'complete', copied_clusters: 3, total_clusters: 3 });
       // Read back by SPDK's initiator, not lvnode's.
       const readBack = join(work, 'dst.bin');
-      const read = await runSpdk('spdk_dd', ['--no-huge', '-s', '1024', '-m', '0x2', '--json', ddConfig, '--ib=Nvme0n2', `--of=${readBack}`, '--bs=1048576', '--count=32']);
-      expect(read.code, read.stdout + read.stderr).toBe(0);
+      await spdkDd(ddConfig, '--ib=Nvme0n2', `--of=${readBack}`, ['--count=32']);
       const far = readFileSync(readBack);
       for (let index = 0; index < 8; index++) {
         const slice = far.subarray(index * 4 * mib, (index + 1) * 4 * mib);

@@ -7,7 +7,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { connectSpdkRpc, killAllSpdk, memoryBdev, runSpdk, skipSpdk, startSpdk, startTarget, trid } from './harness.ts';
+import { connectSpdkRpc, killAllSpdk, memoryBdev, runSpdk, skipSpdk, spdkDd, startSpdk, startTarget, trid, writeSpdkDdConfig } from './harness.ts';
 
 const mib = 1024 * 1024;
 const work = mkdtempSync(join(tmpdir(), 'lvnode-nvmf-'));
@@ -66,20 +66,17 @@ describe.skipIf(skipSpdk)('NVMe/TCP target with SPDK initiators', () => {
     const bdev = memoryBdev('Malloc0', 16 * mib, { blockSizeBytes: 4096 });
     const target = await startTarget({ bdevs: [bdev] });
     try {
-      const config = join(work, 'dd.json');
-      writeFileSync(config, JSON.stringify({ subsystems: [{ subsystem: 'bdev', config: [{ method: 'bdev_nvme_attach_controller', params: { name: 'Nvme0', trtype: 'tcp', adrfam: 'ipv4', traddr: '127.0.0.1', trsvcid: String(target.port), subnqn: target.nqn, hdgst: true, ddgst: true } }] }] }));
+      const config = writeSpdkDdConfig(join(work, 'dd.json'), { name: 'Nvme0', trtype: 'tcp', adrfam: 'ipv4', traddr: '127.0.0.1', trsvcid: String(target.port), subnqn: target.nqn, hdgst: true, ddgst: true });
       const input = join(work, 'in.bin');
       const output = join(work, 'out.bin');
       const known = randomBytes(8 * mib);
       writeFileSync(input, known);
-      const write = await runSpdk('spdk_dd', ['--no-huge', '-s', '1024', '-m', '0x2', '--json', config, `--if=${input}`, '--ob=Nvme0n1', '--bs=1048576']);
-      expect(write.code, write.stdout + write.stderr).toBe(0);
+      await spdkDd(config, `--if=${input}`, '--ob=Nvme0n1');
       // The bdev holds exactly the file, read past the NVMe path.
       const stored = Buffer.alloc(known.length);
       await bdev.readInto(0, stored);
       expect(stored.equals(known)).toBe(true);
-      const read = await runSpdk('spdk_dd', ['--no-huge', '-s', '1024', '-m', '0x2', '--json', config, '--ib=Nvme0n1', `--of=${output}`, '--bs=1048576', '--count=8']);
-      expect(read.code, read.stdout + read.stderr).toBe(0);
+      await spdkDd(config, '--ib=Nvme0n1', `--of=${output}`, ['--count=8']);
       expect(readFileSync(output).equals(known)).toBe(true);
     } finally {
       await target.close();

@@ -86,6 +86,17 @@ export class BaseBdev implements ClaimableBdev {
     });
   }
 
+  readIntoNow(offsetBytes: number, target: Buffer): boolean {
+    const device = this.device;
+    if (device.readIntoNow === undefined) return false;
+    checkBdevRange(this, offsetBytes, target.length);
+    try {
+      return device.readIntoNow(target, offsetBytes);
+    } catch (error) {
+      throw fromDeviceError(error, `read of bdev ${this.name} failed`);
+    }
+  }
+
   write(offsetBytes: number, data: Uint8Array): Promise<void> {
     return this.deviceCall('write', () => {
       this.assertWritable(offsetBytes, data.length);

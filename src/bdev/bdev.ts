@@ -35,6 +35,14 @@ export interface Bdev {
    * foreground request of the device (SPEC §6.6): checksums and copies use it, clients never.
    */
   readInto(offsetBytes: number, target: Buffer, options?: { background?: boolean; signal?: AbortSignal }): Promise<void>;
+  /**
+   * A foreground `readInto` finished before it returns, where every byte can be had at once (a
+   * file in memory, RAM, holes): true once `target` is filled. False when it cannot, and the
+   * caller uses `readInto` (which overwrites whatever part was read: reads can be repeated).
+   * Throws what `readInto` would reject with. The NVMe/TCP target's reads try it first: at 4 KiB
+   * a request's promises cost more than its copy. Bdevs that always wait leave it out.
+   */
+  readIntoNow?(offsetBytes: number, target: Buffer): boolean;
   write(offsetBytes: number, data: Uint8Array): Promise<void>;
   /** Makes every completed write of the bdev durable, whoever wrote it. */
   flush(): Promise<void>;

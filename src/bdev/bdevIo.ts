@@ -267,6 +267,22 @@ export class MeteredBdev implements Bdev {
     return io.timed('read', target.length, io.clock.ticks(), this.inner.readInto(offsetBytes, target, options));
   }
 
+  /** At once only without limits (a limited read may have to wait its turn); counted as readInto's are. */
+  readIntoNow(offsetBytes: number, target: Buffer): boolean {
+    const { io, inner } = this;
+    if (io.limited || inner.readIntoNow === undefined) return false;
+    const startTicks = io.clock.ticks();
+    let done: boolean;
+    try {
+      done = inner.readIntoNow(offsetBytes, target);
+    } catch (error) {
+      io.ioErrors++;
+      throw error;
+    }
+    if (done) io.record('read', target.length, io.clock.ticks() - startTicks);
+    return done;
+  }
+
   write(offsetBytes: number, data: Uint8Array): Promise<void> {
     const io = this.io;
     const wait = io.limited ? io.admit('write', data.length) : undefined;

@@ -103,6 +103,10 @@ export class LvolBdev implements ClaimableBdev {
     return this.locate(this.name).store.readInto(this.name, offsetBytes, target, options);
   }
 
+  readIntoNow(offsetBytes: number, target: Buffer): boolean {
+    return this.locate(this.name).store.readIntoNow(this.name, offsetBytes, target);
+  }
+
   write(offsetBytes: number, data: Uint8Array): Promise<void> {
     const { store } = this.writable();
     return store.write(this.name, offsetBytes, data);

@@ -7,6 +7,13 @@ export interface BlockDevice {
   readonly blockSizeBytes: number;
   /** Fills `target` with the bytes at `offsetBytes`. Resolves after real I/O (a macrotask). */
   readInto(target: Buffer, offsetBytes: number): Promise<void>;
+  /**
+   * `readInto` done before it returns, where the device can answer at once (a file in memory, RAM):
+   * true once `target` is filled; false when it cannot (too large, or this device never can) and
+   * `readInto` must be used — `target` may then hold part of the data, which `readInto` overwrites.
+   * Throws what `readInto` would reject with. Foreground reads only; devices that always wait leave it out.
+   */
+  readIntoNow?(target: Buffer, offsetBytes: number): boolean;
   write(offsetBytes: number, data: Uint8Array): Promise<void>;
   /** Afterwards the range reads as zeros (SPDK's unmap / write_zeroes). */
   discard(offsetBytes: number, lengthBytes: number): Promise<void>;

@@ -225,6 +225,29 @@ export class FileDevice implements BlockDevice {
     return new Promise<void>((resolve, reject) => this.readStep(this.io, target, offsetBytes, 0, resolve, reject));
   }
 
+  /**
+   * readInto at once, when the file's path reads such a request inline (a file in memory): no
+   * promise, no callback; the caller's answer goes out in the same turn. No I/O stays in flight,
+   * so close() has nothing to wait for; once it began, the read is refused as readInto's would be.
+   */
+  readIntoNow(target: Buffer, offsetBytes: number): boolean {
+    const readNow = this.io.readNow;
+    if (readNow === undefined) return false;
+    if (!inAlignedRange(this, offsetBytes, target.length)) assertAlignedRange(this, offsetBytes, target.length);
+    if (this.closing) throw new DeviceClosedError(this.path);
+    for (let done = 0; done < target.length; ) {
+      const bytesRead = readNow(this.fdNumber, target, done, target.length - done, offsetBytes + done);
+      if (bytesRead === undefined) return false;
+      if (bytesRead === 0) {
+        // The file shrank under us: what is past its end reads as zeros rather than garbage.
+        target.fill(0, done);
+        break;
+      }
+      done += bytesRead;
+    }
+    return true;
+  }
+
   /** Reads `target` from byte `done` on, until it is full (a short read asks again for the rest). */
   private readStep(io: FileIo, target: Buffer, offsetBytes: number, done: number, resolve: () => void, reject: (error: unknown) => void): void {
     io.read(this.fdNumber, target, done, target.length - done, offsetBytes + done, (error, bytesRead) => {

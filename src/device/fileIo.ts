@@ -25,6 +25,12 @@ export type FileIoDone = (error: NodeJS.ErrnoException | null, bytes: number) =>
 export interface FileIo {
   read(fd: number, buffer: Uint8Array, at: number, length: number, position: number, done: FileIoDone): void;
   write(fd: number, buffer: Uint8Array, at: number, length: number, position: number, done: FileIoDone): void;
+  /**
+   * Reads at once on the calling thread when this path does such a request inline (a file in
+   * memory): the bytes read (0 at the end of the file), or undefined when it would be queued and
+   * nothing was read. Throws the fs error. Paths that never read inline leave it out.
+   */
+  readNow?(fd: number, buffer: Uint8Array, at: number, length: number, position: number): number | undefined;
 }
 
 export type FileIoPath = 'io_uring' | 'threadpool';
@@ -207,6 +213,12 @@ export function inlineFileIo(queued: FileIo, inlineBytesMax = memoryFileInlineBy
   return {
     read: inline(readSync, (...args) => queued.read(...args)),
     write: inline(writeSync, (...args) => queued.write(...args)),
+    readNow: (fd, buffer, at, length, position) => {
+      if (length > inlineBytesMax) return undefined;
+      const bytes = readSync(fd, buffer, at, length, position);
+      inlineRequests++;
+      return bytes;
+    },
   };
 }
 

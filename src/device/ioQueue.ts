@@ -65,6 +65,14 @@ export class IoQueue {
     return this.admitBackground(signal).then(() => this.finishBackground(work));
   }
 
+  /**
+   * Counts foreground work that ran to its end before returning (a read a memory file answered at
+   * once): it was never in flight, so no background work had to wait for it.
+   */
+  countForegroundDone(): void {
+    this.foregroundOps++;
+  }
+
   stats(): IoQueueStats {
     return {
       foreground_in_flight: this.foregroundInFlight,

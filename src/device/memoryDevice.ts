@@ -18,6 +18,13 @@ export class MemoryDevice implements BlockDevice {
     this.copyOut(target, offsetBytes);
   }
 
+  /** A copy out of RAM, answered at once (the NVMe/TCP target's reads of a malloc bdev). */
+  readIntoNow(target: Buffer, offsetBytes: number): boolean {
+    assertAlignedRange(this, offsetBytes, target.length);
+    this.copyOut(target, offsetBytes);
+    return true;
+  }
+
   async write(offsetBytes: number, data: Uint8Array): Promise<void> {
     assertAlignedRange(this, offsetBytes, data.length);
     await yieldToEventLoop();

@@ -39,6 +39,14 @@ export class QueuedDevice implements BlockDevice {
     return this.queue.run('foreground', () => this.inner.readInto(target, offsetBytes));
   }
 
+  /** A foreground read answered at once by the inner device, counted by the queue (nothing waits behind it). */
+  readIntoNow(target: Buffer, offsetBytes: number): boolean {
+    const inner = this.inner;
+    if (inner.readIntoNow === undefined || !inner.readIntoNow(target, offsetBytes)) return false;
+    this.queue.countForegroundDone();
+    return true;
+  }
+
   write(offsetBytes: number, data: Uint8Array): Promise<void> {
     return this.queue.run('foreground', () => this.inner.write(offsetBytes, data));
   }

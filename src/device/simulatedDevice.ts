@@ -78,6 +78,11 @@ export class SimulatedDevice extends MemoryDevice {
     return this.heldOneByOne.length;
   }
 
+  /** Never at once: every read passes the latency, gates and faults of beforeIo. */
+  override readIntoNow(): boolean {
+    return false;
+  }
+
   override async readInto(target: Buffer, offsetBytes: number): Promise<void> {
     await this.beforeIo('read', offsetBytes, target.length);
     await super.readInto(target, offsetBytes);

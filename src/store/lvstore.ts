@@ -1101,6 +1101,37 @@ export class Lvstore {
     });
   }
 
+  /**
+   * `readInto` at once, where the device answers at once and no cluster of the range reads from an
+   * external snapshot: true once `target` is filled, false (read with `readInto`) otherwise. The
+   * map is looked up and read in one go, so no write or copy lands between the two.
+   */
+  readIntoNow(id: string, offsetBytes: number, target: Buffer): boolean {
+    const lvol = this.lvol(id);
+    this.assertIoRange(lvol, offsetBytes, target.length);
+    const device = this.device;
+    if (device.readIntoNow === undefined) return false;
+    const clusterBytes = this.clusterBytes;
+    try {
+      for (let position = 0; position < target.length; ) {
+        const absolute = offsetBytes + position;
+        const clusterIndex = Math.floor(absolute / clusterBytes);
+        const inner = absolute - clusterIndex * clusterBytes;
+        const segmentBytes = Math.min(clusterBytes - inner, target.length - position);
+        const source = this.owner(lvol, clusterIndex);
+        const slice = position === 0 && segmentBytes === target.length ? target : target.subarray(position, position + segmentBytes);
+        if (source > 0) {
+          if (!device.readIntoNow(slice, clusterIndexToOffsetBytes(source, clusterBytes) + inner)) return false;
+        } else if (source === readsExternal) return false;
+        else slice.fill(0);
+        position += segmentBytes;
+      }
+    } catch (error) {
+      throw fromDeviceError(error, `read of lvol ${lvol.name} failed`);
+    }
+    return true;
+  }
+
   private async readVisible(lvol: LvolRecord, offsetBytes: number, target: Buffer, options: ReadOptions): Promise<void> {
     await this.forEachSegment(offsetBytes, target.length, async (clusterIndex, inner, rangeOffset, length) => {
       const slice = target.subarray(rangeOffset, rangeOffset + length);

@@ -1,7 +1,7 @@
 // Admin commands a host's NVMe driver needs of a fabrics controller (NVMe base 1.4 §5): Identify,
 // Get Log Page, Get/Set Features, Keep Alive, Asynchronous Event Request, Abort.
 import { nvmfKeepAliveTimeoutMsMax } from '../../constants.ts';
-import { type NvmeCommand, type NvmeCompletion, cdw, failed, invalidField, invalidOpcode, success, withData } from './command.ts';
+import { type NvmeCommand, type NvmeCompletion, cdw, completion, failed, invalidField, invalidOpcode, success, withData } from './command.ts';
 import type { NvmfController } from './controller.ts';
 import { discoveryLogPage } from './discovery.ts';
 import { activeNamespaceList, identifyController, identifyNamespace, namespaceDescriptors } from './identify.ts';
@@ -27,7 +27,7 @@ export function executeAdmin(controller: NvmfController, command: NvmeCommand, h
       return discovery && (cdw(command, 10) & 0xff) !== featureId.keepAliveTimer && (cdw(command, 10) & 0xff) !== featureId.asyncEventConfiguration ? invalidField : setFeature(controller, command);
     case adminOpcode.abort:
       // Commands here run to completion; "not aborted" (dw0 bit 0) is always a correct answer.
-      return { status: 0, dw0: 1 };
+      return completion(0, 1);
     default:
       return invalidOpcode;
   }
@@ -70,7 +70,7 @@ function getLogPage(controller: NvmfController, command: NvmeCommand): NvmeCompl
   if (offsetBytes > page.length) return invalidField;
   const out = Buffer.alloc(lengthBytes);
   page.copy(out, 0, offsetBytes, Math.min(page.length, offsetBytes + lengthBytes));
-  return { status: 0, data: out };
+  return completion(0, 0, 0, out);
 }
 
 function logPageContent(controller: NvmfController, lid: number): Buffer | undefined {
@@ -145,12 +145,12 @@ function getFeature(controller: NvmfController, command: NvmeCommand): NvmeCompl
   switch (fid) {
     case featureId.numberOfQueues: {
       const granted = controller.ioQueuesGranted - 1;
-      return { status: 0, dw0: (granted << 16) | granted };
+      return completion(0, (granted << 16) | granted);
     }
     case featureId.keepAliveTimer:
-      return { status: 0, dw0: controller.keepAliveTimeoutMs };
+      return completion(0, controller.keepAliveTimeoutMs);
     case featureId.volatileWriteCache:
-      return { status: 0, dw0: 1 };
+      return completion(0, 1);
     case featureId.hostIdentifier: {
       return withData(command, controller.hostId);
     }
@@ -161,7 +161,7 @@ function getFeature(controller: NvmfController, command: NvmeCommand): NvmeCompl
     case featureId.interruptCoalescing:
     case featureId.writeAtomicity:
     case featureId.asyncEventConfiguration:
-      return { status: 0, dw0: controller.features.get(fid) ?? 0 };
+      return completion(0, controller.features.get(fid) ?? 0);
     default:
       return invalidField;
   }
@@ -178,7 +178,7 @@ function setFeature(controller: NvmfController, command: NvmeCommand): NvmeCompl
       const asked = Math.max(value & 0xffff, value >>> 16) + 1;
       controller.ioQueuesGranted = Math.min(asked, controller.ioQueuesGranted);
       const granted = controller.ioQueuesGranted - 1;
-      return { status: 0, dw0: (granted << 16) | granted };
+      return completion(0, (granted << 16) | granted);
     }
     case featureId.keepAliveTimer:
       controller.setKeepAliveTimeout(Math.min(value, nvmfKeepAliveTimeoutMsMax));

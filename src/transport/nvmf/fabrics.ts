@@ -2,7 +2,7 @@
 // binds an I/O queue to one), Property Get/Set and Disconnect.
 import { type NvmfTarget } from '../../actors/nvmfTarget.ts';
 import { nvmfKeepAliveTimeoutMsDefault, nvmfKeepAliveTimeoutMsMax, nvmfQueueDepthMax } from '../../constants.ts';
-import { type NvmeCommand, type NvmeCompletion, failed, invalidField, success } from './command.ts';
+import { type NvmeCommand, type NvmeCompletion, completion, failed, invalidField, success } from './command.ts';
 import { NvmfController } from './controller.ts';
 import { commandSpecificStatus, fabricsType, genericStatus, readNulTerminated, sct } from './nvmeSpec.ts';
 
@@ -59,13 +59,13 @@ export function connect(target: NvmfTarget, listenKey: string, request: ConnectR
     const timeoutMs = askedMs === 0 && subsystem.isDiscovery ? nvmfKeepAliveTimeoutMsDefault : Math.min(askedMs, nvmfKeepAliveTimeoutMsMax);
     const controller = new NvmfController(target, subsystem, request.hostNqn, request.hostId, timeoutMs, listenKey);
     // A paused or full subsystem: the host may retry (DNR clear).
-    if (!controller.attach()) return { completion: { status: (sct.commandSpecific << 9) | (commandSpecificStatus.connectControllerBusy << 1) } };
-    return { completion: { status: 0, dw0: controller.cntlid }, controller };
+    if (!controller.attach()) return { completion: completion((sct.commandSpecific << 9) | (commandSpecificStatus.connectControllerBusy << 1)) };
+    return { completion: completion(0, controller.cntlid), controller };
   }
   const found = subsystem.controller(request.cntlid);
   if (!(found instanceof NvmfController) || found.hostNqn !== request.hostNqn) return { completion: invalidParameter(true, 16) };
   if (!found.enabled || request.qid > found.ioQueuesGranted || found.hasQueue(request.qid)) return { completion: invalidParameter(false, 42) };
-  return { completion: { status: 0, dw0: found.cntlid }, controller: found };
+  return { completion: completion(0, found.cntlid), controller: found };
 }
 
 /** Property Get/Set on a connected controller (Connect and Disconnect are the queue pair's). */
@@ -76,7 +76,7 @@ export function executeProperty(controller: NvmfController, command: NvmeCommand
   if (fctype === fabricsType.propertyGet) {
     const value = controller.propertyGet(offset, eightBytes);
     if (value === undefined) return invalidField;
-    return { status: 0, dw0: Number(value & 0xffffffffn), dw1: Number(value >> 32n) };
+    return completion(0, Number(value & 0xffffffffn), Number(value >> 32n));
   }
   if (fctype === fabricsType.propertySet) {
     return controller.propertySet(offset, command.sqe.readUInt32LE(48)) ? success : invalidField;

@@ -16,7 +16,7 @@ import type { ByteBudget } from '../byteBudget.ts';
 import type { BufferPool } from '../nbd/bufferPool.ts';
 import { readIntoBuffer } from '../nbd/socketReadBuffer.ts';
 import { executeAdmin } from './adminCommands.ts';
-import { type NvmeCommand, type NvmeCompletion, failed, invalidOpcode } from './command.ts';
+import { type NvmeCommand, type NvmeCompletion, completion, failed, invalidOpcode, success } from './command.ts';
 import type { ControllerQueue, NvmfController } from './controller.ts';
 import { crc32c } from './crc32c.ts';
 import { connect, connectDataBytes, decodeConnect, executeProperty } from './fabrics.ts';
@@ -419,7 +419,7 @@ export class NvmfQueuePair implements ControllerQueue {
   private afterDataDigest(): void {
     const expected = crc32c(this.dataTarget!);
     // A bad data digest fails the command (Transient Transport Error), not the connection.
-    if (this.digestBuffer.readUInt32LE(0) !== expected) this.dataSlot!.failure = { status: (sct.generic << 9) | (transientTransportError << 1) };
+    if (this.digestBuffer.readUInt32LE(0) !== expected) this.dataSlot!.failure = completion((sct.generic << 9) | (transientTransportError << 1));
     this.dataComplete();
   }
 
@@ -513,7 +513,7 @@ export class NvmfQueuePair implements ControllerQueue {
     if (!controller) return failed(sct.generic, genericStatus.commandSequenceError);
     if (fctype === fabricsType.disconnect) {
       setImmediate(() => this.close('Disconnect'));
-      return { status: 0 };
+      return success;
     }
     if (this.qid !== 0) return invalidOpcode;
     return executeProperty(controller, command);
@@ -539,7 +539,7 @@ export class NvmfQueuePair implements ControllerQueue {
 
   completeAsyncEvent(cid: number, dw0: number): void {
     const slot = this.slots.find((candidate) => candidate.state === 'executing' && candidate.cid === cid && candidate.sqe[0] === adminOpcode.asyncEventRequest);
-    if (slot) this.finish(slot, { status: 0, dw0 });
+    if (slot) this.finish(slot, completion(0, dw0));
   }
 
   /** Sends a command's completion (and its data), then frees its slot and payload. */

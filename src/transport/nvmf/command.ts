@@ -1,5 +1,5 @@
 // What a queue pair hands a command handler, and what it gets back: one NVMe command and its completion.
-import { genericStatus, sct, statusField } from './nvmeSpec.ts';
+import { genericStatus, readU32, sct, statusField } from './nvmeSpec.ts';
 
 export interface NvmeCommand {
   /** The 64-byte submission queue entry (a view the queue pair keeps until the completion is sent). */
@@ -55,7 +55,7 @@ export const invalidField = failed(sct.generic, genericStatus.invalidField);
 export const invalidOpcode = failed(sct.generic, genericStatus.invalidOpcode);
 
 export function cdw(command: NvmeCommand, index: 10 | 11 | 12 | 13 | 14 | 15): number {
-  return command.sqe.readUInt32LE(40 + (index - 10) * 4);
+  return readU32(command.sqe, 40 + (index - 10) * 4);
 }
 
 /** Hands the host `data` truncated to what it asked for. */

@@ -1,7 +1,7 @@
 // NVMe/TCP PDU codec (NVMe-oF TCP transport, NVMe/TCP 1.0): PDU types, header layouts and the
 // encoders of the PDUs a controller sends. The connection (queuePair.ts) parses what hosts send.
 import { crc32c } from './crc32c.ts';
-import { cqeBytes, sqeBytes } from './nvmeSpec.ts';
+import { cqeBytes, sqeBytes, writeU16, writeU32 } from './nvmeSpec.ts';
 
 export const pduType = {
   icReq: 0x00,
@@ -83,12 +83,12 @@ export function writeCommonHeader(pdu: Buffer, type: number, flags: number, hlen
   pdu[1] = flags;
   pdu[2] = hlen;
   pdu[3] = pdo;
-  pdu.writeUInt32LE(plen, 4);
+  writeU32(pdu, 4, plen);
 }
 
 /** Appends the header digest (CRC32C of the `hlen` header bytes) when it was negotiated. */
 function sealHeader(pdu: Buffer, hlen: number, digests: Digests): void {
-  if (digests.header) pdu.writeUInt32LE(crc32c(pdu, 0, hlen), hlen);
+  if (digests.header) writeU32(pdu, hlen, crc32c(pdu, 0, hlen));
 }
 
 /** A CapsuleResp carrying one completion queue entry. */
@@ -96,12 +96,12 @@ export function encodeCapsuleResp(digests: Digests, cqe: { dw0: number; dw1: num
   const plen = capsuleRespHeaderBytes + (digests.header ? digestBytes : 0);
   const pdu = Buffer.allocUnsafe(plen);
   writeCommonHeader(pdu, pduType.capsuleResp, digests.header ? pduFlag.headerDigest : 0, capsuleRespHeaderBytes, 0, plen);
-  pdu.writeUInt32LE(cqe.dw0 >>> 0, 8);
-  pdu.writeUInt32LE(cqe.dw1 >>> 0, 12);
-  pdu.writeUInt16LE(cqe.sqhd, 16);
-  pdu.writeUInt16LE(0, 18); // SQID: reserved over fabrics
-  pdu.writeUInt16LE(cqe.cid, 20);
-  pdu.writeUInt16LE(cqe.status, 22);
+  writeU32(pdu, 8, cqe.dw0 >>> 0);
+  writeU32(pdu, 12, cqe.dw1 >>> 0);
+  writeU16(pdu, 16, cqe.sqhd);
+  writeU16(pdu, 18, 0); // SQID: reserved over fabrics
+  writeU16(pdu, 20, cqe.cid);
+  writeU16(pdu, 22, cqe.status);
   sealHeader(pdu, capsuleRespHeaderBytes, digests);
   return pdu;
 }
@@ -111,11 +111,11 @@ export function encodeR2t(digests: Digests, fields: { cid: number; ttag: number;
   const plen = r2tHeaderBytes + (digests.header ? digestBytes : 0);
   const pdu = Buffer.allocUnsafe(plen);
   writeCommonHeader(pdu, pduType.r2t, digests.header ? pduFlag.headerDigest : 0, r2tHeaderBytes, 0, plen);
-  pdu.writeUInt16LE(fields.cid, 8);
-  pdu.writeUInt16LE(fields.ttag, 10);
-  pdu.writeUInt32LE(fields.offsetBytes, 12);
-  pdu.writeUInt32LE(fields.lengthBytes, 16);
-  pdu.writeUInt32LE(0, 20);
+  writeU16(pdu, 8, fields.cid);
+  writeU16(pdu, 10, fields.ttag);
+  writeU32(pdu, 12, fields.offsetBytes);
+  writeU32(pdu, 16, fields.lengthBytes);
+  writeU32(pdu, 20, 0);
   sealHeader(pdu, r2tHeaderBytes, digests);
   return pdu;
 }
@@ -152,17 +152,17 @@ export function writeC2hDataHeader(
 ): void {
   const pdo = c2hDataOffset(digests, alignmentBytes);
   const plen = pdo + fields.lengthBytes + (digests.data ? digestBytes : 0);
-  pdu.fill(0, dataHeaderBytes, pdo);
+  for (let at = dataHeaderBytes; at < pdo; at++) pdu[at] = 0;
   let flags = fields.last ? pduFlag.lastPdu : 0;
   if (fields.success) flags |= pduFlag.success;
   if (digests.header) flags |= pduFlag.headerDigest;
   if (digests.data) flags |= pduFlag.dataDigest;
   writeCommonHeader(pdu, pduType.c2hData, flags, dataHeaderBytes, pdo, plen);
-  pdu.writeUInt16LE(fields.cid, 8);
-  pdu.writeUInt16LE(0, 10);
-  pdu.writeUInt32LE(fields.offsetBytes, 12);
-  pdu.writeUInt32LE(fields.lengthBytes, 16);
-  pdu.writeUInt32LE(0, 20);
+  writeU16(pdu, 8, fields.cid);
+  writeU16(pdu, 10, 0);
+  writeU32(pdu, 12, fields.offsetBytes);
+  writeU32(pdu, 16, fields.lengthBytes);
+  writeU32(pdu, 20, 0);
   sealHeader(pdu, dataHeaderBytes, digests);
 }
 

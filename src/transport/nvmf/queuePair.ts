@@ -21,7 +21,7 @@ import type { ControllerQueue, NvmfController } from './controller.ts';
 import { crc32c } from './crc32c.ts';
 import { connect, connectDataBytes, decodeConnect, executeProperty } from './fabrics.ts';
 import { executeIo } from './ioCommands.ts';
-import { adminOpcode, fabricsType, genericStatus, ioOpcode, sct, sqeBytes } from './nvmeSpec.ts';
+import { adminOpcode, fabricsType, genericStatus, ioOpcode, readU16, readU32, sct, sqeBytes } from './nvmeSpec.ts';
 import {
   type Digests,
   c2hDataOffset,
@@ -230,7 +230,7 @@ export class NvmfQueuePair implements ControllerQueue {
   }
 
   private get plen(): number {
-    return this.header.readUInt32LE(4);
+    return readU32(this.header, 4);
   }
 
   /** Checks the common header and works out how much header (up to PDO) follows. */
@@ -282,7 +282,7 @@ export class NvmfQueuePair implements ControllerQueue {
     const type = this.pduTypeNow;
     const hlen = this.header[2]!;
     if (this.headerDigestBytes(type) > 0) {
-      const found = this.header.readUInt32LE(hlen);
+      const found = readU32(this.header, hlen);
       if (found !== crc32c(this.header, 0, hlen)) return this.terminate(termReqFes.headerDigestError, found);
     }
     switch (type) {
@@ -328,12 +328,14 @@ export class NvmfQueuePair implements ControllerQueue {
     const slot = this.slots[slotIndex]!;
     const inFlight = this.queueEntries - this.freeSlots.length;
     if (inFlight > this.inFlightPeak) this.inFlightPeak = inFlight;
-    this.header.copy(slot.sqe, 0, commonHeaderBytes, commonHeaderBytes + sqeBytes);
-    slot.cid = slot.sqe.readUInt16LE(2);
+    const header = this.header;
+    const sqe = slot.sqe;
+    for (let index = 0; index < sqeBytes; index++) sqe[index] = header[commonHeaderBytes + index]!;
+    slot.cid = readU16(sqe, 2);
     slot.failure = undefined;
     slot.receivedBytes = 0;
-    const sglType = slot.sqe[39]!;
-    const sglLength = slot.sqe.readUInt32LE(32);
+    const sglType = sqe[39]!;
+    const sglLength = readU32(sqe, 32);
     const inCapsuleBytes = this.dataBytes();
     if (inCapsuleBytes > 0) {
       const limit = this.qid > 0 ? nvmfInCapsuleDataBytes : adminInCapsuleBytesMax;
@@ -344,7 +346,7 @@ export class NvmfQueuePair implements ControllerQueue {
       slot.state = 'receiving';
       // Only an SGL data block at offset 0 may describe in-capsule data of exactly this length.
       if (sglType !== 0x01) slot.failure = failed(sct.generic, genericStatus.sglDescriptorTypeInvalid);
-      else if (slot.sqe.readUInt32LE(24) !== 0 || slot.sqe.readUInt32LE(28) !== 0) slot.failure = failed(sct.generic, genericStatus.sglOffsetInvalid);
+      else if (readU32(sqe, 24) !== 0 || readU32(sqe, 28) !== 0) slot.failure = failed(sct.generic, genericStatus.sglOffsetInvalid);
       else if (sglLength !== inCapsuleBytes) slot.failure = failed(sct.generic, genericStatus.dataSglLengthInvalid);
       this.receiveInto(slot, slot.data);
       return;
@@ -393,10 +395,10 @@ export class NvmfQueuePair implements ControllerQueue {
 
   /** H2CData: data for the command whose R2T carried this transfer tag, in order, inside its range. */
   private onH2cData(): void {
-    const cid = this.header.readUInt16LE(8);
-    const ttag = this.header.readUInt16LE(10);
-    const offsetBytes = this.header.readUInt32LE(12);
-    const lengthBytes = this.header.readUInt32LE(16);
+    const cid = readU16(this.header, 8);
+    const ttag = readU16(this.header, 10);
+    const offsetBytes = readU32(this.header, 12);
+    const lengthBytes = readU32(this.header, 16);
     const slot = this.slots[ttag];
     if (!slot || slot.state !== 'r2t' || slot.cid !== cid || slot.data === undefined) return this.terminate(termReqFes.invalidHeaderField, 10);
     if (lengthBytes !== this.dataBytes()) return this.terminate(termReqFes.invalidHeaderField, 16);
@@ -419,7 +421,7 @@ export class NvmfQueuePair implements ControllerQueue {
   private afterDataDigest(): void {
     const expected = crc32c(this.dataTarget!);
     // A bad data digest fails the command (Transient Transport Error), not the connection.
-    if (this.digestBuffer.readUInt32LE(0) !== expected) this.dataSlot!.failure = completion((sct.generic << 9) | (transientTransportError << 1));
+    if (readU32(this.digestBuffer, 0) !== expected) this.dataSlot!.failure = completion((sct.generic << 9) | (transientTransportError << 1));
     this.dataComplete();
   }
 
@@ -444,7 +446,7 @@ export class NvmfQueuePair implements ControllerQueue {
       sqe: slot.sqe,
       opcode: slot.sqe[0]!,
       cid: slot.cid,
-      nsid: slot.sqe.readUInt32LE(4),
+      nsid: readU32(slot.sqe, 4),
       transferBytes: slot.transferBytes,
       data: slot.data,
     };

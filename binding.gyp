@@ -27,7 +27,7 @@
     },
     {
       "target_name": "lvnode_file_io",
-      "conditions": [["OS=='linux'", { "sources": ["native/file_ring.cc", "native/node_error.cc"] }, { "type": "none" }]],
+      "conditions": [["OS=='linux'", { "sources": ["native/file_ring.cc", "native/file_now.cc", "native/node_error.cc"] }, { "type": "none" }]],
       "defines": ["NAPI_VERSION=8", "_FILE_OFFSET_BITS=64"],
       "cflags_cc": ["-O3", "-std=c++17", "-Wall", "-Wextra"]
     }

@@ -17,6 +17,7 @@
 //     fileRingRead(fd, buffer, offsetInBuffer, length, position, token)
 //     fileRingWrite(fd, buffer, offsetInBuffer, length, position, token)
 // The caller keeps `buffer` alive until the token's completion (res = bytes, or -errno).
+// Also fileReadNow/fileWriteNow (file_now.cc): one pread/pwrite at once, for files in memory.
 #include <node_api.h>
 #include <linux/io_uring.h>
 #include <sys/eventfd.h>
@@ -33,6 +34,7 @@
 #include <string>
 #include <vector>
 
+#include "file_now.h"
 #include "node_error.h"
 
 namespace lvnode {
@@ -478,6 +480,8 @@ NAPI_MODULE_INIT() {
       {"fileRingOpen", nullptr, lvnode::jsFileRingOpen, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"fileRingRead", nullptr, lvnode::jsFileRingRead, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"fileRingWrite", nullptr, lvnode::jsFileRingWrite, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"fileReadNow", nullptr, lvnode::jsFileReadNow, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"fileWriteNow", nullptr, lvnode::jsFileWriteNow, nullptr, nullptr, nullptr, napi_default, nullptr},
   };
   napi_define_properties(env, exports, sizeof(properties) / sizeof(properties[0]), properties);
   return exports;

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, onTestFinished } from 'vitest';
 import { FileDevice } from '../../src/device/fileDevice.ts';
 import { type FileIo, type FileIoDone, fileIo, fileIoInfo, inlineFileIo } from '../../src/device/fileIo.ts';
+import { memoryFileInlineBytesMax } from '../../src/constants.ts';
 import { seededRandom } from '../seededRandom.ts';
 
 const blockBytes = 512;
@@ -29,7 +30,55 @@ const places = [
   ...(existsSync('/dev/shm') && inMemory('/dev/shm') ? [{ place: 'memory (/dev/shm)', parent: '/dev/shm' }] : []),
 ];
 
-describe('a file in memory is read and written inline', () => {
+// The addon's pread/pwrite (native/file_now.cc) and Node's readSync/writeSync (LVNODE_FILE_NOW=fs).
+const inlineCalls = [{ calls: 'addon' }, { calls: 'fs' }] as const;
+
+describe.each(inlineCalls)('a file in memory is read and written inline, with $calls calls', ({ calls }) => {
+  const saved = process.env.LVNODE_FILE_NOW;
+  beforeEach(() => {
+    if (calls === 'fs') process.env.LVNODE_FILE_NOW = 'fs';
+    else delete process.env.LVNODE_FILE_NOW;
+  });
+  afterEach(() => {
+    if (saved === undefined) delete process.env.LVNODE_FILE_NOW;
+    else process.env.LVNODE_FILE_NOW = saved;
+  });
+
+  it('says which calls it makes', () => {
+    // Without the addon built (LVNODE_SKIP_NATIVE_BUILD) only Node's are there.
+    const addonBuilt = existsSync(join(import.meta.dirname, '../../build/Release/lvnode_file_io.node'));
+    expect(fileIoInfo().memory_files.calls).toBe(calls === 'addon' && addonBuilt ? 'addon' : 'fs');
+  });
+
+  it('reads at once with readNow: the bytes for a small request, nothing for a large one, Node’s error for a failed one', () => {
+    const queued: FileIo = { read: () => expect.fail('queued'), write: () => expect.fail('queued') };
+    const path = join(tmpdir(), `lvnode-readnow-${process.pid}-${calls}.img`);
+    onTestFinished(() => rm(path, { force: true }));
+    const bytes = Buffer.alloc(8192);
+    for (let at = 0; at < bytes.length; at++) bytes[at] = (at * 7 + 3) & 0xff;
+    writeFileSync(path, bytes);
+    const fd = openSync(path, 'r');
+    const writeOnly = openSync(path, fsConstants.O_WRONLY);
+    try {
+      const io = inlineFileIo(queued, 4096);
+      const holder = Buffer.alloc(4096 + 64, 0xee);
+      expect(io.readNow!(fd, holder, 32, 4096, 4096)).toBe(4096);
+      expect(holder.subarray(32, 32 + 4096).equals(bytes.subarray(4096))).toBe(true);
+      expect(holder.subarray(0, 32).equals(Buffer.alloc(32, 0xee))).toBe(true);
+      expect(holder.subarray(32 + 4096).equals(Buffer.alloc(32, 0xee))).toBe(true);
+      expect(io.readNow!(fd, holder, 0, 512, 8192)).toBe(0); // at the end of the file
+      const large = Buffer.alloc(8192, 0xaa);
+      expect(io.readNow!(fd, large, 0, 8192, 0)).toBeUndefined();
+      expect(large.equals(Buffer.alloc(8192, 0xaa))).toBe(true);
+      expect(() => io.readNow!(writeOnly, holder, 0, 512, 0)).toThrow(expect.objectContaining({ code: 'EBADF', errno: -9, syscall: 'read' }));
+      // A range outside the buffer is refused before any syscall.
+      expect(() => io.readNow!(fd, holder, 4096, 512, 0)).toThrow();
+    } finally {
+      closeSync(fd);
+      closeSync(writeOnly);
+    }
+  });
+
   it('answers a small request before the call returns and hands a large one to the queued path', () => {
     const handed: number[] = [];
     const queued: FileIo = {
@@ -137,7 +186,10 @@ describe.each(places)('file I/O path, a file in $place', ({ parent }) => {
           } else {
             const target = Buffer.alloc(lengthBytes, 0xaa);
             reads.push({ offsetBytes, target, expected: Buffer.from(oracle.subarray(offsetBytes, offsetBytes + lengthBytes)) });
-            requests.push(device.readInto(target, offsetBytes));
+            // Half of the reads ask to be answered at once: only a file in memory, and only up to its inline size, can.
+            const now = next() < 0.5 && device.readIntoNow(target, offsetBytes);
+            if (now === false) requests.push(device.readInto(target, offsetBytes));
+            else expect(device.ioMode === 'inline' && lengthBytes <= memoryFileInlineBytesMax, `read of ${lengthBytes} at once`).toBe(true);
           }
         }
         await Promise.all(requests);
@@ -196,6 +248,9 @@ describe.each(places)('file I/O path, a file in $place', ({ parent }) => {
       await device.readInto(target, 0);
       expect(target.subarray(0, 8192).equals(Buffer.alloc(8192, 3))).toBe(true);
       expect(target.subarray(8192).equals(Buffer.alloc(8192))).toBe(true);
+      const atOnce = Buffer.alloc(16384, 0xaa);
+      expect(device.readIntoNow(atOnce, 0)).toBe(device.ioMode === 'inline');
+      if (device.ioMode === 'inline') expect(atOnce.equals(target)).toBe(true);
     } finally {
       await device.close();
     }
@@ -210,6 +265,8 @@ describe.each(places)('file I/O path, a file in $place', ({ parent }) => {
     let closed = false;
     const closing = device.close().then(() => (closed = true));
     await expect(device.readInto(Buffer.alloc(512), 0)).rejects.toMatchObject({ code: 'EBADF', name: 'DeviceClosedError' });
+    if (device.ioMode === 'inline') expect(() => device.readIntoNow(Buffer.alloc(512), 0)).toThrow(expect.objectContaining({ code: 'EBADF', name: 'DeviceClosedError' }));
+    else expect(device.readIntoNow(Buffer.alloc(512), 0)).toBe(false);
     const settled = await Promise.allSettled([...writes, ...reads]);
     expect(settled.every((outcome) => outcome.status === 'fulfilled')).toBe(true);
     await closing;

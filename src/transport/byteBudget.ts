@@ -24,12 +24,7 @@ export class ByteBudget {
 
   /** Resolves with the release function once `bytes` are reserved; bytes beyond the capacity throw. */
   async reserve(bytes: number): Promise<() => void> {
-    assert.ok(bytes <= this.capacityBytes, 'callers refuse requests larger than the whole budget');
-    if (this.waiting.length > 0 || this.usedBytes + bytes > this.capacityBytes) {
-      await new Promise<void>((grant) => this.waiting.push({ bytes, grant }));
-    } else {
-      this.take(bytes);
-    }
+    await this.take(bytes);
     return this.releaser(bytes);
   }
 
@@ -38,13 +33,35 @@ export class ByteBudget {
    * caller then waits with `reserve`): the hot path of a data request costs no promise.
    */
   tryReserve(bytes: number): (() => void) | undefined {
-    assert.ok(bytes <= this.capacityBytes, 'callers refuse requests larger than the whole budget');
-    if (this.waiting.length > 0 || this.usedBytes + bytes > this.capacityBytes) return undefined;
-    this.take(bytes);
-    return this.releaser(bytes);
+    return this.tryTake(bytes) ? this.releaser(bytes) : undefined;
   }
 
-  private take(bytes: number): void {
+  /**
+   * `tryReserve` without a release function, for callers that count what they hold (the NVMe/TCP
+   * queue pair, per command slot: no closure per request): they `give` the bytes back exactly once.
+   */
+  tryTake(bytes: number): boolean {
+    // Not node:assert: this runs for every NVMe/TCP and NBD request.
+    if (bytes > this.capacityBytes) throw new assert.AssertionError({ message: 'callers refuse requests larger than the whole budget' });
+    if (this.waiting.length > 0 || this.usedBytes + bytes > this.capacityBytes) return false;
+    this.account(bytes);
+    return true;
+  }
+
+  /** `reserve` without a release function: resolves once `bytes` are taken; `give` them back once. */
+  async take(bytes: number): Promise<void> {
+    if (this.tryTake(bytes)) return;
+    await new Promise<void>((grant) => this.waiting.push({ bytes, grant }));
+  }
+
+  /** Gives back bytes `tryTake` or `take` took. */
+  give(bytes: number): void {
+    this.usedBytes -= bytes;
+    if (this.usedBytes < 0) throw new assert.AssertionError({ message: 'more bytes given back than taken' });
+    this.grantWaiting();
+  }
+
+  private account(bytes: number): void {
     this.usedBytes += bytes;
     if (this.usedBytes > this.peakUsedBytes) this.peakUsedBytes = this.usedBytes;
   }
@@ -54,15 +71,14 @@ export class ByteBudget {
     return () => {
       if (released) return;
       released = true;
-      this.usedBytes -= bytes;
-      this.grantWaiting();
+      this.give(bytes);
     };
   }
 
   private grantWaiting(): void {
     while (this.waiting[0] && this.usedBytes + this.waiting[0].bytes <= this.capacityBytes) {
       const next = this.waiting.shift()!;
-      this.take(next.bytes);
+      this.account(next.bytes);
       next.grant();
     }
   }

@@ -26,23 +26,15 @@ export interface NvmeCompletion {
   /** Data for the host (C2HData), at most `transferBytes`. */
   readonly data: Buffer | undefined;
   /**
-   * `data` is a view at offset `c2hHeadroomBytes` of this buffer, whose front is free for the
-   * C2HData header: header and data then leave in one socket write.
+   * A buffer of the target's pool (the one executeIo was given) holding `data` at offset
+   * `c2hHeadroomBytes`, whose front is free for the C2HData header: header and data then leave in
+   * one socket write, and the queue pair gives the buffer back once the socket took it.
    */
   readonly frame: Buffer | undefined;
-  /** Called once `data` has been written to the socket (a pooled read buffer goes back). */
-  readonly releaseData: (() => void) | undefined;
 }
 
-export function completion(
-  status: number,
-  dw0 = 0,
-  dw1 = 0,
-  data: Buffer | undefined = undefined,
-  frame: Buffer | undefined = undefined,
-  releaseData: (() => void) | undefined = undefined,
-): NvmeCompletion {
-  return { status, dw0, dw1, data, frame, releaseData };
+export function completion(status: number, dw0 = 0, dw1 = 0, data: Buffer | undefined = undefined, frame: Buffer | undefined = undefined): NvmeCompletion {
+  return { status, dw0, dw1, data, frame };
 }
 
 export const success: NvmeCompletion = completion(0);

@@ -102,10 +102,10 @@ function read(namespace: NvmfNamespace, command: NvmeCommand, buffers: BufferPoo
       buffers.release(pooled);
       return done(bdevFailure(error, true));
     }
-    if (now) return done(completion(0, 0, 0, data, pooled, () => buffers.release(pooled)));
+    if (now) return done(completion(0, 0, 0, data, pooled));
   }
   started(() => bdev.readInto(range.offsetBytes, data)).then(
-    () => done(completion(0, 0, 0, data, pooled, () => buffers.release(pooled))),
+    () => done(completion(0, 0, 0, data, pooled)),
     (error: unknown) => {
       buffers.release(pooled);
       done(bdevFailure(error, true));

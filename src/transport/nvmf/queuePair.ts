@@ -91,7 +91,13 @@ interface Slot {
   receivedBytes: number;
   /** Why the command fails once its data is in (a bad data digest, a bad in-capsule SGL). */
   failure: NvmeCompletion | undefined;
-  releaseBudget: (() => void) | undefined;
+  /**
+   * Payload bytes this command holds in the queue's and the target's budgets (0: none): a count,
+   * given back with giveBack, rather than a release function per request.
+   */
+  heldBytes: number;
+  /** Where the command's completion goes: made once per slot, not per command. */
+  readonly done: (completion: NvmeCompletion) => void;
 }
 
 type Phase = 'header' | 'data' | 'dataDigest' | 'closed';
@@ -117,7 +123,9 @@ export class NvmfQueuePair implements ControllerQueue {
   private digestFill = 0;
   /** PDUs of this event-loop turn not yet handed to the socket, and what to call once they left. */
   private outgoing: Buffer[] = [];
-  private outgoingWritten: Array<() => void> = [];
+  /** Read buffers (pool frames) among `outgoing`, and the budget bytes their reads hold: given back once written. */
+  private outgoingFrames: Buffer[] = [];
+  private outgoingHeldBytes = 0;
   private flushScheduled = false;
   /**
    * Whether this socket read's commands were already reported as traffic (keep-alive) and as
@@ -140,7 +148,20 @@ export class NvmfQueuePair implements ControllerQueue {
     private readonly onClosed: (queue: NvmfQueuePair) => void,
   ) {
     for (let index = 0; index < nvmfQueueDepthMax; index++) {
-      this.slots.push({ index, sqe: Buffer.alloc(sqeBytes), state: 'free', cid: 0, transferBytes: 0, data: undefined, pooled: undefined, receivedBytes: 0, failure: undefined, releaseBudget: undefined });
+      const slot: Slot = {
+        index,
+        sqe: Buffer.alloc(sqeBytes),
+        state: 'free',
+        cid: 0,
+        transferBytes: 0,
+        data: undefined,
+        pooled: undefined,
+        receivedBytes: 0,
+        failure: undefined,
+        heldBytes: 0,
+        done: (completion) => this.finish(slot, completion),
+      };
+      this.slots.push(slot);
     }
     // Before Connect one command at a time is enough (the Connect itself).
     this.freeSlots.push(0);
@@ -378,16 +399,16 @@ export class NvmfQueuePair implements ControllerQueue {
   /** Reserves the payload in the queue's and the target's budgets, then sends one R2T for all of it. */
   private requestData(slot: Slot): void {
     slot.state = 'r2t';
-    const release = this.reserveNow(slot.transferBytes);
-    if (release) return this.sendR2t(slot, release);
-    void this.reserveLater(slot.transferBytes).then((later) => {
-      if (this.phase === 'closed') return later();
-      this.sendR2t(slot, later);
+    const bytes = slot.transferBytes;
+    if (this.reserveNow(bytes)) return this.sendR2t(slot, bytes);
+    void this.reserveLater(bytes).then(() => {
+      if (this.phase === 'closed') return this.giveBack(bytes);
+      this.sendR2t(slot, bytes);
     });
   }
 
-  private sendR2t(slot: Slot, releaseBudget: () => void): void {
-    slot.releaseBudget = releaseBudget;
+  private sendR2t(slot: Slot, heldBytes: number): void {
+    slot.heldBytes = heldBytes;
     slot.pooled = this.context.buffers.acquire(slot.transferBytes);
     slot.data = slot.pooled.subarray(0, slot.transferBytes);
     this.send(encodeR2t(this.digests, { cid: slot.cid, ttag: slot.index, offsetBytes: 0, lengthBytes: slot.transferBytes }));
@@ -463,25 +484,25 @@ export class NvmfQueuePair implements ControllerQueue {
       this.foregroundNoted = true;
       this.context.noteForeground();
     }
-    // A read's buffer is reserved in the budgets as a write's is (before its R2T); the slot
-    // gives it back when the data has left (finish → releasePayload).
-    if (command.opcode === ioOpcode.read && slot.transferBytes > 0 && slot.releaseBudget === undefined) {
-      const release = this.reserveNow(slot.transferBytes);
-      if (release === undefined) {
-        void this.reserveLater(slot.transferBytes).then((later) => {
-          slot.releaseBudget = later;
+    // A read's buffer is reserved in the budgets as a write's is (before its R2T); the bytes go
+    // back when its data has left (finish → sendData → flush).
+    const bytes = slot.transferBytes;
+    if (command.opcode === ioOpcode.read && bytes > 0 && slot.heldBytes === 0) {
+      if (!this.reserveNow(bytes)) {
+        void this.reserveLater(bytes).then(() => {
+          slot.heldBytes = bytes;
           this.executeIoCommand(controller, slot, command);
         });
         return;
       }
-      slot.releaseBudget = release;
+      slot.heldBytes = bytes;
     }
     this.executeIoCommand(controller, slot, command);
   }
 
   private executeIoCommand(controller: NvmfController, slot: Slot, command: NvmeCommand): void {
     try {
-      executeIo(controller.subsystem, command, this.context.buffers, (completion) => this.finish(slot, completion));
+      executeIo(controller.subsystem, command, this.context.buffers, slot.done);
     } catch (error) {
       // A bug before the command reached the bdev: this command fails, the connection goes on.
       log('error', 'nvmf I/O command failed unexpectedly', { error: String(error) });
@@ -489,23 +510,25 @@ export class NvmfQueuePair implements ControllerQueue {
     }
   }
 
-  /** `bytes` reserved in the queue's and the target's budgets at once, or undefined when either is full. */
-  private reserveNow(bytes: number): (() => void) | undefined {
-    const queueRelease = this.queueBudget.tryReserve(bytes);
-    if (!queueRelease) return undefined;
-    const nodeRelease = this.context.nodeBudget.tryReserve(bytes);
-    if (!nodeRelease) {
-      queueRelease();
-      return undefined;
-    }
-    return () => (queueRelease(), nodeRelease());
+  /** Takes `bytes` in the queue's and the target's budgets at once; false (nothing taken) when either is full. */
+  private reserveNow(bytes: number): boolean {
+    if (!this.queueBudget.tryTake(bytes)) return false;
+    if (this.context.nodeBudget.tryTake(bytes)) return true;
+    this.queueBudget.give(bytes);
+    return false;
   }
 
-  /** Waits its turn in both budgets (first come, first served). */
-  private async reserveLater(bytes: number): Promise<() => void> {
-    const releaseQueue = await this.queueBudget.reserve(bytes);
-    const releaseNode = await this.context.nodeBudget.reserve(bytes);
-    return () => (releaseQueue(), releaseNode());
+  /** Waits its turn in both budgets (first come, first served), then holds `bytes` in each. */
+  private async reserveLater(bytes: number): Promise<void> {
+    await this.queueBudget.take(bytes);
+    await this.context.nodeBudget.take(bytes);
+  }
+
+  /** Gives back what reserveNow or reserveLater took. */
+  private giveBack(bytes: number): void {
+    if (bytes === 0) return;
+    this.queueBudget.give(bytes);
+    this.context.nodeBudget.give(bytes);
   }
 
   private fabrics(command: NvmeCommand): NvmeCompletion {
@@ -550,43 +573,46 @@ export class NvmfQueuePair implements ControllerQueue {
     const sendsData = this.phase !== 'closed' && data !== undefined && data.length > 0 && status === 0;
     // A read's budget goes back with its buffer, once its data has left for the socket; a
     // write's (and anything else's) now.
-    const budget = slot.releaseBudget;
-    slot.releaseBudget = undefined;
+    const heldBytes = slot.heldBytes;
+    slot.heldBytes = 0;
     this.releasePayload(slot);
-    const released = () => {
-      completion.releaseData?.();
-      budget?.();
-    };
     if (sendsData) {
       this.sqhd = (this.sqhd + 1) % this.queueEntries;
-      this.sendData(slot, completion, released);
+      this.sendData(slot, completion, heldBytes);
     } else {
-      released();
+      if (completion.frame !== undefined) this.context.buffers.release(completion.frame);
+      this.giveBack(heldBytes);
       if (this.phase !== 'closed') {
         this.sqhd = (this.sqhd + 1) % this.queueEntries;
-        this.send(encodeCapsuleResp(this.digests, { dw0: completion.dw0 ?? 0, dw1: completion.dw1 ?? 0, sqhd: this.sqhd, cid: slot.cid, status }));
+        this.send(encodeCapsuleResp(this.digests, { dw0: completion.dw0, dw1: completion.dw1, sqhd: this.sqhd, cid: slot.cid, status }));
       }
     }
     slot.state = 'free';
     this.freeSlots.push(slot.index);
   }
 
-  /** C2HData with the command's data (SUCCESS: no CapsuleResp follows unless dw0/dw1 carry something). */
-  private sendData(slot: Slot, completion: NvmeCompletion, released: () => void): void {
-    const { status, dw0 = 0, dw1 = 0 } = completion;
+  /**
+   * C2HData with the command's data (SUCCESS: no CapsuleResp follows unless dw0/dw1 carry
+   * something). The read's frame goes back to the pool, and its `heldBytes` to the budgets, once
+   * the socket took the data.
+   */
+  private sendData(slot: Slot, completion: NvmeCompletion, heldBytes: number): void {
+    const { status, dw0, dw1, frame } = completion;
     const data = completion.data!;
     const successFlag = dw0 === 0 && dw1 === 0;
     const fields = { cid: slot.cid, offsetBytes: 0, lengthBytes: data.length, last: true, success: successFlag };
     const pdo = c2hDataOffset(this.digests, this.hostAlignmentBytes);
-    if (completion.frame !== undefined && pdo <= c2hHeadroomBytes) {
+    if (frame !== undefined && pdo <= c2hHeadroomBytes) {
       // Header written into the headroom in front of the data: one write for both.
-      const pdu = completion.frame.subarray(c2hHeadroomBytes - pdo, c2hHeadroomBytes + data.length);
+      const pdu = frame.subarray(c2hHeadroomBytes - pdo, c2hHeadroomBytes + data.length);
       writeC2hDataHeader(pdu, this.digests, this.hostAlignmentBytes, fields);
-      this.send(pdu, released);
+      this.send(pdu);
     } else {
       this.send(encodeC2hDataHeader(this.digests, this.hostAlignmentBytes, fields));
-      this.send(data, released);
+      this.send(data);
     }
+    if (frame !== undefined) this.outgoingFrames.push(frame);
+    this.outgoingHeldBytes += heldBytes;
     if (this.digests.data) this.send(encodeDataDigest(data));
     if (!successFlag) this.send(encodeCapsuleResp(this.digests, { dw0, dw1, sqhd: this.sqhd, cid: slot.cid, status }));
   }
@@ -595,18 +621,13 @@ export class NvmfQueuePair implements ControllerQueue {
     if (slot.pooled) this.context.buffers.release(slot.pooled);
     slot.pooled = undefined;
     slot.data = undefined;
-    slot.releaseBudget?.();
-    slot.releaseBudget = undefined;
+    this.giveBack(slot.heldBytes);
+    slot.heldBytes = 0;
   }
 
-  /**
-   * Queues `buffer` for the socket; the PDUs of one event-loop turn leave together (one writev),
-   * and their `written` calls run from one write callback: a callback per PDU cost a visible share
-   * of a 4 KiB read.
-   */
-  private send(buffer: Buffer, written?: () => void): void {
+  /** Queues `buffer` for the socket; the PDUs of one event-loop turn leave together (one writev). */
+  private send(buffer: Buffer): void {
     this.outgoing.push(buffer);
-    if (written) this.outgoingWritten.push(written);
     if (!this.flushScheduled) {
       this.flushScheduled = true;
       setImmediate(this.flush);
@@ -617,21 +638,25 @@ export class NvmfQueuePair implements ControllerQueue {
   private readonly flush = (): void => {
     this.flushScheduled = false;
     const buffers = this.outgoing;
-    const written = this.outgoingWritten;
     if (buffers.length === 0) return;
+    const frames = this.outgoingFrames;
+    const heldBytes = this.outgoingHeldBytes;
     this.outgoing = [];
-    this.outgoingWritten = [];
-    // A destroyed socket still calls the write callback (with an error): the buffers go back either way.
-    const done =
-      written.length === 0
+    this.outgoingFrames = [];
+    this.outgoingHeldBytes = 0;
+    // Read buffers and their budget bytes go back from one write callback, not one per PDU (that
+    // cost a visible share of a 4 KiB read). A destroyed socket still calls it (with an error).
+    const written =
+      frames.length === 0 && heldBytes === 0
         ? undefined
         : () => {
-            for (const call of written) call();
+            for (const frame of frames) this.context.buffers.release(frame);
+            this.giveBack(heldBytes);
           };
     this.socket.cork();
     const last = buffers.length - 1;
     for (let index = 0; index < last; index++) this.socket.write(buffers[index]!);
-    if (done) this.socket.write(buffers[last]!, done);
+    if (written) this.socket.write(buffers[last]!, written);
     else this.socket.write(buffers[last]!);
     this.socket.uncork();
   };

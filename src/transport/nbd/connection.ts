@@ -992,8 +992,10 @@ export class NbdConnection implements NbdClient {
       const headerBytes = this.structured ? offsetDataHeaderBytes : simpleReplyBytes;
       const buffer = pool.acquire(lengthBytes);
       // A failed read drops the buffer (the catch below): another segment's device read may
-      // still be filling it.
-      await target.readInto(offsetBytes, buffer.subarray(headerBytes, headerBytes + lengthBytes));
+      // still be filling it. A bdev that has the bytes at once (a file in memory, RAM) answers
+      // without the promises of its read path.
+      const into = buffer.subarray(headerBytes, headerBytes + lengthBytes);
+      if (target.readIntoNow === undefined || !target.readIntoNow(offsetBytes, into)) await target.readInto(offsetBytes, into);
       counters.bytesRead += lengthBytes;
       if (this.structured) writeOffsetDataHeader(buffer, request, offsetBytes, lengthBytes, true);
       else writeSimpleReply(buffer, 0, request);

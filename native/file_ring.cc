@@ -430,36 +430,19 @@ napi_value jsFileRingOpen(napi_env env, napi_callback_info info) {
   return entriesValue;
 }
 
-bool numberArgument(napi_env env, napi_value value, double max, double* out) {
-  double number = 0;
-  if (napi_get_value_double(env, value, &number) != napi_ok) return false;
-  if (!(number >= 0 && number <= max) || std::floor(number) != number) return false;
-  *out = number;
-  return true;
-}
-
 napi_value stage(napi_env env, napi_callback_info info, uint8_t opcode) {
   size_t argc = 6;
   napi_value argv[6];
   napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr);
   Ring* ring = currentRing(env);
   if (ring == nullptr) return throwError(env, "ENOTCONN", "fileRing: fileRingOpen was not called");
-  int32_t fd = -1;
-  double at = 0, length = 0, position = 0, token = 0;
-  void* data = nullptr;
-  size_t byteLength = 0;
-  napi_typedarray_type arrayType;
-  bool valid = argc == 6 && napi_get_value_int32(env, argv[0], &fd) == napi_ok && fd >= 0 &&
-               napi_get_typedarray_info(env, argv[1], &arrayType, &byteLength, &data, nullptr, nullptr) == napi_ok &&
-               arrayType == napi_uint8_array && numberArgument(env, argv[2], static_cast<double>(byteLength), &at) &&
-               numberArgument(env, argv[3], static_cast<double>(byteLength) - at, &length) && length <= 0x7fffffff &&
-               numberArgument(env, argv[4], 9007199254740991.0, &position) && numberArgument(env, argv[5], 0x7fffffff, &token);
-  if (!valid) {
+  FileRange range;
+  double token = 0;
+  if (argc != 6 || !fileRangeArguments(env, argv, &range) || !wholeNumberArgument(env, argv[5], 0x7fffffff, &token)) {
     napi_throw_type_error(env, nullptr, "fileRing: (fd, Uint8Array, offset, length inside it, position, token)");
     return nullptr;
   }
-  ring->staged.push_back(Staged{opcode, fd, reinterpret_cast<uint64_t>(static_cast<uint8_t*>(data) + static_cast<size_t>(at)),
-                                static_cast<uint32_t>(length), static_cast<uint64_t>(position), static_cast<uint32_t>(token)});
+  ring->staged.push_back(Staged{opcode, range.fd, reinterpret_cast<uint64_t>(range.bytes), range.length, range.position, static_cast<uint32_t>(token)});
   updateReference(ring);
   return nullptr;
 }

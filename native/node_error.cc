@@ -1,8 +1,9 @@
-// Errors and completions shared by the addon's thread-pool jobs (see node_error.h).
+// Errors, completions and argument checks shared by the addons (see node_error.h).
 #include "node_error.h"
 
 #include <uv.h>
 
+#include <cmath>
 #include <string>
 
 namespace lvnode {
@@ -38,6 +39,30 @@ void reportPendingException(napi_env env) {
   napi_value exception;
   napi_get_and_clear_last_exception(env, &exception);
   napi_fatal_exception(env, exception);
+}
+
+bool wholeNumberArgument(napi_env env, napi_value value, double max, double* out) {
+  double number = 0;
+  if (napi_get_value_double(env, value, &number) != napi_ok) return false;
+  if (!(number >= 0 && number <= max) || std::floor(number) != number) return false;
+  *out = number;
+  return true;
+}
+
+bool fileRangeArguments(napi_env env, const napi_value* argv, FileRange* out) {
+  int32_t fd = -1;
+  double at = 0, length = 0, position = 0;
+  void* data = nullptr;
+  size_t byteLength = 0;
+  napi_typedarray_type arrayType;
+  bool valid = napi_get_value_int32(env, argv[0], &fd) == napi_ok && fd >= 0 &&
+               napi_get_typedarray_info(env, argv[1], &arrayType, &byteLength, &data, nullptr, nullptr) == napi_ok &&
+               arrayType == napi_uint8_array && wholeNumberArgument(env, argv[2], static_cast<double>(byteLength), &at) &&
+               wholeNumberArgument(env, argv[3], static_cast<double>(byteLength) - at, &length) && length <= 0x7fffffff &&
+               wholeNumberArgument(env, argv[4], 9007199254740991.0, &position);
+  if (!valid) return false;
+  *out = FileRange{fd, static_cast<uint8_t*>(data) + static_cast<size_t>(at), static_cast<uint32_t>(length), static_cast<uint64_t>(position)};
+  return true;
 }
 
 }  // namespace lvnode

@@ -1,9 +1,11 @@
-// Errors and completions shared by the addons' jobs (durable_write.cc, zero_range.cc, crc64.cc; file_ring.cc).
+// Errors, completions and argument checks shared by the addons (durable_write.cc, zero_range.cc, crc64.cc;
+// file_ring.cc, file_now.cc).
 #pragma once
 
 #include <node_api.h>
 
 #include <cstddef>
+#include <cstdint>
 
 namespace lvnode {
 
@@ -18,5 +20,19 @@ void callCompletion(napi_env env, napi_value callback, size_t argc, const napi_v
 
 /** After a failed call into JS: an exception it left pending is reported as uncaught (napi_fatal_exception). */
 void reportPendingException(napi_env env);
+
+/** A JS number that is a whole number in [0, max]. */
+bool wholeNumberArgument(napi_env env, napi_value value, double max, double* out);
+
+/** A file request's arguments: (fd, Uint8Array, offset in it, length inside it, file position). */
+struct FileRange {
+  int32_t fd;
+  uint8_t* bytes;
+  uint32_t length;
+  uint64_t position;
+};
+
+/** Reads a FileRange from argv[0..4]; false (nothing thrown) when they are not valid. */
+bool fileRangeArguments(napi_env env, const napi_value* argv, FileRange* out);
 
 }  // namespace lvnode

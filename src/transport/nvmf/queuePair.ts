@@ -49,6 +49,8 @@ export interface QueuePairContext {
   readonly listenKey: string;
   readonly nodeBudget: ByteBudget;
   readonly buffers: BufferPool;
+  /** Payload bytes (in-capsule and H2CData) received, read in place or copied out of a read buffer. */
+  readonly payloadReceived: { inPlaceBytes: number; copiedBytes: number };
   /** Foreground first: background checksum steps back off while hosts do I/O. */
   noteForeground(): void;
   /**
@@ -76,6 +78,8 @@ const socketReadBufferBytes = 256 * 1024;
  * (no copy out of the read buffer: at 128 KiB writes that copy is a third of the bytes moved).
  */
 const directReadBytesMin = 16 * 1024;
+/** What a read takes while large payloads are awaited and it does not land in one (largePayloadsAwaited). */
+const cappedReadBytes = 4096;
 
 type SlotState = 'free' | 'receiving' | 'r2t' | 'executing';
 
@@ -137,6 +141,15 @@ export class NvmfQueuePair implements ControllerQueue {
   private readonly readBuffer = Buffer.allocUnsafeSlow(socketReadBufferBytes);
   /** The view of `dataTarget` the socket's next read lands in, when it reads a payload in place. */
   private directTarget: Buffer | undefined;
+  /**
+   * Commands sent an R2T for a payload of `directReadBytesMin` or more whose data has not all
+   * come. While there are any, reads that do not land in a payload take at most
+   * `cappedReadBytes` (`cappedRead`): a full read-buffer read would pull up to 256 KiB of the
+   * next payloads into the read buffer, to be copied out again; capped, the next H2CData header
+   * comes with at most a few KiB of its payload, and the rest is read in place.
+   */
+  private largePayloadsAwaited = 0;
+  private readonly cappedRead: Buffer;
   /** The most commands this queue held at once (stats, tests: the depth hosts really reach). */
   inFlightPeak = 0;
 
@@ -165,6 +178,7 @@ export class NvmfQueuePair implements ControllerQueue {
     }
     // Before Connect one command at a time is enough (the Connect itself).
     this.freeSlots.push(0);
+    this.cappedRead = this.readBuffer.subarray(0, cappedReadBytes);
     socket.setNoDelay(true);
     // Accepted paused: reads land in one buffer of the queue's own when this Node allows it (no
     // allocation per read; consume() copies out everything it keeps before returning), or
@@ -191,14 +205,17 @@ export class NvmfQueuePair implements ControllerQueue {
     }
   }
 
-  /** Where the next socket read lands: the rest of a large payload in place, else the read buffer. */
+  /**
+   * Where the next socket read lands: the rest of a large payload in place, else the read buffer
+   * (its first few KiB while large payloads are awaited).
+   */
   private nextReadBuffer(): Buffer {
     if (this.phase === 'data' && this.dataTarget!.length - this.dataFill >= directReadBytesMin) {
       this.directTarget = this.dataTarget!.subarray(this.dataFill);
       return this.directTarget;
     }
     this.directTarget = undefined;
-    return this.readBuffer;
+    return this.largePayloadsAwaited > 0 ? this.cappedRead : this.readBuffer;
   }
 
   /** `bytes` of the payload were read in place (into `directTarget`, at `dataFill`). */
@@ -208,6 +225,7 @@ export class NvmfQueuePair implements ControllerQueue {
       if (this.phase !== 'data') return; // terminated meanwhile: what still arrives is dropped
       this.trafficNoted = this.foregroundNoted = false;
       this.dataFill += bytes;
+      this.context.payloadReceived.inPlaceBytes += bytes;
       if (this.dataFill === this.dataTarget!.length) this.afterData();
     } catch (error) {
       log('error', 'nvmf connection failed unexpectedly; closed', { queue: this.id, error: error instanceof Error ? (error.stack ?? error.message) : String(error) });
@@ -235,6 +253,7 @@ export class NvmfQueuePair implements ControllerQueue {
         chunk.copy(this.dataTarget!, this.dataFill, at, at + take);
         at += take;
         this.dataFill += take;
+        this.context.payloadReceived.copiedBytes += take;
         if (this.dataFill === this.dataTarget!.length) this.afterData();
       } else {
         const take = Math.min(digestBytes - this.digestFill, chunk.length - at);
@@ -409,6 +428,7 @@ export class NvmfQueuePair implements ControllerQueue {
 
   private sendR2t(slot: Slot, heldBytes: number): void {
     slot.heldBytes = heldBytes;
+    if (slot.transferBytes >= directReadBytesMin) this.largePayloadsAwaited++;
     slot.pooled = this.context.buffers.acquire(slot.transferBytes);
     slot.data = slot.pooled.subarray(0, slot.transferBytes);
     this.send(encodeR2t(this.digests, { cid: slot.cid, ttag: slot.index, offsetBytes: 0, lengthBytes: slot.transferBytes }));
@@ -454,7 +474,9 @@ export class NvmfQueuePair implements ControllerQueue {
     this.nextPdu();
     if (wasCapsule) return this.run(slot);
     slot.receivedBytes += received;
-    if (slot.receivedBytes === slot.transferBytes) this.run(slot);
+    if (slot.receivedBytes !== slot.transferBytes) return;
+    if (slot.transferBytes >= directReadBytesMin) this.largePayloadsAwaited--;
+    this.run(slot);
   }
 
   private run(slot: Slot): void {

@@ -69,6 +69,7 @@ export class NvmfTcpTransport implements NvmfPorts {
   private readonly nodeBudget = new ByteBudget(nvmfPayloadBytesInFlightNodeMax);
   // Idle payload buffers kept for reuse: a few queues' worth of 128 KiB transfers.
   private readonly buffers = new BufferPool(64 * mibBytes, c2hHeadroomBytes, 512);
+  private readonly payloadReceived = { inPlaceBytes: 0, copiedBytes: 0 };
   private connectionCount = 0;
   private nextId = 1;
   private closedInFlightPeak = 0;
@@ -104,9 +105,12 @@ export class NvmfTcpTransport implements NvmfPorts {
     return { handshaking: this.handshaking.size, ...this.handshakeEndsTotal };
   }
 
-  /** Payload bytes reserved now and at most (stats, tests). */
-  payloadFigures(): { inUseBytes: number; peakBytes: number } {
-    return { inUseBytes: this.nodeBudget.inUseBytes, peakBytes: this.nodeBudget.peakBytes };
+  /**
+   * Payload bytes reserved now and at most, and the host's payload bytes received so far: read
+   * in place into the commands' buffers, or copied out of a connection's read buffer (stats, tests).
+   */
+  payloadFigures(): { inUseBytes: number; peakBytes: number; inPlaceBytes: number; copiedBytes: number } {
+    return { inUseBytes: this.nodeBudget.inUseBytes, peakBytes: this.nodeBudget.peakBytes, ...this.payloadReceived };
   }
 
   async open(address: NvmfListenAddress): Promise<void> {
@@ -149,6 +153,7 @@ export class NvmfTcpTransport implements NvmfPorts {
       listenKey,
       nodeBudget: this.nodeBudget,
       buffers: this.buffers,
+      payloadReceived: this.payloadReceived,
       noteForeground: this.noteForeground,
       noteConnected: (connected: NvmfQueuePair) => this.leaveHandshake(connected),
     };

@@ -1,4 +1,5 @@
 // A RAM-backed device (SPDK's malloc bdev), stored sparsely in 1 MiB chunks so large ones cost nothing until written.
+import { memoryFileInlineBytesMax } from '../constants.ts';
 import { type BlockDevice, assertAlignedRange } from './blockDevice.ts';
 
 const chunkBytes = 1024 * 1024;
@@ -18,8 +19,12 @@ export class MemoryDevice implements BlockDevice {
     this.copyOut(target, offsetBytes);
   }
 
-  /** A copy out of RAM, answered at once (the NVMe/TCP target's reads of a malloc bdev). */
+  /**
+   * A copy out of RAM, answered at once (NVMe/TCP and NBD reads of a malloc bdev); up to
+   * memoryFileInlineBytesMax, as for files in memory, so the loop is never held long.
+   */
   readIntoNow(target: Buffer, offsetBytes: number): boolean {
+    if (target.length > memoryFileInlineBytesMax) return false;
     assertAlignedRange(this, offsetBytes, target.length);
     this.copyOut(target, offsetBytes);
     return true;

@@ -3,7 +3,7 @@ import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { mibBytes } from '../../src/constants.ts';
+import { memoryFileInlineBytesMax, mibBytes } from '../../src/constants.ts';
 import { addon } from '../../src/addon.ts';
 import { readBytes, writeDurable } from '../../src/device/blockDevice.ts';
 import { FileDevice } from '../../src/device/fileDevice.ts';
@@ -209,6 +209,24 @@ describe('MemoryDevice', () => {
     const after = await readBytes(device, mibBytes - blockBytes, data.length);
     expect(after.subarray(0, mibBytes + blockBytes).equals(Buffer.alloc(mibBytes + blockBytes))).toBe(true);
     expect(after.subarray(mibBytes + blockBytes).equals(data.subarray(mibBytes + blockBytes))).toBe(true);
+  });
+
+  it('answers a read at once across its chunks, up to the inline size; a simulated device never does', async () => {
+    // Goal: readIntoNow gives readInto's bytes, declines (false, target untouched) above
+    // memoryFileInlineBytesMax, and leaves fault injection and latency to the simulated device.
+    const device = new MemoryDevice(4 * mibBytes, blockBytes);
+    const data = pattern(64 * 1024, 3);
+    await device.write(mibBytes - 32 * 1024, data);
+    const target = Buffer.alloc(data.length + 2 * blockBytes, 0xaa);
+    expect(device.readIntoNow(target, mibBytes - 32 * 1024 - blockBytes)).toBe(true);
+    expect(target.equals(Buffer.concat([Buffer.alloc(blockBytes), data, Buffer.alloc(blockBytes)]))).toBe(true);
+    const large = Buffer.alloc(memoryFileInlineBytesMax + blockBytes, 0xaa);
+    expect(device.readIntoNow(large, 0)).toBe(false);
+    expect(large.equals(Buffer.alloc(large.length, 0xaa))).toBe(true);
+    expect(() => device.readIntoNow(Buffer.alloc(blockBytes), 4 * mibBytes)).toThrow('past the end');
+    const simulated = new SimulatedDevice(mibBytes, blockBytes);
+    expect(simulated.readIntoNow()).toBe(false);
+    expect(simulated.counts.reads).toBe(0);
   });
 
   it('refuses misaligned and out-of-range I/O as a programmer error', async () => {

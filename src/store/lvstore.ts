@@ -1070,15 +1070,28 @@ export class Lvstore {
     visit: (clusterIndex: number, innerOffsetBytes: number, rangeOffsetBytes: number, segmentBytes: number) => Promise<void>,
   ): Promise<void[]> {
     const work: Promise<void>[] = [];
+    this.everySegment(offsetBytes, lengthBytes, (clusterIndex, inner, position, segmentBytes) => {
+      work.push(visit(clusterIndex, inner, position, segmentBytes));
+      return true;
+    });
+    return Promise.all(work);
+  }
+
+  /** `forEachSegment`, synchronous: stops at the first visit that answers false, and answers whether none did. */
+  private everySegment(
+    offsetBytes: number,
+    lengthBytes: number,
+    visit: (clusterIndex: number, innerOffsetBytes: number, rangeOffsetBytes: number, segmentBytes: number) => boolean,
+  ): boolean {
     for (let position = 0; position < lengthBytes; ) {
       const absolute = offsetBytes + position;
       const clusterIndex = Math.floor(absolute / this.clusterBytes);
       const inner = absolute - clusterIndex * this.clusterBytes;
       const segmentBytes = Math.min(this.clusterBytes - inner, lengthBytes - position);
-      work.push(visit(clusterIndex, inner, position, segmentBytes));
+      if (!visit(clusterIndex, inner, position, segmentBytes)) return false;
       position += segmentBytes;
     }
-    return Promise.all(work);
+    return true;
   }
 
   /** Reads through the parent chain; clusters nobody owns read as zeros. */
@@ -1111,25 +1124,18 @@ export class Lvstore {
     this.assertIoRange(lvol, offsetBytes, target.length);
     const device = this.device;
     if (device.readIntoNow === undefined) return false;
-    const clusterBytes = this.clusterBytes;
     try {
-      for (let position = 0; position < target.length; ) {
-        const absolute = offsetBytes + position;
-        const clusterIndex = Math.floor(absolute / clusterBytes);
-        const inner = absolute - clusterIndex * clusterBytes;
-        const segmentBytes = Math.min(clusterBytes - inner, target.length - position);
+      return this.everySegment(offsetBytes, target.length, (clusterIndex, inner, position, segmentBytes) => {
         const source = this.owner(lvol, clusterIndex);
-        const slice = position === 0 && segmentBytes === target.length ? target : target.subarray(position, position + segmentBytes);
-        if (source > 0) {
-          if (!device.readIntoNow(slice, clusterIndexToOffsetBytes(source, clusterBytes) + inner)) return false;
-        } else if (source === readsExternal) return false;
-        else slice.fill(0);
-        position += segmentBytes;
-      }
+        const slice = segmentBytes === target.length ? target : target.subarray(position, position + segmentBytes);
+        if (source > 0) return device.readIntoNow!(slice, clusterIndexToOffsetBytes(source, this.clusterBytes) + inner);
+        if (source === readsExternal) return false;
+        slice.fill(0);
+        return true;
+      });
     } catch (error) {
       throw fromDeviceError(error, `read of lvol ${lvol.name} failed`);
     }
-    return true;
   }
 
   private async readVisible(lvol: LvolRecord, offsetBytes: number, target: Buffer, options: ReadOptions): Promise<void> {

@@ -224,29 +224,32 @@ let inlineRequests = 0;
  * fs calls); larger ones handed to `queued`. Exported for tests.
  */
 export function inlineFileIo(queued: FileIo, inlineBytesMax = memoryFileInlineBytesMax, moves = movesNow()): FileIo {
-  const readNow = moves.read;
+  // The call at once, or undefined (nothing done) for a request too large to hold the loop.
+  const now =
+    (call: MoveNow): NonNullable<FileIo['readNow']> =>
+    (fd, buffer, at, length, position) => {
+      if (length > inlineBytesMax) return undefined;
+      const bytes = call(fd, buffer, at, length, position);
+      inlineRequests++;
+      return bytes;
+    };
   const inline =
-    (call: MoveNow, queuedCall: FileIo['read']): FileIo['read'] =>
+    (callNow: NonNullable<FileIo['readNow']>, queuedCall: FileIo['read']): FileIo['read'] =>
     (fd, buffer, at, length, position, done) => {
-      if (length > inlineBytesMax) return queuedCall(fd, buffer, at, length, position, done);
-      let bytes: number;
+      let bytes: number | undefined;
       try {
-        bytes = call(fd, buffer, at, length, position);
+        bytes = callNow(fd, buffer, at, length, position);
       } catch (error) {
         return done(error as NodeJS.ErrnoException, 0);
       }
-      inlineRequests++;
+      if (bytes === undefined) return queuedCall(fd, buffer, at, length, position, done);
       done(null, bytes);
     };
+  const readNow = now(moves.read);
   return {
     read: inline(readNow, (...args) => queued.read(...args)),
-    write: inline(moves.write, (...args) => queued.write(...args)),
-    readNow: (fd, buffer, at, length, position) => {
-      if (length > inlineBytesMax) return undefined;
-      const bytes = readNow(fd, buffer, at, length, position);
-      inlineRequests++;
-      return bytes;
-    },
+    write: inline(now(moves.write), (...args) => queued.write(...args)),
+    readNow,
   };
 }
 
